@@ -1,0 +1,127 @@
+// The environment, validated once at boot. Nothing else in Tollgate reads process.env.
+import { z } from 'zod';
+
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no', ''])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const optionalString = z
+  .string()
+  .optional()
+  .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
+
+const envSchema = z.object({
+  PORT: int(0, 65535).default(8080),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Log request bodies (prompts) and non-streamed response bodies. Off: they may hold personal data. */
+  LOG_BODIES: bool.default(false),
+
+  OPENAI_API_KEY: optionalString,
+  OPENAI_BASE_URL: z.url({ protocol: /^https?$/ }).default('https://api.openai.com/v1'),
+  OPENAI_ORGANIZATION: optionalString,
+  OPENAI_PROJECT: optionalString,
+
+  UPSTREAM_CONNECT_TIMEOUT_MS: int(1, 600_000).default(10_000),
+  /** Until upstream sends response headers. Non-streamed completions can think for minutes. */
+  UPSTREAM_HEADERS_TIMEOUT_MS: int(1, 3_600_000).default(300_000),
+  /** Longest silence between two body chunks (e.g. SSE events) before the stream is cut. */
+  UPSTREAM_IDLE_TIMEOUT_MS: int(1, 3_600_000).default(120_000),
+  /** Whole upstream exchange, headers to last byte. */
+  UPSTREAM_TOTAL_TIMEOUT_MS: int(1, 7_200_000).default(600_000),
+  UPSTREAM_MAX_CONNECTIONS: int(1, 100_000).default(256),
+
+  REDIS_URL: optionalString,
+  REDIS_PREFIX: z.string().regex(/^[\w:.-]{1,64}$/).default('tg:'),
+  REDIS_COMMAND_TIMEOUT_MS: int(10, 60_000).default(1000),
+
+  ADMIN_TOKEN: optionalString.refine((v) => v === undefined || v.length >= 16, {
+    message: 'must be at least 16 characters',
+  }),
+  /** How long an authenticated key is trusted without asking the store (pub/sub invalidates sooner). */
+  AUTH_CACHE_TTL_MS: int(0, 60_000).default(5_000),
+
+  BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
+  SHUTDOWN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
+  TRUST_PROXY: bool.default(false),
+  /** Run with the built-in fake OpenAI and an in-memory store (also `--demo` on the command line). */
+  TOLLGATE_DEMO: bool.default(false),
+});
+
+export type Env = z.infer<typeof envSchema>;
+
+export interface Config {
+  port: number;
+  host: string;
+  logLevel: Env['LOG_LEVEL'];
+  logBodies: boolean;
+  demo: boolean;
+  upstream: {
+    baseUrl: string;
+    apiKey: string;
+    organization?: string;
+    project?: string;
+    connectTimeoutMs: number;
+    headersTimeoutMs: number;
+    idleTimeoutMs: number;
+    totalTimeoutMs: number;
+    maxConnections: number;
+  };
+  redis?: { url: string; prefix: string; commandTimeoutMs: number };
+  adminToken?: string;
+  authCacheTtlMs: number;
+  bodyLimitBytes: number;
+  shutdownTimeoutMs: number;
+  trustProxy: boolean;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/**
+ * Validates the environment and returns the config, or throws one ConfigError naming every problem.
+ * In demo mode OPENAI_API_KEY may be absent: the caller points the upstream at the built-in fake.
+ */
+export function loadConfig(env: Record<string, string | undefined>, argv: string[] = []): Config {
+  const parsed = envSchema.safeParse(env);
+  const problems: string[] = parsed.success
+    ? []
+    : parsed.error.issues.map((i) => `${i.path.join('.') || 'environment'}: ${i.message}`);
+  const demo = argv.includes('--demo') || (parsed.success && parsed.data.TOLLGATE_DEMO);
+  if (parsed.success && !demo && !parsed.data.OPENAI_API_KEY) {
+    problems.push('OPENAI_API_KEY: required (or run the demo: npm run demo)');
+  }
+  if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
+
+  const e = parsed.data;
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    logLevel: e.LOG_LEVEL,
+    logBodies: e.LOG_BODIES,
+    demo,
+    upstream: {
+      baseUrl: e.OPENAI_BASE_URL.replace(/\/+$/, ''),
+      apiKey: e.OPENAI_API_KEY ?? '',
+      organization: e.OPENAI_ORGANIZATION,
+      project: e.OPENAI_PROJECT,
+      connectTimeoutMs: e.UPSTREAM_CONNECT_TIMEOUT_MS,
+      headersTimeoutMs: e.UPSTREAM_HEADERS_TIMEOUT_MS,
+      idleTimeoutMs: e.UPSTREAM_IDLE_TIMEOUT_MS,
+      totalTimeoutMs: e.UPSTREAM_TOTAL_TIMEOUT_MS,
+      maxConnections: e.UPSTREAM_MAX_CONNECTIONS,
+    },
+    redis: e.REDIS_URL
+      ? { url: e.REDIS_URL, prefix: e.REDIS_PREFIX, commandTimeoutMs: e.REDIS_COMMAND_TIMEOUT_MS }
+      : undefined,
+    adminToken: e.ADMIN_TOKEN,
+    authCacheTtlMs: e.AUTH_CACHE_TTL_MS,
+    bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    trustProxy: e.TRUST_PROXY,
+  };
+}

@@ -1,0 +1,105 @@
+// The error family and the one place that shapes OpenAI error bodies ({error:{message,type,param,code}}).
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+
+export interface OpenAIErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+export function openAIErrorBody(
+  message: string,
+  type: string,
+  code: string | null = null,
+  param: string | null = null,
+): OpenAIErrorBody {
+  return { error: { message, type, param, code } };
+}
+
+/** An error the gateway answers on purpose. Its message is safe to show the client. */
+export class GatewayError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string,
+    readonly code: string | null = null,
+    readonly param: string | null = null,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = 'GatewayError';
+  }
+
+  body(): OpenAIErrorBody {
+    return openAIErrorBody(this.message, this.type, this.code, this.param);
+  }
+}
+
+export const invalidRequest = (message: string, param: string | null = null, code: string | null = null) =>
+  new GatewayError(400, message, 'invalid_request_error', code, param);
+
+export const invalidApiKey = (message: string) =>
+  new GatewayError(401, message, 'invalid_request_error', 'invalid_api_key');
+
+export const notFound = (message: string, code: string | null = 'not_found', param: string | null = null) =>
+  new GatewayError(404, message, 'invalid_request_error', code, param);
+
+/** OpenAI's wording, so SDK users see what they would see without the gateway. */
+export const modelNotFound = (model: string) =>
+  new GatewayError(
+    404,
+    `The model \`${model}\` does not exist or you do not have access to it.`,
+    'invalid_request_error',
+    'model_not_found',
+    'model',
+  );
+
+export const upstreamUnreachable = () =>
+  new GatewayError(502, 'The gateway could not reach the upstream API. Please retry.', 'server_error', 'upstream_unreachable');
+
+export const upstreamTimeout = () =>
+  new GatewayError(504, 'The upstream API did not answer in time. Please retry.', 'server_error', 'upstream_timeout');
+
+export const serviceUnavailable = (message: string, code = 'service_unavailable') =>
+  new GatewayError(503, message, 'server_error', code);
+
+/** Fastify's own errors, mapped to what a client of OpenAI expects. */
+function fromFastifyError(err: FastifyError): GatewayError | undefined {
+  switch (err.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new GatewayError(413, 'Request body is too large.', 'invalid_request_error', 'request_too_large');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new GatewayError(415, 'Unsupported content type. Send application/json.', 'invalid_request_error', 'unsupported_media_type');
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return invalidRequest(
+        'We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.',
+        null,
+        'invalid_json',
+      );
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return invalidRequest('Request body size did not match Content-Length.', null, 'invalid_content_length');
+  }
+  if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) {
+    // Other client errors Fastify raises (bad URL encoding, content parser errors...): safe to describe.
+    return new GatewayError(err.statusCode, err.message, 'invalid_request_error', null);
+  }
+  return undefined;
+}
+
+/** The one error funnel: every error leaves the gateway in OpenAI's shape; 5xx never echo internals. */
+export function errorHandler(this: unknown, err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) {
+  const known = err instanceof GatewayError ? err : fromFastifyError(err as FastifyError);
+  if (known) {
+    if (known.status >= 500) request.log.warn({ code: known.code }, known.message);
+    return reply.code(known.status).headers(known.headers).send(known.body());
+  }
+  request.log.error({ err }, 'unhandled error');
+  return reply
+    .code(500)
+    .send(openAIErrorBody(`The gateway had an internal error (request id ${request.id}).`, 'server_error', 'internal_error'));
+}
+
+export function notFoundHandler(request: FastifyRequest, reply: FastifyReply) {
+  return reply
+    .code(404)
+    .send(openAIErrorBody(`Invalid URL (${request.method} ${request.url.split("?")[0]!.slice(0, 200)})`, 'invalid_request_error', 'unknown_url'));
+}

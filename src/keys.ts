@@ -1,0 +1,89 @@
+// Gateway keys: the record ops manage, its limits, and how secrets are minted and hashed.
+import { createHash, randomBytes } from 'node:crypto';
+import { z } from 'zod';
+
+/** Visible prefix so a leaked key is recognisable (secret scanners, logs, chat). */
+export const KEY_PREFIX = 'tg-';
+
+const positiveInt = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+const usd = z.number().positive().max(1e9);
+
+/** Per-key limits. Any subset may be set; an absent limit is not enforced. Enforced by the quota module. */
+export const limitsSchema = z.strictObject({
+  rpm: positiveInt.optional(),
+  tpm: positiveInt.optional(),
+  tokensPerDay: positiveInt.optional(),
+  tokensPerMonth: positiveInt.optional(),
+  usdPerDay: usd.optional(),
+  usdPerMonth: usd.optional(),
+  maxConcurrent: positiveInt.optional(),
+});
+export type Limits = z.infer<typeof limitsSchema>;
+
+/** Model names or prefix patterns ending in `*` (e.g. `gpt-4o*`); null means every model. */
+export const modelsSchema = z.array(z.string().min(1).max(200)).max(1000).nullable();
+
+const metadataSchema = z
+  .record(z.string().max(200), z.union([z.string().max(2000), z.number(), z.boolean(), z.null()]))
+  .refine((m) => Object.keys(m).length <= 50, 'at most 50 metadata entries');
+
+export const createKeySchema = z.strictObject({
+  name: z.string().trim().min(1).max(200),
+  models: modelsSchema.optional(),
+  limits: limitsSchema.optional(),
+  metadata: metadataSchema.optional(),
+});
+export type CreateKeyInput = z.infer<typeof createKeySchema>;
+
+export const updateKeySchema = z.strictObject({
+  name: z.string().trim().min(1).max(200).optional(),
+  models: modelsSchema.optional(),
+  limits: limitsSchema.optional(),
+  metadata: metadataSchema.optional(),
+});
+export type UpdateKeyInput = z.infer<typeof updateKeySchema>;
+
+/** What the store keeps. The secret itself is never stored: only its sha256 (`hash`). */
+export interface KeyRecord {
+  id: string;
+  name: string;
+  hash: string;
+  /** First characters of the secret, shown in listings so ops can tell keys apart. */
+  hint: string;
+  models: string[] | null;
+  limits: Limits;
+  metadata: Record<string, string | number | boolean | null>;
+  createdAt: string;
+  updatedAt: string;
+  revokedAt: string | null;
+}
+
+/** The admin API's view of a key: everything but the hash. */
+export function publicKey(record: KeyRecord) {
+  const { hash: _hash, ...rest } = record;
+  return rest;
+}
+export type PublicKey = ReturnType<typeof publicKey>;
+
+export function newKeyId(): string {
+  return `key_${randomBytes(12).toString('base64url')}`;
+}
+
+/** 32 random bytes: unguessable, so a fast unsalted hash is safe to store and index by. */
+export function newSecret(): string {
+  return KEY_PREFIX + randomBytes(32).toString('base64url');
+}
+
+export function hashSecret(secret: string): string {
+  return createHash('sha256').update(secret).digest('hex');
+}
+
+export function secretHint(secret: string): string {
+  return `${secret.slice(0, KEY_PREFIX.length + 4)}...`;
+}
+
+/** Does the key's allow-list admit this model? Entries ending in `*` match by prefix. */
+export function isModelAllowed(models: string[] | null, model: string): boolean {
+  if (models === null) return true;
+  return models.some((m) => (m.endsWith('*') ? model.startsWith(m.slice(0, -1)) : m === model));
+}

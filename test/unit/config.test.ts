@@ -1,0 +1,58 @@
+// loadConfig: defaults, demo mode, and one error naming every problem.
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../src/config.js';
+
+describe('loadConfig', () => {
+  it('applies the documented defaults', () => {
+    const c = loadConfig({ OPENAI_API_KEY: 'sk-x' });
+    expect(c).toMatchObject({
+      port: 8080,
+      host: '0.0.0.0',
+      logLevel: 'info',
+      logBodies: false,
+      demo: false,
+      bodyLimitBytes: 10 * 1024 * 1024,
+      upstream: { baseUrl: 'https://api.openai.com/v1', apiKey: 'sk-x' },
+    });
+    expect(c.redis).toBeUndefined();
+    expect(c.adminToken).toBeUndefined();
+  });
+
+  it('reads every variable it documents', () => {
+    const c = loadConfig({
+      OPENAI_API_KEY: 'sk-x',
+      PORT: '9000',
+      OPENAI_BASE_URL: 'http://localhost:1234/v1/',
+      OPENAI_ORGANIZATION: 'org-1',
+      REDIS_URL: 'redis://127.0.0.1:6380',
+      ADMIN_TOKEN: 'a'.repeat(20),
+      LOG_BODIES: 'true',
+      BODY_LIMIT_BYTES: '2048',
+    });
+    expect(c.port).toBe(9000);
+    expect(c.upstream.baseUrl).toBe('http://localhost:1234/v1');
+    expect(c.upstream.organization).toBe('org-1');
+    expect(c.redis).toMatchObject({ url: 'redis://127.0.0.1:6380', prefix: 'tg:', commandTimeoutMs: 1000 });
+    expect(c.logBodies).toBe(true);
+    expect(c.bodyLimitBytes).toBe(2048);
+  });
+
+  it('names every problem in one error', () => {
+    let error: unknown;
+    try {
+      loadConfig({ PORT: 'eighty', LOG_LEVEL: 'loud', ADMIN_TOKEN: 'short', OPENAI_BASE_URL: 'ftp://x' });
+    } catch (err) {
+      error = err;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const message = (error as Error).message;
+    for (const name of ['PORT', 'LOG_LEVEL', 'ADMIN_TOKEN', 'OPENAI_BASE_URL']) expect(message).toContain(name);
+    expect(message).not.toContain('short'); // values, which may be secrets, are not echoed
+  });
+
+  it('requires OPENAI_API_KEY outside demo mode', () => {
+    expect(() => loadConfig({})).toThrow(/OPENAI_API_KEY/);
+    expect(loadConfig({}, ['--demo']).demo).toBe(true);
+    expect(loadConfig({ TOLLGATE_DEMO: 'true' }).demo).toBe(true);
+  });
+});
