@@ -1,0 +1,368 @@
+// The Store contract, run against the memory and Redis stores; then what only the Redis store promises.
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { hashSecret, newKeyId, newSecret, secretHint, type KeyRecord } from '../../src/keys.js';
+import { createMemoryStore } from '../../src/store/memory-store.js';
+import { redisKeys } from '../../src/store/redis-keys.js';
+import { createRedisStore, type RedisStoreOptions } from '../../src/store/redis-store.js';
+import type { Store } from '../../src/store/store.js';
+import { freePort, startRedisServer } from '../helpers/redis-server.js';
+import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+
+type Change = { id: string; hash: string };
+
+const open: Store[] = [];
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((s) => s.close()));
+});
+
+function track<S extends Store>(store: S): S {
+  open.push(store);
+  return store;
+}
+
+function redisStore(opts: Partial<RedisStoreOptions> = {}) {
+  return createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix(), ...opts }).then(track);
+}
+
+let clock = Date.parse('2025-01-01T00:00:00.000Z');
+function makeRecord(overrides: Partial<KeyRecord> = {}): KeyRecord {
+  const secret = newSecret();
+  const at = new Date((clock += 1000)).toISOString();
+  return {
+    id: newKeyId(),
+    name: 'test key',
+    hash: hashSecret(secret),
+    hint: secretHint(secret),
+    models: ['gpt-4o*'],
+    limits: { rpm: 60, usdPerDay: 5 },
+    metadata: { team: 'search', tier: 2, internal: true, note: null },
+    createdAt: at,
+    updatedAt: at,
+    revokedAt: null,
+    ...overrides,
+  };
+}
+
+/** Records every change a store reports; wildcards are kept apart from real changes. */
+function recordChanges(store: Store) {
+  const changes: Change[] = [];
+  let wildcards = 0;
+  store.onKeyChange((c) => (c.id === '*' ? wildcards++ : changes.push(c)));
+  return { changes, wildcards: () => wildcards };
+}
+
+describe.each([
+  { kind: 'memory', create: async (): Promise<Store> => track(createMemoryStore()) },
+  { kind: 'redis', create: (): Promise<Store> => redisStore() },
+])('Store contract: $kind', ({ kind, create }) => {
+  it('reports its kind', async () => {
+    expect((await create()).kind).toBe(kind);
+  });
+
+  it('creates a key and finds it by id and by hash', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await store.createKey(record);
+    expect(await store.getKeyById(record.id)).toEqual(record);
+    expect(await store.getKeyByHash(record.hash)).toEqual(record);
+  });
+
+  it('returns null for unknown ids and hashes', async () => {
+    const store = await create();
+    expect(await store.getKeyById('key_nope')).toBeNull();
+    expect(await store.getKeyByHash(hashSecret('tg-nope'))).toBeNull();
+  });
+
+  it('lists keys oldest first, whatever the insertion order', async () => {
+    const store = await create();
+    const [a, b, c] = [makeRecord(), makeRecord(), makeRecord()] as [KeyRecord, KeyRecord, KeyRecord];
+    for (const r of [c, a, b]) await store.createKey(r);
+    expect((await store.listKeys()).map((r) => r.id)).toEqual([a.id, b.id, c.id]);
+  });
+
+  it('lists nothing when empty', async () => {
+    expect(await (await create()).listKeys()).toEqual([]);
+  });
+
+  it('updates a key in place', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await store.createKey(record);
+    const updated = { ...record, name: 'renamed', limits: { tpm: 1000 }, updatedAt: new Date().toISOString() };
+    await store.updateKey(updated, record.hash);
+    expect(await store.getKeyById(record.id)).toEqual(updated);
+    expect(await store.getKeyByHash(record.hash)).toEqual(updated);
+    expect(await store.listKeys()).toEqual([updated]);
+  });
+
+  it('rotation: the old hash stops resolving and the new one resolves', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await store.createKey(record);
+    const rotated = { ...record, hash: hashSecret(newSecret()) };
+    await store.updateKey(rotated, record.hash);
+    expect(await store.getKeyByHash(record.hash)).toBeNull();
+    expect(await store.getKeyByHash(rotated.hash)).toEqual(rotated);
+    expect(await store.getKeyById(record.id)).toEqual(rotated);
+    expect(await store.listKeys()).toHaveLength(1);
+  });
+
+  it('returns revoked keys, with revokedAt, by id, by hash and in the list', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await store.createKey(record);
+    const revoked = { ...record, revokedAt: new Date().toISOString() };
+    await store.updateKey(revoked, record.hash);
+    expect((await store.getKeyByHash(record.hash))?.revokedAt).toBe(revoked.revokedAt);
+    expect((await store.getKeyById(record.id))?.revokedAt).toBe(revoked.revokedAt);
+    expect(await store.listKeys()).toEqual([revoked]);
+  });
+
+  it('refuses to create a key whose id exists, and keeps the original', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await store.createKey(record);
+    await expect(store.createKey({ ...record, name: 'impostor' })).rejects.toThrow(/already exists/);
+    expect(await store.getKeyById(record.id)).toEqual(record);
+    expect(await store.listKeys()).toHaveLength(1);
+  });
+
+  it('refuses to update a key that does not exist', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await expect(store.updateKey(record, record.hash)).rejects.toThrow(/not found/);
+    expect(await store.getKeyById(record.id)).toBeNull();
+    expect(await store.getKeyByHash(record.hash)).toBeNull();
+  });
+
+  it('hands out copies: mutating what goes in or comes out changes nothing stored', async () => {
+    const store = await create();
+    const record = makeRecord();
+    const original = structuredClone(record);
+    await store.createKey(record);
+    record.name = 'mutated input';
+    record.models?.push('evil');
+
+    const byId = await store.getKeyById(original.id);
+    const byHash = await store.getKeyByHash(original.hash);
+    const [listed] = await store.listKeys();
+    for (const r of [byId, byHash, listed]) {
+      if (!r) throw new Error('expected a record');
+      r.name = 'mutated output';
+      r.limits.rpm = 1;
+      r.metadata.team = 'other';
+    }
+    expect(await store.getKeyById(original.id)).toEqual(original);
+  });
+
+  it('tells onKeyChange listeners about both hashes of a rotation', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await store.createKey(record);
+    const { changes } = recordChanges(store);
+    const newHash = hashSecret(newSecret());
+    await store.updateKey({ ...record, hash: newHash }, record.hash);
+    await vi.waitFor(
+      () => {
+        expect(changes).toContainEqual({ id: record.id, hash: record.hash });
+        expect(changes).toContainEqual({ id: record.id, hash: newHash });
+      },
+      { timeout: 1000, interval: 10 },
+    );
+    expect(changes.every((c) => c.id === record.id)).toBe(true);
+  });
+
+  it('tells onKeyChange listeners about a revocation', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await store.createKey(record);
+    const { changes } = recordChanges(store);
+    await store.updateKey({ ...record, revokedAt: new Date().toISOString() }, record.hash);
+    await vi.waitFor(() => expect(changes).toContainEqual({ id: record.id, hash: record.hash }), {
+      timeout: 1000,
+      interval: 10,
+    });
+  });
+
+  it('keeps calling the other listeners when one throws', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await store.createKey(record);
+    store.onKeyChange(() => {
+      throw new Error('listener bug');
+    });
+    const { changes } = recordChanges(store);
+    await store.updateKey({ ...record, name: 'x' }, record.hash);
+    await vi.waitFor(() => expect(changes).toContainEqual({ id: record.id, hash: record.hash }), {
+      timeout: 1000,
+      interval: 10,
+    });
+  });
+
+  it('answers ping and closes', async () => {
+    const store = await create();
+    await expect(store.ping()).resolves.toBeUndefined();
+    await store.close();
+  });
+});
+
+describe('Redis store only', () => {
+  let raw: Redis;
+  beforeAll(() => {
+    raw = new Redis(testRedisUrl(), { maxRetriesPerRequest: 1, commandTimeout: 2000 });
+  });
+  afterAll(async () => {
+    await raw.quit();
+  });
+
+  function logger() {
+    return { warn: vi.fn(), error: vi.fn() };
+  }
+
+  it('builds hash-tagged per-key names and refuses braces in the prefix', () => {
+    const keys = redisKeys('tg:');
+    expect(keys.keyRecord('abc')).toContain('{abc}');
+    expect(keys.keyRecord('abc')).toBe('tg:key:{abc}');
+    expect(() => redisKeys('tg{x}:')).toThrow(/must not contain/);
+  });
+
+  it('writes the record under its hash-tagged key, the index and the list under the prefix', async () => {
+    const prefix = uniquePrefix();
+    const store = await redisStore({ prefix });
+    const record = makeRecord();
+    await store.createKey(record);
+    const keys = redisKeys(prefix);
+    expect(JSON.parse((await raw.get(keys.keyRecord(record.id))) ?? 'null')).toEqual(record);
+    expect(await raw.get(keys.keyHashIndex(record.hash))).toBe(record.id);
+    expect(await raw.zrange(keys.keyList(), 0, '-1')).toEqual([record.id]);
+    expect((await raw.keys(`${prefix}*`)).sort()).toEqual(
+      [keys.keyRecord(record.id), keys.keyHashIndex(record.hash), keys.keyList()].sort(),
+    );
+  });
+
+  it('two instances on one Redis hear each other’s changes within a second', async () => {
+    const prefix = uniquePrefix();
+    const a = await redisStore({ prefix });
+    const b = await redisStore({ prefix });
+    const heardByB = recordChanges(b);
+    const heardByA = recordChanges(a);
+    // The wildcard on (re)subscription tells us B's change feed is live.
+    await vi.waitFor(() => expect(heardByB.wildcards()).toBeGreaterThan(0), { timeout: 2000, interval: 10 });
+
+    const record = makeRecord();
+    await a.createKey(record);
+    const newHash = hashSecret(newSecret());
+    await a.updateKey({ ...record, hash: newHash }, record.hash);
+    await vi.waitFor(
+      () => {
+        expect(heardByB.changes).toContainEqual({ id: record.id, hash: record.hash });
+        expect(heardByB.changes).toContainEqual({ id: record.id, hash: newHash });
+        expect(heardByA.changes).toContainEqual({ id: record.id, hash: newHash });
+      },
+      { timeout: 1000, interval: 10 },
+    );
+    expect(await b.getKeyByHash(record.hash)).toBeNull();
+    expect((await b.getKeyByHash(newHash))?.id).toBe(record.id);
+  });
+
+  it('starts without Redis, fails fast instead of hanging, closes promptly', async () => {
+    const log = logger();
+    const port = await freePort();
+    const store = await createRedisStore({
+      url: `redis://127.0.0.1:${port}`,
+      prefix: uniquePrefix(),
+      commandTimeoutMs: 200,
+      connectTimeoutMs: 200,
+      logger: log,
+    }).then(track);
+
+    const timed = async (fn: () => Promise<unknown>) => {
+      const start = Date.now();
+      await expect(fn()).rejects.toThrow();
+      return Date.now() - start;
+    };
+    expect(await timed(() => store.ping())).toBeLessThan(2000);
+    expect(await timed(() => store.getKeyByHash(hashSecret('tg-x')))).toBeLessThan(2000);
+    expect(await timed(() => store.createKey(makeRecord()))).toBeLessThan(2000);
+
+    const start = Date.now();
+    await store.close();
+    expect(Date.now() - start).toBeLessThan(1000);
+    // Many reconnect attempts failed meanwhile; the outage is logged once, not per attempt.
+    expect(log.error.mock.calls.length).toBeLessThanOrEqual(1);
+  });
+
+  it('recovers after Redis restarts, and tells listeners they may have missed changes', async () => {
+    // A server of its own: this test kills it, and the shared one serves other test files.
+    let server = await startRedisServer();
+    try {
+      const log = logger();
+      const store = await redisStore({ url: server.url, commandTimeoutMs: 300, logger: log });
+      const heard = recordChanges(store);
+      await vi.waitFor(() => expect(heard.wildcards()).toBe(1), { timeout: 2000, interval: 10 });
+      await store.ping();
+
+      await server.stop();
+      await expect(store.ping()).rejects.toThrow();
+      server = await startRedisServer(server.port);
+
+      await vi.waitFor(() => expect(heard.wildcards()).toBe(2), { timeout: 10_000, interval: 20 });
+      await expect(store.ping()).resolves.toBeUndefined();
+      expect(log.error.mock.calls.length).toBeLessThanOrEqual(1);
+    } finally {
+      await Promise.all(open.splice(0).map((s) => s.close()));
+      await server.stop();
+    }
+  });
+
+  it('treats a corrupt record as missing, logs it, and keeps serving the rest', async () => {
+    const prefix = uniquePrefix();
+    const log = logger();
+    const store = await redisStore({ prefix, logger: log });
+    const keys = redisKeys(prefix);
+    const good = makeRecord();
+    const bad = makeRecord();
+    await store.createKey(good);
+    await store.createKey(bad);
+
+    await raw.set(keys.keyRecord(bad.id), '{not json');
+    expect(await store.getKeyById(bad.id)).toBeNull();
+    expect(await store.getKeyByHash(bad.hash)).toBeNull();
+    expect(await store.listKeys()).toEqual([good]);
+
+    await raw.set(keys.keyRecord(bad.id), JSON.stringify({ ...bad, models: 'all' }));
+    expect(await store.getKeyById(bad.id)).toBeNull();
+
+    await raw.set(keys.keyRecord(bad.id), JSON.stringify({ ...good }));
+    expect(await store.getKeyById(bad.id)).toBeNull(); // a record filed under another id
+
+    expect(log.error).toHaveBeenCalled();
+    expect(JSON.stringify(log.error.mock.calls)).not.toContain(bad.hash);
+  });
+
+  it('a stale index entry (rotation cut short) does not let the old secret in', async () => {
+    const prefix = uniquePrefix();
+    const store = await redisStore({ prefix });
+    const record = makeRecord();
+    await store.createKey(record);
+    const rotated = { ...record, hash: hashSecret(newSecret()) };
+    await store.updateKey(rotated, record.hash);
+    // As if the process died after writing the record but before deleting the old index entry.
+    await raw.set(redisKeys(prefix).keyHashIndex(record.hash), record.id);
+    expect(await store.getKeyByHash(record.hash)).toBeNull();
+    expect(await store.getKeyByHash(rotated.hash)).toEqual(rotated);
+  });
+
+  it('ignores malformed key-change messages', async () => {
+    const prefix = uniquePrefix();
+    const store = await redisStore({ prefix, logger: logger() });
+    const heard = recordChanges(store);
+    await vi.waitFor(() => expect(heard.wildcards()).toBe(1), { timeout: 2000, interval: 10 });
+    const channel = redisKeys(prefix).keyChangesChannel();
+    await raw.publish(channel, 'garbage');
+    await raw.publish(channel, JSON.stringify({ id: 42 }));
+    await raw.publish(channel, JSON.stringify({ id: 'key_x', hash: 'h' }));
+    await vi.waitFor(() => expect(heard.changes).toEqual([{ id: 'key_x', hash: 'h' }]), { timeout: 1000, interval: 10 });
+  });
+});
