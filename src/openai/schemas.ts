@@ -1,0 +1,76 @@
+// zod schemas of the request fields Tollgate acts on. Loose objects: every other field passes through
+// untouched, so new OpenAI parameters work without a gateway release.
+import { z } from 'zod';
+
+// Python clients send explicit nulls for unset arguments (openai 0.x sends `stop: null`): accept them.
+const opt = <T extends z.ZodType>(schema: T) => schema.nullish();
+
+const model = z.string().min(1).max(256);
+const tokenCount = z.number().int().positive();
+
+const stop = z.union([z.string(), z.array(z.string()).max(4)]);
+const streamOptions = z.looseObject({ include_usage: opt(z.boolean()) });
+
+/** Sampling fields shared by chat and legacy completions, with OpenAI's documented ranges. */
+const sampling = {
+  temperature: opt(z.number().min(0).max(2)),
+  top_p: opt(z.number().min(0).max(1)),
+  n: opt(z.number().int().min(1).max(128)),
+  presence_penalty: opt(z.number().min(-2).max(2)),
+  frequency_penalty: opt(z.number().min(-2).max(2)),
+  seed: opt(z.number().int()),
+  stop: opt(stop),
+  logit_bias: opt(z.record(z.string(), z.number().min(-100).max(100))),
+  stream: opt(z.boolean()),
+  stream_options: opt(streamOptions),
+  max_tokens: opt(tokenCount),
+  user: opt(z.string()),
+};
+
+const message = z.looseObject({
+  role: z.string().min(1),
+});
+
+export const chatCompletionSchema = z.looseObject({
+  model,
+  messages: z.array(message).min(1),
+  ...sampling,
+  max_completion_tokens: opt(tokenCount),
+  logprobs: opt(z.boolean()),
+  top_logprobs: opt(z.number().int().min(0).max(20)),
+});
+
+const tokenIds = z.array(z.number().int().nonnegative());
+const promptLike = z.union([z.string(), z.array(z.string()), tokenIds, z.array(tokenIds)]);
+
+export const completionSchema = z.looseObject({
+  model,
+  prompt: promptLike,
+  ...sampling,
+  best_of: opt(z.number().int().min(1).max(20)),
+  logprobs: opt(z.number().int().min(0).max(5)),
+  echo: opt(z.boolean()),
+  suffix: opt(z.string()),
+});
+
+export const embeddingSchema = z.looseObject({
+  model,
+  input: z.union([z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds).min(1)]),
+  encoding_format: opt(z.enum(['float', 'base64'])),
+  dimensions: opt(z.number().int().positive()),
+  user: opt(z.string()),
+});
+
+export type ChatCompletionRequest = z.infer<typeof chatCompletionSchema>;
+export type CompletionRequest = z.infer<typeof completionSchema>;
+export type EmbeddingRequest = z.infer<typeof embeddingSchema>;
+
+/** `['messages', 0, 'role']` -> `messages[0].role`, the way OpenAI names a parameter. */
+export function paramPath(path: readonly PropertyKey[]): string | null {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out ? `.${String(part)}` : String(part);
+  }
+  return out || null;
+}

@@ -1,0 +1,81 @@
+// Relays an upstream SSE stream to the client event by event, as each arrives, while reading usage.
+import { PassThrough, type Readable } from 'node:stream';
+import { once } from 'node:events';
+import { createParser, type EventSourceMessage } from 'eventsource-parser';
+import type { Usage } from './usage.js';
+import { readChunkUsage } from './usage.js';
+import { openAIErrorBody } from '../errors.js';
+
+export interface RelayOptions {
+  /** Drop the usage-only chunk: the gateway asked for it, the client did not. */
+  dropUsageChunk: boolean;
+}
+
+export interface RelayResult {
+  /** Upstream finished the stream with `data: [DONE]`. */
+  completed: boolean;
+  usage?: Usage;
+  /** The stream ended early: client gone, upstream error or timeout. */
+  error?: unknown;
+  /** Number of events relayed, to tell "cut short" from "never started". */
+  events: number;
+}
+
+/** Re-serialises one parsed event. Multi-line data becomes several `data:` lines, as the spec says. */
+export function formatEvent(e: Pick<EventSourceMessage, 'event' | 'data' | 'id'>): string {
+  let out = '';
+  if (e.event) out += `event: ${e.event}\n`;
+  if (e.id) out += `id: ${e.id}\n`;
+  if (e.data.includes('\n')) for (const line of e.data.split('\n')) out += `data: ${line}\n`;
+  else out += `data: ${e.data}\n`;
+  return `${out}\n`;
+}
+
+/**
+ * Starts relaying `source` (upstream SSE bytes) into the returned stream, which the caller hands to
+ * the client. Each event is written as soon as it is complete (no buffering beyond one event) and
+ * the relay honours the client's back-pressure. `done` settles once the relay stops for any reason.
+ */
+export function relaySse(source: Readable, options: RelayOptions): { stream: PassThrough; done: Promise<RelayResult> } {
+  const out = new PassThrough();
+  const result: RelayResult = { completed: false, events: 0 };
+  const pending: EventSourceMessage[] = [];
+  const parser = createParser({ onEvent: (e) => pending.push(e) });
+
+  async function write(text: string) {
+    if (!out.write(text)) await Promise.race([once(out, 'drain'), once(out, 'close')]);
+  }
+
+  async function pump(): Promise<RelayResult> {
+    const decoder = new TextDecoder();
+    try {
+      for await (const chunk of source) {
+        parser.feed(decoder.decode(chunk as Buffer, { stream: true }));
+        for (let e = pending.shift(); e; e = pending.shift()) {
+          if (out.destroyed) throw new Error('client closed the stream');
+          if (e.data === '[DONE]') result.completed = true;
+          else {
+            const found = readChunkUsage(e.data);
+            if (found) {
+              result.usage = found.usage;
+              if (found.usageOnly && options.dropUsageChunk) continue;
+            }
+          }
+          result.events++;
+          await write(formatEvent(e));
+        }
+      }
+      if (!out.destroyed) out.end();
+    } catch (err) {
+      result.error = err;
+      source.destroy();
+      if (!out.destroyed && out.writable) {
+        // Headers are gone already; tell the client in-band, the way OpenAI reports mid-stream errors.
+        out.end(formatEvent({ data: JSON.stringify(openAIErrorBody('The upstream stream was interrupted.', 'server_error', 'upstream_stream_error')) }));
+      }
+    }
+    return result;
+  }
+
+  return { stream: out, done: pump() };
+}

@@ -1,0 +1,49 @@
+// Reading token usage out of OpenAI responses, streamed or not.
+
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+  totalTokens: number;
+  /** Prompt tokens served from OpenAI's prompt cache (billed at the cached-input price). */
+  cachedPromptTokens: number;
+  reasoningTokens: number;
+}
+
+const count = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : 0);
+
+/** `usage` as chat, completions and embeddings report it; undefined when absent or null. */
+export function readUsage(body: unknown): Usage | undefined {
+  if (typeof body !== 'object' || body === null) return undefined;
+  const u = (body as { usage?: unknown }).usage;
+  if (typeof u !== 'object' || u === null) return undefined;
+  const usage = u as Record<string, unknown>;
+  const promptTokens = count(usage.prompt_tokens);
+  const completionTokens = count(usage.completion_tokens);
+  const promptDetails = (usage.prompt_tokens_details ?? {}) as Record<string, unknown>;
+  const completionDetails = (usage.completion_tokens_details ?? {}) as Record<string, unknown>;
+  return {
+    promptTokens,
+    completionTokens,
+    totalTokens: count(usage.total_tokens) || promptTokens + completionTokens,
+    cachedPromptTokens: count(promptDetails?.cached_tokens),
+    reasoningTokens: count(completionDetails?.reasoning_tokens),
+  };
+}
+
+// Cheap pre-check so only the one chunk that carries usage is JSON-parsed twice (chunks say `"usage":null`).
+const USAGE_OBJECT = /"usage"\s*:\s*\{/;
+
+/** Usage carried by one streamed chat/completions chunk, if any. */
+export function readChunkUsage(data: string): { usage: Usage; usageOnly: boolean } | undefined {
+  if (!USAGE_OBJECT.test(data)) return undefined;
+  let chunk: unknown;
+  try {
+    chunk = JSON.parse(data);
+  } catch {
+    return undefined;
+  }
+  const usage = readUsage(chunk);
+  if (!usage) return undefined;
+  const choices = (chunk as { choices?: unknown }).choices;
+  return { usage, usageOnly: Array.isArray(choices) && choices.length === 0 };
+}

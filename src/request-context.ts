@@ -1,0 +1,29 @@
+// What the pipeline learns about a request as it goes, for the one log line (and later, usage records).
+import type { KeyRecord } from './keys.js';
+import type { Usage } from './openai/usage.js';
+
+export interface RequestTrace {
+  endpoint?: string;
+  model?: string;
+  stream?: boolean;
+  upstreamStatus?: number;
+  /** Upstream time from sending the request to its last byte. */
+  upstreamMs?: number;
+  upstreamRequestId?: string;
+  usage?: Usage;
+  /** The stream ended before upstream's [DONE] (client left, upstream failed). */
+  streamIncomplete?: boolean;
+  /** Only when LOG_BODIES is on. */
+  requestBody?: unknown;
+  responseBody?: unknown;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The authenticated gateway key (set by the auth hook on /v1 routes). */
+    gatewayKey: KeyRecord | null;
+    trace: RequestTrace;
+    /** The request body exactly as received, so it can be forwarded byte for byte. */
+    rawBody: Buffer | null;
+  }
+}

@@ -1,0 +1,116 @@
+// The admin API: gateway keys. Registered only when ADMIN_TOKEN is set; every route needs that token.
+import type { FastifyInstance } from 'fastify';
+import type { Store } from '../store/store.js';
+import { bearerToken, safeEqual } from '../auth/bearer.js';
+import { GatewayError, notFound, invalidRequest } from '../errors.js';
+import {
+  createKeySchema,
+  updateKeySchema,
+  hashSecret,
+  newKeyId,
+  newSecret,
+  publicKey,
+  secretHint,
+  type KeyRecord,
+} from '../keys.js';
+import { paramPath } from '../openai/schemas.js';
+import type { z } from 'zod';
+
+export interface AdminOptions {
+  adminToken: string;
+  store: Store;
+  now?: () => Date;
+}
+
+function parse<T>(schema: z.ZodType<T>, body: unknown): T {
+  const result = schema.safeParse(body ?? {});
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const param = paramPath(issue.path);
+  throw invalidRequest(`Invalid '${param ?? 'body'}': ${issue.message}.`, param, 'invalid_value');
+}
+
+export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
+  const { store } = opts;
+  const now = () => (opts.now ? opts.now() : new Date()).toISOString();
+
+  app.addHook('onRequest', async (request) => {
+    const token = bearerToken(request.headers.authorization);
+    if (!token || !safeEqual(token, opts.adminToken)) {
+      throw new GatewayError(401, 'A valid admin token is required.', 'invalid_request_error', 'invalid_admin_token');
+    }
+  });
+
+  async function load(id: string): Promise<KeyRecord> {
+    const record = await store.getKeyById(id);
+    if (!record) throw notFound(`No key with id '${id}'.`, 'key_not_found', 'id');
+    return record;
+  }
+
+  app.post('/keys', async (request, reply) => {
+    const input = parse(createKeySchema, request.body);
+    const secret = newSecret();
+    const at = now();
+    const record: KeyRecord = {
+      id: newKeyId(),
+      name: input.name,
+      hash: hashSecret(secret),
+      hint: secretHint(secret),
+      models: input.models ?? null,
+      limits: input.limits ?? {},
+      metadata: input.metadata ?? {},
+      createdAt: at,
+      updatedAt: at,
+      revokedAt: null,
+    };
+    await store.createKey(record);
+    request.log.info({ keyId: record.id }, 'key created');
+    // The only time the secret is ever shown.
+    return reply.code(201).send({ ...publicKey(record), key: secret });
+  });
+
+  app.get('/keys', async () => {
+    const keys = await store.listKeys();
+    return { object: 'list', data: keys.map(publicKey) };
+  });
+
+  app.get<{ Params: { id: string } }>('/keys/:id', async (request) => publicKey(await load(request.params.id)));
+
+  app.patch<{ Params: { id: string } }>('/keys/:id', async (request) => {
+    const input = parse(updateKeySchema, request.body);
+    const record = await load(request.params.id);
+    const updated: KeyRecord = {
+      ...record,
+      ...(input.name !== undefined && { name: input.name }),
+      ...(input.models !== undefined && { models: input.models }),
+      ...(input.limits !== undefined && { limits: input.limits }),
+      ...(input.metadata !== undefined && { metadata: input.metadata }),
+      updatedAt: now(),
+    };
+    await store.updateKey(updated, record.hash);
+    request.log.info({ keyId: record.id }, 'key updated');
+    return publicKey(updated);
+  });
+
+  app.delete<{ Params: { id: string } }>('/keys/:id', async (request) => {
+    const record = await load(request.params.id);
+    if (record.revokedAt === null) {
+      const at = now();
+      await store.updateKey({ ...record, revokedAt: at, updatedAt: at }, record.hash);
+      request.log.info({ keyId: record.id }, 'key revoked');
+    }
+    return { id: record.id, object: 'key', deleted: true };
+  });
+
+  app.post<{ Params: { id: string } }>('/keys/:id/rotate', async (request) => {
+    const record = await load(request.params.id);
+    if (record.revokedAt !== null) {
+      throw new GatewayError(409, 'A revoked key cannot be rotated.', 'invalid_request_error', 'key_revoked');
+    }
+    const secret = newSecret();
+    const updated: KeyRecord = { ...record, hash: hashSecret(secret), hint: secretHint(secret), updatedAt: now() };
+    await store.updateKey(updated, record.hash);
+    request.log.info({ keyId: record.id }, 'key rotated');
+    return { ...publicKey(updated), key: secret };
+  });
+}

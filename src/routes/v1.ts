@@ -1,0 +1,85 @@
+// The OpenAI-compatible API under /v1. Thin: authentication here, everything else in the pipeline.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { endpoints, type Endpoint } from '../openai/endpoints.js';
+import { forward, clientGone, clientClosed, readUpstreamBody, sendBuffered, type ForwardDeps } from '../pipeline/forward.js';
+import { upstreamHeadersForClient } from '../pipeline/headers.js';
+import { bearerToken } from '../auth/bearer.js';
+import type { KeyResolver } from '../auth/key-resolver.js';
+import { invalidApiKey, modelNotFound, serviceUnavailable } from '../errors.js';
+import { isModelAllowed } from '../keys.js';
+
+export interface V1Options extends ForwardDeps {
+  keyResolver: KeyResolver;
+}
+
+const MISSING_KEY =
+  "You didn't provide an API key. Provide your gateway key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).";
+// One message for unknown and revoked keys, and never the key itself: no oracle, no echo.
+const BAD_KEY = 'Incorrect API key provided. Ask your gateway administrator for a valid key.';
+
+/** Every POST endpoint of the table, with the path(s) it is served on. */
+const postRoutes: { url: string; endpoint: Endpoint; modelParam?: string }[] = [
+  { url: '/chat/completions', endpoint: endpoints.chat },
+  { url: '/completions', endpoint: endpoints.completions },
+  // openai-python 0.x: Completion.create(engine=...) posts here; the engine is the model.
+  { url: '/engines/:engine/completions', endpoint: endpoints.completions, modelParam: 'engine' },
+  { url: '/embeddings', endpoint: endpoints.embeddings },
+];
+
+export async function v1Routes(app: FastifyInstance, opts: V1Options) {
+  app.addHook('onRequest', async (request) => {
+    const secret = bearerToken(request.headers.authorization);
+    if (!secret) throw invalidApiKey(MISSING_KEY);
+    let key;
+    try {
+      key = await opts.keyResolver.resolve(secret);
+    } catch (err) {
+      request.log.warn({ err: (err as Error).message }, 'key lookup failed');
+      throw serviceUnavailable('Authentication is temporarily unavailable. Please retry.', 'auth_unavailable');
+    }
+    if (!key) throw invalidApiKey(BAD_KEY);
+    request.gatewayKey = key;
+  });
+
+  for (const route of postRoutes) {
+    app.post(route.url, (request, reply) => {
+      const model = route.modelParam ? (request.params as Record<string, string>)[route.modelParam] : undefined;
+      return forward(request, reply, route.endpoint, opts, { model });
+    });
+  }
+
+  app.get('/models', async (request, reply) => {
+    request.trace.endpoint = 'models.list';
+    const res = await getUpstream(request, reply, opts, '/models');
+    if (!res) return clientClosed(reply);
+    const allowed = request.gatewayKey!.models;
+    if (allowed === null || res.status !== 200) return sendBuffered(reply, res, performance.now(), false);
+    // Only the models this key may use.
+    const list = JSON.parse((await readUpstreamBody(res)).toString('utf8')) as { data?: { id: string }[] };
+    list.data = (list.data ?? []).filter((m) => isModelAllowed(allowed, m.id));
+    return reply.send(list);
+  });
+
+  app.get<{ Params: { id: string } }>('/models/:id', async (request, reply) => {
+    const { id } = request.params;
+    request.trace.endpoint = 'models.retrieve';
+    request.trace.model = id;
+    if (!isModelAllowed(request.gatewayKey!.models, id)) throw modelNotFound(id);
+    const res = await getUpstream(request, reply, opts, `/models/${encodeURIComponent(id)}`);
+    if (!res) return clientClosed(reply);
+    return sendBuffered(reply, res, performance.now(), false);
+  });
+}
+
+async function getUpstream(request: FastifyRequest, reply: FastifyReply, opts: V1Options, path: string) {
+  const signal = clientGone(reply);
+  try {
+    const res = await opts.upstream.send({ method: 'GET', path, signal });
+    request.trace.upstreamStatus = res.status;
+    reply.code(res.status).headers(upstreamHeadersForClient(res.headers));
+    return res;
+  } catch (err) {
+    if (signal.aborted) return undefined;
+    throw err;
+  }
+}

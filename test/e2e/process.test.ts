@@ -1,0 +1,101 @@
+// The real process: the demo quick start works, and SIGTERM lets in-flight streams finish.
+import { afterEach, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { startFakeOpenAI, type FakeOpenAI } from '../../src/fake-openai/server.js';
+import { freePort } from '../helpers/redis-server.js';
+import { testRedisUrl } from '../helpers/redis.js';
+
+const ADMIN = 'process-test-admin-token';
+let child: ChildProcess | undefined;
+let fake: FakeOpenAI | undefined;
+
+afterEach(async () => {
+  if (child && child.exitCode === null) {
+    child.kill('SIGKILL');
+    await once(child, 'exit');
+  }
+  await fake?.close();
+  child = fake = undefined;
+});
+
+function startServer(env: Record<string, string>, args: string[] = []) {
+  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts', ...args], {
+    env: { PATH: process.env.PATH, HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  proc.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+  proc.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+  child = proc;
+  return { proc, output: () => output };
+}
+
+async function waitUntilUp(base: string) {
+  await expect
+    .poll(async () => (await fetch(`${base}/healthz`).catch(() => undefined))?.status, { timeout: 15_000, interval: 100 })
+    .toBe(200);
+}
+
+describe('demo mode', () => {
+  it('starts with no Redis and no OpenAI key, and prints a key and a curl line that work', async () => {
+    const port = await freePort();
+    const server = startServer({ PORT: String(port) }, ['--demo']);
+    const base = `http://127.0.0.1:${port}`;
+    await waitUntilUp(base);
+    await expect.poll(() => server.output(), { timeout: 5000 }).toContain('curl ');
+    const key = /gateway key:\s+(tg-\S+)/.exec(server.output())![1]!;
+    expect(server.output()).toContain(`curl ${base}/v1/chat/completions`);
+    const res = await fetch(`${base}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello!' }] }),
+    });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { object: string }).object).toBe('chat.completion');
+    expect(server.output()).toContain('in-memory store');
+  });
+});
+
+describe('graceful shutdown', () => {
+  it('on SIGTERM stops accepting, finishes the stream in flight, closes Redis and exits 0', async () => {
+    fake = await startFakeOpenAI({ apiKey: 'sk-up', streamChunkDelayMs: 40 });
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}`;
+    const server = startServer({
+      PORT: String(port),
+      OPENAI_API_KEY: 'sk-up',
+      OPENAI_BASE_URL: fake.url,
+      ADMIN_TOKEN: ADMIN,
+      REDIS_URL: testRedisUrl(),
+      REDIS_PREFIX: `shutdown${port}:`,
+      SHUTDOWN_TIMEOUT_MS: '10000',
+    });
+    await waitUntilUp(base);
+    const created = await fetch(`${base}/admin/keys`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'shutdown' }),
+    });
+    const { key } = (await created.json()) as { key: string };
+
+    const res = await fetch(`${base}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'a long story please' }], stream: true }),
+    });
+    const reader = res.body!.getReader();
+    let text = new TextDecoder().decode((await reader.read()).value);
+    const exited = once(server.proc, 'exit');
+    server.proc.kill('SIGTERM');
+
+    // New connections are refused while the stream goes on.
+    await expect.poll(async () => fetch(`${base}/healthz`).then(() => 'accepted', () => 'refused'), { timeout: 5000 }).toBe('refused');
+    for (let r = await reader.read(); !r.done; r = await reader.read()) text += new TextDecoder().decode(r.value);
+    expect(text.trim().endsWith('data: [DONE]')).toBe(true);
+
+    const [code] = await exited;
+    expect(code, server.output()).toBe(0);
+    expect(server.output()).toContain('shut down cleanly');
+  });
+});

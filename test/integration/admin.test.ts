@@ -1,0 +1,190 @@
+// The admin API: keys are created, shown once, stored hashed, changed, revoked and rotated.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
+import { startGateway, ADMIN_TOKEN, type Gateway } from '../helpers/gateway.js';
+import { createRedisStore } from '../../src/store/redis-store.js';
+import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+import type { Store } from '../../src/store/store.js';
+
+let gw: Gateway;
+beforeAll(async () => {
+  gw = await startGateway();
+});
+afterAll(() => gw.close());
+
+const chatWith = (url: string, key: string) =>
+  fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }),
+  });
+
+describe('admin authentication', () => {
+  it('refuses a missing or wrong admin token with 401', async () => {
+    for (const authorization of [undefined, 'Bearer wrong-token-wrong-token', `Basic ${ADMIN_TOKEN}`, `Bearer ${ADMIN_TOKEN}x`]) {
+      const res = await fetch(`${gw.url}/admin/keys`, { headers: authorization ? { authorization } : {} });
+      expect(res.status).toBe(401);
+      const body = (await res.json()) as { error: { type: string; message: string } };
+      expect(body.error.type).toBe('invalid_request_error');
+      expect(JSON.stringify(body)).not.toContain(ADMIN_TOKEN);
+    }
+  });
+
+  it('refuses a gateway key as an admin token', async () => {
+    const { key } = await gw.createKey();
+    const res = await fetch(`${gw.url}/admin/keys`, { headers: { authorization: `Bearer ${key}` } });
+    expect(res.status).toBe(401);
+  });
+
+  it('is off when ADMIN_TOKEN is unset', async () => {
+    const noAdmin = await startGateway({ env: { ADMIN_TOKEN: '' } });
+    try {
+      const res = await fetch(`${noAdmin.url}/admin/keys`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+      expect(res.status).toBe(404);
+    } finally {
+      await noAdmin.close();
+    }
+  });
+});
+
+describe('keys', () => {
+  it('creates a key whose secret is shown once and works at once', async () => {
+    const res = await gw.admin('POST', '/admin/keys', {
+      name: 'billing-app',
+      models: ['gpt-4o-mini'],
+      limits: { rpm: 60, usdPerDay: 5 },
+      metadata: { team: 'billing' },
+    });
+    expect(res.status).toBe(201);
+    const created = res.body;
+    expect(created).toMatchObject({ name: 'billing-app', models: ['gpt-4o-mini'], limits: { rpm: 60, usdPerDay: 5 } });
+    expect(created.id).toMatch(/^key_/);
+    expect(created.key).toMatch(/^tg-[\w-]{40,}$/);
+    expect(created.createdAt).toMatch(/^\d{4}-\d\d-\d\dT/);
+    expect(created.hash).toBeUndefined();
+    expect((await chatWith(gw.url, created.key)).status).toBe(200);
+
+    const list = await gw.admin('GET', '/admin/keys');
+    const shown = await gw.admin('GET', `/admin/keys/${created.id}`);
+    for (const body of [list.body, shown.body]) {
+      const text = JSON.stringify(body);
+      expect(text).not.toContain(created.key);
+      expect(text).not.toContain(createHash('sha256').update(created.key).digest('hex'));
+    }
+    expect(list.body.data.some((k: { id: string }) => k.id === created.id)).toBe(true);
+    expect(shown.body).toMatchObject({ id: created.id, name: 'billing-app', hint: created.key.slice(0, 7) + '...' });
+  });
+
+  it('validates what it is given', async () => {
+    const cases = [
+      {},
+      { name: '' },
+      { name: 'x', limits: { rpm: -1 } },
+      { name: 'x', limits: { rpm: 1.5 } },
+      { name: 'x', limits: { requestsPerFortnight: 3 } },
+      { name: 'x', models: 'gpt-4o' },
+      { name: 'x', extra: true },
+    ];
+    for (const body of cases) {
+      const res = await gw.admin('POST', '/admin/keys', body);
+      expect(res.status, JSON.stringify(body)).toBe(400);
+      expect(res.body.error.type).toBe('invalid_request_error');
+    }
+    expect((await gw.admin('PATCH', '/admin/keys/key_nope', { name: 'y' })).status).toBe(404);
+    expect((await gw.admin('GET', '/admin/keys/key_nope')).status).toBe(404);
+  });
+
+  it('updates name, models and limits', async () => {
+    const { id, key } = await gw.createKey({ name: 'before' });
+    const res = await gw.admin('PATCH', `/admin/keys/${id}`, {
+      name: 'after',
+      models: ['gpt-4o*'],
+      limits: { tpm: 1000, maxConcurrent: 2 },
+    });
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ name: 'after', models: ['gpt-4o*'], limits: { tpm: 1000, maxConcurrent: 2 } });
+    // The allow-list holds at once on this instance.
+    const denied = await fetch(`${gw.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'text-embedding-3-small', input: 'x' }),
+    });
+    expect(denied.status).toBe(404);
+    expect((await chatWith(gw.url, key)).status).toBe(200);
+  });
+
+  it('revokes a key: 401 from then on, with no echo of the key', async () => {
+    const { id, key } = await gw.createKey();
+    expect((await chatWith(gw.url, key)).status).toBe(200);
+    const del = await gw.admin('DELETE', `/admin/keys/${id}`);
+    expect(del.body).toEqual({ id, object: 'key', deleted: true });
+    const res = await chatWith(gw.url, key);
+    expect(res.status).toBe(401);
+    const body = await res.text();
+    expect(JSON.parse(body)).toMatchObject({ error: { type: 'invalid_request_error', code: 'invalid_api_key', param: null } });
+    expect(body).not.toContain(key);
+    expect((await gw.admin('GET', `/admin/keys/${id}`)).body.revokedAt).not.toBeNull();
+    expect((await gw.admin('POST', `/admin/keys/${id}/rotate`)).status).toBe(409);
+  });
+
+  it('rotates a key: new secret, same id and limits, old secret refused', async () => {
+    const { id, key } = await gw.createKey({ name: 'rotating', limits: { rpm: 10 } });
+    expect((await chatWith(gw.url, key)).status).toBe(200);
+    const res = await gw.admin('POST', `/admin/keys/${id}/rotate`);
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ id, name: 'rotating', limits: { rpm: 10 } });
+    expect(res.body.key).not.toBe(key);
+    expect((await chatWith(gw.url, key)).status).toBe(401);
+    expect((await chatWith(gw.url, res.body.key)).status).toBe(200);
+  });
+
+  it('answers 401 for a missing key in OpenAI shape', async () => {
+    const res = await fetch(`${gw.url}/v1/models`);
+    expect(res.status).toBe(401);
+    expect(await res.json()).toMatchObject({ error: { code: 'invalid_api_key', type: 'invalid_request_error' } });
+  });
+});
+
+describe('two instances on one Redis', () => {
+  let a: Gateway;
+  let b: Gateway;
+  let storeA: Store;
+  let storeB: Store;
+
+  beforeAll(async () => {
+    const prefix = uniquePrefix();
+    storeA = await createRedisStore({ url: testRedisUrl(), prefix });
+    storeB = await createRedisStore({ url: testRedisUrl(), prefix });
+    // A long auth cache TTL: only the change feed can make B notice in time.
+    a = await startGateway({ store: storeA, env: { AUTH_CACHE_TTL_MS: '60000' } });
+    b = await startGateway({ store: storeB, fake: a.fake, env: { AUTH_CACHE_TTL_MS: '60000' } });
+  });
+  afterAll(async () => {
+    await b.close();
+    await a.close();
+    await storeA.close();
+    await storeB.close();
+  });
+
+  it('sees a revocation made on the other instance within one second', async () => {
+    const { id, key } = await a.createKey();
+    expect((await chatWith(b.url, key)).status).toBe(200); // now cached on B
+    await a.admin('DELETE', `/admin/keys/${id}`);
+    await expect.poll(async () => (await chatWith(b.url, key)).status, { timeout: 1000, interval: 50 }).toBe(401);
+  });
+
+  it('sees a change of allowed models made on the other instance within one second', async () => {
+    const { id, key } = await a.createKey();
+    expect((await chatWith(b.url, key)).status).toBe(200);
+    await a.admin('PATCH', `/admin/keys/${id}`, { models: ['gpt-4.1'] });
+    await expect.poll(async () => (await chatWith(b.url, key)).status, { timeout: 1000, interval: 50 }).toBe(404);
+  });
+
+  it('sees a rotation made on the other instance within one second', async () => {
+    const { id, key } = await a.createKey();
+    expect((await chatWith(b.url, key)).status).toBe(200);
+    const rotated = await a.admin('POST', `/admin/keys/${id}/rotate`);
+    await expect.poll(async () => (await chatWith(b.url, key)).status, { timeout: 1000, interval: 50 }).toBe(401);
+    expect((await chatWith(b.url, rotated.body.key)).status).toBe(200);
+  });
+});

@@ -1,0 +1,66 @@
+// One structured log line per request, and no secret or prompt in the log unless configured.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startGateway, ADMIN_TOKEN, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
+
+const PROMPT = 'my-very-private-prompt-text';
+
+async function traffic(gw: Gateway) {
+  const { id, key } = await gw.createKey({ name: 'logged-app' });
+  const client = gw.sdk(key);
+  await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: PROMPT }] });
+  const stream = await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: PROMPT }], stream: true });
+  for await (const _ of stream) void _;
+  await gw.sdk('tg-wrong-key-that-must-not-be-logged').models.list().catch(() => undefined);
+  await gw.admin('POST', `/admin/keys/${id}/rotate`);
+  await fetch(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, cookie: 'sid=secret-cookie' },
+    body: '{bad json',
+  });
+  return { id, key };
+}
+
+describe('request log', () => {
+  let gw: Gateway;
+  let created: { id: string; key: string };
+  beforeAll(async () => {
+    gw = await startGateway();
+    created = await traffic(gw);
+    await gw.close(); // flushes every line
+  });
+
+  it('writes one line per request with id, key id, endpoint, model, status and latency', () => {
+    const lines = gw.logs.requests().filter((l) => l.endpoint === 'chat.completions');
+    expect(lines).toHaveLength(2);
+    for (const line of lines) {
+      expect(line).toMatchObject({ keyId: created.id, model: 'gpt-4o-mini', status: 200, level: 30 });
+      expect(typeof line.reqId).toBe('string');
+      expect(typeof line.latencyMs).toBe('number');
+      expect((line.usage as { totalTokens: number }).totalTokens).toBeGreaterThan(0);
+    }
+    expect(lines.map((l) => l.stream)).toEqual([false, true]);
+    const rejected = gw.logs.requests().find((l) => l.status === 401);
+    expect(rejected).toMatchObject({ path: '/v1/models' });
+  });
+
+  it('never contains a secret, a cookie or a prompt', () => {
+    const text = gw.logs.text;
+    expect(text.length).toBeGreaterThan(0);
+    for (const secret of [created.key, UPSTREAM_KEY, ADMIN_TOKEN, 'tg-wrong-key-that-must-not-be-logged', 'secret-cookie', PROMPT]) {
+      expect(text).not.toContain(secret);
+    }
+  });
+});
+
+describe('LOG_BODIES', () => {
+  it('logs prompts and completions only when turned on', async () => {
+    const gw = await startGateway({ env: { LOG_BODIES: 'true' } });
+    const { key } = await gw.createKey();
+    await gw.sdk(key).chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: PROMPT }] });
+    await gw.close();
+    const line = gw.logs.requests().find((l) => l.endpoint === 'chat.completions')!;
+    expect(JSON.stringify(line.requestBody)).toContain(PROMPT);
+    expect(JSON.stringify(line.responseBody)).toContain('chat.completion');
+    expect(gw.logs.text).not.toContain(key);
+  });
+});

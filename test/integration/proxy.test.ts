@@ -1,0 +1,253 @@
+// Validation, forwarding, streaming and failure mapping, over real HTTP to the fake upstream.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { request as httpRequest } from 'node:http';
+import { startGateway, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
+
+let gw: Gateway;
+let key: string;
+
+beforeAll(async () => {
+  gw = await startGateway({
+    env: { BODY_LIMIT_BYTES: '4096', OPENAI_ORGANIZATION: 'org-acme', OPENAI_PROJECT: 'proj_42', UPSTREAM_HEADERS_TIMEOUT_MS: '400' },
+  });
+  ({ key } = await gw.createKey({ name: 'proxy-tests' }));
+});
+afterAll(() => gw.close());
+afterEach(() => {
+  gw.fake.reset();
+  gw.fake.setStreamChunkDelay(0);
+});
+
+function post(path: string, body: unknown, headers: Record<string, string> = {}) {
+  return fetch(`${gw.url}${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+}
+
+const chat = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] };
+
+describe('validation', () => {
+  it.each([
+    [{ messages: chat.messages }, 'model', 'missing_required_parameter'],
+    [{ model: 'gpt-4o-mini' }, 'messages', 'missing_required_parameter'],
+    [{ ...chat, messages: [{ content: 'no role' }] }, 'messages[0].role', 'missing_required_parameter'],
+    [{ ...chat, temperature: 2.5 }, 'temperature', 'value_above_maximum'],
+    [{ ...chat, top_p: -1 }, 'top_p', 'value_below_minimum'],
+    [{ ...chat, n: 0 }, 'n', 'value_below_minimum'],
+    [{ ...chat, max_tokens: 'many' }, 'max_tokens', 'invalid_type'],
+    [{ ...chat, max_completion_tokens: 1.5 }, 'max_completion_tokens', 'invalid_type'],
+    [{ ...chat, stream: 'yes' }, 'stream', 'invalid_type'],
+    [{ ...chat, stream_options: { include_usage: 'yes' } }, 'stream_options.include_usage', 'invalid_type'],
+  ])('rejects %j naming %s', async (body, param, code) => {
+    const res = await post('/v1/chat/completions', body);
+    expect(res.status).toBe(400);
+    const json = (await res.json()) as { error: Record<string, unknown> };
+    expect(json.error).toMatchObject({ type: 'invalid_request_error', param, code });
+    expect(typeof json.error.message).toBe('string');
+  });
+
+  it('validates completions and embeddings too', async () => {
+    expect((await post('/v1/completions', { model: 'gpt-3.5-turbo-instruct', prompt: 42 })).status).toBe(400);
+    const res = await post('/v1/embeddings', { model: 'text-embedding-3-small', input: [] });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: { param: string } }).error.param).toBe('input');
+  });
+
+  it('answers malformed JSON with 400', async () => {
+    const res = await post('/v1/chat/completions', '{"model": "gpt-4o-mini", ');
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ error: { type: 'invalid_request_error', code: 'invalid_json' } });
+  });
+
+  it('answers a body that is not an object with 400', async () => {
+    const res = await post('/v1/chat/completions', '[1,2,3]');
+    expect(res.status).toBe(400);
+  });
+
+  it('answers a body over the limit with 413', async () => {
+    const res = await post('/v1/chat/completions', { ...chat, messages: [{ role: 'user', content: 'x'.repeat(5000) }] });
+    expect(res.status).toBe(413);
+    expect(await res.json()).toMatchObject({ error: { type: 'invalid_request_error', code: 'request_too_large' } });
+  });
+
+  it('answers an unknown route with 404 in the same shape', async () => {
+    const res = await post('/v1/no/such/thing', chat);
+    expect(res.status).toBe(404);
+    expect(await res.json()).toMatchObject({ error: { type: 'invalid_request_error', code: 'unknown_url', param: null } });
+  });
+
+  it('accepts JSON sent without a JSON content type (curl -d)', async () => {
+    const res = await post('/v1/chat/completions', chat, { 'content-type': 'application/x-www-form-urlencoded' });
+    expect(res.status).toBe(200);
+    gw.fake.reset();
+  });
+
+  it('never calls upstream for any of these', () => {
+    // afterEach resets between tests; every test above that expected a 4xx left the log empty.
+    expect(gw.fake.requests).toHaveLength(0);
+  });
+});
+
+describe('rejected requests never reach upstream', () => {
+  it('sends nothing upstream for 400, 413, 404 and 401', async () => {
+    await post('/v1/chat/completions', { ...chat, temperature: 9 });
+    await post('/v1/chat/completions', '{oops');
+    await post('/v1/chat/completions', { ...chat, messages: [{ role: 'user', content: 'x'.repeat(5000) }] });
+    await post('/v1/unknown', chat);
+    await post('/v1/chat/completions', chat, { authorization: 'Bearer tg-wrong' });
+    expect(gw.fake.requests).toHaveLength(0);
+  });
+});
+
+describe('forwarding', () => {
+  it('uses the server key and configured org/project, never the client key or cookies', async () => {
+    const res = await post('/v1/chat/completions', chat, { cookie: 'session=abc', 'x-forwarded-for': '10.0.0.1' });
+    expect(res.status).toBe(200);
+    const sent = gw.fake.requests[0]!;
+    expect(sent.headers.authorization).toBe(`Bearer ${UPSTREAM_KEY}`);
+    expect(sent.headers['openai-organization']).toBe('org-acme');
+    expect(sent.headers['openai-project']).toBe('proj_42');
+    expect(sent.headers.cookie).toBeUndefined();
+    expect(sent.headers['x-forwarded-for']).toBeUndefined();
+    expect(JSON.stringify(sent.headers)).not.toContain(key);
+  });
+
+  it('forwards the body byte for byte', async () => {
+    const raw = '{ "messages":[{"role":"user","content":"caf\\u00e9 ☕"}],  "model":"gpt-4o-mini", "seed": 1 }';
+    await post('/v1/chat/completions', raw);
+    expect(gw.fake.requests[0]!.rawBody).toBe(raw);
+  });
+
+  it('returns upstream status, body and useful headers, and hides the org and its rate limits', async () => {
+    const res = await post('/v1/chat/completions', chat);
+    expect(res.headers.get('openai-processing-ms')).toMatch(/^\d+$/);
+    expect(res.headers.get('x-upstream-request-id')).toMatch(/^req_/);
+    expect(res.headers.get('openai-organization')).toBeNull();
+    expect(res.headers.get('x-ratelimit-limit-requests')).toBeNull();
+    expect(res.headers.get('content-type')).toContain('application/json');
+  });
+
+  it('keeps upstream errors as they are', async () => {
+    const body = { error: { message: 'Rate limit reached for requests', type: 'requests', param: null, code: 'rate_limit_exceeded' } };
+    gw.fake.failNext(1, 429, body, { 'retry-after': '7' });
+    const res = await post('/v1/chat/completions', chat);
+    expect(res.status).toBe(429);
+    expect(res.headers.get('retry-after')).toBe('7');
+    expect(await res.json()).toEqual(body);
+  });
+
+  it('answers 502 when upstream drops the connection', async () => {
+    gw.fake.dropNext(1);
+    const res = await post('/v1/chat/completions', chat);
+    expect(res.status).toBe(502);
+    expect(await res.json()).toMatchObject({ error: { type: 'server_error', code: 'upstream_unreachable' } });
+  });
+
+  it('answers 504 when upstream does not answer in time', async () => {
+    gw.fake.hangNext(1);
+    const res = await post('/v1/chat/completions', chat);
+    expect(res.status).toBe(504);
+    expect(await res.json()).toMatchObject({ error: { type: 'server_error', code: 'upstream_timeout' } });
+  });
+
+  it('serves the legacy engines path of openai-python 0.x as /v1/completions', async () => {
+    // What openai.Completion.create(engine="text-davinci-002", prompt=..., max_tokens=100, n=1,
+    // stop=None, temperature=0.5) sends.
+    const body = { prompt: 'Once upon a time', max_tokens: 100, n: 1, stop: null, temperature: 0.5 };
+    const res = await post('/v1/engines/text-davinci-002/completions', body);
+    expect(res.status).toBe(200);
+    const json = (await res.json()) as { object: string; model: string; choices: { text: string }[] };
+    expect(json.object).toBe('text_completion');
+    expect(json.choices).toHaveLength(1);
+    const sent = gw.fake.requests[0]!;
+    expect(sent.path).toBe('/v1/completions');
+    expect(sent.body).toEqual({ ...body, model: 'text-davinci-002' });
+  });
+});
+
+/** Reads an SSE response event by event. */
+async function* sseEvents(res: Response): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buffer += decoder.decode(chunk, { stream: true });
+    let end: number;
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      yield buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+    }
+  }
+}
+
+describe('streaming', () => {
+  it('relays each event while upstream is still streaming', async () => {
+    gw.fake.setStreamChunkDelay(30);
+    const res = await post('/v1/chat/completions', { ...chat, stream: true });
+    expect(res.headers.get('content-type')).toContain('text/event-stream');
+    const events: string[] = [];
+    let activeAtFirstEvent = -1;
+    for await (const e of sseEvents(res)) {
+      if (events.length === 0) activeAtFirstEvent = gw.fake.activeStreams();
+      events.push(e);
+    }
+    // The first event reached us while upstream still had the rest to send: nothing was buffered.
+    expect(activeAtFirstEvent).toBe(1);
+    expect(events.at(-1)).toBe('data: [DONE]');
+    // No usage chunk: the client did not ask for one, though the gateway did.
+    expect(events.some((e) => e.includes('"usage":{'))).toBe(false);
+    expect((gw.fake.requests[0]!.body as Record<string, any>).stream_options).toEqual({ include_usage: true });
+  });
+
+  it('keeps the usage chunk when the client asked for it', async () => {
+    const res = await post('/v1/chat/completions', { ...chat, stream: true, stream_options: { include_usage: true } });
+    const events: string[] = [];
+    for await (const e of sseEvents(res)) events.push(e);
+    expect(events.at(-2)).toContain('"usage":{');
+    // The client's own body went through unchanged.
+    expect(gw.fake.requests[0]!.rawBody).toBe(JSON.stringify({ ...chat, stream: true, stream_options: { include_usage: true } }));
+  });
+
+  it('streams legacy completions', async () => {
+    const res = await post('/v1/completions', { model: 'gpt-3.5-turbo-instruct', prompt: 'Hello', stream: true });
+    const events: string[] = [];
+    for await (const e of sseEvents(res)) events.push(e);
+    expect(events.at(-1)).toBe('data: [DONE]');
+    expect(events.some((e) => e.includes('"usage":{'))).toBe(false);
+  });
+
+  it('aborts the upstream request as soon as the client disconnects', async () => {
+    gw.fake.setStreamChunkDelay(50);
+    await new Promise<void>((resolve, reject) => {
+      const req = httpRequest(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      });
+      req.on('response', (res) => {
+        res.once('data', () => {
+          req.destroy(); // the client walks away after the first event
+          resolve();
+        });
+      });
+      req.on('error', (err) => (err.message.includes('socket hang up') ? undefined : reject(err)));
+      req.end(JSON.stringify({ ...chat, stream: true }));
+    });
+    await expect.poll(() => gw.fake.abortedStreams(), { timeout: 2000 }).toBe(1);
+    expect(gw.fake.activeStreams()).toBe(0);
+  });
+});
+
+describe('request ids', () => {
+  it('echoes a client x-request-id and makes one otherwise', async () => {
+    const mine = await post('/v1/chat/completions', chat, { 'x-request-id': 'my-trace-123' });
+    expect(mine.headers.get('x-request-id')).toBe('my-trace-123');
+    const made = await fetch(`${gw.url}/v1/nope`);
+    expect(made.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it('replaces an unsafe x-request-id instead of echoing it', async () => {
+    const res = await post('/v1/chat/completions', chat, { 'x-request-id': 'a b"c<script>' });
+    expect(res.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+  });
+});
