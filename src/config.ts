@@ -87,7 +87,9 @@ export class ConfigError extends Error {
  * In demo mode OPENAI_API_KEY may be absent: the caller points the upstream at the built-in fake.
  */
 export function loadConfig(env: Record<string, string | undefined>, argv: string[] = []): Config {
-  const parsed = envSchema.safeParse(env);
+  // An empty variable (`PORT=` in an env file) means unset, so it takes the default.
+  const set = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v.trim() !== ''));
+  const parsed = envSchema.safeParse(set);
   const problems: string[] = parsed.success
     ? []
     : parsed.error.issues.map((i) => `${i.path.join('.') || 'environment'}: ${i.message}`);

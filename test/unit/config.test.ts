@@ -18,6 +18,13 @@ describe('loadConfig', () => {
     expect(c.adminToken).toBeUndefined();
   });
 
+  it('treats empty variables as unset (as an env file with blank entries gives)', () => {
+    const c = loadConfig({ OPENAI_API_KEY: 'sk-x', PORT: '', REDIS_URL: '', ADMIN_TOKEN: '', LOG_BODIES: '' });
+    expect(c.port).toBe(8080);
+    expect(c.redis).toBeUndefined();
+    expect(c.adminToken).toBeUndefined();
+  });
+
   it('reads every variable it documents', () => {
     const c = loadConfig({
       OPENAI_API_KEY: 'sk-x',
