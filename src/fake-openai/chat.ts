@@ -19,14 +19,8 @@ import {
   type StreamEvent,
   type Usage,
 } from './common.js';
-import { approxTokens, replyWords } from './text.js';
-
-// tiktoken's accounting for chat: a few tokens of framing per message plus 3 to prime the reply.
-const PER_MESSAGE_TOKENS = 4;
-const REPLY_PRIMING_TOKENS = 3;
-// What OpenAI charges for a low-detail image part; good enough for a fake.
-const IMAGE_PART_TOKENS = 85;
-
+import { replyWords } from './text.js';
+import { estimatePromptTokens } from '../openai/tokens.js';
 
 export function chatCompletions(rawBody: unknown): HandlerResult {
   const body = requireObject(rawBody);
@@ -41,7 +35,8 @@ export function chatCompletions(rawBody: unknown): HandlerResult {
   const choices = Array.from({ length: n }, (_, i) =>
     capWords(i, replyWords('This is a fake reply to:', seed, i), maxTokens),
   );
-  const usage = makeUsage(chatPromptTokens(messages), completionTokens(choices));
+  // Prompt tokens as OpenAI counts them (real tokenizer, documented per-message framing).
+  const usage = makeUsage(estimatePromptTokens('chat.completions', body, model), completionTokens(choices));
   const meta = responseMeta('chatcmpl', model);
 
   if (stream) return { type: 'stream', events: chatChunks(meta, choices, usage, includeUsage), usage };
@@ -82,20 +77,6 @@ function messageText(message: JsonObject): string {
       return typeof text === 'string' ? text : '';
     })
     .join(' ');
-}
-
-function chatPromptTokens(messages: JsonObject[]): number {
-  let tokens = REPLY_PRIMING_TOKENS;
-  for (const m of messages) {
-    tokens += PER_MESSAGE_TOKENS + approxTokens(messageText(m));
-    if (typeof m.name === 'string') tokens += 1;
-    if (m.tool_calls !== undefined) tokens += approxTokens(JSON.stringify(m.tool_calls));
-    if (Array.isArray(m.content)) {
-      const images = m.content.filter((p: unknown) => (p as { type?: unknown } | null)?.type === 'image_url');
-      tokens += images.length * IMAGE_PART_TOKENS;
-    }
-  }
-  return tokens;
 }
 
 /** Chat usage carries the detail objects current models return; the gateway may read cached_tokens. */

@@ -19,14 +19,15 @@ import {
   type StreamEvent,
   type Usage,
 } from './common.js';
-import { approxTokens, replyWords } from './text.js';
+import { replyWords } from './text.js';
+import { estimatePromptTokens } from '../openai/tokens.js';
 
 // The legacy API's own default, which is why short prompts so often come back with finish_reason "length".
 const DEFAULT_MAX_TOKENS = 16;
 
+/** What a prompt's reply is derived from; its tokens are counted by the shared tokenizer. */
 interface Prompt {
   seed: string;
-  tokens: number;
 }
 
 
@@ -42,10 +43,7 @@ export function completions(rawBody: unknown): HandlerResult {
   const choices = prompts.flatMap((p, pi) =>
     Array.from({ length: n }, (_, i) => capWords(pi * n + i, replyWords('This is a fake completion of:', p.seed, i), maxTokens)),
   );
-  const usage = makeUsage(
-    prompts.reduce((sum, p) => sum + p.tokens, 0),
-    completionTokens(choices),
-  );
+  const usage = makeUsage(estimatePromptTokens('completions', body, model), completionTokens(choices));
   const meta = responseMeta('cmpl', model);
 
   if (stream) return { type: 'stream', events: completionChunks(meta, choices, usage, includeUsage), usage };
@@ -67,12 +65,12 @@ export function completions(rawBody: unknown): HandlerResult {
 
 const isTokenArray = (v: unknown): v is number[] => Array.isArray(v) && v.every((t) => Number.isInteger(t));
 
-/** prompt: string | string[] | number[] | number[][]; token ids are counted exactly. */
+/** prompt: string | string[] | number[] | number[][]. */
 function readPrompts(body: JsonObject): Prompt[] {
   const prompt = body.prompt;
   if (prompt === undefined || prompt === null) throw missingParam('prompt');
-  const fromText = (text: string): Prompt => ({ seed: text, tokens: approxTokens(text) });
-  const fromTokens = (ids: number[]): Prompt => ({ seed: ids.slice(0, 8).join(' '), tokens: ids.length });
+  const fromText = (text: string): Prompt => ({ seed: text });
+  const fromTokens = (ids: number[]): Prompt => ({ seed: ids.slice(0, 8).join(' ') });
 
   if (typeof prompt === 'string') return [fromText(prompt)];
   if (Array.isArray(prompt) && prompt.length > 0) {

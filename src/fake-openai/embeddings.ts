@@ -1,15 +1,16 @@
 // POST /v1/embeddings: deterministic unit vectors, as float arrays or base64 float32 like the real API.
 import { FakeHttpError, badRequest, errorBody, missingParam } from './errors.js';
 import { makeUsage, optionalPositiveInt, requireModel, requireObject, type HandlerResult, type JsonObject } from './common.js';
-import { approxTokens, embeddingVector, float32Base64 } from './text.js';
+import { embeddingVector, float32Base64 } from './text.js';
+import { estimatePromptTokens } from '../openai/tokens.js';
 
 // Small on purpose: real models return 1536+ floats, which would only bloat test traffic.
 const DEFAULT_DIMENSIONS = 8;
 const MAX_DIMENSIONS = 3072;
 
+/** What an input's vector is derived from; its tokens are counted by the shared tokenizer. */
 interface Input {
   key: string;
-  tokens: number;
 }
 
 export function embeddings(rawBody: unknown): HandlerResult {
@@ -24,7 +25,7 @@ export function embeddings(rawBody: unknown): HandlerResult {
   }
   const dimensions = requested ?? DEFAULT_DIMENSIONS;
 
-  const promptTokens = inputs.reduce((sum, i) => sum + i.tokens, 0);
+  const promptTokens = estimatePromptTokens('embeddings', body, model);
   const usage = makeUsage(promptTokens, 0);
   return {
     type: 'json',
@@ -44,12 +45,12 @@ export function embeddings(rawBody: unknown): HandlerResult {
 
 const isTokenArray = (v: unknown): v is number[] => Array.isArray(v) && v.length > 0 && v.every((t) => Number.isInteger(t));
 
-/** input: string | string[] | number[] | number[][]; token ids are counted exactly. */
+/** input: string | string[] | number[] | number[][]. */
 function readInputs(body: JsonObject): Input[] {
   const input = body.input;
   if (input === undefined || input === null) throw missingParam('input');
-  const fromText = (text: string): Input => ({ key: `text:${text}`, tokens: approxTokens(text) });
-  const fromTokens = (ids: number[]): Input => ({ key: `ids:${ids.join(',')}`, tokens: ids.length });
+  const fromText = (text: string): Input => ({ key: `text:${text}` });
+  const fromTokens = (ids: number[]): Input => ({ key: `ids:${ids.join(',')}` });
 
   if (typeof input === 'string' && input.length > 0) return [fromText(input)];
   if (Array.isArray(input) && input.length > 0) {

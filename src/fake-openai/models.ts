@@ -36,10 +36,12 @@ export function findModel(id: string): ModelObject | undefined {
 }
 
 /**
- * Accepts a listed id or a dated snapshot of one (gpt-4o-2024-08-06), as OpenAI does; requests
- * name snapshots all the time and the gateway must pass them through.
+ * Accepts a listed id, a dated snapshot of one (gpt-4o-2024-08-06), or a fine-tuned model of one
+ * (ft:gpt-4o-mini-2024-07-18:org::id), as OpenAI does for an account that owns it; requests name
+ * snapshots and fine-tunes all the time and the gateway must pass them through.
  */
 export function requireKnownModel(id: string): void {
-  const base = id.replace(/-\d{4}-\d{2}-\d{2}$/, '');
-  if (!BY_ID.has(id) && !BY_ID.has(base)) throw modelNotFound(id);
+  const named = id.startsWith('ft:') ? (id.split(':')[1] ?? '') : id;
+  const base = named.replace(/-\d{4}-\d{2}-\d{2}$/, '');
+  if (!BY_ID.has(named) && !BY_ID.has(base)) throw modelNotFound(id);
 }

@@ -8,6 +8,7 @@ import { embeddings } from './embeddings.js';
 import { FakeHttpError, defaultErrorFor, invalidUrl, malformedJson, modelNotFound, unauthorized } from './errors.js';
 import { MODELS, findModel } from './models.js';
 import { openAIHeaders, pause, readBody, sendBody, writeChunk } from './respond.js';
+import { preloadEncodings } from '../openai/tokens.js';
 
 export interface FakeOpenAIOptions {
   /** Default 0: a free port. */
@@ -103,6 +104,9 @@ function safeDecode(segment: string): string {
 const emptyTotals = (): UsageTotals => ({ prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, requests: 0 });
 
 export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<FakeOpenAI> {
+  // Load the tokenizer now (~0.3 s, once per process) rather than inside the first request, where
+  // it would look like upstream latency to timeout tests.
+  preloadEncodings();
   const initialLatency = opts.latencyMs ?? 0;
   const initialChunkDelay = opts.streamChunkDelayMs ?? 0;
   let latencyMs = initialLatency;

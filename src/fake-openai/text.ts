@@ -1,4 +1,5 @@
-// Deterministic text, token counts and vectors for the fake upstream: same input, same output, no tokenizer.
+// Deterministic text and vectors for the fake upstream: same input, same output. (Prompt tokens are
+// counted with the gateway's real tokenizer, src/openai/tokens.ts; one reply word is one completion token.)
 
 /** FNV-1a, 32 bits: a cheap stable hash so replies and vectors depend only on the request. */
 export function hash32(text: string): number {
@@ -24,14 +25,6 @@ export function seededRandom(seed: number): () => number {
 
 export function words(text: string): string[] {
   return text.split(/\s+/).filter((w) => w.length > 0);
-}
-
-/**
- * Approximate token count: words * 1.3, rounded up. Close enough to BPE for English prose that
- * budgets and accounting behave realistically, without shipping a tokenizer.
- */
-export function approxTokens(text: string): number {
-  return Math.ceil(words(text).length * 1.3);
 }
 
 const FILLER = [

@@ -104,15 +104,17 @@ describe('chat completions', () => {
     expect(b.id).not.toBe(a.id);
 
     const words = choice.message.content!.split(' ').length;
-    // system (3 words) + user (6 words): ceil(3*1.3) + ceil(6*1.3) + 4 per message + 3 priming.
+    // OpenAI's counting (o200k_base for gpt-4o-mini): 3 per message + its role and content tokens,
+    // + 3 priming the reply. system: 3 + "system" 1 + "You are terse." 4; user: 3 + "user" 1 +
+    // "Tell me about toll gates please" 6.
     expect(a.usage).toEqual({
-      prompt_tokens: 4 + 8 + 8 + 3,
+      prompt_tokens: 8 + 10 + 3,
       completion_tokens: words,
-      total_tokens: 23 + words,
+      total_tokens: 21 + words,
       prompt_tokens_details: { cached_tokens: 0, audio_tokens: 0 },
       completion_tokens_details: { reasoning_tokens: 0, audio_tokens: 0, accepted_prediction_tokens: 0, rejected_prediction_tokens: 0 },
     });
-    expect(fake.usageTotals()).toEqual({ prompt_tokens: 46, completion_tokens: 2 * words, total_tokens: 2 * (23 + words), requests: 2 });
+    expect(fake.usageTotals()).toEqual({ prompt_tokens: 42, completion_tokens: 2 * words, total_tokens: 2 * (21 + words), requests: 2 });
   });
 
   it('honours n and the max tokens cap', async () => {
@@ -221,19 +223,20 @@ describe('legacy completions', () => {
     expect(one.object).toBe('text_completion');
     expect(one.choices[0]).toMatchObject({ index: 0, logprobs: null, finish_reason: 'length' });
     expect(one.choices[0]!.text).toMatch(/^ This is a fake completion of: Say this is a test/);
-    expect(one.usage).toEqual({ prompt_tokens: 7, completion_tokens: 16, total_tokens: 23 });
+    // "Say this is a test" is 5 tokens in cl100k_base; legacy completions add no framing.
+    expect(one.usage).toEqual({ prompt_tokens: 5, completion_tokens: 16, total_tokens: 21 });
 
     const many = await client.completions.create({ model: 'text-davinci-002', prompt: ['a', 'b'], n: 2, max_tokens: 3 });
     expect(many.choices.map((c) => c.index)).toEqual([0, 1, 2, 3]);
-    expect(many.usage).toEqual({ prompt_tokens: 2 + 2, completion_tokens: 12, total_tokens: 16 });
+    expect(many.usage).toEqual({ prompt_tokens: 1 + 1, completion_tokens: 12, total_tokens: 14 });
 
     const tokens = await client.completions.create({ model: 'gpt-3.5-turbo-instruct', prompt: [[1, 2, 3], [4, 5]], max_tokens: 40 });
     expect(tokens.usage!.prompt_tokens).toBe(5);
     expect(tokens.choices.every((c) => c.finish_reason === 'stop')).toBe(true);
     expect(fake.usageTotals()).toEqual({
-      prompt_tokens: 7 + 4 + 5,
+      prompt_tokens: 5 + 2 + 5,
       completion_tokens: 16 + 12 + tokens.usage!.completion_tokens,
-      total_tokens: 23 + many.usage!.total_tokens + tokens.usage!.total_tokens,
+      total_tokens: 21 + many.usage!.total_tokens + tokens.usage!.total_tokens,
       requests: 3,
     });
   });
@@ -250,8 +253,8 @@ describe('legacy completions', () => {
     expect(chunks.map((c) => c.choices[0]?.text ?? '').join('').split(' ').length).toBe(17); // leading space + 16 words
     expect(chunks.at(-2)!.choices[0]!.finish_reason).toBe('length');
     expect(chunks.at(-1)!.choices).toEqual([]);
-    expect(chunks.at(-1)!.usage).toEqual({ prompt_tokens: 6, completion_tokens: 16, total_tokens: 22 });
-    expect(fake.usageTotals()).toEqual({ prompt_tokens: 6, completion_tokens: 16, total_tokens: 22, requests: 1 });
+    expect(chunks.at(-1)!.usage).toEqual({ prompt_tokens: 4, completion_tokens: 16, total_tokens: 20 });
+    expect(fake.usageTotals()).toEqual({ prompt_tokens: 4, completion_tokens: 16, total_tokens: 20, requests: 1 });
   });
 });
 
@@ -270,8 +273,9 @@ describe('embeddings', () => {
       expect(Math.hypot(...d.embedding)).toBeCloseTo(1, 5);
     }
     expect(viaSdk.data[0]!.embedding).not.toEqual(viaSdk.data[1]!.embedding);
-    expect(viaSdk.usage).toEqual({ prompt_tokens: 3 + 2, total_tokens: 5 });
-    expect(fake.usageTotals()).toEqual({ prompt_tokens: 10, completion_tokens: 0, total_tokens: 10, requests: 2 });
+    // "hello world" 2 + "bye" 1 (cl100k_base)
+    expect(viaSdk.usage).toEqual({ prompt_tokens: 2 + 1, total_tokens: 3 });
+    expect(fake.usageTotals()).toEqual({ prompt_tokens: 6, completion_tokens: 0, total_tokens: 6, requests: 2 });
   });
 
   it('accepts token inputs and dimensions', async () => {

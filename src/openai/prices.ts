@@ -1,0 +1,210 @@
+// Model prices and the cost of a request, in integer micro-dollars so spend adds up exactly.
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import shippedFile from './prices.json' with { type: 'json' };
+
+/**
+ * A model's price in micro-dollars (1e-6 USD) per 1M tokens, as integers: $0.15/M is 150_000.
+ * `cachedInput` is what prompt tokens served from OpenAI's prompt cache cost.
+ */
+export interface Price {
+  input: number;
+  cachedInput: number;
+  output: number;
+}
+
+/** A price as people write it: USD per 1M tokens. `cachedInput` defaults to `input` (no cache discount). */
+export interface UsdPrice {
+  input: number;
+  cachedInput?: number;
+  output: number;
+}
+
+/** The token counts a cost depends on. `Usage` from usage.ts fits as it is. */
+export interface TokenCounts {
+  /** All prompt tokens, cached ones included (as OpenAI reports `prompt_tokens`). */
+  promptTokens: number;
+  /** The part of `promptTokens` served from the prompt cache. Default 0. */
+  cachedPromptTokens?: number;
+  /** Output tokens, reasoning tokens included (as OpenAI reports `completion_tokens`). */
+  completionTokens: number;
+}
+
+export interface PriceTable {
+  /** The price of a model id: exact entry, else the longest entry `E` such that the id is `E-...`. */
+  priceFor(model: string): Price | undefined;
+  /** Every model id with an entry, sorted. */
+  readonly models: readonly string[];
+  /** When the prices were checked (YYYY-MM-DD) and where, as the (last merged) file says. */
+  readonly date: string | undefined;
+  readonly source: string | undefined;
+}
+
+const MICROS_PER_USD = 1_000_000;
+const TOKENS_PER_PRICE_UNIT = 1_000_000;
+/**
+ * No real model costs this much ($600/M is the dearest at the time of writing); a bigger number is
+ * a typo (cents for dollars, a price per 1K written per 1M...), so the file is refused.
+ */
+export const MAX_USD_PER_MILLION = 10_000;
+
+export function usdToMicros(usd: number): number {
+  if (!Number.isFinite(usd)) throw new RangeError(`usdToMicros: not a finite number: ${usd}`);
+  return Math.round(usd * MICROS_PER_USD);
+}
+
+/** For display only: sums and comparisons stay in integer micros. */
+export function microsToUsd(micros: number): number {
+  return micros / MICROS_PER_USD;
+}
+
+export function priceFromUsdPerMillion(usd: UsdPrice): Price {
+  return {
+    input: usdToMicros(usd.input),
+    cachedInput: usdToMicros(usd.cachedInput ?? usd.input),
+    output: usdToMicros(usd.output),
+  };
+}
+
+function tokenCount(name: string, value: number | undefined): number {
+  const v = value ?? 0;
+  if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`costMicros: ${name} must be a non-negative integer, got ${v}`);
+  return v;
+}
+
+/**
+ * The cost of a request in micro-dollars, rounded up:
+ * ceil((uncachedPrompt * input + cached * cachedInput + completion * output) / 1e6).
+ *
+ * Integers only. The products are exact doubles while the sum stays below 2^53 (about 9.007e15):
+ * e.g. 1M tokens at $9,000/M, or 10M tokens at $900/M, far beyond any real request. Past that the
+ * same sum is done in BigInt, so the result is exact for any counts.
+ */
+export function costMicros(price: Price, usage: TokenCounts): number {
+  const prompt = tokenCount('promptTokens', usage.promptTokens);
+  // OpenAI's cached tokens are part of prompt_tokens; never let a bad report make the uncached part negative.
+  const cached = Math.min(tokenCount('cachedPromptTokens', usage.cachedPromptTokens), prompt);
+  const completion = tokenCount('completionTokens', usage.completionTokens);
+  const uncached = prompt - cached;
+
+  const sum = uncached * price.input + cached * price.cachedInput + completion * price.output;
+  if (Number.isSafeInteger(sum)) {
+    // All terms are non-negative, so a safe sum means every product was exact too.
+    const rest = sum % TOKENS_PER_PRICE_UNIT;
+    return (sum - rest) / TOKENS_PER_PRICE_UNIT + (rest > 0 ? 1 : 0);
+  }
+  const big =
+    BigInt(uncached) * BigInt(price.input) + BigInt(cached) * BigInt(price.cachedInput) + BigInt(completion) * BigInt(price.output);
+  const unit = BigInt(TOKENS_PER_PRICE_UNIT);
+  return Number(big / unit + (big % unit > 0n ? 1n : 0n));
+}
+
+function checkPrice(model: string, price: Price): Price {
+  for (const field of ['input', 'cachedInput', 'output'] as const) {
+    const v = price[field];
+    if (!Number.isSafeInteger(v) || v < 0) {
+      throw new RangeError(`price of '${model}': ${field} must be a non-negative integer of micro-dollars per 1M tokens, got ${v}`);
+    }
+  }
+  return Object.freeze({ input: price.input, cachedInput: price.cachedInput, output: price.output });
+}
+
+export function createPriceTable(
+  entries: Readonly<Record<string, Price>>,
+  meta: { date?: string | undefined; source?: string | undefined } = {},
+): PriceTable {
+  const byModel = new Map<string, Price>();
+  for (const [model, price] of Object.entries(entries)) {
+    if (model.length === 0) throw new RangeError('price table: empty model id');
+    byModel.set(model, checkPrice(model, price));
+  }
+  const models = Object.freeze([...byModel.keys()].sort());
+  return {
+    priceFor(model: string): Price | undefined {
+      const exact = byModel.get(model);
+      if (exact) return exact;
+      // Longest prefix first: cut the id at each '-' from the right, so gpt-4o-mini-2024-07-18 tries
+      // gpt-4o-mini-2024-07, gpt-4o-mini-2024, then finds gpt-4o-mini before ever reaching gpt-4o.
+      for (let cut = model.lastIndexOf('-'); cut > 0; cut = model.lastIndexOf('-', cut - 1)) {
+        const found = byModel.get(model.slice(0, cut));
+        if (found) return found;
+      }
+      return undefined;
+    },
+    models,
+    date: meta.date,
+    source: meta.source,
+  };
+}
+
+const usdPerMillion = z.number().min(0).max(MAX_USD_PER_MILLION);
+
+/** The file format of prices.json and of PRICES_FILE. Strict, so a misspelt field is an error, not a silent default. */
+export const priceFileSchema = z.strictObject({
+  date: z.iso.date().optional(),
+  source: z.string().min(1).optional(),
+  note: z.string().optional(),
+  models: z.record(
+    z.string().min(1),
+    z.strictObject({ input: usdPerMillion, cachedInput: usdPerMillion.optional(), output: usdPerMillion }),
+  ),
+});
+
+export type PriceFile = z.infer<typeof priceFileSchema>;
+
+function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .map((issue) => {
+      const path = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
+      return `${path || '(root)'}: ${issue.message}`;
+    })
+    .join('; ');
+}
+
+/** Validates a parsed price file; throws an Error naming the file and every problem. */
+export function parsePriceFile(data: unknown, origin: string): PriceFile {
+  const result = priceFileSchema.safeParse(data);
+  if (!result.success) throw new Error(`Invalid price file ${origin}: ${describeIssues(result.error)}`);
+  return result.data;
+}
+
+function toMicros(file: PriceFile): Record<string, Price> {
+  // fromEntries defines own properties, so even a model id of "__proto__" stays a plain key.
+  return Object.fromEntries(Object.entries(file.models).map(([model, usd]) => [model, priceFromUsdPerMillion(usd)]));
+}
+
+let shipped: PriceFile | undefined;
+/** The table shipped in prices.json (validated once, on first use). */
+export function shippedPrices(): PriceFile {
+  shipped ??= parsePriceFile(shippedFile, 'src/openai/prices.json');
+  return shipped;
+}
+
+/**
+ * The shipped table, with the JSON file at `path` (same format) merged over it: a model in the file
+ * replaces the shipped entry of that model whole. Throws an Error naming the problem when the file
+ * cannot be read, is not JSON or does not validate; the caller fails the boot.
+ */
+export function loadPriceTable(path?: string): PriceTable {
+  const base = shippedPrices();
+  if (path === undefined || path === '') {
+    return createPriceTable(toMicros(base), { date: base.date, source: base.source });
+  }
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new Error(`Cannot read price file ${path}: ${(err as Error).message}`);
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`Invalid price file ${path}: not valid JSON (${(err as Error).message})`);
+  }
+  const override = parsePriceFile(data, path);
+  return createPriceTable(
+    { ...toMicros(base), ...toMicros(override) },
+    { date: override.date ?? base.date, source: override.source ?? base.source },
+  );
+}

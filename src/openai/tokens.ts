@@ -1,0 +1,200 @@
+// Token counts as OpenAI bills them, from a real BPE tokenizer (gpt-tokenizer), loaded on first use.
+import { createRequire } from 'node:module';
+import type { Endpoint } from './endpoints.js';
+
+export type EncodingName = 'o200k_base' | 'cl100k_base' | 'p50k_base';
+
+/** The API each gpt-tokenizer encoding module exports (they all share one shape). */
+type Encoding = Pick<typeof import('gpt-tokenizer/encoding/o200k_base'), 'countTokens' | 'encode'>;
+
+// Models whose id starts with one of these use o200k_base (tiktoken's table, plus gpt-oss and gpt-4.5).
+const O200K_PREFIXES = ['gpt-4o', 'gpt-4.1', 'gpt-4.5', 'gpt-5', 'o1', 'o3', 'o4', 'chatgpt-', 'gpt-oss'];
+
+/**
+ * The encoding a model tokenizes with, following tiktoken's model table. Fine-tuned ids
+ * (`ft:gpt-4o-mini:org::id`) use their base model's. davinci-002 and babbage-002 are cl100k_base
+ * (tiktoken and gpt-tokenizer agree); only the retired text-davinci-* / code-* models are p50k_base.
+ * Unknown models get o200k_base, the encoding of every current model.
+ */
+export function encodingFor(model: string): EncodingName {
+  const id = model.startsWith('ft:') ? (model.slice(3).split(':')[0] ?? '') : model;
+  if (O200K_PREFIXES.some((p) => id.startsWith(p))) return 'o200k_base';
+  if (id === 'gpt-4' || id.startsWith('gpt-4-')) return 'cl100k_base';
+  if (id.startsWith('gpt-3.5') || id.startsWith('gpt-35-')) return 'cl100k_base';
+  if (id.startsWith('text-embedding-') || id === 'davinci-002' || id === 'babbage-002') return 'cl100k_base';
+  if (id.startsWith('text-davinci-') || id.startsWith('code-davinci-') || id.startsWith('code-cushman-')) return 'p50k_base';
+  return 'o200k_base';
+}
+
+// Loaded with require (the package ships CJS beside ESM) so counting stays synchronous: the costly
+// part, evaluating the rank tables, blocks the event loop either way, and only once per encoding.
+const require = createRequire(import.meta.url);
+const MODULES: Record<EncodingName, string> = {
+  o200k_base: 'gpt-tokenizer/encoding/o200k_base',
+  cl100k_base: 'gpt-tokenizer/encoding/cl100k_base',
+  p50k_base: 'gpt-tokenizer/encoding/p50k_base',
+};
+const loaded = new Map<EncodingName, Encoding>();
+
+function encoding(name: EncodingName): Encoding {
+  let enc = loaded.get(name);
+  if (!enc) {
+    enc = require(MODULES[name]) as Encoding;
+    loaded.set(name, enc);
+  }
+  return enc;
+}
+
+/**
+ * Loads encodings ahead of the first request that needs them (o200k_base takes ~250 ms), e.g. just
+ * after the server listens. Optional: every count loads what it needs.
+ */
+export function preloadEncodings(names: readonly EncodingName[] = ['o200k_base', 'cl100k_base']): void {
+  for (const name of names) encoding(name);
+}
+
+/** The encodings loaded so far (for tests and diagnostics). */
+export function loadedEncodings(): EncodingName[] {
+  return [...loaded.keys()];
+}
+
+// Text that looks like a special token (`<|endoftext|>`) is plain text when it arrives in a request,
+// as it is for OpenAI; gpt-tokenizer would otherwise throw on it.
+const PLAIN_TEXT = { disallowedSpecial: new Set<string>() };
+
+/**
+ * BPE cost grows with the square of a pre-token's length (100 KB of "aaaa..." takes ~10 s in one
+ * piece), so text is counted in segments of at most this many UTF-16 units. Segments end just
+ * before a space followed by a non-space, which is always a pre-token boundary in the o200k,
+ * cl100k and p50k split patterns, so the sum is exact. Only a run with no such boundary in a whole
+ * segment (a 500-char word, a long run of whitespace) is cut blindly, which may add a token or two
+ * per cut: an overestimate, at linear cost.
+ */
+const SEGMENT = 500;
+
+function countSegmented(text: string, enc: Encoding): number {
+  if (text.length <= SEGMENT) return enc.countTokens(text, PLAIN_TEXT);
+  let total = 0;
+  let start = 0;
+  while (text.length - start > SEGMENT) {
+    let cut = start + SEGMENT;
+    let boundary = -1;
+    for (let i = cut; i > start; i--) {
+      if (text.charCodeAt(i) === 0x20 && i + 1 < text.length && !/\s/.test(text[i + 1]!)) {
+        boundary = i;
+        break;
+      }
+    }
+    if (boundary > start) cut = boundary;
+    else if (isLowSurrogate(text.charCodeAt(cut))) cut -= 1; // never split a surrogate pair
+    total += enc.countTokens(text.slice(start, cut), PLAIN_TEXT);
+    start = cut;
+  }
+  return total + enc.countTokens(text.slice(start), PLAIN_TEXT);
+}
+
+const isLowSurrogate = (code: number) => code >= 0xdc00 && code <= 0xdfff;
+
+/** Tokens of `text` in the model's encoding. */
+export function countTokens(text: string, model: string): number {
+  if (text.length === 0) return 0;
+  return countSegmented(text, encoding(encodingFor(model)));
+}
+
+/**
+ * Completion tokens of generated text, for billing a stream cut short before upstream sent usage.
+ * Hidden reasoning tokens are not in the text, so for reasoning models this is a floor.
+ */
+export function countCompletionTokens(text: string, model: string): number {
+  return countTokens(text, model);
+}
+
+// OpenAI's documented chat accounting (the cookbook's "How to count tokens with tiktoken", for
+// gpt-3.5-turbo-0613 onwards and every gpt-4/4o/4.1/5/o-series model): each message costs 3 tokens of
+// framing plus the tokens of each of its string fields, a name 1 more, and every reply is primed
+// with 3 (<|start|>assistant<|message|>).
+const TOKENS_PER_MESSAGE = 3;
+const TOKENS_PER_NAME = 1;
+const REPLY_PRIMING_TOKENS = 3;
+/**
+ * An image's tokens depend on its size, which the gateway does not fetch. 765 is a 1024x1024 image at
+ * high detail (85 base + 4 tiles x 170), the common case and what `detail: "auto"` usually costs;
+ * `detail: "low"` is always exactly 85. Larger images cost more: the estimate is only an estimate.
+ */
+export const IMAGE_PART_TOKENS = 765;
+export const LOW_DETAIL_IMAGE_PART_TOKENS = 85;
+/** Request fields whose JSON the model sees as prompt (tool and output schemas). */
+const CHAT_SCHEMA_FIELDS = ['tools', 'functions', 'response_format'] as const;
+
+type Json = Record<string, unknown>;
+const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function contentPartTokens(part: unknown, count: (text: string) => number): number {
+  if (!isObject(part)) return 0;
+  if (part.type === 'image_url') {
+    const detail = isObject(part.image_url) ? part.image_url.detail : undefined;
+    return detail === 'low' ? LOW_DETAIL_IMAGE_PART_TOKENS : IMAGE_PART_TOKENS;
+  }
+  // text parts, and refusal parts of assistant messages. Audio and file parts are not estimated:
+  // their size is not text, and upstream's usage settles what they really cost.
+  if (typeof part.text === 'string') return count(part.text);
+  if (typeof part.refusal === 'string') return count(part.refusal);
+  return 0;
+}
+
+function chatPromptTokens(body: Json, count: (text: string) => number): number {
+  let tokens = REPLY_PRIMING_TOKENS;
+  const messages = Array.isArray(body.messages) ? body.messages : [];
+  for (const message of messages) {
+    if (!isObject(message)) continue;
+    tokens += TOKENS_PER_MESSAGE;
+    for (const [key, value] of Object.entries(message)) {
+      if (typeof value === 'string') {
+        tokens += count(value);
+        if (key === 'name') tokens += TOKENS_PER_NAME;
+      } else if (key === 'content' && Array.isArray(value)) {
+        for (const part of value) tokens += contentPartTokens(part, count);
+      } else if (typeof value === 'object' && value !== null) {
+        // tool_calls, function_call...: the model reads them back as JSON text.
+        tokens += count(JSON.stringify(value));
+      }
+    }
+  }
+  for (const field of CHAT_SCHEMA_FIELDS) {
+    const value = body[field];
+    if (value !== undefined && value !== null) tokens += count(JSON.stringify(value));
+  }
+  return tokens;
+}
+
+/** prompt / input: a string, strings (summed), token ids (counted), or arrays of token ids. */
+function promptLikeTokens(value: unknown, count: (text: string) => number): number {
+  if (typeof value === 'string') return count(value);
+  if (!Array.isArray(value)) return 0;
+  let tokens = 0;
+  for (const item of value) {
+    if (typeof item === 'string') tokens += count(item);
+    else if (typeof item === 'number') tokens += 1;
+    else if (Array.isArray(item)) tokens += item.length;
+  }
+  return tokens;
+}
+
+/**
+ * The prompt tokens OpenAI will bill for a request body (validated or not: malformed parts count 0).
+ * chat.completions: messages by the documented formula, images at a fixed size, plus tools /
+ * functions / response_format as JSON. completions: prompt (+ suffix). embeddings: input.
+ * Prompts are billed once whatever `n` is.
+ */
+export function estimatePromptTokens(endpoint: Endpoint['name'], body: unknown, model: string): number {
+  if (!isObject(body)) return 0;
+  const count = (text: string) => countTokens(text, model);
+  switch (endpoint) {
+    case 'chat.completions':
+      return chatPromptTokens(body, count);
+    case 'completions':
+      return promptLikeTokens(body.prompt, count) + (typeof body.suffix === 'string' ? count(body.suffix) : 0);
+    case 'embeddings':
+      return promptLikeTokens(body.input, count);
+  }
+}
