@@ -1,12 +1,84 @@
 // In-process Store for the embedded single-instance default; same contract as the Redis store.
 import type { KeyRecord } from '../keys.js';
-import type { KeyChangeListener, Store } from './store.js';
+import {
+  EMPTY_BUDGET,
+  SETTLED_RETENTION_MS,
+  admissionResult,
+  checkAdmission,
+  checkPeriods,
+  checkSettlement,
+  epochSecond,
+  firstBrokenLimit,
+  msUntilEmpty,
+  oldestWindowSecond,
+  windowBuckets,
+  windowStates,
+  windowTotals,
+  type Bucket,
+  type BudgetCounters,
+} from './quota-math.js';
+import type {
+  AdmissionRequest,
+  AdmissionResult,
+  KeyChangeListener,
+  Periods,
+  QuotaUsage,
+  Settlement,
+  SettleOutcome,
+  Store,
+} from './store.js';
+
+export interface MemoryStoreOptions {
+  /** Clock of `hit` (the one method not handed `now`); default Date.now. */
+  clock?: () => number;
+}
+
+/** What the Redis store keeps per gateway key (see redis-keys.ts), as plain maps. */
+interface KeyQuota {
+  /** Rolling-minute buckets by epoch second. */
+  buckets: Map<number, Bucket>;
+  reservations: Map<string, Reservation>;
+  /** reservationId -> lease expiry (ms). */
+  leases: Map<string, number>;
+  /** Lower bound of the earliest lease expiry: no lease can be dead before it, so no scan is needed. */
+  earliestLease: number;
+  /** reservationId -> settle time (ms). */
+  settled: Map<string, number>;
+}
+
+interface Reservation {
+  tokens: number;
+  usdMicros: number;
+  second: number;
+  day: string;
+  month: string;
+}
+
+/** A period's budget counters; like the Redis hash, it is gone once `now` reaches `expiresAt`. */
+interface Budget extends BudgetCounters {
+  expiresAt: number;
+}
+
+type PeriodKind = 'day' | 'month';
+
+/** How often (in the callers' `now`) expired budgets, counters and idle keys are swept out. */
+const SWEEP_INTERVAL_MS = 60_000;
 
 export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
   readonly #byId = new Map<string, KeyRecord>();
   readonly #idByHash = new Map<string, string>();
   readonly #listeners = new Set<KeyChangeListener>();
+  readonly #quotas = new Map<string, KeyQuota>();
+  /** `${kind}\n${keyId}\n${periodId}` -> budget. */
+  readonly #budgets = new Map<string, Budget>();
+  readonly #counters = new Map<string, { count: number; expiresAt: number }>();
+  readonly #clock: () => number;
+  #lastSweep = -Infinity;
+
+  constructor(opts: MemoryStoreOptions = {}) {
+    this.#clock = opts.clock ?? Date.now;
+  }
 
   async createKey(record: KeyRecord): Promise<void> {
     creationScore(record);
@@ -52,10 +124,225 @@ export class MemoryStore implements Store {
     this.#listeners.add(listener);
   }
 
+  // The quota methods never await: each runs to the end in one go, as atomic as a Lua script.
+
+  async admit(req: AdmissionRequest): Promise<AdmissionResult> {
+    checkAdmission(req);
+    const { keyId, now, periods, tokens, usdMicros } = req;
+    this.#sweep(now);
+    const q = this.#quota(keyId);
+    if (q.reservations.has(req.reservationId)) throw new Error(`reservation ${req.reservationId} already exists`);
+
+    // 1. Release dead leases (expiry <= now).
+    if (q.earliestLease <= now) {
+      let earliest = Infinity;
+      for (const [id, expiresAt] of q.leases) {
+        if (expiresAt > now) {
+          earliest = Math.min(earliest, expiresAt);
+          continue;
+        }
+        q.leases.delete(id);
+        const reservation = q.reservations.get(id);
+        if (reservation) {
+          this.#unreserve(keyId, reservation, now);
+          q.reservations.delete(id);
+        }
+      }
+      q.earliestLease = earliest;
+    }
+
+    // 2-3. Limits on the window as it is, then record all or nothing.
+    const window = windowBuckets(q.buckets, now);
+    const broken = firstBrokenLimit({
+      limits: req.limits,
+      tokens,
+      usdMicros,
+      now,
+      inFlight: q.leases.size,
+      window,
+      day: this.#budget(keyId, 'day', periods.day, now) ?? EMPTY_BUDGET,
+      month: this.#budget(keyId, 'month', periods.month, now) ?? EMPTY_BUDGET,
+    });
+    if (broken !== null) return admissionResult(broken, windowStates(window, req.limits, now));
+
+    const second = epochSecond(now);
+    const oldest = oldestWindowSecond(now);
+    for (const s of q.buckets.keys()) if (s < oldest) q.buckets.delete(s);
+    const bucket = q.buckets.get(second) ?? { requests: 0, tokens: 0 };
+    bucket.requests += 1;
+    bucket.tokens += tokens;
+    q.buckets.set(second, bucket);
+
+    for (const [kind, id, ttl] of [
+      ['day', periods.day, periods.dayTtlMs],
+      ['month', periods.month, periods.monthTtlMs],
+    ] as const) {
+      const b = this.#liveOrNewBudget(keyId, kind, id, now);
+      b.tokensReserved += tokens;
+      b.usdReserved += usdMicros;
+      b.expiresAt = now + ttl;
+    }
+
+    q.reservations.set(req.reservationId, { tokens, usdMicros, second, day: periods.day, month: periods.month });
+    const expiresAt = now + req.leaseTtlMs;
+    q.leases.set(req.reservationId, expiresAt);
+    q.earliestLease = Math.min(q.earliestLease, expiresAt);
+
+    return admissionResult(null, windowStates(windowBuckets(q.buckets, now), req.limits, now));
+  }
+
+  async settle(s: Settlement): Promise<SettleOutcome> {
+    checkSettlement(s);
+    const { keyId, now, fallbackPeriods: fallback } = s;
+    this.#sweep(now);
+    const q = this.#quota(keyId);
+    if (q.settled.has(s.reservationId)) return 'already-settled';
+
+    let outcome: SettleOutcome = 'expired';
+    const reservation = q.reservations.get(s.reservationId);
+    q.reservations.delete(s.reservationId);
+    q.leases.delete(s.reservationId);
+    if (reservation) {
+      this.#unreserve(keyId, reservation, now);
+      // Charged to the periods it was reserved in, even if a new day has begun since.
+      this.#addUsed(keyId, 'day', reservation.day, s, fallback.day === reservation.day, fallback.dayTtlMs);
+      this.#addUsed(keyId, 'month', reservation.month, s, fallback.month === reservation.month, fallback.monthTtlMs);
+      // The tpm window counted the worst case; make it count the real tokens while the bucket is in it.
+      const bucket = reservation.second >= oldestWindowSecond(now) ? q.buckets.get(reservation.second) : undefined;
+      if (bucket) bucket.tokens = Math.max(0, bucket.tokens + s.tokens - reservation.tokens);
+      outcome = 'settled';
+    } else {
+      this.#addUsed(keyId, 'day', fallback.day, s, true, fallback.dayTtlMs);
+      this.#addUsed(keyId, 'month', fallback.month, s, true, fallback.monthTtlMs);
+    }
+
+    for (const [id, at] of q.settled) if (at < now - SETTLED_RETENTION_MS) q.settled.delete(id);
+    q.settled.set(s.reservationId, now);
+    return outcome;
+  }
+
+  async renewLeases(leases: { keyId: string; reservationId: string }[], now: number, leaseTtlMs: number): Promise<void> {
+    for (const { keyId, reservationId } of leases) {
+      const q = this.#quotas.get(keyId);
+      // Only leases that still exist: one already released (its reservation given back) stays released.
+      if (!q?.leases.has(reservationId)) continue;
+      q.leases.set(reservationId, now + leaseTtlMs);
+      q.earliestLease = Math.min(q.earliestLease, now + leaseTtlMs);
+    }
+  }
+
+  async quotaUsage(keyId: string, periods: Periods, now: number): Promise<QuotaUsage> {
+    checkPeriods(periods);
+    const q = this.#quotas.get(keyId);
+    const window = q ? windowBuckets(q.buckets, now) : [];
+    const totals = windowTotals(window);
+    let inFlight = 0;
+    for (const expiresAt of q?.leases.values() ?? []) if (expiresAt > now) inFlight++;
+    const day = this.#budget(keyId, 'day', periods.day, now) ?? EMPTY_BUDGET;
+    const month = this.#budget(keyId, 'month', periods.month, now) ?? EMPTY_BUDGET;
+    return {
+      minute: { requests: totals.requests, tokens: totals.tokens, resetMs: msUntilEmpty(window, ['requests', 'tokens'], now) },
+      inFlight,
+      day: { tokens: { used: day.tokensUsed, reserved: day.tokensReserved }, usdMicros: { used: day.usdUsed, reserved: day.usdReserved } },
+      month: {
+        tokens: { used: month.tokensUsed, reserved: month.tokensReserved },
+        usdMicros: { used: month.usdUsed, reserved: month.usdReserved },
+      },
+    };
+  }
+
+  async hit(name: string, windowMs: number): Promise<{ count: number; ttlMs: number }> {
+    if (!Number.isSafeInteger(windowMs) || windowMs <= 0) throw new RangeError(`windowMs must be a positive integer, got ${windowMs}`);
+    const now = this.#clock();
+    let counter = this.#counters.get(name);
+    if (!counter || counter.expiresAt <= now) {
+      counter = { count: 0, expiresAt: now + windowMs };
+      this.#counters.set(name, counter);
+    }
+    counter.count++;
+    return { count: counter.count, ttlMs: counter.expiresAt - now };
+  }
+
   async ping(): Promise<void> {}
 
   async close(): Promise<void> {
     this.#listeners.clear();
+  }
+
+  #quota(keyId: string): KeyQuota {
+    let q = this.#quotas.get(keyId);
+    if (!q) {
+      q = { buckets: new Map(), reservations: new Map(), leases: new Map(), earliestLease: Infinity, settled: new Map() };
+      this.#quotas.set(keyId, q);
+    }
+    return q;
+  }
+
+  /** A period's budget if it has not expired at `now` (an expired one is dropped, as Redis would). */
+  #budget(keyId: string, kind: PeriodKind, periodId: string, now: number): Budget | undefined {
+    const key = budgetKey(kind, keyId, periodId);
+    const budget = this.#budgets.get(key);
+    if (budget && budget.expiresAt <= now) {
+      this.#budgets.delete(key);
+      return undefined;
+    }
+    return budget;
+  }
+
+  /** Like HINCRBY on a missing hash: a new, empty budget. The caller sets its expiry. */
+  #liveOrNewBudget(keyId: string, kind: PeriodKind, periodId: string, now: number): Budget {
+    let budget = this.#budget(keyId, kind, periodId, now);
+    if (!budget) {
+      budget = { tokensUsed: 0, tokensReserved: 0, usdUsed: 0, usdReserved: 0, expiresAt: now };
+      this.#budgets.set(budgetKey(kind, keyId, periodId), budget);
+    }
+    return budget;
+  }
+
+  /** Gives a reservation's amounts back to its periods' budgets that still exist, never below 0. */
+  #unreserve(keyId: string, r: Reservation, now: number) {
+    for (const b of [this.#budget(keyId, 'day', r.day, now), this.#budget(keyId, 'month', r.month, now)]) {
+      if (!b) continue;
+      b.tokensReserved = Math.max(0, b.tokensReserved - r.tokens);
+      b.usdReserved = Math.max(0, b.usdReserved - r.usdMicros);
+    }
+  }
+
+  /**
+   * Adds real usage to a period. The fallback (current) periods get their expiry refreshed, as on
+   * every write; another period keeps its own, unless it had expired and is created anew.
+   */
+  #addUsed(
+    keyId: string,
+    kind: PeriodKind,
+    periodId: string,
+    usage: { tokens: number; usdMicros: number; now: number },
+    isFallback: boolean,
+    ttlMs: number,
+  ) {
+    const { now } = usage;
+    const existing = this.#budget(keyId, kind, periodId, now);
+    const budget = existing ?? this.#liveOrNewBudget(keyId, kind, periodId, now);
+    budget.tokensUsed += usage.tokens;
+    budget.usdUsed += usage.usdMicros;
+    if (isFallback || !existing) budget.expiresAt = now + ttlMs;
+  }
+
+  /** Drops what Redis would have expired: budgets and counters past their TTL, keys with no state left. */
+  #sweep(now: number) {
+    if (now - this.#lastSweep < SWEEP_INTERVAL_MS && now >= this.#lastSweep) return;
+    this.#lastSweep = now;
+    for (const [key, budget] of this.#budgets) if (budget.expiresAt <= now) this.#budgets.delete(key);
+    const clock = this.#clock();
+    for (const [name, counter] of this.#counters) if (counter.expiresAt <= clock) this.#counters.delete(name);
+    const oldest = oldestWindowSecond(now);
+    for (const [keyId, q] of this.#quotas) {
+      for (const s of q.buckets.keys()) if (s < oldest) q.buckets.delete(s);
+      for (const [id, at] of q.settled) if (at < now - SETTLED_RETENTION_MS) q.settled.delete(id);
+      if (q.buckets.size === 0 && q.reservations.size === 0 && q.leases.size === 0 && q.settled.size === 0) {
+        this.#quotas.delete(keyId);
+      }
+    }
   }
 
   #notify(change: { id: string; hash: string }) {
@@ -70,8 +357,12 @@ export class MemoryStore implements Store {
   }
 }
 
-export function createMemoryStore(): MemoryStore {
-  return new MemoryStore();
+export function createMemoryStore(opts: MemoryStoreOptions = {}): MemoryStore {
+  return new MemoryStore(opts);
+}
+
+function budgetKey(kind: PeriodKind, keyId: string, periodId: string): string {
+  return `${kind}\n${keyId}\n${periodId}`;
 }
 
 /** Creation time in ms: the list order. Rejects what Redis could not score, so both stores agree. */

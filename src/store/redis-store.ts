@@ -1,9 +1,35 @@
-// Store on Redis: records as JSON strings, a hash index, a creation-ordered ZSET, pub/sub for key changes.
+// Store on Redis: records as JSON strings, a hash index, a creation-ordered ZSET, pub/sub for key
+// changes; quotas in per-key hashes and ZSETs changed only by the Lua scripts in ./lua/.
 import { Redis, type RedisOptions } from 'ioredis';
 import { z } from 'zod';
 import { limitsSchema, type KeyRecord } from '../keys.js';
+import { loadLua } from './lua.js';
+import {
+  EMPTY_BUDGET,
+  LIMIT_ORDER,
+  SETTLED_RETENTION_MS,
+  admissionResult,
+  bucketsFromHash,
+  checkAdmission,
+  checkPeriods,
+  checkSettlement,
+  msUntilEmpty,
+  windowBuckets,
+  windowTotals,
+  type BudgetCounters,
+} from './quota-math.js';
 import { redisKeys, type RedisKeys } from './redis-keys.js';
-import type { KeyChangeListener, Store } from './store.js';
+import type {
+  AdmissionRequest,
+  AdmissionResult,
+  KeyChangeListener,
+  Periods,
+  QuotaUsage,
+  Settlement,
+  SettleOutcome,
+  Store,
+  WindowState,
+} from './store.js';
 
 export interface RedisStoreLogger {
   warn(obj: object, msg?: string): void;
@@ -45,12 +71,23 @@ const storedKeyRecordSchema = z.looseObject({
 
 const keyChangeSchema = z.object({ id: z.string().min(1), hash: z.string().min(1) });
 
+/** The commands `defineCommand` adds (ioredis cannot type them): keys first, then arguments. */
+interface QuotaCommands {
+  tollgateAdmit(...keysAndArgs: (string | number)[]): Promise<number[]>;
+  tollgateSettle(...keysAndArgs: (string | number)[]): Promise<number>;
+  tollgateHit(key: string, windowMs: number): Promise<[number, number]>;
+}
+
+const SETTLE_OUTCOMES: Record<number, SettleOutcome> = { 1: 'settled', 2: 'already-settled', 3: 'expired' };
+
 export class RedisStore implements Store {
   readonly kind = 'redis' as const;
   readonly #redis: Redis;
   /** Subscriber mode needs a connection of its own. */
   readonly #sub: Redis;
   readonly #keys: RedisKeys;
+  /** The same connection as #redis, seen with its script commands. */
+  readonly #scripts: QuotaCommands;
   readonly #log: RedisStoreLogger;
   readonly #timeoutMs: number;
   readonly #listeners = new Set<KeyChangeListener>();
@@ -80,6 +117,11 @@ export class RedisStore implements Store {
       connectionName: 'tollgate',
     };
     this.#redis = new Redis(opts.url, options);
+    // EVALSHA, falling back to EVAL once per connection when Redis does not have the script yet.
+    this.#redis.defineCommand('tollgateAdmit', { numberOfKeys: 5, lua: loadLua('admit') });
+    this.#redis.defineCommand('tollgateSettle', { numberOfKeys: 6, lua: loadLua('settle') });
+    this.#redis.defineCommand('tollgateHit', { numberOfKeys: 1, lua: loadLua('hit') });
+    this.#scripts = this.#redis as unknown as QuotaCommands;
     // We subscribe ourselves on every 'ready', to learn when the subscription is live again.
     this.#sub = this.#redis.duplicate({ autoResubscribe: false, connectionName: 'tollgate:sub' });
 
@@ -144,6 +186,129 @@ export class RedisStore implements Store {
 
   onKeyChange(listener: KeyChangeListener): void {
     this.#listeners.add(listener);
+  }
+
+  async admit(req: AdmissionRequest): Promise<AdmissionResult> {
+    checkAdmission(req);
+    const k = this.#keys;
+    const { keyId: id, limits, periods } = req;
+    const reply = await this.#scripts.tollgateAdmit(
+      k.window(id),
+      k.reservations(id),
+      k.leases(id),
+      k.dayBudget(id, periods.day),
+      k.monthBudget(id, periods.month),
+      k.dayBudget(id, ''),
+      k.monthBudget(id, ''),
+      req.reservationId,
+      req.now,
+      req.leaseTtlMs,
+      req.tokens,
+      req.usdMicros,
+      periods.day,
+      periods.month,
+      periods.dayTtlMs,
+      periods.monthTtlMs,
+      limits.rpm,
+      limits.tpm,
+      limits.tokensPerDay,
+      limits.tokensPerMonth,
+      limits.usdMicrosPerDay,
+      limits.usdMicrosPerMonth,
+      limits.maxConcurrent,
+    );
+    const [admitted, limitCode, retry, rpm, reqRemaining, reqReset, tpm, tokRemaining, tokReset] = reply.map(Number) as [
+      number, number, number, number, number, number, number, number, number,
+    ];
+    const limit = LIMIT_ORDER[limitCode - 1];
+    if (admitted !== 1 && limit === undefined) throw new Error(`admit script returned an unknown limit code ${limitCode}`);
+    const states: { requests?: WindowState; tokens?: WindowState } = {};
+    if (rpm > 0) states.requests = { limit: rpm, remaining: reqRemaining, resetMs: reqReset };
+    if (tpm > 0) states.tokens = { limit: tpm, remaining: tokRemaining, resetMs: tokReset };
+    return admissionResult(
+      admitted === 1 || limit === undefined ? null : { limit, retryAfterMs: retry >= 0 ? retry : undefined },
+      states,
+    );
+  }
+
+  async settle(s: Settlement): Promise<SettleOutcome> {
+    checkSettlement(s);
+    const k = this.#keys;
+    const id = s.keyId;
+    const fallback = s.fallbackPeriods;
+    const code = await this.#scripts.tollgateSettle(
+      k.window(id),
+      k.reservations(id),
+      k.leases(id),
+      k.settled(id),
+      k.dayBudget(id, fallback.day),
+      k.monthBudget(id, fallback.month),
+      k.dayBudget(id, ''),
+      k.monthBudget(id, ''),
+      s.reservationId,
+      s.tokens,
+      s.usdMicros,
+      s.now,
+      fallback.dayTtlMs,
+      fallback.monthTtlMs,
+      SETTLED_RETENTION_MS,
+    );
+    const outcome = SETTLE_OUTCOMES[Number(code)];
+    if (outcome === undefined) throw new Error(`settle script returned an unknown outcome ${String(code)}`);
+    return outcome;
+  }
+
+  async renewLeases(leases: { keyId: string; reservationId: string }[], now: number, leaseTtlMs: number): Promise<void> {
+    if (leases.length === 0) return;
+    const expiresAt = now + leaseTtlMs;
+    const byKey = new Map<string, (string | number)[]>();
+    for (const { keyId, reservationId } of leases) {
+      const args = byKey.get(keyId) ?? [];
+      args.push(expiresAt, reservationId);
+      byKey.set(keyId, args);
+    }
+    // One round trip; XX: a lease already released (its reservation given back) is not brought back.
+    const pipeline = this.#redis.pipeline();
+    for (const [keyId, args] of byKey) pipeline.zadd(this.#keys.leases(keyId), 'XX', ...args);
+    throwFirstError(await pipeline.exec());
+  }
+
+  async quotaUsage(keyId: string, periods: Periods, now: number): Promise<QuotaUsage> {
+    checkPeriods(periods);
+    const k = this.#keys;
+    // One round trip, read only. Not one atomic snapshot, which a report does not need.
+    const replies = throwFirstError(
+      await this.#redis
+        .pipeline()
+        .hgetall(k.window(keyId))
+        .zcount(k.leases(keyId), `(${now}`, '+inf')
+        .hmget(k.dayBudget(keyId, periods.day), 'tu', 'tr', 'uu', 'ur')
+        .hmget(k.monthBudget(keyId, periods.month), 'tu', 'tr', 'uu', 'ur')
+        .exec(),
+    );
+    const [windowHash, inFlight, day, month] = replies as [Record<string, string>, number, (string | null)[], (string | null)[]];
+    const list = windowBuckets(bucketsFromHash(windowHash), now);
+    const totals = windowTotals(list);
+    const dayBudget = budgetFrom(day);
+    const monthBudget = budgetFrom(month);
+    return {
+      minute: { requests: totals.requests, tokens: totals.tokens, resetMs: msUntilEmpty(list, ['requests', 'tokens'], now) },
+      inFlight: Number(inFlight),
+      day: {
+        tokens: { used: dayBudget.tokensUsed, reserved: dayBudget.tokensReserved },
+        usdMicros: { used: dayBudget.usdUsed, reserved: dayBudget.usdReserved },
+      },
+      month: {
+        tokens: { used: monthBudget.tokensUsed, reserved: monthBudget.tokensReserved },
+        usdMicros: { used: monthBudget.usdUsed, reserved: monthBudget.usdReserved },
+      },
+    };
+  }
+
+  async hit(name: string, windowMs: number): Promise<{ count: number; ttlMs: number }> {
+    if (!Number.isSafeInteger(windowMs) || windowMs <= 0) throw new RangeError(`windowMs must be a positive integer, got ${windowMs}`);
+    const [count, ttlMs] = await this.#scripts.tollgateHit(this.#keys.counter(name), windowMs);
+    return { count: Number(count), ttlMs: Number(ttlMs) };
   }
 
   async ping(): Promise<void> {
@@ -255,6 +420,19 @@ async function shutdown(conn: Redis, timeoutMs: number): Promise<void> {
     clearTimeout(timer);
   }
   if (conn.status !== 'end') conn.disconnect();
+}
+
+/** A pipeline's results, or its first command error thrown. */
+function throwFirstError(results: [Error | null, unknown][] | null): unknown[] {
+  if (results === null) throw new Error('redis pipeline was not executed');
+  for (const [err] of results) if (err) throw err;
+  return results.map(([, result]) => result);
+}
+
+function budgetFrom(fields: (string | null)[]): BudgetCounters {
+  if (fields.every((f) => f === null)) return { ...EMPTY_BUDGET };
+  const [tu, tr, uu, ur] = fields.map((f) => Number(f ?? 0)) as [number, number, number, number];
+  return { tokensUsed: tu, tokensReserved: tr, usdUsed: uu, usdReserved: ur };
 }
 
 function creationScore(record: KeyRecord): number {

@@ -30,7 +30,138 @@ export interface Store {
   /** Called on every instance when any instance changes or revokes a key, so auth caches drop it. */
   onKeyChange(listener: KeyChangeListener): void;
 
+  /**
+   * Admission, in one atomic step (one Redis round trip): expire dead leases, check every limit of
+   * the key against the request's worst case, and, only if all pass, record the reservation.
+   * The rolling minute is made of 1-second buckets: a request counts in the bucket of
+   * floor(now / 1000) and leaves the window when `now` reaches (thatSecond + 60) * 1000.
+   * Throws (writing nothing) if `reservationId` is already held, or on non-integer amounts.
+   */
+  admit(request: AdmissionRequest): Promise<AdmissionResult>;
+  /**
+   * Replaces a reservation by what the request really used. Idempotent: settling the same
+   * reservation again changes nothing. If the reservation already expired, the usage is still
+   * recorded (against `fallbackPeriods`), so no spend is ever lost.
+   * 'settled': the reservation was still held (even if its lease is past expiry but no admission
+   * has released it yet); usage goes to the periods it was reserved in, and the tpm bucket of its
+   * admission second is corrected to the real tokens while that bucket is in the window.
+   * 'expired': no reservation (released, or never made); usage goes to `fallbackPeriods`.
+   * Settled ids are remembered for two days.
+   */
+  settle(settlement: Settlement): Promise<SettleOutcome>;
+  /**
+   * Pushes the expiry of leases (requests still in flight) to `now + leaseTtlMs`. A lease that was
+   * released (by settle, or by an admission after it expired) is not brought back; one past its
+   * expiry that no admission has released yet is renewed, as its reservation is still held.
+   */
+  renewLeases(leases: { keyId: string; reservationId: string }[], now: number, leaseTtlMs: number): Promise<void>;
+  /**
+   * Used and reserved amounts of one key, for the admin API. Read only: `reserved` still includes
+   * reservations whose lease expired until an admission releases them; `inFlight` counts only leases
+   * with expiry > now.
+   */
+  quotaUsage(keyId: string, periods: Periods, now: number): Promise<QuotaUsage>;
+  /**
+   * Fixed-window counter (the shape @fastify/rate-limit's store needs): adds 1 to `name` and
+   * returns the count in the current window and the ms left in it.
+   */
+  hit(name: string, windowMs: number): Promise<{ count: number; ttlMs: number }>;
+
   /** Round trip to the backing store; throws when it does not answer in time. */
   ping(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** Calendar periods a request is charged to, as ids in the configured time zone. */
+export interface Periods {
+  day: string; // e.g. 2026-11-30
+  month: string; // e.g. 2026-11
+  /** How long the period's counters must live: until the period ends, plus a margin for reports. */
+  dayTtlMs: number;
+  monthTtlMs: number;
+}
+
+/** A key's limits as the store sees them: 0 means "not limited". Money is integer micro-dollars. */
+export interface StoreLimits {
+  rpm: number;
+  tpm: number;
+  tokensPerDay: number;
+  tokensPerMonth: number;
+  usdMicrosPerDay: number;
+  usdMicrosPerMonth: number;
+  maxConcurrent: number;
+}
+
+export interface AdmissionRequest {
+  keyId: string;
+  /** Unique per request; names the reservation and the concurrency lease. */
+  reservationId: string;
+  limits: StoreLimits;
+  /** Worst case: estimated prompt tokens + maximum output tokens. */
+  tokens: number;
+  /** Worst-case cost, integer micro-dollars. */
+  usdMicros: number;
+  /** Epoch ms from the gateway's (injectable) clock. */
+  now: number;
+  periods: Periods;
+  /** A lease not renewed within this long is dead (its instance crashed) and is released. */
+  leaseTtlMs: number;
+}
+
+export type LimitName = 'rpm' | 'tpm' | 'maxConcurrent' | 'tokensPerDay' | 'tokensPerMonth' | 'usdPerDay' | 'usdPerMonth';
+
+/** Rolling one-minute window state, for OpenAI's x-ratelimit-* headers. */
+export interface WindowState {
+  limit: number;
+  remaining: number;
+  /**
+   * Requests: ms until the window holds fewer than `limit` requests, i.e. until one more request
+   * would pass rpm (0 when it would pass now). Tokens: ms until every token now in the window has
+   * left it, the window fully replenished (0 when it holds none). Both after this request if it was
+   * admitted. Like OpenAI's `x-ratelimit-reset-requests` / `x-ratelimit-reset-tokens`.
+   */
+  resetMs: number;
+}
+
+export type AdmissionResult =
+  | { admitted: true; requests?: WindowState; tokens?: WindowState }
+  | {
+      admitted: false;
+      /** The first limit that failed, in the order maxConcurrent, rpm, tpm, tokens/day, tokens/month, usd/day, usd/month. */
+      limit: LimitName;
+      /**
+       * ms until the request could pass the limit that failed: rpm / tpm, until enough of the oldest
+       * buckets have left the window for it to fit; maxConcurrent, a fixed 1000 ms hint (a slot frees
+       * when some request ends). Undefined when waiting cannot help: a day or month budget (the
+       * gateway computes the period reset), or more tokens than the whole tpm limit.
+       */
+      retryAfterMs?: number;
+      requests?: WindowState;
+      tokens?: WindowState;
+    };
+
+export interface Settlement {
+  keyId: string;
+  reservationId: string;
+  /** Real usage (or the local estimate for a cut-short stream; 0 when nothing was generated). */
+  tokens: number;
+  usdMicros: number;
+  now: number;
+  /** Where usage goes if the reservation expired before settlement (normally the current periods). */
+  fallbackPeriods: Periods;
+}
+
+export type SettleOutcome = 'settled' | 'already-settled' | 'expired';
+
+export interface PeriodUsage {
+  used: number;
+  reserved: number;
+}
+
+export interface QuotaUsage {
+  /** Requests and tokens in the rolling minute (reservations count in full until settled). */
+  minute: { requests: number; tokens: number; /** ms until everything now in the window has left it. */ resetMs: number };
+  inFlight: number;
+  day: { tokens: PeriodUsage; usdMicros: PeriodUsage };
+  month: { tokens: PeriodUsage; usdMicros: PeriodUsage };
 }

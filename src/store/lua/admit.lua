@@ -1,0 +1,190 @@
+-- admit.lua: Store.admit for one gateway key in one atomic step. Mirrors quota-math.ts and
+-- MemoryStore.admit; the contract suite holds all three to the same answers.
+--
+-- KEYS[1] window        HASH  r:<epochSecond> requests, t:<epochSecond> tokens (1-second buckets)
+-- KEYS[2] reservations  HASH  reservationId -> "tokens|usdMicros|admissionSecond|dayId|monthId"
+-- KEYS[3] leases        ZSET  reservationId -> lease expiry (epoch ms)
+-- KEYS[4] day budget    HASH  of the request's day:   tu tr uu ur (tokens used/reserved, usd micros used/reserved)
+-- KEYS[5] month budget  HASH  of the request's month: same fields
+-- ARGV[1] day stem      dayBudget(keyId, '')   (redis-keys.ts)
+-- ARGV[2] month stem    monthBudget(keyId, '')
+-- ARGV[3] reservationId
+-- ARGV[4] now (epoch ms)          ARGV[5] leaseTtlMs
+-- ARGV[6] tokens                  ARGV[7] usdMicros
+-- ARGV[8] dayId                   ARGV[9] monthId
+-- ARGV[10] dayTtlMs               ARGV[11] monthTtlMs
+-- ARGV[12..18] limits, 0 = not set: rpm, tpm, tokensPerDay, tokensPerMonth, usdMicrosPerDay,
+--              usdMicrosPerMonth, maxConcurrent
+--
+-- Undeclared keys: releasing a dead lease gives its reserved amounts back to the budget hashes of
+-- the periods it was reserved in, which may be an earlier day or month than KEYS[4]/KEYS[5] and so
+-- cannot be known before the script reads the reservation. Their names are built here as
+-- stem .. periodId. The stems come from the same builders as KEYS[4]/KEYS[5] and carry the same
+-- `{keyId}` hash tag as every declared key (the prefix may not contain braces), so these keys hash
+-- to the same Redis Cluster slot and the script never leaves the node that serves it.
+--
+-- Returns {admitted (1|0), limitCode (0 | 1-based index in quota-math LIMIT_ORDER),
+--          retryAfterMs (-1: none), rpm, requestsRemaining, requestsResetMs, tpm, tokensRemaining, tokensResetMs}
+
+local winKey, resvKey, leaseKey, dayKey, monthKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local dayStem, monthStem, rid = ARGV[1], ARGV[2], ARGV[3]
+local now = tonumber(ARGV[4])
+local leaseTtl = tonumber(ARGV[5])
+local tokens = tonumber(ARGV[6])
+local usd = tonumber(ARGV[7])
+local dayId, monthId = ARGV[8], ARGV[9]
+local dayTtl, monthTtl = tonumber(ARGV[10]), tonumber(ARGV[11])
+local rpm, tpm = tonumber(ARGV[12]), tonumber(ARGV[13])
+local tokensPerDay, tokensPerMonth = tonumber(ARGV[14]), tonumber(ARGV[15])
+local usdPerDay, usdPerMonth = tonumber(ARGV[16]), tonumber(ARGV[17])
+local maxConcurrent = tonumber(ARGV[18])
+
+if redis.call('HEXISTS', resvKey, rid) == 1 then
+  return redis.error_reply('reservation ' .. rid .. ' already exists')
+end
+
+-- Gives reserved amounts back to a budget hash that still exists (a write to a missing one would
+-- create it without a TTL), never below 0.
+local function unreserve(key, field, amount)
+  if amount > 0 and redis.call('EXISTS', key) == 1 then
+    if redis.call('HINCRBY', key, field, -amount) < 0 then redis.call('HSET', key, field, 0) end
+  end
+end
+
+-- 1. Release dead leases (expiry <= now): their instance stopped renewing them.
+local dead = redis.call('ZRANGEBYSCORE', leaseKey, '-inf', now)
+for _, id in ipairs(dead) do
+  local rec = redis.call('HGET', resvKey, id)
+  if rec then
+    local t, u, _, d, m = string.match(rec, '^(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
+    if t then
+      unreserve(dayStem .. d, 'tr', tonumber(t))
+      unreserve(dayStem .. d, 'ur', tonumber(u))
+      unreserve(monthStem .. m, 'tr', tonumber(t))
+      unreserve(monthStem .. m, 'ur', tonumber(u))
+    end
+    redis.call('HDEL', resvKey, id)
+  end
+end
+if #dead > 0 then redis.call('ZREMRANGEBYSCORE', leaseKey, '-inf', now) end
+local inFlight = redis.call('ZCARD', leaseKey)
+
+-- 2. The rolling minute: buckets of seconds >= sec - 59 (at most 120 fields: older ones are
+-- deleted on every admission and the hash expires 61 s after the last one).
+local sec = math.floor(now / 1000)
+local oldest = sec - 59
+local reqs, toks, seconds, stale = {}, {}, {}, {}
+local flat = redis.call('HGETALL', winKey)
+for i = 1, #flat, 2 do
+  local kind, s = string.match(flat[i], '^([rt]):(%d+)$')
+  s = tonumber(s)
+  if s then
+    if s < oldest then
+      stale[#stale + 1] = flat[i]
+    else
+      if reqs[s] == nil and toks[s] == nil then seconds[#seconds + 1] = s end
+      if kind == 'r' then reqs[s] = tonumber(flat[i + 1]) else toks[s] = tonumber(flat[i + 1]) end
+    end
+  end
+end
+table.sort(seconds)
+
+local totalReqs, totalToks = 0, 0
+for _, s in ipairs(seconds) do
+  totalReqs = totalReqs + (reqs[s] or 0)
+  totalToks = totalToks + (toks[s] or 0)
+end
+
+-- ms until at least `amount` has left the window, oldest buckets first; 0 if amount <= 0, -1 if never.
+local function freedIn(by, amount)
+  if amount <= 0 then return 0 end
+  local freed = 0
+  for _, s in ipairs(seconds) do
+    freed = freed + (by[s] or 0)
+    if freed >= amount then return (s + 60) * 1000 - now end
+  end
+  return -1
+end
+
+-- ms until the newest non-empty bucket has left the window; 0 if empty.
+local function emptyIn(by)
+  for i = #seconds, 1, -1 do
+    if (by[seconds[i]] or 0) > 0 then return (seconds[i] + 60) * 1000 - now end
+  end
+  return 0
+end
+
+local function budget(key)
+  local v = redis.call('HMGET', key, 'tu', 'tr', 'uu', 'ur')
+  return tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[4]) or 0
+end
+
+-- 3. Limits, first failure wins.
+local limit, retry = 0, -1
+if maxConcurrent > 0 and inFlight + 1 > maxConcurrent then
+  limit, retry = 1, 1000 -- quota-math CONCURRENCY_RETRY_MS
+elseif rpm > 0 and totalReqs + 1 > rpm then
+  limit, retry = 2, freedIn(reqs, totalReqs + 1 - rpm)
+elseif tpm > 0 and totalToks + tokens > tpm then
+  limit = 3
+  -- A request larger than the whole limit never fits, however long it waits.
+  if tokens <= tpm then retry = freedIn(toks, totalToks + tokens - tpm) end
+else
+  local dtu, dtr, duu, dur = budget(dayKey)
+  local mtu, mtr, muu, mur = budget(monthKey)
+  if tokensPerDay > 0 and dtu + dtr + tokens > tokensPerDay then
+    limit = 4
+  elseif tokensPerMonth > 0 and mtu + mtr + tokens > tokensPerMonth then
+    limit = 5
+  elseif usdPerDay > 0 and duu + dur + usd > usdPerDay then
+    limit = 6
+  elseif usdPerMonth > 0 and muu + mur + usd > usdPerMonth then
+    limit = 7
+  end
+end
+
+-- 4. Record, only if everything passed.
+if limit == 0 then
+  if #stale > 0 then redis.call('HDEL', winKey, unpack(stale)) end
+  local secField = string.format('%d', sec)
+  redis.call('HINCRBY', winKey, 'r:' .. secField, 1)
+  redis.call('HINCRBY', winKey, 't:' .. secField, tokens)
+  redis.call('PEXPIRE', winKey, 61000) -- quota-math WINDOW_TTL_MS
+
+  redis.call('HINCRBY', dayKey, 'tr', tokens)
+  redis.call('HINCRBY', dayKey, 'ur', usd)
+  redis.call('PEXPIRE', dayKey, dayTtl)
+  redis.call('HINCRBY', monthKey, 'tr', tokens)
+  redis.call('HINCRBY', monthKey, 'ur', usd)
+  redis.call('PEXPIRE', monthKey, monthTtl)
+
+  -- The amounts as given (integer strings): Lua's number-to-string turns 1e14 and up into exponents.
+  redis.call('HSET', resvKey, rid, ARGV[6] .. '|' .. ARGV[7] .. '|' .. string.format('%d', sec) .. '|' .. dayId .. '|' .. monthId)
+  redis.call('ZADD', leaseKey, now + leaseTtl, rid)
+  -- Outlive every budget hash a held reservation points into, so its amounts can be given back.
+  local keep = math.max(dayTtl, monthTtl) + leaseTtl
+  redis.call('PEXPIRE', resvKey, keep)
+  redis.call('PEXPIRE', leaseKey, keep)
+
+  if reqs[sec] == nil and toks[sec] == nil then
+    seconds[#seconds + 1] = sec
+    table.sort(seconds)
+  end
+  reqs[sec] = (reqs[sec] or 0) + 1
+  toks[sec] = (toks[sec] or 0) + tokens
+  totalReqs = totalReqs + 1
+  totalToks = totalToks + tokens
+end
+
+-- 5. Header states (see quota-math windowStates), after this request if it was admitted.
+local reqRemaining, reqReset, tokRemaining, tokReset = 0, 0, 0, 0
+if rpm > 0 then
+  reqRemaining = math.max(0, rpm - totalReqs)
+  reqReset = math.max(0, freedIn(reqs, totalReqs - rpm + 1))
+end
+if tpm > 0 then
+  tokRemaining = math.max(0, tpm - totalToks)
+  tokReset = emptyIn(toks)
+end
+
+return {limit == 0 and 1 or 0, limit, retry, rpm, reqRemaining, reqReset, tpm, tokRemaining, tokReset}

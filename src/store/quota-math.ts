@@ -1,0 +1,253 @@
+// Quota arithmetic shared by both stores: the memory store runs it, the Redis store reads with it, and
+// lua/admit.lua and lua/settle.lua mirror it line for line (the contract suite holds them to the same answers).
+import type {
+  AdmissionRequest,
+  AdmissionResult,
+  LimitName,
+  Periods,
+  Settlement,
+  StoreLimits,
+  WindowState,
+} from './store.js';
+
+/** The rolling window: the bucket of second `s` counts while `s >= floor(now / 1000) - 59`. */
+export const WINDOW_SECONDS = 60;
+/** Redis TTL of the window hash, refreshed by every admission: a little longer than the window. */
+export const WINDOW_TTL_MS = 61_000;
+/** retryAfterMs hint when maxConcurrent is full: a slot frees whenever a request ends, not at a known time. */
+export const CONCURRENCY_RETRY_MS = 1000;
+/** How long a settled reservation id is remembered, so a repeated settle changes nothing. */
+export const SETTLED_RETENTION_MS = 2 * 86_400_000;
+
+/** Limit codes as the admit script returns them: index + 1, in the order they are checked. */
+export const LIMIT_ORDER = [
+  'maxConcurrent',
+  'rpm',
+  'tpm',
+  'tokensPerDay',
+  'tokensPerMonth',
+  'usdPerDay',
+  'usdPerMonth',
+] as const satisfies readonly LimitName[];
+
+export interface Bucket {
+  requests: number;
+  tokens: number;
+}
+
+/** One period's budget counters (a Redis hash `tu tr uu ur`). */
+export interface BudgetCounters {
+  tokensUsed: number;
+  tokensReserved: number;
+  usdUsed: number;
+  usdReserved: number;
+}
+
+export const EMPTY_BUDGET: Readonly<BudgetCounters> = { tokensUsed: 0, tokensReserved: 0, usdUsed: 0, usdReserved: 0 };
+
+export function epochSecond(now: number): number {
+  return Math.floor(now / 1000);
+}
+
+/** Oldest second whose bucket is still in the window at `now`. */
+export function oldestWindowSecond(now: number): number {
+  return epochSecond(now) - (WINDOW_SECONDS - 1);
+}
+
+/** ms from `now` until the bucket of `second` leaves the window. Always > 0 for an in-window bucket. */
+export function leavesInMs(second: number, now: number): number {
+  return (second + WINDOW_SECONDS) * 1000 - now;
+}
+
+/** The in-window buckets, oldest first. Buckets ahead of `now` (another instance's clock) count too. */
+export function windowBuckets(buckets: Iterable<[number, Bucket]>, now: number): [number, Bucket][] {
+  const oldest = oldestWindowSecond(now);
+  return [...buckets].filter(([s]) => s >= oldest).sort((a, b) => a[0] - b[0]);
+}
+
+/** Parses the Redis window hash (`r:<sec>` / `t:<sec>` fields) into buckets by second. */
+export function bucketsFromHash(hash: Record<string, string>): Map<number, Bucket> {
+  const buckets = new Map<number, Bucket>();
+  for (const [field, value] of Object.entries(hash)) {
+    const m = /^([rt]):(\d+)$/.exec(field);
+    if (!m) continue;
+    const second = Number(m[2]);
+    const bucket = buckets.get(second) ?? { requests: 0, tokens: 0 };
+    if (m[1] === 'r') bucket.requests = Number(value);
+    else bucket.tokens = Number(value);
+    buckets.set(second, bucket);
+  }
+  return buckets;
+}
+
+export function windowTotals(list: [number, Bucket][]): Bucket {
+  let requests = 0;
+  let tokens = 0;
+  for (const [, b] of list) {
+    requests += b.requests;
+    tokens += b.tokens;
+  }
+  return { requests, tokens };
+}
+
+/**
+ * ms until at least `amount` requests (or tokens) have left the window, oldest buckets leaving
+ * first: 0 when `amount <= 0`, undefined when the window does not hold that much.
+ */
+export function msUntilFreed(list: [number, Bucket][], field: keyof Bucket, amount: number, now: number): number | undefined {
+  if (amount <= 0) return 0;
+  let freed = 0;
+  for (const [second, bucket] of list) {
+    freed += bucket[field];
+    if (freed >= amount) return leavesInMs(second, now);
+  }
+  return undefined;
+}
+
+/** ms until nothing of `fields` is left in the window (its newest non-empty bucket has left); 0 if empty. */
+export function msUntilEmpty(list: [number, Bucket][], fields: (keyof Bucket)[], now: number): number {
+  for (let i = list.length - 1; i >= 0; i--) {
+    const [second, bucket] = list[i]!;
+    if (fields.some((f) => bucket[f] > 0)) return leavesInMs(second, now);
+  }
+  return 0;
+}
+
+export interface AdmissionInput {
+  limits: StoreLimits;
+  tokens: number;
+  usdMicros: number;
+  now: number;
+  /** Live leases after the dead ones were released. */
+  inFlight: number;
+  /** In-window buckets, oldest first, without this request. */
+  window: [number, Bucket][];
+  day: BudgetCounters;
+  month: BudgetCounters;
+}
+
+/** The first limit the request breaks, in the documented order, with its retry hint; null if it passes. */
+export function firstBrokenLimit(input: AdmissionInput): { limit: LimitName; retryAfterMs: number | undefined } | null {
+  const { limits, tokens, usdMicros, now, window, day, month } = input;
+  const totals = windowTotals(window);
+  if (limits.maxConcurrent > 0 && input.inFlight + 1 > limits.maxConcurrent) {
+    return { limit: 'maxConcurrent', retryAfterMs: CONCURRENCY_RETRY_MS };
+  }
+  if (limits.rpm > 0 && totals.requests + 1 > limits.rpm) {
+    return { limit: 'rpm', retryAfterMs: msUntilFreed(window, 'requests', totals.requests + 1 - limits.rpm, now) };
+  }
+  if (limits.tpm > 0 && totals.tokens + tokens > limits.tpm) {
+    // A request larger than the whole limit never fits, however long it waits.
+    const retryAfterMs = tokens > limits.tpm ? undefined : msUntilFreed(window, 'tokens', totals.tokens + tokens - limits.tpm, now);
+    return { limit: 'tpm', retryAfterMs };
+  }
+  const budgets: [LimitName, number, number][] = [
+    ['tokensPerDay', limits.tokensPerDay, day.tokensUsed + day.tokensReserved + tokens],
+    ['tokensPerMonth', limits.tokensPerMonth, month.tokensUsed + month.tokensReserved + tokens],
+    ['usdPerDay', limits.usdMicrosPerDay, day.usdUsed + day.usdReserved + usdMicros],
+    ['usdPerMonth', limits.usdMicrosPerMonth, month.usdUsed + month.usdReserved + usdMicros],
+  ];
+  for (const [limit, max, wanted] of budgets) {
+    // Waiting within the period does not help; the gateway knows when the period resets.
+    if (max > 0 && wanted > max) return { limit, retryAfterMs: undefined };
+  }
+  return null;
+}
+
+/**
+ * Header states of the window (`window` must already include this request if it was admitted):
+ * - requests.resetMs: ms until the window holds fewer than `rpm` requests, i.e. until one more
+ *   request would pass rpm (0 when it would pass now);
+ * - tokens.resetMs: ms until every token now in the window has left it (0 when it holds none).
+ */
+export function windowStates(
+  list: [number, Bucket][],
+  limits: StoreLimits,
+  now: number,
+): { requests?: WindowState; tokens?: WindowState } {
+  const totals = windowTotals(list);
+  const states: { requests?: WindowState; tokens?: WindowState } = {};
+  if (limits.rpm > 0) {
+    states.requests = {
+      limit: limits.rpm,
+      remaining: Math.max(0, limits.rpm - totals.requests),
+      resetMs: msUntilFreed(list, 'requests', totals.requests - limits.rpm + 1, now) ?? 0,
+    };
+  }
+  if (limits.tpm > 0) {
+    states.tokens = {
+      limit: limits.tpm,
+      remaining: Math.max(0, limits.tpm - totals.tokens),
+      resetMs: msUntilEmpty(list, ['tokens'], now),
+    };
+  }
+  return states;
+}
+
+/** Builds the result without `undefined` members, so both stores return identical objects. */
+export function admissionResult(
+  broken: { limit: LimitName; retryAfterMs: number | undefined } | null,
+  states: { requests?: WindowState; tokens?: WindowState },
+): AdmissionResult {
+  if (broken === null) return { admitted: true, ...states };
+  return {
+    admitted: false,
+    limit: broken.limit,
+    ...(broken.retryAfterMs !== undefined && { retryAfterMs: broken.retryAfterMs }),
+    ...states,
+  };
+}
+
+// Input checks, identical in both stores: the Redis scripts do integer arithmetic on what they are given.
+
+function nonNegativeInt(value: number, name: string) {
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
+}
+
+function positiveInt(value: number, name: string) {
+  if (!Number.isSafeInteger(value) || value <= 0) throw new RangeError(`${name} must be a positive integer, got ${value}`);
+}
+
+function id(value: string, name: string) {
+  // '|' separates the fields of a stored reservation.
+  if (typeof value !== 'string' || value.length === 0 || value.includes('|')) {
+    throw new RangeError(`${name} must be a non-empty string without '|'`);
+  }
+}
+
+const LIMIT_FIELDS = [
+  'rpm',
+  'tpm',
+  'tokensPerDay',
+  'tokensPerMonth',
+  'usdMicrosPerDay',
+  'usdMicrosPerMonth',
+  'maxConcurrent',
+] as const satisfies readonly (keyof StoreLimits)[];
+
+export function checkPeriods(periods: Periods, name = 'periods') {
+  id(periods.day, `${name}.day`);
+  id(periods.month, `${name}.month`);
+  positiveInt(periods.dayTtlMs, `${name}.dayTtlMs`);
+  positiveInt(periods.monthTtlMs, `${name}.monthTtlMs`);
+}
+
+export function checkAdmission(req: AdmissionRequest) {
+  id(req.keyId, 'keyId');
+  id(req.reservationId, 'reservationId');
+  nonNegativeInt(req.tokens, 'tokens');
+  nonNegativeInt(req.usdMicros, 'usdMicros');
+  nonNegativeInt(req.now, 'now');
+  positiveInt(req.leaseTtlMs, 'leaseTtlMs');
+  for (const name of LIMIT_FIELDS) nonNegativeInt(req.limits[name], `limits.${name}`);
+  checkPeriods(req.periods);
+}
+
+export function checkSettlement(s: Settlement) {
+  id(s.keyId, 'keyId');
+  id(s.reservationId, 'reservationId');
+  nonNegativeInt(s.tokens, 'tokens');
+  nonNegativeInt(s.usdMicros, 'usdMicros');
+  nonNegativeInt(s.now, 'now');
+  checkPeriods(s.fallbackPeriods, 'fallbackPeriods');
+}
