@@ -1,5 +1,5 @@
 // buildApp(config): the whole gateway as a Fastify instance that never listens by itself.
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import pino, { type DestinationStream } from 'pino';
@@ -10,6 +10,9 @@ import { createMemoryStore } from './store/memory-store.js';
 import { createRedisStore } from './store/redis-store.js';
 import { createUpstreamClient, type UpstreamClient } from './upstream/client.js';
 import { createKeyResolver } from './auth/key-resolver.js';
+import { createFailedAuthGuard } from './auth/failed-auth-guard.js';
+import { createQuota } from './quota/quota.js';
+import { loadPriceTable, priceFromUsdPerMillion } from './openai/prices.js';
 import { v1Routes } from './routes/v1.js';
 import { adminRoutes } from './routes/admin.js';
 import { healthRoutes } from './routes/health.js';
@@ -21,6 +24,8 @@ export interface BuildOptions {
   /** Use this store instead of the one the config names (tests share one between instances). */
   store?: Store;
   upstream?: UpstreamClient;
+  /** Epoch ms; tests inject one to cross day and month boundaries. */
+  clock?: () => number;
 }
 
 // A client's x-request-id is echoed only if it is short and plain: no header or log injection.
@@ -33,6 +38,34 @@ function requestId(req: IncomingMessage): string {
 
 /** Log paths that may carry secrets. Redacted even though request logging never serialises headers. */
 const REDACT = ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', '*.apiKey', '*.adminToken'];
+
+/** The one log line per request. Never the key's secret; bodies only when LOG_BODIES is on. */
+function logRequest(request: FastifyRequest, reply: FastifyReply) {
+  const t = request.trace;
+  const path = request.routeOptions.url ?? 'unmatched';
+  const line = {
+    keyId: request.gatewayKey?.id,
+    method: request.method,
+    path,
+    endpoint: t.endpoint,
+    model: t.model,
+    stream: t.stream,
+    status: reply.statusCode,
+    clientAborted: !reply.raw.writableFinished || undefined,
+    upstreamStatus: t.upstreamStatus,
+    upstreamRequestId: t.upstreamRequestId,
+    latencyMs: Math.round(reply.elapsedTime * 100) / 100,
+    upstreamMs: t.upstreamMs === undefined ? undefined : Math.round(t.upstreamMs * 100) / 100,
+    usage: t.usage,
+    costUsd: t.costMicros === undefined ? undefined : t.costMicros / 1e6,
+    estimated: t.estimated,
+    streamIncomplete: t.streamIncomplete || undefined,
+    requestBody: t.requestBody,
+    responseBody: t.responseBody,
+  };
+  if (path === '/healthz' || path === '/readyz') request.log.debug(line, 'request');
+  else request.log.info(line, 'request');
+}
 
 export async function buildApp(config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
   const logger: FastifyBaseLogger = pino(
@@ -57,9 +90,29 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       ? await createRedisStore({ ...config.redis, logger })
       : createMemoryStore());
   const upstream = options.upstream ?? createUpstreamClient(config.upstream);
+  const clock = options.clock ?? Date.now;
   const keyResolver = createKeyResolver(store, config.authCacheTtlMs);
+  const quota = createQuota({
+    store,
+    prices: loadPriceTable(config.quota.pricesFile),
+    clock,
+    timeZone: config.quota.timeZone,
+    defaultMaxOutputTokens: config.quota.defaultMaxOutputTokens,
+    leaseTtlMs: config.quota.leaseTtlMs,
+    unpricedModelPrice: priceFromUsdPerMillion(config.quota.unpricedUsdPerMillion),
+    logger,
+  });
+  const authGuard = await createFailedAuthGuard(app, {
+    store,
+    maxFailures: config.authFailuresPerMinute,
+    windowMs: 60_000,
+    now: clock,
+  });
 
+  // Fastify closes in-flight requests first, then runs these: settlements are flushed before the store closes.
   app.addHook('onClose', async () => {
+    quota.close();
+    await quota.drain();
     await upstream.close();
     if (!options.store) await store.close();
   });
@@ -81,38 +134,29 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.addHook('onRequest', async (request, reply) => {
     request.trace = {};
     reply.header('x-request-id', request.id);
-  });
-
-  app.addHook('onResponse', async (request, reply) => {
-    const t = request.trace;
-    const line = {
-      keyId: request.gatewayKey?.id,
-      method: request.method,
-      path: request.routeOptions.url ?? 'unmatched',
-      endpoint: t.endpoint,
-      model: t.model,
-      stream: t.stream,
-      status: reply.statusCode,
-      upstreamStatus: t.upstreamStatus,
-      upstreamRequestId: t.upstreamRequestId,
-      latencyMs: Math.round(reply.elapsedTime * 100) / 100,
-      upstreamMs: t.upstreamMs === undefined ? undefined : Math.round(t.upstreamMs * 100) / 100,
-      usage: t.usage,
-      streamIncomplete: t.streamIncomplete || undefined,
-      requestBody: t.requestBody,
-      responseBody: t.responseBody,
-    };
-    const probe = line.path === '/healthz' || line.path === '/readyz';
-    if (probe) request.log.debug(line, 'request');
-    else request.log.info(line, 'request');
+    // 'close' fires for every response, finished or abandoned by the client (onResponse misses
+    // the latter). A stream's accounting may finish just after: its line waits for it.
+    reply.raw.once('close', () => {
+      const completion = request.trace.completion ?? Promise.resolve();
+      void completion.then(() => logRequest(request, reply));
+    });
   });
 
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler(notFoundHandler);
 
   await app.register(healthRoutes, { store });
-  await app.register(v1Routes, { prefix: '/v1', upstream, keyResolver, logBodies: config.logBodies });
-  if (config.adminToken) await app.register(adminRoutes, { prefix: '/admin', adminToken: config.adminToken, store });
+  await app.register(v1Routes, { prefix: '/v1', upstream, quota, keyResolver, authGuard, logBodies: config.logBodies });
+  if (config.adminToken) {
+    await app.register(adminRoutes, {
+      prefix: '/admin',
+      adminToken: config.adminToken,
+      store,
+      quota,
+      authGuard,
+      now: () => new Date(clock()),
+    });
+  }
 
   app.log.info(
     { store: store.kind, upstream: new URL(config.upstream.baseUrl).origin, admin: Boolean(config.adminToken) },

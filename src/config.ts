@@ -1,5 +1,6 @@
 // The environment, validated once at boot. Nothing else in Tollgate reads process.env.
 import { z } from 'zod';
+import { validTimeZone } from './quota/periods.js';
 
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no', ''])
@@ -41,6 +42,20 @@ const envSchema = z.object({
   /** How long an authenticated key is trusted without asking the store (pub/sub invalidates sooner). */
   AUTH_CACHE_TTL_MS: int(0, 60_000).default(5_000),
 
+  /** Time zone of the calendar day and month that budgets reset on (IANA name). */
+  QUOTA_TIME_ZONE: z.string().refine(validTimeZone, { message: 'must be an IANA time zone, e.g. UTC or Europe/Paris' }).default('UTC'),
+  /** Output tokens reserved for a request that sets no max_tokens / max_completion_tokens. */
+  DEFAULT_MAX_OUTPUT_TOKENS: int(1, 10_000_000).default(4096),
+  /** A JSON price table merged over the shipped one (same format as src/openai/prices.json). */
+  PRICES_FILE: optionalString,
+  /** Price (USD per 1M tokens) charged for models missing from the table, for keys without a USD budget. */
+  UNPRICED_INPUT_USD_PER_MILLION: z.coerce.number().min(0).max(100_000).default(10),
+  UNPRICED_OUTPUT_USD_PER_MILLION: z.coerce.number().min(0).max(100_000).default(30),
+  /** A request's concurrency lease is renewed while it runs; a lease not renewed this long is released. */
+  LEASE_TTL_MS: int(3_000, 3_600_000).default(60_000),
+  /** Failed authentications allowed per client IP per minute; then 429 until the minute is over. 0: off. */
+  AUTH_FAILURES_PER_MINUTE: int(0, 1_000_000).default(30),
+
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
   SHUTDOWN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
   TRUST_PROXY: bool.default(false),
@@ -70,6 +85,14 @@ export interface Config {
   redis?: { url: string; prefix: string; commandTimeoutMs: number };
   adminToken?: string;
   authCacheTtlMs: number;
+  authFailuresPerMinute: number;
+  quota: {
+    timeZone: string;
+    defaultMaxOutputTokens: number;
+    pricesFile?: string;
+    unpricedUsdPerMillion: { input: number; output: number };
+    leaseTtlMs: number;
+  };
   bodyLimitBytes: number;
   shutdownTimeoutMs: number;
   trustProxy: boolean;
@@ -122,6 +145,14 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
       : undefined,
     adminToken: e.ADMIN_TOKEN,
     authCacheTtlMs: e.AUTH_CACHE_TTL_MS,
+    authFailuresPerMinute: e.AUTH_FAILURES_PER_MINUTE,
+    quota: {
+      timeZone: e.QUOTA_TIME_ZONE,
+      defaultMaxOutputTokens: e.DEFAULT_MAX_OUTPUT_TOKENS,
+      pricesFile: e.PRICES_FILE,
+      unpricedUsdPerMillion: { input: e.UNPRICED_INPUT_USD_PER_MILLION, output: e.UNPRICED_OUTPUT_USD_PER_MILLION },
+      leaseTtlMs: e.LEASE_TTL_MS,
+    },
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     trustProxy: e.TRUST_PROXY,

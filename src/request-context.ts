@@ -11,8 +11,14 @@ export interface RequestTrace {
   upstreamMs?: number;
   upstreamRequestId?: string;
   usage?: Usage;
+  /** What the request was charged, integer micro-dollars. */
+  costMicros?: number;
+  /** The usage is the gateway's own count (stream cut short), not upstream's. */
+  estimated?: boolean;
   /** The stream ended before upstream's [DONE] (client left, upstream failed). */
   streamIncomplete?: boolean;
+  /** Settles when a streamed response's accounting is done; the log line waits for it. */
+  completion?: Promise<void>;
   /** Only when LOG_BODIES is on. */
   requestBody?: unknown;
   responseBody?: unknown;

@@ -1,7 +1,7 @@
-// Resolves a client's secret to its key record: sha256, then a short in-process cache, then the store.
+// Resolves a secret's hash to its key record: a short in-process cache, then the store.
 // Any instance's change to a key reaches every instance's cache through the store's change feed.
 import type { Store } from '../store/store.js';
-import { hashSecret, type KeyRecord } from '../keys.js';
+import type { KeyRecord } from '../keys.js';
 
 export type KeyResolver = ReturnType<typeof createKeyResolver>;
 
@@ -14,19 +14,25 @@ export function createKeyResolver(store: Store, ttlMs: number, now: () => number
     else cache.delete(hash);
   });
 
-  /** The key for this secret, or null when unknown or revoked. Throws if the store cannot answer. */
-  async function resolve(secret: string): Promise<KeyRecord | null> {
-    const hash = hashSecret(secret);
-    const hit = cache.get(hash);
-    if (hit && hit.expires > now()) return hit.record;
-    const record = await store.getKeyByHash(hash);
-    if (!record || record.revokedAt !== null || record.hash !== hash) {
-      cache.delete(hash);
-      return null;
-    }
-    if (ttlMs > 0) cache.set(hash, { record, expires: now() + ttlMs });
-    return record;
-  }
+  return {
+    /** The cached live key for this hash, if any: no I/O, the hot path. */
+    cached(hash: string): KeyRecord | undefined {
+      const hit = cache.get(hash);
+      if (hit && hit.expires > now()) return hit.record;
+      return undefined;
+    },
 
-  return { resolve, clear: () => cache.clear() };
+    /** Asks the store: the key, or null when unknown or revoked. Throws if the store cannot answer. */
+    async lookup(hash: string): Promise<KeyRecord | null> {
+      const record = await store.getKeyByHash(hash);
+      if (!record || record.revokedAt !== null || record.hash !== hash) {
+        cache.delete(hash);
+        return null;
+      }
+      if (ttlMs > 0) cache.set(hash, { record, expires: now() + ttlMs });
+      return record;
+    },
+
+    clear: () => cache.clear(),
+  };
 }

@@ -19,6 +19,11 @@ export interface RelayResult {
   error?: unknown;
   /** Number of events relayed, to tell "cut short" from "never started". */
   events: number;
+  /**
+   * The data of every event upstream sent (except [DONE]). Kept so that a stream cut short before
+   * its usage chunk can still be billed from a local count of what it generated.
+   */
+  data: string[];
 }
 
 /** Re-serialises one parsed event. Multi-line data becomes several `data:` lines, as the spec says. */
@@ -38,7 +43,7 @@ export function formatEvent(e: Pick<EventSourceMessage, 'event' | 'data' | 'id'>
  */
 export function relaySse(source: Readable, options: RelayOptions): { stream: PassThrough; done: Promise<RelayResult> } {
   const out = new PassThrough();
-  const result: RelayResult = { completed: false, events: 0 };
+  const result: RelayResult = { completed: false, events: 0, data: [] };
   const pending: EventSourceMessage[] = [];
   const parser = createParser({ onEvent: (e) => pending.push(e) });
 
@@ -55,6 +60,7 @@ export function relaySse(source: Readable, options: RelayOptions): { stream: Pas
           if (out.destroyed) throw new Error('client closed the stream');
           if (e.data === '[DONE]') result.completed = true;
           else {
+            result.data.push(e.data);
             const found = readChunkUsage(e.data);
             if (found) {
               result.usage = found.usage;

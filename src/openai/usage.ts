@@ -47,3 +47,35 @@ export function readChunkUsage(data: string): { usage: Usage; usageOnly: boolean
   const choices = (chunk as { choices?: unknown }).choices;
   return { usage, usageOnly: Array.isArray(choices) && choices.length === 0 };
 }
+
+/**
+ * The text a chat/completions stream generated, from its chunks' data: message content, legacy
+ * text, refusals and tool-call arguments of every choice. Used to bill a stream cut short.
+ */
+export function generatedText(chunks: readonly string[]): string {
+  let text = '';
+  for (const data of chunks) {
+    let chunk: unknown;
+    try {
+      chunk = JSON.parse(data);
+    } catch {
+      continue;
+    }
+    const choices = (chunk as { choices?: unknown }).choices;
+    if (!Array.isArray(choices)) continue;
+    for (const choice of choices as Record<string, any>[]) {
+      if (typeof choice?.text === 'string') text += choice.text;
+      const delta = choice?.delta;
+      if (typeof delta !== 'object' || delta === null) continue;
+      if (typeof delta.content === 'string') text += delta.content;
+      if (typeof delta.refusal === 'string') text += delta.refusal;
+      if (Array.isArray(delta.tool_calls)) {
+        for (const call of delta.tool_calls) {
+          if (typeof call?.function?.name === 'string') text += call.function.name;
+          if (typeof call?.function?.arguments === 'string') text += call.function.arguments;
+        }
+      }
+    }
+  }
+  return text;
+}

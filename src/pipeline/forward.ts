@@ -3,7 +3,10 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { validateBody } from '../openai/endpoints.js';
 import { relaySse } from '../openai/sse.js';
-import { readUsage } from '../openai/usage.js';
+import { generatedText, readUsage, type Usage } from '../openai/usage.js';
+import { countCompletionTokens } from '../openai/tokens.js';
+import type { Admission, Consumption, Quota } from '../quota/quota.js';
+import type { RelayResult } from '../openai/sse.js';
 import { isModelAllowed } from '../keys.js';
 import { modelNotFound } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
@@ -12,6 +15,7 @@ import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js
 
 export interface ForwardDeps {
   upstream: UpstreamClient;
+  quota: Quota;
   logBodies: boolean;
 }
 
@@ -69,6 +73,14 @@ export async function forward(
 
   if (!isModelAllowed(key.models, model)) throw modelNotFound(model);
 
+  const admission = await deps.quota.admit(key, endpoint, body as Record<string, unknown>, model);
+  reply.headers(admission.headers);
+  const settle = (consumption: Consumption) => {
+    const charge = admission.settle(consumption);
+    trace.costMicros = charge.costMicros;
+    trace.estimated = charge.estimated || undefined;
+  };
+
   const { payload, clientWantsUsage } = upstreamBody(request, body as Record<string, unknown>, options);
   const signal = clientGone(reply);
   const started = performance.now();
@@ -82,6 +94,7 @@ export async function forward(
       signal,
     });
   } catch (err) {
+    settle({ estimated: false }); // nothing reached upstream's model, or nothing came back: release
     if (signal.aborted) return clientClosed(reply);
     throw err;
   }
@@ -93,15 +106,32 @@ export async function forward(
   const isSse = String(res.headers['content-type'] ?? '').startsWith('text/event-stream');
   if (trace.stream && res.status === 200 && isSse) {
     const { stream, done } = relaySse(res.body, { dropUsageChunk: !clientWantsUsage });
-    void done.then((result) => {
-      trace.usage = result.usage;
+    trace.completion = done.then((result) => {
       trace.streamIncomplete = !result.completed;
       trace.upstreamMs = performance.now() - started;
+      trace.usage = result.usage ?? estimateCutShort(result, admission, model);
+      settle({ usage: trace.usage, estimated: result.usage === undefined });
     });
     reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
     return reply.send(stream);
   }
-  return sendBuffered(reply, res, started, deps.logBodies);
+  return sendBuffered(reply, res, started, deps.logBodies, settle);
+}
+
+/**
+ * Usage of a stream that ended before upstream's usage chunk (client left, upstream broke): the
+ * prompt as estimated at admission plus a local count of what was generated, as OpenAI bills it.
+ */
+function estimateCutShort(result: RelayResult, admission: Admission, model: string): Usage | undefined {
+  if (result.events === 0) return undefined; // nothing generated: release everything
+  const completionTokens = countCompletionTokens(generatedText(result.data), model);
+  return {
+    promptTokens: admission.promptTokens,
+    completionTokens,
+    totalTokens: admission.promptTokens + completionTokens,
+    cachedPromptTokens: 0,
+    reasoningTokens: 0,
+  };
 }
 
 /** nginx's 499 "client closed request": only ever seen in our logs, since nobody is listening. */
@@ -110,12 +140,19 @@ export function clientClosed(reply: FastifyReply) {
 }
 
 /** Reads a whole (non-streamed or error) upstream body and sends it on unchanged. */
-export async function sendBuffered(reply: FastifyReply, res: UpstreamResponse, started: number, logBodies: boolean) {
+export async function sendBuffered(
+  reply: FastifyReply,
+  res: UpstreamResponse,
+  started: number,
+  logBodies: boolean,
+  settle?: (consumption: Consumption) => void,
+) {
   const trace = reply.request.trace;
   let bytes: Buffer;
   try {
     bytes = await readUpstreamBody(res);
   } catch (err) {
+    settle?.({ estimated: false });
     if (reply.raw.destroyed) return clientClosed(reply);
     throw err;
   }
@@ -129,6 +166,8 @@ export async function sendBuffered(reply: FastifyReply, res: UpstreamResponse, s
       // Not our business to judge upstream's JSON; pass it on as it came.
     }
   }
+  // Upstream errors are not billed by OpenAI: their reservation is released in full.
+  settle?.({ usage: res.status === 200 ? trace.usage : undefined, estimated: false });
   return reply.send(bytes);
 }
 

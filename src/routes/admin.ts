@@ -1,6 +1,8 @@
 // The admin API: gateway keys. Registered only when ADMIN_TOKEN is set; every route needs that token.
 import type { FastifyInstance } from 'fastify';
 import type { Store } from '../store/store.js';
+import type { Quota } from '../quota/quota.js';
+import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
 import { bearerToken, safeEqual } from '../auth/bearer.js';
 import { GatewayError, notFound, invalidRequest } from '../errors.js';
 import {
@@ -19,6 +21,8 @@ import type { z } from 'zod';
 export interface AdminOptions {
   adminToken: string;
   store: Store;
+  quota: Quota;
+  authGuard: FailedAuthGuard;
   now?: () => Date;
 }
 
@@ -35,10 +39,13 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
   const now = () => (opts.now ? opts.now() : new Date()).toISOString();
 
   app.addHook('onRequest', async (request) => {
+    // Wrong tokens count against the same per-IP failure limit as wrong gateway keys; an address
+    // over it is refused before its token is even compared, so guessing cannot go on.
+    opts.authGuard.check(request);
     const token = bearerToken(request.headers.authorization);
-    if (!token || !safeEqual(token, opts.adminToken)) {
-      throw new GatewayError(401, 'A valid admin token is required.', 'invalid_request_error', 'invalid_admin_token');
-    }
+    if (token && safeEqual(token, opts.adminToken)) return;
+    if (token) await opts.authGuard.fail(request);
+    throw new GatewayError(401, 'A valid admin token is required.', 'invalid_request_error', 'invalid_admin_token');
   });
 
   async function load(id: string): Promise<KeyRecord> {
@@ -74,7 +81,10 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     return { object: 'list', data: keys.map(publicKey) };
   });
 
-  app.get<{ Params: { id: string } }>('/keys/:id', async (request) => publicKey(await load(request.params.id)));
+  app.get<{ Params: { id: string } }>('/keys/:id', async (request) => {
+    const record = await load(request.params.id);
+    return { ...publicKey(record), quota: await opts.quota.view(record) };
+  });
 
   app.patch<{ Params: { id: string } }>('/keys/:id', async (request) => {
     const input = parse(updateKeySchema, request.body);

@@ -5,11 +5,13 @@ import { forward, clientGone, clientClosed, readUpstreamBody, sendBuffered, type
 import { upstreamHeadersForClient } from '../pipeline/headers.js';
 import { bearerToken } from '../auth/bearer.js';
 import type { KeyResolver } from '../auth/key-resolver.js';
+import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
 import { invalidApiKey, modelNotFound, serviceUnavailable } from '../errors.js';
-import { isModelAllowed } from '../keys.js';
+import { hashSecret, isModelAllowed } from '../keys.js';
 
 export interface V1Options extends ForwardDeps {
   keyResolver: KeyResolver;
+  authGuard: FailedAuthGuard;
 }
 
 const MISSING_KEY =
@@ -30,14 +32,22 @@ export async function v1Routes(app: FastifyInstance, opts: V1Options) {
   app.addHook('onRequest', async (request) => {
     const secret = bearerToken(request.headers.authorization);
     if (!secret) throw invalidApiKey(MISSING_KEY);
-    let key;
-    try {
-      key = await opts.keyResolver.resolve(secret);
-    } catch (err) {
-      request.log.warn({ err: (err as Error).message }, 'key lookup failed');
-      throw serviceUnavailable('Authentication is temporarily unavailable. Please retry.', 'auth_unavailable');
+    const hash = hashSecret(secret);
+    let key = opts.keyResolver.cached(hash) ?? null;
+    if (!key) {
+      // Only uncached keys cost a lookup, and only they can be guesses: the guard sits here.
+      opts.authGuard.check(request);
+      try {
+        key = await opts.keyResolver.lookup(hash);
+      } catch (err) {
+        request.log.warn({ err: (err as Error).message }, 'key lookup failed');
+        throw serviceUnavailable('Authentication is temporarily unavailable. Please retry.', 'auth_unavailable');
+      }
+      if (!key) {
+        await opts.authGuard.fail(request);
+        throw invalidApiKey(BAD_KEY);
+      }
     }
-    if (!key) throw invalidApiKey(BAD_KEY);
     request.gatewayKey = key;
   });
 

@@ -72,8 +72,8 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     logs,
     fake,
     admin,
-    async createKey(body = { name: 'test-app' }) {
-      const res = await admin('POST', '/admin/keys', body);
+    async createKey(body = {}) {
+      const res = await admin('POST', '/admin/keys', { name: 'test-app', ...body });
       if (res.status !== 201) throw new Error(`createKey failed: ${res.status} ${JSON.stringify(res.body)}`);
       return res.body as { id: string; key: string };
     },

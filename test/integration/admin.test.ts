@@ -99,10 +99,10 @@ describe('keys', () => {
     const res = await gw.admin('PATCH', `/admin/keys/${id}`, {
       name: 'after',
       models: ['gpt-4o*'],
-      limits: { tpm: 1000, maxConcurrent: 2 },
+      limits: { tpm: 100_000, maxConcurrent: 2 },
     });
     expect(res.status).toBe(200);
-    expect(res.body).toMatchObject({ name: 'after', models: ['gpt-4o*'], limits: { tpm: 1000, maxConcurrent: 2 } });
+    expect(res.body).toMatchObject({ name: 'after', models: ['gpt-4o*'], limits: { tpm: 100_000, maxConcurrent: 2 } });
     // The allow-list holds at once on this instance.
     const denied = await fetch(`${gw.url}/v1/embeddings`, {
       method: 'POST',

@@ -1,0 +1,74 @@
+// The 429s and 400s a client sees from quotas, worded and typed the way the OpenAI SDKs expect.
+import { GatewayError } from '../errors.js';
+import type { Limits } from '../keys.js';
+import type { AdmissionResult, LimitName } from '../store/store.js';
+import { periodsAt } from './periods.js';
+import { microsToUsd } from '../openai/prices.js';
+
+const RATE_WORDING: Record<'rpm' | 'tpm' | 'maxConcurrent', string> = {
+  rpm: 'requests per minute (RPM)',
+  tpm: 'tokens per minute (TPM)',
+  maxConcurrent: 'concurrent requests',
+};
+
+const BUDGET_WORDING: Record<Exclude<LimitName, 'rpm' | 'tpm' | 'maxConcurrent'>, [string, 'day' | 'month', 'tokens' | 'usd']> = {
+  tokensPerDay: ['daily token budget', 'day', 'tokens'],
+  tokensPerMonth: ['monthly token budget', 'month', 'tokens'],
+  usdPerDay: ['daily spending budget', 'day', 'usd'],
+  usdPerMonth: ['monthly spending budget', 'month', 'usd'],
+};
+
+interface Context {
+  tokens: number;
+  usdMicros: number;
+  headers: Record<string, string>;
+  now: number;
+  timeZone: string;
+}
+
+/**
+ * Rate limits (rpm, tpm, concurrency) are worth retrying: 429 `rate_limit_exceeded` with retry-after.
+ * Budgets are not, until the period ends: 429 `insufficient_quota` with x-should-retry: false, which
+ * the openai SDKs read to skip their retries.
+ */
+export function quotaExceeded(result: Extract<AdmissionResult, { admitted: false }>, limits: Limits, ctx: Context): GatewayError {
+  const headers = { ...ctx.headers };
+  const limit = result.limit;
+  if (limit === 'rpm' || limit === 'tpm' || limit === 'maxConcurrent') {
+    const value = limits[limit];
+    let message = `Rate limit reached for this gateway key on ${RATE_WORDING[limit]}: limit ${value}.`;
+    if (result.retryAfterMs === undefined) {
+      // Larger than the limit itself: no amount of waiting lets it through.
+      message = `Request too large for this gateway key on ${RATE_WORDING[limit]}: limit ${value}, requested ${ctx.tokens}. Reduce the prompt or max_tokens.`;
+      headers['x-should-retry'] = 'false';
+    } else {
+      const seconds = Math.max(1, Math.ceil(result.retryAfterMs / 1000));
+      headers['retry-after'] = String(seconds);
+      headers['retry-after-ms'] = String(Math.ceil(result.retryAfterMs));
+      message += ` Please try again in ${seconds}s.`;
+    }
+    return new GatewayError(429, message, limit === 'tpm' ? 'tokens' : 'requests', 'rate_limit_exceeded', null, headers);
+  }
+  const [wording, period, unit] = BUDGET_WORDING[limit];
+  const p = periodsAt(ctx.now, ctx.timeZone);
+  const resetsAt = new Date(period === 'day' ? p.dayEndsAt : p.monthEndsAt).toISOString();
+  const amount = unit === 'usd' ? `$${limits[limit]} (this request may cost up to $${microsToUsd(ctx.usdMicros)})` : `${limits[limit]} tokens (this request may use up to ${ctx.tokens})`;
+  headers['x-should-retry'] = 'false';
+  return new GatewayError(
+    429,
+    `This gateway key has used its ${wording} of ${amount}. It resets at ${resetsAt}.`,
+    'insufficient_quota',
+    'insufficient_quota',
+    null,
+    headers,
+  );
+}
+
+export const unpricedModel = (model: string) =>
+  new GatewayError(
+    400,
+    `The gateway has no price for model '${model}', so it cannot be charged against this key's USD budget. Ask your gateway administrator to add it to the price table.`,
+    'invalid_request_error',
+    'model_price_unknown',
+    'model',
+  );

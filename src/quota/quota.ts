@@ -1,0 +1,218 @@
+// Quotas: reserve a request's worst case against every limit of its key before it goes upstream
+// (one atomic store call), then settle to what it really used. Nothing is charged after the fact.
+import { randomUUID } from 'node:crypto';
+import type { FastifyBaseLogger } from 'fastify';
+import type { KeyRecord, Limits } from '../keys.js';
+import type { Endpoint } from '../openai/endpoints.js';
+import type { Usage } from '../openai/usage.js';
+import { costMicros, microsToUsd, usdToMicros, type Price, type PriceTable } from '../openai/prices.js';
+import { estimatePromptTokens } from '../openai/tokens.js';
+import { periodsAt } from './periods.js';
+import type { AdmissionResult, Periods, Store, StoreLimits } from '../store/store.js';
+import { quotaExceeded, unpricedModel } from './errors.js';
+import { rateLimitHeaders } from './headers.js';
+
+export interface QuotaOptions {
+  store: Store;
+  prices: PriceTable;
+  clock: () => number;
+  timeZone: string;
+  /** Output tokens reserved when a request does not say (max_tokens / max_completion_tokens). */
+  defaultMaxOutputTokens: number;
+  leaseTtlMs: number;
+  /** What a model missing from the price table costs, for keys without a USD budget. */
+  unpricedModelPrice: Price;
+  logger: FastifyBaseLogger;
+}
+
+/** What a finished request really used, as the pipeline knows it. */
+export interface Consumption {
+  usage?: Usage;
+  /** The counts are the gateway's own estimate (a stream cut short before upstream's usage). */
+  estimated: boolean;
+}
+
+export interface Settled {
+  totalTokens: number;
+  costMicros: number;
+  estimated: boolean;
+}
+
+export type Quota = ReturnType<typeof createQuota>;
+export type Admission = Awaited<ReturnType<Quota['admit']>>;
+
+// Counters of a finished period are kept this long after it ends, for reports.
+const DAY_RETENTION_MS = 40 * 86_400_000;
+const MONTH_RETENTION_MS = 400 * 86_400_000;
+const SETTLE_ATTEMPTS = 4;
+
+export function storeLimits(limits: Limits): StoreLimits {
+  return {
+    rpm: limits.rpm ?? 0,
+    tpm: limits.tpm ?? 0,
+    tokensPerDay: limits.tokensPerDay ?? 0,
+    tokensPerMonth: limits.tokensPerMonth ?? 0,
+    usdMicrosPerDay: limits.usdPerDay === undefined ? 0 : usdToMicros(limits.usdPerDay),
+    usdMicrosPerMonth: limits.usdPerMonth === undefined ? 0 : usdToMicros(limits.usdPerMonth),
+    maxConcurrent: limits.maxConcurrent ?? 0,
+  };
+}
+
+/** The most output a request can produce: max_completion_tokens or max_tokens (else the default cap), times n. */
+export function maxOutputTokens(endpoint: Endpoint, body: Record<string, unknown>, defaultCap: number): number {
+  if (endpoint.name === 'embeddings') return 0;
+  const stated = body.max_completion_tokens ?? body.max_tokens;
+  const perChoice = typeof stated === 'number' ? stated : defaultCap;
+  const n = typeof body.n === 'number' ? body.n : 1;
+  const bestOf = typeof body.best_of === 'number' ? body.best_of : 1; // legacy completions generate best_of, bill all
+  return perChoice * Math.max(n, bestOf);
+}
+
+export function createQuota(opts: QuotaOptions) {
+  const { store, clock, logger } = opts;
+  /** Reservations of requests in flight on this instance: their leases are renewed until settled. */
+  const live = new Map<string, { keyId: string; reservationId: string }>();
+  /** Settlement writes not yet finished: shutdown waits for them. */
+  const pending = new Set<Promise<unknown>>();
+
+  const periods = (now: number): Periods => {
+    const p = periodsAt(now, opts.timeZone);
+    return {
+      day: p.day,
+      month: p.month,
+      dayTtlMs: p.dayEndsAt - now + DAY_RETENTION_MS,
+      monthTtlMs: p.monthEndsAt - now + MONTH_RETENTION_MS,
+    };
+  };
+
+  const renewal = setInterval(() => {
+    if (live.size === 0) return;
+    store.renewLeases([...live.values()], clock(), opts.leaseTtlMs).catch((err: Error) => {
+      logger.warn({ err: err.message, leases: live.size }, 'lease renewal failed');
+    });
+  }, Math.max(1000, Math.floor(opts.leaseTtlMs / 3)));
+  renewal.unref();
+
+  function priceOf(key: KeyRecord, model: string): Price {
+    const price = opts.prices.priceFor(model);
+    if (price) return price;
+    // Policy: an unknown price cannot be held against a USD budget, so such keys are refused;
+    // other keys are charged the configured default price (pessimistic by default).
+    if (key.limits.usdPerDay !== undefined || key.limits.usdPerMonth !== undefined) throw unpricedModel(model);
+    return opts.unpricedModelPrice;
+  }
+
+  async function settleWithRetry(keyId: string, reservationId: string, tokens: number, usdMicros: number) {
+    for (let attempt = 1; ; attempt++) {
+      const now = clock();
+      try {
+        return await store.settle({ keyId, reservationId, tokens, usdMicros, now, fallbackPeriods: periods(now) });
+      } catch (err) {
+        if (attempt >= SETTLE_ATTEMPTS) {
+          // Logged in full, so the spend can be replayed: it is never silently lost.
+          logger.error({ err: (err as Error).message, settlement: { keyId, reservationId, tokens, usdMicros } }, 'settlement failed');
+          return 'failed' as const;
+        }
+        await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+      }
+    }
+  }
+
+  /**
+   * Reserves the worst case of one request. Throws the client's 429 (with headers) when a limit
+   * would be passed. The returned admission must be settled exactly once (later calls are no-ops).
+   */
+  async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string) {
+    const price = priceOf(key, model);
+    const promptTokens = estimatePromptTokens(endpoint.name, body, model);
+    const outputTokens = maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);
+    const tokens = promptTokens + outputTokens;
+    const usdMicros = costMicros(price, { promptTokens, cachedPromptTokens: 0, completionTokens: outputTokens });
+    const now = clock();
+    const current = periods(now);
+    const reservationId = randomUUID();
+    const result: AdmissionResult = await store.admit({
+      keyId: key.id,
+      reservationId,
+      limits: storeLimits(key.limits),
+      tokens,
+      usdMicros,
+      now,
+      periods: current,
+      leaseTtlMs: opts.leaseTtlMs,
+    });
+    const headers = rateLimitHeaders(result);
+    if (!result.admitted) {
+      throw quotaExceeded(result, key.limits, { tokens, usdMicros, headers, now, timeZone: opts.timeZone });
+    }
+    live.set(reservationId, { keyId: key.id, reservationId });
+
+    let settled: Settled | undefined;
+    return {
+      headers,
+      promptTokens,
+      reservedTokens: tokens,
+      reservedMicros: usdMicros,
+      /**
+       * Replaces the reservation by real usage (no usage: nothing was consumed, all is released).
+       * Returns the charge at once; the store write runs in the background (retried, and awaited
+       * by drain() at shutdown). Settling twice returns the first charge and writes nothing.
+       */
+      settle(consumption: Consumption): Settled {
+        if (settled) return settled;
+        live.delete(reservationId);
+        const usage = consumption.usage;
+        settled = {
+          totalTokens: usage?.totalTokens ?? 0,
+          costMicros: usage ? costMicros(price, usage) : 0,
+          estimated: consumption.estimated,
+        };
+        const write = settleWithRetry(key.id, reservationId, settled.totalTokens, settled.costMicros);
+        pending.add(write);
+        void write.finally(() => pending.delete(write));
+        return settled;
+      },
+    };
+  }
+
+  /** For each limit (set or not): used, reserved in flight, and when its window resets. */
+  async function view(key: KeyRecord) {
+    const now = clock();
+    const q = await store.quotaUsage(key.id, periods(now), now);
+    const p = periodsAt(now, opts.timeZone);
+    const at = (ms: number) => new Date(ms).toISOString();
+    const minuteReset = q.minute.resetMs > 0 ? at(now + q.minute.resetMs) : null;
+    const l = key.limits;
+    const line = (limit: number | undefined, used: number, reserved: number, resetsAt: string | null) => ({
+      limit: limit ?? null,
+      used,
+      reserved,
+      resetsAt,
+    });
+    return {
+      // Rolling minute: reservations count in full until settled, so `used` includes what is in flight.
+      rpm: line(l.rpm, q.minute.requests, 0, minuteReset),
+      tpm: line(l.tpm, q.minute.tokens, 0, minuteReset),
+      tokensPerDay: line(l.tokensPerDay, q.day.tokens.used, q.day.tokens.reserved, at(p.dayEndsAt)),
+      tokensPerMonth: line(l.tokensPerMonth, q.month.tokens.used, q.month.tokens.reserved, at(p.monthEndsAt)),
+      usdPerDay: line(l.usdPerDay, microsToUsd(q.day.usdMicros.used), microsToUsd(q.day.usdMicros.reserved), at(p.dayEndsAt)),
+      usdPerMonth: line(l.usdPerMonth, microsToUsd(q.month.usdMicros.used), microsToUsd(q.month.usdMicros.reserved), at(p.monthEndsAt)),
+      maxConcurrent: line(l.maxConcurrent, q.inFlight, 0, null),
+    };
+  }
+
+  return {
+    admit,
+    view,
+    periods,
+    /** Micro-dollars as USD, for display. */
+    usd: microsToUsd,
+    /** Waits for every settlement in progress (graceful shutdown). */
+    async drain() {
+      while (pending.size > 0) await Promise.allSettled([...pending]);
+    },
+    close() {
+      clearInterval(renewal);
+    },
+  };
+}
