@@ -12,6 +12,7 @@ import { createUpstreamClient, type UpstreamClient } from './upstream/client.js'
 import { createKeyResolver } from './auth/key-resolver.js';
 import { createFailedAuthGuard } from './auth/failed-auth-guard.js';
 import { createQuota } from './quota/quota.js';
+import { createCache } from './cache/cache.js';
 import { loadPriceTable, priceFromUsdPerMillion } from './openai/prices.js';
 import { v1Routes } from './routes/v1.js';
 import { adminRoutes } from './routes/admin.js';
@@ -58,6 +59,8 @@ function logRequest(request: FastifyRequest, reply: FastifyReply) {
     upstreamMs: t.upstreamMs === undefined ? undefined : Math.round(t.upstreamMs * 100) / 100,
     usage: t.usage,
     costUsd: t.costMicros === undefined ? undefined : t.costMicros / 1e6,
+    cache: t.cache,
+    savedUsd: t.savedMicros === undefined ? undefined : t.savedMicros / 1e6,
     estimated: t.estimated,
     streamIncomplete: t.streamIncomplete || undefined,
     requestBody: t.requestBody,
@@ -100,6 +103,16 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     defaultMaxOutputTokens: config.quota.defaultMaxOutputTokens,
     leaseTtlMs: config.quota.leaseTtlMs,
     unpricedModelPrice: priceFromUsdPerMillion(config.quota.unpricedUsdPerMillion),
+    logger,
+  });
+  const cache = createCache({
+    store,
+    clock,
+    enabled: config.cache.enabled,
+    scope: config.cache.scope,
+    defaultTtlMs: config.cache.ttlMs,
+    maxEntryBytes: config.cache.maxEntryBytes,
+    singleFlightWaitMs: config.cache.singleFlightWaitMs,
     logger,
   });
   const authGuard = await createFailedAuthGuard(app, {
@@ -146,13 +159,14 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.setNotFoundHandler(notFoundHandler);
 
   await app.register(healthRoutes, { store });
-  await app.register(v1Routes, { prefix: '/v1', upstream, quota, keyResolver, authGuard, logBodies: config.logBodies });
+  await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, keyResolver, authGuard, logBodies: config.logBodies });
   if (config.adminToken) {
     await app.register(adminRoutes, {
       prefix: '/admin',
       adminToken: config.adminToken,
       store,
       quota,
+      cache,
       authGuard,
       now: () => new Date(clock()),
     });

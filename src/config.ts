@@ -56,6 +56,15 @@ const envSchema = z.object({
   /** Failed authentications allowed per client IP per minute; then 429 until the minute is over. 0: off. */
   AUTH_FAILURES_PER_MINUTE: int(0, 1_000_000).default(30),
 
+  /** The response cache (chat, completions, embeddings). Per key it can also be switched off. */
+  CACHE_ENABLED: bool.default(true),
+  /** 'key': entries are private to the gateway key that made them; 'global': shared by all keys. */
+  CACHE_SCOPE: z.enum(['key', 'global']).default('key'),
+  CACHE_TTL_SECONDS: int(1, 365 * 86_400).default(3600),
+  CACHE_MAX_ENTRY_BYTES: int(1024, 100 * 1024 * 1024).default(1024 * 1024),
+  /** How long identical concurrent requests wait for the one in flight before calling upstream themselves. */
+  CACHE_SINGLE_FLIGHT_WAIT_MS: int(100, 600_000).default(30_000),
+
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
   SHUTDOWN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
   TRUST_PROXY: bool.default(false),
@@ -93,6 +102,7 @@ export interface Config {
     unpricedUsdPerMillion: { input: number; output: number };
     leaseTtlMs: number;
   };
+  cache: { enabled: boolean; scope: 'key' | 'global'; ttlMs: number; maxEntryBytes: number; singleFlightWaitMs: number };
   bodyLimitBytes: number;
   shutdownTimeoutMs: number;
   trustProxy: boolean;
@@ -152,6 +162,13 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
       pricesFile: e.PRICES_FILE,
       unpricedUsdPerMillion: { input: e.UNPRICED_INPUT_USD_PER_MILLION, output: e.UNPRICED_OUTPUT_USD_PER_MILLION },
       leaseTtlMs: e.LEASE_TTL_MS,
+    },
+    cache: {
+      enabled: e.CACHE_ENABLED,
+      scope: e.CACHE_SCOPE,
+      ttlMs: e.CACHE_TTL_SECONDS * 1000,
+      maxEntryBytes: e.CACHE_MAX_ENTRY_BYTES,
+      singleFlightWaitMs: e.CACHE_SINGLE_FLIGHT_WAIT_MS,
     },
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,

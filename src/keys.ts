@@ -23,6 +23,13 @@ export type Limits = z.infer<typeof limitsSchema>;
 /** Model names or prefix patterns ending in `*` (e.g. `gpt-4o*`); null means every model. */
 export const modelsSchema = z.array(z.string().min(1).max(200)).max(1000).nullable();
 
+/** Per-key cache settings: switch caching off, or keep this key's entries for another time. */
+export const keyCacheSchema = z.strictObject({
+  enabled: z.boolean().optional(),
+  ttlSeconds: z.number().int().positive().max(365 * 86_400).optional(),
+});
+export type KeyCacheSettings = z.infer<typeof keyCacheSchema>;
+
 const metadataSchema = z
   .record(z.string().max(200), z.union([z.string().max(2000), z.number(), z.boolean(), z.null()]))
   .refine((m) => Object.keys(m).length <= 50, 'at most 50 metadata entries');
@@ -31,6 +38,7 @@ export const createKeySchema = z.strictObject({
   name: z.string().trim().min(1).max(200),
   models: modelsSchema.optional(),
   limits: limitsSchema.optional(),
+  cache: keyCacheSchema.optional(),
   metadata: metadataSchema.optional(),
 });
 export type CreateKeyInput = z.infer<typeof createKeySchema>;
@@ -39,6 +47,7 @@ export const updateKeySchema = z.strictObject({
   name: z.string().trim().min(1).max(200).optional(),
   models: modelsSchema.optional(),
   limits: limitsSchema.optional(),
+  cache: keyCacheSchema.optional(),
   metadata: metadataSchema.optional(),
 });
 export type UpdateKeyInput = z.infer<typeof updateKeySchema>;
@@ -52,6 +61,8 @@ export interface KeyRecord {
   hint: string;
   models: string[] | null;
   limits: Limits;
+  /** Absent: the gateway's defaults. */
+  cache?: KeyCacheSettings;
   metadata: Record<string, string | number | boolean | null>;
   createdAt: string;
   updatedAt: string;

@@ -13,6 +13,10 @@ export interface RequestTrace {
   usage?: Usage;
   /** What the request was charged, integer micro-dollars. */
   costMicros?: number;
+  /** x-tollgate-cache: HIT, MISS or BYPASS (cacheable endpoints only). */
+  cache?: 'HIT' | 'MISS' | 'BYPASS';
+  /** What a cache hit saved: the original call's cost at today's price, micro-dollars. */
+  savedMicros?: number;
   /** The usage is the gateway's own count (stream cut short), not upstream's. */
   estimated?: boolean;
   /** The stream ended before upstream's [DONE] (client left, upstream failed). */

@@ -1,21 +1,26 @@
-// The shared pipeline for every POST endpoint: validate, check the model, forward, relay, record.
+// The shared pipeline for every POST endpoint: validate, check the model, cache lookup, admission,
+// forward, relay, then settle and fill the cache once the answer is complete.
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { validateBody } from '../openai/endpoints.js';
-import { relaySse } from '../openai/sse.js';
+import { relaySse, type RelayResult } from '../openai/sse.js';
 import { generatedText, readUsage, type Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
+import { assembleStream, canSynthesize } from '../openai/stream-convert.js';
 import type { Admission, Consumption, Quota } from '../quota/quota.js';
-import type { RelayResult } from '../openai/sse.js';
+import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
+import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
 import { modelNotFound } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { upstreamFailure } from '../upstream/client.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
+import { serveHit } from './serve-hit.js';
 
 export interface ForwardDeps {
   upstream: UpstreamClient;
   quota: Quota;
+  cache: Cache;
   logBodies: boolean;
 }
 
@@ -23,6 +28,12 @@ export interface ForwardOptions {
   /** Replaces the body's model (legacy /engines/{engine}/completions). */
   model?: string;
 }
+
+type Body = Record<string, unknown> & {
+  model: string;
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean | null } | null;
+};
 
 /** An AbortSignal that fires when the client goes away before its response is complete. */
 export function clientGone(reply: FastifyReply): AbortSignal {
@@ -38,20 +49,15 @@ export function clientGone(reply: FastifyReply): AbortSignal {
  * the model named by a legacy engine path, and `stream_options.include_usage: true` on streams so
  * every streamed call can be accounted for.
  */
-function upstreamBody(
-  request: FastifyRequest,
-  body: Record<string, unknown> & { stream?: boolean | null; stream_options?: { include_usage?: boolean | null } | null },
-  options: ForwardOptions,
-): { payload: Buffer | string; clientWantsUsage: boolean } {
-  const clientWantsUsage = body.stream_options?.include_usage === true;
-  const addUsage = body.stream === true && !clientWantsUsage;
+function upstreamBody(request: FastifyRequest, body: Body, options: ForwardOptions): Buffer | string {
+  const addUsage = body.stream === true && body.stream_options?.include_usage !== true;
   const sentModel = (request.body as { model?: unknown }).model;
   const changeModel = options.model !== undefined && sentModel !== options.model;
-  if (!addUsage && !changeModel && request.rawBody) return { payload: request.rawBody, clientWantsUsage };
+  if (!addUsage && !changeModel && request.rawBody) return request.rawBody;
   const changed: Record<string, unknown> = { ...body };
   if (changeModel) changed.model = options.model;
   if (addUsage) changed.stream_options = { ...(body.stream_options ?? {}), include_usage: true };
-  return { payload: JSON.stringify(changed), clientWantsUsage };
+  return JSON.stringify(changed);
 }
 
 export async function forward(
@@ -62,26 +68,53 @@ export async function forward(
   options: ForwardOptions = {},
 ) {
   const raw = request.body as Record<string, unknown> | undefined;
-  const body = validateBody(endpoint.schema, options.model !== undefined && raw && typeof raw === 'object' ? { ...raw, model: options.model } : raw);
-  const model = body.model;
+  const withModel = options.model !== undefined && raw && typeof raw === 'object' ? { ...raw, model: options.model } : raw;
+  const body = validateBody(endpoint.schema, withModel) as Body;
   const key = request.gatewayKey!;
   const trace = request.trace;
   trace.endpoint = endpoint.name;
-  trace.model = model;
+  trace.model = body.model;
   trace.stream = endpoint.streamable && body.stream === true;
   if (deps.logBodies) trace.requestBody = request.body;
 
-  if (!isModelAllowed(key.models, model)) throw modelNotFound(model);
+  if (!isModelAllowed(key.models, body.model)) throw modelNotFound(body.model);
 
-  const admission = await deps.quota.admit(key, endpoint, body as Record<string, unknown>, model);
+  const plan = deps.cache.plan(request, key, endpoint, body);
+  if (plan) {
+    trace.cache = plan.status;
+    reply.header('x-tollgate-cache', plan.status);
+    const entry = await deps.cache.lookup(plan);
+    if (entry && canServe(endpoint, entry, trace.stream)) return serveHit(request, reply, endpoint, body, entry, deps);
+  }
+  try {
+    return await callUpstream(request, reply, endpoint, body, deps, options, plan);
+  } catch (err) {
+    // Whatever went wrong, identical requests waiting on this one must not wait for nothing.
+    if (plan) void deps.cache.fill(plan, undefined);
+    throw err;
+  }
+}
+
+async function callUpstream(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  endpoint: Endpoint,
+  body: Body,
+  deps: ForwardDeps,
+  options: ForwardOptions,
+  plan: CachePlan | undefined,
+) {
+  const trace = request.trace;
+  const admission = await deps.quota.admit(request.gatewayKey!, endpoint, body, body.model);
   reply.headers(admission.headers);
-  const settle = (consumption: Consumption) => {
+  /** The end of every admitted request, exactly once: settle the reservation, fill (or release) the cache. */
+  const finish = (consumption: Consumption, entry?: NewCacheEntry) => {
     const charge = admission.settle(consumption);
     trace.costMicros = charge.costMicros;
     trace.estimated = charge.estimated || undefined;
+    if (plan) void deps.cache.fill(plan, entry);
   };
 
-  const { payload, clientWantsUsage } = upstreamBody(request, body as Record<string, unknown>, options);
   const signal = clientGone(reply);
   const started = performance.now();
   let res: UpstreamResponse;
@@ -89,12 +122,12 @@ export async function forward(
     res = await deps.upstream.send({
       method: 'POST',
       path: endpoint.upstreamPath,
-      body: payload,
+      body: upstreamBody(request, body, options),
       headers: clientHeadersForUpstream(request.headers),
       signal,
     });
   } catch (err) {
-    settle({ estimated: false }); // nothing reached upstream's model, or nothing came back: release
+    finish({ estimated: false }); // nothing came back: release the reservation in full
     if (signal.aborted) return clientClosed(reply);
     throw err;
   }
@@ -105,17 +138,54 @@ export async function forward(
 
   const isSse = String(res.headers['content-type'] ?? '').startsWith('text/event-stream');
   if (trace.stream && res.status === 200 && isSse) {
-    const { stream, done } = relaySse(res.body, { dropUsageChunk: !clientWantsUsage });
+    const { stream, done } = relaySse(res.body, { dropUsageChunk: body.stream_options?.include_usage !== true });
     trace.completion = done.then((result) => {
       trace.streamIncomplete = !result.completed;
       trace.upstreamMs = performance.now() - started;
-      trace.usage = result.usage ?? estimateCutShort(result, admission, model);
-      settle({ usage: trace.usage, estimated: result.usage === undefined });
+      trace.usage = result.usage ?? estimateCutShort(result, admission, body.model);
+      finish({ usage: trace.usage, estimated: result.usage === undefined }, streamEntry(endpoint, result, body.model));
     });
     reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
     return reply.send(stream);
   }
-  return sendBuffered(reply, res, started, deps.logBodies, settle);
+
+  return sendBuffered(reply, res, started, deps.logBodies, (json, bytes) => {
+    if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
+    finish({ usage: trace.usage, estimated: false }, jsonEntry(json, bytes, trace.usage));
+  });
+}
+
+/** A stored JSON answer can always be served as JSON; as a stream only if it can be re-chunked faithfully. */
+function canServe(endpoint: Endpoint, entry: CacheEntry, stream: boolean): boolean {
+  if (!stream) return true;
+  if (endpoint.name !== 'chat.completions' && endpoint.name !== 'completions') return false;
+  try {
+    return canSynthesize(endpoint.name, JSON.parse(entry.body) as Record<string, unknown>);
+  } catch {
+    return false;
+  }
+}
+
+/** A cache entry from a complete non-streamed answer, if it is one. */
+function jsonEntry(json: unknown, bytes: Buffer | undefined, usage: Usage | undefined): NewCacheEntry | undefined {
+  if (!bytes || !usage || typeof json !== 'object' || json === null) return undefined;
+  return {
+    body: bytes.toString('utf8'),
+    model: String((json as { model?: unknown }).model ?? ''),
+    promptTokens: usage.promptTokens,
+    cachedPromptTokens: usage.cachedPromptTokens,
+    completionTokens: usage.completionTokens,
+  };
+}
+
+/** A cache entry from a stream that ended normally ([DONE], finish reasons, usage), assembled into JSON. */
+function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): NewCacheEntry | undefined {
+  if (!result.completed || !result.usage || result.error) return undefined;
+  if (endpoint.name !== 'chat.completions' && endpoint.name !== 'completions') return undefined;
+  const assembled = assembleStream(endpoint.name, result.data);
+  if (!assembled) return undefined;
+  const body = Buffer.from(JSON.stringify(assembled));
+  return jsonEntry({ model, ...assembled }, body, result.usage);
 }
 
 /**
@@ -139,35 +209,38 @@ export function clientClosed(reply: FastifyReply) {
   return reply.code(499).send();
 }
 
-/** Reads a whole (non-streamed or error) upstream body and sends it on unchanged. */
+/**
+ * Reads a whole (non-streamed or error) upstream body and sends it on unchanged. `onBody` hears
+ * the parsed JSON of a 200 (for usage and the cache), or nothing if reading failed.
+ */
 export async function sendBuffered(
   reply: FastifyReply,
   res: UpstreamResponse,
   started: number,
   logBodies: boolean,
-  settle?: (consumption: Consumption) => void,
+  onBody?: (json: unknown, bytes: Buffer | undefined) => void,
 ) {
   const trace = reply.request.trace;
   let bytes: Buffer;
   try {
     bytes = await readUpstreamBody(res);
   } catch (err) {
-    settle?.({ estimated: false });
+    onBody?.(undefined, undefined);
     if (reply.raw.destroyed) return clientClosed(reply);
     throw err;
   }
   trace.upstreamMs = performance.now() - started;
+  let json: unknown;
   if (res.status === 200 && String(res.headers['content-type'] ?? '').includes('json')) {
     try {
-      const json: unknown = JSON.parse(bytes.toString('utf8'));
+      json = JSON.parse(bytes.toString('utf8'));
       trace.usage = readUsage(json);
       if (logBodies) trace.responseBody = json;
     } catch {
       // Not our business to judge upstream's JSON; pass it on as it came.
     }
   }
-  // Upstream errors are not billed by OpenAI: their reservation is released in full.
-  settle?.({ usage: res.status === 200 ? trace.usage : undefined, estimated: false });
+  onBody?.(json, bytes);
   return reply.send(bytes);
 }
 

@@ -45,6 +45,7 @@ export type Admission = Awaited<ReturnType<Quota['admit']>>;
 const DAY_RETENTION_MS = 40 * 86_400_000;
 const MONTH_RETENTION_MS = 400 * 86_400_000;
 const SETTLE_ATTEMPTS = 4;
+const ZERO_PRICE: Price = { input: 0, cachedInput: 0, output: 0 };
 
 export function storeLimits(limits: Limits): StoreLimits {
   return {
@@ -122,10 +123,11 @@ export function createQuota(opts: QuotaOptions) {
    * Reserves the worst case of one request. Throws the client's 429 (with headers) when a limit
    * would be passed. The returned admission must be settled exactly once (later calls are no-ops).
    */
-  async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string) {
-    const price = priceOf(key, model);
-    const promptTokens = estimatePromptTokens(endpoint.name, body, model);
-    const outputTokens = maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);
+  async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, mode: { free?: boolean } = {}) {
+    // A free request (a cache hit) counts against rpm and concurrency but reserves no tokens or dollars.
+    const price = mode.free ? ZERO_PRICE : priceOf(key, model);
+    const promptTokens = mode.free ? 0 : estimatePromptTokens(endpoint.name, body, model);
+    const outputTokens = mode.free ? 0 : maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);
     const tokens = promptTokens + outputTokens;
     const usdMicros = costMicros(price, { promptTokens, cachedPromptTokens: 0, completionTokens: outputTokens });
     const now = clock();
@@ -201,8 +203,14 @@ export function createQuota(opts: QuotaOptions) {
     };
   }
 
+  /** What a request with this usage costs (what a cache hit saved), at today's price. */
+  function costOf(model: string, usage: Pick<Usage, 'promptTokens' | 'cachedPromptTokens' | 'completionTokens'>): number {
+    return costMicros(opts.prices.priceFor(model) ?? opts.unpricedModelPrice, usage);
+  }
+
   return {
     admit,
+    costOf,
     view,
     periods,
     /** Micro-dollars as USD, for display. */

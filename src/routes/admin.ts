@@ -2,6 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Store } from '../store/store.js';
 import type { Quota } from '../quota/quota.js';
+import type { Cache } from '../cache/cache.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
 import { bearerToken, safeEqual } from '../auth/bearer.js';
 import { GatewayError, notFound, invalidRequest } from '../errors.js';
@@ -22,6 +23,7 @@ export interface AdminOptions {
   adminToken: string;
   store: Store;
   quota: Quota;
+  cache: Cache;
   authGuard: FailedAuthGuard;
   now?: () => Date;
 }
@@ -65,6 +67,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
       hint: secretHint(secret),
       models: input.models ?? null,
       limits: input.limits ?? {},
+      ...(input.cache !== undefined && { cache: input.cache }),
       metadata: input.metadata ?? {},
       createdAt: at,
       updatedAt: at,
@@ -94,6 +97,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
       ...(input.name !== undefined && { name: input.name }),
       ...(input.models !== undefined && { models: input.models }),
       ...(input.limits !== undefined && { limits: input.limits }),
+      ...(input.cache !== undefined && { cache: input.cache }),
       ...(input.metadata !== undefined && { metadata: input.metadata }),
       updatedAt: now(),
     };
@@ -122,5 +126,18 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     await store.updateKey(updated, record.hash);
     request.log.info({ keyId: record.id }, 'key rotated');
     return { ...publicKey(updated), key: secret };
+  });
+
+  app.delete<{ Querystring: { keyId?: string } }>('/cache', async (request) => {
+    const keyId = request.query.keyId;
+    if (keyId !== undefined) {
+      if (opts.cache.scope === 'global') {
+        throw invalidRequest('With CACHE_SCOPE=global, entries are shared and belong to no key: purge them all instead.', 'keyId', 'invalid_value');
+      }
+      await load(keyId);
+    }
+    const deleted = await opts.cache.purge(keyId);
+    request.log.info({ keyId, deleted }, 'cache purged');
+    return { object: 'cache.purge', keyId: keyId ?? null, deleted };
   });
 }

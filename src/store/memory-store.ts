@@ -1,4 +1,6 @@
 // In-process Store for the embedded single-instance default; same contract as the Redis store.
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import type { KeyRecord } from '../keys.js';
 import {
   EMPTY_BUDGET,
@@ -17,8 +19,11 @@ import {
   type Bucket,
   type BudgetCounters,
 } from './quota-math.js';
+import { cacheNameParts } from './redis-keys.js';
+import { CacheWaitList } from './cache-wait.js';
 import type {
   AdmissionRequest,
+  CacheEntry,
   AdmissionResult,
   KeyChangeListener,
   Periods,
@@ -29,7 +34,7 @@ import type {
 } from './store.js';
 
 export interface MemoryStoreOptions {
-  /** Clock of `hit` (the one method not handed `now`); default Date.now. */
+  /** Clock of `hit` and of the cache's expiries (the methods not handed `now`); default Date.now. */
   clock?: () => number;
 }
 
@@ -75,9 +80,22 @@ export class MemoryStore implements Store {
   readonly #counters = new Map<string, { count: number; expiresAt: number }>();
   readonly #clock: () => number;
   #lastSweep = -Infinity;
+  /** Cache name -> entry, and name -> lock expiry; both expire lazily by the clock, like PX keys. */
+  readonly #cache = new Map<string, { entry: CacheEntry; expiresAt: number }>();
+  readonly #cacheLocks = new Map<string, { expiresAt: number; token: string }>();
+  #lastCacheSweep = -Infinity;
+  /** 'release' (name, filled): what the Redis store hears on its cache-fills channel. */
+  readonly #releases = new EventEmitter();
+  readonly #waits: CacheWaitList;
 
   constructor(opts: MemoryStoreOptions = {}) {
     this.#clock = opts.clock ?? Date.now;
+    this.#waits = new CacheWaitList(async (name) => {
+      const now = this.#clock();
+      if (this.#liveCacheEntry(name, now)) return 'filled';
+      return this.#liveCacheLock(name, now) ? null : 'failed';
+    });
+    this.#releases.on('release', (name: string, filled: boolean) => this.#waits.settle(name, filled ? 'filled' : 'failed'));
   }
 
   async createKey(record: KeyRecord): Promise<void> {
@@ -263,10 +281,81 @@ export class MemoryStore implements Store {
     return { count: counter.count, ttlMs: counter.expiresAt - now };
   }
 
+  async cacheGet(name: string): Promise<CacheEntry | null> {
+    cacheNameParts(name);
+    const stored = this.#liveCacheEntry(name, this.#clock());
+    return stored ? copyEntry(stored.entry) : null;
+  }
+
+  async cacheSet(name: string, entry: CacheEntry, ttlMs: number): Promise<void> {
+    cacheNameParts(name);
+    checkTtl(ttlMs);
+    const now = this.#clock();
+    this.#sweepCache(now);
+    this.#cache.set(name, { entry: copyEntry(entry), expiresAt: now + ttlMs });
+  }
+
+  async cacheAcquire(name: string, ttlMs: number): Promise<string | null> {
+    cacheNameParts(name);
+    checkTtl(ttlMs);
+    const now = this.#clock();
+    this.#sweepCache(now);
+    if (this.#liveCacheLock(name, now)) return null;
+    const token = randomUUID();
+    this.#cacheLocks.set(name, { expiresAt: now + ttlMs, token });
+    return token;
+  }
+
+  async cacheRelease(name: string, token: string, filled: boolean): Promise<void> {
+    cacheNameParts(name);
+    if (this.#cacheLocks.get(name)?.token === token) this.#cacheLocks.delete(name);
+    this.#releases.emit('release', name, filled);
+  }
+
+  cacheWait(name: string, timeoutMs: number): Promise<'filled' | 'failed' | 'timeout'> {
+    return this.#waits.wait(name, timeoutMs);
+  }
+
+  async cachePurge(scopePrefix = ''): Promise<number> {
+    const now = this.#clock();
+    let deleted = 0;
+    for (const [name, stored] of this.#cache) {
+      if (!name.startsWith(scopePrefix)) continue;
+      this.#cache.delete(name);
+      // Like UNLINK, which does not count a key that had already expired.
+      if (stored.expiresAt > now) deleted++;
+    }
+    return deleted;
+  }
+
   async ping(): Promise<void> {}
 
   async close(): Promise<void> {
     this.#listeners.clear();
+    this.#waits.close();
+  }
+
+  #liveCacheEntry(name: string, now: number) {
+    const stored = this.#cache.get(name);
+    if (stored && stored.expiresAt <= now) {
+      this.#cache.delete(name);
+      return undefined;
+    }
+    return stored;
+  }
+
+  #liveCacheLock(name: string, now: number): boolean {
+    const expiresAt = this.#cacheLocks.get(name)?.expiresAt;
+    if (expiresAt !== undefined && expiresAt <= now) this.#cacheLocks.delete(name);
+    return expiresAt !== undefined && expiresAt > now;
+  }
+
+  /** Drops expired entries and locks nobody asked for again, which lazy expiry alone would keep forever. */
+  #sweepCache(now: number) {
+    if (now - this.#lastCacheSweep < SWEEP_INTERVAL_MS && now >= this.#lastCacheSweep) return;
+    this.#lastCacheSweep = now;
+    for (const [name, stored] of this.#cache) if (stored.expiresAt <= now) this.#cache.delete(name);
+    for (const [name, lock] of this.#cacheLocks) if (lock.expiresAt <= now) this.#cacheLocks.delete(name);
   }
 
   #quota(keyId: string): KeyQuota {
@@ -359,6 +448,22 @@ export class MemoryStore implements Store {
 
 export function createMemoryStore(opts: MemoryStoreOptions = {}): MemoryStore {
   return new MemoryStore(opts);
+}
+
+/** Only the fields of a CacheEntry (as the Redis store's schema keeps), so no caller shares an object with the store. */
+function copyEntry(e: CacheEntry): CacheEntry {
+  return {
+    storedAt: e.storedAt,
+    body: e.body,
+    model: e.model,
+    promptTokens: e.promptTokens,
+    cachedPromptTokens: e.cachedPromptTokens,
+    completionTokens: e.completionTokens,
+  };
+}
+
+function checkTtl(ttlMs: number) {
+  if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) throw new RangeError(`ttlMs must be a positive integer, got ${ttlMs}`);
 }
 
 function budgetKey(kind: PeriodKind, keyId: string, periodId: string): string {

@@ -1,5 +1,28 @@
 // The one place Redis key names are built; per-gateway-key data is hash-tagged by key id.
 
+/** The cache scope shared by every gateway key (the cache module's `scope: 'global'`). */
+export const GLOBAL_CACHE_SCOPE = 'global';
+
+/**
+ * Splits a cache name `<scope>:<id>` (scope: a gateway key id or `global`; id: the request hash).
+ * Both stores check names with it, so they accept and refuse the same ones: a scope must be
+ * non-empty and free of `{`/`}` (it becomes a hash tag), the id non-empty. Throws a RangeError.
+ */
+export function cacheNameParts(name: string): { scope: string; id: string } {
+  const colon = name.indexOf(':');
+  const scope = name.slice(0, colon);
+  const id = name.slice(colon + 1);
+  if (colon <= 0 || id === '' || /[{}]/.test(scope)) {
+    throw new RangeError(`cache name must be '<scope>:<id>' with no braces in the scope, got ${JSON.stringify(name)}`);
+  }
+  return { scope, id };
+}
+
+/** Escapes what SCAN MATCH would read as a pattern (`* ? [ ] \`). */
+function globEscape(text: string): string {
+  return text.replace(/[*?[\]\\]/g, '\\$&');
+}
+
 /**
  * Key builders for one prefix. Anything that belongs to a single gateway key goes through
  * `perKey`, so it carries the `{id}` hash tag: a Lua script touching several of one key's
@@ -11,6 +34,10 @@ export function redisKeys(prefix: string) {
     throw new Error(`redis key prefix must not contain '{' or '}': ${JSON.stringify(prefix)}`);
   }
   const perKey = (kind: string, id: string) => `${prefix}${kind}:{${id}}`;
+  const cacheKey = (kind: string, name: string) => {
+    const { scope, id } = cacheNameParts(name);
+    return scope === GLOBAL_CACHE_SCOPE ? `${prefix}${kind}:${scope}:{${id}}` : `${prefix}${kind}:{${scope}}:${id}`;
+  };
 
   return {
     prefix,
@@ -43,6 +70,54 @@ export function redisKeys(prefix: string) {
 
     /** STRING fixed-window counter (`hit`), e.g. failed authentications per client IP. Its own slot. */
     counter: (name: string) => `${prefix}counter:${name}`,
+
+    // Response cache. A name is `<scope>:<hash>` (see cacheNameParts). Layout, for prefix `tg:`:
+    //   key_abc:<hash>   entry tg:cache:{key_abc}:<hash>      lock tg:cachelock:{key_abc}:<hash>
+    //   global:<hash>    entry tg:cache:global:{<hash>}       lock tg:cachelock:global:{<hash>}
+    // Per-key entries carry the key's tag, so one key's entries share a cluster slot (and a purge of
+    // one key scans for one tag); global entries are tagged by their hash instead, so the shared
+    // cache spreads over the cluster rather than piling into one slot. An entry and its lock always
+    // share a tag, so one pipeline (or script) can touch both. `cachelock:` never matches `cache:*`.
+    /** STRING: JSON of a CacheEntry, PX ttl. */
+    cacheEntry: (name: string) => cacheKey('cache', name),
+    /** STRING: single-flight leadership of `name` (SET NX PX); the value names the holding instance. */
+    cacheLock: (name: string) => cacheKey('cachelock', name),
+    /**
+     * SCAN MATCH pattern covering every entry whose name starts with `namePrefix` (all entries when
+     * it is empty). It may cover more (e.g. a prefix without ':'): filter with cacheNameOf.
+     */
+    cacheEntryPattern: (namePrefix = '') => {
+      const all = `${globEscape(prefix)}cache:*`;
+      const colon = namePrefix.indexOf(':');
+      if (colon > 0) {
+        const scope = namePrefix.slice(0, colon);
+        const rest = globEscape(namePrefix.slice(colon + 1));
+        if (/[{}]/.test(scope)) return all;
+        return scope === GLOBAL_CACHE_SCOPE
+          ? `${globEscape(prefix)}cache:${GLOBAL_CACHE_SCOPE}:{${rest}*`
+          : `${globEscape(prefix)}cache:{${globEscape(scope)}}:${rest}*`;
+      }
+      // A bare scope prefix: per-key scopes only, unless it could also be the start of `global`.
+      if (colon < 0 && namePrefix !== '' && !GLOBAL_CACHE_SCOPE.startsWith(namePrefix) && !/[{}]/.test(namePrefix)) {
+        return `${globEscape(prefix)}cache:{${globEscape(namePrefix)}*`;
+      }
+      return all;
+    },
+    /** The cache name an entry key was built from (the inverse of cacheEntry), or null if it is not one. */
+    cacheNameOf: (key: string): string | null => {
+      const stem = `${prefix}cache:`;
+      if (!key.startsWith(stem)) return null;
+      const rest = key.slice(stem.length);
+      const globalStem = `${GLOBAL_CACHE_SCOPE}:{`;
+      if (rest.startsWith(globalStem) && rest.endsWith('}') && rest.length > globalStem.length + 1) {
+        return `${GLOBAL_CACHE_SCOPE}:${rest.slice(globalStem.length, -1)}`;
+      }
+      const close = rest.indexOf('}:');
+      if (!rest.startsWith('{') || close < 2 || close + 2 === rest.length) return null;
+      return `${rest.slice(1, close)}:${rest.slice(close + 2)}`;
+    },
+    /** Pub/sub channel of `{name, filled}` messages: a cache leader released `name` (cacheRelease). */
+    cacheFillsChannel: () => `${prefix}events:cache-fills`,
   } as const;
 }
 

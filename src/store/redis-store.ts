@@ -1,9 +1,12 @@
 // Store on Redis: records as JSON strings, a hash index, a creation-ordered ZSET, pub/sub for key
-// changes; quotas in per-key hashes and ZSETs changed only by the Lua scripts in ./lua/.
-import { Redis, type RedisOptions } from 'ioredis';
+// changes; quotas in per-key hashes and ZSETs changed only by the Lua scripts in ./lua/; cache
+// entries and single-flight locks as PX strings, their releases on a pub/sub channel.
+import { randomBytes } from 'node:crypto';
+import { Redis, type ChainableCommander, type RedisOptions } from 'ioredis';
 import { z } from 'zod';
 import { limitsSchema, type KeyRecord } from '../keys.js';
 import { loadLua } from './lua.js';
+import { CacheWaitList } from './cache-wait.js';
 import {
   EMPTY_BUDGET,
   LIMIT_ORDER,
@@ -22,6 +25,7 @@ import { redisKeys, type RedisKeys } from './redis-keys.js';
 import type {
   AdmissionRequest,
   AdmissionResult,
+  CacheEntry,
   KeyChangeListener,
   Periods,
   QuotaUsage,
@@ -71,11 +75,29 @@ const storedKeyRecordSchema = z.looseObject({
 
 const keyChangeSchema = z.object({ id: z.string().min(1), hash: z.string().min(1) });
 
+// A cache entry as read back: anything else is a miss. Unknown fields are dropped (z.object), so
+// callers get exactly a CacheEntry, as from the memory store.
+const storedCacheEntrySchema = z.object({
+  storedAt: z.number(),
+  body: z.string(),
+  model: z.string(),
+  promptTokens: z.number().int().nonnegative(),
+  cachedPromptTokens: z.number().int().nonnegative(),
+  completionTokens: z.number().int().nonnegative(),
+}) satisfies z.ZodType<CacheEntry>;
+
+/** What cacheRelease publishes on the cache-fills channel. */
+const cacheFillSchema = z.object({ name: z.string().min(1), filled: z.boolean() });
+
+/** SCAN page size of cachePurge; each page's matches are unlinked in one round trip. */
+const PURGE_SCAN_COUNT = 500;
+
 /** The commands `defineCommand` adds (ioredis cannot type them): keys first, then arguments. */
 interface QuotaCommands {
   tollgateAdmit(...keysAndArgs: (string | number)[]): Promise<number[]>;
   tollgateSettle(...keysAndArgs: (string | number)[]): Promise<number>;
   tollgateHit(key: string, windowMs: number): Promise<[number, number]>;
+  tollgateRelease(lock: string, token: string): Promise<number>;
 }
 
 const SETTLE_OUTCOMES: Record<number, SettleOutcome> = { 1: 'settled', 2: 'already-settled', 3: 'expired' };
@@ -92,6 +114,12 @@ export class RedisStore implements Store {
   readonly #timeoutMs: number;
   readonly #listeners = new Set<KeyChangeListener>();
   readonly #outage: OutageLog;
+  /** Corrupt cache entries and malformed fill messages: logged at most once per interval each. */
+  readonly #corruptEntryLog: ThrottledLog;
+  readonly #badFillLog: ThrottledLog;
+  readonly #waits: CacheWaitList;
+  /** The value of the cache locks this instance takes: tells an operator who leads a name. */
+  readonly #instanceId = randomBytes(8).toString('hex');
   #closed = false;
 
   constructor(opts: RedisStoreOptions) {
@@ -99,6 +127,9 @@ export class RedisStore implements Store {
     this.#log = opts.logger ?? silentLogger;
     this.#timeoutMs = opts.commandTimeoutMs ?? 1000;
     this.#outage = new OutageLog(this.#log);
+    this.#corruptEntryLog = new ThrottledLog(this.#log, 'corrupt cache entry in redis; treating it as a miss');
+    this.#badFillLog = new ThrottledLog(this.#log, 'ignoring malformed cache-fill message');
+    this.#waits = new CacheWaitList((name) => this.#cacheOutcome(name));
 
     const options: RedisOptions = {
       // Every command, including those queued while disconnected, fails after this: nothing hangs.
@@ -121,6 +152,7 @@ export class RedisStore implements Store {
     this.#redis.defineCommand('tollgateAdmit', { numberOfKeys: 5, lua: loadLua('admit') });
     this.#redis.defineCommand('tollgateSettle', { numberOfKeys: 6, lua: loadLua('settle') });
     this.#redis.defineCommand('tollgateHit', { numberOfKeys: 1, lua: loadLua('hit') });
+    this.#redis.defineCommand('tollgateRelease', { numberOfKeys: 1, lua: loadLua('release') });
     this.#scripts = this.#redis as unknown as QuotaCommands;
     // We subscribe ourselves on every 'ready', to learn when the subscription is live again.
     this.#sub = this.#redis.duplicate({ autoResubscribe: false, connectionName: 'tollgate:sub' });
@@ -311,6 +343,67 @@ export class RedisStore implements Store {
     return { count: Number(count), ttlMs: Number(ttlMs) };
   }
 
+  async cacheGet(name: string): Promise<CacheEntry | null> {
+    const key = this.#keys.cacheEntry(name);
+    const raw = await this.#redis.get(key);
+    if (raw === null) return null;
+    const parsed = storedCacheEntrySchema.safeParse(safeJson(raw));
+    if (!parsed.success) {
+      // Not deleted: a leader may be writing a good one over it right now. It expires, or the
+      // next fill overwrites it. The value is not logged (it is a client's response).
+      this.#corruptEntryLog.warn({ key, issues: parsed.error.issues.map((i) => i.path.join('.') || i.message) });
+      return null;
+    }
+    return parsed.data;
+  }
+
+  async cacheSet(name: string, entry: CacheEntry, ttlMs: number): Promise<void> {
+    checkTtl(ttlMs);
+    await this.#redis.set(this.#keys.cacheEntry(name), JSON.stringify(entry), 'PX', ttlMs);
+  }
+
+  async cacheAcquire(name: string, ttlMs: number): Promise<string | null> {
+    checkTtl(ttlMs);
+    const token = `${this.#instanceId}:${randomBytes(8).toString('hex')}`;
+    return (await this.#redis.set(this.#keys.cacheLock(name), token, 'PX', ttlMs, 'NX')) === 'OK' ? token : null;
+  }
+
+  async cacheRelease(name: string, token: string, filled: boolean): Promise<void> {
+    const lock = this.#keys.cacheLock(name);
+    const message = JSON.stringify({ name, filled });
+    // One round trip, in this order: a waiter that sees the lock gone before the message arrives
+    // finds the entry (stored before the release) and reads 'filled' all the same. The publish goes
+    // out even if the lock had lapsed and was taken over (the script then leaves it alone): the
+    // new leader's waiters only re-read what is stored, so at worst they call upstream themselves.
+    const pipeline = this.#redis.pipeline() as ChainableCommander & { tollgateRelease(lock: string, token: string): ChainableCommander };
+    throwFirstError(await pipeline.tollgateRelease(lock, token).publish(this.#keys.cacheFillsChannel(), message).exec());
+  }
+
+  cacheWait(name: string, timeoutMs: number): Promise<'filled' | 'failed' | 'timeout'> {
+    return this.#waits.wait(name, timeoutMs);
+  }
+
+  async cachePurge(scopePrefix = ''): Promise<number> {
+    const match = this.#keys.cacheEntryPattern(scopePrefix);
+    let deleted = 0;
+    for (const node of this.#scanNodes()) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', match, 'COUNT', PURGE_SCAN_COUNT);
+        cursor = next;
+        // The pattern may cover more than the prefix asks (see cacheEntryPattern): the name decides.
+        const doomed = keys.filter((key) => this.#keys.cacheNameOf(key)?.startsWith(scopePrefix) ?? false);
+        if (doomed.length === 0) continue;
+        // One UNLINK per key, pipelined, not one UNLINK of them all: on a cluster node a multi-key
+        // command must stay in one slot, and global entries are spread over many.
+        const pipeline = node.pipeline();
+        for (const key of doomed) pipeline.unlink(key);
+        for (const n of throwFirstError(await pipeline.exec())) deleted += Number(n);
+      } while (cursor !== '0');
+    }
+    return deleted;
+  }
+
   async ping(): Promise<void> {
     const reply = await this.#redis.ping();
     if (reply !== 'PONG') throw new Error(`unexpected PING reply: ${String(reply)}`);
@@ -320,13 +413,15 @@ export class RedisStore implements Store {
     if (this.#closed) return;
     this.#closed = true;
     this.#listeners.clear();
+    // Nobody will hear a release any more: waiters are told 'failed' now rather than at their timeout.
+    this.#waits.close();
     await Promise.all([shutdown(this.#redis, this.#timeoutMs), shutdown(this.#sub, this.#timeoutMs)]);
   }
 
   async #subscribe(): Promise<void> {
     if (this.#closed) return;
     try {
-      await this.#sub.subscribe(this.#keys.keyChangesChannel());
+      await this.#sub.subscribe(this.#keys.keyChangesChannel(), this.#keys.cacheFillsChannel());
     } catch (err) {
       if (this.#closed) return;
       this.#outage.error('subscriber', err);
@@ -337,16 +432,50 @@ export class RedisStore implements Store {
     // Changes published while we were not subscribed are lost; on the first subscription too, as
     // the command connection may have served (and callers cached) reads before it.
     this.#notify(WILDCARD);
+    // Releases may have been missed too: waiters look for themselves rather than at the next poll.
+    this.#waits.checkAll();
   }
 
   #onMessage(channel: string, message: string) {
-    if (this.#closed || channel !== this.#keys.keyChangesChannel()) return;
+    if (this.#closed) return;
+    if (channel === this.#keys.cacheFillsChannel()) return this.#onCacheFill(message);
+    if (channel !== this.#keys.keyChangesChannel()) return;
     const change = keyChangeSchema.safeParse(safeJson(message));
     if (!change.success) {
       this.#log.warn({ channel }, 'ignoring malformed key-change message');
       return;
     }
     this.#notify(change.data);
+  }
+
+  #onCacheFill(message: string) {
+    const fill = cacheFillSchema.safeParse(safeJson(message));
+    if (!fill.success) return this.#badFillLog.warn({ channel: this.#keys.cacheFillsChannel() });
+    this.#waits.settle(fill.data.name, fill.data.filled ? 'filled' : 'failed');
+  }
+
+  /**
+   * What a waiter on `name` should be told now, or null to keep waiting: an entry means 'filled'
+   * (even while the lock is still held: the leader stored it and is about to release, or its
+   * release was missed); no entry and no lock means the leader is gone without filling ('failed'),
+   * whether it released (a message we missed) or died and its lock lapsed. One round trip: the
+   * entry and its lock share a hash tag.
+   */
+  async #cacheOutcome(name: string): Promise<'filled' | 'failed' | null> {
+    if (this.#closed) return 'failed';
+    const [entry, lock] = throwFirstError(
+      await this.#redis.pipeline().exists(this.#keys.cacheEntry(name)).exists(this.#keys.cacheLock(name)).exec(),
+    );
+    if (Number(entry) > 0) return 'filled';
+    return Number(lock) > 0 ? null : 'failed';
+  }
+
+  /**
+   * The servers a SCAN must visit: SCAN walks one server's keyspace only, so on a Redis Cluster
+   * this must become every master (ioredis `cluster.nodes('master')`). Standalone: this connection.
+   */
+  #scanNodes(): Redis[] {
+    return [this.#redis];
   }
 
   #notify(change: { id: string; hash: string }) {
@@ -409,6 +538,28 @@ class OutageLog {
   }
 }
 
+/** One warning for the first occurrence, then at most one per interval with the count of those left out. */
+class ThrottledLog {
+  #lastLoggedAt = -Infinity;
+  #suppressed = 0;
+
+  constructor(
+    private readonly log: RedisStoreLogger,
+    private readonly msg: string,
+  ) {}
+
+  warn(obj: object) {
+    const now = Date.now();
+    if (now - this.#lastLoggedAt < ERROR_LOG_INTERVAL_MS) {
+      this.#suppressed++;
+      return;
+    }
+    this.log.warn({ ...obj, suppressed: this.#suppressed }, this.msg);
+    this.#lastLoggedAt = now;
+    this.#suppressed = 0;
+  }
+}
+
 /** QUIT lets replies in flight arrive; a connection that is not up has none, so it is just cut. */
 async function shutdown(conn: Redis, timeoutMs: number): Promise<void> {
   if (conn.status === 'ready') {
@@ -439,6 +590,10 @@ function creationScore(record: KeyRecord): number {
   const ms = Date.parse(record.createdAt);
   if (!Number.isFinite(ms)) throw new Error(`key ${record.id} has an invalid createdAt`);
   return ms;
+}
+
+function checkTtl(ttlMs: number) {
+  if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) throw new RangeError(`ttlMs must be a positive integer, got ${ttlMs}`);
 }
 
 function safeJson(raw: string): unknown {

@@ -67,6 +67,43 @@ export interface Store {
    */
   hit(name: string, windowMs: number): Promise<{ count: number; ttlMs: number }>;
 
+  /**
+   * A cached response, or null. `name` comes from the cache module: `<scope>:<request hash>`, the
+   * scope a gateway key id or `global` (the Redis layout is built from it). Every cache method
+   * throws a RangeError for a name without a non-empty scope and id, or with `{`/`}` in the scope
+   * (cacheWait resolves 'failed' instead), and for a ttlMs that is not a positive integer.
+   * An entry that cannot be read back (corrupt) is a miss.
+   */
+  cacheGet(name: string): Promise<CacheEntry | null>;
+  /** Stores a response for ttlMs (overwrites). Only the CacheEntry fields are kept. */
+  cacheSet(name: string, entry: CacheEntry, ttlMs: number): Promise<void>;
+  /**
+   * Single-flight leadership for one cache name across instances: a token for exactly one caller
+   * (null for the others) until it calls cacheRelease or ttlMs passes (a leader that died must not
+   * block the others for long).
+   */
+  cacheAcquire(name: string, ttlMs: number): Promise<string | null>;
+  /**
+   * Ends leadership (only if `token` still holds it: a slow leader whose lock lapsed and was taken
+   * over must not end the new leader's) and wakes every waiter on every instance (filled: an entry
+   * was stored).
+   */
+  cacheRelease(name: string, token: string, filled: boolean): Promise<void>;
+  /**
+   * Resolves when the leader of `name` releases ('filled' | 'failed'), when its leadership lapses
+   * without a release ('failed'), or after timeoutMs ('timeout'). Never rejects.
+   * Also 'filled' as soon as an entry for `name` exists (a release may be missed), and at once
+   * when nobody leads `name` (entry: 'filled', none: 'failed'). A lapse or a missed release is
+   * noticed within about 250 ms. Closing the store resolves its pending waits with 'failed'.
+   */
+  cacheWait(name: string, timeoutMs: number): Promise<'filled' | 'failed' | 'timeout'>;
+  /**
+   * Deletes cached responses: all of them, or those whose name starts with `scopePrefix` (a literal
+   * prefix, no pattern: pass `<scope>:` for exactly one scope). Returns how many live entries it
+   * deleted. Leadership locks are left alone.
+   */
+  cachePurge(scopePrefix?: string): Promise<number>;
+
   /** Round trip to the backing store; throws when it does not answer in time. */
   ping(): Promise<void>;
   close(): Promise<void>;
@@ -164,4 +201,17 @@ export interface QuotaUsage {
   inFlight: number;
   day: { tokens: PeriodUsage; usdMicros: PeriodUsage };
   month: { tokens: PeriodUsage; usdMicros: PeriodUsage };
+}
+
+/** A complete, successful upstream response kept by the cache. */
+export interface CacheEntry {
+  /** Epoch ms when it was stored (for Age and Cache-Control: max-age). */
+  storedAt: number;
+  /** The non-streamed JSON response body, exactly as served (streamed misses are assembled into it). */
+  body: string;
+  /** The model upstream answered with, and what the original call used: a hit saves this. */
+  model: string;
+  promptTokens: number;
+  cachedPromptTokens: number;
+  completionTokens: number;
 }

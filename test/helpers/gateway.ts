@@ -50,6 +50,8 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     LOG_LEVEL: 'info',
     HOST: '127.0.0.1',
     PORT: '0',
+    // Off unless a test is about the cache: elsewhere, repeated identical requests must reach upstream.
+    CACHE_ENABLED: 'false',
     ...options.env,
   });
   const logs = new LogCapture();

@@ -1,0 +1,174 @@
+// The response cache: which requests may use it and under which name, lookups with single-flight
+// (one upstream call for many identical concurrent requests, across instances), and fills.
+import { createHash } from 'node:crypto';
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
+import type { KeyRecord } from '../keys.js';
+import type { Endpoint } from '../openai/endpoints.js';
+import type { CacheEntry, Store } from '../store/store.js';
+import { canonicalJson } from './canonical.js';
+import { parseCacheControl } from './cache-control.js';
+
+export interface CacheOptions {
+  store: Store;
+  clock: () => number;
+  enabled: boolean;
+  /** 'key': entries belong to one gateway key; 'global': identical requests share across keys. */
+  scope: 'key' | 'global';
+  defaultTtlMs: number;
+  maxEntryBytes: number;
+  /** How long identical requests wait for the one in flight before going upstream themselves. */
+  singleFlightWaitMs: number;
+  logger: FastifyBaseLogger;
+}
+
+/** Fields that cannot change the output: left out of the cache name, so they never split entries. */
+const IGNORED_FIELDS = new Set(['stream', 'stream_options', 'user']);
+
+/** What one request may do with the cache, decided before anything else happens. */
+export interface CachePlan {
+  name: string;
+  /** The x-tollgate-cache value if it does not turn into a HIT. */
+  status: 'MISS' | 'BYPASS';
+  read: boolean;
+  write: boolean;
+  maxAgeMs?: number;
+  ttlMs: number;
+  /** The cross-instance single-flight lead this request holds (its token), released in fill(). */
+  leader: string | null;
+  /** Ends this request's in-process lead (other local requests wait on it). */
+  finishLocal?: () => void;
+  filled: boolean;
+}
+
+export type Cache = ReturnType<typeof createCache>;
+/** An entry as the pipeline hands it over; the cache stamps the time it is stored. */
+export type NewCacheEntry = Omit<CacheEntry, 'storedAt'>;
+
+export function createCache(opts: CacheOptions) {
+  const { store, logger } = opts;
+  /** In-process single-flight: one request per name talks to Redis, the others on this instance wait on it. */
+  const local = new Map<string, Promise<void>>();
+
+  /** Cache trouble never fails a request: it becomes a miss (the stated policy when Redis is down). */
+  async function safely<T>(what: string, fallback: T, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      logger.warn({ err: (err as Error).message, op: what }, 'cache unavailable: bypassed');
+      return fallback;
+    }
+  }
+
+  function nameFor(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>): string {
+    const significant: Record<string, unknown> = {};
+    for (const [field, value] of Object.entries(body)) if (!IGNORED_FIELDS.has(field)) significant[field] = value;
+    const digest = createHash('sha256').update(canonicalJson({ endpoint: endpoint.name, body: significant })).digest('hex');
+    return `${opts.scope === 'global' ? 'global' : key.id}:${digest}`;
+  }
+
+  async function get(plan: CachePlan): Promise<CacheEntry | undefined> {
+    const entry = await safely('get', null, () => store.cacheGet(plan.name));
+    if (!entry) return undefined;
+    if (plan.maxAgeMs !== undefined && opts.clock() - entry.storedAt > plan.maxAgeMs) return undefined;
+    return entry;
+  }
+
+  function waitLocally(pending: Promise<void>): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, opts.singleFlightWaitMs);
+      void pending.then(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  return {
+    /** The plan for a request, or undefined when its endpoint is not cacheable at all. */
+    plan(request: FastifyRequest, key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>): CachePlan | undefined {
+      if (!endpoint.cacheable) return undefined;
+      const control = parseCacheControl(request.headers['cache-control']);
+      const enabled = opts.enabled && key.cache?.enabled !== false;
+      const read = enabled && !control.noCache && !control.noStore;
+      const write = enabled && !control.noStore;
+      return {
+        name: nameFor(key, endpoint, body),
+        status: read ? 'MISS' : 'BYPASS',
+        read,
+        write,
+        maxAgeMs: control.maxAgeSeconds === undefined ? undefined : control.maxAgeSeconds * 1000,
+        ttlMs: key.cache?.ttlSeconds !== undefined ? key.cache.ttlSeconds * 1000 : opts.defaultTtlMs,
+        leader: null,
+        filled: false,
+      };
+    },
+
+    /**
+     * A usable entry, or undefined: then the caller goes upstream and must call fill() once done.
+     * Identical requests in flight are joined: on this instance through memory, across instances
+     * through the store's lock, each waiting at most singleFlightWaitMs.
+     */
+    async lookup(plan: CachePlan): Promise<CacheEntry | undefined> {
+      if (!plan.read) return undefined;
+      const hit = await get(plan);
+      if (hit || !plan.write) return hit;
+
+      const pending = local.get(plan.name);
+      if (pending) {
+        await waitLocally(pending);
+        return get(plan);
+      }
+      let finish!: () => void;
+      local.set(plan.name, new Promise<void>((resolve) => (finish = resolve)));
+      plan.finishLocal = () => {
+        local.delete(plan.name);
+        finish();
+      };
+
+      plan.leader = await safely('acquire', null, () => store.cacheAcquire(plan.name, opts.singleFlightWaitMs));
+      if (plan.leader !== null) return undefined;
+      const outcome = await store.cacheWait(plan.name, opts.singleFlightWaitMs);
+      if (outcome === 'filled') {
+        const entry = await get(plan);
+        if (entry) {
+          plan.finishLocal();
+          return entry;
+        }
+      }
+      return undefined; // the leader failed or is too slow: go upstream ourselves
+    },
+
+    /**
+     * Ends a miss: stores the entry when there is one and the request may write, then releases
+     * single-flight so waiters read it (or go upstream if there is none). Safe to call twice.
+     */
+    async fill(plan: CachePlan, entry: NewCacheEntry | undefined): Promise<void> {
+      if (plan.filled) return;
+      plan.filled = true;
+      let stored = false;
+      if (entry && plan.write) {
+        if (Buffer.byteLength(entry.body) > opts.maxEntryBytes) {
+          logger.debug({ bytes: Buffer.byteLength(entry.body) }, 'response too large to cache');
+        } else {
+          const stamped: CacheEntry = { ...entry, storedAt: opts.clock() };
+          stored = await safely('set', false, () => store.cacheSet(plan.name, stamped, plan.ttlMs).then(() => true));
+        }
+      }
+      const token = plan.leader;
+      if (token !== null) await safely('release', undefined, () => store.cacheRelease(plan.name, token, stored));
+      plan.finishLocal?.();
+    },
+
+    /** Deletes entries: all, or one gateway key's (only meaningful when scoped per key). */
+    purge(keyId?: string): Promise<number> {
+      return store.cachePurge(keyId === undefined ? undefined : `${keyId}:`);
+    },
+
+    /** Seconds since the entry was stored, for the Age header. */
+    ageSeconds(entry: CacheEntry): number {
+      return Math.max(0, Math.floor((opts.clock() - entry.storedAt) / 1000));
+    },
+
+    scope: opts.scope,
+  };
+}

@@ -1,0 +1,44 @@
+// Answers a request from a cache entry: as JSON or as an SSE stream, whichever it asked for.
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Endpoint } from '../openai/endpoints.js';
+import { formatEvent } from '../openai/sse.js';
+import { synthesizeStream } from '../openai/stream-convert.js';
+import type { Quota } from '../quota/quota.js';
+import type { Cache } from '../cache/cache.js';
+import type { CacheEntry } from '../store/store.js';
+
+export async function serveHit(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  endpoint: Endpoint,
+  body: Record<string, unknown> & { model: string; stream?: boolean | null; stream_options?: { include_usage?: boolean | null } | null },
+  entry: CacheEntry,
+  { quota, cache }: { quota: Quota; cache: Cache },
+) {
+  const trace = request.trace;
+  // A hit still counts against rpm and concurrency, but costs no tokens or dollars.
+  const admission = await quota.admit(request.gatewayKey!, endpoint, body, body.model, { free: true });
+  admission.settle({ estimated: false });
+  const saved = { promptTokens: entry.promptTokens, cachedPromptTokens: entry.cachedPromptTokens, completionTokens: entry.completionTokens };
+  trace.cache = 'HIT';
+  trace.savedMicros = quota.costOf(entry.model || body.model, saved);
+  trace.usage = { ...saved, totalTokens: saved.promptTokens + saved.completionTokens, reasoningTokens: 0 };
+  trace.costMicros = 0;
+
+  reply
+    .headers(admission.headers)
+    .header('x-tollgate-cache', 'HIT')
+    .header('age', String(cache.ageSeconds(entry)));
+
+  const wantsStream = endpoint.streamable && body.stream === true;
+  if (!wantsStream || (endpoint.name !== 'chat.completions' && endpoint.name !== 'completions')) {
+    return reply.type('application/json').send(entry.body);
+  }
+  const chunks = synthesizeStream(endpoint.name, JSON.parse(entry.body) as Record<string, unknown>, {
+    includeUsage: body.stream_options?.include_usage === true,
+  });
+  let text = '';
+  for (const data of chunks) text += formatEvent({ data });
+  text += formatEvent({ data: '[DONE]' });
+  return reply.type('text/event-stream').header('cache-control', 'no-cache').send(text);
+}

@@ -1,0 +1,313 @@
+// The response cache over real Redis and real HTTP: exact, tenant-safe, stream-aware, single-flight.
+import { afterAll, beforeEach, describe, expect, it } from 'vitest';
+import { request as httpRequest } from 'node:http';
+import { startGateway, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
+import { createRedisStore } from '../../src/store/redis-store.js';
+import { startFakeOpenAI } from '../../src/fake-openai/server.js';
+import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+
+const opened: { close(): Promise<void> }[] = [];
+afterAll(async () => {
+  for (const r of opened.reverse()) await r.close();
+});
+
+async function gateway(env: Record<string, string> = {}, clock?: () => number) {
+  const gw = await startGateway({ clock, env: { CACHE_ENABLED: 'true', REDIS_URL: testRedisUrl(), REDIS_PREFIX: uniquePrefix(), ...env } });
+  opened.push(gw);
+  return gw;
+}
+
+const question = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'What is a toll gate?' }], max_tokens: 30 };
+
+function post(gw: Gateway, key: string, body: unknown, headers: Record<string, string> = {}, path = '/v1/chat/completions') {
+  return fetch(`${gw.url}${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+}
+
+const upstreamCalls = (gw: Gateway) => gw.fake.requests.filter((r) => r.method === 'POST').length;
+
+async function sse(res: Response): Promise<string[]> {
+  const text = await res.text();
+  return text
+    .split('\n\n')
+    .filter((e) => e.startsWith('data: '))
+    .map((e) => e.slice('data: '.length));
+}
+
+describe('exact, keyed on the canonical request', () => {
+  let gw: Gateway;
+  let key: string;
+  beforeEach(async () => {
+    gw ??= await gateway();
+    ({ key } = await gw.createKey());
+    gw.fake.reset();
+  });
+
+  it('serves an identical request from the cache: HIT, Age, same body, no upstream call', async () => {
+    const miss = await post(gw, key, question);
+    expect(miss.headers.get('x-tollgate-cache')).toBe('MISS');
+    const missBody = await miss.text();
+    await expect.poll(async () => (await post(gw, key, question)).headers.get('x-tollgate-cache')).toBe('HIT');
+    const hit = await post(gw, key, question);
+    expect(hit.status).toBe(200);
+    expect(hit.headers.get('age')).toMatch(/^\d+$/);
+    expect(hit.headers.get('content-type')).toContain('application/json');
+    expect(await hit.text()).toBe(missBody);
+    expect(upstreamCalls(gw)).toBe(1);
+  });
+
+  it('ignores field order, stream, stream_options and user; respects every other field', async () => {
+    await post(gw, key, question);
+    const reordered = `{"max_tokens":30,"messages":[{"content":"What is a toll gate?","role":"user"}],"model":"gpt-4o-mini","user":"u-42"}`;
+    await expect.poll(async () => (await post(gw, key, reordered)).headers.get('x-tollgate-cache')).toBe('HIT');
+    for (const changed of [{ temperature: 0.3 }, { max_tokens: 31 }, { model: 'gpt-4o' }, { seed: 1 }, { n: 2 }]) {
+      const res = await post(gw, key, { ...question, ...changed });
+      expect(res.headers.get('x-tollgate-cache'), JSON.stringify(changed)).toBe('MISS');
+    }
+  });
+
+  it('caches embeddings (the SDK default base64 form too) and the legacy engines path', async () => {
+    const emb = { model: 'text-embedding-3-small', input: ['a', 'b'], encoding_format: 'base64' };
+    await post(gw, key, emb, {}, '/v1/embeddings');
+    await expect.poll(async () => (await post(gw, key, emb, {}, '/v1/embeddings')).headers.get('x-tollgate-cache')).toBe('HIT');
+    expect((await post(gw, key, { ...emb, encoding_format: 'float' }, {}, '/v1/embeddings')).headers.get('x-tollgate-cache')).toBe('MISS');
+    const legacy = { prompt: 'Once upon a time', max_tokens: 10, n: 1, stop: null, temperature: 0.5 };
+    await post(gw, key, legacy, {}, '/v1/engines/text-davinci-002/completions');
+    await expect
+      .poll(async () => (await post(gw, key, legacy, {}, '/v1/engines/text-davinci-002/completions')).headers.get('x-tollgate-cache'))
+      .toBe('HIT');
+    // The same request through /v1/completions is the same cache entry.
+    const same = await post(gw, key, { ...legacy, model: 'text-davinci-002' }, {}, '/v1/completions');
+    expect(same.headers.get('x-tollgate-cache')).toBe('HIT');
+  });
+});
+
+describe('streams and JSON share entries', () => {
+  let gw: Gateway;
+  let key: string;
+  beforeEach(async () => {
+    gw ??= await gateway();
+    ({ key } = await gw.createKey());
+    gw.fake.reset();
+  });
+
+  it('a streamed miss is captured and later served as JSON', async () => {
+    const streamed = await sse(await post(gw, key, { ...question, stream: true }));
+    expect(streamed.at(-1)).toBe('[DONE]');
+    const text = streamed
+      .slice(0, -1)
+      .map((d) => JSON.parse(d) as { choices: { delta: { content?: string } }[] })
+      .map((c) => c.choices[0]?.delta.content ?? '')
+      .join('');
+    await expect.poll(async () => (await post(gw, key, question)).headers.get('x-tollgate-cache')).toBe('HIT');
+    const json = (await (await post(gw, key, question)).json()) as { object: string; choices: { message: { content: string } }[]; usage: unknown };
+    expect(json.object).toBe('chat.completion');
+    expect(json.choices[0]!.message.content).toBe(text);
+    expect(json.usage).toBeTruthy();
+    expect(upstreamCalls(gw)).toBe(1);
+  });
+
+  it('a JSON miss is served later as a valid stream through the SDK, with usage only when asked', async () => {
+    const first = (await (await post(gw, key, question)).json()) as { choices: { message: { content: string } }[]; usage: { total_tokens: number } };
+    const sdk = gw.sdk(key);
+    await expect.poll(async () => (await post(gw, key, question)).headers.get('x-tollgate-cache')).toBe('HIT');
+    let text = '';
+    let sawUsage = false;
+    for await (const chunk of await sdk.chat.completions.create({ ...question, stream: true } as never) as unknown as AsyncIterable<any>) {
+      text += chunk.choices[0]?.delta?.content ?? '';
+      if (chunk.usage) sawUsage = true;
+    }
+    expect(text).toBe(first.choices[0]!.message.content);
+    expect(sawUsage).toBe(false);
+    let usage: { total_tokens: number } | undefined;
+    for await (const chunk of await sdk.chat.completions.create({ ...question, stream: true, stream_options: { include_usage: true } } as never) as unknown as AsyncIterable<any>) {
+      if (chunk.usage) usage = chunk.usage;
+    }
+    expect(usage?.total_tokens).toBe(first.usage.total_tokens);
+    expect(upstreamCalls(gw)).toBe(1);
+  });
+
+  it('never stores errors, aborted streams or entries over the size cap', async () => {
+    gw.fake.failNext(1, 500);
+    expect((await post(gw, key, { ...question, seed: 11 })).status).toBe(500);
+    expect((await post(gw, key, { ...question, seed: 11 })).headers.get('x-tollgate-cache')).toBe('MISS');
+
+    gw.fake.setStreamChunkDelay(20);
+    await new Promise<void>((resolve) => {
+      const req = httpRequest(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      });
+      req.on('response', (res) => res.once('data', () => (req.destroy(), resolve())));
+      req.on('error', () => undefined);
+      req.end(JSON.stringify({ ...question, seed: 12, stream: true }));
+    });
+    gw.fake.setStreamChunkDelay(0);
+    await new Promise((r) => setTimeout(r, 200));
+    expect((await post(gw, key, { ...question, seed: 12 })).headers.get('x-tollgate-cache')).toBe('MISS');
+
+    const small = await gateway({ CACHE_MAX_ENTRY_BYTES: '1024' });
+    const { key: k2 } = await small.createKey();
+    const big = { ...question, n: 4 }; // four choices: well over 1 KiB
+    expect((await (await post(small, k2, big)).text()).length).toBeGreaterThan(1024);
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await post(small, k2, big)).headers.get('x-tollgate-cache')).toBe('MISS');
+    // A small answer on the same gateway is cached: the cap, not the gateway, refused the big one.
+    await post(small, k2, { ...question, max_tokens: 3 });
+    await expect.poll(async () => (await post(small, k2, { ...question, max_tokens: 3 })).headers.get('x-tollgate-cache')).toBe('HIT');
+  });
+});
+
+describe('scope, controls and switches', () => {
+  it('is private to the gateway key by default, shared with CACHE_SCOPE=global', async () => {
+    const gw = await gateway();
+    const a = await gw.createKey();
+    const b = await gw.createKey();
+    await post(gw, a.key, question);
+    await expect.poll(async () => (await post(gw, a.key, question)).headers.get('x-tollgate-cache')).toBe('HIT');
+    expect((await post(gw, b.key, question)).headers.get('x-tollgate-cache')).toBe('MISS');
+
+    const shared = await gateway({ CACHE_SCOPE: 'global' });
+    const c = await shared.createKey();
+    const d = await shared.createKey();
+    await post(shared, c.key, question);
+    await expect.poll(async () => (await post(shared, d.key, question)).headers.get('x-tollgate-cache')).toBe('HIT');
+  });
+
+  it('honours Cache-Control no-cache, no-store and max-age', async () => {
+    let now = Date.parse('2026-11-30T10:00:00Z');
+    const gw = await gateway({}, () => now);
+    const { key } = await gw.createKey();
+    const body = { ...question, seed: 21 };
+
+    const noStore = await post(gw, key, body, { 'cache-control': 'no-store' });
+    expect(noStore.headers.get('x-tollgate-cache')).toBe('BYPASS');
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await post(gw, key, body, { 'cache-control': 'no-store' })).headers.get('x-tollgate-cache')).toBe('BYPASS');
+    expect(upstreamCalls(gw)).toBe(2); // and nothing was stored:
+    const first = await post(gw, key, body);
+    expect(first.headers.get('x-tollgate-cache')).toBe('MISS');
+    await expect.poll(async () => (await post(gw, key, body)).headers.get('x-tollgate-cache')).toBe('HIT');
+
+    const calls = upstreamCalls(gw);
+    const noCache = await post(gw, key, body, { 'cache-control': 'no-cache' });
+    expect(noCache.headers.get('x-tollgate-cache')).toBe('BYPASS');
+    expect(upstreamCalls(gw)).toBe(calls + 1);
+
+    now += 100_000;
+    await new Promise((r) => setTimeout(r, 100));
+    // The no-cache answer was stored at its time; 100 s later, max-age=60 refuses it, max-age=200 takes it.
+    const stale = await post(gw, key, body, { 'cache-control': 'max-age=60' });
+    expect(stale.headers.get('x-tollgate-cache')).toBe('MISS');
+    const fresh = await post(gw, key, body, { 'cache-control': 'max-age=200' });
+    expect(fresh.headers.get('x-tollgate-cache')).toBe('HIT');
+    expect(Number(fresh.headers.get('age'))).toBeLessThanOrEqual(200);
+  });
+
+  it('can be switched off per key, and a key can keep entries for less time', async () => {
+    const gw = await gateway();
+    const off = await gw.createKey({ cache: { enabled: false } });
+    await post(gw, off.key, question);
+    expect((await post(gw, off.key, question)).headers.get('x-tollgate-cache')).toBe('BYPASS');
+
+    const short = await gw.createKey({ cache: { ttlSeconds: 1 } });
+    await post(gw, short.key, question);
+    await expect.poll(async () => (await post(gw, short.key, question)).headers.get('x-tollgate-cache')).toBe('HIT');
+    await new Promise((r) => setTimeout(r, 1200));
+    expect((await post(gw, short.key, question)).headers.get('x-tollgate-cache')).toBe('MISS');
+  });
+
+  it('DELETE /admin/cache purges everything or one key', async () => {
+    const gw = await gateway();
+    const a = await gw.createKey();
+    const b = await gw.createKey();
+    for (const k of [a.key, b.key]) {
+      await post(gw, k, question);
+      await expect.poll(async () => (await post(gw, k, question)).headers.get('x-tollgate-cache')).toBe('HIT');
+    }
+    const one = await gw.admin('DELETE', `/admin/cache?keyId=${a.id}`);
+    expect(one.body).toMatchObject({ keyId: a.id, deleted: 1 });
+    expect((await post(gw, a.key, question)).headers.get('x-tollgate-cache')).toBe('MISS');
+    expect((await post(gw, b.key, question)).headers.get('x-tollgate-cache')).toBe('HIT');
+    const all = await gw.admin('DELETE', '/admin/cache');
+    expect(all.body.deleted).toBeGreaterThanOrEqual(1);
+    expect((await post(gw, b.key, question)).headers.get('x-tollgate-cache')).toBe('MISS');
+    expect((await gw.admin('DELETE', '/admin/cache?keyId=key_nope')).status).toBe(404);
+  });
+});
+
+describe('accounting', () => {
+  it('a hit counts against rpm but costs no tokens or dollars, and is logged with what it saved', async () => {
+    const gw = await gateway();
+    const { id, key } = await gw.createKey({ limits: { rpm: 3, tokensPerDay: 100_000, usdPerDay: 5 } });
+    await post(gw, key, question);
+    const quota = async () => (await gw.admin('GET', `/admin/keys/${id}`)).body.quota;
+    await expect.poll(async () => (await quota()).tokensPerDay.reserved).toBe(0);
+    const spent = (await quota()).tokensPerDay.used;
+    const hit = await post(gw, key, question);
+    expect(hit.headers.get('x-tollgate-cache')).toBe('HIT');
+    expect(hit.headers.get('x-ratelimit-remaining-requests')).toBe('1');
+    expect((await post(gw, key, question)).status).toBe(200);
+    const refused = await post(gw, key, question);
+    expect(refused.status).toBe(429);
+    await expect.poll(async () => (await quota()).tokensPerDay.reserved).toBe(0);
+    expect((await quota()).tokensPerDay.used).toBe(spent);
+    await gw.close();
+    const hits = gw.logs.requests().filter((l) => l.cache === 'HIT');
+    expect(hits.length).toBe(2);
+    expect(hits[0]).toMatchObject({ costUsd: 0 });
+    expect(hits[0]!.savedUsd as number).toBeGreaterThan(0);
+  });
+});
+
+describe('single-flight', () => {
+  it('20 identical concurrent requests over two instances make one upstream call', async () => {
+    const prefix = uniquePrefix();
+    const fake = await startFakeOpenAI({ apiKey: UPSTREAM_KEY, latencyMs: 300 });
+    const stores = [await createRedisStore({ url: testRedisUrl(), prefix }), await createRedisStore({ url: testRedisUrl(), prefix })];
+    const a = await startGateway({ store: stores[0], fake, env: { CACHE_ENABLED: 'true' } });
+    const b = await startGateway({ store: stores[1], fake, env: { CACHE_ENABLED: 'true' } });
+    opened.push(fake, ...stores, a, b);
+    const { key } = await a.createKey();
+    await post(b, key, { ...question, seed: 99, max_tokens: 1 }); // key cached on b too
+    fake.reset();
+    fake.setLatency(300);
+    const body = { ...question, seed: 7 };
+    const responses = await Promise.all(Array.from({ length: 20 }, (_, i) => post(i % 2 ? a : b, key, body)));
+    const texts = await Promise.all(responses.map((r) => r.text()));
+    expect(responses.every((r) => r.status === 200)).toBe(true);
+    expect(new Set(texts.map((t) => (JSON.parse(t) as { choices: unknown }).choices && JSON.stringify((JSON.parse(t) as { choices: unknown }).choices))).size).toBe(1);
+    expect(upstreamCalls({ fake } as Gateway)).toBe(1);
+    const statuses = responses.map((r) => r.headers.get('x-tollgate-cache'));
+    expect(statuses.filter((s) => s === 'MISS')).toHaveLength(1);
+    expect(statuses.filter((s) => s === 'HIT')).toHaveLength(19);
+  });
+
+  it('waiters stop waiting after CACHE_SINGLE_FLIGHT_WAIT_MS and go upstream themselves', async () => {
+    const gw = await gateway({ CACHE_SINGLE_FLIGHT_WAIT_MS: '150' });
+    const { key } = await gw.createKey();
+    gw.fake.reset();
+    gw.fake.setLatency(600);
+    const started = Date.now();
+    const responses = await Promise.all(Array.from({ length: 3 }, () => post(gw, key, { ...question, seed: 5 })));
+    gw.fake.setLatency(0);
+    expect(responses.every((r) => r.status === 200)).toBe(true);
+    // Each gave up on the slow leader and made its own call, rather than waiting it out.
+    expect(upstreamCalls(gw)).toBe(3);
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it('waiters go upstream themselves when the one in flight fails', async () => {
+    const gw = await gateway();
+    const { key } = await gw.createKey();
+    gw.fake.failNext(1, 500);
+    gw.fake.setLatency(100);
+    const responses = await Promise.all(Array.from({ length: 5 }, () => post(gw, key, { ...question, seed: 8 })));
+    gw.fake.setLatency(0);
+    expect(responses.filter((r) => r.status === 500)).toHaveLength(1);
+    expect(responses.filter((r) => r.status === 200)).toHaveLength(4);
+  });
+});

@@ -1,0 +1,493 @@
+// The cache half of the Store contract (entries, single-flight locks, waits, purge), run against the
+// memory and Redis stores with the same expectations; then what only the Redis store promises.
+import { createHash, randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { newKeyId } from '../../src/keys.js';
+import { createMemoryStore } from '../../src/store/memory-store.js';
+import { redisKeys } from '../../src/store/redis-keys.js';
+import { createRedisStore, type RedisStoreOptions } from '../../src/store/redis-store.js';
+import type { CacheEntry, Store } from '../../src/store/store.js';
+import { freePort } from '../helpers/redis-server.js';
+import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+
+const open: Store[] = [];
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((s) => s.close()));
+});
+
+function track<S extends Store>(store: S): S {
+  open.push(store);
+  return store;
+}
+
+function redisStore(opts: Partial<RedisStoreOptions> = {}) {
+  return createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix(), ...opts }).then(track);
+}
+
+/** A name as the cache module builds it: `<scope>:<sha256 hex>`. */
+function cacheName(scope: string = newKeyId()): string {
+  return `${scope}:${createHash('sha256').update(randomBytes(16)).digest('hex')}`;
+}
+
+function makeEntry(overrides: Partial<CacheEntry> = {}): CacheEntry {
+  return {
+    storedAt: Date.now(),
+    body: JSON.stringify({ id: 'chatcmpl-1', object: 'chat.completion', choices: [{ message: { content: 'hi' } }] }),
+    model: 'gpt-4o-mini-2024-07-18',
+    promptTokens: 12,
+    cachedPromptTokens: 0,
+    completionTokens: 3,
+    ...overrides,
+  };
+}
+
+/** How long a promise takes to settle, and its value. */
+async function timed<T>(promise: Promise<T>): Promise<{ value: T; ms: number }> {
+  const start = Date.now();
+  const value = await promise;
+  return { value, ms: Date.now() - start };
+}
+
+describe.each([
+  {
+    kind: 'memory',
+    // One process, one store: "another instance" is the same store.
+    pair: async (): Promise<[Store, Store]> => {
+      const store = track(createMemoryStore());
+      return [store, store];
+    },
+  },
+  {
+    kind: 'redis',
+    pair: async (): Promise<[Store, Store]> => {
+      const prefix = uniquePrefix();
+      return [await redisStore({ prefix }), await redisStore({ prefix })];
+    },
+  },
+])('Store cache contract: $kind', ({ pair }) => {
+  const one = async () => (await pair())[0];
+
+  it('stores, reads back and overwrites entries; unknown names miss', async () => {
+    const store = await one();
+    const name = cacheName();
+    expect(await store.cacheGet(name)).toBeNull();
+    const entry = makeEntry();
+    await store.cacheSet(name, entry, 60_000);
+    expect(await store.cacheGet(name)).toEqual(entry);
+    const newer = makeEntry({ body: '{"second":true}', storedAt: entry.storedAt + 1 });
+    await store.cacheSet(name, newer, 60_000);
+    expect(await store.cacheGet(name)).toEqual(newer);
+    expect(await store.cacheGet(cacheName())).toBeNull();
+  });
+
+  it('shares entries between instances', async () => {
+    const [a, b] = await pair();
+    const name = cacheName('global');
+    await a.cacheSet(name, makeEntry(), 60_000);
+    expect(await b.cacheGet(name)).toEqual(await a.cacheGet(name));
+  });
+
+  it('expires entries after their ttl', async () => {
+    const store = await one();
+    const name = cacheName();
+    await store.cacheSet(name, makeEntry(), 100);
+    expect(await store.cacheGet(name)).not.toBeNull();
+    await vi.waitFor(async () => expect(await store.cacheGet(name)).toBeNull(), { timeout: 2000, interval: 20 });
+  });
+
+  it('hands out copies: mutating what goes in or comes out changes nothing stored', async () => {
+    const store = await one();
+    const name = cacheName();
+    const entry = makeEntry();
+    const original = structuredClone(entry);
+    await store.cacheSet(name, entry, 60_000);
+    entry.body = 'mutated input';
+    const out = await store.cacheGet(name);
+    if (!out) throw new Error('expected an entry');
+    out.body = 'mutated output';
+    out.promptTokens = 999;
+    expect(await store.cacheGet(name)).toEqual(original);
+  });
+
+  it('keeps only the fields of a CacheEntry', async () => {
+    const store = await one();
+    const name = cacheName();
+    const entry = makeEntry();
+    await store.cacheSet(name, { ...entry, extra: 'dropped' } as CacheEntry, 60_000);
+    expect(await store.cacheGet(name)).toStrictEqual(entry);
+  });
+
+  it('refuses names it cannot place and ttls that are not positive integers; cacheWait still resolves', async () => {
+    const store = await one();
+    for (const bad of ['', 'nocolon', ':hash', 'key_a:', '{key}:hash', 'a}b:hash']) {
+      await expect(store.cacheGet(bad)).rejects.toThrow(RangeError);
+      await expect(store.cacheSet(bad, makeEntry(), 1000)).rejects.toThrow(RangeError);
+      await expect(store.cacheAcquire(bad, 1000)).rejects.toThrow(RangeError);
+      await expect(store.cacheWait(bad, 1000)).resolves.toBe('failed');
+    }
+    for (const ttl of [0, -1, 1.5, Number.NaN, Infinity]) {
+      await expect(store.cacheSet(cacheName(), makeEntry(), ttl)).rejects.toThrow(RangeError);
+      await expect(store.cacheAcquire(cacheName(), ttl)).rejects.toThrow(RangeError);
+    }
+  });
+
+  it('acquire is exclusive across instances until released', async () => {
+    const [a, b] = await pair();
+    const name = cacheName();
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).cacheAcquire(name, 10_000)));
+    const winners = results.filter((token) => token !== null);
+    expect(winners).toHaveLength(1);
+    expect(await a.cacheAcquire(name, 10_000)).toBeNull();
+    const winner = results.findIndex((token) => token !== null);
+    // A release with another token does not end the leadership.
+    await (winner % 2 ? a : b).cacheRelease(name, 'not-the-token', false);
+    expect(await a.cacheAcquire(name, 10_000)).toBeNull();
+    await (winner % 2 ? a : b).cacheRelease(name, winners[0]!, false);
+    expect(await b.cacheAcquire(name, 10_000)).not.toBeNull();
+    // Locks of other names are independent.
+    expect(await a.cacheAcquire(cacheName(), 10_000)).not.toBeNull();
+  });
+
+  it('leadership lapses after its ttl', async () => {
+    const [a, b] = await pair();
+    const name = cacheName();
+    const token = await a.cacheAcquire(name, 150);
+    expect(token).not.toBeNull();
+    expect(await b.cacheAcquire(name, 150)).toBeNull();
+    await vi.waitFor(async () => expect(await b.cacheAcquire(name, 10_000)).not.toBeNull(), { timeout: 2000, interval: 20 });
+  });
+
+  it('a leader whose lock lapsed and was taken over does not end the new leadership', async () => {
+    const [a, b] = await pair();
+    const name = cacheName();
+    const slow = await a.cacheAcquire(name, 100);
+    expect(slow).not.toBeNull();
+    let taken: string | null = null;
+    await vi.waitFor(async () => expect((taken = await b.cacheAcquire(name, 10_000))).not.toBeNull(), { timeout: 2000, interval: 20 });
+    await a.cacheRelease(name, slow!, false);
+    expect(await a.cacheAcquire(name, 10_000)).toBeNull(); // b still leads
+    await b.cacheRelease(name, taken!, false);
+    expect(await a.cacheAcquire(name, 10_000)).not.toBeNull();
+  });
+
+  it('a release that filled wakes every waiter, on every instance, with filled', async () => {
+    const [leader, follower] = await pair();
+    const name = cacheName();
+    const token = await leader.cacheAcquire(name, 10_000);
+    expect(token).not.toBeNull();
+    const waits = [
+      ...Array.from({ length: 10 }, () => follower.cacheWait(name, 5000)),
+      ...Array.from({ length: 3 }, () => leader.cacheWait(name, 5000)),
+    ];
+    await sleep(50);
+    const entry = makeEntry();
+    await leader.cacheSet(name, entry, 60_000);
+    await leader.cacheRelease(name, token!, true);
+    const { value, ms } = await timed(Promise.all(waits));
+    expect(value).toEqual(Array(13).fill('filled'));
+    expect(ms).toBeLessThan(1000);
+    expect(await follower.cacheGet(name)).toEqual(entry);
+  });
+
+  it('a release that did not fill wakes waiters with failed', async () => {
+    const [leader, follower] = await pair();
+    const name = cacheName();
+    const token = await leader.cacheAcquire(name, 10_000);
+    expect(token).not.toBeNull();
+    const waits = Array.from({ length: 5 }, () => follower.cacheWait(name, 5000));
+    await sleep(50);
+    await leader.cacheRelease(name, token!, false);
+    const { value, ms } = await timed(Promise.all(waits));
+    expect(value).toEqual(Array(5).fill('failed'));
+    expect(ms).toBeLessThan(1000);
+  });
+
+  it('waiters time out while the leader is still at work', async () => {
+    const [leader, follower] = await pair();
+    const name = cacheName();
+    const token = await leader.cacheAcquire(name, 10_000);
+    expect(token).not.toBeNull();
+    const { value, ms } = await timed(Promise.all([follower.cacheWait(name, 150), follower.cacheWait(name, 400)]));
+    expect(value).toEqual(['timeout', 'timeout']);
+    expect(ms).toBeGreaterThanOrEqual(390);
+    expect(ms).toBeLessThan(1500);
+  });
+
+  it('a lock that lapses without a release wakes waiters with failed within a second', async () => {
+    const [leader, follower] = await pair();
+    const name = cacheName();
+    const token = await leader.cacheAcquire(name, 200);
+    expect(token).not.toBeNull();
+    const { value, ms } = await timed(Promise.all([follower.cacheWait(name, 5000), follower.cacheWait(name, 5000)]));
+    expect(value).toEqual(['failed', 'failed']);
+    expect(ms).toBeGreaterThanOrEqual(150);
+    expect(ms).toBeLessThan(1000);
+  });
+
+  it('a stored entry wakes waiters with filled even if its release never comes', async () => {
+    const [leader, follower] = await pair();
+    const name = cacheName();
+    const token = await leader.cacheAcquire(name, 10_000);
+    expect(token).not.toBeNull();
+    const wait = follower.cacheWait(name, 5000);
+    await sleep(50);
+    await leader.cacheSet(name, makeEntry(), 60_000);
+    const { value, ms } = await timed(wait);
+    expect(value).toBe('filled');
+    expect(ms).toBeLessThan(1000);
+  });
+
+  it('a wait on a name nobody leads resolves at once: filled if there is an entry, else failed', async () => {
+    const store = await one();
+    const empty = cacheName();
+    const full = cacheName();
+    await store.cacheSet(full, makeEntry(), 60_000);
+    const failed = await timed(store.cacheWait(empty, 5000));
+    const filled = await timed(store.cacheWait(full, 5000));
+    expect([failed.value, filled.value]).toEqual(['failed', 'filled']);
+    expect(Math.max(failed.ms, filled.ms)).toBeLessThan(500); // no poll interval, let alone a timeout
+  });
+
+  it('waits that end leave no timers behind', async () => {
+    const [leader, follower] = await pair();
+    const names = [cacheName(), cacheName(), cacheName()];
+    const tokens: string[] = [];
+    for (const name of names) tokens.push((await leader.cacheAcquire(name, 10_000))!);
+    expect(tokens.every((t) => t !== null)).toBe(true);
+    await sleep(20);
+    const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+    const before = timers();
+    const waits = [
+      ...names.flatMap((name) => Array.from({ length: 20 }, () => follower.cacheWait(name, 3000))),
+      follower.cacheWait(names[0]!, 20), // times out while the others of its name wait on
+    ];
+    expect(timers()).toBeGreaterThan(before);
+    await sleep(50);
+    await leader.cacheRelease(names[0]!, tokens[0]!, false);
+    await leader.cacheSet(names[1]!, makeEntry(), 60_000);
+    await leader.cacheRelease(names[1]!, tokens[1]!, true);
+    await leader.cacheRelease(names[2]!, tokens[2]!, false);
+    const outcomes = await Promise.all(waits);
+    expect(outcomes.filter((o) => o === 'filled')).toHaveLength(20);
+    expect(outcomes.filter((o) => o === 'failed')).toHaveLength(40);
+    expect(outcomes.at(-1)).toBe('timeout');
+    await vi.waitFor(() => expect(timers()).toBeLessThanOrEqual(before), { timeout: 1000, interval: 10 });
+  });
+
+  it('closing resolves pending waits with failed, and later ones at once', async () => {
+    const [leader, follower] = await pair();
+    const name = cacheName();
+    const token = await leader.cacheAcquire(name, 10_000);
+    expect(token).not.toBeNull();
+    const wait = follower.cacheWait(name, 10_000);
+    await sleep(20);
+    await follower.close();
+    const { value, ms } = await timed(wait);
+    expect(value).toBe('failed');
+    expect(ms).toBeLessThan(500);
+    expect(await follower.cacheWait(cacheName(), 10_000)).toBe('failed');
+  });
+
+  it('purges everything, or one scope while the others survive', async () => {
+    const [a, b] = await pair();
+    const keyA = newKeyId();
+    const keyB = newKeyId();
+    const names = {
+      a: [cacheName(keyA), cacheName(keyA), cacheName(keyA)],
+      b: [cacheName(keyB), cacheName(keyB)],
+      global: [cacheName('global'), cacheName('global')],
+    };
+    for (const name of Object.values(names).flat()) await a.cacheSet(name, makeEntry(), 60_000);
+    const lock = cacheName(keyA);
+    expect(await a.cacheAcquire(lock, 10_000)).not.toBeNull();
+
+    expect(await b.cachePurge(`${keyA}:`)).toBe(3);
+    for (const name of names.a) expect(await b.cacheGet(name)).toBeNull();
+    for (const name of [...names.b, ...names.global]) expect(await b.cacheGet(name)).not.toBeNull();
+
+    expect(await b.cachePurge('global:')).toBe(2);
+    expect(await b.cacheGet(names.b[0]!)).not.toBeNull();
+    await a.cacheSet(names.global[0]!, makeEntry(), 60_000);
+
+    expect(await b.cachePurge()).toBe(3);
+    for (const name of Object.values(names).flat()) expect(await a.cacheGet(name)).toBeNull();
+    expect(await b.cachePurge()).toBe(0);
+    // Purge deletes responses, not leadership.
+    expect(await b.cacheAcquire(lock, 10_000)).toBeNull();
+  });
+
+  it('purges by literal name prefix: glob characters are not patterns, a bare prefix covers every scope it starts', async () => {
+    const store = await one();
+    const scope = `key_${randomBytes(6).toString('hex')}`;
+    for (const name of [`${scope}:x*1`, `${scope}:xy`, `${scope}:x?[]\\`, `${scope}x:h`, 'global:x*1']) {
+      await store.cacheSet(name, makeEntry(), 60_000);
+    }
+    expect(await store.cachePurge(`${scope}:x*`)).toBe(1);
+    expect(await store.cacheGet(`${scope}:xy`)).not.toBeNull();
+    expect(await store.cachePurge(`${scope}:x?[]\\`)).toBe(1);
+    expect(await store.cachePurge(`${scope}:`)).toBe(1);
+    expect(await store.cacheGet(`${scope}x:h`)).not.toBeNull();
+    expect(await store.cachePurge(scope)).toBe(1); // `${scope}x:h`
+    expect(await store.cachePurge('glo')).toBe(1);
+  });
+
+  it('purge does not count entries that already expired', async () => {
+    const store = await one();
+    const scope = newKeyId();
+    await store.cacheSet(cacheName(scope), makeEntry(), 50);
+    await store.cacheSet(cacheName(scope), makeEntry(), 60_000);
+    await sleep(120);
+    expect(await store.cachePurge(`${scope}:`)).toBe(1);
+  });
+});
+
+describe('Redis store cache only', () => {
+  let raw: Redis;
+  beforeAll(() => {
+    raw = new Redis(testRedisUrl(), { maxRetriesPerRequest: 1, commandTimeout: 2000 });
+  });
+  afterAll(async () => {
+    await raw.quit();
+  });
+
+  function logger() {
+    return { warn: vi.fn(), error: vi.fn() };
+  }
+
+  /** The part of a key Redis Cluster hashes to pick its slot. */
+  function hashTag(key: string): string {
+    const open = key.indexOf('{');
+    const close = key.indexOf('}', open + 1);
+    if (open < 0 || close <= open + 1) return key;
+    return key.slice(open + 1, close);
+  }
+
+  /** Resolves once the store's subscriber is live (it reports a wildcard key change on each subscription). */
+  async function subscribed(store: Store) {
+    let live = false;
+    store.onKeyChange((c) => (live ||= c.id === '*'));
+    await vi.waitFor(() => expect(live).toBe(true), { timeout: 2000, interval: 10 });
+  }
+
+  it('lays out per-key entries under the key’s tag and global entries under their own hash', () => {
+    const keys = redisKeys('tg:');
+    expect(keys.cacheEntry('key_abc:0f1e')).toBe('tg:cache:{key_abc}:0f1e');
+    expect(keys.cacheLock('key_abc:0f1e')).toBe('tg:cachelock:{key_abc}:0f1e');
+    expect(keys.cacheEntry('global:0f1e')).toBe('tg:cache:global:{0f1e}');
+    expect(keys.cacheLock('global:0f1e')).toBe('tg:cachelock:global:{0f1e}');
+    expect(keys.cacheFillsChannel()).toBe('tg:events:cache-fills');
+
+    const perKey = [cacheName('key_abc'), cacheName('key_abc'), cacheName('key_abc')];
+    expect(new Set(perKey.map((n) => hashTag(keys.cacheEntry(n))))).toEqual(new Set(['key_abc']));
+    const global = [cacheName('global'), cacheName('global'), cacheName('global')];
+    expect(new Set(global.map((n) => hashTag(keys.cacheEntry(n)))).size).toBe(3);
+    for (const name of [...perKey, ...global, 'key_x:a}b', 'global:a}b', 'global:{x']) {
+      expect(hashTag(keys.cacheLock(name))).toBe(hashTag(keys.cacheEntry(name)));
+      expect(keys.cacheNameOf(keys.cacheEntry(name))).toBe(name);
+    }
+    expect(keys.cacheNameOf(keys.cacheLock(perKey[0]!))).toBeNull();
+    expect(keys.cacheEntryPattern()).toBe('tg:cache:*');
+    expect(keys.cacheEntryPattern('key_abc:')).toBe('tg:cache:{key_abc}:*');
+    expect(keys.cacheEntryPattern('global:')).toBe('tg:cache:global:{*');
+    expect(keys.cacheEntryPattern('key_a:x*')).toBe('tg:cache:{key_a}:x\\**');
+  });
+
+  it('writes JSON with a PX ttl under the laid-out names, and the lock beside it', async () => {
+    const prefix = uniquePrefix();
+    const store = await redisStore({ prefix });
+    const keys = redisKeys(prefix);
+    const name = cacheName();
+    const entry = makeEntry();
+    await store.cacheSet(name, entry, 60_000);
+    const token = await store.cacheAcquire(name, 30_000);
+    expect(token).not.toBeNull();
+    expect(JSON.parse((await raw.get(keys.cacheEntry(name))) ?? 'null')).toEqual(entry);
+    expect(await raw.pttl(keys.cacheEntry(name))).toBeGreaterThan(59_000);
+    expect(await raw.pttl(keys.cacheLock(name))).toBeGreaterThan(29_000);
+    expect((await raw.keys(`${prefix}*`)).sort()).toEqual([keys.cacheEntry(name), keys.cacheLock(name)].sort());
+  });
+
+  it('treats a corrupt entry as a miss and logs it, rate-limited, without its content', async () => {
+    const prefix = uniquePrefix();
+    const log = logger();
+    const store = await redisStore({ prefix, logger: log });
+    const keys = redisKeys(prefix);
+    const [bad, worse, good] = [cacheName(), cacheName(), cacheName()];
+    await store.cacheSet(good, makeEntry(), 60_000);
+    await raw.set(keys.cacheEntry(bad), '{not json secret-body', 'PX', 60_000);
+    await raw.set(keys.cacheEntry(worse), JSON.stringify({ ...makeEntry(), promptTokens: 'many', body: 'secret-body' }), 'PX', 60_000);
+    expect(await store.cacheGet(bad)).toBeNull();
+    expect(await store.cacheGet(worse)).toBeNull();
+    expect(await store.cacheGet(bad)).toBeNull();
+    expect(await store.cacheGet(good)).not.toBeNull();
+    expect(log.warn).toHaveBeenCalledTimes(1);
+    expect(JSON.stringify(log.warn.mock.calls)).not.toContain('secret-body');
+  });
+
+  it('a release message alone wakes waiters (no polling needed), and malformed ones are ignored', async () => {
+    const prefix = uniquePrefix();
+    const log = logger();
+    const store = await redisStore({ prefix, logger: log });
+    await subscribed(store);
+    const name = cacheName();
+    // The lock stays and no entry appears: only the message can say 'filled'.
+    await raw.set(redisKeys(prefix).cacheLock(name), 'elsewhere', 'PX', 10_000);
+    const wait = timed(store.cacheWait(name, 5000));
+    await sleep(20);
+    const channel = redisKeys(prefix).cacheFillsChannel();
+    await raw.publish(channel, 'garbage');
+    await raw.publish(channel, JSON.stringify({ name, filled: 'yes' }));
+    await raw.publish(channel, JSON.stringify({ name: cacheName(), filled: true }));
+    await raw.publish(channel, JSON.stringify({ name, filled: true }));
+    const { value, ms } = await wait;
+    expect(value).toBe('filled');
+    expect(ms).toBeLessThan(2000); // far below the 5 s a missing message would take
+    expect(log.warn).toHaveBeenCalledTimes(1); // two malformed messages, one line
+  });
+
+  it('a missed release (lock deleted, no message) still wakes waiters: filled if an entry exists', async () => {
+    const prefix = uniquePrefix();
+    const [leader, follower] = [await redisStore({ prefix }), await redisStore({ prefix })];
+    const keys = redisKeys(prefix);
+    const [filledName, failedName] = [cacheName(), cacheName()];
+    for (const name of [filledName, failedName]) expect(await leader.cacheAcquire(name, 10_000)).not.toBeNull();
+    const waits = Promise.all([follower.cacheWait(filledName, 5000), follower.cacheWait(failedName, 5000)]);
+    await sleep(50);
+    // What a leader does when its PUBLISH is lost: the entry written, the lock gone, no message.
+    await raw.set(keys.cacheEntry(filledName), JSON.stringify(makeEntry()), 'PX', 60_000);
+    await raw.del(keys.cacheLock(filledName), keys.cacheLock(failedName));
+    const { value, ms } = await timed(waits);
+    expect(value).toEqual(['filled', 'failed']);
+    expect(ms).toBeLessThan(1000);
+  });
+
+  it('never rejects a wait while Redis is unreachable: it times out', async () => {
+    const port = await freePort();
+    const store = await createRedisStore({
+      url: `redis://127.0.0.1:${port}`,
+      prefix: uniquePrefix(),
+      commandTimeoutMs: 100,
+      connectTimeoutMs: 100,
+      logger: logger(),
+    }).then(track);
+    const { value, ms } = await timed(store.cacheWait(cacheName(), 600));
+    expect(value).toBe('timeout');
+    expect(ms).toBeGreaterThanOrEqual(580);
+    await expect(store.cacheGet(cacheName())).rejects.toThrow();
+  });
+
+  it('purges in SCAN pages: more entries than one page', async () => {
+    const prefix = uniquePrefix();
+    const store = await redisStore({ prefix });
+    const scope = newKeyId();
+    const pipeline = raw.pipeline();
+    const keys = redisKeys(prefix);
+    for (let i = 0; i < 1200; i++) pipeline.set(keys.cacheEntry(cacheName(i % 3 ? scope : 'global')), '{}', 'PX', 60_000);
+    await pipeline.exec();
+    expect(await store.cachePurge(`${scope}:`)).toBe(800);
+    expect(await store.cachePurge()).toBe(400);
+    expect(await raw.keys(`${prefix}*`)).toEqual([]);
+  });
+});
