@@ -21,6 +21,21 @@ import {
 } from './quota-math.js';
 import { cacheNameParts } from './redis-keys.js';
 import { CacheWaitList } from './cache-wait.js';
+import {
+  checkEventsQuery,
+  checkMark,
+  checkUsage,
+  compareStreamIds,
+  decodeUsageEvent,
+  hourId,
+  hourRange,
+  sortUsageRows,
+  usageIncrements,
+  usageRowsOfHour,
+  usageTtlMs,
+  type StreamId,
+} from './usage-math.js';
+import type { UsageEvent } from '../usage/event.js';
 import type {
   AdmissionRequest,
   CacheEntry,
@@ -31,12 +46,30 @@ import type {
   Settlement,
   SettleOutcome,
   Store,
+  UsageRow,
 } from './store.js';
 
 export interface MemoryStoreOptions {
-  /** Clock of `hit` and of the cache's expiries (the methods not handed `now`); default Date.now. */
+  /**
+   * Clock of the methods not handed `now`: `hit`, the cache's expiries, the usage hours' expiries,
+   * the event ids (what usageEvents' `sinceMs` filters on) and markOnce; default Date.now.
+   */
   clock?: () => number;
 }
+
+/** One hour of usage aggregates, the fields as in the Redis hash; gone once the clock reaches `expiresAt`. */
+interface UsageHour {
+  fields: Map<string, number>;
+  expiresAt: number;
+}
+
+/** A stored usage event: its stream-like id, and the JSON (a copy nobody shares, read back as Redis would). */
+interface StoredEvent extends StreamId {
+  json: string;
+}
+
+/** Trimmed events are dropped from the array's front once this many have piled up (and half of it is dead). */
+const EVENT_COMPACT_AT = 1024;
 
 /** What the Redis store keeps per gateway key (see redis-keys.ts), as plain maps. */
 interface KeyQuota {
@@ -87,6 +120,19 @@ export class MemoryStore implements Store {
   /** 'release' (name, filled): what the Redis store hears on its cache-fills channel. */
   readonly #releases = new EventEmitter();
   readonly #waits: CacheWaitList;
+  /** Hour id -> aggregates (the Redis `usage:hour:<id>` hashes). */
+  readonly #usageHours = new Map<string, UsageHour>();
+  /**
+   * The event stream, oldest first, ids increasing; the live part starts at #eventsHead (the entries
+   * before it are trimmed, and dropped in batches), so trimming costs O(1) per event.
+   */
+  #events: StoredEvent[] = [];
+  #eventsHead = 0;
+  /** The last id handed out: ids never go back, even if the clock does (as in Redis). */
+  #lastEventId: StreamId = { ms: 0, seq: 0 };
+  /** markOnce name -> expiry (clock ms). */
+  readonly #marks = new Map<string, number>();
+  #lastUsageSweep = -Infinity;
 
   constructor(opts: MemoryStoreOptions = {}) {
     this.#clock = opts.clock ?? Date.now;
@@ -328,11 +374,103 @@ export class MemoryStore implements Store {
     return deleted;
   }
 
+  async recordUsage(event: UsageEvent, options: { retentionMs: number; maxEvents: number }): Promise<void> {
+    const e = checkUsage(event, options);
+    const now = this.#clock();
+    this.#sweepUsage(now);
+
+    const id = hourId(e.ts);
+    let hour = this.#liveUsageHour(id, now);
+    if (!hour) {
+      hour = { fields: new Map(), expiresAt: now };
+      this.#usageHours.set(id, hour);
+    }
+    for (const [field, by] of usageIncrements(e)) hour.fields.set(field, (hour.fields.get(field) ?? 0) + by);
+    // Like the PEXPIRE that follows every write in Redis: relative to now (see usageTtlMs).
+    hour.expiresAt = now + usageTtlMs(e.ts, options.retentionMs);
+
+    // Ids like Redis stream ids: the clock's ms, a sequence within it, never going back.
+    const ms = Math.max(Math.floor(now), this.#lastEventId.ms);
+    this.#lastEventId = { ms, seq: ms === this.#lastEventId.ms ? this.#lastEventId.seq + 1 : 0 };
+    this.#events.push({ ...this.#lastEventId, json: JSON.stringify(e) });
+    // Exactly the newest maxEvents are kept (Redis's `MAXLEN ~` may keep a few more).
+    this.#eventsHead = Math.max(this.#eventsHead, this.#events.length - options.maxEvents);
+    if (this.#eventsHead >= EVENT_COMPACT_AT && this.#eventsHead * 2 >= this.#events.length) {
+      this.#events = this.#events.slice(this.#eventsHead);
+      this.#eventsHead = 0;
+    }
+  }
+
+  async usageRows(fromHour: string, toHour: string): Promise<UsageRow[]> {
+    const hours = hourRange(fromHour, toHour);
+    const now = this.#clock();
+    const rows: UsageRow[] = [];
+    // Hour ids sort as they read, so the stored hours in range are found without walking the range.
+    const [first, last] = [hours[0], hours.at(-1)];
+    if (first === undefined || last === undefined) return rows;
+    for (const id of [...this.#usageHours.keys()]) {
+      if (id < first || id > last) continue;
+      const hour = this.#liveUsageHour(id, now);
+      if (hour) rows.push(...usageRowsOfHour(id, hour.fields).rows);
+    }
+    return sortUsageRows(rows);
+  }
+
+  /** `sinceMs` filters on when the event was recorded (this store's clock), not on `event.ts`, as in Redis. */
+  async usageEvents(query: { sinceMs: number; after?: string; limit: number }): Promise<{ id: string; event: UsageEvent }[]> {
+    const after = checkEventsQuery(query);
+    const events = this.#events;
+    // First live index whose id is past `after`, or whose ms reaches sinceMs: ids increase, so bisect.
+    const from: StreamId = after ? { ms: after.ms, seq: after.seq + 1 } : { ms: query.sinceMs, seq: 0 };
+    let lo = this.#eventsHead;
+    let hi = events.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (compareStreamIds(events[mid]!, from) < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    const out: { id: string; event: UsageEvent }[] = [];
+    for (let i = lo; i < events.length && out.length < query.limit; i++) {
+      const stored = events[i]!;
+      // Always decodes (it was checked on the way in); read back like Redis's, so both return alike.
+      const event = decodeUsageEvent(stored.json);
+      if (event) out.push({ id: `${stored.ms}-${stored.seq}`, event });
+    }
+    return out;
+  }
+
+  async markOnce(name: string, ttlMs: number): Promise<boolean> {
+    checkMark(name, ttlMs);
+    const now = this.#clock();
+    this.#sweepUsage(now);
+    const expiresAt = this.#marks.get(name);
+    if (expiresAt !== undefined && expiresAt > now) return false;
+    this.#marks.set(name, now + ttlMs);
+    return true;
+  }
+
   async ping(): Promise<void> {}
 
   async close(): Promise<void> {
     this.#listeners.clear();
     this.#waits.close();
+  }
+
+  #liveUsageHour(id: string, now: number): UsageHour | undefined {
+    const hour = this.#usageHours.get(id);
+    if (hour && hour.expiresAt <= now) {
+      this.#usageHours.delete(id);
+      return undefined;
+    }
+    return hour;
+  }
+
+  /** Drops usage hours and marks past their expiry that nobody reads again (lazy expiry alone would keep them). */
+  #sweepUsage(now: number) {
+    if (now - this.#lastUsageSweep < SWEEP_INTERVAL_MS && now >= this.#lastUsageSweep) return;
+    this.#lastUsageSweep = now;
+    for (const [id, hour] of this.#usageHours) if (hour.expiresAt <= now) this.#usageHours.delete(id);
+    for (const [name, expiresAt] of this.#marks) if (expiresAt <= now) this.#marks.delete(name);
   }
 
   #liveCacheEntry(name: string, now: number) {

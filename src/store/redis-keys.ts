@@ -118,6 +118,21 @@ export function redisKeys(prefix: string) {
     },
     /** Pub/sub channel of `{name, filled}` messages: a cache leader released `name` (cacheRelease). */
     cacheFillsChannel: () => `${prefix}events:cache-fills`,
+
+    // Usage accounting. Not per gateway key: one hash per UTC hour holds every key x model, so a
+    // report reads one key per hour (a week: 168 HGETALLs, pipelined) however many keys exist. No
+    // hash tag: each hour is its own slot, spreading the hours over a cluster; every command on
+    // them touches one key.
+    /**
+     * HASH of one UTC hour (`YYYY-MM-DDTHH`): `<keyId>|<model>|<metric>` -> count, with `%` and `|`
+     * inside the key id and model escaped as `%25` / `%7C` (see usage-math.ts). PX: the end of the
+     * hour plus the retention.
+     */
+    usageHour: (hour: string) => `${prefix}usage:hour:${hour}`,
+    /** STREAM of usage events, trimmed with MAXLEN ~: one field `e`, the event's JSON. */
+    usageEvents: () => `${prefix}usage:events`,
+    /** STRING set once (SET NX PX) by markOnce. Its own slot. */
+    mark: (name: string) => `${prefix}mark:${name}`,
   } as const;
 }
 

@@ -1,6 +1,7 @@
 // Store on Redis: records as JSON strings, a hash index, a creation-ordered ZSET, pub/sub for key
 // changes; quotas in per-key hashes and ZSETs changed only by the Lua scripts in ./lua/; cache
-// entries and single-flight locks as PX strings, their releases on a pub/sub channel.
+// entries and single-flight locks as PX strings, their releases on a pub/sub channel; usage in one
+// hash per UTC hour and a capped stream of events.
 import { randomBytes } from 'node:crypto';
 import { Redis, type ChainableCommander, type RedisOptions } from 'ioredis';
 import { z } from 'zod';
@@ -22,6 +23,19 @@ import {
   type BudgetCounters,
 } from './quota-math.js';
 import { redisKeys, type RedisKeys } from './redis-keys.js';
+import {
+  checkEventsQuery,
+  checkMark,
+  checkUsage,
+  decodeUsageEvent,
+  hourId,
+  hourRange,
+  sortUsageRows,
+  usageIncrements,
+  usageRowsOfHour,
+  usageTtlMs,
+} from './usage-math.js';
+import type { UsageEvent } from '../usage/event.js';
 import type {
   AdmissionRequest,
   AdmissionResult,
@@ -32,6 +46,7 @@ import type {
   Settlement,
   SettleOutcome,
   Store,
+  UsageRow,
   WindowState,
 } from './store.js';
 
@@ -91,6 +106,8 @@ const cacheFillSchema = z.object({ name: z.string().min(1), filled: z.boolean() 
 
 /** SCAN page size of cachePurge; each page's matches are unlinked in one round trip. */
 const PURGE_SCAN_COUNT = 500;
+/** Hours read per round trip by usageRows: a week in one, and no reply so big it holds up the connection for long. */
+const USAGE_HOURS_PER_ROUND_TRIP = 168;
 
 /** The commands `defineCommand` adds (ioredis cannot type them): keys first, then arguments. */
 interface QuotaCommands {
@@ -117,6 +134,9 @@ export class RedisStore implements Store {
   /** Corrupt cache entries and malformed fill messages: logged at most once per interval each. */
   readonly #corruptEntryLog: ThrottledLog;
   readonly #badFillLog: ThrottledLog;
+  /** Corrupt usage stream entries and aggregate fields: skipped, logged at most once per interval each. */
+  readonly #corruptEventLog: ThrottledLog;
+  readonly #corruptUsageFieldLog: ThrottledLog;
   readonly #waits: CacheWaitList;
   /** The value of the cache locks this instance takes: tells an operator who leads a name. */
   readonly #instanceId = randomBytes(8).toString('hex');
@@ -129,6 +149,8 @@ export class RedisStore implements Store {
     this.#outage = new OutageLog(this.#log);
     this.#corruptEntryLog = new ThrottledLog(this.#log, 'corrupt cache entry in redis; treating it as a miss');
     this.#badFillLog = new ThrottledLog(this.#log, 'ignoring malformed cache-fill message');
+    this.#corruptEventLog = new ThrottledLog(this.#log, 'corrupt usage event in redis; skipping it');
+    this.#corruptUsageFieldLog = new ThrottledLog(this.#log, 'malformed usage aggregate field in redis; skipping it');
     this.#waits = new CacheWaitList((name) => this.#cacheOutcome(name));
 
     const options: RedisOptions = {
@@ -404,6 +426,80 @@ export class RedisStore implements Store {
     return deleted;
   }
 
+  async recordUsage(event: UsageEvent, options: { retentionMs: number; maxEvents: number }): Promise<void> {
+    const e = checkUsage(event, options);
+    const hour = this.#keys.usageHour(hourId(e.ts));
+    // The hour's counters and their expiry in one MULTI (one key, so one cluster slot): an event is
+    // counted whole or not at all, and a counted hour always has its expiry. The stream is another
+    // key (maybe another slot), so its XADD goes beside the transaction, not in it; both are written
+    // before either reply is read: one round trip. If one of the two fails, the other may still
+    // have landed (an event counted but not listed, or the reverse); the caller logs the error.
+    const tx = this.#redis.multi();
+    for (const [field, by] of usageIncrements(e)) tx.hincrby(hour, field, by);
+    tx.pexpire(hour, usageTtlMs(e.ts, options.retentionMs));
+    const [counted] = await Promise.all([
+      tx.exec(),
+      // `~`: Redis trims whole stream nodes only (cheap), so a few more than maxEvents may remain
+      // (up to stream-node-max-entries - 1, 99 by default); never fewer.
+      this.#redis.xadd(this.#keys.usageEvents(), 'MAXLEN', '~', options.maxEvents, '*', 'e', JSON.stringify(e)),
+    ]);
+    throwFirstError(counted);
+  }
+
+  async usageRows(fromHour: string, toHour: string): Promise<UsageRow[]> {
+    const hours = hourRange(fromHour, toHour);
+    const rows: UsageRow[] = [];
+    let skipped = 0;
+    for (let i = 0; i < hours.length; i += USAGE_HOURS_PER_ROUND_TRIP) {
+      const chunk = hours.slice(i, i + USAGE_HOURS_PER_ROUND_TRIP);
+      const pipeline = this.#redis.pipeline();
+      for (const hour of chunk) pipeline.hgetall(this.#keys.usageHour(hour));
+      const replies = throwFirstError(await pipeline.exec()) as Record<string, string>[];
+      chunk.forEach((hour, j) => {
+        const read = usageRowsOfHour(hour, Object.entries(replies[j] ?? {}));
+        rows.push(...read.rows);
+        skipped += read.skipped;
+      });
+    }
+    if (skipped > 0) this.#corruptUsageFieldLog.warn({ fromHour, toHour, skipped });
+    return sortUsageRows(rows);
+  }
+
+  /**
+   * `sinceMs` filters on the stream id, i.e. when Redis appended the event (its own clock), not on
+   * `event.ts`: ids are what `after` pages by, and XRANGE can only seek by them.
+   */
+  async usageEvents(query: { sinceMs: number; after?: string; limit: number }): Promise<{ id: string; event: UsageEvent }[]> {
+    checkEventsQuery(query);
+    const key = this.#keys.usageEvents();
+    let start = query.after === undefined ? `${query.sinceMs}-0` : `(${query.after}`;
+    const out: { id: string; event: UsageEvent }[] = [];
+    // Corrupt entries are skipped, and the page filled from beyond them: fewer than `limit` events
+    // then still means the stream has no more. Each pass moves past everything it read.
+    while (out.length < query.limit) {
+      const want = query.limit - out.length;
+      const entries = await this.#redis.xrange(key, start, '+', 'COUNT', want);
+      let corrupt = 0;
+      for (const [id, fields] of entries) {
+        const json = fieldValue(fields, 'e');
+        const event = json === undefined ? null : decodeUsageEvent(json);
+        if (event === null) corrupt++;
+        else out.push({ id, event });
+      }
+      // The ids name the entries, never their content (which holds key names and models).
+      if (corrupt > 0) this.#corruptEventLog.warn({ key, corrupt });
+      const last = entries.at(-1);
+      if (entries.length < want || last === undefined) break;
+      start = `(${last[0]}`;
+    }
+    return out;
+  }
+
+  async markOnce(name: string, ttlMs: number): Promise<boolean> {
+    checkMark(name, ttlMs);
+    return (await this.#redis.set(this.#keys.mark(name), '1', 'PX', ttlMs, 'NX')) === 'OK';
+  }
+
   async ping(): Promise<void> {
     const reply = await this.#redis.ping();
     if (reply !== 'PONG') throw new Error(`unexpected PING reply: ${String(reply)}`);
@@ -578,6 +674,12 @@ function throwFirstError(results: [Error | null, unknown][] | null): unknown[] {
   if (results === null) throw new Error('redis pipeline was not executed');
   for (const [err] of results) if (err) throw err;
   return results.map(([, result]) => result);
+}
+
+/** The value of `name` in a stream entry's flat `[field, value, ...]` list. */
+function fieldValue(fields: string[], name: string): string | undefined {
+  for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === name) return fields[i + 1];
+  return undefined;
 }
 
 function budgetFrom(fields: (string | null)[]): BudgetCounters {

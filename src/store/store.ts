@@ -1,6 +1,7 @@
 // The Store interface: everything Tollgate keeps outside the process. Redis in production,
 // memory for the embedded single-instance default. One contract suite tests both.
 import type { KeyRecord } from '../keys.js';
+import type { UsageEvent } from '../usage/event.js';
 
 /**
  * Told which key changed and which secret hash it affects (a rotation reports the old and the
@@ -103,6 +104,37 @@ export interface Store {
    * deleted. Leadership locks are left alone.
    */
   cachePurge(scopePrefix?: string): Promise<number>;
+
+  /**
+   * Records one usage event: adds it to the aggregates of its hour (per key x model) and appends it
+   * to the capped event stream. One round trip; called after the response, never before it.
+   * The hour is the UTC hour of `event.ts`; it is kept until the end of that hour plus `retentionMs`
+   * (measured from when it is written, on the event's clock: see usage-math.ts `usageTtlMs`).
+   * The stream keeps at least the newest `maxEvents` events (Redis trims approximately, so up to
+   * about 100 more may remain; memory keeps exactly `maxEvents`). Only the UsageEvent fields are
+   * stored. Throws a RangeError, writing nothing, for an event that is not a UsageEvent (counts
+   * must be non-negative integers) or options that are not positive integers.
+   */
+  recordUsage(event: UsageEvent, options: { retentionMs: number; maxEvents: number }): Promise<void>;
+  /**
+   * Aggregated rows of every hour from `fromHour` to `toHour` inclusive (hour ids: YYYY-MM-DDTHH, UTC),
+   * ordered by hour, then key id, then model. None when `fromHour` is after `toHour`. Throws a
+   * RangeError for a malformed hour id or a range of more than 20,000 hours (MAX_USAGE_ROW_HOURS).
+   */
+  usageRows(fromHour: string, toHour: string): Promise<UsageRow[]>;
+  /**
+   * Raw events in arrival order, oldest first: those after the event `after` (an id this method
+   * returned), or else from time `sinceMs`; at most `limit`, fewer only when there are no more.
+   * Arrival is when the store recorded the event (the Redis server's clock, or the memory store's),
+   * so `sinceMs` filters on that, not on `event.ts`. Ids are `<ms>-<seq>` and increase. Throws a
+   * RangeError for a malformed `after`, a negative `sinceMs` or a `limit` that is not a positive integer.
+   */
+  usageEvents(query: { sinceMs: number; after?: string; limit: number }): Promise<{ id: string; event: UsageEvent }[]>;
+  /**
+   * True the first time a name is marked within ttlMs (alert thresholds fire once per period).
+   * Throws a RangeError for an empty name or a ttlMs that is not a positive integer.
+   */
+  markOnce(name: string, ttlMs: number): Promise<boolean>;
 
   /** Round trip to the backing store; throws when it does not answer in time. */
   ping(): Promise<void>;
@@ -214,4 +246,22 @@ export interface CacheEntry {
   promptTokens: number;
   cachedPromptTokens: number;
   completionTokens: number;
+}
+
+/** One key x model x hour of aggregated usage. */
+export interface UsageRow {
+  hour: string; // YYYY-MM-DDTHH, UTC
+  keyId: string; // '' for requests refused before a key was known
+  model: string; // '' when the request named none
+  requests: number;
+  errors: number; // status >= 400
+  cacheHits: number;
+  promptTokens: number;
+  cachedPromptTokens: number;
+  completionTokens: number;
+  reasoningTokens: number;
+  totalTokens: number;
+  costMicros: number;
+  savedTokens: number;
+  savedMicros: number;
 }
