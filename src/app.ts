@@ -13,6 +13,13 @@ import { createKeyResolver } from './auth/key-resolver.js';
 import { createFailedAuthGuard } from './auth/failed-auth-guard.js';
 import { createQuota } from './quota/quota.js';
 import { createCache } from './cache/cache.js';
+import { createUsageRecorder } from './usage/recorder.js';
+import { isMetered, usageEventOf } from './usage/build.js';
+import type { UsageEvent } from './usage/event.js';
+import { createMetrics } from './metrics/metrics.js';
+import { budgetGauges } from './metrics/budgets.js';
+import { metricsRoutes } from './routes/metrics.js';
+import { createAlerts } from './alerts/alerts.js';
 import { loadPriceTable, priceFromUsdPerMillion } from './openai/prices.js';
 import { v1Routes } from './routes/v1.js';
 import { adminRoutes } from './routes/admin.js';
@@ -40,33 +47,27 @@ function requestId(req: IncomingMessage): string {
 /** Log paths that may carry secrets. Redacted even though request logging never serialises headers. */
 const REDACT = ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', '*.apiKey', '*.adminToken'];
 
-/** The one log line per request. Never the key's secret; bodies only when LOG_BODIES is on. */
-function logRequest(request: FastifyRequest, reply: FastifyReply) {
+/**
+ * The one log line per request. For the API it is the usage event itself (plus transport details);
+ * never the key's secret; bodies only when LOG_BODIES is on.
+ */
+function logLine(request: FastifyRequest, reply: FastifyReply, event: UsageEvent | undefined) {
   const t = request.trace;
   const path = request.routeOptions.url ?? 'unmatched';
   const line = {
-    keyId: request.gatewayKey?.id,
+    ...(event ?? { keyId: request.gatewayKey?.id, status: reply.statusCode, latencyMs: Math.round(reply.elapsedTime * 100) / 100 }),
     method: request.method,
     path,
-    endpoint: t.endpoint,
-    model: t.model,
-    stream: t.stream,
-    status: reply.statusCode,
-    clientAborted: !reply.raw.writableFinished || undefined,
+    costUsd: event ? event.costMicros / 1e6 : undefined,
+    savedUsd: event?.savedMicros ? event.savedMicros / 1e6 : undefined,
     upstreamStatus: t.upstreamStatus,
     upstreamRequestId: t.upstreamRequestId,
-    latencyMs: Math.round(reply.elapsedTime * 100) / 100,
-    upstreamMs: t.upstreamMs === undefined ? undefined : Math.round(t.upstreamMs * 100) / 100,
-    usage: t.usage,
-    costUsd: t.costMicros === undefined ? undefined : t.costMicros / 1e6,
-    cache: t.cache,
-    savedUsd: t.savedMicros === undefined ? undefined : t.savedMicros / 1e6,
-    estimated: t.estimated,
+    clientAborted: !reply.raw.writableFinished || undefined,
     streamIncomplete: t.streamIncomplete || undefined,
     requestBody: t.requestBody,
     responseBody: t.responseBody,
   };
-  if (path === '/healthz' || path === '/readyz') request.log.debug(line, 'request');
+  if (path === '/healthz' || path === '/readyz' || path === '/metrics') request.log.debug(line, 'request');
   else request.log.info(line, 'request');
 }
 
@@ -95,9 +96,10 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   const upstream = options.upstream ?? createUpstreamClient(config.upstream);
   const clock = options.clock ?? Date.now;
   const keyResolver = createKeyResolver(store, config.authCacheTtlMs);
+  const prices = loadPriceTable(config.quota.pricesFile);
   const quota = createQuota({
     store,
-    prices: loadPriceTable(config.quota.pricesFile),
+    prices,
     clock,
     timeZone: config.quota.timeZone,
     defaultMaxOutputTokens: config.quota.defaultMaxOutputTokens,
@@ -115,6 +117,19 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     singleFlightWaitMs: config.cache.singleFlightWaitMs,
     logger,
   });
+  const metrics = createMetrics({
+    prices,
+    budgets: () => budgetGauges(store, quota),
+    onBudgetsError: (err) => logger.warn({ err: err.message }, 'budget gauges unavailable'),
+  });
+  const alerts = createAlerts({ webhookUrl: config.alertWebhookUrl, store, quota, clock, timeZone: config.quota.timeZone, logger });
+  const usage = createUsageRecorder({
+    store,
+    logger,
+    retentionMs: config.usage.retentionMs,
+    maxEvents: config.usage.maxEvents,
+    listeners: [metrics.observe],
+  });
   const authGuard = await createFailedAuthGuard(app, {
     store,
     maxFailures: config.authFailuresPerMinute,
@@ -126,6 +141,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.addHook('onClose', async () => {
     quota.close();
     await quota.drain();
+    await usage.drain();
+    await alerts.drain();
+    alerts.close();
     await upstream.close();
     if (!options.store) await store.close();
   });
@@ -149,9 +167,17 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     reply.header('x-request-id', request.id);
     // 'close' fires for every response, finished or abandoned by the client (onResponse misses
     // the latter). A stream's accounting may finish just after: its line waits for it.
+    const arrivedAt = clock();
     reply.raw.once('close', () => {
       const completion = request.trace.completion ?? Promise.resolve();
-      void completion.then(() => logRequest(request, reply));
+      void completion.then(() => {
+        const event = isMetered(request) ? usageEventOf(request, reply, arrivedAt) : undefined;
+        logLine(request, reply, event);
+        if (!event) return;
+        usage.record(event);
+        // Spend moved: let the alerts see whether a budget threshold was crossed.
+        if (request.gatewayKey && event.costMicros + event.totalTokens > 0) alerts.check(request.gatewayKey);
+      });
     });
   });
 
@@ -159,6 +185,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.setNotFoundHandler(notFoundHandler);
 
   await app.register(healthRoutes, { store });
+  await app.register(metricsRoutes, { metrics, token: config.metricsToken });
   await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, keyResolver, authGuard, logBodies: config.logBodies });
   if (config.adminToken) {
     await app.register(adminRoutes, {
@@ -168,7 +195,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       quota,
       cache,
       authGuard,
-      now: () => new Date(clock()),
+      clock,
+      timeZone: config.quota.timeZone,
     });
   }
 

@@ -65,6 +65,15 @@ const envSchema = z.object({
   /** How long identical concurrent requests wait for the one in flight before calling upstream themselves. */
   CACHE_SINGLE_FLIGHT_WAIT_MS: int(100, 600_000).default(30_000),
 
+  /** Hourly usage aggregates are kept this long. */
+  USAGE_RETENTION_DAYS: int(1, 3650).default(90),
+  /** The raw usage event stream keeps about this many of the latest events. */
+  USAGE_EVENTS_MAX: int(1000, 100_000_000).default(1_000_000),
+  /** Budget alerts (50%, 80%, 100% of any budget) are POSTed here as JSON. Unset: no alerts. */
+  ALERT_WEBHOOK_URL: z.url({ protocol: /^https?$/ }).optional(),
+  /** When set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`. */
+  METRICS_TOKEN: optionalString,
+
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
   SHUTDOWN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
   TRUST_PROXY: bool.default(false),
@@ -102,6 +111,9 @@ export interface Config {
     unpricedUsdPerMillion: { input: number; output: number };
     leaseTtlMs: number;
   };
+  usage: { retentionMs: number; maxEvents: number };
+  alertWebhookUrl?: string;
+  metricsToken?: string;
   cache: { enabled: boolean; scope: 'key' | 'global'; ttlMs: number; maxEntryBytes: number; singleFlightWaitMs: number };
   bodyLimitBytes: number;
   shutdownTimeoutMs: number;
@@ -163,6 +175,9 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
       unpricedUsdPerMillion: { input: e.UNPRICED_INPUT_USD_PER_MILLION, output: e.UNPRICED_OUTPUT_USD_PER_MILLION },
       leaseTtlMs: e.LEASE_TTL_MS,
     },
+    usage: { retentionMs: e.USAGE_RETENTION_DAYS * 86_400_000, maxEvents: e.USAGE_EVENTS_MAX },
+    alertWebhookUrl: e.ALERT_WEBHOOK_URL,
+    metricsToken: e.METRICS_TOKEN,
     cache: {
       enabled: e.CACHE_ENABLED,
       scope: e.CACHE_SCOPE,

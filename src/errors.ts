@@ -88,6 +88,7 @@ function fromFastifyError(err: FastifyError): GatewayError | undefined {
 /** The one error funnel: every error leaves the gateway in OpenAI's shape; 5xx never echo internals. */
 export function errorHandler(this: unknown, err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) {
   const known = err instanceof GatewayError ? err : fromFastifyError(err as FastifyError);
+  if (request.trace) request.trace.errorCode = known?.code ?? 'internal_error';
   if (known) {
     if (known.status >= 500) request.log.warn({ code: known.code }, known.message);
     return reply.code(known.status).headers(known.headers).send(known.body());

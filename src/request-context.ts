@@ -10,12 +10,19 @@ export interface RequestTrace {
   /** Upstream time from sending the request to its last byte. */
   upstreamMs?: number;
   upstreamRequestId?: string;
+  /** The model upstream says answered (a dated snapshot, say). */
+  modelAnswered?: string;
+  /** ms from arrival to the first byte of a streamed answer (non-streamed: the whole answer at once). */
+  ttfbMs?: number;
+  /** The OpenAI-style error code of a refused or failed request. */
+  errorCode?: string;
   usage?: Usage;
   /** What the request was charged, integer micro-dollars. */
   costMicros?: number;
   /** x-tollgate-cache: HIT, MISS or BYPASS (cacheable endpoints only). */
   cache?: 'HIT' | 'MISS' | 'BYPASS';
-  /** What a cache hit saved: the original call's cost at today's price, micro-dollars. */
+  /** What a cache hit saved: the original call's tokens, and its cost at today's price in micro-dollars. */
+  savedTokens?: number;
   savedMicros?: number;
   /** The usage is the gateway's own count (stream cut short), not upstream's. */
   estimated?: boolean;

@@ -9,12 +9,16 @@ import { openAIErrorBody } from '../errors.js';
 export interface RelayOptions {
   /** Drop the usage-only chunk: the gateway asked for it, the client did not. */
   dropUsageChunk: boolean;
+  /** Called once, when the first event is handed to the client (time to first byte). */
+  onFirstEvent?: () => void;
 }
 
 export interface RelayResult {
   /** Upstream finished the stream with `data: [DONE]`. */
   completed: boolean;
   usage?: Usage;
+  /** The model upstream says answered, from the usage chunk. */
+  model?: string;
   /** The stream ended early: client gone, upstream error or timeout. */
   error?: unknown;
   /** Number of events relayed, to tell "cut short" from "never started". */
@@ -64,10 +68,11 @@ export function relaySse(source: Readable, options: RelayOptions): { stream: Pas
             const found = readChunkUsage(e.data);
             if (found) {
               result.usage = found.usage;
+              result.model = found.model;
               if (found.usageOnly && options.dropUsageChunk) continue;
             }
           }
-          result.events++;
+          if (result.events++ === 0) options.onFirstEvent?.();
           await write(formatEvent(e));
         }
       }

@@ -34,7 +34,7 @@ export function readUsage(body: unknown): Usage | undefined {
 const USAGE_OBJECT = /"usage"\s*:\s*\{/;
 
 /** Usage carried by one streamed chat/completions chunk, if any. */
-export function readChunkUsage(data: string): { usage: Usage; usageOnly: boolean } | undefined {
+export function readChunkUsage(data: string): { usage: Usage; usageOnly: boolean; model?: string } | undefined {
   if (!USAGE_OBJECT.test(data)) return undefined;
   let chunk: unknown;
   try {
@@ -44,8 +44,8 @@ export function readChunkUsage(data: string): { usage: Usage; usageOnly: boolean
   }
   const usage = readUsage(chunk);
   if (!usage) return undefined;
-  const choices = (chunk as { choices?: unknown }).choices;
-  return { usage, usageOnly: Array.isArray(choices) && choices.length === 0 };
+  const { choices, model } = chunk as { choices?: unknown; model?: unknown };
+  return { usage, usageOnly: Array.isArray(choices) && choices.length === 0, model: typeof model === 'string' ? model : undefined };
 }
 
 /**

@@ -138,11 +138,15 @@ async function callUpstream(
 
   const isSse = String(res.headers['content-type'] ?? '').startsWith('text/event-stream');
   if (trace.stream && res.status === 200 && isSse) {
-    const { stream, done } = relaySse(res.body, { dropUsageChunk: body.stream_options?.include_usage !== true });
+    const { stream, done } = relaySse(res.body, {
+      dropUsageChunk: body.stream_options?.include_usage !== true,
+      onFirstEvent: () => (trace.ttfbMs = reply.elapsedTime),
+    });
     trace.completion = done.then((result) => {
       trace.streamIncomplete = !result.completed;
       trace.upstreamMs = performance.now() - started;
       trace.usage = result.usage ?? estimateCutShort(result, admission, body.model);
+      trace.modelAnswered = result.model;
       finish({ usage: trace.usage, estimated: result.usage === undefined }, streamEntry(endpoint, result, body.model));
     });
     reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
@@ -231,16 +235,24 @@ export async function sendBuffered(
   }
   trace.upstreamMs = performance.now() - started;
   let json: unknown;
-  if (res.status === 200 && String(res.headers['content-type'] ?? '').includes('json')) {
+  if (String(res.headers['content-type'] ?? '').includes('json')) {
     try {
       json = JSON.parse(bytes.toString('utf8'));
-      trace.usage = readUsage(json);
-      if (logBodies) trace.responseBody = json;
     } catch {
       // Not our business to judge upstream's JSON; pass it on as it came.
     }
   }
-  onBody?.(json, bytes);
+  if (res.status === 200) {
+    trace.usage = readUsage(json);
+    const model = (json as { model?: unknown } | undefined)?.model;
+    if (typeof model === 'string') trace.modelAnswered = model;
+    if (logBodies) trace.responseBody = json;
+  } else {
+    const code = (json as { error?: { code?: unknown; type?: unknown } } | undefined)?.error;
+    trace.errorCode = typeof code?.code === 'string' ? code.code : typeof code?.type === 'string' ? code.type : `upstream_${res.status}`;
+  }
+  trace.ttfbMs = reply.elapsedTime;
+  onBody?.(res.status === 200 ? json : undefined, bytes);
   return reply.send(bytes);
 }
 

@@ -21,8 +21,10 @@ export async function serveHit(
   admission.settle({ estimated: false });
   const saved = { promptTokens: entry.promptTokens, cachedPromptTokens: entry.cachedPromptTokens, completionTokens: entry.completionTokens };
   trace.cache = 'HIT';
+  // A hit spends no tokens: it records what it saved instead, so token sums match what upstream billed.
   trace.savedMicros = quota.costOf(entry.model || body.model, saved);
-  trace.usage = { ...saved, totalTokens: saved.promptTokens + saved.completionTokens, reasoningTokens: 0 };
+  trace.savedTokens = saved.promptTokens + saved.completionTokens;
+  trace.modelAnswered = entry.model || undefined;
   trace.costMicros = 0;
 
   reply
@@ -31,6 +33,7 @@ export async function serveHit(
     .header('age', String(cache.ageSeconds(entry)));
 
   const wantsStream = endpoint.streamable && body.stream === true;
+  trace.ttfbMs = reply.elapsedTime;
   if (!wantsStream || (endpoint.name !== 'chat.completions' && endpoint.name !== 'completions')) {
     return reply.type('application/json').send(entry.body);
   }

@@ -4,6 +4,7 @@ import type { Store } from '../store/store.js';
 import type { Quota } from '../quota/quota.js';
 import type { Cache } from '../cache/cache.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
+import { usageRoutes } from './usage.js';
 import { bearerToken, safeEqual } from '../auth/bearer.js';
 import { GatewayError, notFound, invalidRequest } from '../errors.js';
 import {
@@ -25,7 +26,9 @@ export interface AdminOptions {
   quota: Quota;
   cache: Cache;
   authGuard: FailedAuthGuard;
-  now?: () => Date;
+  clock: () => number;
+  /** Budgets' and reports' calendar days are in this zone. */
+  timeZone: string;
 }
 
 function parse<T>(schema: z.ZodType<T>, body: unknown): T {
@@ -38,7 +41,7 @@ function parse<T>(schema: z.ZodType<T>, body: unknown): T {
 
 export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
   const { store } = opts;
-  const now = () => (opts.now ? opts.now() : new Date()).toISOString();
+  const now = () => new Date(opts.clock()).toISOString();
 
   app.addHook('onRequest', async (request) => {
     // Wrong tokens count against the same per-IP failure limit as wrong gateway keys; an address
@@ -79,9 +82,12 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     return reply.code(201).send({ ...publicKey(record), key: secret });
   });
 
-  app.get('/keys', async () => {
+  app.get<{ Querystring: { include?: string } }>('/keys', async (request) => {
     const keys = await store.listKeys();
-    return { object: 'list', data: keys.map(publicKey) };
+    if (request.query.include !== 'quota') return { object: 'list', data: keys.map(publicKey) };
+    // For the dashboard's budget bars: every key with its quota usage, in one call.
+    const data = await Promise.all(keys.map(async (k) => ({ ...publicKey(k), quota: await opts.quota.view(k) })));
+    return { object: 'list', data };
   });
 
   app.get<{ Params: { id: string } }>('/keys/:id', async (request) => {
@@ -127,6 +133,8 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     request.log.info({ keyId: record.id }, 'key rotated');
     return { ...publicKey(updated), key: secret };
   });
+
+  await app.register(usageRoutes, { store, clock: opts.clock, timeZone: opts.timeZone });
 
   app.delete<{ Querystring: { keyId?: string } }>('/cache', async (request) => {
     const keyId = request.query.keyId;

@@ -36,7 +36,8 @@ describe('request log', () => {
       expect(line).toMatchObject({ keyId: created.id, model: 'gpt-4o-mini', status: 200, level: 30 });
       expect(typeof line.reqId).toBe('string');
       expect(typeof line.latencyMs).toBe('number');
-      expect((line.usage as { totalTokens: number }).totalTokens).toBeGreaterThan(0);
+      expect(line.totalTokens as number).toBeGreaterThan(0);
+      expect(line.costUsd as number).toBeGreaterThan(0);
     }
     expect(lines.map((l) => l.stream)).toEqual([false, true]);
     const rejected = gw.logs.requests().find((l) => l.status === 401);

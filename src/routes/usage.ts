@@ -1,0 +1,122 @@
+// The usage API under /admin (inside its token check): reports and the raw event export.
+import { Readable } from 'node:stream';
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import type { Store } from '../store/store.js';
+import type { UsageEvent } from '../usage/event.js';
+import { buildReport, GROUPS, hourId, type Group } from '../usage/report.js';
+import { invalidRequest } from '../errors.js';
+import { paramPath } from '../openai/schemas.js';
+
+export interface UsageRouteOptions {
+  store: Store;
+  clock: () => number;
+  timeZone: string;
+}
+
+const DAY_MS = 86_400_000;
+const MAX_RANGE_MS = 400 * DAY_MS;
+
+/** An instant as ISO 8601 or epoch milliseconds. */
+const instant = z
+  .string()
+  .transform((v, ctx) => {
+    const ms = /^\d+$/.test(v) ? Number(v) : Date.parse(v);
+    if (!Number.isFinite(ms)) {
+      ctx.addIssue({ code: 'custom', message: 'expected an ISO 8601 time or epoch milliseconds' });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const reportQuery = z.object({
+  from: instant.optional(),
+  to: instant.optional(),
+  keyId: z.string().min(1).max(200).optional(),
+  model: z.string().min(1).max(256).optional(),
+  groupBy: z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      const groups = (v ?? 'key').split(',').map((g) => g.trim()).filter(Boolean);
+      for (const g of groups) {
+        if (!(GROUPS as readonly string[]).includes(g)) {
+          ctx.addIssue({ code: 'custom', message: `unknown group '${g}': use ${GROUPS.join(', ')}` });
+          return z.NEVER;
+        }
+      }
+      if (groups.includes('day') && groups.includes('hour')) {
+        ctx.addIssue({ code: 'custom', message: 'group by day or by hour, not both' });
+        return z.NEVER;
+      }
+      return [...new Set(groups)] as Group[];
+    }),
+});
+
+const eventsQuery = z.object({
+  since: instant.optional(),
+  format: z.enum(['ndjson', 'csv']).default('ndjson'),
+  limit: z.coerce.number().int().min(1).max(1_000_000).default(100_000),
+});
+
+function parse<T>(schema: z.ZodType<T>, query: unknown): T {
+  const result = schema.safeParse(query);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const param = paramPath(issue.path);
+  throw invalidRequest(`Invalid '${param ?? 'query'}': ${issue.message}.`, param, 'invalid_value');
+}
+
+/** Columns of the CSV export: every field of the event, in a fixed order. */
+const CSV_COLUMNS: (keyof UsageEvent | 'id' | 'time')[] = [
+  'id', 'time', 'requestId', 'keyId', 'keyName', 'endpoint', 'model', 'modelAnswered', 'status', 'stream', 'cache',
+  'promptTokens', 'cachedPromptTokens', 'completionTokens', 'reasoningTokens', 'totalTokens', 'costMicros',
+  'savedTokens', 'savedMicros', 'estimated', 'latencyMs', 'ttfbMs', 'upstreamMs', 'overheadMs', 'errorCode',
+];
+
+function csvCell(value: unknown): string {
+  if (value === null || value === undefined) return '';
+  const text = String(value);
+  // Quote what needs it, and defuse spreadsheet formulas in user-supplied text (key names, models).
+  const safe = /^[=+\-@\t\r]/.test(text) && typeof value === 'string' ? `'${text}` : text;
+  return /[",\n\r]/.test(safe) ? `"${safe.replace(/"/g, '""')}"` : safe;
+}
+
+export async function usageRoutes(app: FastifyInstance, opts: UsageRouteOptions) {
+  const { store } = opts;
+
+  app.get('/usage', async (request) => {
+    const q = parse(reportQuery, request.query);
+    const toMs = q.to ?? opts.clock();
+    const fromMs = q.from ?? toMs - 7 * DAY_MS;
+    if (fromMs > toMs) throw invalidRequest("'from' must not be after 'to'.", 'from', 'invalid_value');
+    if (toMs - fromMs > MAX_RANGE_MS) throw invalidRequest('The range may span at most 400 days.', 'from', 'invalid_value');
+    const [rows, keys] = await Promise.all([store.usageRows(hourId(fromMs), hourId(toMs)), store.listKeys()]);
+    const names = new Map(keys.map((k) => [k.id, k.name]));
+    return buildReport(rows, { fromMs, toMs, keyId: q.keyId, model: q.model, groupBy: q.groupBy, timeZone: opts.timeZone }, names);
+  });
+
+  app.get('/usage/events', async (request, reply) => {
+    const q = parse(eventsQuery, request.query);
+    const sinceMs = q.since ?? opts.clock() - 3_600_000;
+    const PAGE = 1000;
+    async function* lines() {
+      if (q.format === 'csv') yield `${CSV_COLUMNS.join(',')}\n`;
+      let after: string | undefined;
+      let sent = 0;
+      while (sent < q.limit) {
+        const page = await store.usageEvents({ sinceMs, after, limit: Math.min(PAGE, q.limit - sent) });
+        for (const { id, event } of page) {
+          const row = { id, time: new Date(event.ts).toISOString(), ...event };
+          yield q.format === 'csv' ? `${CSV_COLUMNS.map((c) => csvCell(row[c])).join(',')}\n` : `${JSON.stringify(row)}\n`;
+        }
+        sent += page.length;
+        if (page.length === 0) break;
+        after = page.at(-1)!.id;
+      }
+    }
+    return reply
+      .type(q.format === 'csv' ? 'text/csv; charset=utf-8' : 'application/x-ndjson')
+      .send(Readable.from(lines()));
+  });
+}

@@ -1,0 +1,186 @@
+// Usage accounting end to end: one event per request, exact token sums against the fake upstream's own
+// totals, the report API grouped every way, and the raw event export.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request as httpRequest } from 'node:http';
+import { startGateway, type Gateway } from '../helpers/gateway.js';
+import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+
+let gw: Gateway;
+let a: { id: string; key: string };
+let b: { id: string; key: string };
+let limited: { id: string; key: string };
+let expectedRequests = 0;
+
+function post(key: string, body: unknown, path = '/v1/chat/completions') {
+  expectedRequests++;
+  return fetch(`${gw.url}${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+}
+const chat = (content: string, extra: Record<string, unknown> = {}) => ({
+  model: 'gpt-4o-mini',
+  messages: [{ role: 'user', content }],
+  max_tokens: 40,
+  ...extra,
+});
+
+interface Report {
+  data: Record<string, unknown>[];
+  totals: Record<string, number>;
+}
+const report = async (query: string) => (await gw.admin('GET', `/admin/usage?${query}`)).body as Report;
+
+beforeAll(async () => {
+  gw = await startGateway({ env: { CACHE_ENABLED: 'true', REDIS_URL: testRedisUrl(), REDIS_PREFIX: uniquePrefix() } });
+  a = await gw.createKey({ name: 'app-a' });
+  b = await gw.createKey({ name: 'app-b' });
+  limited = await gw.createKey({ name: 'limited', limits: { rpm: 1 } });
+
+  // A mixed run: non-streamed, streamed (with and without usage), a cache hit, embeddings, legacy
+  // completions, an upstream failure, and rejections (bad key, bad body, rate limit, unknown model).
+  expect((await post(a.key, chat('first question'))).status).toBe(200);
+  expect((await post(a.key, chat('second question', { n: 2 }))).status).toBe(200);
+  await (await post(b.key, chat('streamed one', { stream: true }))).text();
+  await (await post(b.key, chat('streamed two', { stream: true, stream_options: { include_usage: true } }))).text();
+  await until(async () => (await post(a.key, chat('first question'))).headers.get('x-tollgate-cache') === 'HIT');
+  expect((await post(b.key, { model: 'text-embedding-3-small', input: ['x', 'y z'] }, '/v1/embeddings')).status).toBe(200);
+  expect((await post(b.key, { model: 'gpt-3.5-turbo-instruct', prompt: 'Say hi', max_tokens: 5 }, '/v1/completions')).status).toBe(200);
+  gw.fake.failNext(1, 500);
+  expect((await post(a.key, chat('this one fails upstream'))).status).toBe(500);
+  expect((await post('tg-wrong', chat('no key'))).status).toBe(401);
+  expect((await post(a.key, { model: 'gpt-4o-mini' })).status).toBe(400);
+  expect((await post(limited.key, chat('rate limited'))).status).toBe(200);
+  expect((await post(limited.key, chat('rate limited again'))).status).toBe(429);
+  expect((await post(a.key, chat('unknown model', { model: 'gpt-nonexistent' }))).status).toBe(404);
+  await until(async () => (await report('groupBy=key')).totals.requests === expectedRequests);
+});
+
+/** expect.poll only works inside a test; this is its beforeAll twin. */
+async function until(check: () => Promise<boolean>, timeoutMs = 5000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+afterAll(() => gw.close());
+
+describe('exact accounting', () => {
+  it('records exactly the tokens upstream reported, and one request per request', async () => {
+    const { totals } = await report('groupBy=key');
+    const upstream = gw.fake.usageTotals();
+    expect(totals.totalTokens).toBe(upstream.total_tokens);
+    expect(totals.promptTokens).toBe(upstream.prompt_tokens);
+    expect(totals.completionTokens).toBe(upstream.completion_tokens);
+    expect(totals.requests).toBe(expectedRequests);
+    expect(totals.cacheHits).toBeGreaterThanOrEqual(1);
+    expect(totals.savedUsd).toBeGreaterThan(0);
+    expect(totals.errors).toBe(5); // 500, 401, 400, 429, 404
+    expect(totals.costUsd).toBeGreaterThan(0);
+  });
+
+  it('groups by key, model, day and hour, and filters', async () => {
+    const byKey = await report('groupBy=key');
+    const rowA = byKey.data.find((r) => r.key === a.id)!;
+    expect(rowA).toMatchObject({ keyName: 'app-a' });
+    expect(byKey.data.find((r) => r.key === null)).toMatchObject({ requests: 1, errors: 1 }); // the 401
+    const keyTokens = byKey.data.reduce((s, r) => s + (r.totalTokens as number), 0);
+    expect(keyTokens).toBe(byKey.totals.totalTokens);
+
+    const byModel = await report('groupBy=model');
+    expect(byModel.data.map((r) => r.model)).toEqual(
+      expect.arrayContaining(['gpt-4o-mini', 'text-embedding-3-small', 'gpt-3.5-turbo-instruct']),
+    );
+    const byDay = await report('groupBy=day');
+    expect(byDay.data).toHaveLength(1);
+    expect(byDay.data[0]!.day).toBe(new Date().toISOString().slice(0, 10));
+    const byHour = await report('groupBy=hour,key');
+    expect(byHour.data.every((r) => typeof r.hour === 'string' && (r.hour as string).endsWith(':00:00.000Z'))).toBe(true);
+
+    const onlyB = await report(`groupBy=model&keyId=${b.id}`);
+    expect(onlyB.totals.requests).toBe(4);
+    const onlyEmbeddings = await report('groupBy=key&model=text-embedding-3-small');
+    expect(onlyEmbeddings.data).toHaveLength(1);
+    expect(onlyEmbeddings.data[0]!.key).toBe(b.id);
+
+    const past = await report('from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z');
+    expect(past.totals.requests).toBe(0);
+  });
+
+  it('answers bad report queries with 400', async () => {
+    for (const q of ['groupBy=colour', 'from=yesterday', 'from=2026-12-01T00:00:00Z&to=2026-11-01T00:00:00Z', 'groupBy=day,hour']) {
+      const res = await gw.admin('GET', `/admin/usage?${q}`);
+      expect(res.status, q).toBe(400);
+    }
+  });
+});
+
+describe('raw events', () => {
+  it('exports one event per request as NDJSON, with every field', async () => {
+    const res = await fetch(`${gw.url}/admin/usage/events?since=${Date.now() - 600_000}`, {
+      headers: { authorization: 'Bearer test-admin-token-0123456789' },
+    });
+    expect(res.headers.get('content-type')).toContain('application/x-ndjson');
+    const events = (await res.text())
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(events).toHaveLength(expectedRequests);
+    const streamed = events.find((e) => e.stream === true)!;
+    expect(streamed).toMatchObject({ keyId: b.id, keyName: 'app-b', endpoint: 'chat.completions', status: 200, cache: 'MISS' });
+    expect(streamed.modelAnswered).toBe('gpt-4o-mini');
+    expect(typeof streamed.ttfbMs).toBe('number');
+    expect(streamed.ttfbMs as number).toBeLessThanOrEqual(streamed.latencyMs as number);
+    const hit = events.find((e) => e.cache === 'HIT')!;
+    expect(hit).toMatchObject({ totalTokens: 0, costMicros: 0, upstreamMs: null });
+    expect(hit.savedMicros as number).toBeGreaterThan(0);
+    expect(events.find((e) => e.status === 401)).toMatchObject({ keyId: null, errorCode: 'invalid_api_key' });
+    expect(events.find((e) => e.status === 429)).toMatchObject({ keyId: limited.id, errorCode: 'rate_limit_exceeded' });
+    expect(events.find((e) => e.status === 500)).toMatchObject({ errorCode: 'server_error' });
+    for (const e of events) {
+      for (const field of ['ts', 'requestId', 'latencyMs', 'overheadMs', 'estimated', 'cachedPromptTokens', 'reasoningTokens']) {
+        expect(e, field).toHaveProperty(field);
+      }
+    }
+    // Paging: a limit smaller than the run.
+    const few = await fetch(`${gw.url}/admin/usage/events?since=${Date.now() - 600_000}&limit=3`, {
+      headers: { authorization: 'Bearer test-admin-token-0123456789' },
+    });
+    expect((await few.text()).trim().split('\n')).toHaveLength(3);
+  });
+
+  it('exports CSV with a header row', async () => {
+    const res = await fetch(`${gw.url}/admin/usage/events?format=csv&since=${new Date(Date.now() - 600_000).toISOString()}`, {
+      headers: { authorization: 'Bearer test-admin-token-0123456789' },
+    });
+    expect(res.headers.get('content-type')).toContain('text/csv');
+    const lines = (await res.text()).trim().split('\n');
+    expect(lines[0]).toMatch(/^id,time,requestId,keyId,keyName,endpoint,model/);
+    expect(lines).toHaveLength(expectedRequests + 1);
+  });
+
+  it('marks a stream the client abandoned as estimated', async () => {
+    gw.fake.setStreamChunkDelay(20);
+    await new Promise<void>((resolve) => {
+      const req = httpRequest(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
+      });
+      req.on('response', (res) => res.once('data', () => (req.destroy(), resolve())));
+      req.on('error', () => undefined);
+      req.end(JSON.stringify(chat('abandon me', { stream: true })));
+    });
+    gw.fake.setStreamChunkDelay(0);
+    await expect
+      .poll(async () => {
+        const res = await fetch(`${gw.url}/admin/usage/events?since=${Date.now() - 600_000}`, {
+          headers: { authorization: 'Bearer test-admin-token-0123456789' },
+        });
+        const lines = (await res.text()).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+        return lines.find((e) => e.estimated === true);
+      })
+      .toMatchObject({ keyId: a.id, stream: true, estimated: true, errorCode: 'client_closed_request' });
+  });
+});
