@@ -1,0 +1,263 @@
+// Budget alerts: when a key's spend crosses 50 %, 80 %, 100 % of a day or month budget, one webhook event per
+// threshold per period, across every instance (the store marks each threshold once), delivered in the background.
+import { randomUUID } from 'node:crypto';
+import type { FastifyBaseLogger } from 'fastify';
+import type { KeyRecord } from '../keys.js';
+import type { Quota } from '../quota/quota.js';
+import { periodsAt } from '../quota/periods.js';
+import type { Store } from '../store/store.js';
+import { createWebhookSender } from './webhook.js';
+
+/** The limits that are budgets over a calendar period, in the order their events are sent. */
+export const BUDGET_LIMITS = ['tokensPerDay', 'usdPerDay', 'tokensPerMonth', 'usdPerMonth'] as const;
+export type BudgetLimit = (typeof BUDGET_LIMITS)[number];
+
+/** What the webhook receives (POST, application/json). USD amounts are in dollars, token amounts in tokens. */
+export interface BudgetAlertEvent {
+  type: 'budget.threshold_crossed';
+  /** Unique per event; also sent as the `x-tollgate-event-id` header, so a receiver can drop a retried duplicate. */
+  id: string;
+  /** When the crossing was noticed (ISO 8601). */
+  time: string;
+  key: { id: string; name: string };
+  limit: BudgetLimit;
+  /** The budget's period: `YYYY-MM-DD` or `YYYY-MM` in the quota time zone, and when it ends. */
+  period: { id: string; resetsAt: string };
+  /** The fraction crossed, e.g. 0.8. */
+  threshold: number;
+  /** Settled spend of the period when the crossing was noticed (requests in flight not counted). */
+  used: number;
+  limitValue: number;
+  /** used / limitValue (rounded to 6 decimals). */
+  ratio: number;
+}
+
+export interface AlertsOptions {
+  /** Where events are POSTed. Unset: alerts are off and check() does nothing. */
+  webhookUrl?: string;
+  store: Store;
+  quota: Pick<Quota, 'view'>;
+  clock: () => number;
+  timeZone: string;
+  logger: FastifyBaseLogger;
+  /** Fractions of a budget that raise an event; default [0.5, 0.8, 1]. */
+  thresholds?: number[];
+  /** Delivery attempts per event, the first included; default 6. */
+  maxAttempts?: number;
+  /** First retry delay, doubled on each retry, with jitter; default 500 ms. */
+  baseDelayMs?: number;
+  /** Events waiting for delivery; when full, the oldest is dropped (logged). Default 1000. */
+  maxQueue?: number;
+  /** Bound on one delivery attempt; default 5000 ms. */
+  attemptTimeoutMs?: number;
+  /** At most one usage read per key per this interval (real time); default 1000 ms. */
+  minCheckIntervalMs?: number;
+}
+
+export interface Alerts {
+  /**
+   * Looks at a key's budgets after one of its requests settled. Never throws, never waits: the work is done in
+   * the background, at most once per key per `minCheckIntervalMs` (checks in between are coalesced into one
+   * at the end of the interval, so a crossing may be noticed up to that much later).
+   */
+  check(key: KeyRecord): void;
+  /** Runs the coalesced checks now, and waits for them and for every queued event to be delivered or given up on. */
+  drain(): Promise<void>;
+  /** Stops timers and deliveries at once (call drain() first to deliver what is queued). */
+  close(): void;
+}
+
+const DAY_MS = 86_400_000;
+const MAX_RETRY_DELAY_MS = 60_000;
+/** Marks this instance already knows are set, kept so a key past a threshold does not ask the store again on every check. */
+const KNOWN_MARKS_SWEEP_AT = 10_000;
+const CHECK_FAILURE_LOG_INTERVAL_MS = 60_000;
+
+const isBudget = (limits: KeyRecord['limits']) => BUDGET_LIMITS.some((l) => limits[l] !== undefined && limits[l] > 0);
+
+/** Threshold list, checked once at start-up: finite, positive, ascending, without duplicates. */
+function normalizeThresholds(thresholds: number[]): number[] {
+  for (const t of thresholds) {
+    if (!Number.isFinite(t) || t <= 0) throw new RangeError(`alert thresholds must be positive numbers (got ${t})`);
+  }
+  return [...new Set(thresholds)].sort((a, b) => a - b);
+}
+
+interface KeyState {
+  /** The latest record seen for the key (its limits may have changed since the last check). */
+  key: KeyRecord;
+  /** A check came in while one ran or during the cooldown: run once more when the cooldown ends. */
+  pending: boolean;
+  /** The evaluation in progress, if any. */
+  running?: Promise<void>;
+  /** End of the cooldown after the last evaluation. */
+  cooldown?: NodeJS.Timeout;
+}
+
+export function createAlerts(opts: AlertsOptions): Alerts {
+  const { webhookUrl, store, quota, clock, timeZone, logger } = opts;
+  if (!webhookUrl) {
+    return { check() {}, async drain() {}, close() {} };
+  }
+  const url = new URL(webhookUrl);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError('the alert webhook URL must be http(s)');
+
+  const thresholds = normalizeThresholds(opts.thresholds ?? [0.5, 0.8, 1]);
+  const minInterval = opts.minCheckIntervalMs ?? 1000;
+  const sender = createWebhookSender<BudgetAlertEvent>({
+    url: webhookUrl,
+    logger,
+    maxAttempts: Math.max(1, opts.maxAttempts ?? 6),
+    baseDelayMs: opts.baseDelayMs ?? 500,
+    maxQueue: Math.max(1, opts.maxQueue ?? 1000),
+    attemptTimeoutMs: opts.attemptTimeoutMs ?? 5000,
+    maxDelayMs: MAX_RETRY_DELAY_MS,
+  });
+
+  const states = new Map<string, KeyState>();
+  /** Mark name -> when its period ends (clock ms). */
+  const knownMarks = new Map<string, number>();
+  let closed = false;
+  let lastFailureLogAt = -Infinity;
+  let failuresSinceLog = 0;
+
+  function remember(name: string, until: number) {
+    if (knownMarks.size >= KNOWN_MARKS_SWEEP_AT) {
+      const now = clock();
+      for (const [n, end] of knownMarks) if (end <= now) knownMarks.delete(n);
+      if (knownMarks.size >= KNOWN_MARKS_SWEEP_AT) knownMarks.clear(); // only costs a few store reads again
+    }
+    knownMarks.set(name, until);
+  }
+
+  function logFailure(keyId: string, err: unknown) {
+    // Redis being down would otherwise log once per key per second; the quota path reports the outage already.
+    failuresSinceLog++;
+    const now = Date.now();
+    if (now - lastFailureLogAt < CHECK_FAILURE_LOG_INTERVAL_MS) return;
+    logger.warn({ err: err instanceof Error ? err.message : String(err), keyId, failures: failuresSinceLog }, 'budget alert check failed');
+    lastFailureLogAt = now;
+    failuresSinceLog = 0;
+  }
+
+  async function evaluate(key: KeyRecord) {
+    const before = periodsAt(clock(), timeZone);
+    const view = await quota.view(key);
+    const now = clock();
+    const p = periodsAt(now, timeZone);
+    // A read straddling midnight (or a month's end) may hold the old period's counters: skip that period's
+    // budgets this time rather than mark the new period with the old one's spend. The next check sees it.
+    const stable = { day: before.day === p.day, month: before.month === p.month };
+
+    const crossings: { limit: BudgetLimit; periodId: string; endsAt: number; threshold: number; name: string; used: number; limitValue: number }[] = [];
+    for (const limit of BUDGET_LIMITS) {
+      const limitValue = key.limits[limit];
+      if (limitValue === undefined || !(limitValue > 0)) continue;
+      const daily = limit.endsWith('PerDay');
+      if (!(daily ? stable.day : stable.month)) continue;
+      const used = view[limit].used;
+      if (!Number.isFinite(used)) continue;
+      const periodId = daily ? p.day : p.month;
+      const endsAt = daily ? p.dayEndsAt : p.monthEndsAt;
+      for (const threshold of thresholds) {
+        // Tolerance for binary fractions: $2.40 of a $3 budget is 80 %, though 2.4 / 3 < 0.8 in floating point.
+        if (used / limitValue + 1e-9 < threshold) break;
+        const name = `alert:${key.id}:${limit}:${periodId}:${threshold}`;
+        if (knownMarks.has(name)) continue;
+        crossings.push({ limit, periodId, endsAt, threshold, name, used, limitValue });
+      }
+    }
+    if (crossings.length === 0) return;
+
+    // One store call per crossing not yet known here, in parallel; the events then go out in ascending order.
+    const marked = await Promise.allSettled(crossings.map((c) => store.markOnce(c.name, Math.max(1, Math.ceil(c.endsAt - now + DAY_MS)))));
+    marked.forEach((result, i) => {
+      const c = crossings[i]!;
+      if (result.status === 'rejected') return logFailure(key.id, result.reason); // not remembered: tried again next check
+      remember(c.name, c.endsAt);
+      if (!result.value || closed) return; // another check (or instance) got there first
+      sender.send({
+        type: 'budget.threshold_crossed',
+        id: randomUUID(),
+        time: new Date(now).toISOString(),
+        key: { id: key.id, name: key.name },
+        limit: c.limit,
+        period: { id: c.periodId, resetsAt: new Date(c.endsAt).toISOString() },
+        threshold: c.threshold,
+        used: c.used,
+        limitValue: c.limitValue,
+        ratio: Math.round((c.used / c.limitValue) * 1e6) / 1e6,
+      });
+    });
+  }
+
+  function run(state: KeyState) {
+    state.pending = false;
+    const id = state.key.id;
+    const running = evaluate(state.key)
+      .catch((err: unknown) => logFailure(id, err))
+      .finally(() => {
+        state.running = undefined;
+        if (closed) return;
+        state.cooldown = setTimeout(() => {
+          state.cooldown = undefined;
+          if (closed) return;
+          if (state.pending) run(state);
+          else states.delete(id);
+        }, minInterval);
+        state.cooldown.unref();
+      });
+    state.running = running;
+  }
+
+  return {
+    check(key) {
+      try {
+        if (closed || !isBudget(key.limits)) return;
+        const state = states.get(key.id);
+        if (state) {
+          state.key = key;
+          state.pending = true;
+          return;
+        }
+        const fresh: KeyState = { key, pending: false };
+        states.set(key.id, fresh);
+        run(fresh);
+      } catch (err) {
+        logFailure(key?.id ?? 'unknown', err);
+      }
+    },
+
+    async drain() {
+      for (;;) {
+        // Coalesced checks would wait out their cooldown: run them now, the process is going away.
+        for (const state of states.values()) {
+          if (state.pending && !state.running && state.cooldown) {
+            clearTimeout(state.cooldown);
+            state.cooldown = undefined;
+            run(state);
+          }
+        }
+        const running = [...states.values()].flatMap((s) => (s.running ? [s.running] : []));
+        if (running.length > 0) {
+          await Promise.all(running);
+          continue;
+        }
+        if (sender.size > 0) {
+          await sender.drain();
+          continue;
+        }
+        return;
+      }
+    },
+
+    close() {
+      if (closed) return;
+      closed = true;
+      for (const state of states.values()) if (state.cooldown) clearTimeout(state.cooldown);
+      states.clear();
+      knownMarks.clear();
+      sender.close();
+    },
+  };
+}

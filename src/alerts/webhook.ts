@@ -1,0 +1,176 @@
+// Webhook delivery of alert events: a bounded in-memory FIFO, one POST at a time, retried with backoff and jitter.
+import type { FastifyBaseLogger } from 'fastify';
+
+/** Anything with an id can be delivered; the id is sent as the idempotency header. */
+export interface WebhookEvent {
+  id: string;
+}
+
+export interface WebhookSenderOptions {
+  /** http(s) URL the events are POSTed to. Only its origin is ever logged (the path may hold a token). */
+  url: string;
+  logger: FastifyBaseLogger;
+  /** Attempts per event, the first included. */
+  maxAttempts: number;
+  /** Delay before the second attempt; doubled for each further one (with jitter). */
+  baseDelayMs: number;
+  /** Events waiting (the one being delivered not counted); when full, the oldest waiting one is dropped. */
+  maxQueue: number;
+  /** Bound on one attempt: connecting, sending and reading the answer. */
+  attemptTimeoutMs: number;
+  /** Ceiling of a backoff delay, and of a server's retry-after. */
+  maxDelayMs: number;
+}
+
+export const USER_AGENT = 'tollgate';
+export const EVENT_ID_HEADER = 'x-tollgate-event-id';
+
+/** The delay a `retry-after` header asks for (seconds, or an HTTP date), or undefined. */
+export function retryAfterMs(header: string | null, now = Date.now()): number | undefined {
+  if (header === null) return undefined;
+  const value = header.trim();
+  if (/^\d+(\.\d+)?$/.test(value)) return Math.round(Number(value) * 1000);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now);
+}
+
+/** Exponential backoff with jitter: base * 2^(n-1), then a random 50-100 % of it (retries of many events spread out). */
+export function backoffMs(failedAttempts: number, baseDelayMs: number, maxDelayMs: number, random = Math.random): number {
+  const exp = Math.min(maxDelayMs, baseDelayMs * 2 ** Math.max(0, failedAttempts - 1));
+  return Math.round(exp * (0.5 + random() * 0.5));
+}
+
+type Attempt = { ok: true } | { ok: false; reason: string; status?: number; retryAfterMs?: number };
+
+export function createWebhookSender<E extends WebhookEvent>(opts: WebhookSenderOptions) {
+  const { logger } = opts;
+  const target = new URL(opts.url).origin;
+  const queue: E[] = [];
+  /** Aborts an attempt in flight when the sender is closed. */
+  const closing = new AbortController();
+  let closed = false;
+  let draining = false;
+  /** The delivery loop, while it runs (undefined when the queue is empty). */
+  let pumping: Promise<void> | undefined;
+  /** The event being delivered (retries included). */
+  let current: E | undefined;
+  let backoff: { timer: NodeJS.Timeout; wake: () => void } | undefined;
+
+  function sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        backoff = undefined;
+        resolve();
+      }, ms);
+      // A pending retry must not keep an otherwise finished process alive, except while drain() waits for it.
+      if (!draining) timer.unref();
+      backoff = { timer, wake: resolve };
+    });
+  }
+
+  async function attempt(event: E, body: string): Promise<Attempt> {
+    let res: Response;
+    try {
+      res = await fetch(opts.url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'user-agent': USER_AGENT, [EVENT_ID_HEADER]: event.id },
+        body,
+        signal: AbortSignal.any([AbortSignal.timeout(opts.attemptTimeoutMs), closing.signal]),
+        // A redirect is a misconfigured URL; following it could send the event somewhere unintended.
+        redirect: 'manual',
+      });
+      // Read the answer (bounded by the same timeout) so the connection can be reused.
+      await res.arrayBuffer();
+    } catch (err) {
+      const e = err as { name?: string; message?: string; cause?: { code?: string; message?: string } };
+      const reason = e.name === 'TimeoutError' ? `no answer within ${opts.attemptTimeoutMs} ms` : (e.cause?.code ?? e.cause?.message ?? e.message ?? String(err));
+      return { ok: false, reason };
+    }
+    if (res.status >= 200 && res.status < 300) return { ok: true };
+    const honoured = res.status === 429 || res.status === 503 ? retryAfterMs(res.headers.get('retry-after')) : undefined;
+    return { ok: false, reason: `HTTP ${res.status}`, status: res.status, ...(honoured !== undefined && { retryAfterMs: honoured }) };
+  }
+
+  async function deliver(event: E) {
+    const body = JSON.stringify(event);
+    for (let n = 1; ; n++) {
+      const result = await attempt(event, body);
+      if (closed) return;
+      if (result.ok) {
+        logger.debug({ eventId: event.id, attempts: n, webhook: target }, 'alert webhook delivered');
+        return;
+      }
+      if (n >= opts.maxAttempts) {
+        // The event carries no secret (key id and name, amounts): logged whole so it can be replayed by hand.
+        logger.error({ event, attempts: n, lastError: result.reason, webhook: target }, 'alert webhook delivery failed; giving up');
+        return;
+      }
+      const delay = Math.min(opts.maxDelayMs, Math.max(backoffMs(n, opts.baseDelayMs, opts.maxDelayMs), result.retryAfterMs ?? 0));
+      logger.warn({ eventId: event.id, attempt: n, error: result.reason, retryInMs: delay, webhook: target }, 'alert webhook attempt failed');
+      await sleep(delay);
+      if (closed) return;
+    }
+  }
+
+  async function pump() {
+    try {
+      while (!closed && queue.length > 0) {
+        current = queue.shift()!;
+        await deliver(current);
+        current = undefined;
+      }
+    } finally {
+      current = undefined;
+      pumping = undefined;
+    }
+  }
+
+  return {
+    /** Queues an event for delivery; never throws, never waits. */
+    send(event: E): void {
+      if (closed) {
+        logger.error({ event }, 'alert dropped: the alert sender is closed');
+        return;
+      }
+      queue.push(event);
+      while (queue.length > opts.maxQueue) {
+        const dropped = queue.shift()!;
+        logger.error({ event: dropped, maxQueue: opts.maxQueue }, 'alert dropped: the webhook queue is full');
+      }
+      pumping ??= pump();
+    },
+    /** Events waiting plus the one being delivered. */
+    get size(): number {
+      return queue.length + (pumping ? 1 : 0);
+    },
+    /** Resolves when every queued event was delivered or given up on (retries included). */
+    async drain(): Promise<void> {
+      draining = true;
+      backoff?.timer.ref();
+      try {
+        while (pumping) await pumping;
+      } finally {
+        draining = false;
+        backoff?.timer.unref();
+      }
+    },
+    /** Stops at once: the attempt in flight is aborted, a pending retry cancelled, what is still queued dropped (logged). */
+    close(): void {
+      if (closed) return;
+      closed = true;
+      closing.abort();
+      if (backoff) {
+        clearTimeout(backoff.timer);
+        backoff.wake();
+        backoff = undefined;
+      }
+      const undelivered = current ? [current, ...queue] : [...queue];
+      queue.length = 0;
+      if (undelivered.length > 0) {
+        logger.error({ events: undelivered, count: undelivered.length, webhook: target }, 'alerts dropped: closed before they were delivered');
+      }
+    },
+  };
+}
+
+export type WebhookSender<E extends WebhookEvent = WebhookEvent> = ReturnType<typeof createWebhookSender<E>>;

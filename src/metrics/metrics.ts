@@ -1,0 +1,260 @@
+// Prometheus metrics: one dedicated registry per app, fed by usage events and, at scrape time, by budgets.
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { PriceTable } from '../openai/prices.js';
+import type { UsageEvent } from '../usage/event.js';
+
+/** One budget limit of one key, as the scrape shows it. */
+export interface BudgetGauge {
+  keyId: string;
+  keyName: string;
+  limit: 'tokensPerDay' | 'tokensPerMonth' | 'usdPerDay' | 'usdPerMonth';
+  /** In the limit's unit: tokens, or USD. */
+  remaining: number;
+  /** used / limit: 0 to 1, past 1 when a key overran its budget. */
+  ratioUsed: number;
+}
+
+export interface MetricsOptions {
+  prices: PriceTable;
+  /** Every key's budgets, read at scrape time. A rejection or a timeout leaves the budget gauges empty. */
+  budgets?: () => Promise<BudgetGauge[]>;
+  /** How long a scrape waits for budgets(). Default 2000 ms (well within Prometheus' 10 s scrape timeout). */
+  budgetsTimeoutMs?: number;
+  /** At most this many distinct model label values outside the price table (defence in depth). Default 100. */
+  maxUnpricedModelLabels?: number;
+  /** Told why budget gauges were left empty. */
+  onBudgetsError?: (err: Error) => void;
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;
+
+/** A label value when there is nothing to name (a request refused before auth, an unmatched endpoint). */
+const NONE = 'none';
+/** The model label of every model that may not have a series of its own. */
+const OTHER = 'other';
+/** What a model id looks like; anything else (odd characters, very long) is never a label value. */
+const MODEL_ID = /^[\w.:/@+-]{1,100}$/;
+
+/** Overhead is the gateway's own work: auth cache, Redis round trip, JSON; sub-millisecond to tens of ms. */
+const OVERHEAD_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+/** A call to OpenAI: an embedding in 50 ms to a long reasoning completion near the 120 s mark. */
+const UPSTREAM_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120];
+/** First byte: a cache hit or a refusal in a millisecond, a first streamed token in 0.2-2 s, a whole reply later. */
+const TTFB_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60];
+
+/** The key label: its name if it has one, else its id; `none` for requests refused before a key was known. */
+export function keyLabel(keyId: string | null, keyName: string | null): string {
+  if (keyName) return keyName;
+  return keyId ?? NONE;
+}
+
+/** HTTP status as its code; every code is in 100-599, so the label has a bounded set of values. */
+function statusLabel(status: number): string {
+  return Number.isInteger(status) && status >= 100 && status <= 599 ? String(status) : OTHER;
+}
+
+export function createMetrics(opts: MetricsOptions) {
+  const registry = new Registry();
+  // Process and Node.js runtime metrics under their standard names (process_*, nodejs_*).
+  collectDefaultMetrics({ register: registry });
+
+  const { prices } = opts;
+  const budgetsTimeoutMs = opts.budgetsTimeoutMs ?? 2000;
+  const maxUnpriced = opts.maxUnpricedModelLabels ?? 100;
+  const registers = [registry];
+
+  const requests = new Counter({
+    name: 'tollgate_requests_total',
+    help: 'Requests to /v1, by key, model, endpoint, HTTP status code and cache outcome (HIT, MISS, BYPASS or none).',
+    labelNames: ['key', 'model', 'endpoint', 'status', 'cache'] as const,
+    registers,
+  });
+  const tokens = new Counter({
+    name: 'tollgate_tokens_total',
+    help:
+      'Tokens billed by upstream, as OpenAI counts them: prompt (cached ones included), cached_prompt (the part of prompt ' +
+      'served from its prompt cache), completion (reasoning included) and reasoning (the part of completion).',
+    labelNames: ['key', 'model', 'kind'] as const,
+    registers,
+  });
+  const cost = new Counter({
+    name: 'tollgate_cost_usd_total',
+    help: 'What requests cost, in USD, at the gateway price table.',
+    labelNames: ['key', 'model'] as const,
+    registers,
+  });
+  const cacheHits = new Counter({
+    name: 'tollgate_cache_hits_total',
+    help: 'Requests answered from the response cache.',
+    labelNames: ['key', 'model'] as const,
+    registers,
+  });
+  const cacheSavedUsd = new Counter({
+    name: 'tollgate_cache_saved_usd_total',
+    help: 'What cache hits would have cost upstream, in USD.',
+    labelNames: ['key', 'model'] as const,
+    registers,
+  });
+  const cacheSavedTokens = new Counter({
+    name: 'tollgate_cache_saved_tokens_total',
+    help: 'Tokens cache hits did not spend again upstream.',
+    labelNames: ['key', 'model'] as const,
+    registers,
+  });
+  const overhead = new Histogram({
+    name: 'tollgate_gateway_overhead_seconds',
+    help: "The gateway's own share of a request: its latency minus the time spent waiting on upstream.",
+    buckets: OVERHEAD_BUCKETS,
+    registers,
+  });
+  const upstreamDuration = new Histogram({
+    name: 'tollgate_upstream_duration_seconds',
+    help: 'From sending a request upstream to its last byte.',
+    labelNames: ['endpoint'] as const,
+    buckets: UPSTREAM_BUCKETS,
+    registers,
+  });
+  const ttfb = new Histogram({
+    name: 'tollgate_time_to_first_byte_seconds',
+    help: "From a request's arrival to the first byte written to the client.",
+    labelNames: ['endpoint', 'stream'] as const,
+    buckets: TTFB_BUCKETS,
+    registers,
+  });
+  const budgetFailures = new Counter({
+    name: 'tollgate_budget_collect_failures_total',
+    help: 'Scrapes whose budget gauges were left empty because reading budgets failed or timed out.',
+    registers,
+    // Read after this scrape's budgets() settles, so the scrape that failed already counts itself.
+    async collect() {
+      await budgetsOnce();
+    },
+  });
+
+  // --- Budgets, read at scrape time -------------------------------------------------------------
+  // One scrape collects the three budget gauges at once: they share one budgets() call. A call still
+  // running from an earlier scrape (a stuck store) is joined rather than doubled.
+  let running: Promise<BudgetGauge[]> | undefined;
+  let scrape: Promise<BudgetGauge[] | undefined> | undefined;
+
+  function budgetsOnce(): Promise<BudgetGauge[] | undefined> {
+    const source = opts.budgets;
+    if (!source) return Promise.resolve(undefined);
+    scrape ??= (async () => {
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        if (!running) {
+          const call = Promise.resolve().then(source);
+          running = call;
+          // Settles later than the scrape when it timed out: clear it then, and never leave it unhandled.
+          call.then(
+            () => (running = running === call ? undefined : running),
+            () => (running = running === call ? undefined : running),
+          );
+        }
+        const timeout = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`budgets() took more than ${budgetsTimeoutMs} ms`)), budgetsTimeoutMs);
+          timer.unref();
+        });
+        return await Promise.race([running, timeout]);
+      } catch (err) {
+        budgetFailures.inc();
+        opts.onBudgetsError?.(err instanceof Error ? err : new Error(String(err)));
+        return undefined;
+      } finally {
+        clearTimeout(timer);
+        scrape = undefined;
+      }
+    })();
+    return scrape;
+  }
+
+  /** A gauge refilled from budgets() on every scrape: old series go, so a deleted key or limit disappears. */
+  function budgetGauge(name: string, help: string, value: (b: BudgetGauge) => number | undefined) {
+    return new Gauge({
+      name,
+      help,
+      labelNames: ['key', 'limit'] as const,
+      registers,
+      async collect() {
+        const list = await budgetsOnce();
+        this.reset();
+        for (const b of list ?? []) {
+          const v = value(b);
+          if (v !== undefined && Number.isFinite(v)) this.set({ key: keyLabel(b.keyId, b.keyName), limit: b.limit }, v);
+        }
+      },
+    });
+  }
+  const isTokens = (b: BudgetGauge) => b.limit === 'tokensPerDay' || b.limit === 'tokensPerMonth';
+  // One unit per metric (Prometheus naming): tokens and USD remaining are two metrics; the ratio has no unit.
+  budgetGauge('tollgate_budget_remaining_tokens', 'Tokens left in a token budget (tokensPerDay, tokensPerMonth).', (b) =>
+    isTokens(b) ? b.remaining : undefined,
+  );
+  budgetGauge('tollgate_budget_remaining_usd', 'USD left in a USD budget (usdPerDay, usdPerMonth).', (b) =>
+    isTokens(b) ? undefined : b.remaining,
+  );
+  budgetGauge('tollgate_budget_used_ratio', 'Share of a budget used, 0 to 1 (past 1 when overrun).', (b) => b.ratioUsed);
+
+  // --- Labels ------------------------------------------------------------------------------------
+  // BOUNDED LABELS. Every series costs Prometheus memory forever, so no label may take a value a
+  // client chooses freely: no request ids, no raw user input. The model label is
+  //   1. the model upstream answered with (event.modelAnswered), which upstream chose, not the client;
+  //   2. else the requested model only if the price table knows it (a fixed list);
+  //   3. else `other`.
+  // So a client sending random model names adds nothing but `other`. As a second fence (an
+  // OpenAI-compatible upstream may echo any requested name back), an answered model must look like a
+  // model id, and at most `maxUnpricedModelLabels` distinct answered models outside the price table
+  // get a series of their own; later ones are `other`. Keys are named by admins, endpoints and
+  // statuses come from code and HTTP: all bounded.
+  const unpricedSeen = new Set<string>();
+
+  function modelLabel(model: string | null, modelAnswered: string | null = null): string {
+    if (modelAnswered && MODEL_ID.test(modelAnswered)) {
+      if (prices.priceFor(modelAnswered)) return modelAnswered;
+      if (unpricedSeen.has(modelAnswered)) return modelAnswered;
+      if (unpricedSeen.size < maxUnpriced) {
+        unpricedSeen.add(modelAnswered);
+        return modelAnswered;
+      }
+      return OTHER;
+    }
+    if (model && MODEL_ID.test(model) && prices.priceFor(model)) return model;
+    return model === null && !modelAnswered ? NONE : OTHER;
+  }
+
+  /** Counts one finished /v1 request. Never throws: metrics must not break accounting. */
+  function observe(event: UsageEvent): void {
+    const key = keyLabel(event.keyId, event.keyName);
+    const model = modelLabel(event.model, event.modelAnswered);
+    const endpoint = event.endpoint ?? NONE;
+    requests.inc({ key, model, endpoint, status: statusLabel(event.status), cache: event.cache ?? NONE });
+
+    // Zero amounts create no series: a refused request does not add four empty token series.
+    const add = (counter: Counter<'key' | 'model'>, amount: number) => {
+      if (amount > 0 && Number.isFinite(amount)) counter.inc({ key, model }, amount);
+    };
+    for (const [kind, n] of [
+      ['prompt', event.promptTokens],
+      ['cached_prompt', event.cachedPromptTokens],
+      ['completion', event.completionTokens],
+      ['reasoning', event.reasoningTokens],
+    ] as const) {
+      if (n > 0 && Number.isFinite(n)) tokens.inc({ key, model, kind }, n);
+    }
+    add(cost, event.costMicros / 1e6);
+    if (event.cache === 'HIT') {
+      cacheHits.inc({ key, model });
+      add(cacheSavedUsd, event.savedMicros / 1e6);
+      add(cacheSavedTokens, event.savedTokens);
+    }
+
+    if (Number.isFinite(event.overheadMs) && event.overheadMs >= 0) overhead.observe(event.overheadMs / 1000);
+    if (event.upstreamMs !== null && Number.isFinite(event.upstreamMs)) upstreamDuration.observe({ endpoint }, event.upstreamMs / 1000);
+    if (event.ttfbMs !== null && Number.isFinite(event.ttfbMs)) {
+      ttfb.observe({ endpoint, stream: String(event.stream) }, event.ttfbMs / 1000);
+    }
+  }
+
+  return { registry, observe, modelLabel };
+}

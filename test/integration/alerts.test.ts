@@ -1,0 +1,551 @@
+// Budget alerts: createAlerts against a real store (memory, and Redis), a stub quota view and a real local webhook
+// receiver: once per threshold per period and in order, retries, giving up, the queue bound, coalescing, and never throwing.
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { once } from 'node:events';
+import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { createAlerts, type Alerts, type AlertsOptions, type BudgetAlertEvent, type BudgetLimit } from '../../src/alerts/alerts.js';
+import type { KeyRecord, Limits } from '../../src/keys.js';
+import type { Quota } from '../../src/quota/quota.js';
+import { createMemoryStore } from '../../src/store/memory-store.js';
+import { createRedisStore } from '../../src/store/redis-store.js';
+import type { Store } from '../../src/store/store.js';
+import { freePort } from '../helpers/redis-server.js';
+import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+
+type View = Awaited<ReturnType<Quota['view']>>;
+type Used = Partial<Record<BudgetLimit, number>>;
+
+// ---------------------------------------------------------------- helpers
+
+class LogCapture extends Writable {
+  readonly lines: Record<string, unknown>[] = [];
+  text = '';
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void) {
+    const s = chunk.toString('utf8');
+    this.text += s;
+    for (const line of s.split('\n')) if (line.trim()) this.lines.push(JSON.parse(line) as Record<string, unknown>);
+    done();
+  }
+  withMsg(msg: string) {
+    return this.lines.filter((l) => l.msg === msg);
+  }
+}
+
+interface Received {
+  headers: IncomingHttpHeaders;
+  body: BudgetAlertEvent;
+  at: number;
+}
+
+/** What the receiver does with one request: answer a status (with headers), hang up, or hold it until released. */
+type Behaviour = { status: number; headers?: Record<string, string> } | 'hangup' | 'hold';
+
+interface Receiver {
+  url: string;
+  port: number;
+  /** Every request, failed attempts included, in arrival order. */
+  requests: Received[];
+  /** Requests answered 2xx. */
+  delivered(): BudgetAlertEvent[];
+  /** Behaviours for the next requests, in order; then 200. */
+  script: Behaviour[];
+  release(): void;
+  close(): Promise<void>;
+}
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function startReceiver(port = 0, path = '/hooks/alerts'): Promise<Receiver> {
+  const requests: Received[] = [];
+  const ok: BudgetAlertEvent[] = [];
+  const held: ServerResponse[] = [];
+  const script: Behaviour[] = [];
+  const server: Server = createServer((req, res) => {
+    let text = '';
+    req.on('data', (d: Buffer) => (text += d.toString()));
+    req.on('end', () => {
+      const body = JSON.parse(text) as BudgetAlertEvent;
+      requests.push({ headers: req.headers, body, at: Date.now() });
+      const behaviour = script.shift() ?? { status: 200 };
+      if (behaviour === 'hangup') return req.socket.destroy();
+      if (behaviour === 'hold') return void held.push(res);
+      if (behaviour.status >= 200 && behaviour.status < 300) ok.push(body);
+      res.writeHead(behaviour.status, behaviour.headers).end();
+    });
+  });
+  server.listen(port, '127.0.0.1');
+  await once(server, 'listening');
+  const actual = (server.address() as AddressInfo).port;
+  const receiver: Receiver = {
+    url: `http://127.0.0.1:${actual}${path}`,
+    port: actual,
+    requests,
+    delivered: () => ok,
+    script,
+    release() {
+      for (const res of held.splice(0)) {
+        if (res.socket === null || res.socket.destroyed) continue; // the sender gave up on it (timeout, close)
+        ok.push(requests.find((r) => r.headers === res.req.headers)!.body);
+        res.writeHead(200).end();
+      }
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+  cleanups.push(() => receiver.close());
+  return receiver;
+}
+
+function keyRecord(limits: Limits, id = 'key_alerts1', name = 'billing-app'): KeyRecord {
+  return {
+    id,
+    name,
+    hash: 'f'.repeat(64),
+    hint: 'tg-abcd...',
+    models: null,
+    limits,
+    metadata: {},
+    createdAt: '2026-11-01T00:00:00.000Z',
+    updatedAt: '2026-11-01T00:00:00.000Z',
+    revokedAt: null,
+  };
+}
+
+/** A quota whose view reports the amounts the test sets (per key id), counting its calls. */
+function stubQuota(initial: Used = {}) {
+  const used: Record<string, Used> = {};
+  const view = vi.fn(async (key: KeyRecord): Promise<View> => {
+    const u = used[key.id] ?? initial;
+    const l = key.limits;
+    const line = (limit: number | undefined, value: number) => ({ limit: limit ?? null, used: value, reserved: 0, resetsAt: null });
+    return {
+      rpm: line(l.rpm, 0),
+      tpm: line(l.tpm, 0),
+      tokensPerDay: line(l.tokensPerDay, u.tokensPerDay ?? 0),
+      tokensPerMonth: line(l.tokensPerMonth, u.tokensPerMonth ?? 0),
+      usdPerDay: line(l.usdPerDay, u.usdPerDay ?? 0),
+      usdPerMonth: line(l.usdPerMonth, u.usdPerMonth ?? 0),
+      maxConcurrent: line(l.maxConcurrent, 0),
+    };
+  });
+  return {
+    quota: { view },
+    view,
+    set(u: Used, keyId = 'key_alerts1') {
+      used[keyId] = u;
+    },
+  };
+}
+
+const NOON = Date.UTC(2026, 10, 30, 12); // 2026-11-30T12:00Z, the last day of a month
+
+interface Setup {
+  alerts: Alerts;
+  logs: LogCapture;
+  store: Store;
+  clock: { now: number };
+}
+
+function setup(overrides: Partial<AlertsOptions> & { quota: Pick<Quota, 'view'> }, store: Store = createMemoryStore()): Setup {
+  const logs = new LogCapture();
+  const clock = { now: NOON };
+  const alerts = createAlerts({
+    store,
+    clock: () => clock.now,
+    timeZone: 'UTC',
+    logger: pino({ level: 'debug' }, logs),
+    baseDelayMs: 20,
+    minCheckIntervalMs: 0,
+    ...overrides,
+  });
+  cleanups.push(() => alerts.close());
+  return { alerts, logs, store, clock };
+}
+
+async function waitFor(predicate: () => boolean, timeoutMs = 5000, what = 'condition') {
+  const until = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const summary = (events: BudgetAlertEvent[]) => events.map((e) => `${e.limit}:${e.period.id}:${e.threshold}`);
+
+// ---------------------------------------------------------------- tests
+
+describe('thresholds', () => {
+  it('fires each threshold once, in ascending order, with the documented event and headers', async () => {
+    const receiver = await startReceiver();
+    const stub = stubQuota();
+    const { alerts } = setup({ webhookUrl: receiver.url, quota: stub.quota });
+    const key = keyRecord({ usdPerDay: 10, rpm: 60 });
+
+    stub.set({ usdPerDay: 4.99 });
+    alerts.check(key);
+    await alerts.drain();
+    expect(receiver.requests).toHaveLength(0);
+
+    stub.set({ usdPerDay: 8.2 }); // crosses 50 % and 80 % at once: two events, 50 first
+    alerts.check(key);
+    await alerts.drain();
+    expect(summary(receiver.delivered())).toEqual(['usdPerDay:2026-11-30:0.5', 'usdPerDay:2026-11-30:0.8']);
+
+    stub.set({ usdPerDay: 10.5 });
+    alerts.check(key);
+    await alerts.drain();
+    expect(summary(receiver.delivered())).toEqual(['usdPerDay:2026-11-30:0.5', 'usdPerDay:2026-11-30:0.8', 'usdPerDay:2026-11-30:1']);
+
+    const [first] = receiver.requests;
+    expect(first!.headers['content-type']).toBe('application/json');
+    expect(first!.headers['user-agent']).toBe('tollgate');
+    expect(first!.headers['x-tollgate-event-id']).toBe(first!.body.id);
+    expect(first!.body).toEqual({
+      type: 'budget.threshold_crossed',
+      id: expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/),
+      time: '2026-11-30T12:00:00.000Z',
+      key: { id: 'key_alerts1', name: 'billing-app' },
+      limit: 'usdPerDay',
+      period: { id: '2026-11-30', resetsAt: '2026-12-01T00:00:00.000Z' },
+      threshold: 0.5,
+      used: 8.2,
+      limitValue: 10,
+      ratio: 0.82,
+    });
+    expect(receiver.requests.at(-1)!.body).toMatchObject({ threshold: 1, used: 10.5, ratio: 1.05 });
+    expect(new Set(receiver.requests.map((r) => r.body.id)).size).toBe(3);
+  });
+
+  it('does not fire again in the same period, and fires again in the next one', async () => {
+    const receiver = await startReceiver();
+    const stub = stubQuota({ usdPerDay: 9, tokensPerMonth: 600 });
+    const { alerts, clock } = setup({ webhookUrl: receiver.url, quota: stub.quota });
+    const key = keyRecord({ usdPerDay: 10, tokensPerMonth: 1000 });
+
+    alerts.check(key);
+    await alerts.drain();
+    expect(summary(receiver.delivered())).toEqual(['usdPerDay:2026-11-30:0.5', 'usdPerDay:2026-11-30:0.8', 'tokensPerMonth:2026-11:0.5']);
+
+    for (let i = 0; i < 5; i++) {
+      clock.now += 60_000;
+      alerts.check(key);
+      await alerts.drain();
+    }
+    expect(receiver.requests).toHaveLength(3);
+
+    // Past midnight, also the first of a month: both budgets start over.
+    clock.now = Date.UTC(2026, 11, 1, 0, 0, 1);
+    stub.set({ usdPerDay: 5, tokensPerMonth: 800 });
+    alerts.check(key);
+    await alerts.drain();
+    expect(summary(receiver.delivered().slice(3))).toEqual(['usdPerDay:2026-12-01:0.5', 'tokensPerMonth:2026-12:0.5', 'tokensPerMonth:2026-12:0.8']);
+    expect(receiver.requests.at(-1)!.body.period).toEqual({ id: '2026-12', resetsAt: '2027-01-01T00:00:00.000Z' });
+
+    // The next day of the same month: the day budget again, not the month's.
+    clock.now = Date.UTC(2026, 11, 2, 9);
+    alerts.check(key);
+    await alerts.drain();
+    expect(summary(receiver.delivered().slice(6))).toEqual(['usdPerDay:2026-12-02:0.5']);
+  });
+
+  it('skips a day budget when its read straddles midnight, rather than charge the new day with the old one', async () => {
+    const receiver = await startReceiver();
+    const logs = new LogCapture();
+    const clock = { now: Date.UTC(2026, 10, 29, 23, 59, 59, 990) };
+    let used: Used = { usdPerDay: 9, usdPerMonth: 60 };
+    const view = vi.fn(async (key: KeyRecord): Promise<View> => {
+      const stub = await stubQuota(used).quota.view(key);
+      clock.now = Date.UTC(2026, 10, 30, 0, 0, 0, 20); // the read took 30 ms, across midnight
+      return stub;
+    });
+    const store = createMemoryStore();
+    const alerts = createAlerts({
+      webhookUrl: receiver.url,
+      store,
+      quota: { view },
+      clock: () => clock.now,
+      timeZone: 'UTC',
+      logger: pino(logs),
+      minCheckIntervalMs: 0,
+    });
+    cleanups.push(() => store.close(), () => alerts.close());
+    const key = keyRecord({ usdPerDay: 10, usdPerMonth: 100 });
+    alerts.check(key);
+    await alerts.drain();
+    expect(summary(receiver.delivered())).toEqual(['usdPerMonth:2026-11:0.5']); // same month on both sides
+
+    used = { usdPerDay: 5, usdPerMonth: 60 };
+    alerts.check(key);
+    await alerts.drain();
+    expect(summary(receiver.delivered())).toEqual(['usdPerMonth:2026-11:0.5', 'usdPerDay:2026-11-30:0.5']);
+  });
+
+  it('counts token budgets and honours custom thresholds, including a binary-fraction edge', async () => {
+    const receiver = await startReceiver();
+    const stub = stubQuota({ usdPerMonth: 2.4, tokensPerDay: 250 });
+    const { alerts } = setup({ webhookUrl: receiver.url, quota: stub.quota, thresholds: [0.8, 0.25, 0.8] });
+    alerts.check(keyRecord({ usdPerMonth: 3, tokensPerDay: 1000 }));
+    await alerts.drain();
+    // 2.4 / 3 is 0.7999999999999999 in floating point: still 80 %.
+    expect(summary(receiver.delivered())).toEqual(['tokensPerDay:2026-11-30:0.25', 'usdPerMonth:2026-11:0.25', 'usdPerMonth:2026-11:0.8']);
+  });
+
+  it('marks thresholds in the store: a second instance sharing it sends nothing again', async () => {
+    const receiver = await startReceiver();
+    const store = createMemoryStore();
+    cleanups.push(() => store.close());
+    const stub = stubQuota({ usdPerDay: 10 });
+    const a = setup({ webhookUrl: receiver.url, quota: stub.quota }, store);
+    const b = setup({ webhookUrl: receiver.url, quota: stub.quota }, store);
+    const key = keyRecord({ usdPerDay: 10 });
+    a.alerts.check(key);
+    b.alerts.check(key);
+    await Promise.all([a.alerts.drain(), b.alerts.drain()]);
+    expect(summary(receiver.delivered()).sort()).toEqual(['usdPerDay:2026-11-30:0.5', 'usdPerDay:2026-11-30:0.8', 'usdPerDay:2026-11-30:1']);
+  });
+
+  it('works the same with the Redis store, across instances', async () => {
+    const receiver = await startReceiver();
+    const prefix = uniquePrefix();
+    const storeA = await createRedisStore({ url: testRedisUrl(), prefix });
+    const storeB = await createRedisStore({ url: testRedisUrl(), prefix });
+    cleanups.push(() => storeA.close(), () => storeB.close());
+    const stub = stubQuota({ tokensPerDay: 900 });
+    const a = setup({ webhookUrl: receiver.url, quota: stub.quota }, storeA);
+    const b = setup({ webhookUrl: receiver.url, quota: stub.quota }, storeB);
+    const key = keyRecord({ tokensPerDay: 1000 });
+    await Promise.all([
+      (async () => {
+        for (let i = 0; i < 5; i++) {
+          a.alerts.check(key);
+          await a.alerts.drain();
+        }
+      })(),
+      (async () => {
+        for (let i = 0; i < 5; i++) {
+          b.alerts.check(key);
+          await b.alerts.drain();
+        }
+      })(),
+    ]);
+    expect(summary(receiver.delivered()).sort()).toEqual(['tokensPerDay:2026-11-30:0.5', 'tokensPerDay:2026-11-30:0.8']);
+
+    // The next day, on either instance: again.
+    b.clock.now = Date.UTC(2026, 11, 1, 8);
+    b.alerts.check(key);
+    await b.alerts.drain();
+    expect(summary(receiver.delivered().slice(2))).toEqual(['tokensPerDay:2026-12-01:0.5', 'tokensPerDay:2026-12-01:0.8']);
+  });
+});
+
+describe('delivery', () => {
+  it('retries 500s, resets and refused connections with the same event id until it succeeds', async () => {
+    // Nothing listens on the port at first: connection refused, then 500, a hang-up, then 200.
+    const port = await freePort();
+    const stub = stubQuota({ usdPerDay: 5 });
+    const { alerts, logs } = setup({ webhookUrl: `http://127.0.0.1:${port}/hooks/alerts`, quota: stub.quota, baseDelayMs: 40, maxAttempts: 12 });
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await waitFor(() => logs.withMsg('alert webhook attempt failed').length >= 2, 5000, 'refused attempts');
+    const receiver = await startReceiver(port);
+    receiver.script.push({ status: 500 }, 'hangup');
+    await alerts.drain();
+
+    expect(receiver.delivered()).toHaveLength(1);
+    expect(receiver.requests.length).toBe(3);
+    const ids = new Set(receiver.requests.map((r) => r.headers['x-tollgate-event-id']));
+    expect(ids).toEqual(new Set([receiver.delivered()[0]!.id]));
+    const failures = logs.withMsg('alert webhook attempt failed');
+    expect(failures.some((l) => l.error === 'ECONNREFUSED')).toBe(true);
+    expect(failures.some((l) => l.error === 'HTTP 500')).toBe(true);
+    expect(logs.withMsg('alert webhook delivery failed; giving up')).toHaveLength(0);
+  });
+
+  it('bounds each attempt with a timeout, and honours retry-after on 429 and 503', async () => {
+    const receiver = await startReceiver();
+    receiver.script.push('hold', { status: 503, headers: { 'retry-after': '1' } });
+    const stub = stubQuota({ usdPerDay: 5 });
+    const { alerts, logs } = setup({ webhookUrl: receiver.url, quota: stub.quota, baseDelayMs: 10, attemptTimeoutMs: 200 });
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await alerts.drain();
+    receiver.release();
+
+    expect(receiver.requests).toHaveLength(3);
+    expect(logs.withMsg('alert webhook attempt failed').map((l) => l.error)).toEqual(['no answer within 200 ms', 'HTTP 503']);
+    const [, second, third] = receiver.requests;
+    expect(third!.at - second!.at).toBeGreaterThanOrEqual(950); // retry-after: 1, although the backoff is 10 ms
+  });
+
+  it('gives up after maxAttempts with an error log holding the event, not the webhook URL', async () => {
+    const receiver = await startReceiver(0, '/hooks/secret-path-token-0123456789');
+    receiver.script.push(...Array.from({ length: 10 }, () => ({ status: 500 })));
+    const stub = stubQuota({ usdPerDay: 6 });
+    const { alerts, logs } = setup({ webhookUrl: receiver.url, quota: stub.quota, maxAttempts: 3, baseDelayMs: 10 });
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await alerts.drain();
+
+    expect(receiver.requests).toHaveLength(3);
+    expect(receiver.delivered()).toHaveLength(0);
+    const [gaveUp] = logs.withMsg('alert webhook delivery failed; giving up');
+    expect(gaveUp).toMatchObject({ level: 50, attempts: 3, lastError: 'HTTP 500', event: { id: receiver.requests[0]!.body.id, threshold: 0.5 } });
+    expect(logs.text).not.toContain('secret-path-token');
+
+    // Given up is given up: the threshold stays marked for the period.
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await alerts.drain();
+    expect(receiver.requests).toHaveLength(3);
+  });
+
+  it('keeps at most maxQueue events waiting, dropping the oldest with an error log', async () => {
+    const receiver = await startReceiver();
+    receiver.script.push('hold');
+    const stub = stubQuota({ tokensPerDay: 1000 });
+    const thresholds = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1];
+    const { alerts, logs } = setup({ webhookUrl: receiver.url, quota: stub.quota, thresholds, maxQueue: 2, attemptTimeoutMs: 10_000 });
+    alerts.check(keyRecord({ tokensPerDay: 1000 }));
+    await waitFor(() => logs.withMsg('alert dropped: the webhook queue is full').length === 7, 5000, 'drops');
+    receiver.release();
+    await alerts.drain();
+
+    expect(receiver.delivered().map((e) => e.threshold)).toEqual([0.1, 0.9, 1]);
+    expect(logs.withMsg('alert dropped: the webhook queue is full').map((l) => (l.event as BudgetAlertEvent).threshold)).toEqual([
+      0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
+    ]);
+    expect(logs.withMsg('alert dropped: the webhook queue is full')[0]).toMatchObject({ level: 50 });
+  });
+
+  it('close() stops at once: the attempt in flight is aborted and what is queued is dropped, logged', async () => {
+    const receiver = await startReceiver();
+    receiver.script.push('hold');
+    const stub = stubQuota({ usdPerDay: 10 });
+    const { alerts, logs } = setup({ webhookUrl: receiver.url, quota: stub.quota, attemptTimeoutMs: 10_000 });
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await waitFor(() => receiver.requests.length === 1, 5000, 'first attempt');
+    alerts.close();
+    const [dropped] = logs.withMsg('alerts dropped: closed before they were delivered');
+    expect(dropped).toMatchObject({ count: 3 });
+    await alerts.drain(); // resolves at once after close
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(stub.view).toHaveBeenCalledTimes(1);
+    expect(receiver.requests).toHaveLength(1);
+  });
+});
+
+describe('checks', () => {
+  it('never throws, even when the quota view rejects or throws, and logs the failure', async () => {
+    const receiver = await startReceiver();
+    const view = vi.fn((): Promise<View> => {
+      throw new Error('redis is down');
+    });
+    const { alerts, logs } = setup({ webhookUrl: receiver.url, quota: { view } });
+    expect(() => alerts.check(keyRecord({ usdPerDay: 10 }))).not.toThrow();
+    await alerts.drain();
+    const rejecting = setup({ webhookUrl: receiver.url, quota: { view: () => Promise.reject(new Error('timeout')) } });
+    expect(() => rejecting.alerts.check(keyRecord({ usdPerDay: 10 }))).not.toThrow();
+    await rejecting.alerts.drain();
+    expect(() => alerts.check(null as unknown as KeyRecord)).not.toThrow();
+    expect(() => alerts.check({ id: 'key_x' } as KeyRecord)).not.toThrow();
+
+    expect(view).toHaveBeenCalledTimes(1);
+    expect(logs.withMsg('budget alert check failed')[0]).toMatchObject({ level: 40, err: 'redis is down', keyId: 'key_alerts1' });
+    expect(rejecting.logs.withMsg('budget alert check failed')[0]).toMatchObject({ err: 'timeout' });
+    expect(receiver.requests).toHaveLength(0);
+  });
+
+  it('never throws when the store fails to mark, and tries again on the next check', async () => {
+    const receiver = await startReceiver();
+    const store = createMemoryStore();
+    cleanups.push(() => store.close());
+    let failing = true;
+    const flaky = new Proxy(store, {
+      get(target, prop, receiverObj) {
+        if (prop === 'markOnce' && failing) return () => Promise.reject(new Error('store unavailable'));
+        const value = Reflect.get(target, prop, receiverObj);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    }) as Store;
+    const stub = stubQuota({ usdPerDay: 5 });
+    const { alerts, logs } = setup({ webhookUrl: receiver.url, quota: stub.quota }, flaky);
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await alerts.drain();
+    expect(receiver.requests).toHaveLength(0);
+    expect(logs.withMsg('budget alert check failed')[0]).toMatchObject({ err: 'store unavailable' });
+
+    failing = false;
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await alerts.drain();
+    expect(summary(receiver.delivered())).toEqual(['usdPerDay:2026-11-30:0.5']);
+  });
+
+  it('does nothing without a webhook URL, or for a key without a budget', async () => {
+    const receiver = await startReceiver();
+    const stub = stubQuota({ usdPerDay: 100 });
+    const store = createMemoryStore();
+    cleanups.push(() => store.close());
+    const markOnce = vi.spyOn(store, 'markOnce');
+    const off = setup({ quota: stub.quota }, store);
+    off.alerts.check(keyRecord({ usdPerDay: 10 }));
+    await off.alerts.drain();
+    off.alerts.close();
+
+    const on = setup({ webhookUrl: receiver.url, quota: stub.quota }, store);
+    on.alerts.check(keyRecord({ rpm: 10, tpm: 1000, maxConcurrent: 2 }));
+    on.alerts.check(keyRecord({}));
+    await on.alerts.drain();
+
+    expect(stub.view).not.toHaveBeenCalled();
+    expect(markOnce).not.toHaveBeenCalled();
+    expect(receiver.requests).toHaveLength(0);
+    expect(off.logs.lines).toHaveLength(0);
+  });
+
+  it('reads usage at most once per key per interval, coalescing the checks in between', async () => {
+    const receiver = await startReceiver();
+    const stub = stubQuota({ usdPerDay: 1 });
+    const { alerts } = setup({ webhookUrl: receiver.url, quota: stub.quota, minCheckIntervalMs: 300 });
+    const key = keyRecord({ usdPerDay: 10 });
+    const other = keyRecord({ usdPerDay: 10 }, 'key_other');
+
+    for (let i = 0; i < 50; i++) alerts.check(key);
+    alerts.check(other);
+    await waitFor(() => stub.view.mock.calls.length === 2, 1000, 'first reads');
+    expect(stub.view.mock.calls.map(([k]) => k.id)).toEqual(['key_alerts1', 'key_other']);
+
+    // The coalesced check runs once, at the end of the interval, with the latest record of the key.
+    stub.set({ usdPerDay: 5 });
+    alerts.check(keyRecord({ usdPerDay: 6 }));
+    await new Promise((r) => setTimeout(r, 150));
+    expect(stub.view).toHaveBeenCalledTimes(2);
+    await waitFor(() => stub.view.mock.calls.length === 3, 1000, 'the coalesced read');
+    expect(stub.view.mock.calls[2]![0].limits).toEqual({ usdPerDay: 6 });
+    await new Promise((r) => setTimeout(r, 400));
+    expect(stub.view).toHaveBeenCalledTimes(3);
+    await alerts.drain();
+    expect(summary(receiver.delivered())).toEqual(['usdPerDay:2026-11-30:0.5', 'usdPerDay:2026-11-30:0.8']);
+  });
+
+  it('drain() runs a coalesced check at once instead of waiting out the interval', async () => {
+    const receiver = await startReceiver();
+    const stub = stubQuota({ usdPerDay: 0 });
+    const { alerts } = setup({ webhookUrl: receiver.url, quota: stub.quota, minCheckIntervalMs: 60_000 });
+    const key = keyRecord({ usdPerDay: 10 });
+    alerts.check(key);
+    await waitFor(() => stub.view.mock.calls.length === 1);
+    stub.set({ usdPerDay: 10 });
+    alerts.check(key);
+    const started = Date.now();
+    await alerts.drain();
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(stub.view).toHaveBeenCalledTimes(2);
+    expect(receiver.delivered()).toHaveLength(3);
+  });
+});

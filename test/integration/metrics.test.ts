@@ -1,0 +1,451 @@
+// Prometheus metrics: exact counts from usage events, bounded labels, budgets at scrape time, the token, the dashboard.
+import { readFileSync } from 'node:fs';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { afterAll, describe, expect, it } from 'vitest';
+import { errorHandler } from '../../src/errors.js';
+import { createMetrics, type BudgetGauge, type Metrics, type MetricsOptions } from '../../src/metrics/metrics.js';
+import { loadPriceTable } from '../../src/openai/prices.js';
+import { metricsRoutes } from '../../src/routes/metrics.js';
+import type { UsageEvent } from '../../src/usage/event.js';
+
+const prices = loadPriceTable();
+const opened: FastifyInstance[] = [];
+afterAll(async () => {
+  for (const app of opened) await app.close();
+});
+
+async function buildMetricsApp(options: Partial<MetricsOptions> = {}, token?: string): Promise<{ app: FastifyInstance; metrics: Metrics }> {
+  const metrics = createMetrics({ prices, ...options });
+  const app = Fastify();
+  app.setErrorHandler(errorHandler);
+  await app.register(metricsRoutes, { metrics, ...(token ? { token } : {}) });
+  await app.ready();
+  opened.push(app);
+  return { app, metrics };
+}
+
+function event(overrides: Partial<UsageEvent>): UsageEvent {
+  return {
+    ts: Date.now(),
+    requestId: 'req_1',
+    keyId: 'key_a',
+    keyName: 'billing-app',
+    endpoint: 'chat.completions',
+    model: 'gpt-4o-mini',
+    modelAnswered: null,
+    status: 200,
+    stream: false,
+    cache: null,
+    promptTokens: 0,
+    cachedPromptTokens: 0,
+    completionTokens: 0,
+    reasoningTokens: 0,
+    totalTokens: 0,
+    costMicros: 0,
+    savedTokens: 0,
+    savedMicros: 0,
+    estimated: false,
+    latencyMs: 1,
+    ttfbMs: null,
+    upstreamMs: null,
+    overheadMs: 1,
+    errorCode: null,
+    ...overrides,
+  };
+}
+
+// --- A small reader of the Prometheus text format ---------------------------------------------------
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+function parseSamples(text: string): Sample[] {
+  const samples: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$/.exec(line);
+    if (!m) throw new Error(`unparsable exposition line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]!] = l[2]!.replace(/\\(.)/g, '$1');
+    samples.push({ name: m[1]!, labels, value: Number(m[3]) });
+  }
+  return samples;
+}
+
+/** The samples of a metric whose labels include `labels`. */
+function find(samples: Sample[], name: string, labels: Record<string, string> = {}): Sample[] {
+  return samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+}
+
+/** The value of the one sample with exactly these labels. */
+function value(samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
+  const exact = samples.filter(
+    (s) => s.name === name && Object.keys(s.labels).length === Object.keys(labels).length && Object.entries(labels).every(([k, v]) => s.labels[k] === v),
+  );
+  if (exact.length > 1) throw new Error(`several samples of ${name} ${JSON.stringify(labels)}`);
+  return exact[0]?.value;
+}
+
+/** Every name the exposition offers: metric families plus the series names of histograms and summaries. */
+function exposedNames(text: string): Set<string> {
+  const names = new Set<string>();
+  for (const m of text.matchAll(/^# TYPE (\S+) (\w+)$/gm)) {
+    const [, name, type] = m as unknown as [string, string, string];
+    names.add(name);
+    if (type === 'histogram') for (const s of ['_bucket', '_sum', '_count']) names.add(name + s);
+    if (type === 'summary') for (const s of ['_sum', '_count']) names.add(name + s);
+  }
+  return names;
+}
+
+async function scrape(app: FastifyInstance, headers: Record<string, string> = {}) {
+  const res = await app.inject({ method: 'GET', url: '/metrics', headers });
+  return { res, text: res.body, samples: parseSamples(res.statusCode === 200 ? res.body : '') };
+}
+
+// --- The events of the main scenario --------------------------------------------------------------
+const miss = event({
+  requestId: 'req_miss',
+  modelAnswered: 'gpt-4o-mini-2024-07-18',
+  cache: 'MISS',
+  stream: true,
+  promptTokens: 1200,
+  cachedPromptTokens: 1024,
+  completionTokens: 300,
+  reasoningTokens: 64,
+  totalTokens: 1500,
+  costMicros: 2500,
+  latencyMs: 852.5,
+  ttfbMs: 310,
+  upstreamMs: 850,
+  overheadMs: 2.5,
+});
+const hit = event({
+  requestId: 'req_hit',
+  modelAnswered: 'gpt-4o-mini-2024-07-18',
+  cache: 'HIT',
+  savedTokens: 1500,
+  savedMicros: 2500,
+  latencyMs: 0.8,
+  ttfbMs: 0.7,
+  overheadMs: 0.8,
+});
+const unauthenticated = event({
+  requestId: 'req_401',
+  keyId: null,
+  keyName: null,
+  model: null,
+  status: 401,
+  errorCode: 'invalid_api_key',
+  latencyMs: 0.3,
+  ttfbMs: 0.3,
+  overheadMs: 0.3,
+});
+const randomModel = event({
+  requestId: 'req_random',
+  keyId: 'key_b',
+  keyName: null,
+  model: 'zz-made-up-7f3a9c',
+  status: 404,
+  errorCode: 'model_not_found',
+  latencyMs: 120,
+  ttfbMs: 120,
+  upstreamMs: 119,
+  overheadMs: 1,
+});
+
+const budgetList: BudgetGauge[] = [
+  { keyId: 'key_a', keyName: 'billing-app', limit: 'usdPerDay', remaining: 12.5, ratioUsed: 0.375 },
+  { keyId: 'key_a', keyName: 'billing-app', limit: 'tokensPerMonth', remaining: 900000, ratioUsed: 0.1 },
+  { keyId: 'key_b', keyName: '', limit: 'tokensPerDay', remaining: 0, ratioUsed: 1.25 },
+];
+
+describe('metrics', () => {
+  it('counts requests, tokens, spend and cache savings exactly, with bounded labels', async () => {
+    let budgetCalls = 0;
+    const { app, metrics } = await buildMetricsApp({
+      budgets: async () => {
+        budgetCalls++;
+        return budgetList;
+      },
+    });
+    for (const e of [miss, hit, hit, unauthenticated, randomModel]) metrics.observe(e);
+
+    const { res, text, samples } = await scrape(app);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toBe(metrics.registry.contentType);
+
+    const a = { key: 'billing-app', model: 'gpt-4o-mini-2024-07-18' };
+    const requests = 'tollgate_requests_total';
+    expect(value(samples, requests, { ...a, endpoint: 'chat.completions', status: '200', cache: 'MISS' })).toBe(1);
+    expect(value(samples, requests, { ...a, endpoint: 'chat.completions', status: '200', cache: 'HIT' })).toBe(2);
+    expect(value(samples, requests, { key: 'none', model: 'none', endpoint: 'chat.completions', status: '401', cache: 'none' })).toBe(1);
+    // The made-up model is `other`; the key without a name is labelled by its id.
+    expect(value(samples, requests, { key: 'key_b', model: 'other', endpoint: 'chat.completions', status: '404', cache: 'none' })).toBe(1);
+    expect(find(samples, requests)).toHaveLength(4);
+    expect(text).not.toContain('zz-made-up');
+    expect(text).not.toContain('req_');
+
+    expect(value(samples, 'tollgate_tokens_total', { ...a, kind: 'prompt' })).toBe(1200);
+    expect(value(samples, 'tollgate_tokens_total', { ...a, kind: 'cached_prompt' })).toBe(1024);
+    expect(value(samples, 'tollgate_tokens_total', { ...a, kind: 'completion' })).toBe(300);
+    expect(value(samples, 'tollgate_tokens_total', { ...a, kind: 'reasoning' })).toBe(64);
+    // Requests that used nothing add no token or cost series.
+    expect(find(samples, 'tollgate_tokens_total')).toHaveLength(4);
+    expect(value(samples, 'tollgate_cost_usd_total', a)).toBe(0.0025);
+    expect(find(samples, 'tollgate_cost_usd_total')).toHaveLength(1);
+
+    expect(value(samples, 'tollgate_cache_hits_total', a)).toBe(2);
+    expect(value(samples, 'tollgate_cache_saved_tokens_total', a)).toBe(3000);
+    expect(value(samples, 'tollgate_cache_saved_usd_total', a)).toBe(0.005);
+
+    // Histograms: overhead of every request; upstream time only when upstream was called; TTFB by stream.
+    expect(value(samples, 'tollgate_gateway_overhead_seconds_count')).toBe(5);
+    expect(value(samples, 'tollgate_gateway_overhead_seconds_sum')).toBeCloseTo((2.5 + 0.8 + 0.8 + 0.3 + 1) / 1000, 12);
+    expect(value(samples, 'tollgate_gateway_overhead_seconds_bucket', { le: '0.001' })).toBe(4);
+    expect(value(samples, 'tollgate_gateway_overhead_seconds_bucket', { le: '+Inf' })).toBe(5);
+    expect(value(samples, 'tollgate_upstream_duration_seconds_count', { endpoint: 'chat.completions' })).toBe(2);
+    expect(value(samples, 'tollgate_upstream_duration_seconds_sum', { endpoint: 'chat.completions' })).toBeCloseTo(0.969, 12);
+    expect(value(samples, 'tollgate_upstream_duration_seconds_bucket', { endpoint: 'chat.completions', le: '0.25' })).toBe(1);
+    expect(value(samples, 'tollgate_upstream_duration_seconds_bucket', { endpoint: 'chat.completions', le: '1' })).toBe(2);
+    expect(value(samples, 'tollgate_time_to_first_byte_seconds_count', { endpoint: 'chat.completions', stream: 'true' })).toBe(1);
+    expect(value(samples, 'tollgate_time_to_first_byte_seconds_count', { endpoint: 'chat.completions', stream: 'false' })).toBe(4);
+    expect(value(samples, 'tollgate_time_to_first_byte_seconds_bucket', { endpoint: 'chat.completions', stream: 'false', le: '0.001' })).toBe(3);
+
+    // Process and runtime metrics, under their standard names.
+    for (const name of ['process_cpu_user_seconds_total', 'process_resident_memory_bytes', 'nodejs_heap_size_used_bytes', 'nodejs_eventloop_lag_p99_seconds']) {
+      expect(find(samples, name).length, name).toBeGreaterThan(0);
+    }
+
+    // Budgets, read once per scrape; one unit per metric; a key without a name is labelled by its id.
+    expect(budgetCalls).toBe(1);
+    expect(value(samples, 'tollgate_budget_remaining_usd', { key: 'billing-app', limit: 'usdPerDay' })).toBe(12.5);
+    expect(value(samples, 'tollgate_budget_remaining_tokens', { key: 'billing-app', limit: 'tokensPerMonth' })).toBe(900000);
+    expect(value(samples, 'tollgate_budget_remaining_tokens', { key: 'key_b', limit: 'tokensPerDay' })).toBe(0);
+    expect(find(samples, 'tollgate_budget_remaining_usd')).toHaveLength(1);
+    expect(find(samples, 'tollgate_budget_remaining_tokens')).toHaveLength(2);
+    expect(value(samples, 'tollgate_budget_used_ratio', { key: 'billing-app', limit: 'usdPerDay' })).toBe(0.375);
+    expect(value(samples, 'tollgate_budget_used_ratio', { key: 'billing-app', limit: 'tokensPerMonth' })).toBe(0.1);
+    expect(value(samples, 'tollgate_budget_used_ratio', { key: 'key_b', limit: 'tokensPerDay' })).toBe(1.25);
+    expect(value(samples, 'tollgate_budget_collect_failures_total')).toBe(0);
+
+    // Counters add up across scrapes; budgets are read again.
+    metrics.observe(miss);
+    const again = await scrape(app);
+    expect(value(again.samples, 'tollgate_cost_usd_total', a)).toBe(0.005);
+    expect(value(again.samples, 'tollgate_tokens_total', { ...a, kind: 'prompt' })).toBe(2400);
+    expect(budgetCalls).toBe(2);
+  });
+
+  it('labels models from a bounded set', async () => {
+    const { metrics } = await buildMetricsApp({ maxUnpricedModelLabels: 2 });
+    // The answered model wins; a requested model only when the price table knows it (snapshots included).
+    expect(metrics.modelLabel('gpt-4o-mini', 'gpt-4o-mini-2024-07-18')).toBe('gpt-4o-mini-2024-07-18');
+    expect(metrics.modelLabel('gpt-4o')).toBe('gpt-4o');
+    expect(metrics.modelLabel('gpt-4o-mini-2024-07-18', null)).toBe('gpt-4o-mini-2024-07-18');
+    expect(metrics.modelLabel('random-3b1f', null)).toBe('other');
+    expect(metrics.modelLabel('gpt-4o\n{evil="1"}', null)).toBe('other');
+    expect(metrics.modelLabel(null, null)).toBe('none');
+    // An upstream that echoes any name: at most maxUnpricedModelLabels unpriced answered models get a series.
+    expect(metrics.modelLabel('ft:custom-1', 'ft:custom-1')).toBe('ft:custom-1');
+    expect(metrics.modelLabel('echo-2', 'echo-2')).toBe('echo-2');
+    expect(metrics.modelLabel('echo-3', 'echo-3')).toBe('other');
+    expect(metrics.modelLabel('ft:custom-1', 'ft:custom-1')).toBe('ft:custom-1');
+    expect(metrics.modelLabel('gpt-4.1', 'gpt-4.1')).toBe('gpt-4.1');
+    expect(metrics.modelLabel('x', 'x'.repeat(500))).toBe('other');
+  });
+
+  it('serves the scrape without budget gauges when budgets() rejects', async () => {
+    let calls = 0;
+    const errors: string[] = [];
+    const { app, metrics } = await buildMetricsApp({
+      budgets: async () => {
+        calls++;
+        if (calls === 1) throw new Error('store down');
+        return budgetList;
+      },
+      onBudgetsError: (err) => errors.push(err.message),
+    });
+    metrics.observe(miss);
+    const first = await scrape(app);
+    expect(first.res.statusCode).toBe(200);
+    expect(first.text).toContain('# TYPE tollgate_budget_used_ratio gauge');
+    expect(find(first.samples, 'tollgate_budget_used_ratio')).toHaveLength(0);
+    expect(find(first.samples, 'tollgate_budget_remaining_usd')).toHaveLength(0);
+    expect(value(first.samples, 'tollgate_budget_collect_failures_total')).toBe(1);
+    expect(value(first.samples, 'tollgate_cost_usd_total', { key: 'billing-app', model: 'gpt-4o-mini-2024-07-18' })).toBe(0.0025);
+    expect(errors).toEqual(['store down']);
+    expect(calls).toBe(1);
+
+    // The next scrape tries again and recovers.
+    const second = await scrape(app);
+    expect(value(second.samples, 'tollgate_budget_used_ratio', { key: 'billing-app', limit: 'usdPerDay' })).toBe(0.375);
+    expect(value(second.samples, 'tollgate_budget_collect_failures_total')).toBe(1);
+  });
+
+  it('serves the scrape in time without budget gauges when budgets() hangs, and does not pile up calls', async () => {
+    let calls = 0;
+    const { app } = await buildMetricsApp({
+      budgets: () => {
+        calls++;
+        return new Promise<BudgetGauge[]>(() => {});
+      },
+      budgetsTimeoutMs: 50,
+    });
+    const started = performance.now();
+    const first = await scrape(app);
+    expect(performance.now() - started).toBeLessThan(2000);
+    expect(first.res.statusCode).toBe(200);
+    expect(find(first.samples, 'tollgate_budget_used_ratio')).toHaveLength(0);
+    expect(value(first.samples, 'tollgate_budget_collect_failures_total')).toBe(1);
+    expect(find(first.samples, 'process_cpu_user_seconds_total')).toHaveLength(1);
+
+    const second = await scrape(app);
+    expect(second.res.statusCode).toBe(200);
+    expect(value(second.samples, 'tollgate_budget_collect_failures_total')).toBe(2);
+    // The stuck call is joined, not repeated.
+    expect(calls).toBe(1);
+  });
+
+  it('serves the scrape without budget gauges when no budgets() is given', async () => {
+    const { app } = await buildMetricsApp();
+    const { res, samples } = await scrape(app);
+    expect(res.statusCode).toBe(200);
+    expect(find(samples, 'tollgate_budget_used_ratio')).toHaveLength(0);
+    expect(value(samples, 'tollgate_budget_collect_failures_total')).toBe(0);
+  });
+
+  it('requires the bearer token when one is configured', async () => {
+    const token = 'metrics-token-0123456789';
+    const { app } = await buildMetricsApp({}, token);
+    const refused: Record<string, string>[] = [{}, { authorization: 'Bearer wrong-token' }, { authorization: token }, { authorization: `Basic ${token}` }];
+    for (const headers of refused) {
+      const { res } = await scrape(app, headers);
+      expect(res.statusCode, JSON.stringify(headers)).toBe(401);
+      expect(res.json()).toEqual({
+        error: { message: expect.any(String), type: 'invalid_request_error', param: null, code: 'invalid_metrics_token' },
+      });
+      expect(res.body).not.toContain(token);
+    }
+    const ok = await scrape(app, { authorization: `Bearer ${token}` });
+    expect(ok.res.statusCode).toBe(200);
+    expect(ok.text).toContain('# TYPE tollgate_requests_total counter');
+  });
+
+  it('keeps each app in its own registry', async () => {
+    const one = await buildMetricsApp();
+    const two = await buildMetricsApp();
+    one.metrics.observe(miss);
+    const a = await scrape(one.app);
+    const b = await scrape(two.app);
+    expect(find(a.samples, 'tollgate_requests_total')).toHaveLength(1);
+    expect(find(b.samples, 'tollgate_requests_total')).toHaveLength(0);
+  });
+});
+
+// --- The Grafana dashboard never drifts from the code ---------------------------------------------
+interface Panel {
+  type: string;
+  title?: string;
+  datasource?: { type: string; uid: string };
+  targets?: { expr?: string }[];
+  panels?: Panel[];
+}
+
+const PROMQL_KEYWORDS = new Set(['and', 'or', 'unless', 'bool', 'offset', 'by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'inf', 'nan']);
+
+/** The metric names a PromQL expression reads: identifiers that are not functions, keywords, labels or numbers. */
+function metricNamesOf(expr: string): string[] {
+  const stripped = expr
+    .replace(/"(?:[^"\\]|\\.)*"/g, '""') // string literals
+    .replace(/\{[^}]*\}/g, ' ') // label matchers
+    .replace(/\[[^\]]*\]/g, ' ') // range and subquery durations
+    .replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/g, ' ') // label lists
+    .replace(/\$\w+/g, ' ') // dashboard variables
+    .replace(/\b\d+(\.\d+)?(e[+-]?\d+)?\b/gi, ' '); // numbers
+  const names: string[] = [];
+  for (const m of stripped.matchAll(/([a-zA-Z_:][\w:]*)(\s*\()?/g)) {
+    if (m[2] || PROMQL_KEYWORDS.has(m[1]!.toLowerCase())) continue; // a function or aggregation, or a keyword
+    names.push(m[1]!);
+  }
+  return names;
+}
+
+/** Label names an expression uses in matchers and in by/without lists. */
+function labelNamesOf(expr: string): string[] {
+  const labels: string[] = [];
+  for (const sel of expr.matchAll(/\{([^}]*)\}/g)) for (const l of sel[1]!.matchAll(/(\w+)\s*(=~|!~|!=|=)/g)) labels.push(l[1]!);
+  for (const list of expr.matchAll(/\b(?:by|without)\s*\(([^)]*)\)/g)) labels.push(...list[1]!.split(',').map((s) => s.trim()).filter(Boolean));
+  return labels;
+}
+
+describe('grafana dashboard', () => {
+  const dashboard = JSON.parse(readFileSync(new URL('../../grafana/tollgate-dashboard.json', import.meta.url), 'utf8')) as {
+    schemaVersion: number;
+    __inputs: { name: string; type: string; pluginId: string }[];
+    panels: Panel[];
+    templating: { list: { name: string; query?: { query: string } | string }[] };
+  };
+  const panels = dashboard.panels.flatMap((p) => [p, ...(p.panels ?? [])]).filter((p) => p.type !== 'row');
+
+  it('is importable with a Prometheus datasource input', () => {
+    expect(dashboard.schemaVersion).toBeGreaterThanOrEqual(36);
+    expect(dashboard.__inputs).toContainEqual(expect.objectContaining({ name: 'DS_PROMETHEUS', type: 'datasource', pluginId: 'prometheus' }));
+    expect(panels.length).toBeGreaterThan(10);
+    for (const p of panels) {
+      expect(p.datasource, p.title).toEqual({ type: 'prometheus', uid: '${DS_PROMETHEUS}' });
+      expect(p.targets?.length, p.title).toBeGreaterThan(0);
+    }
+  });
+
+  it('reads only metrics and labels the gateway exposes', async () => {
+    const { app, metrics } = await buildMetricsApp({ budgets: async () => budgetList });
+    for (const e of [miss, hit, unauthenticated, randomModel]) metrics.observe(e);
+    const { text, samples } = await scrape(app);
+    const exposed = exposedNames(text);
+    // Prometheus adds job and instance at scrape; le and quantile come with histograms and summaries.
+    const labels = new Set(['job', 'instance', 'le', 'quantile', ...samples.flatMap((s) => Object.keys(s.labels))]);
+
+    const exprs = panels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr ?? '' })));
+    const used = new Set<string>();
+    for (const { panel, expr } of exprs) {
+      const names = metricNamesOf(expr);
+      expect(names.length, `${panel}: ${expr}`).toBeGreaterThan(0);
+      for (const name of names) {
+        expect(exposed.has(name), `${panel}: ${name} is not exposed`).toBe(true);
+        used.add(name);
+      }
+      for (const label of labelNamesOf(expr)) expect(labels.has(label), `${panel}: label ${label} is never exposed`).toBe(true);
+    }
+    for (const v of dashboard.templating.list) {
+      const query = typeof v.query === 'string' ? v.query : v.query?.query;
+      const name = query && /label_values\(\s*([a-zA-Z_:][\w:]*)/.exec(query)?.[1];
+      if (name) expect(exposed.has(name), `variable ${v.name}: ${name}`).toBe(true);
+    }
+    // The panels the brief asks for all read what they should.
+    for (const name of [
+      'tollgate_requests_total',
+      'tollgate_cost_usd_total',
+      'tollgate_tokens_total',
+      'tollgate_cache_hits_total',
+      'tollgate_cache_saved_usd_total',
+      'tollgate_budget_used_ratio',
+      'tollgate_gateway_overhead_seconds_bucket',
+      'tollgate_upstream_duration_seconds_bucket',
+      'tollgate_time_to_first_byte_seconds_bucket',
+      'process_resident_memory_bytes',
+    ]) {
+      expect(used.has(name), name).toBe(true);
+    }
+  });
+
+  it('finds metric names in PromQL the way the drift check needs', () => {
+    expect(
+      metricNamesOf('histogram_quantile(0.99, sum by (le, endpoint) (rate(tollgate_upstream_duration_seconds_bucket{job=~"$job"}[$__rate_interval])))'),
+    ).toEqual(['tollgate_upstream_duration_seconds_bucket']);
+    expect(metricNamesOf('sum(rate(a_total{x="y or z"}[5m])) / clamp_min(sum(rate(b_total[5m])), 1e-9) * 3600')).toEqual(['a_total', 'b_total']);
+    expect(metricNamesOf('process_resident_memory_bytes')).toEqual(['process_resident_memory_bytes']);
+  });
+});
