@@ -2,5 +2,6 @@
 // Command (see ../command.ts; keys.ts is an example), then list it here. Help and dispatch pick it up.
 import type { Command } from '../command.js';
 import { keysCommand } from './keys.js';
+import { usageCommand } from './usage.js';
 
-export const commands: Command[] = [keysCommand];
+export const commands: Command[] = [keysCommand, usageCommand];
