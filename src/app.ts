@@ -19,6 +19,7 @@ import type { UsageEvent } from './usage/event.js';
 import { createMetrics } from './metrics/metrics.js';
 import { budgetGauges } from './metrics/budgets.js';
 import { metricsRoutes } from './routes/metrics.js';
+import { dashboardRoutes } from './dashboard/routes.js';
 import { createAlerts } from './alerts/alerts.js';
 import { loadPriceTable, priceFromUsdPerMillion } from './openai/prices.js';
 import { v1Routes } from './routes/v1.js';
@@ -188,6 +189,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   await app.register(metricsRoutes, { metrics, token: config.metricsToken });
   await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, keyResolver, authGuard, logBodies: config.logBodies });
   if (config.adminToken) {
+    // The page itself holds no data; it needs the admin token to show any, so it exists only with one.
+    await app.register(dashboardRoutes, { prefix: '/dashboard' });
     await app.register(adminRoutes, {
       prefix: '/admin',
       adminToken: config.adminToken,
