@@ -3,10 +3,11 @@
 // entries and single-flight locks as PX strings, their releases on a pub/sub channel; usage in one
 // hash per UTC hour and a capped stream of events.
 import { randomBytes } from 'node:crypto';
-import { Redis, type ChainableCommander, type RedisOptions } from 'ioredis';
+import type { ChainableCommander, Redis } from 'ioredis';
 import { z } from 'zod';
 import { limitsSchema, type KeyRecord } from '../keys.js';
 import { loadLua } from './lua.js';
+import { createRedisConnection, type RedisClient, type RedisConnection, type RedisConnectionOptions } from './redis-connection.js';
 import { CacheWaitList } from './cache-wait.js';
 import {
   EMPTY_BUDGET,
@@ -55,22 +56,16 @@ export interface RedisStoreLogger {
   error(obj: object, msg?: string): void;
 }
 
-export interface RedisStoreOptions {
-  url: string;
+/** Where Redis is (one server, a cluster or Sentinel: see RedisConnectionOptions), and how the store uses it. */
+export interface RedisStoreOptions extends RedisConnectionOptions {
   /** Prepended to every key and channel; default 'tg:'. */
   prefix?: string;
-  /** Upper bound on every command, queued or sent; default 1000. */
-  commandTimeoutMs?: number;
-  /** Per connection attempt; default 2000. */
-  connectTimeoutMs?: number;
   /** Defaults to silence; the gateway passes its pino logger. */
   logger?: RedisStoreLogger;
 }
 
 /** How often a persisting Redis outage is logged again. */
 const ERROR_LOG_INTERVAL_MS = 30_000;
-/** Reconnect backoff: 100 ms doubling to this cap, plus jitter so instances do not reconnect in step. */
-const MAX_RECONNECT_DELAY_MS = 2_000;
 const WILDCARD = { id: '*', hash: '*' } as const;
 
 // Checks the shape the gateway relies on. Loose objects keep fields a newer version may have
@@ -121,9 +116,12 @@ const SETTLE_OUTCOMES: Record<number, SettleOutcome> = { 1: 'settled', 2: 'alrea
 
 export class RedisStore implements Store {
   readonly kind = 'redis' as const;
-  readonly #redis: Redis;
-  /** Subscriber mode needs a connection of its own. */
-  readonly #sub: Redis;
+  readonly #conn: RedisConnection;
+  /** One server (standalone or Sentinel-named) or a cluster client that routes each command to its slot's master. */
+  readonly #redis: RedisClient;
+  readonly #cluster: boolean;
+  /** Subscriber mode needs a connection of its own; on a cluster it is replaced when its node is lost. */
+  #sub: Redis;
   readonly #keys: RedisKeys;
   /** The same connection as #redis, seen with its script commands. */
   readonly #scripts: QuotaCommands;
@@ -153,39 +151,22 @@ export class RedisStore implements Store {
     this.#corruptUsageFieldLog = new ThrottledLog(this.#log, 'malformed usage aggregate field in redis; skipping it');
     this.#waits = new CacheWaitList((name) => this.#cacheOutcome(name));
 
-    const options: RedisOptions = {
-      // Every command, including those queued while disconnected, fails after this: nothing hangs.
-      // A timed-out write may still land later (it was sent, or sits in the offline queue), so a
-      // timeout means "outcome unknown" (updateKey is safe to retry; createKey may then say the id exists).
-      commandTimeout: this.#timeoutMs,
-      connectTimeout: opts.connectTimeoutMs ?? 2000,
-      // Commands that outlive a lost connection are retried once, then failed; together with the
-      // reconnect backoff this also bounds how much the offline queue can hold during an outage.
-      maxRetriesPerRequest: 1,
-      // Never give up: the gateway must recover by itself once Redis is back.
-      retryStrategy: (times) =>
-        Math.min(100 * 2 ** Math.min(times - 1, 10), MAX_RECONNECT_DELAY_MS) + Math.floor(Math.random() * 100),
-      // Connects in the background, so a Redis that is down at start only makes /readyz fail.
-      lazyConnect: false,
-      connectionName: 'tollgate',
-    };
-    this.#redis = new Redis(opts.url, options);
+    // Connects in the background and retries until Redis answers (see redis-connection.ts).
+    this.#conn = createRedisConnection({ ...opts, commandTimeoutMs: this.#timeoutMs });
+    this.#redis = this.#conn.client;
+    this.#cluster = this.#conn.mode === 'cluster';
     // EVALSHA, falling back to EVAL once per connection when Redis does not have the script yet.
     this.#redis.defineCommand('tollgateAdmit', { numberOfKeys: 5, lua: loadLua('admit') });
     this.#redis.defineCommand('tollgateSettle', { numberOfKeys: 6, lua: loadLua('settle') });
     this.#redis.defineCommand('tollgateHit', { numberOfKeys: 1, lua: loadLua('hit') });
     this.#redis.defineCommand('tollgateRelease', { numberOfKeys: 1, lua: loadLua('release') });
     this.#scripts = this.#redis as unknown as QuotaCommands;
-    // We subscribe ourselves on every 'ready', to learn when the subscription is live again.
-    this.#sub = this.#redis.duplicate({ autoResubscribe: false, connectionName: 'tollgate:sub' });
-
-    for (const [name, conn] of [['command', this.#redis], ['subscriber', this.#sub]] as const) {
-      // Without a listener ioredis reports every failed reconnect on stderr.
-      conn.on('error', (err: unknown) => this.#outage.error(name, err));
-      conn.on('ready', () => this.#outage.recovered(name));
-    }
-    this.#sub.on('ready', () => void this.#subscribe());
-    this.#sub.on('message', (channel: string, message: string) => this.#onMessage(channel, message));
+    // Without a listener ioredis reports every failed reconnect on stderr. A cluster reports its
+    // nodes' connection errors as 'node error'.
+    this.#redis.on('error', (err: unknown) => this.#outage.error('command', err));
+    if (this.#cluster) this.#redis.on('node error', (err: unknown) => this.#outage.error('command', err));
+    this.#redis.on('ready', () => this.#outage.recovered('command'));
+    this.#sub = this.#openSubscriber();
   }
 
   async createKey(record: KeyRecord): Promise<void> {
@@ -322,15 +303,15 @@ export class RedisStore implements Store {
       byKey.set(keyId, args);
     }
     // One round trip; XX: a lease already released (its reservation given back) is not brought back.
-    const pipeline = this.#redis.pipeline();
-    for (const [keyId, args] of byKey) pipeline.zadd(this.#keys.leases(keyId), 'XX', ...args);
-    throwFirstError(await pipeline.exec());
+    // Each gateway key's leases sit in its own slot.
+    await this.#perKey([...byKey].map(([keyId, args]) => (p) => p.zadd(this.#keys.leases(keyId), 'XX', ...args)));
   }
 
   async quotaUsage(keyId: string, periods: Periods, now: number): Promise<QuotaUsage> {
     checkPeriods(periods);
     const k = this.#keys;
-    // One round trip, read only. Not one atomic snapshot, which a report does not need.
+    // One round trip, read only. Not one atomic snapshot, which a report does not need. One
+    // pipeline even on a cluster: every key carries the `{keyId}` tag, so they share a slot.
     const replies = throwFirstError(
       await this.#redis
         .pipeline()
@@ -397,6 +378,7 @@ export class RedisStore implements Store {
     // finds the entry (stored before the release) and reads 'filled' all the same. The publish goes
     // out even if the lock had lapsed and was taken over (the script then leaves it alone): the
     // new leader's waiters only re-read what is stored, so at worst they call upstream themselves.
+    // On a cluster too: PUBLISH names no key, so the pipeline stays in the lock's slot.
     const pipeline = this.#redis.pipeline() as ChainableCommander & { tollgateRelease(lock: string, token: string): ChainableCommander };
     throwFirstError(await pipeline.tollgateRelease(lock, token).publish(this.#keys.cacheFillsChannel(), message).exec());
   }
@@ -408,7 +390,7 @@ export class RedisStore implements Store {
   async cachePurge(scopePrefix = ''): Promise<number> {
     const match = this.#keys.cacheEntryPattern(scopePrefix);
     let deleted = 0;
-    for (const node of this.#scanNodes()) {
+    for (const node of await this.#scanNodes()) {
       let cursor = '0';
       do {
         const [next, keys] = await node.scan(cursor, 'MATCH', match, 'COUNT', PURGE_SCAN_COUNT);
@@ -417,7 +399,8 @@ export class RedisStore implements Store {
         const doomed = keys.filter((key) => this.#keys.cacheNameOf(key)?.startsWith(scopePrefix) ?? false);
         if (doomed.length === 0) continue;
         // One UNLINK per key, pipelined, not one UNLINK of them all: on a cluster node a multi-key
-        // command must stay in one slot, and global entries are spread over many.
+        // command must stay in one slot, and global entries are spread over many. The pipeline goes
+        // to the node the keys were scanned on, which serves them all.
         const pipeline = node.pipeline();
         for (const key of doomed) pipeline.unlink(key);
         for (const n of throwFirstError(await pipeline.exec())) deleted += Number(n);
@@ -452,9 +435,8 @@ export class RedisStore implements Store {
     let skipped = 0;
     for (let i = 0; i < hours.length; i += USAGE_HOURS_PER_ROUND_TRIP) {
       const chunk = hours.slice(i, i + USAGE_HOURS_PER_ROUND_TRIP);
-      const pipeline = this.#redis.pipeline();
-      for (const hour of chunk) pipeline.hgetall(this.#keys.usageHour(hour));
-      const replies = throwFirstError(await pipeline.exec()) as Record<string, string>[];
+      // Each hour is its own slot.
+      const replies = (await this.#perKey(chunk.map((hour) => (p) => p.hgetall(this.#keys.usageHour(hour))))) as Record<string, string>[];
       chunk.forEach((hour, j) => {
         const read = usageRowsOfHour(hour, Object.entries(replies[j] ?? {}));
         rows.push(...read.rows);
@@ -500,9 +482,11 @@ export class RedisStore implements Store {
     return (await this.#redis.set(this.#keys.mark(name), '1', 'PX', ttlMs, 'NX')) === 'OK';
   }
 
+  /** On a cluster, every master must answer: with one down, the keys of its slots are unreachable. */
   async ping(): Promise<void> {
-    const reply = await this.#redis.ping();
-    if (reply !== 'PONG') throw new Error(`unexpected PING reply: ${String(reply)}`);
+    const replies = await Promise.all((await this.#conn.masters()).map((node) => node.ping()));
+    const bad = replies.find((reply) => reply !== 'PONG');
+    if (bad !== undefined) throw new Error(`unexpected PING reply: ${String(bad)}`);
   }
 
   async close(): Promise<void> {
@@ -514,15 +498,36 @@ export class RedisStore implements Store {
     await Promise.all([shutdown(this.#redis, this.#timeoutMs), shutdown(this.#sub, this.#timeoutMs)]);
   }
 
-  async #subscribe(): Promise<void> {
-    if (this.#closed) return;
+  /**
+   * Opens the subscriber connection. We subscribe ourselves on every 'ready', to learn when the
+   * subscription is live again. A cluster subscriber ends when its node stays unreachable; another
+   * node then takes over (any node hears every PUBLISH).
+   */
+  #openSubscriber(): Redis {
+    const sub = this.#conn.subscriber();
+    sub.on('error', (err: unknown) => this.#outage.error('subscriber', err));
+    sub.on('ready', () => {
+      this.#outage.recovered('subscriber');
+      void this.#subscribe(sub);
+    });
+    sub.on('message', (channel: string, message: string) => {
+      if (sub === this.#sub) this.#onMessage(channel, message);
+    });
+    sub.once('end', () => {
+      if (!this.#closed && sub === this.#sub) this.#sub = this.#openSubscriber();
+    });
+    return sub;
+  }
+
+  async #subscribe(sub: Redis): Promise<void> {
+    if (this.#closed || sub !== this.#sub) return;
     try {
-      await this.#sub.subscribe(this.#keys.keyChangesChannel(), this.#keys.cacheFillsChannel());
+      await sub.subscribe(this.#keys.keyChangesChannel(), this.#keys.cacheFillsChannel());
     } catch (err) {
       if (this.#closed) return;
       this.#outage.error('subscriber', err);
       // Reconnecting brings another 'ready', hence another attempt.
-      this.#sub.disconnect(true);
+      sub.disconnect(true);
       return;
     }
     // Changes published while we were not subscribed are lost; on the first subscription too, as
@@ -566,12 +571,30 @@ export class RedisStore implements Store {
     return Number(lock) > 0 ? null : 'failed';
   }
 
+  /** The servers a SCAN must visit: SCAN walks one server's keyspace only, so on a cluster every master. */
+  #scanNodes(): Promise<Redis[]> {
+    return this.#conn.masters();
+  }
+
   /**
-   * The servers a SCAN must visit: SCAN walks one server's keyspace only, so on a Redis Cluster
-   * this must become every master (ioredis `cluster.nodes('master')`). Standalone: this connection.
+   * Independent commands, each on one key, where the keys may sit in different cluster slots, in one
+   * round trip: one pipeline on a single server; on a cluster (where ioredis refuses a pipeline that
+   * spans nodes, and a reshard could split any multi-slot group) one single-command pipeline each,
+   * all sent at once, each to its slot's master. Replies in order; the first error is thrown.
    */
-  #scanNodes(): Redis[] {
-    return [this.#redis];
+  async #perKey(commands: ((p: ChainableCommander) => unknown)[]): Promise<unknown[]> {
+    if (!this.#cluster) {
+      const pipeline = this.#redis.pipeline();
+      for (const add of commands) add(pipeline);
+      return throwFirstError(await pipeline.exec());
+    }
+    return Promise.all(
+      commands.map(async (add) => {
+        const pipeline = this.#redis.pipeline();
+        add(pipeline);
+        return throwFirstError(await pipeline.exec())[0];
+      }),
+    );
   }
 
   #notify(change: { id: string; hash: string }) {
@@ -657,7 +680,7 @@ class ThrottledLog {
 }
 
 /** QUIT lets replies in flight arrive; a connection that is not up has none, so it is just cut. */
-async function shutdown(conn: Redis, timeoutMs: number): Promise<void> {
+async function shutdown(conn: RedisClient, timeoutMs: number): Promise<void> {
   if (conn.status === 'ready') {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<void>((resolve) => {

@@ -3,13 +3,14 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it, vi } from 'vitest';
 import { newKeyId } from '../../src/keys.js';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import { redisKeys } from '../../src/store/redis-keys.js';
 import { createRedisStore, type RedisStoreOptions } from '../../src/store/redis-store.js';
 import type { CacheEntry, Store } from '../../src/store/store.js';
 import { freePort } from '../helpers/redis-server.js';
+import { clusterAddresses } from '../helpers/redis-cluster.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 
 const open: Store[] = [];
@@ -24,6 +25,11 @@ function track<S extends Store>(store: S): S {
 
 function redisStore(opts: Partial<RedisStoreOptions> = {}) {
   return createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix(), ...opts }).then(track);
+}
+
+/** A store on the run's Redis Cluster (three masters). */
+function clusterStore(opts: Partial<RedisStoreOptions> = {}) {
+  return createRedisStore({ clusterNodes: clusterAddresses(inject('redisClusterNodes')), prefix: uniquePrefix(), ...opts }).then(track);
 }
 
 /** A name as the cache module builds it: `<scope>:<sha256 hex>`. */
@@ -64,6 +70,13 @@ describe.each([
     pair: async (): Promise<[Store, Store]> => {
       const prefix = uniquePrefix();
       return [await redisStore({ prefix }), await redisStore({ prefix })];
+    },
+  },
+  {
+    kind: 'cluster',
+    pair: async (): Promise<[Store, Store]> => {
+      const prefix = uniquePrefix();
+      return [await clusterStore({ prefix }), await clusterStore({ prefix })];
     },
   },
 ])('Store cache contract: $kind', ({ pair }) => {

@@ -3,12 +3,13 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { newKeyId } from '../../src/keys.js';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import { redisKeys } from '../../src/store/redis-keys.js';
 import { createRedisStore, type RedisStoreOptions } from '../../src/store/redis-store.js';
 import type { AdmissionRequest, AdmissionResult, Periods, Store, StoreLimits } from '../../src/store/store.js';
+import { clusterAddresses } from '../helpers/redis-cluster.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 
 const open: Store[] = [];
@@ -23,6 +24,11 @@ function track<S extends Store>(store: S): S {
 
 function redisStore(opts: Partial<RedisStoreOptions> = {}) {
   return createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix(), ...opts }).then(track);
+}
+
+/** A store on the run's Redis Cluster (three masters). */
+function clusterStore(opts: Partial<RedisStoreOptions> = {}) {
+  return createRedisStore({ clusterNodes: clusterAddresses(inject('redisClusterNodes')), prefix: uniquePrefix(), ...opts }).then(track);
 }
 
 const SECOND = 1000;
@@ -90,6 +96,7 @@ function forKey(store: Store, limits: Partial<StoreLimits> = {}) {
 describe.each([
   { kind: 'memory', create: async (): Promise<Store> => track(createMemoryStore()) },
   { kind: 'redis', create: (): Promise<Store> => redisStore() },
+  { kind: 'cluster', create: (): Promise<Store> => clusterStore() },
 ])('Store quota contract: $kind', ({ create }) => {
   it('admits anything with no limits set, records the reservation, and returns no window states', async () => {
     const key = forKey(await create());

@@ -4,13 +4,14 @@ import { randomUUID } from 'node:crypto';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it, vi } from 'vitest';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import { redisKeys } from '../../src/store/redis-keys.js';
 import { createRedisStore, type RedisStoreOptions } from '../../src/store/redis-store.js';
 import type { Store, UsageRow } from '../../src/store/store.js';
 import { MAX_USAGE_ROW_HOURS, USAGE_METRICS } from '../../src/store/usage-math.js';
 import type { UsageEvent } from '../../src/usage/event.js';
+import { clusterAddresses } from '../helpers/redis-cluster.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 
 const open: Store[] = [];
@@ -25,6 +26,11 @@ function track<S extends Store>(store: S): S {
 
 function redisStore(opts: Partial<RedisStoreOptions> = {}) {
   return createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix(), ...opts }).then(track);
+}
+
+/** A store on the run's Redis Cluster (three masters). */
+function clusterStore(opts: Partial<RedisStoreOptions> = {}) {
+  return createRedisStore({ clusterNodes: clusterAddresses(inject('redisClusterNodes')), prefix: uniquePrefix(), ...opts }).then(track);
 }
 
 const HOUR = 3_600_000;
@@ -96,6 +102,10 @@ describe.each([
   {
     kind: 'redis',
     make: async (): Promise<Harness> => ({ store: await redisStore(), now: () => Date.now(), advance: (ms) => sleep(ms) }),
+  },
+  {
+    kind: 'cluster',
+    make: async (): Promise<Harness> => ({ store: await clusterStore(), now: () => Date.now(), advance: (ms) => sleep(ms) }),
   },
 ])('Store usage contract: $kind', ({ make }) => {
   it('aggregates events per hour x key x model, summing every metric exactly', async () => {

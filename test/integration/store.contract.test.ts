@@ -1,12 +1,13 @@
 // The Store contract, run against the memory and Redis stores; then what only the Redis store promises.
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it, vi } from 'vitest';
 import { hashSecret, newKeyId, newSecret, secretHint, type KeyRecord } from '../../src/keys.js';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import { redisKeys } from '../../src/store/redis-keys.js';
 import { createRedisStore, type RedisStoreOptions } from '../../src/store/redis-store.js';
 import type { Store } from '../../src/store/store.js';
 import { freePort, startRedisServer } from '../helpers/redis-server.js';
+import { clusterAddresses } from '../helpers/redis-cluster.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 
 type Change = { id: string; hash: string };
@@ -23,6 +24,11 @@ function track<S extends Store>(store: S): S {
 
 function redisStore(opts: Partial<RedisStoreOptions> = {}) {
   return createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix(), ...opts }).then(track);
+}
+
+/** A store on the run's Redis Cluster (three masters). */
+function clusterStore(opts: Partial<RedisStoreOptions> = {}) {
+  return createRedisStore({ clusterNodes: clusterAddresses(inject('redisClusterNodes')), prefix: uniquePrefix(), ...opts }).then(track);
 }
 
 let clock = Date.parse('2025-01-01T00:00:00.000Z');
@@ -53,9 +59,10 @@ function recordChanges(store: Store) {
 }
 
 describe.each([
-  { kind: 'memory', create: async (): Promise<Store> => track(createMemoryStore()) },
-  { kind: 'redis', create: (): Promise<Store> => redisStore() },
-])('Store contract: $kind', ({ kind, create }) => {
+  { name: 'memory', kind: 'memory', create: async (): Promise<Store> => track(createMemoryStore()) },
+  { name: 'redis', kind: 'redis', create: (): Promise<Store> => redisStore() },
+  { name: 'cluster', kind: 'redis', create: (): Promise<Store> => clusterStore() },
+])('Store contract: $name', ({ kind, create }) => {
   it('reports its kind', async () => {
     expect((await create()).kind).toBe(kind);
   });
@@ -364,5 +371,75 @@ describe('Redis store only', () => {
     await raw.publish(channel, JSON.stringify({ id: 42 }));
     await raw.publish(channel, JSON.stringify({ id: 'key_x', hash: 'h' }));
     await vi.waitFor(() => expect(heard.changes).toEqual([{ id: 'key_x', hash: 'h' }]), { timeout: 1000, interval: 10 });
+  });
+});
+
+describe('Redis Cluster only', () => {
+  let raw: Redis;
+  beforeAll(() => {
+    const [first] = clusterAddresses(inject('redisClusterNodes'));
+    raw = new Redis(first!.port, first!.host, { maxRetriesPerRequest: 1, commandTimeout: 2000 });
+  });
+  afterAll(async () => {
+    await raw.quit();
+  });
+
+  const slotOf = async (key: string) => Number(await raw.call('CLUSTER', 'KEYSLOT', key));
+
+  it('every key a script or a one-slot pipeline gets for a gateway key hashes to one slot', async () => {
+    for (const id of ['key_abc', newKeyId(), 'odd:id|with%chars']) {
+      const k = redisKeys(uniquePrefix());
+      const groups: Record<string, string[]> = {
+        // admit.lua KEYS, then the budget hashes of other periods it builds from the stems.
+        admit: [
+          k.window(id), k.reservations(id), k.leases(id), k.dayBudget(id, '2026-11-18'), k.monthBudget(id, '2026-11'),
+          k.dayBudget(id, '') + '2026-11-17', k.monthBudget(id, '') + '2026-10',
+        ],
+        // settle.lua KEYS, then the same built keys.
+        settle: [
+          k.window(id), k.reservations(id), k.leases(id), k.settled(id), k.dayBudget(id, '2026-11-18'), k.monthBudget(id, '2026-11'),
+          k.dayBudget(id, '') + '2026-11-17', k.monthBudget(id, '') + '2026-10',
+        ],
+        // quotaUsage's pipeline.
+        quotaUsage: [k.window(id), k.leases(id), k.dayBudget(id, '2026-11-18'), k.monthBudget(id, '2026-11')],
+        // cacheRelease (release.lua) and the waiters' check: an entry and its lock, per-key and global scope.
+        cacheScoped: [k.cacheEntry(`${id.replace(/[{}]/g, '')}:abc`), k.cacheLock(`${id.replace(/[{}]/g, '')}:abc`)],
+        cacheGlobal: [k.cacheEntry('global:0123abcd'), k.cacheLock('global:0123abcd')],
+      };
+      for (const [name, keys] of Object.entries(groups)) {
+        const slots = new Set(await Promise.all(keys.map(slotOf)));
+        expect(slots.size, `${name} for ${id}: ${keys.join(' ')}`).toBe(1);
+      }
+      // A per-key group and the key's record share the tag too (not needed, but the layout says so).
+      expect(await slotOf(k.keyRecord(id))).toBe(await slotOf(k.window(id)));
+    }
+  });
+
+  it('two instances on the cluster hear each other’s changes within a second', async () => {
+    const prefix = uniquePrefix();
+    const a = await clusterStore({ prefix });
+    const b = await clusterStore({ prefix });
+    const heardByB = recordChanges(b);
+    await vi.waitFor(() => expect(heardByB.wildcards()).toBeGreaterThan(0), { timeout: 5000, interval: 10 });
+    const record = makeRecord();
+    await a.createKey(record);
+    await a.updateKey({ ...record, revokedAt: new Date().toISOString() }, record.hash);
+    await vi.waitFor(() => expect(heardByB.changes).toContainEqual({ id: record.id, hash: record.hash }), { timeout: 1000, interval: 10 });
+    expect((await b.getKeyByHash(record.hash))?.revokedAt).not.toBeNull();
+  });
+
+  it('purges global cache entries spread over every master', async () => {
+    const prefix = uniquePrefix();
+    const store = await clusterStore({ prefix });
+    const names = Array.from({ length: 30 }, () => `global:${newKeyId()}`);
+    const entry = { storedAt: 1, body: '{}', model: 'm', promptTokens: 1, cachedPromptTokens: 0, completionTokens: 1 };
+    await Promise.all(names.map((n) => store.cacheSet(n, entry, 60_000)));
+    // Which master serves each entry's slot: they must not all sit on one, or SCAN of one node would do.
+    const ranges = (await raw.call('CLUSTER', 'SLOTS')) as [number, number, [string, number, ...unknown[]]][];
+    const masterOf = (slot: number) => ranges.find(([from, to]) => slot >= from && slot <= to)?.[2][1];
+    const masters = new Set(await Promise.all(names.map(async (n) => masterOf(await slotOf(redisKeys(prefix).cacheEntry(n))))));
+    expect(masters.size).toBeGreaterThan(1);
+    expect(await store.cachePurge('global:')).toBe(30);
+    expect(await Promise.all(names.map((n) => store.cacheGet(n)))).toEqual(names.map(() => null));
   });
 });
