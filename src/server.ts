@@ -23,7 +23,7 @@ async function main() {
     fake = await startFakeOpenAI({ apiKey: 'sk-demo-upstream' });
     config = {
       ...config,
-      upstream: { ...config.upstream, baseUrl: fake.url, apiKey: 'sk-demo-upstream' },
+      upstream: { ...config.upstream, baseUrl: fake.url, apiKey: 'sk-demo-upstream', apiKeys: ['sk-demo-upstream'] },
       adminToken: config.adminToken ?? `demo-admin-${randomBytes(12).toString('hex')}`,
     };
   }

@@ -1,8 +1,10 @@
-// The client that talks to OpenAI: one pooled undici dispatcher, the server-held key, timeouts, abort.
-import { Pool, errors as undiciErrors } from 'undici';
+// The client that talks to OpenAI: one pooled undici dispatcher, the server-held keys, timeouts, retries, abort.
+import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
 import type { Config } from '../config.js';
 import { GatewayError, upstreamTimeout, upstreamUnreachable } from '../errors.js';
+import { createKeyPool, type KeyPoolLogger } from './key-pool.js';
+import { backoffMs, isRetryableError, isRetryableStatus, retryAfterMs, shouldRetryHeader, sleep } from './retry.js';
 
 export interface UpstreamRequest {
   method: 'GET' | 'POST' | 'DELETE';
@@ -11,7 +13,7 @@ export interface UpstreamRequest {
   body?: Buffer | string;
   /** Client headers worth forwarding (already filtered by the caller). */
   headers?: Record<string, string>;
-  /** Aborted when the client goes away: the upstream request is cancelled at once. */
+  /** Aborted when the client goes away: the upstream request is cancelled at once, and never retried. */
   signal?: AbortSignal;
 }
 
@@ -21,6 +23,15 @@ export interface UpstreamResponse {
   body: Readable;
   /** True once the total timeout fired: a body error after that is a 504, not a 502. */
   timedOut(): boolean;
+  /** How many requests upstream saw for this one (1 when the first attempt was answered). */
+  attempts?: number;
+  /** Which server key answered (its index in the pool, never the key). */
+  keyIndex?: number;
+}
+
+export interface UpstreamClientOptions {
+  /** Key trouble (401, 429) and retries are logged here; silent by default. */
+  logger?: KeyPoolLogger;
 }
 
 export type UpstreamClient = ReturnType<typeof createUpstreamClient>;
@@ -36,7 +47,19 @@ export function upstreamFailure(err: unknown, timedOut: boolean): GatewayError {
   return upstreamUnreachable();
 }
 
-export function createUpstreamClient(upstream: Config['upstream']) {
+const silent: KeyPoolLogger = { error() {}, warn() {} };
+
+/** A response we will not pass on: read it off the socket (so the connection can be reused) or drop it. */
+async function discard(res: Dispatcher.ResponseData): Promise<void> {
+  try {
+    await res.body.dump({ limit: 64 * 1024 });
+  } catch {
+    res.body.destroy();
+  }
+}
+
+export function createUpstreamClient(upstream: Config['upstream'], options: UpstreamClientOptions = {}) {
+  const log = options.logger ?? silent;
   const base = new URL(upstream.baseUrl);
   const basePath = base.pathname.replace(/\/+$/, '');
   // One keep-alive pool to the one origin: no per-request connection setup, no fetch overhead.
@@ -47,9 +70,14 @@ export function createUpstreamClient(upstream: Config['upstream']) {
     bodyTimeout: upstream.idleTimeoutMs,
     keepAliveTimeout: 30_000,
   });
+  const keyPool = createKeyPool(upstream.apiKeys.length > 0 ? upstream.apiKeys : [upstream.apiKey], {
+    cooldownMs: upstream.keyCooldownMs,
+    invalidCooldownMs: upstream.keyInvalidCooldownMs,
+    logger: log,
+  });
+  const { maxRetries, retryBaseDelayMs, retryMaxDelayMs, retryAfterMaxMs } = upstream;
 
   const fixedHeaders: Record<string, string> = {
-    authorization: `Bearer ${upstream.apiKey}`,
     // Uncompressed, so usage can be read from the body and bytes passed straight through.
     'accept-encoding': 'identity',
   };
@@ -59,27 +87,96 @@ export function createUpstreamClient(upstream: Config['upstream']) {
   /**
    * Sends one request. Resolves once response headers arrive; the body is a stream the caller must
    * consume or destroy. Rejects with a GatewayError (502/504) when the exchange fails before headers.
-   * The total timeout keeps running while the caller reads the body.
+   *
+   * Retries happen only in here, i.e. before anything reached the client: 429, 500, 502, 503, 504
+   * and connection errors, with jittered exponential backoff or upstream's retry-after, within the
+   * total timeout (which covers every attempt and keeps running while the caller reads the body).
+   * A 401 or 429 takes that key out of rotation and, when another key is healthy, the request
+   * moves to it at once (at most once per key, apart from UPSTREAM_MAX_RETRIES).
    */
   async function send(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const deadline = performance.now() + upstream.totalTimeoutMs;
     const total = AbortSignal.timeout(upstream.totalTimeoutMs);
     const signal = req.signal ? AbortSignal.any([req.signal, total]) : total;
-    const headers: Record<string, string> = { ...req.headers, ...fixedHeaders };
-    if (req.body !== undefined) headers['content-type'] = 'application/json';
-    try {
-      const res = await pool.request({
-        method: req.method,
-        path: basePath + req.path,
-        headers,
-        body: req.body,
-        signal,
-      });
-      return { status: res.statusCode, headers: res.headers, body: res.body, timedOut: () => total.aborted };
-    } catch (err) {
-      if (req.signal?.aborted) throw err; // the client left; nobody is waiting for an answer
-      throw upstreamFailure(err, total.aborted);
+    const baseHeaders: Record<string, string> = { ...req.headers, ...fixedHeaders };
+    if (req.body !== undefined) baseHeaders['content-type'] = 'application/json';
+    /** Keys that failed on their own account (401, 429) during this request. */
+    const refused = new Set<number>();
+    let retries = 0;
+
+    /** Waits before the next attempt, if it fits in the total timeout; false: give up instead. */
+    const waitFor = async (ms: number): Promise<boolean> => {
+      if (performance.now() + ms >= deadline - 50) return false;
+      await sleep(ms, signal).catch(() => undefined);
+      return !signal.aborted;
+    };
+
+    for (let attempt = 1; ; attempt++) {
+      const key = keyPool.pick(refused);
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await pool.request({
+          method: req.method,
+          path: basePath + req.path,
+          headers: { ...baseHeaders, authorization: `Bearer ${key.key}` },
+          body: req.body,
+          signal,
+        });
+      } catch (err) {
+        if (req.signal?.aborted) throw err; // the client left; nobody is waiting for an answer
+        const failure = upstreamFailure(err, total.aborted);
+        if (total.aborted || retries >= maxRetries || !isRetryableError(err)) throw failure;
+        const wait = backoffMs(retries, retryBaseDelayMs, retryMaxDelayMs);
+        log.warn({ attempt, keyIndex: key.index, code: (err as { code?: string }).code, waitMs: Math.round(wait) }, 'upstream connection failed; retrying');
+        if (!(await waitFor(wait))) {
+          if (req.signal?.aborted) throw req.signal.reason;
+          throw failure;
+        }
+        retries++;
+        continue;
+      }
+
+      const wait = nextWait(res, key.index);
+      if (wait === undefined) {
+        return { status: res.statusCode, headers: res.headers, body: res.body, timedOut: () => total.aborted, attempts: attempt, keyIndex: key.index };
+      }
+      // Only now is the response known to be dropped: nothing of it ever reaches the client.
+      await discard(res);
+      log.warn({ attempt, keyIndex: key.index, status: res.statusCode, waitMs: Math.round(wait.ms) }, 'upstream answered an error; retrying');
+      if (!(await waitFor(wait.ms))) {
+        if (req.signal?.aborted) throw req.signal.reason;
+        throw upstreamTimeout(); // the response is gone, and the time with it
+      }
+      if (wait.counts) retries++;
+    }
+
+    /**
+     * How long to wait before trying again after this response, and whether that uses up a retry;
+     * undefined: pass the response on. Also updates the key pool.
+     */
+    function nextWait(res: Dispatcher.ResponseData, keyIndex: number): { ms: number; counts: boolean } | undefined {
+      const status = res.statusCode;
+      if (status === 401) {
+        keyPool.invalid(keyIndex);
+        refused.add(keyIndex);
+        // Another key may work; this one will not, so never the same key again.
+        return keyPool.hasHealthyOther(refused) ? { ms: 0, counts: false } : undefined;
+      }
+      if (!isRetryableStatus(status)) return undefined;
+      const requested = retryAfterMs(res.headers);
+      if (status === 429) {
+        keyPool.rateLimited(keyIndex, requested);
+        refused.add(keyIndex);
+        // Upstream's wait is this key's; a healthy other key can take the request now.
+        if (keyPool.hasHealthyOther(refused)) return { ms: 0, counts: false };
+      }
+      if (shouldRetryHeader(res.headers) === false || retries >= maxRetries) return undefined;
+      if (requested !== undefined && requested > retryAfterMaxMs) return undefined; // the client may wait, not us
+      const ms = requested ?? backoffMs(retries, retryBaseDelayMs, retryMaxDelayMs);
+      if (performance.now() + ms >= deadline - 50) return undefined; // would outlast the total timeout: answer now
+      return { ms, counts: true };
     }
   }
 
-  return { send, close: () => pool.close() };
+  return { send, keyPool, close: () => pool.close() };
 }
