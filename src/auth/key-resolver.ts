@@ -1,18 +1,54 @@
-// Resolves a secret's hash to its key record: a short in-process cache, then the store.
+// Resolves a secret's hash to its key record: a short in-process cache, then the store; and, while
+// the store cannot answer, the last record it gave for a recently seen key (the outage grace).
 // Any instance's change to a key reaches every instance's cache through the store's change feed.
 import type { Store } from '../store/store.js';
 import type { KeyRecord } from '../keys.js';
 
 export type KeyResolver = ReturnType<typeof createKeyResolver>;
 
-export function createKeyResolver(store: Store, ttlMs: number, now: () => number = Date.now) {
+export interface KeyResolverGrace {
+  /**
+   * How long after its last successful lookup a key is still accepted while the store cannot
+   * answer (AUTH_OUTAGE_GRACE_MS). 0: no grace, every lookup the store cannot answer is a 503.
+   */
+  graceMs: number;
+  /** Told each time a key is accepted from the grace list (metrics, a throttled warning). */
+  onGrace?: (keyId: string, err: unknown) => void;
+}
+
+// Bounds the grace list to real keys: only successful lookups enter it, and it never grows past this.
+const MAX_GRACE_ENTRIES = 100_000;
+
+export function createKeyResolver(store: Store, ttlMs: number, now: () => number = Date.now, grace: KeyResolverGrace = { graceMs: 0 }) {
   const cache = new Map<string, { record: KeyRecord; expires: number }>();
+  /** Every key looked up successfully within graceMs, with when: used only when the store cannot answer. */
+  const lastGood = new Map<string, { record: KeyRecord; verifiedAt: number }>();
+  let servedFromGrace = 0;
 
   store.onKeyChange(({ hash }) => {
-    // '*': the change feed may have missed messages (reconnect), so trust nothing cached.
-    if (hash === '*') cache.clear();
-    else cache.delete(hash);
+    // '*': the change feed may have missed messages (reconnect), so trust nothing cached, not even
+    // for the outage grace: a revocation we missed must not be honoured from memory later.
+    if (hash === '*') {
+      cache.clear();
+      lastGood.clear();
+    } else {
+      // A change or revocation drops the key at once from both, so it holds through an outage.
+      cache.delete(hash);
+      lastGood.delete(hash);
+    }
   });
+
+  function remember(hash: string, record: KeyRecord) {
+    if (grace.graceMs <= 0) return;
+    if (lastGood.size >= MAX_GRACE_ENTRIES && !lastGood.has(hash)) {
+      const cutoff = now() - grace.graceMs;
+      for (const [h, entry] of lastGood) if (entry.verifiedAt <= cutoff) lastGood.delete(h);
+      // Still full of live entries: the oldest inserted goes.
+      if (lastGood.size >= MAX_GRACE_ENTRIES) lastGood.delete(lastGood.keys().next().value!);
+    }
+    lastGood.delete(hash); // re-insert: Map order stays oldest-verified first
+    lastGood.set(hash, { record, verifiedAt: now() });
+  }
 
   return {
     /** The cached live key for this hash, if any: no I/O, the hot path. */
@@ -22,17 +58,46 @@ export function createKeyResolver(store: Store, ttlMs: number, now: () => number
       return undefined;
     },
 
-    /** Asks the store: the key, or null when unknown or revoked. Throws if the store cannot answer. */
+    /**
+     * Asks the store: the key, or null when unknown or revoked. When the store cannot answer, a key
+     * looked up successfully within graceMs is still accepted (its last known record, limits
+     * included); otherwise this throws, and the caller answers 503.
+     */
     async lookup(hash: string): Promise<KeyRecord | null> {
-      const record = await store.getKeyByHash(hash);
+      let record: KeyRecord | null;
+      try {
+        record = await store.getKeyByHash(hash);
+      } catch (err) {
+        const known = lastGood.get(hash);
+        if (known && now() - known.verifiedAt < grace.graceMs) {
+          servedFromGrace++;
+          grace.onGrace?.(known.record.id, err);
+          return known.record;
+        }
+        if (known) lastGood.delete(hash);
+        throw err;
+      }
       if (!record || record.revokedAt !== null || record.hash !== hash) {
         cache.delete(hash);
+        lastGood.delete(hash);
         return null;
       }
       if (ttlMs > 0) cache.set(hash, { record, expires: now() + ttlMs });
+      remember(hash, record);
       return record;
     },
 
-    clear: () => cache.clear(),
+    clear: () => {
+      cache.clear();
+      lastGood.clear();
+    },
+
+    /** For /readyz and metrics: keys the grace could serve now, and how many requests it served. */
+    graceStats: () => {
+      const cutoff = now() - grace.graceMs;
+      let keys = 0;
+      for (const entry of lastGood.values()) if (entry.verifiedAt > cutoff) keys++;
+      return { graceMs: grace.graceMs, keys, servedFromGrace };
+    },
   };
 }

@@ -2,6 +2,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { PriceTable } from '../openai/prices.js';
 import type { UsageEvent } from '../usage/event.js';
+import type { DegradedModes } from '../resilience/modes.js';
 
 /** One budget limit of one key, as the scrape shows it. */
 export interface BudgetGauge {
@@ -24,6 +25,8 @@ export interface MetricsOptions {
   maxUnpricedModelLabels?: number;
   /** Told why budget gauges were left empty. */
   onBudgetsError?: (err: Error) => void;
+  /** The outage modes (store down), read at scrape time: tollgate_degraded and its companions. */
+  degraded?: () => DegradedModes;
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
@@ -130,6 +133,54 @@ export function createMetrics(opts: MetricsOptions) {
       await budgetsOnce();
     },
   });
+
+  // --- Degraded mode (store down), read at scrape time ---------------------------------------------
+  // A gauge per feature, 1 while it runs in its outage mode, so an alert can fire on any of them;
+  // the counters are kept by the features themselves and copied here at each scrape.
+  const degraded = opts.degraded;
+  if (degraded) {
+    new Gauge({
+      name: 'tollgate_degraded',
+      help: 'Whether a feature runs in its outage mode because the store is down (1) or not (0): auth (grace), quota (fail mode), cache (bypass), usage (buffering).',
+      labelNames: ['feature'] as const,
+      registers,
+      collect() {
+        const d = degraded();
+        for (const feature of ['auth', 'quota', 'cache', 'usage'] as const) this.set({ feature }, d.degraded ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'tollgate_degraded_buffered',
+      help: 'Work kept in memory until the store is back: usage_events and settlements.',
+      labelNames: ['kind'] as const,
+      registers,
+      collect() {
+        const d = degraded();
+        this.set({ kind: 'usage_events' }, d.buffered.usageEvents);
+        this.set({ kind: 'settlements' }, d.buffered.settlements);
+      },
+    });
+    const copied = (name: string, help: string, labelName: string, values: (d: DegradedModes) => Record<string, number>) =>
+      new Counter({
+        name,
+        help,
+        labelNames: [labelName],
+        registers,
+        collect() {
+          this.reset();
+          for (const [label, n] of Object.entries(values(degraded()))) if (n > 0) this.inc({ [labelName]: label }, n);
+        },
+      });
+    copied('tollgate_degraded_requests_total', 'Requests served or refused by an outage mode: auth_grace, quota_admitted_open, quota_refused_unavailable.', 'outcome', (d) => ({
+      auth_grace: d.counts.authGrace,
+      quota_admitted_open: d.counts.quotaAdmittedOpen,
+      quota_refused_unavailable: d.counts.quotaRefusedUnavailable,
+    }));
+    copied('tollgate_degraded_logged_total', 'Usage events and settlements the store could not take and that went to the error log in full instead.', 'kind', (d) => ({
+      usage_events: d.counts.usageEventsLogged,
+      settlements: d.counts.settlementsLogged,
+    }));
+  }
 
   // --- Budgets, read at scrape time -------------------------------------------------------------
   // One scrape collects the three budget gauges at once: they share one budgets() call. A call still

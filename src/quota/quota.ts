@@ -11,6 +11,10 @@ import { periodsAt } from './periods.js';
 import type { AdmissionResult, Periods, Store, StoreLimits } from '../store/store.js';
 import { quotaExceeded, unpricedModel } from './errors.js';
 import { rateLimitHeaders } from './headers.js';
+import { GatewayError } from '../errors.js';
+import { isOutageError, StoreUnavailableError } from '../resilience/store-health.js';
+import { createLocalLimiter } from '../resilience/local-limiter.js';
+import { ThrottledWarning } from '../resilience/throttled-log.js';
 
 export interface QuotaOptions {
   store: Store;
@@ -23,6 +27,17 @@ export interface QuotaOptions {
   /** What a model missing from the price table costs, for keys without a USD budget. */
   unpricedModelPrice: Price;
   logger: FastifyBaseLogger;
+  /**
+   * What admission does when the store cannot answer (docs/architecture.md, "When Redis is down").
+   * 'closed' (default): 503 quota_unavailable, since budgets cannot be checked. 'open': admit under
+   * the local per-instance caps of `failOpen`, budgets unchecked, and say so in the log and metrics.
+   */
+  failMode?: 'closed' | 'open';
+  failOpen?: { rpm: number; maxInFlight: number };
+  /** Retry-After (seconds) of the 503 in closed mode: about when the health probe looks again. */
+  unavailableRetryAfterSeconds?: number;
+  /** Settlements kept in memory while the store is down; past this they are logged in full instead. */
+  settleQueueMax?: number;
 }
 
 /** What a finished request really used, as the pipeline knows it. */
@@ -69,8 +84,26 @@ export function maxOutputTokens(endpoint: Endpoint, body: Record<string, unknown
   return perChoice * Math.max(n, bestOf);
 }
 
+/** A settlement as it is written, kept whole while the store is down so it can be written later. */
+interface PendingSettlement {
+  keyId: string;
+  reservationId: string;
+  tokens: number;
+  usdMicros: number;
+  /** When the request ended: a late write still counts in the periods it belongs to. */
+  now: number;
+}
+
 export function createQuota(opts: QuotaOptions) {
   const { store, clock, logger } = opts;
+  const failMode = opts.failMode ?? 'closed';
+  const settleQueueMax = opts.settleQueueMax ?? 100_000;
+  const local = createLocalLimiter({ rpm: opts.failOpen?.rpm ?? 60, maxInFlight: opts.failOpen?.maxInFlight ?? 10, now: clock });
+  /** Settlements that could not be written (store down), oldest first: written when it is back. */
+  const queued: PendingSettlement[] = [];
+  let flushing: Promise<void> | undefined;
+  const degradedStats = { admittedOpen: 0, refusedUnavailable: 0, settlementsLogged: 0 };
+  const openWarning = new ThrottledWarning(logger, 30_000);
   /** Reservations of requests in flight on this instance: their leases are renewed until settled. */
   const live = new Map<string, { keyId: string; reservationId: string }>();
   /** Settlement writes not yet finished: shutdown waits for them. */
@@ -103,20 +136,108 @@ export function createQuota(opts: QuotaOptions) {
     return opts.unpricedModelPrice;
   }
 
-  async function settleWithRetry(keyId: string, reservationId: string, tokens: number, usdMicros: number) {
+  const writeSettlement = (s: PendingSettlement) => store.settle({ ...s, fallbackPeriods: periods(s.now) });
+
+  /** Logged in full, so the spend can be replayed by hand: it is never silently lost. */
+  function logSettlement(s: PendingSettlement, err: string, why: string) {
+    degradedStats.settlementsLogged++;
+    logger.error({ err, settlement: s }, why);
+  }
+
+  /** Keeps a settlement the store cannot take now; written by flushQueued() when it answers again. */
+  function enqueue(s: PendingSettlement, err: unknown) {
+    if (queued.length >= settleQueueMax) {
+      logSettlement(s, (err as Error).message, 'settlement not stored: store down and the settlement queue is full');
+      return 'failed' as const;
+    }
+    queued.push(s);
+    return 'queued' as const;
+  }
+
+  async function settleWithRetry(s: PendingSettlement) {
     for (let attempt = 1; ; attempt++) {
-      const now = clock();
       try {
-        return await store.settle({ keyId, reservationId, tokens, usdMicros, now, fallbackPeriods: periods(now) });
+        const outcome = await writeSettlement(s);
+        // The store takes writes again: anything still queued from an outage goes now too.
+        if (queued.length > 0) void flushQueued();
+        return outcome;
       } catch (err) {
+        // Known down (the health probe says so): no point retrying now, keep it for the recovery.
+        if (err instanceof StoreUnavailableError) return enqueue(s, err);
         if (attempt >= SETTLE_ATTEMPTS) {
-          // Logged in full, so the spend can be replayed: it is never silently lost.
-          logger.error({ err: (err as Error).message, settlement: { keyId, reservationId, tokens, usdMicros } }, 'settlement failed');
+          if (isOutageError(err)) return enqueue(s, err);
+          logSettlement(s, (err as Error).message, 'settlement failed');
           return 'failed' as const;
         }
         await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
       }
     }
+  }
+
+  /**
+   * Writes queued settlements, oldest first, until the queue is empty or the store fails again
+   * (the rest wait for the next recovery). Settling is idempotent, so a write whose reply was lost
+   * and is written again changes nothing. One flush at a time.
+   */
+  function flushQueued(): Promise<void> {
+    if (flushing) return flushing;
+    // The body starts a tick later, so `flushing` is always set before its `finally` clears it
+    // (an empty buffer would otherwise leave a settled promise behind and block every later flush).
+    const run = (async () => {
+      await Promise.resolve();
+      try {
+        while (queued.length > 0) {
+          const next = queued[0]!;
+          try {
+            await writeSettlement(next);
+          } catch (err) {
+            if (isOutageError(err)) return;
+            logSettlement(next, (err as Error).message, 'settlement failed');
+          }
+          queued.shift();
+        }
+      } finally {
+        flushing = undefined;
+      }
+    })();
+    flushing = run;
+    return run;
+  }
+
+  /** The request's admission when the store cannot answer: the configured fail mode. */
+  function admitWhileDown(key: KeyRecord, err: unknown, reservationId: string) {
+    if (failMode === 'closed') {
+      degradedStats.refusedUnavailable++;
+      const seconds = String(opts.unavailableRetryAfterSeconds ?? 1);
+      throw new GatewayError(
+        503,
+        'Quota checks are temporarily unavailable, so the request was not admitted. Please retry.',
+        'server_error',
+        'quota_unavailable',
+        null,
+        { 'retry-after': seconds },
+      );
+    }
+    const decision = local.admit(key.id, key.limits);
+    if (!decision.admitted) {
+      const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+      throw new GatewayError(
+        429,
+        `Rate limit reached for this gateway key while quotas run in degraded mode (${
+          decision.limit === 'rpm' ? 'requests per minute' : 'concurrent requests'
+        } on this gateway instance). Please try again in ${seconds}s.`,
+        'requests',
+        'rate_limit_exceeded',
+        null,
+        { 'retry-after': String(seconds), 'retry-after-ms': String(Math.ceil(decision.retryAfterMs)) },
+      );
+    }
+    degradedStats.admittedOpen++;
+    openWarning.warn(
+      { keyId: key.id, reservationId, err: (err as Error).message, admittedOpen: degradedStats.admittedOpen },
+      'quota store unavailable: admitting under the local per-instance cap (QUOTA_FAIL_MODE=open), budgets unchecked',
+    );
+    return decision.release;
   }
 
   /**
@@ -133,21 +254,34 @@ export function createQuota(opts: QuotaOptions) {
     const now = clock();
     const current = periods(now);
     const reservationId = randomUUID();
-    const result: AdmissionResult = await store.admit({
-      keyId: key.id,
-      reservationId,
-      limits: storeLimits(key.limits),
-      tokens,
-      usdMicros,
-      now,
-      periods: current,
-      leaseTtlMs: opts.leaseTtlMs,
-    });
+    let result: AdmissionResult;
+    /** Set when admitted locally (store down, fail-open): frees the local in-flight slot. */
+    let releaseLocal: (() => void) | undefined;
+    try {
+      result = await store.admit({
+        keyId: key.id,
+        reservationId,
+        limits: storeLimits(key.limits),
+        tokens,
+        usdMicros,
+        now,
+        periods: current,
+        leaseTtlMs: opts.leaseTtlMs,
+      });
+    } catch (err) {
+      if (!isOutageError(err)) throw err;
+      // Same reservation id: if the timed-out admission did land, the settlement replaces it.
+      releaseLocal = admitWhileDown(key, err, reservationId);
+      result = { admitted: true };
+    }
     const headers = rateLimitHeaders(result);
+    // Tells the client (and whoever reads its logs) that this admission skipped the shared limits.
+    if (releaseLocal) headers['x-tollgate-degraded'] = 'quota-open';
     if (!result.admitted) {
       throw quotaExceeded(result, key.limits, { tokens, usdMicros, headers, now, timeZone: opts.timeZone });
     }
-    live.set(reservationId, { keyId: key.id, reservationId });
+    // A lease exists only for an admission the store recorded.
+    if (!releaseLocal) live.set(reservationId, { keyId: key.id, reservationId });
 
     let settled: Settled | undefined;
     return {
@@ -163,13 +297,14 @@ export function createQuota(opts: QuotaOptions) {
       settle(consumption: Consumption): Settled {
         if (settled) return settled;
         live.delete(reservationId);
+        releaseLocal?.();
         const usage = consumption.usage;
         settled = {
           totalTokens: usage?.totalTokens ?? 0,
           costMicros: usage ? costMicros(price, usage) : 0,
           estimated: consumption.estimated,
         };
-        const write = settleWithRetry(key.id, reservationId, settled.totalTokens, settled.costMicros);
+        const write = settleWithRetry({ keyId: key.id, reservationId, tokens: settled.totalTokens, usdMicros: settled.costMicros, now: clock() });
         pending.add(write);
         void write.finally(() => pending.delete(write));
         return settled;
@@ -215,10 +350,21 @@ export function createQuota(opts: QuotaOptions) {
     periods,
     /** Micro-dollars as USD, for display. */
     usd: microsToUsd,
-    /** Waits for every settlement in progress (graceful shutdown). */
+    /**
+     * Waits for every settlement in progress (graceful shutdown), tries once more to write those
+     * queued while the store was down, and logs in full any it still cannot write.
+     */
     async drain() {
       while (pending.size > 0) await Promise.allSettled([...pending]);
+      await flushQueued();
+      for (const s of queued.splice(0)) logSettlement(s, 'store unavailable at shutdown', 'settlement not stored at shutdown');
     },
+    /** Writes the settlements queued while the store was down (called when it answers again). */
+    flushQueued,
+    /** The store is back: local fail-open counts no longer apply. */
+    resetLocal: () => local.reset(),
+    /** For /readyz and metrics. */
+    degraded: () => ({ failMode, queuedSettlements: queued.length, ...degradedStats }),
     close() {
       clearInterval(renewal);
     },

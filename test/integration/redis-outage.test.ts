@@ -1,0 +1,276 @@
+// Redis dies mid-traffic (SIGKILL) and comes back on the same port: each feature follows its stated
+// outage policy, no request hangs, /readyz names the modes, and nothing is lost once Redis returns.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { startGateway, type Gateway } from '../helpers/gateway.js';
+import { freePort, startRedisServer, type RedisServer } from '../helpers/redis-server.js';
+
+/**
+ * A redis-server that keeps its data across a SIGKILL (append-only file, fsync on every write), as
+ * a production Redis would: startRedisServer runs without persistence, so a restart of it comes
+ * back empty (that case is tested below with it). Killed and restarted on the same port and dir.
+ */
+async function startPersistentRedis(port: number, dir: string): Promise<RedisServer> {
+  const child: ChildProcess = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir, '--protected-mode', 'no'],
+    { stdio: 'ignore' },
+  );
+  const url = `redis://127.0.0.1:${port}`;
+  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  probe.on('error', () => {});
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await probe.connect();
+      await probe.ping();
+      probe.disconnect();
+      break;
+    } catch (err) {
+      if (attempt > 100 || child.exitCode !== null) throw new Error(`redis-server did not start on ${port}: ${String(err)}`);
+      await sleep(50);
+    }
+  }
+  return {
+    port,
+    url,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGKILL');
+      }),
+  };
+}
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+const OUTAGE_ENV = {
+  REDIS_COMMAND_TIMEOUT_MS: '200',
+  STORE_PROBE_INTERVAL_MS: '200',
+  // No fresh auth cache: every request asks Redis, so the outage grace is what lets keys through.
+  AUTH_CACHE_TTL_MS: '0',
+  // The guard against guessed keys must not be what answers the unknown key during the outage.
+  AUTH_FAILURES_PER_MINUTE: '0',
+};
+
+/** Hang guard, not a benchmark: anything near a second means a request waited on a dead Redis. */
+const MAX_MS = 1000;
+
+interface Timed {
+  status: number;
+  ms: number;
+  headers: Headers;
+  body: any;
+}
+
+function client(gw: Gateway) {
+  let requests = 0;
+  async function call(key: string, init: { path?: string; method?: string; body?: unknown } = {}): Promise<Timed> {
+    requests++;
+    const started = performance.now();
+    const res = await fetch(`${gw.url}${init.path ?? '/v1/chat/completions'}`, {
+      method: init.method ?? 'POST',
+      headers: { authorization: `Bearer ${key}`, ...(init.body !== undefined && { 'content-type': 'application/json' }) },
+      body: init.body === undefined ? undefined : JSON.stringify(init.body),
+    });
+    const text = await res.text();
+    const ms = performance.now() - started;
+    return { status: res.status, ms, headers: res.headers, body: text ? JSON.parse(text) : undefined };
+  }
+  return {
+    chat: (key: string, content: string) =>
+      call(key, { body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content }], max_tokens: 20 } }),
+    models: (key: string) => call(key, { path: '/v1/models', method: 'GET' }),
+    /** Every /v1 request made: each is one usage event. */
+    get requests() {
+      return requests;
+    },
+  };
+}
+
+async function readyz(gw: Gateway) {
+  const res = await fetch(`${gw.url}/readyz`);
+  return { status: res.status, body: (await res.json()) as any };
+}
+
+async function usageTotals(gw: Gateway) {
+  const res = await gw.admin('GET', '/admin/usage?groupBy=key');
+  return res.status === 200 ? (res.body.totals as { requests: number; totalTokens: number }) : undefined;
+}
+
+async function tokensUsedToday(gw: Gateway, keyId: string) {
+  const res = await gw.admin('GET', `/admin/keys/${keyId}`);
+  return res.status === 200 ? (res.body.quota.tokensPerDay.used as number) : undefined;
+}
+
+/**
+ * Lets the writes of the requests so far land before Redis is killed. A write in flight at the
+ * instant of the crash has an unknown outcome (Redis may have applied it and died before replying);
+ * it is kept and written again, so its usage event could be counted twice (at least once, never lost).
+ */
+async function settled(gw: Gateway, requests: number) {
+  await expect.poll(async () => (await usageTotals(gw))?.requests, { timeout: 10_000, interval: 50 }).toBe(requests);
+}
+
+async function outageSetup(env: Record<string, string>) {
+  const dir = mkdtempSync(join(tmpdir(), 'tollgate-outage-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const port = await freePort();
+  let redis = await startPersistentRedis(port, dir);
+  cleanups.push(() => redis.stop());
+  const gw = await startGateway({ env: { REDIS_URL: redis.url, ...OUTAGE_ENV, ...env } });
+  cleanups.push(() => gw.close());
+  await expect.poll(async () => (await readyz(gw)).status).toBe(200);
+  return {
+    gw,
+    kill: () => redis.stop(),
+    restart: async () => {
+      redis = await startPersistentRedis(port, dir);
+    },
+  };
+}
+
+describe('Redis outage', () => {
+  it('QUOTA_FAIL_MODE=closed: known keys stay authenticated, admission answers 503 fast, nothing is lost', async () => {
+    const { gw, kill, restart } = await outageSetup({ QUOTA_FAIL_MODE: 'closed' });
+    const key = await gw.createKey({ name: 'outage-closed' });
+    const c = client(gw);
+
+    for (let i = 0; i < 3; i++) expect((await c.chat(key.key, `before ${i}`)).status).toBe(200);
+    expect((await c.models(key.key)).status).toBe(200);
+    await settled(gw, c.requests);
+
+    await kill();
+
+    const during: Timed[] = [];
+    // The first request notices the outage (it may pay one command timeout); then every call fails fast.
+    for (let i = 0; i < 4; i++) {
+      const res = await c.chat(key.key, `during ${i}`);
+      during.push(res);
+      expect(res.status).toBe(503);
+      expect(res.body.error).toMatchObject({ code: 'quota_unavailable', type: 'server_error' });
+      expect(res.headers.get('retry-after')).toBe('1');
+    }
+    // Auth grace: the key seen before the outage still authenticates (GET /v1/models has no quota).
+    const models = await c.models(key.key);
+    during.push(models);
+    expect(models.status).toBe(200);
+    // An unknown key is refused: the store cannot vouch for it.
+    const unknown = await c.chat('tg-never-seen-before-0123456789', 'who am i');
+    during.push(unknown);
+    expect(unknown.status).toBe(503);
+    expect(unknown.body.error.code).toBe('auth_unavailable');
+    for (const res of during) expect(res.ms).toBeLessThan(MAX_MS);
+    // Once degraded, requests do not wait for Redis at all: each takes less than one command timeout.
+    for (const res of during.slice(1)) expect(res.ms).toBeLessThan(200);
+
+    const degraded = await readyz(gw);
+    expect(degraded.status).toBe(503);
+    expect(degraded.body).toMatchObject({
+      status: 'degraded',
+      store: 'redis',
+      failed: [{ component: 'store' }],
+      modes: { auth: 'grace', quota: 'closed', cache: 'bypass', usage: 'buffering' },
+    });
+    expect(degraded.body.modes.buffered.usageEvents).toBeGreaterThan(0);
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(metrics).toMatch(/tollgate_degraded\{feature="quota"\} 1/);
+    expect(metrics).toMatch(/tollgate_degraded_requests_total\{outcome="quota_refused_unavailable"\} [1-9]/);
+
+    await restart();
+    await expect.poll(async () => (await readyz(gw)).body, { timeout: 10_000, interval: 100 }).toEqual({ status: 'ready', store: 'redis' });
+    for (let i = 0; i < 2; i++) expect((await c.chat(key.key, `after ${i}`)).status).toBe(200);
+
+    // Every request of the run has its usage event, those of the outage included.
+    await expect.poll(async () => (await usageTotals(gw))?.requests, { timeout: 10_000, interval: 100 }).toBe(c.requests);
+    await expect.poll(() => tokensUsedToday(gw, key.id), { timeout: 10_000, interval: 100 }).toBe(gw.fake.usageTotals().total_tokens);
+    expect((await readyz(gw)).body).toEqual({ status: 'ready', store: 'redis' });
+    expect((await c.models(key.key)).status).toBe(200);
+    expect(gw.logs.lines.some((l) => l.msg === 'usage event not stored' || String(l.msg).includes('not stored'))).toBe(false);
+  });
+
+  it('QUOTA_FAIL_MODE=open: admits up to the local cap then 429, bypasses the cache, settles everything after', async () => {
+    const { gw, kill, restart } = await outageSetup({ QUOTA_FAIL_MODE: 'open', QUOTA_FAIL_OPEN_RPM: '3', CACHE_ENABLED: 'true' });
+    const key = await gw.createKey({ name: 'outage-open' });
+    const c = client(gw);
+
+    expect((await c.chat(key.key, 'cached prompt')).status).toBe(200);
+    await expect.poll(async () => (await c.chat(key.key, 'cached prompt')).headers.get('x-tollgate-cache')).toBe('HIT');
+    await settled(gw, c.requests);
+
+    await kill();
+
+    const upstreamBefore = gw.fake.usageTotals().requests;
+    const during: Timed[] = [];
+    // The cached prompt again: the cache is bypassed, so it goes upstream (and counts against the local cap).
+    const again = await c.chat(key.key, 'cached prompt');
+    during.push(again);
+    expect(again.status).toBe(200);
+    expect(['MISS', 'BYPASS']).toContain(again.headers.get('x-tollgate-cache'));
+    expect(again.headers.get('x-tollgate-degraded')).toBe('quota-open');
+    expect(gw.fake.usageTotals().requests).toBe(upstreamBefore + 1);
+    for (let i = 0; i < 2; i++) {
+      const res = await c.chat(key.key, `open ${i}`);
+      during.push(res);
+      expect(res.status).toBe(200);
+    }
+    // The local cap (3 per key per minute on this instance) is reached.
+    const capped = await c.chat(key.key, 'one too many');
+    during.push(capped);
+    expect(capped.status).toBe(429);
+    expect(capped.body.error.code).toBe('rate_limit_exceeded');
+    expect(Number(capped.headers.get('retry-after'))).toBeGreaterThan(0);
+    for (const res of during) expect(res.ms).toBeLessThan(MAX_MS);
+
+    const degraded = await readyz(gw);
+    expect(degraded.status).toBe(503);
+    expect(degraded.body).toMatchObject({ status: 'degraded', modes: { quota: 'open', cache: 'bypass', usage: 'buffering', auth: 'grace' } });
+    expect(degraded.body.modes.buffered.settlements).toBeGreaterThanOrEqual(3);
+    expect(gw.logs.lines.some((l) => String(l.msg).includes('QUOTA_FAIL_MODE=open'))).toBe(true);
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(metrics).toMatch(/tollgate_degraded_requests_total\{outcome="quota_admitted_open"\} 3/);
+
+    await restart();
+    await expect.poll(async () => (await readyz(gw)).body, { timeout: 10_000, interval: 100 }).toEqual({ status: 'ready', store: 'redis' });
+    await expect.poll(async () => (await usageTotals(gw))?.requests, { timeout: 10_000, interval: 100 }).toBe(c.requests);
+    // The settlements queued during the outage were written: the day's tokens are exactly what upstream billed.
+    await expect.poll(() => tokensUsedToday(gw, key.id), { timeout: 10_000, interval: 100 }).toBe(gw.fake.usageTotals().total_tokens);
+    // Shared limits again: the local count no longer applies.
+    expect((await c.chat(key.key, 'back to normal')).status).toBe(200);
+  });
+
+  it('recovers by itself when Redis comes back empty (no persistence): buffered events land in the new Redis', async () => {
+    const port = await freePort();
+    let redis = await startRedisServer(port);
+    cleanups.push(() => redis.stop());
+    const gw = await startGateway({ env: { REDIS_URL: redis.url, ...OUTAGE_ENV } });
+    cleanups.push(() => gw.close());
+    const key = await gw.createKey({ name: 'outage-empty' });
+    const c = client(gw);
+    expect((await c.models(key.key)).status).toBe(200);
+    await settled(gw, c.requests);
+
+    await redis.stop();
+    const during = [await c.models(key.key), await c.models(key.key)];
+    for (const res of during) {
+      expect(res.status).toBe(200); // auth grace
+      expect(res.ms).toBeLessThan(MAX_MS);
+    }
+    await expect.poll(async () => (await readyz(gw)).body.modes?.buffered.usageEvents).toBe(2);
+
+    redis = await startRedisServer(port);
+    await expect.poll(async () => (await readyz(gw)).status, { timeout: 10_000, interval: 100 }).toBe(200);
+    // The new Redis has only what was buffered (the outage's events), none of the rest.
+    await expect.poll(async () => (await usageTotals(gw))?.requests, { timeout: 10_000, interval: 100 }).toBe(2);
+    // The key died with the old data: the grace does not outlive a store that answers again.
+    expect((await c.models(key.key)).status).toBe(401);
+  });
+});
