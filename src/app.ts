@@ -4,7 +4,8 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import pino, { type DestinationStream } from 'pino';
 import type { Config } from './config.js';
-import { errorHandler, notFoundHandler } from './errors.js';
+import { clientErrorHandler, errorHandler, frameworkErrorHandler, notFoundHandler } from './errors.js';
+import { corsPlugin } from './plugins/cors.js';
 import type { Store } from './store/store.js';
 import { createMemoryStore } from './store/memory-store.js';
 import { createRedisStore } from './store/redis-store.js';
@@ -25,6 +26,10 @@ import { loadPriceTable, priceFromUsdPerMillion } from './openai/prices.js';
 import { v1Routes } from './routes/v1.js';
 import { adminRoutes } from './routes/admin.js';
 import { healthRoutes } from './routes/health.js';
+import { createStoreHealth } from './resilience/store-health.js';
+import { guardStore } from './resilience/guarded-store.js';
+import { degradedModes } from './resilience/modes.js';
+import { ThrottledWarning } from './resilience/throttled-log.js';
 import './request-context.js';
 
 export interface BuildOptions {
@@ -39,10 +44,12 @@ export interface BuildOptions {
 
 // A client's x-request-id is echoed only if it is short and plain: no header or log injection.
 const SAFE_REQUEST_ID = /^[\w.:@-]{1,128}$/;
+// ...and never if it looks like a secret pasted in the wrong header: it would be echoed and logged.
+const LOOKS_LIKE_A_KEY = /^(tg|sk)-/i;
 
 function requestId(req: IncomingMessage): string {
   const given = req.headers['x-request-id'];
-  return typeof given === 'string' && SAFE_REQUEST_ID.test(given) ? given : randomUUID();
+  return typeof given === 'string' && SAFE_REQUEST_ID.test(given) && !LOOKS_LIKE_A_KEY.test(given) ? given : randomUUID();
 }
 
 /** Log paths that may carry secrets. Redacted even though request logging never serialises headers. */
@@ -86,17 +93,29 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     bodyLimit: config.bodyLimitBytes,
     trustProxy: config.trustProxy,
     return503OnClosing: true,
+    // Requests Fastify rejects before any route (bad headers, methods, encodings) answer in OpenAI's shape too.
+    clientErrorHandler,
+    frameworkErrors: frameworkErrorHandler,
     forceCloseConnections: 'idle',
   });
 
-  const store =
+  const rawStore =
     options.store ??
     (config.redis
       ? await createRedisStore({ ...config.redis, logger })
       : createMemoryStore());
-  const upstream = options.upstream ?? createUpstreamClient(config.upstream);
+  // Every store call goes through the guard: once a call times out, the instance is degraded and
+  // fails fast until the background probe sees the store answer (docs: "When Redis is down").
+  const storeHealth = createStoreHealth({ store: rawStore, logger, probeIntervalMs: config.outage.probeIntervalMs });
+  const store = guardStore(rawStore, storeHealth);
+  const upstream = options.upstream ?? createUpstreamClient(config.upstream, { logger });
   const clock = options.clock ?? Date.now;
-  const keyResolver = createKeyResolver(store, config.authCacheTtlMs);
+  const graceWarning = new ThrottledWarning(logger, 30_000);
+  const keyResolver = createKeyResolver(store, config.authCacheTtlMs, Date.now, {
+    graceMs: config.outage.authGraceMs,
+    onGrace: (keyId, err) =>
+      graceWarning.warn({ keyId, err: (err as Error).message }, 'store unavailable: key accepted from the outage grace (AUTH_OUTAGE_GRACE_MS)'),
+  });
   const prices = loadPriceTable(config.quota.pricesFile);
   const quota = createQuota({
     store,
@@ -107,6 +126,10 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     leaseTtlMs: config.quota.leaseTtlMs,
     unpricedModelPrice: priceFromUsdPerMillion(config.quota.unpricedUsdPerMillion),
     logger,
+    failMode: config.outage.quotaFailMode,
+    failOpen: { rpm: config.outage.failOpenRpm, maxInFlight: config.outage.failOpenConcurrency },
+    unavailableRetryAfterSeconds: Math.max(1, Math.ceil(config.outage.probeIntervalMs / 1000)),
+    settleQueueMax: config.outage.settleQueueMax,
   });
   const cache = createCache({
     store,
@@ -122,6 +145,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     prices,
     budgets: () => budgetGauges(store, quota),
     onBudgetsError: (err) => logger.warn({ err: err.message }, 'budget gauges unavailable'),
+    degraded: () => modes(),
   });
   const alerts = createAlerts({ webhookUrl: config.alertWebhookUrl, store, quota, clock, timeZone: config.quota.timeZone, logger });
   const usage = createUsageRecorder({
@@ -130,6 +154,20 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     retentionMs: config.usage.retentionMs,
     maxEvents: config.usage.maxEvents,
     listeners: [metrics.observe],
+    bufferMax: config.outage.usageBufferMax,
+  });
+  const modes = degradedModes({
+    up: () => storeHealth.up,
+    authGraceMs: config.outage.authGraceMs,
+    auth: () => keyResolver.graceStats(),
+    quota: () => quota.degraded(),
+    usage: () => usage.stats(),
+  });
+  // The store answers again: write what waited for it, and let the shared limits apply again.
+  storeHealth.onRecover(() => {
+    quota.resetLocal();
+    void quota.flushQueued();
+    void usage.flush();
   });
   const authGuard = await createFailedAuthGuard(app, {
     store,
@@ -146,6 +184,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     await alerts.drain();
     alerts.close();
     await upstream.close();
+    storeHealth.close();
     if (!options.store) await store.close();
   });
 
@@ -184,8 +223,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler(notFoundHandler);
+  await app.register(corsPlugin, { origins: config.corsOrigins });
 
-  await app.register(healthRoutes, { store });
+  await app.register(healthRoutes, { store, health: storeHealth, modes: () => modes() });
   await app.register(metricsRoutes, { metrics, token: config.metricsToken });
   await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, keyResolver, authGuard, logBodies: config.logBodies });
   if (config.adminToken) {

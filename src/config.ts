@@ -1,6 +1,7 @@
 // The environment, validated once at boot. Nothing else in Tollgate reads process.env.
 import { z } from 'zod';
 import { validTimeZone } from './quota/periods.js';
+import { parseRedisAddresses, type RedisAddress } from './store/redis-connection.js';
 
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no', ''])
@@ -11,6 +12,15 @@ const optionalString = z
   .optional()
   .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
 
+const redisAddresses = z
+  .string()
+  .transform((v, ctx) => {
+    const { addresses, problems } = parseRedisAddresses(v);
+    for (const message of problems) ctx.addIssue({ code: 'custom', message });
+    return addresses;
+  })
+  .optional();
+
 const envSchema = z.object({
   PORT: int(0, 65535).default(8080),
   HOST: z.string().min(1).default('0.0.0.0'),
@@ -19,6 +29,8 @@ const envSchema = z.object({
   LOG_BODIES: bool.default(false),
 
   OPENAI_API_KEY: optionalString,
+  /** Several server-held keys, comma-separated; load is spread over them. Merged with OPENAI_API_KEY. */
+  OPENAI_API_KEYS: optionalString,
   OPENAI_BASE_URL: z.url({ protocol: /^https?$/ }).default('https://api.openai.com/v1'),
   OPENAI_ORGANIZATION: optionalString,
   OPENAI_PROJECT: optionalString,
@@ -31,10 +43,46 @@ const envSchema = z.object({
   /** Whole upstream exchange, headers to last byte. */
   UPSTREAM_TOTAL_TIMEOUT_MS: int(1, 7_200_000).default(600_000),
   UPSTREAM_MAX_CONNECTIONS: int(1, 100_000).default(256),
+  /** Retries of a failed upstream call (429, 5xx, connection errors), only before anything reached the client. */
+  UPSTREAM_MAX_RETRIES: int(0, 10).default(2),
+  /** Jittered exponential backoff between retries: base delay, doubled each attempt, capped. */
+  UPSTREAM_RETRY_BASE_DELAY_MS: int(0, 60_000).default(500),
+  UPSTREAM_RETRY_MAX_DELAY_MS: int(0, 300_000).default(8_000),
+  /** Longest upstream retry-after honoured; a longer one is passed to the client instead of waited for. */
+  UPSTREAM_RETRY_AFTER_MAX_MS: int(0, 600_000).default(20_000),
+  /** A key answered 429 without retry-after: out of rotation this long. */
+  UPSTREAM_KEY_COOLDOWN_MS: int(0, 3_600_000).default(30_000),
+  /** A key answered 401 (revoked or invalid): out of rotation this long. */
+  UPSTREAM_KEY_INVALID_COOLDOWN_MS: int(0, 86_400_000).default(600_000),
 
-  REDIS_URL: optionalString,
+  // Where Redis is: one of REDIS_URL (one server), REDIS_CLUSTER_NODES (a cluster), REDIS_SENTINELS (Sentinel).
+  REDIS_URL: optionalString.refine((v) => v === undefined || /^rediss?:\/\/./.test(v), {
+    message: 'must be redis://host:port or rediss://host:port (for a cluster, set REDIS_CLUSTER_NODES instead)',
+  }),
+  /** Seed nodes of a Redis Cluster, `host:port,host:port`; the others are discovered. */
+  REDIS_CLUSTER_NODES: redisAddresses,
+  /** Sentinels, `host:port,host:port`, watching the master named REDIS_SENTINEL_NAME. */
+  REDIS_SENTINELS: redisAddresses,
+  REDIS_SENTINEL_NAME: optionalString,
+  /** Credentials of cluster nodes or of the Sentinel-named servers (REDIS_URL carries its own). */
+  REDIS_USERNAME: optionalString,
+  REDIS_PASSWORD: optionalString,
   REDIS_PREFIX: z.string().regex(/^[\w:.-]{1,64}$/).default('tg:'),
   REDIS_COMMAND_TIMEOUT_MS: int(10, 60_000).default(1000),
+  /** While Redis is down, how often a background PING checks whether it is back (docs/architecture.md "When Redis is down"). */
+  STORE_PROBE_INTERVAL_MS: int(100, 60_000).default(1000),
+  /** While Redis is down, a key looked up successfully this recently keeps working (10 min: rides out a restart or failover). 0: off. */
+  AUTH_OUTAGE_GRACE_MS: int(0, 86_400_000).default(600_000),
+  /** While Redis is down: 'closed' refuses with 503 (budgets cannot be checked); 'open' admits under local per-instance caps. */
+  QUOTA_FAIL_MODE: z.enum(['closed', 'open']).default('closed'),
+  /** QUOTA_FAIL_MODE=open: requests per key per minute per instance while Redis is down (the key's own rpm if lower). */
+  QUOTA_FAIL_OPEN_RPM: int(1, 1_000_000).default(60),
+  /** QUOTA_FAIL_MODE=open: requests per key in flight per instance while Redis is down (the key's own maxConcurrent if lower). */
+  QUOTA_FAIL_OPEN_CONCURRENCY: int(1, 100_000).default(10),
+  /** Settlements kept in memory while Redis is down, written when it is back; past this they are logged in full. */
+  QUOTA_SETTLE_QUEUE_MAX: int(0, 10_000_000).default(100_000),
+  /** Usage events kept in memory while Redis is down, written in order when it is back; past this they are logged in full. */
+  USAGE_BUFFER_MAX: int(0, 10_000_000).default(100_000),
 
   ADMIN_TOKEN: optionalString.refine((v) => v === undefined || v.length >= 16, {
     message: 'must be at least 16 characters',
@@ -77,6 +125,11 @@ const envSchema = z.object({
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
   SHUTDOWN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
   TRUST_PROXY: bool.default(false),
+  /** Browser origins allowed to call the API (CORS), comma-separated; empty: CORS off. */
+  CORS_ORIGINS: z
+    .string()
+    .default('')
+    .transform((v) => v.split(',').map((o) => o.trim()).filter(Boolean)),
   /** Run with the built-in fake OpenAI and an in-memory store (also `--demo` on the command line). */
   TOLLGATE_DEMO: bool.default(false),
 });
@@ -91,7 +144,10 @@ export interface Config {
   demo: boolean;
   upstream: {
     baseUrl: string;
+    /** The first of apiKeys (kept for callers that know one key). */
     apiKey: string;
+    /** Every server-held key, de-duplicated, in order; empty only in demo mode. */
+    apiKeys: string[];
     organization?: string;
     project?: string;
     connectTimeoutMs: number;
@@ -99,8 +155,34 @@ export interface Config {
     idleTimeoutMs: number;
     totalTimeoutMs: number;
     maxConnections: number;
+    maxRetries: number;
+    retryBaseDelayMs: number;
+    retryMaxDelayMs: number;
+    retryAfterMaxMs: number;
+    keyCooldownMs: number;
+    keyInvalidCooldownMs: number;
   };
-  redis?: { url: string; prefix: string; commandTimeoutMs: number };
+  /** Exactly one of url, clusterNodes or sentinels (+ sentinelName) is set. */
+  redis?: {
+    url?: string;
+    clusterNodes?: RedisAddress[];
+    sentinels?: RedisAddress[];
+    sentinelName?: string;
+    username?: string;
+    password?: string;
+    prefix: string;
+    commandTimeoutMs: number;
+  };
+  /** What each feature does while the store is down (src/resilience/). */
+  outage: {
+    probeIntervalMs: number;
+    authGraceMs: number;
+    quotaFailMode: 'closed' | 'open';
+    failOpenRpm: number;
+    failOpenConcurrency: number;
+    settleQueueMax: number;
+    usageBufferMax: number;
+  };
   adminToken?: string;
   authCacheTtlMs: number;
   authFailuresPerMinute: number;
@@ -118,6 +200,7 @@ export interface Config {
   bodyLimitBytes: number;
   shutdownTimeoutMs: number;
   trustProxy: boolean;
+  corsOrigins: string[];
 }
 
 export class ConfigError extends Error {
@@ -125,6 +208,43 @@ export class ConfigError extends Error {
     super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
     this.name = 'ConfigError';
   }
+}
+
+/** OPENAI_API_KEY then OPENAI_API_KEYS (comma-separated), blanks dropped, duplicates removed. */
+function upstreamKeys(e: Pick<Env, 'OPENAI_API_KEY' | 'OPENAI_API_KEYS'>): string[] {
+  const all = [e.OPENAI_API_KEY, ...(e.OPENAI_API_KEYS ?? '').split(',')].map((k) => k?.trim() ?? '');
+  return [...new Set(all.filter((k) => k !== ''))];
+}
+
+/** The REDIS_* variables that only make sense together (each one alone is checked by the schema). */
+function redisProblems(e: Env): string[] {
+  const problems: string[] = [];
+  const targets = (['REDIS_URL', 'REDIS_CLUSTER_NODES', 'REDIS_SENTINELS'] as const).filter((name) => e[name] !== undefined);
+  if (targets.length > 1) problems.push(`${targets.join(', ')}: set only one (one server, a cluster, or Sentinel)`);
+  if (e.REDIS_SENTINELS !== undefined && e.REDIS_SENTINEL_NAME === undefined) {
+    problems.push('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS (the master name the Sentinels monitor)');
+  }
+  if (e.REDIS_SENTINEL_NAME !== undefined && e.REDIS_SENTINELS === undefined) {
+    problems.push('REDIS_SENTINEL_NAME: only used with REDIS_SENTINELS');
+  }
+  for (const name of ['REDIS_USERNAME', 'REDIS_PASSWORD'] as const) {
+    if (e[name] !== undefined && e.REDIS_CLUSTER_NODES === undefined && e.REDIS_SENTINELS === undefined) {
+      problems.push(`${name}: only used with REDIS_CLUSTER_NODES or REDIS_SENTINELS (put credentials in REDIS_URL)`);
+    }
+  }
+  return problems;
+}
+
+function redisConfig(e: Env): Config['redis'] {
+  const common = { prefix: e.REDIS_PREFIX, commandTimeoutMs: e.REDIS_COMMAND_TIMEOUT_MS };
+  const credentials = {
+    ...(e.REDIS_USERNAME !== undefined && { username: e.REDIS_USERNAME }),
+    ...(e.REDIS_PASSWORD !== undefined && { password: e.REDIS_PASSWORD }),
+  };
+  if (e.REDIS_URL) return { url: e.REDIS_URL, ...common };
+  if (e.REDIS_CLUSTER_NODES) return { clusterNodes: e.REDIS_CLUSTER_NODES, ...credentials, ...common };
+  if (e.REDIS_SENTINELS) return { sentinels: e.REDIS_SENTINELS, sentinelName: e.REDIS_SENTINEL_NAME, ...credentials, ...common };
+  return undefined;
 }
 
 /**
@@ -139,9 +259,10 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
     ? []
     : parsed.error.issues.map((i) => `${i.path.join('.') || 'environment'}: ${i.message}`);
   const demo = argv.includes('--demo') || (parsed.success && parsed.data.TOLLGATE_DEMO);
-  if (parsed.success && !demo && !parsed.data.OPENAI_API_KEY) {
-    problems.push('OPENAI_API_KEY: required (or run the demo: npm run demo)');
+  if (parsed.success && !demo && upstreamKeys(parsed.data).length === 0) {
+    problems.push('OPENAI_API_KEY: required, or OPENAI_API_KEYS (or run the demo: npm run demo)');
   }
+  if (parsed.success) problems.push(...redisProblems(parsed.data));
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
 
   const e = parsed.data;
@@ -153,7 +274,8 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
     demo,
     upstream: {
       baseUrl: e.OPENAI_BASE_URL.replace(/\/+$/, ''),
-      apiKey: e.OPENAI_API_KEY ?? '',
+      apiKey: upstreamKeys(e)[0] ?? '',
+      apiKeys: upstreamKeys(e),
       organization: e.OPENAI_ORGANIZATION,
       project: e.OPENAI_PROJECT,
       connectTimeoutMs: e.UPSTREAM_CONNECT_TIMEOUT_MS,
@@ -161,10 +283,23 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
       idleTimeoutMs: e.UPSTREAM_IDLE_TIMEOUT_MS,
       totalTimeoutMs: e.UPSTREAM_TOTAL_TIMEOUT_MS,
       maxConnections: e.UPSTREAM_MAX_CONNECTIONS,
+      maxRetries: e.UPSTREAM_MAX_RETRIES,
+      retryBaseDelayMs: e.UPSTREAM_RETRY_BASE_DELAY_MS,
+      retryMaxDelayMs: e.UPSTREAM_RETRY_MAX_DELAY_MS,
+      retryAfterMaxMs: e.UPSTREAM_RETRY_AFTER_MAX_MS,
+      keyCooldownMs: e.UPSTREAM_KEY_COOLDOWN_MS,
+      keyInvalidCooldownMs: e.UPSTREAM_KEY_INVALID_COOLDOWN_MS,
     },
-    redis: e.REDIS_URL
-      ? { url: e.REDIS_URL, prefix: e.REDIS_PREFIX, commandTimeoutMs: e.REDIS_COMMAND_TIMEOUT_MS }
-      : undefined,
+    redis: redisConfig(e),
+    outage: {
+      probeIntervalMs: e.STORE_PROBE_INTERVAL_MS,
+      authGraceMs: e.AUTH_OUTAGE_GRACE_MS,
+      quotaFailMode: e.QUOTA_FAIL_MODE,
+      failOpenRpm: e.QUOTA_FAIL_OPEN_RPM,
+      failOpenConcurrency: e.QUOTA_FAIL_OPEN_CONCURRENCY,
+      settleQueueMax: e.QUOTA_SETTLE_QUEUE_MAX,
+      usageBufferMax: e.USAGE_BUFFER_MAX,
+    },
     adminToken: e.ADMIN_TOKEN,
     authCacheTtlMs: e.AUTH_CACHE_TTL_MS,
     authFailuresPerMinute: e.AUTH_FAILURES_PER_MINUTE,
@@ -188,5 +323,6 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     trustProxy: e.TRUST_PROXY,
+    corsOrigins: e.CORS_ORIGINS,
   };
 }

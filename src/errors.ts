@@ -1,4 +1,6 @@
 // The error family and the one place that shapes OpenAI error bodies ({error:{message,type,param,code}}).
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 
 export interface OpenAIErrorBody {
@@ -55,6 +57,9 @@ export const modelNotFound = (model: string) =>
 export const upstreamUnreachable = () =>
   new GatewayError(502, 'The gateway could not reach the upstream API. Please retry.', 'server_error', 'upstream_unreachable');
 
+export const upstreamAuthFailed = () =>
+  new GatewayError(502, 'The upstream API refused the gateway\'s credentials. Tell your gateway administrator.', 'server_error', 'upstream_auth_failed');
+
 export const upstreamTimeout = () =>
   new GatewayError(504, 'The upstream API did not answer in time. Please retry.', 'server_error', 'upstream_timeout');
 
@@ -89,6 +94,8 @@ function fromFastifyError(err: FastifyError): GatewayError | undefined {
 export function errorHandler(this: unknown, err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) {
   const known = err instanceof GatewayError ? err : fromFastifyError(err as FastifyError);
   if (request.trace) request.trace.errorCode = known?.code ?? 'internal_error';
+  // An error body is JSON and must never be sniffed into something a browser would render.
+  reply.header('x-content-type-options', 'nosniff');
   if (known) {
     if (known.status >= 500) request.log.warn({ code: known.code }, known.message);
     return reply.code(known.status).headers(known.headers).send(known.body());
@@ -102,5 +109,39 @@ export function errorHandler(this: unknown, err: FastifyError | Error, request: 
 export function notFoundHandler(request: FastifyRequest, reply: FastifyReply) {
   return reply
     .code(404)
+    .header('x-content-type-options', 'nosniff')
     .send(openAIErrorBody(`Invalid URL (${request.method} ${request.url.split("?")[0]!.slice(0, 200)})`, 'invalid_request_error', 'unknown_url'));
+}
+
+
+/**
+ * Fastify's `frameworkErrors`: errors its router raises before any route or hook runs (a URL that
+ * does not decode, a path parameter over maxParamLength). Without it they leave in Fastify's shape.
+ */
+export function frameworkErrorHandler(err: FastifyError, request: FastifyRequest, reply: FastifyReply) {
+  return errorHandler.call(undefined, err, request, reply);
+}
+
+/**
+ * Fastify's `clientErrorHandler`: what Node's HTTP parser refuses before Fastify sees a request
+ * (CR/LF or other bad bytes in a header, headers over the size limit, a body shorter than its
+ * Content-Length, an unknown method). Fastify's default answers in its own shape; this one in OpenAI's.
+ */
+export function clientErrorHandler(err: Error & { code?: string }, socket: Socket) {
+  // A reset connection has nobody left to answer.
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, message, code] =
+    err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'The request took too long to arrive.', 'request_timeout']
+      : err.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'Request headers are too large.', 'headers_too_large']
+        : [400, 'The HTTP request is malformed.', 'bad_request'];
+  const body = JSON.stringify(openAIErrorBody(message, 'invalid_request_error', code));
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+        `Content-Type: application/json; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(err);
 }

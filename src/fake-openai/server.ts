@@ -19,6 +19,8 @@ export interface FakeOpenAIOptions {
   latencyMs?: number;
   /** Delay between SSE events. */
   streamChunkDelayMs?: number;
+  /** Share of POST requests (0..1) answered with a 500, at random: an unreliable upstream for soak tests. */
+  failRate?: number;
   /** When set, requests without `Authorization: Bearer <apiKey>` get OpenAI's 401. */
   apiKey?: string;
   logger?: { info(obj: object, msg?: string): void };
@@ -51,6 +53,8 @@ export interface FakeOpenAI {
   usageTotals(): UsageTotals;
   failNext(n: number, status: number, body?: unknown, headers?: Record<string, string>): void;
   setLatency(ms: number): void;
+  /** Changes the share of POST requests answered with a random 500. */
+  setFailRate(rate: number): void;
   setStreamChunkDelay(ms: number): void;
   hangNext(n: number): void;
   dropNext(n: number): void;
@@ -101,6 +105,13 @@ function safeDecode(segment: string): string {
   }
 }
 
+const RANDOM_FAILURE: Mode = {
+  kind: 'fail',
+  status: 500,
+  body: { error: { message: 'The server had an error while processing your request.', type: 'server_error', param: null, code: null } },
+  headers: {},
+};
+
 const emptyTotals = (): UsageTotals => ({ prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, requests: 0 });
 
 export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<FakeOpenAI> {
@@ -110,6 +121,7 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
   const initialLatency = opts.latencyMs ?? 0;
   const initialChunkDelay = opts.streamChunkDelayMs ?? 0;
   let latencyMs = initialLatency;
+  let failRate = opts.failRate ?? 0;
   let chunkDelayMs = initialChunkDelay;
   const requests: RecordedRequest[] = [];
   const modes: Mode[] = [];
@@ -164,7 +176,7 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     }
     requests.push({ method, path, url, headers: req.headers, body, rawBody });
 
-    const mode = modes.shift();
+    const mode = modes.shift() ?? (method === 'POST' && Math.random() < failRate ? RANDOM_FAILURE : undefined);
     if (mode?.kind === 'hang') return; // the socket stays open until the client gives up or close()
     if (mode?.kind === 'drop') {
       req.socket.destroy();
@@ -253,6 +265,9 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     usageTotals: () => ({ ...totals }),
     failNext: (n, status, body, headers = {}) =>
       enqueue(n, { kind: 'fail', status, body: body === undefined ? defaultErrorFor(status) : body, headers }),
+    setFailRate: (rate) => {
+      failRate = rate;
+    },
     setLatency: (ms) => {
       latencyMs = ms;
     },
@@ -263,6 +278,7 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     dropNext: (n) => enqueue(n, { kind: 'drop' }),
     // Back to the state right after start: latency and chunk delay return to the start options.
     reset: () => {
+      failRate = opts.failRate ?? 0;
       requests.length = 0; // in place, so a reference held by a test stays live
       modes.length = 0;
       totals = emptyTotals();

@@ -11,7 +11,7 @@ import type { Admission, Consumption, Quota } from '../quota/quota.js';
 import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
-import { modelNotFound } from '../errors.js';
+import { modelNotFound, upstreamAuthFailed } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { upstreamFailure } from '../upstream/client.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
@@ -132,6 +132,13 @@ async function callUpstream(
     throw err;
   }
   trace.upstreamStatus = res.status;
+  if (res.status === 401) {
+    // OpenAI refused the gateway's own key. Its message names that key (masked) and would make the
+    // client think its gateway key is wrong: this is the gateway's failure, say so instead.
+    finish({ estimated: false });
+    res.body.resume();
+    throw upstreamAuthFailed();
+  }
   const headers = upstreamHeadersForClient(res.headers);
   trace.upstreamRequestId = headers['x-upstream-request-id'];
   reply.code(res.status).headers(headers);

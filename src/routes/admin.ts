@@ -6,7 +6,7 @@ import type { Cache } from '../cache/cache.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
 import { usageRoutes } from './usage.js';
 import { bearerToken, safeEqual } from '../auth/bearer.js';
-import { GatewayError, notFound, invalidRequest } from '../errors.js';
+import { GatewayError, notFound, invalidRequest, notFoundHandler } from '../errors.js';
 import {
   createKeySchema,
   updateKeySchema,
@@ -52,6 +52,10 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     if (token) await opts.authGuard.fail(request);
     throw new GatewayError(401, 'A valid admin token is required.', 'invalid_request_error', 'invalid_admin_token');
   });
+
+  // Unknown paths and methods under /admin answer 404 only to the token holder (this scope's hook runs
+  // first): without it, a 401 for routes that exist and a 404 for the rest would map the API.
+  app.setNotFoundHandler(notFoundHandler);
 
   async function load(id: string): Promise<KeyRecord> {
     const record = await store.getKeyById(id);

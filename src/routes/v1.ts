@@ -6,7 +6,7 @@ import { upstreamHeadersForClient } from '../pipeline/headers.js';
 import { bearerToken } from '../auth/bearer.js';
 import type { KeyResolver } from '../auth/key-resolver.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
-import { invalidApiKey, modelNotFound, serviceUnavailable } from '../errors.js';
+import { invalidApiKey, modelNotFound, serviceUnavailable, upstreamAuthFailed } from '../errors.js';
 import { hashSecret, isModelAllowed } from '../keys.js';
 
 export interface V1Options extends ForwardDeps {
@@ -86,6 +86,10 @@ async function getUpstream(request: FastifyRequest, reply: FastifyReply, opts: V
   try {
     const res = await opts.upstream.send({ method: 'GET', path, signal });
     request.trace.upstreamStatus = res.status;
+    if (res.status === 401) {
+      res.body.resume();
+      throw upstreamAuthFailed(); // the gateway's own key was refused: not the client's problem to see
+    }
     reply.code(res.status).headers(upstreamHeadersForClient(res.headers));
     return res;
   } catch (err) {

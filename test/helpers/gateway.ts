@@ -52,6 +52,8 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     PORT: '0',
     // Off unless a test is about the cache: elsewhere, repeated identical requests must reach upstream.
     CACHE_ENABLED: 'false',
+    // Off unless a test is about retries: elsewhere, one failNext must reach the client as it is.
+    UPSTREAM_MAX_RETRIES: '0',
     ...options.env,
   });
   const logs = new LogCapture();
