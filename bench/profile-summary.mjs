@@ -1,0 +1,91 @@
+// Self time of a V8 .cpuprofile (node --cpu-prof), by module and by function, over a time window.
+//   node bench/profile-summary.mjs bench/results/tollgate.cpuprofile [windowSeconds] [skipTailMs]
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const SPECIAL = new Set(['(idle)', '(program)', '(garbage collector)', '(root)']);
+
+function moduleOf(url, functionName, root) {
+  if (!url) return SPECIAL.has(functionName) ? functionName : 'V8 builtins / native';
+  let u = url.startsWith('file://') ? fileURLToPath(url) : url;
+  if (u.startsWith('node:')) {
+    const rest = u.slice(5).replace(/^internal\/(deps\/)?/, '');
+    return `node:${rest.split('/')[0].replace(/\.js$/, '')}`;
+  }
+  const nm = u.lastIndexOf('/node_modules/');
+  if (nm >= 0) {
+    const parts = u.slice(nm + 14).split('/');
+    return parts[0].startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0];
+  }
+  if (root && u.startsWith(root)) u = u.slice(root.length + 1);
+  return `tollgate ${u}`;
+}
+
+function shortWhere(url, line, root) {
+  if (!url) return '';
+  let u = url.startsWith('file://') ? fileURLToPath(url) : url;
+  const nm = u.lastIndexOf('/node_modules/');
+  if (nm >= 0) u = u.slice(nm + 14);
+  else if (root && u.startsWith(root)) u = u.slice(root.length + 1);
+  return `${u}:${line + 1}`;
+}
+
+export function summariseProfile(profile, { windowMs, skipTailMs = 0, root } = {}) {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const end = profile.endTime - skipTailMs * 1000;
+  const begin = windowMs ? end - windowMs * 1000 : profile.startTime;
+  const self = new Map(); // node id -> µs
+  let t = profile.startTime;
+  const { samples, timeDeltas } = profile;
+  for (let i = 0; i < samples.length; i++) {
+    t += timeDeltas[i];
+    const next = i + 1 < samples.length ? timeDeltas[i + 1] : 0;
+    if (t < begin || t > end) continue;
+    self.set(samples[i], (self.get(samples[i]) ?? 0) + next);
+  }
+  const modules = new Map();
+  const functions = new Map();
+  let total = 0;
+  let idle = 0;
+  for (const [id, us] of self) {
+    const { callFrame: cf } = byId.get(id);
+    total += us;
+    if (cf.functionName === '(idle)') {
+      idle += us;
+      continue;
+    }
+    const mod = moduleOf(cf.url, cf.functionName, root);
+    modules.set(mod, (modules.get(mod) ?? 0) + us);
+    const fkey = `${cf.functionName || '(anonymous)'}\u0000${shortWhere(cf.url, cf.lineNumber, root)}`;
+    functions.set(fkey, (functions.get(fkey) ?? 0) + us);
+  }
+  const busy = total - idle;
+  const list = (m) =>
+    [...m]
+      .map(([k, us]) => ({ k, ms: us / 1000, pct: (100 * us) / busy }))
+      .sort((a, b) => b.ms - a.ms);
+  return {
+    windowMs: (end - begin) / 1000,
+    totalMs: total / 1000,
+    busyPct: (100 * busy) / total,
+    modules: list(modules).map(({ k, ms, pct }) => ({ name: k, ms, pct })),
+    functions: list(functions).map(({ k, ms, pct }) => {
+      const [name, where] = k.split('\u0000');
+      return { name, where, ms, pct };
+    }),
+  };
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  const [file, windowS, tail] = process.argv.slice(2);
+  const p = summariseProfile(JSON.parse(readFileSync(file, 'utf8')), {
+    windowMs: windowS ? Number(windowS) * 1000 : undefined,
+    skipTailMs: tail ? Number(tail) : 0,
+    root: process.cwd(),
+  });
+  console.log(`busy ${p.busyPct.toFixed(1)}% of ${p.totalMs.toFixed(0)} ms`);
+  console.log('\nby module:');
+  for (const m of p.modules.slice(0, 25)) console.log(`${m.ms.toFixed(0).padStart(7)} ms ${m.pct.toFixed(1).padStart(5)}%  ${m.name}`);
+  console.log('\nby function:');
+  for (const m of p.functions.slice(0, 40)) console.log(`${m.ms.toFixed(0).padStart(7)} ms ${m.pct.toFixed(1).padStart(5)}%  ${m.name}  ${m.where}`);
+}
