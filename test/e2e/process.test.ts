@@ -5,6 +5,7 @@ import { once } from 'node:events';
 import { startFakeOpenAI, type FakeOpenAI } from '../../src/fake-openai/server.js';
 import { freePort } from '../helpers/redis-server.js';
 import { testRedisUrl } from '../helpers/redis.js';
+import { startGateway } from '../helpers/gateway.js';
 
 const ADMIN = 'process-test-admin-token';
 let child: ChildProcess | undefined;
@@ -98,4 +99,58 @@ describe('graceful shutdown', () => {
     expect(code, server.output()).toBe(0);
     expect(server.output()).toContain('shut down cleanly');
   });
+});
+
+describe('graceful shutdown under load', () => {
+  it('drops no accepted request and flushes their usage before exiting', async () => {
+    fake = await startFakeOpenAI({ apiKey: 'sk-up', latencyMs: 400, streamChunkDelayMs: 30 });
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}`;
+    const prefix = `load${port}:`;
+    const server = startServer({
+      PORT: String(port),
+      OPENAI_API_KEY: 'sk-up',
+      OPENAI_BASE_URL: fake.url,
+      ADMIN_TOKEN: ADMIN,
+      REDIS_URL: testRedisUrl(),
+      REDIS_PREFIX: prefix,
+      SHUTDOWN_TIMEOUT_MS: '15000',
+    });
+    await waitUntilUp(base);
+    const created = await fetch(`${base}/admin/keys`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'under-load', limits: { tokensPerDay: 10_000_000 } }),
+    });
+    const { id, key } = (await created.json()) as { id: string; key: string };
+
+    const inFlight = Array.from({ length: 40 }, (_, i) =>
+      fetch(`${base}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: `load ${i}` }], stream: i % 4 === 0 }),
+      }).then(async (res) => ({ status: res.status, body: await res.text() })),
+    );
+    // Every request has reached upstream, so every one was accepted before the signal.
+    await expect.poll(() => fake!.requests.length, { timeout: 10_000 }).toBe(40);
+    const exited = once(server.proc, 'exit');
+    server.proc.kill('SIGTERM');
+    const results = await Promise.all(inFlight);
+    expect(results.map((r) => r.status)).toEqual(Array(40).fill(200));
+    expect(results.filter((r, i) => i % 4 === 0).every((r) => r.body.trim().endsWith('data: [DONE]'))).toBe(true);
+    const [code] = await exited;
+    expect(code, server.output()).toBe(0);
+
+    // Another gateway on the same Redis sees every request's usage and spend: nothing was lost.
+    const reader = await startGateway({ env: { REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix } });
+    try {
+      const usage = await reader.admin('GET', '/admin/usage?groupBy=key');
+      expect(usage.body.totals.requests).toBe(40);
+      expect(usage.body.totals.totalTokens).toBe(fake.usageTotals().total_tokens);
+      const quota = (await reader.admin('GET', `/admin/keys/${id}`)).body.quota;
+      expect(quota.tokensPerDay).toMatchObject({ used: fake.usageTotals().total_tokens, reserved: 0 });
+    } finally {
+      await reader.close();
+    }
+  }, 60_000);
 });
