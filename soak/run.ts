@@ -4,7 +4,9 @@
 //
 //   npm run build && npx tsx soak/run.ts [--minutes 3] [--concurrency 20]
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { startFakeOpenAI } from '../src/fake-openai/server.js';
@@ -28,9 +30,18 @@ function rssMb(pid: number): { rss: number; peak: number } {
   return { rss: Math.round(kb('VmRSS:') / 1024), peak: Math.round(kb('VmHWM:') / 1024) };
 }
 
+/** The gateway's own V8 heap in use, from its Prometheus process metrics. */
+async function heapUsedMb(base: string): Promise<number> {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('nodejs_heap_size_used_bytes '));
+  return Math.round(Number(line?.split(' ')[1] ?? 0) / 1048576);
+}
+
 async function main() {
   const redisPort = await freePort();
-  let redis: RedisServer = await startRedisServer(redisPort);
+  // Persistent, like a production Redis: the restart mid-run must not lose keys or usage.
+  const redisDir = mkdtempSync(join(tmpdir(), 'tollgate-soak-'));
+  let redis: RedisServer = await startRedisServer(redisPort, { persistDir: redisDir });
   const fake = await startFakeOpenAI({ apiKey: UPSTREAM_KEY, failRate: Number(values['fail-rate']) });
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
@@ -53,6 +64,7 @@ async function main() {
     gateway.kill('SIGTERM');
     await fake.close();
     await redis.stop();
+    rmSync(redisDir, { recursive: true, force: true });
   };
   process.on('SIGINT', () => void stop().then(() => process.exit(130)));
 
@@ -69,6 +81,7 @@ async function main() {
     keys.push(((await res.json()) as { key: string }).key);
   }
   const memoryBefore = rssMb(gateway.pid!);
+  const heapBefore = await heapUsedMb(base);
 
   const outcomes = new Map<string, number>();
   const count = (label: string) => outcomes.set(label, (outcomes.get(label) ?? 0) + 1);
@@ -109,7 +122,7 @@ async function main() {
         console.log(`[soak] killing Redis at ${new Date().toISOString()} (restart in 5 s)`);
         await redis.stop();
         void sleep(5000).then(async () => {
-          redis = await startRedisServer(redisPort);
+          redis = await startRedisServer(redisPort, { persistDir: redisDir });
           console.log('[soak] Redis restarted');
         });
       }
@@ -118,12 +131,18 @@ async function main() {
   });
   await Promise.all(workers);
   const memoryAfter = rssMb(gateway.pid!);
+  await sleep(5000); // let the collector run on an idle process: live data, not garbage
+  const heapAfter = await heapUsedMb(base);
 
   // Let buffered usage and settlements reach Redis, then compare with what upstream billed.
   const upstream = fake.usageTotals();
   let recorded: Record<string, number> = {};
   for (let i = 0; i < 60; i++) {
     const res = await admin(`/admin/usage?groupBy=key&from=${Date.now() - durationMs - 3_600_000}`);
+    if (!res.ok) {
+      await sleep(1000); // still recovering
+      continue;
+    }
     recorded = ((await res.json()) as { totals: Record<string, number> }).totals;
     if (recorded.requests === sent && recorded.totalTokens === upstream.total_tokens) break;
     await sleep(1000);
@@ -136,6 +155,7 @@ async function main() {
   const equal = recorded.totalTokens === upstream.total_tokens && recorded.promptTokens === upstream.prompt_tokens;
   console.log(`  tokens recorded ${recorded.totalTokens} vs upstream ${upstream.total_tokens}: ${equal ? 'EQUAL' : 'DIFFERENT'}`);
   console.log(`  gateway RSS before ${memoryBefore.rss} MB, after ${memoryAfter.rss} MB, peak ${memoryAfter.peak} MB`);
+  console.log(`  gateway heap used before ${heapBefore} MB, after (5 s idle) ${heapAfter} MB`);
   await stop();
   process.exit(equal && recorded.requests === sent ? 0 : 1);
 }

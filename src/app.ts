@@ -24,6 +24,7 @@ import { dashboardRoutes } from './dashboard/routes.js';
 import { createAlerts } from './alerts/alerts.js';
 import { loadPriceTable, priceFromUsdPerMillion } from './openai/prices.js';
 import { v1Routes } from './routes/v1.js';
+import { createResponseOwners } from './pipeline/response-owners.js';
 import { adminRoutes } from './routes/admin.js';
 import { healthRoutes } from './routes/health.js';
 import { createStoreHealth } from './resilience/store-health.js';
@@ -225,9 +226,15 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.setNotFoundHandler(notFoundHandler);
   await app.register(corsPlugin, { origins: config.corsOrigins });
 
-  await app.register(healthRoutes, { store, health: storeHealth, modes: () => modes() });
+  await app.register(healthRoutes, {
+    store,
+    health: storeHealth,
+    modes: () => modes(),
+    upstreamKeys: () => upstream.keyPool.status(),
+  });
   await app.register(metricsRoutes, { metrics, token: config.metricsToken });
-  await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, keyResolver, authGuard, logBodies: config.logBodies });
+  const owners = createResponseOwners({ store, logger: app.log });
+  await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, owners, keyResolver, authGuard, logBodies: config.logBodies });
   if (config.adminToken) {
     // The page itself holds no data; it needs the admin token to show any, so it exists only with one.
     await app.register(dashboardRoutes, { prefix: '/dashboard' });

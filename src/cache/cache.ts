@@ -84,9 +84,9 @@ export function createCache(opts: CacheOptions) {
   }
 
   return {
-    /** The plan for a request, or undefined when its endpoint is not cacheable at all. */
+    /** The plan for a request, or undefined when its endpoint (or this request of it) is not cacheable. */
     plan(request: FastifyRequest, key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>): CachePlan | undefined {
-      if (!endpoint.cacheable) return undefined;
+      if (!endpoint.cacheable || endpoint.cacheableRequest?.(body) === false) return undefined;
       const control = parseCacheControl(request.headers['cache-control']);
       const enabled = opts.enabled && key.cache?.enabled !== false;
       const read = enabled && !control.noCache && !control.noStore;

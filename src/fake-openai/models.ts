@@ -27,6 +27,8 @@ export const MODELS: readonly ModelObject[] = [
   model('text-embedding-3-small', 1705948997),
   model('text-embedding-3-large', 1705953180),
   model('text-embedding-ada-002', 1671217299, 'openai-internal'),
+  model('omni-moderation-latest', 1731689265),
+  model('omni-moderation-2024-09-26', 1732734466),
 ];
 
 const BY_ID = new Map(MODELS.map((m) => [m.id, m]));

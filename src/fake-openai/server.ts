@@ -5,6 +5,8 @@ import { chatCompletions } from './chat.js';
 import type { HandlerResult, StreamEvent, Usage } from './common.js';
 import { completions } from './completions.js';
 import { embeddings } from './embeddings.js';
+import { moderations } from './moderations.js';
+import { createFakeResponses } from './responses.js';
 import { FakeHttpError, defaultErrorFor, invalidUrl, malformedJson, modelNotFound, unauthorized } from './errors.js';
 import { MODELS, findModel } from './models.js';
 import { openAIHeaders, pause, readBody, sendBody, writeChunk } from './respond.js';
@@ -77,9 +79,12 @@ const POST_ROUTES: Record<string, (body: unknown) => HandlerResult> = {
   '/v1/chat/completions': chatCompletions,
   '/v1/completions': completions,
   '/v1/embeddings': embeddings,
+  '/v1/moderations': moderations,
 };
 
-function route(method: string, path: string, body: unknown, parseFailed: boolean): HandlerResult {
+type FakeResponses = ReturnType<typeof createFakeResponses>;
+
+function route(method: string, path: string, url: string, body: unknown, parseFailed: boolean, responses: FakeResponses): HandlerResult {
   if (method === 'GET' && path === '/v1/models') {
     return { type: 'json', status: 200, body: { object: 'list', data: MODELS } };
   }
@@ -89,6 +94,12 @@ function route(method: string, path: string, body: unknown, parseFailed: boolean
     if (!model) throw modelNotFound(id);
     return { type: 'json', status: 200, body: model };
   }
+  if (method === 'POST' && path === '/v1/responses') {
+    if (parseFailed) throw malformedJson();
+    return responses.create(body);
+  }
+  const stored = responses.route(method, path, url);
+  if (stored) return stored;
   const handler = POST_ROUTES[path];
   if (method === 'POST' && handler) {
     if (parseFailed) throw malformedJson();
@@ -125,6 +136,8 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
   let chunkDelayMs = initialChunkDelay;
   const requests: RecordedRequest[] = [];
   const modes: Mode[] = [];
+  /** Stored Responses API objects, for the life of this fake. */
+  const responses = createFakeResponses();
   let totals = emptyTotals();
   let active = 0;
   let aborted = 0;
@@ -193,7 +206,7 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
         if (opts.apiKey !== undefined && req.headers.authorization !== `Bearer ${opts.apiKey}`) {
           throw unauthorized(req.headers.authorization);
         }
-        result = route(method, path, body, parseFailed);
+        result = route(method, path, url, body, parseFailed, responses);
       } catch (err) {
         if (!(err instanceof FakeHttpError)) throw err;
         result = { type: 'json', status: err.status, body: err.body };

@@ -1,16 +1,90 @@
 // The endpoint table: each OpenAI endpoint Tollgate serves is a row of data, not a code path.
 import type { z } from 'zod';
 import { invalidRequest } from '../errors.js';
-import { chatCompletionSchema, completionSchema, embeddingSchema, paramPath } from './schemas.js';
+import { chatCompletionSchema, completionSchema, embeddingSchema, moderationSchema, paramPath, responseSchema } from './schemas.js';
+import {
+  generatedText,
+  readChunkUsage,
+  readResponsesEventUsage,
+  readResponsesUsage,
+  readUsage,
+  responsesGeneratedText,
+  type StreamEventInfo,
+  type Usage,
+} from './usage.js';
+import { assembleStream, canSynthesize, synthesizeStream, type ConvertibleEndpoint } from './stream-convert.js';
+import { assembleResponse, canSynthesizeResponse, synthesizeResponseStream } from './responses-convert.js';
+
+type Json = Record<string, unknown>;
+
+/** How an endpoint reports what it used. */
+export interface UsageReader {
+  /** Usage of a non-streamed 200 body. */
+  body(json: unknown): Usage | undefined;
+  /** Usage carried by one streamed event, and whether the event ends the stream. */
+  event(data: string, event: string | undefined): StreamEventInfo | undefined;
+  /** The text a stream generated so far, to bill a stream cut short before its usage. */
+  generatedText(data: readonly string[]): string;
+  /**
+   * Chat and completions report usage in a stream only when asked (`stream_options.include_usage`),
+   * so the gateway asks and hides the chunk from clients that did not; the Responses API always does.
+   */
+  askInStream: boolean;
+  /** A 200 body without usage is still complete (moderations: OpenAI reports none): cacheable, 0 tokens. */
+  optional?: boolean;
+}
+
+/** Turns a complete stream into the stored (non-streamed) body and a stored body into a stream. */
+export interface StreamConverter {
+  /** The non-streamed body equivalent to a complete stream (its events' data), or undefined. */
+  assemble(data: readonly string[]): Json | undefined;
+  canSynthesize(body: Json): boolean;
+  /** The SSE events (terminator included) of a stream equivalent to `stored`, for the request `body`. */
+  synthesize(stored: Json, body: Json): { event?: string; data: string }[];
+}
 
 export interface Endpoint {
   /** Stable name used in logs, metrics and usage records. */
-  name: 'chat.completions' | 'completions' | 'embeddings';
+  name: 'chat.completions' | 'completions' | 'embeddings' | 'responses' | 'moderations';
   /** Path below the upstream base URL (which ends in /v1). */
   upstreamPath: string;
   schema: z.ZodType<{ model: string; stream?: boolean | null; stream_options?: { include_usage?: boolean | null } | null }>;
   streamable: boolean;
   cacheable: boolean;
+  /** When set, a request is cacheable only if this says so (answers that depend on state held upstream). */
+  cacheableRequest?: (body: Json) => boolean;
+  usage: UsageReader;
+  /** Streamed requests can share cache entries with non-streamed ones only with a converter. */
+  convert?: StreamConverter;
+  /** The answers are objects upstream keeps (`id`): record which gateway key created each. */
+  recordsOwner?: boolean;
+}
+
+const chatLikeUsage: UsageReader = {
+  body: readUsage,
+  event: (data) => readChunkUsage(data),
+  generatedText,
+  askInStream: true,
+};
+
+const chatLikeConverter = (endpoint: ConvertibleEndpoint): StreamConverter => ({
+  assemble: (data) => assembleStream(endpoint, data),
+  canSynthesize: (body) => canSynthesize(endpoint, body),
+  synthesize: (stored, body) => {
+    const includeUsage = (body.stream_options as { include_usage?: unknown } | null | undefined)?.include_usage === true;
+    return [...synthesizeStream(endpoint, stored, { includeUsage }).map((data) => ({ data })), { data: '[DONE]' }];
+  },
+});
+
+/**
+ * A Responses request may be answered from the cache only when its answer cannot depend on state
+ * held at OpenAI: no previous_response_id, no conversation, not in the background, and `store`
+ * false or absent (as issue 8 states, although OpenAI's default for `store` is true: an absent
+ * `store` still stores the original answer upstream, and a hit returns that answer's id).
+ */
+export function responseIsCacheable(body: Json): boolean {
+  const absent = (v: unknown) => v === undefined || v === null;
+  return absent(body.previous_response_id) && absent(body.conversation) && body.background !== true && body.store !== true;
 }
 
 export const endpoints = {
@@ -20,6 +94,8 @@ export const endpoints = {
     schema: chatCompletionSchema,
     streamable: true,
     cacheable: true,
+    usage: chatLikeUsage,
+    convert: chatLikeConverter('chat.completions'),
   },
   completions: {
     name: 'completions',
@@ -27,6 +103,8 @@ export const endpoints = {
     schema: completionSchema,
     streamable: true,
     cacheable: true,
+    usage: chatLikeUsage,
+    convert: chatLikeConverter('completions'),
   },
   embeddings: {
     name: 'embeddings',
@@ -34,6 +112,32 @@ export const endpoints = {
     schema: embeddingSchema,
     streamable: false,
     cacheable: true,
+    usage: chatLikeUsage,
+  },
+  responses: {
+    name: 'responses',
+    upstreamPath: '/responses',
+    schema: responseSchema,
+    streamable: true,
+    cacheable: true,
+    cacheableRequest: responseIsCacheable,
+    usage: { body: readResponsesUsage, event: readResponsesEventUsage, generatedText: responsesGeneratedText, askInStream: false },
+    convert: {
+      assemble: assembleResponse,
+      canSynthesize: canSynthesizeResponse,
+      synthesize: (stored) => synthesizeResponseStream(stored),
+    },
+    recordsOwner: true,
+  },
+  // OpenAI reports no usage for moderations (they are free): requests are counted, tokens are 0
+  // unless a body ever carries a usage object.
+  moderations: {
+    name: 'moderations',
+    upstreamPath: '/moderations',
+    schema: moderationSchema,
+    streamable: false,
+    cacheable: true,
+    usage: { ...chatLikeUsage, optional: true },
   },
 } satisfies Record<string, Endpoint>;
 

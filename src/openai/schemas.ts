@@ -61,9 +61,34 @@ export const embeddingSchema = z.looseObject({
   user: opt(z.string()),
 });
 
+// The Responses API. `input` is a string or a list of items (messages, function outputs, item
+// references...): only its outer shape is checked, the items pass through.
+export const responseSchema = z.looseObject({
+  model,
+  input: opt(z.union([z.string(), z.array(z.looseObject({}))])),
+  instructions: opt(z.string()),
+  stream: opt(z.boolean()),
+  max_output_tokens: opt(tokenCount),
+  temperature: opt(z.number().min(0).max(2)),
+  top_p: opt(z.number().min(0).max(1)),
+  store: opt(z.boolean()),
+  background: opt(z.boolean()),
+  previous_response_id: opt(z.string()),
+  user: opt(z.string()),
+});
+
+// `model` is optional for moderations: the default is upstream's, named here so the allow-list and
+// the price table see the model that will answer (the body forwarded upstream is left as sent).
+export const moderationSchema = z.looseObject({
+  model: model.default('omni-moderation-latest'),
+  input: z.union([z.string(), z.array(z.string()).min(1), z.array(z.looseObject({ type: z.string() })).min(1)]),
+});
+
 export type ChatCompletionRequest = z.infer<typeof chatCompletionSchema>;
 export type CompletionRequest = z.infer<typeof completionSchema>;
 export type EmbeddingRequest = z.infer<typeof embeddingSchema>;
+export type ResponseRequest = z.infer<typeof responseSchema>;
+export type ModerationRequest = z.infer<typeof moderationSchema>;
 
 /** `['messages', 0, 'role']` -> `messages[0].role`, the way OpenAI names a parameter. */
 export function paramPath(path: readonly PropertyKey[]): string | null {

@@ -2,7 +2,7 @@
 import { PassThrough, type Readable } from 'node:stream';
 import { once } from 'node:events';
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
-import type { Usage } from './usage.js';
+import type { StreamEventInfo, Usage } from './usage.js';
 import { readChunkUsage } from './usage.js';
 import { openAIErrorBody } from '../errors.js';
 
@@ -11,10 +11,17 @@ export interface RelayOptions {
   dropUsageChunk: boolean;
   /** Called once, when the first event is handed to the client (time to first byte). */
   onFirstEvent?: () => void;
+  /**
+   * Reads one event's usage, and whether it ends the stream (the endpoint row's reader). Default:
+   * chat/completions chunks, whose stream ends with `data: [DONE]`.
+   */
+  readEvent?: (data: string, event: string | undefined) => StreamEventInfo | undefined;
+  /** Sees each event before it is relayed; a returned promise is awaited first (e.g. to record an owner). */
+  onEvent?: (data: string, event: string | undefined) => Promise<void> | void;
 }
 
 export interface RelayResult {
-  /** Upstream finished the stream with `data: [DONE]`. */
+  /** Upstream finished the stream normally: `data: [DONE]`, or the endpoint's terminal event. */
   completed: boolean;
   usage?: Usage;
   /** The model upstream says answered, from the usage chunk. */
@@ -50,6 +57,7 @@ export function relaySse(source: Readable, options: RelayOptions): { stream: Pas
   const result: RelayResult = { completed: false, events: 0, data: [] };
   const pending: EventSourceMessage[] = [];
   const parser = createParser({ onEvent: (e) => pending.push(e) });
+  const readEvent: NonNullable<RelayOptions['readEvent']> = options.readEvent ?? ((data) => readChunkUsage(data));
 
   async function write(text: string) {
     if (!out.write(text)) await Promise.race([once(out, 'drain'), once(out, 'close')]);
@@ -65,12 +73,15 @@ export function relaySse(source: Readable, options: RelayOptions): { stream: Pas
           if (e.data === '[DONE]') result.completed = true;
           else {
             result.data.push(e.data);
-            const found = readChunkUsage(e.data);
+            const found = readEvent(e.data, e.event);
             if (found) {
-              result.usage = found.usage;
-              result.model = found.model;
+              if (found.usage) result.usage = found.usage;
+              if (found.model) result.model = found.model;
+              if (found.final) result.completed = true;
               if (found.usageOnly && options.dropUsageChunk) continue;
             }
+            const seen = options.onEvent?.(e.data, e.event);
+            if (seen) await seen;
           }
           if (result.events++ === 0) options.onFirstEvent?.();
           await write(formatEvent(e));

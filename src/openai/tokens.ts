@@ -180,10 +180,65 @@ function promptLikeTokens(value: unknown, count: (text: string) => number): numb
   return tokens;
 }
 
+/** Request fields of the Responses API whose JSON the model sees as prompt. */
+const RESPONSES_SCHEMA_FIELDS = ['tools', 'text', 'tool_choice'] as const;
+
+/** One Responses input content part: input_text / output_text text, images at a fixed size. */
+function responsesPartTokens(part: unknown, count: (text: string) => number): number {
+  if (!isObject(part)) return 0;
+  if (part.type === 'input_image') return part.detail === 'low' ? LOW_DETAIL_IMAGE_PART_TOKENS : IMAGE_PART_TOKENS;
+  if (typeof part.text === 'string') return count(part.text);
+  if (typeof part.refusal === 'string') return count(part.refusal);
+  return 0; // files and audio: upstream's usage settles them
+}
+
+/**
+ * A Responses request's prompt: `instructions` as a system message, `input` as one user message
+ * (a string) or its items (messages by the chat formula; function calls and their outputs, and any
+ * other item, as JSON text), plus tools and text format as JSON.
+ */
+function responsesPromptTokens(body: Json, count: (text: string) => number): number {
+  let tokens = REPLY_PRIMING_TOKENS;
+  if (typeof body.instructions === 'string') tokens += TOKENS_PER_MESSAGE + count(body.instructions);
+  const input = body.input;
+  if (typeof input === 'string') tokens += TOKENS_PER_MESSAGE + count(input);
+  else if (Array.isArray(input)) {
+    for (const item of input) {
+      if (!isObject(item)) continue;
+      tokens += TOKENS_PER_MESSAGE;
+      if (item.type === undefined || item.type === 'message') {
+        if (typeof item.content === 'string') tokens += count(item.content);
+        else if (Array.isArray(item.content)) for (const part of item.content) tokens += responsesPartTokens(part, count);
+      } else if (item.type === 'function_call_output' && typeof item.output === 'string') {
+        tokens += count(item.output);
+      } else {
+        tokens += count(JSON.stringify(item));
+      }
+    }
+  }
+  for (const field of RESPONSES_SCHEMA_FIELDS) {
+    const value = body[field];
+    if (value !== undefined && value !== null && typeof value === 'object') tokens += count(JSON.stringify(value));
+  }
+  return tokens;
+}
+
+/** Moderation input: a string, strings, or multimodal parts (text counted, images at a fixed size). */
+function moderationTokens(input: unknown, count: (text: string) => number): number {
+  if (!Array.isArray(input)) return promptLikeTokens(input, count);
+  let tokens = 0;
+  for (const item of input) {
+    if (typeof item === 'string') tokens += count(item);
+    else if (isObject(item)) tokens += item.type === 'image_url' ? IMAGE_PART_TOKENS : typeof item.text === 'string' ? count(item.text) : 0;
+  }
+  return tokens;
+}
+
 /**
  * The prompt tokens OpenAI will bill for a request body (validated or not: malformed parts count 0).
  * chat.completions: messages by the documented formula, images at a fixed size, plus tools /
  * functions / response_format as JSON. completions: prompt (+ suffix). embeddings: input.
+ * responses: instructions + input items + tools. moderations: input.
  * Prompts are billed once whatever `n` is.
  */
 export function estimatePromptTokens(endpoint: Endpoint['name'], body: unknown, model: string): number {
@@ -196,5 +251,9 @@ export function estimatePromptTokens(endpoint: Endpoint['name'], body: unknown, 
       return promptLikeTokens(body.prompt, count) + (typeof body.suffix === 'string' ? count(body.suffix) : 0);
     case 'embeddings':
       return promptLikeTokens(body.input, count);
+    case 'responses':
+      return responsesPromptTokens(body, count);
+    case 'moderations':
+      return moderationTokens(body.input, count);
   }
 }

@@ -79,3 +79,76 @@ export function generatedText(chunks: readonly string[]): string {
   }
   return text;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// The Responses API: `usage` names its fields differently, and a stream reports it once, inside the
+// `response` of its terminal event (response.completed / response.incomplete / response.failed).
+
+/** `usage` of a Responses API `response` object; undefined when absent or null. */
+export function readResponsesUsage(body: unknown): Usage | undefined {
+  if (typeof body !== 'object' || body === null) return undefined;
+  const u = (body as { usage?: unknown }).usage;
+  if (typeof u !== 'object' || u === null) return undefined;
+  const usage = u as Record<string, unknown>;
+  const promptTokens = count(usage.input_tokens);
+  const completionTokens = count(usage.output_tokens);
+  const inputDetails = (usage.input_tokens_details ?? {}) as Record<string, unknown>;
+  const outputDetails = (usage.output_tokens_details ?? {}) as Record<string, unknown>;
+  return {
+    promptTokens,
+    completionTokens,
+    totalTokens: count(usage.total_tokens) || promptTokens + completionTokens,
+    cachedPromptTokens: count(inputDetails?.cached_tokens),
+    reasoningTokens: count(outputDetails?.reasoning_tokens),
+  };
+}
+
+/** The events that end a Responses stream; each carries the final `response` with its usage. */
+export const RESPONSES_TERMINAL_EVENTS = new Set(['response.completed', 'response.incomplete', 'response.failed']);
+const TERMINAL_TYPE = /"type"\s*:\s*"response\.(completed|incomplete|failed)"/;
+
+/** What one streamed event tells the relay: usage, and whether it ends the stream normally. */
+export interface StreamEventInfo {
+  usage?: Usage;
+  /** The chunk carries nothing but usage (chat's include_usage chunk): droppable. */
+  usageOnly?: boolean;
+  model?: string;
+  /** The stream's protocol-level end (a Responses terminal event; chat and completions end with [DONE]). */
+  final?: boolean;
+}
+
+/** Usage (and the end) of a Responses stream, from its terminal event; undefined for every other event. */
+export function readResponsesEventUsage(data: string, event?: string): StreamEventInfo | undefined {
+  if (event !== undefined && event !== '' && !RESPONSES_TERMINAL_EVENTS.has(event)) return undefined;
+  if (!TERMINAL_TYPE.test(data)) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(data);
+  } catch {
+    return undefined;
+  }
+  const { type, response } = (parsed ?? {}) as { type?: unknown; response?: { model?: unknown } };
+  if (typeof type !== 'string' || !RESPONSES_TERMINAL_EVENTS.has(type)) return undefined;
+  const model = typeof response?.model === 'string' ? response.model : undefined;
+  return { usage: readResponsesUsage(response), model, final: true };
+}
+
+/** The text a Responses stream generated (output text, refusal and function-call argument deltas). */
+export function responsesGeneratedText(events: readonly string[]): string {
+  let text = '';
+  for (const data of events) {
+    if (!data.includes('.delta"')) continue;
+    let e: unknown;
+    try {
+      e = JSON.parse(data);
+    } catch {
+      continue;
+    }
+    const { type, delta } = e as { type?: unknown; delta?: unknown };
+    if (typeof delta !== 'string' || typeof type !== 'string') continue;
+    if (type === 'response.output_text.delta' || type === 'response.refusal.delta' || type === 'response.function_call_arguments.delta' || type.startsWith('response.reasoning')) {
+      text += delta;
+    }
+  }
+  return text;
+}

@@ -4,9 +4,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { validateBody } from '../openai/endpoints.js';
 import { relaySse, type RelayResult } from '../openai/sse.js';
-import { generatedText, readUsage, type Usage } from '../openai/usage.js';
+import { readUsage, type Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
-import { assembleStream, canSynthesize } from '../openai/stream-convert.js';
 import type { Admission, Consumption, Quota } from '../quota/quota.js';
 import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
@@ -16,11 +15,14 @@ import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { upstreamFailure } from '../upstream/client.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
 import { serveHit } from './serve-hit.js';
+import type { ResponseOwners } from './response-owners.js';
 
 export interface ForwardDeps {
   upstream: UpstreamClient;
   quota: Quota;
   cache: Cache;
+  /** Who created each Responses API object (endpoints with `recordsOwner`). */
+  owners: ResponseOwners;
   logBodies: boolean;
 }
 
@@ -49,8 +51,8 @@ export function clientGone(reply: FastifyReply): AbortSignal {
  * the model named by a legacy engine path, and `stream_options.include_usage: true` on streams so
  * every streamed call can be accounted for.
  */
-function upstreamBody(request: FastifyRequest, body: Body, options: ForwardOptions): Buffer | string {
-  const addUsage = body.stream === true && body.stream_options?.include_usage !== true;
+function upstreamBody(request: FastifyRequest, endpoint: Endpoint, body: Body, options: ForwardOptions): Buffer | string {
+  const addUsage = endpoint.usage.askInStream && body.stream === true && body.stream_options?.include_usage !== true;
   const sentModel = (request.body as { model?: unknown }).model;
   const changeModel = options.model !== undefined && sentModel !== options.model;
   if (!addUsage && !changeModel && request.rawBody) return request.rawBody;
@@ -122,7 +124,7 @@ async function callUpstream(
     res = await deps.upstream.send({
       method: 'POST',
       path: endpoint.upstreamPath,
-      body: upstreamBody(request, body, options),
+      body: upstreamBody(request, endpoint, body, options),
       headers: clientHeadersForUpstream(request.headers),
       signal,
     });
@@ -145,14 +147,18 @@ async function callUpstream(
 
   const isSse = String(res.headers['content-type'] ?? '').startsWith('text/event-stream');
   if (trace.stream && res.status === 200 && isSse) {
+    const keyId = request.gatewayKey!.id;
     const { stream, done } = relaySse(res.body, {
-      dropUsageChunk: body.stream_options?.include_usage !== true,
+      dropUsageChunk: endpoint.usage.askInStream && body.stream_options?.include_usage !== true,
       onFirstEvent: () => (trace.ttfbMs = reply.elapsedTime),
+      readEvent: endpoint.usage.event,
+      // The id is known from response.created on: recorded before the client can see (and use) it.
+      onEvent: endpoint.recordsOwner ? (data, event) => deps.owners.recordFromEvent(data, event, keyId) : undefined,
     });
     trace.completion = done.then((result) => {
       trace.streamIncomplete = !result.completed;
       trace.upstreamMs = performance.now() - started;
-      trace.usage = result.usage ?? estimateCutShort(result, admission, body.model);
+      trace.usage = result.usage ?? estimateCutShort(endpoint, result, admission, body.model);
       trace.modelAnswered = result.model;
       finish({ usage: trace.usage, estimated: result.usage === undefined }, streamEntry(endpoint, result, body.model));
     });
@@ -160,18 +166,33 @@ async function callUpstream(
     return reply.send(stream);
   }
 
-  return sendBuffered(reply, res, started, deps.logBodies, (json, bytes) => {
-    if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
-    finish({ usage: trace.usage, estimated: false }, jsonEntry(json, bytes, trace.usage));
-  });
+  return sendBuffered(
+    reply,
+    res,
+    started,
+    deps.logBodies,
+    (json, bytes) => {
+      if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
+      const usage = trace.usage ?? (endpoint.usage.optional ? NO_USAGE : undefined);
+      finish({ usage: trace.usage, estimated: false }, jsonEntry(json, bytes, usage));
+    },
+    {
+      readUsage: endpoint.usage.body,
+      // Recorded before the body (and its id) reaches the client.
+      beforeSend: endpoint.recordsOwner ? (json) => deps.owners.recordFromBody(json, request.gatewayKey!.id) : undefined,
+    },
+  );
 }
+
+/** What an answer that reports no usage (moderations) used, for its cache entry. */
+const NO_USAGE: Usage = { promptTokens: 0, completionTokens: 0, totalTokens: 0, cachedPromptTokens: 0, reasoningTokens: 0 };
 
 /** A stored JSON answer can always be served as JSON; as a stream only if it can be re-chunked faithfully. */
 function canServe(endpoint: Endpoint, entry: CacheEntry, stream: boolean): boolean {
   if (!stream) return true;
-  if (endpoint.name !== 'chat.completions' && endpoint.name !== 'completions') return false;
+  if (!endpoint.convert) return false;
   try {
-    return canSynthesize(endpoint.name, JSON.parse(entry.body) as Record<string, unknown>);
+    return endpoint.convert.canSynthesize(JSON.parse(entry.body) as Record<string, unknown>);
   } catch {
     return false;
   }
@@ -192,8 +213,8 @@ function jsonEntry(json: unknown, bytes: Buffer | undefined, usage: Usage | unde
 /** A cache entry from a stream that ended normally ([DONE], finish reasons, usage), assembled into JSON. */
 function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): NewCacheEntry | undefined {
   if (!result.completed || !result.usage || result.error) return undefined;
-  if (endpoint.name !== 'chat.completions' && endpoint.name !== 'completions') return undefined;
-  const assembled = assembleStream(endpoint.name, result.data);
+  if (!endpoint.convert) return undefined;
+  const assembled = endpoint.convert.assemble(result.data);
   if (!assembled) return undefined;
   const body = Buffer.from(JSON.stringify(assembled));
   return jsonEntry({ model, ...assembled }, body, result.usage);
@@ -203,9 +224,9 @@ function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): Ne
  * Usage of a stream that ended before upstream's usage chunk (client left, upstream broke): the
  * prompt as estimated at admission plus a local count of what was generated, as OpenAI bills it.
  */
-function estimateCutShort(result: RelayResult, admission: Admission, model: string): Usage | undefined {
+function estimateCutShort(endpoint: Endpoint, result: RelayResult, admission: Admission, model: string): Usage | undefined {
   if (result.events === 0) return undefined; // nothing generated: release everything
-  const completionTokens = countCompletionTokens(generatedText(result.data), model);
+  const completionTokens = countCompletionTokens(endpoint.usage.generatedText(result.data), model);
   return {
     promptTokens: admission.promptTokens,
     completionTokens,
@@ -230,6 +251,12 @@ export async function sendBuffered(
   started: number,
   logBodies: boolean,
   onBody?: (json: unknown, bytes: Buffer | undefined) => void,
+  read: {
+    /** How this endpoint reports usage in a 200 body (default: chat/completions/embeddings `usage`). */
+    readUsage?: (json: unknown) => Usage | undefined;
+    /** Awaited after a 200 body is read and before it is sent. */
+    beforeSend?: (json: unknown) => Promise<void>;
+  } = {},
 ) {
   const trace = reply.request.trace;
   let bytes: Buffer;
@@ -250,7 +277,7 @@ export async function sendBuffered(
     }
   }
   if (res.status === 200) {
-    trace.usage = readUsage(json);
+    trace.usage = (read.readUsage ?? readUsage)(json);
     const model = (json as { model?: unknown } | undefined)?.model;
     if (typeof model === 'string') trace.modelAnswered = model;
     if (logBodies) trace.responseBody = json;
@@ -258,6 +285,7 @@ export async function sendBuffered(
     const code = (json as { error?: { code?: unknown; type?: unknown } } | undefined)?.error;
     trace.errorCode = typeof code?.code === 'string' ? code.code : typeof code?.type === 'string' ? code.type : `upstream_${res.status}`;
   }
+  if (res.status === 200 && read.beforeSend) await read.beforeSend(json);
   trace.ttfbMs = reply.elapsedTime;
   onBody?.(res.status === 200 ? json : undefined, bytes);
   return reply.send(bytes);

@@ -2,7 +2,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { formatEvent } from '../openai/sse.js';
-import { synthesizeStream } from '../openai/stream-convert.js';
 import type { Quota } from '../quota/quota.js';
 import type { Cache } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
@@ -34,14 +33,10 @@ export async function serveHit(
 
   const wantsStream = endpoint.streamable && body.stream === true;
   trace.ttfbMs = reply.elapsedTime;
-  if (!wantsStream || (endpoint.name !== 'chat.completions' && endpoint.name !== 'completions')) {
+  if (!wantsStream || !endpoint.convert) {
     return reply.type('application/json').send(entry.body);
   }
-  const chunks = synthesizeStream(endpoint.name, JSON.parse(entry.body) as Record<string, unknown>, {
-    includeUsage: body.stream_options?.include_usage === true,
-  });
   let text = '';
-  for (const data of chunks) text += formatEvent({ data });
-  text += formatEvent({ data: '[DONE]' });
+  for (const event of endpoint.convert.synthesize(JSON.parse(entry.body) as Record<string, unknown>, body)) text += formatEvent(event);
   return reply.type('text/event-stream').header('cache-control', 'no-cache').send(text);
 }

@@ -74,9 +74,14 @@ export function storeLimits(limits: Limits): StoreLimits {
   };
 }
 
-/** The most output a request can produce: max_completion_tokens or max_tokens (else the default cap), times n. */
+/**
+ * The most output a request can produce: max_completion_tokens or max_tokens (else the default cap),
+ * times n; for the Responses API max_output_tokens (else the default cap). Embeddings and
+ * moderations generate nothing.
+ */
 export function maxOutputTokens(endpoint: Endpoint, body: Record<string, unknown>, defaultCap: number): number {
-  if (endpoint.name === 'embeddings') return 0;
+  if (endpoint.name === 'embeddings' || endpoint.name === 'moderations') return 0;
+  if (endpoint.name === 'responses') return typeof body.max_output_tokens === 'number' ? body.max_output_tokens : defaultCap;
   const stated = body.max_completion_tokens ?? body.max_tokens;
   const perChoice = typeof stated === 'number' ? stated : defaultCap;
   const n = typeof body.n === 'number' ? body.n : 1;

@@ -48,6 +48,8 @@ export function guardStore(store: Store, health: StoreHealth): Store {
     usageRows: guard(store.usageRows),
     usageEvents: guard(store.usageEvents),
     markOnce: guard(store.markOnce),
+    setResponseOwner: guard(store.setResponseOwner),
+    getResponseOwner: guard(store.getResponseOwner),
     ping: guard(store.ping),
     close: () => store.close(),
   };

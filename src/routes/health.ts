@@ -10,9 +10,17 @@ export interface HealthOptions {
   health?: StoreHealth;
   /** What each feature does while the store is down, and what waits to be written. */
   modes?: () => DegradedModes;
+  /** Server-held OpenAI keys in rotation, for ops to see (they never make the gateway unready:
+   *  with every key cooling down, the one back soonest is still used). */
+  upstreamKeys?: () => { healthy: boolean }[];
 }
 
 export async function healthRoutes(app: FastifyInstance, opts: HealthOptions) {
+  const upstreamKeys = () => {
+    const keys = opts.upstreamKeys?.();
+    return keys ? { upstreamKeys: { total: keys.length, inRotation: keys.filter((k) => k.healthy).length } } : {};
+  };
+
   // Alive while the process can answer at all: no dependencies checked, so it never flaps with Redis.
   app.get('/healthz', async () => ({ status: 'ok' }));
 
@@ -37,12 +45,13 @@ export async function healthRoutes(app: FastifyInstance, opts: HealthOptions) {
     if (error === undefined) {
       // Recovered, but work from the outage is still being written: ready, and say what remains.
       const backlog = modes && (modes.buffered.usageEvents > 0 || modes.buffered.settlements > 0);
-      return { status: 'ready', store: opts.store.kind, ...(backlog && { flushing: modes.buffered }) };
+      return { status: 'ready', store: opts.store.kind, ...upstreamKeys(), ...(backlog && { flushing: modes.buffered }) };
     }
     return reply.code(503).send({
       status: opts.health && !opts.health.everAnswered ? 'not_ready' : 'degraded',
       store: opts.store.kind,
       failed: [{ component: 'store', error }],
+      ...upstreamKeys(),
       ...(opts.health?.downSince != null && { since: new Date(opts.health.downSince).toISOString() }),
       ...(modes && { modes: { ...modes.modes, buffered: modes.buffered } }),
     });

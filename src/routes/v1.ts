@@ -8,6 +8,7 @@ import type { KeyResolver } from '../auth/key-resolver.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
 import { invalidApiKey, modelNotFound, serviceUnavailable, upstreamAuthFailed } from '../errors.js';
 import { hashSecret, isModelAllowed } from '../keys.js';
+import { responseRoutes } from './responses.js';
 
 export interface V1Options extends ForwardDeps {
   keyResolver: KeyResolver;
@@ -26,6 +27,8 @@ const postRoutes: { url: string; endpoint: Endpoint; modelParam?: string }[] = [
   // openai-python 0.x: Completion.create(engine=...) posts here; the engine is the model.
   { url: '/engines/:engine/completions', endpoint: endpoints.completions, modelParam: 'engine' },
   { url: '/embeddings', endpoint: endpoints.embeddings },
+  { url: '/responses', endpoint: endpoints.responses },
+  { url: '/moderations', endpoint: endpoints.moderations },
 ];
 
 export async function v1Routes(app: FastifyInstance, opts: V1Options) {
@@ -57,6 +60,9 @@ export async function v1Routes(app: FastifyInstance, opts: V1Options) {
       return forward(request, reply, route.endpoint, opts, { model });
     });
   }
+
+  // A child scope: it inherits the authentication hook above.
+  await app.register(responseRoutes, { upstream: opts.upstream, owners: opts.owners });
 
   app.get('/models', async (request, reply) => {
     request.trace.endpoint = 'models.list';

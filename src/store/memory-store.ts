@@ -24,6 +24,7 @@ import { CacheWaitList } from './cache-wait.js';
 import {
   checkEventsQuery,
   checkMark,
+  checkResponseOwner,
   checkUsage,
   compareStreamIds,
   decodeUsageEvent,
@@ -33,6 +34,7 @@ import {
   usageIncrements,
   usageRowsOfHour,
   usageTtlMs,
+  usageSeenTtlMs,
   type StreamId,
 } from './usage-math.js';
 import type { UsageEvent } from '../usage/event.js';
@@ -122,6 +124,8 @@ export class MemoryStore implements Store {
   readonly #waits: CacheWaitList;
   /** Hour id -> aggregates (the Redis `usage:hour:<id>` hashes). */
   readonly #usageHours = new Map<string, UsageHour>();
+  /** Per hour, the event ids already counted (record.lua's set): a replayed event counts once. */
+  readonly #usageSeen = new Map<string, { ids: Set<string>; expiresAt: number }>();
   /**
    * The event stream, oldest first, ids increasing; the live part starts at #eventsHead (the entries
    * before it are trimmed, and dropped in batches), so trimming costs O(1) per event.
@@ -130,6 +134,8 @@ export class MemoryStore implements Store {
   #eventsHead = 0;
   /** The last id handed out: ids never go back, even if the clock does (as in Redis). */
   #lastEventId: StreamId = { ms: 0, seq: 0 };
+  /** Responses API object id -> its creator's key id and expiry (clock ms). */
+  readonly #responseOwners = new Map<string, { keyId: string; expiresAt: number }>();
   /** markOnce name -> expiry (clock ms). */
   readonly #marks = new Map<string, number>();
   #lastUsageSweep = -Infinity;
@@ -380,6 +386,11 @@ export class MemoryStore implements Store {
     this.#sweepUsage(now);
 
     const id = hourId(e.ts);
+    let seen = this.#usageSeen.get(id);
+    if (!seen || seen.expiresAt <= now) this.#usageSeen.set(id, (seen = { ids: new Set(), expiresAt: now }));
+    if (seen.ids.has(e.eventId)) return;
+    seen.ids.add(e.eventId);
+    seen.expiresAt = now + usageSeenTtlMs(e.ts);
     let hour = this.#liveUsageHour(id, now);
     if (!hour) {
       hour = { fields: new Map(), expiresAt: now };
@@ -449,6 +460,27 @@ export class MemoryStore implements Store {
     return true;
   }
 
+  async setResponseOwner(responseId: string, keyId: string, ttlMs: number): Promise<void> {
+    checkResponseOwner(responseId, keyId, ttlMs);
+    const now = this.#clock();
+    // Expired owners are dropped as new ones arrive, so the map stays as big as the live set.
+    if (this.#responseOwners.size > 0 && this.#responseOwners.size % 1024 === 0) {
+      for (const [id, owner] of this.#responseOwners) if (owner.expiresAt <= now) this.#responseOwners.delete(id);
+    }
+    this.#responseOwners.set(responseId, { keyId, expiresAt: now + ttlMs });
+  }
+
+  async getResponseOwner(responseId: string): Promise<string | null> {
+    checkResponseOwner(responseId);
+    const owner = this.#responseOwners.get(responseId);
+    if (!owner) return null;
+    if (owner.expiresAt <= this.#clock()) {
+      this.#responseOwners.delete(responseId);
+      return null;
+    }
+    return owner.keyId;
+  }
+
   async ping(): Promise<void> {}
 
   async close(): Promise<void> {
@@ -470,6 +502,7 @@ export class MemoryStore implements Store {
     if (now - this.#lastUsageSweep < SWEEP_INTERVAL_MS && now >= this.#lastUsageSweep) return;
     this.#lastUsageSweep = now;
     for (const [id, hour] of this.#usageHours) if (hour.expiresAt <= now) this.#usageHours.delete(id);
+    for (const [id, seen] of this.#usageSeen) if (seen.expiresAt <= now) this.#usageSeen.delete(id);
     for (const [name, expiresAt] of this.#marks) if (expiresAt <= now) this.#marks.delete(name);
   }
 

@@ -128,9 +128,13 @@ export function redisKeys(prefix: string) {
      * inside the key id and model escaped as `%25` / `%7C` (see usage-math.ts). PX: the end of the
      * hour plus the retention.
      */
-    usageHour: (hour: string) => `${prefix}usage:hour:${hour}`,
+    // The hour's counters and its set of recorded event ids share the {hour} tag: record.lua touches both.
+    usageHour: (hour: string) => `${prefix}usage:hour:{${hour}}`,
+    usageSeen: (hour: string) => `${prefix}usage:seen:{${hour}}`,
     /** STREAM of usage events, trimmed with MAXLEN ~: one field `e`, the event's JSON. */
     usageEvents: () => `${prefix}usage:events`,
+    /** STRING: the gateway key id that created a Responses API object, PX ttl. Its own slot. */
+    responseOwner: (responseId: string) => `${prefix}respowner:${responseId}`,
     /** STRING set once (SET NX PX) by markOnce. Its own slot. */
     mark: (name: string) => `${prefix}mark:${name}`,
   } as const;

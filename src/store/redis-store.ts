@@ -27,6 +27,7 @@ import { redisKeys, type RedisKeys } from './redis-keys.js';
 import {
   checkEventsQuery,
   checkMark,
+  checkResponseOwner,
   checkUsage,
   decodeUsageEvent,
   hourId,
@@ -35,6 +36,7 @@ import {
   usageIncrements,
   usageRowsOfHour,
   usageTtlMs,
+  usageSeenTtlMs,
 } from './usage-math.js';
 import type { UsageEvent } from '../usage/event.js';
 import type {
@@ -110,6 +112,7 @@ interface QuotaCommands {
   tollgateSettle(...keysAndArgs: (string | number)[]): Promise<number>;
   tollgateHit(key: string, windowMs: number): Promise<[number, number]>;
   tollgateRelease(lock: string, token: string): Promise<number>;
+  tollgateRecord(...keysAndArgs: (string | number)[]): Promise<number>;
 }
 
 const SETTLE_OUTCOMES: Record<number, SettleOutcome> = { 1: 'settled', 2: 'already-settled', 3: 'expired' };
@@ -160,6 +163,7 @@ export class RedisStore implements Store {
     this.#redis.defineCommand('tollgateSettle', { numberOfKeys: 6, lua: loadLua('settle') });
     this.#redis.defineCommand('tollgateHit', { numberOfKeys: 1, lua: loadLua('hit') });
     this.#redis.defineCommand('tollgateRelease', { numberOfKeys: 1, lua: loadLua('release') });
+    this.#redis.defineCommand('tollgateRecord', { numberOfKeys: 2, lua: loadLua('record') });
     this.#scripts = this.#redis as unknown as QuotaCommands;
     // Without a listener ioredis reports every failed reconnect on stderr. A cluster reports its
     // nodes' connection errors as 'node error'.
@@ -411,22 +415,24 @@ export class RedisStore implements Store {
 
   async recordUsage(event: UsageEvent, options: { retentionMs: number; maxEvents: number }): Promise<void> {
     const e = checkUsage(event, options);
-    const hour = this.#keys.usageHour(hourId(e.ts));
-    // The hour's counters and their expiry in one MULTI (one key, so one cluster slot): an event is
-    // counted whole or not at all, and a counted hour always has its expiry. The stream is another
-    // key (maybe another slot), so its XADD goes beside the transaction, not in it; both are written
-    // before either reply is read: one round trip. If one of the two fails, the other may still
-    // have landed (an event counted but not listed, or the reverse); the caller logs the error.
-    const tx = this.#redis.multi();
-    for (const [field, by] of usageIncrements(e)) tx.hincrby(hour, field, by);
-    tx.pexpire(hour, usageTtlMs(e.ts, options.retentionMs));
-    const [counted] = await Promise.all([
-      tx.exec(),
-      // `~`: Redis trims whole stream nodes only (cheap), so a few more than maxEvents may remain
-      // (up to stream-node-max-entries - 1, 99 by default); never fewer.
-      this.#redis.xadd(this.#keys.usageEvents(), 'MAXLEN', '~', options.maxEvents, '*', 'e', JSON.stringify(e)),
-    ]);
-    throwFirstError(counted);
+    const hour = hourId(e.ts);
+    // Counted at most once (record.lua keeps the hour's event ids): a write replayed after an outage,
+    // whose first try may have landed, is then a no-op. Listed in the stream only when counted, so
+    // the export matches the aggregates; the stream is another key (maybe another slot), so its
+    // XADD follows the script's answer. Both happen after the response, off the client's path.
+    const args = usageIncrements(e).flatMap(([field, by]) => [field, by]);
+    const counted = await this.#scripts.tollgateRecord(
+      this.#keys.usageHour(hour),
+      this.#keys.usageSeen(hour),
+      e.eventId,
+      usageTtlMs(e.ts, options.retentionMs),
+      usageSeenTtlMs(e.ts),
+      ...args,
+    );
+    if (counted !== 1) return;
+    // `~`: Redis trims whole stream nodes only (cheap), so a few more than maxEvents may remain
+    // (up to stream-node-max-entries - 1, 99 by default); never fewer.
+    await this.#redis.xadd(this.#keys.usageEvents(), 'MAXLEN', '~', options.maxEvents, '*', 'e', JSON.stringify(e));
   }
 
   async usageRows(fromHour: string, toHour: string): Promise<UsageRow[]> {
@@ -480,6 +486,16 @@ export class RedisStore implements Store {
   async markOnce(name: string, ttlMs: number): Promise<boolean> {
     checkMark(name, ttlMs);
     return (await this.#redis.set(this.#keys.mark(name), '1', 'PX', ttlMs, 'NX')) === 'OK';
+  }
+
+  async setResponseOwner(responseId: string, keyId: string, ttlMs: number): Promise<void> {
+    checkResponseOwner(responseId, keyId, ttlMs);
+    await this.#redis.set(this.#keys.responseOwner(responseId), keyId, 'PX', ttlMs);
+  }
+
+  async getResponseOwner(responseId: string): Promise<string | null> {
+    checkResponseOwner(responseId);
+    return this.#redis.get(this.#keys.responseOwner(responseId));
   }
 
   /** On a cluster, every master must answer: with one down, the keys of its slots are unreachable. */

@@ -136,6 +136,15 @@ export interface Store {
    */
   markOnce(name: string, ttlMs: number): Promise<boolean>;
 
+  /**
+   * Records which gateway key created a Responses API object (`resp_...`), for ttlMs (overwrites).
+   * Throws a RangeError, writing nothing, for an empty responseId or keyId, or a ttlMs that is not
+   * a positive integer.
+   */
+  setResponseOwner(responseId: string, keyId: string, ttlMs: number): Promise<void>;
+  /** The gateway key id that created `responseId`, or null (never recorded, or expired). */
+  getResponseOwner(responseId: string): Promise<string | null>;
+
   /** Round trip to the backing store; throws when it does not answer in time. */
   ping(): Promise<void>;
   close(): Promise<void>;

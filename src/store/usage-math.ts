@@ -40,6 +40,7 @@ const count = z.number().int().nonnegative();
  */
 export const usageEventSchema = z.object({
   ts: z.number().nonnegative().max(MAX_TS),
+  eventId: z.string().min(1).max(100),
   requestId: z.string(),
   keyId: z.string().nullable(),
   keyName: z.string().nullable(),
@@ -135,6 +136,13 @@ export function hourRange(from: string, to: string): string[] {
  * not PEXPIREAT) does not care whether the store's clock agrees with the gateway's, and an event
  * written late (a long stream) only keeps its hour a little longer. Always > retentionMs.
  */
+/** How long an hour remembers which events it counted: the hour, then long enough for any replay. */
+export const USAGE_SEEN_AFTER_HOUR_MS = 6 * 3_600_000;
+
+export function usageSeenTtlMs(ts: number): number {
+  return Math.floor(ts / 3_600_000) * 3_600_000 + 3_600_000 - ts + USAGE_SEEN_AFTER_HOUR_MS;
+}
+
 export function usageTtlMs(ts: number, retentionMs: number): number {
   const hourEnd = (Math.floor(ts / HOUR_MS) + 1) * HOUR_MS;
   return Math.ceil(hourEnd - ts) + retentionMs;
@@ -255,6 +263,13 @@ export function checkEventsQuery(query: { sinceMs: number; after?: string; limit
 /** Checks markOnce's arguments (both stores refuse the same ones). */
 export function checkMark(name: string, ttlMs: number) {
   if (typeof name !== 'string' || name.length === 0) throw new RangeError('mark name must be a non-empty string');
+  positiveInt(ttlMs, 'ttlMs');
+}
+
+export function checkResponseOwner(responseId: string, keyId?: string, ttlMs?: number) {
+  if (typeof responseId !== 'string' || responseId.length === 0) throw new RangeError('responseId must be a non-empty string');
+  if (keyId === undefined) return;
+  if (typeof keyId !== 'string' || keyId.length === 0) throw new RangeError('keyId must be a non-empty string');
   positiveInt(ttlMs, 'ttlMs');
 }
 

@@ -1,4 +1,5 @@
 // Builds a request's usage event from what the pipeline recorded in request.trace.
+import { randomUUID } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { UsageEvent } from './event.js';
 
@@ -17,6 +18,7 @@ export function usageEventOf(request: FastifyRequest, reply: FastifyReply, arriv
   const wroteSomething = reply.raw.headersSent;
   return {
     ts: arrivedAt,
+    eventId: randomUUID(),
     requestId: request.id,
     keyId: request.gatewayKey?.id ?? null,
     keyName: request.gatewayKey?.name ?? null,

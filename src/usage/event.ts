@@ -3,6 +3,8 @@
 export interface UsageEvent {
   /** Epoch ms when the request arrived. */
   ts: number;
+  /** Unique per request, minted by the gateway (requestId may be the client's and repeat). */
+  eventId: string;
   requestId: string;
   /** Null when the request was refused before a key was known (401). */
   keyId: string | null;

@@ -145,6 +145,7 @@ function events(now: number): ({ id: string } & UsageEvent)[] {
     out.push({
       id: `evt_${String(i).padStart(3, '0')}`,
       ts: now - 5_000 - i * 30_000,
+      eventId: `evt-${i}`,
       requestId: `req-${i}`,
       keyId,
       keyName: keyId ? KEY_USAGE.find((u) => u.key === keyId)!.keyName : null,

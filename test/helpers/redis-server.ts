@@ -22,11 +22,19 @@ export function freePort(): Promise<number> {
   });
 }
 
-export async function startRedisServer(port?: number): Promise<RedisServer> {
+/**
+ * `persistDir`: keep data across a SIGKILL (append-only file, fsync on every write), as a production
+ * Redis would; killed and restarted on the same port and dir, it comes back with its data. Without
+ * it the server keeps nothing and a restart comes back empty.
+ */
+export async function startRedisServer(port?: number, options: { persistDir?: string } = {}): Promise<RedisServer> {
   const p = port ?? (await freePort());
+  const persistence = options.persistDir
+    ? ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', options.persistDir]
+    : ['--appendonly', 'no'];
   const child: ChildProcess = spawn(
     'redis-server',
-    ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no'],
+    ['--port', String(p), '--bind', '127.0.0.1', '--save', '', ...persistence, '--protected-mode', 'no'],
     { stdio: 'ignore' },
   );
   const url = `redis://127.0.0.1:${p}`;

@@ -17,13 +17,13 @@ describe('health', () => {
     expect(await (await fetch(`${gw.url}/healthz`)).json()).toEqual({ status: 'ok' });
     const ready = await fetch(`${gw.url}/readyz`);
     expect(ready.status).toBe(200);
-    expect(await ready.json()).toEqual({ status: 'ready', store: 'memory' });
+    expect(await ready.json()).toEqual({ status: 'ready', store: 'memory', upstreamKeys: { total: 1, inRotation: 1 } });
   });
 
   it('is ready with a live Redis', async () => {
     const gw = await startGateway({ env: { REDIS_URL: testRedisUrl() } });
     opened.push(gw);
-    expect(await (await fetch(`${gw.url}/readyz`)).json()).toEqual({ status: 'ready', store: 'redis' });
+    expect(await (await fetch(`${gw.url}/readyz`)).json()).toEqual({ status: 'ready', store: 'redis', upstreamKeys: { total: 1, inRotation: 1 } });
   });
 
   it('stays live but reports not ready, naming the store, when Redis is unreachable', async () => {

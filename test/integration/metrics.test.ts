@@ -27,6 +27,7 @@ async function buildMetricsApp(options: Partial<MetricsOptions> = {}, token?: st
 function event(overrides: Partial<UsageEvent>): UsageEvent {
   return {
     ts: Date.now(),
+    eventId: 'evt_1',
     requestId: 'req_1',
     keyId: 'key_a',
     keyName: 'billing-app',

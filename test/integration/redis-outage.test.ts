@@ -1,51 +1,15 @@
 // Redis dies mid-traffic (SIGKILL) and comes back on the same port: each feature follows its stated
 // outage policy, no request hangs, /readyz names the modes, and nothing is lost once Redis returns.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Redis } from 'ioredis';
 import { startGateway, type Gateway } from '../helpers/gateway.js';
-import { freePort, startRedisServer, type RedisServer } from '../helpers/redis-server.js';
+import { freePort, startRedisServer } from '../helpers/redis-server.js';
 
-/**
- * A redis-server that keeps its data across a SIGKILL (append-only file, fsync on every write), as
- * a production Redis would: startRedisServer runs without persistence, so a restart of it comes
- * back empty (that case is tested below with it). Killed and restarted on the same port and dir.
- */
-async function startPersistentRedis(port: number, dir: string): Promise<RedisServer> {
-  const child: ChildProcess = spawn(
-    'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir, '--protected-mode', 'no'],
-    { stdio: 'ignore' },
-  );
-  const url = `redis://127.0.0.1:${port}`;
-  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  probe.on('error', () => {});
-  for (let attempt = 0; ; attempt++) {
-    try {
-      await probe.connect();
-      await probe.ping();
-      probe.disconnect();
-      break;
-    } catch (err) {
-      if (attempt > 100 || child.exitCode !== null) throw new Error(`redis-server did not start on ${port}: ${String(err)}`);
-      await sleep(50);
-    }
-  }
-  return {
-    port,
-    url,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGKILL');
-      }),
-  };
-}
+/** A redis-server that keeps its data across a SIGKILL, as a production Redis would. */
+const startPersistentRedis = (port: number, dir: string) => startRedisServer(port, { persistDir: dir });
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -186,13 +150,13 @@ describe('Redis outage', () => {
     expect(metrics).toMatch(/tollgate_degraded_requests_total\{outcome="quota_refused_unavailable"\} [1-9]/);
 
     await restart();
-    await expect.poll(async () => (await readyz(gw)).body, { timeout: 10_000, interval: 100 }).toEqual({ status: 'ready', store: 'redis' });
+    await expect.poll(async () => (await readyz(gw)).body, { timeout: 10_000, interval: 100 }).toEqual({ status: 'ready', store: 'redis', upstreamKeys: { total: 1, inRotation: 1 } });
     for (let i = 0; i < 2; i++) expect((await c.chat(key.key, `after ${i}`)).status).toBe(200);
 
     // Every request of the run has its usage event, those of the outage included.
     await expect.poll(async () => (await usageTotals(gw))?.requests, { timeout: 10_000, interval: 100 }).toBe(c.requests);
     await expect.poll(() => tokensUsedToday(gw, key.id), { timeout: 10_000, interval: 100 }).toBe(gw.fake.usageTotals().total_tokens);
-    expect((await readyz(gw)).body).toEqual({ status: 'ready', store: 'redis' });
+    expect((await readyz(gw)).body).toEqual({ status: 'ready', store: 'redis', upstreamKeys: { total: 1, inRotation: 1 } });
     expect((await c.models(key.key)).status).toBe(200);
     expect(gw.logs.lines.some((l) => l.msg === 'usage event not stored' || String(l.msg).includes('not stored'))).toBe(false);
   });
@@ -239,7 +203,7 @@ describe('Redis outage', () => {
     expect(metrics).toMatch(/tollgate_degraded_requests_total\{outcome="quota_admitted_open"\} 3/);
 
     await restart();
-    await expect.poll(async () => (await readyz(gw)).body, { timeout: 10_000, interval: 100 }).toEqual({ status: 'ready', store: 'redis' });
+    await expect.poll(async () => (await readyz(gw)).body, { timeout: 10_000, interval: 100 }).toEqual({ status: 'ready', store: 'redis', upstreamKeys: { total: 1, inRotation: 1 } });
     await expect.poll(async () => (await usageTotals(gw))?.requests, { timeout: 10_000, interval: 100 }).toBe(c.requests);
     // The settlements queued during the outage were written: the day's tokens are exactly what upstream billed.
     await expect.poll(() => tokensUsedToday(gw, key.id), { timeout: 10_000, interval: 100 }).toBe(gw.fake.usageTotals().total_tokens);

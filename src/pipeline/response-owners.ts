@@ -1,0 +1,59 @@
+// Which gateway key created each Responses API object, so only that key may read, delete or cancel it.
+import type { FastifyBaseLogger } from 'fastify';
+import type { Store } from '../store/store.js';
+import { serviceUnavailable } from '../errors.js';
+
+/** OpenAI keeps stored responses 30 days: the owner is remembered as long. */
+export const RESPONSE_OWNER_TTL_MS = 30 * 86_400_000;
+
+export type ResponseOwners = ReturnType<typeof createResponseOwners>;
+
+type Json = Record<string, unknown>;
+const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLogger; ttlMs?: number }) {
+  const ttlMs = opts.ttlMs ?? RESPONSE_OWNER_TTL_MS;
+
+  /**
+   * Records the owner of a response object. A response created with `store: false` cannot be
+   * fetched later, so it costs no write. A failed write is logged, not thrown: the answer is already
+   * paid for and must reach the client; its creator then gets 404 when fetching it later.
+   */
+  async function record(response: unknown, keyId: string): Promise<void> {
+    if (!isObject(response) || typeof response.id !== 'string' || response.id === '' || response.store === false) return;
+    try {
+      await opts.store.setResponseOwner(response.id, keyId, ttlMs);
+    } catch (err) {
+      opts.logger.warn({ err: (err as Error).message, responseId: response.id, keyId }, 'response owner not recorded');
+    }
+  }
+
+  return {
+    /** From a non-streamed 200 body (the response object itself). */
+    recordFromBody: (json: unknown, keyId: string) => record(json, keyId),
+
+    /** From a streamed event: only `response.created` (the first event) names the id. */
+    recordFromEvent(data: string, event: string | undefined, keyId: string): Promise<void> | undefined {
+      if (event !== undefined && event !== '' && event !== 'response.created') return undefined;
+      if (!data.includes('"response.created"')) return undefined;
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(data);
+      } catch {
+        return undefined;
+      }
+      if (!isObject(parsed) || parsed.type !== 'response.created') return undefined;
+      return record(parsed.response, keyId);
+    },
+
+    /** The key id that created `responseId`, or null. Throws 503 when the store cannot say. */
+    async ownerOf(responseId: string): Promise<string | null> {
+      try {
+        return await opts.store.getResponseOwner(responseId);
+      } catch (err) {
+        opts.logger.warn({ err: (err as Error).message, responseId }, 'response owner lookup failed');
+        throw serviceUnavailable('Response lookups are temporarily unavailable. Please retry.', 'store_unavailable');
+      }
+    },
+  };
+}

@@ -1,0 +1,73 @@
+// The Responses API's object routes: retrieve, delete, cancel, list input items. Forwarded with the
+// server key, but only for the gateway key that created the response; every other key gets
+// OpenAI's own 404, and upstream is never asked.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { UpstreamClient } from '../upstream/client.js';
+import type { ResponseOwners } from '../pipeline/response-owners.js';
+import { clientClosed, clientGone, sendBuffered } from '../pipeline/forward.js';
+import { clientHeadersForUpstream, upstreamHeadersForClient } from '../pipeline/headers.js';
+import { notFound, upstreamAuthFailed } from '../errors.js';
+
+export interface ResponseRoutesOptions {
+  upstream: UpstreamClient;
+  owners: ResponseOwners;
+}
+
+type IdRequest = FastifyRequest<{ Params: { id: string } }>;
+
+/** OpenAI's answer for an id it does not know: the same for another key's response, so no oracle. */
+const noSuchResponse = (id: string) => notFound(`No response found with id '${id}'.`, 'not_found');
+
+export async function responseRoutes(app: FastifyInstance, opts: ResponseRoutesOptions) {
+  const routes: { method: 'GET' | 'DELETE' | 'POST'; url: string; name: string; suffix: string }[] = [
+    { method: 'GET', url: '/responses/:id', name: 'responses.retrieve', suffix: '' },
+    { method: 'DELETE', url: '/responses/:id', name: 'responses.delete', suffix: '' },
+    { method: 'POST', url: '/responses/:id/cancel', name: 'responses.cancel', suffix: '/cancel' },
+    { method: 'GET', url: '/responses/:id/input_items', name: 'responses.input_items', suffix: '/input_items' },
+  ];
+  for (const route of routes) {
+    app.route({
+      method: route.method,
+      url: route.url,
+      handler: (request: IdRequest, reply) => passThrough(request, reply, opts, route.method, route.name, route.suffix),
+    });
+  }
+}
+
+async function passThrough(
+  request: IdRequest,
+  reply: FastifyReply,
+  opts: ResponseRoutesOptions,
+  method: 'GET' | 'DELETE' | 'POST',
+  name: string,
+  suffix: string,
+) {
+  const { id } = request.params;
+  request.trace.endpoint = name;
+  const owner = await opts.owners.ownerOf(id);
+  if (owner !== request.gatewayKey!.id) throw noSuchResponse(id);
+
+  const query = request.url.indexOf('?');
+  const path = `/responses/${encodeURIComponent(id)}${suffix}${query >= 0 ? request.url.slice(query) : ''}`;
+  const signal = clientGone(reply);
+  const started = performance.now();
+  let res;
+  try {
+    res = await opts.upstream.send({ method, path, headers: clientHeadersForUpstream(request.headers), signal });
+  } catch (err) {
+    if (signal.aborted) return clientClosed(reply);
+    throw err;
+  }
+  request.trace.upstreamStatus = res.status;
+  if (res.status === 401) {
+    res.body.resume();
+    throw upstreamAuthFailed(); // the gateway's own key was refused: not the client's problem to see
+  }
+  reply.code(res.status).headers(upstreamHeadersForClient(res.headers));
+  // GET /responses/{id}?stream=true replays the events of a background response: bytes pass through.
+  if (String(res.headers['content-type'] ?? '').startsWith('text/event-stream')) {
+    request.trace.ttfbMs = reply.elapsedTime;
+    return reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no').send(res.body);
+  }
+  return sendBuffered(reply, res, started, false);
+}

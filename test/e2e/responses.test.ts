@@ -1,0 +1,224 @@
+// The Responses API and moderations through Tollgate with the official openai SDK: creation (JSON and
+// streams), ownership of stored responses, quotas, exact usage, the cache, and moderations.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import OpenAI from 'openai';
+import { startGateway, type Gateway } from '../helpers/gateway.js';
+import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+
+let gw: Gateway;
+let owner: { id: string; key: string };
+let other: { id: string; key: string };
+let client: OpenAI;
+let otherClient: OpenAI;
+
+beforeAll(async () => {
+  gw = await startGateway({ env: { CACHE_ENABLED: 'true', REDIS_URL: testRedisUrl(), REDIS_PREFIX: uniquePrefix() } });
+  owner = await gw.createKey({ name: 'resp-owner' });
+  other = await gw.createKey({ name: 'resp-other' });
+  client = gw.sdk(owner.key);
+  otherClient = gw.sdk(other.key);
+});
+afterAll(() => gw.close());
+
+const upstreamCalls = (path = '/v1/responses') => gw.fake.requests.filter((r) => r.method === 'POST' && r.path === path).length;
+const unique = () => Math.random().toString(36).slice(2);
+
+/** The request log lines of the gateway key, newest last. */
+const lines = (keyId: string) => gw.logs.requests().filter((l) => l.keyId === keyId);
+
+describe('creating responses', () => {
+  it('creates a response as JSON, reading usage, recording it exactly', async () => {
+    const key = await gw.createKey({ name: 'exact' });
+    const before = gw.fake.usageTotals();
+    const res = await gw.sdk(key.key).responses.create({ model: 'gpt-4o-mini', input: `Hello responses ${unique()}`, instructions: 'Be brief.' });
+    expect(res.object).toBe('response');
+    expect(res.status).toBe('completed');
+    expect(res.output_text).toContain('Hello responses');
+    const sent = gw.fake.requests.at(-1)!.body as Record<string, unknown>;
+    expect(sent.stream_options).toBeUndefined();
+
+    const stream = await gw.sdk(key.key).responses.create({ model: 'gpt-4o-mini', input: [{ role: 'user', content: `Stream it ${unique()}` }], stream: true });
+    const types: string[] = [];
+    let text = '';
+    let completed: OpenAI.Responses.Response | undefined;
+    for await (const event of stream) {
+      types.push(event.type);
+      if (event.type === 'response.output_text.delta') text += event.delta;
+      if (event.type === 'response.completed') completed = event.response;
+    }
+    expect(types[0]).toBe('response.created');
+    expect(types.at(-1)).toBe('response.completed');
+    expect(text).toContain('Stream it');
+    expect(completed!.usage!.total_tokens).toBeGreaterThan(0);
+    expect((gw.fake.requests.at(-1)!.body as Record<string, unknown>).stream_options).toBeUndefined();
+
+    const after = gw.fake.usageTotals();
+    await expect
+      .poll(async () => (await gw.admin('GET', `/admin/usage?groupBy=key&keyId=${key.id}`)).body.totals)
+      .toMatchObject({
+        requests: 2,
+        promptTokens: after.prompt_tokens - before.prompt_tokens,
+        completionTokens: after.completion_tokens - before.completion_tokens,
+        totalTokens: after.total_tokens - before.total_tokens,
+      });
+    const logged = lines(key.id);
+    expect(logged.map((l) => l.endpoint)).toEqual(['responses', 'responses']);
+    expect(logged.every((l) => (l.costMicros as number) > 0 && l.estimated === false && l.streamIncomplete === undefined)).toBe(true);
+    expect(logged.map((l) => l.stream)).toEqual([false, true]);
+  });
+
+  it('streams with client.responses.stream(...).finalResponse()', async () => {
+    const stream = client.responses.stream({ model: 'gpt-4o-mini', input: `Final please ${unique()}` });
+    const deltas: string[] = [];
+    stream.on('response.output_text.delta', (e) => deltas.push(e.delta));
+    const final = await stream.finalResponse();
+    expect(final.status).toBe('completed');
+    expect(final.output_text).toBe(deltas.join(''));
+    expect(final.usage!.output_tokens).toBe(deltas.length);
+  });
+
+  it('validates what the gateway acts on', async () => {
+    const bad = async (body: Record<string, unknown>) => {
+      const err = await client.responses.create(body as never).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+      return (err as InstanceType<typeof OpenAI.BadRequestError>).param;
+    };
+    expect(await bad({ model: 'gpt-4o-mini', input: 'x', max_output_tokens: 0 })).toBe('max_output_tokens');
+    expect(await bad({ model: 'gpt-4o-mini', input: 'x', temperature: 3 })).toBe('temperature');
+    expect(await bad({ model: 'gpt-4o-mini', input: 'x', top_p: 'high' })).toBe('top_p');
+    expect(await bad({ model: 'gpt-4o-mini', input: 42 })).toBe('input');
+    expect(await bad({ input: 'x' })).toBe('model');
+  });
+
+  it('refuses with 429 when the budget cannot hold the reservation', async () => {
+    const tight = await gw.createKey({ name: 'tight', limits: { tokensPerDay: 100 } });
+    const tightClient = gw.sdk(tight.key);
+    const calls = upstreamCalls();
+    const err = await tightClient.responses.create({ model: 'gpt-4o-mini', input: 'Too big', max_output_tokens: 500 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.RateLimitError);
+    expect(upstreamCalls()).toBe(calls);
+    // Within budget: max_output_tokens is what is reserved.
+    const ok = await tightClient.responses.create({ model: 'gpt-4o-mini', input: 'Small', max_output_tokens: 30 });
+    expect(ok.usage!.total_tokens).toBeLessThanOrEqual(100);
+  });
+});
+
+describe('stored responses belong to the key that created them', () => {
+  it('lets the owner retrieve, list input items and delete; other keys get 404 without an upstream call', async () => {
+    const created = await client.responses.create({ model: 'gpt-4o-mini', input: `Keep me ${unique()}` });
+    const streamed = await client.responses.stream({ model: 'gpt-4o-mini', input: `Keep me too ${unique()}` }).finalResponse();
+
+    for (const id of [created.id, streamed.id]) {
+      expect((await client.responses.retrieve(id)).id).toBe(id);
+      const items: OpenAI.Responses.ResponseItem[] = [];
+      for await (const item of client.responses.inputItems.list(id)) items.push(item);
+      expect(items).toHaveLength(1);
+
+      const before = gw.fake.requests.length;
+      const notFound = async (p: Promise<unknown>) => {
+        const err = await p.catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+        expect((err as Error).message).toContain(`No response found with id '${id}'`);
+      };
+      await notFound(otherClient.responses.retrieve(id));
+      await notFound(otherClient.responses.delete(id));
+      await notFound(otherClient.responses.cancel(id));
+      await notFound(otherClient.responses.inputItems.list(id));
+      expect(gw.fake.requests.length).toBe(before);
+    }
+    await client.responses.delete(created.id);
+    await expect(client.responses.retrieve(created.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    await expect(client.responses.retrieve('resp_never_made')).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+  });
+
+  it('cancels a background response for its owner only; background responses are not cached', async () => {
+    const input = `In the background ${unique()}`;
+    const calls = upstreamCalls();
+    const queued = await client.responses.create({ model: 'gpt-4o-mini', input, background: true });
+    await client.responses.create({ model: 'gpt-4o-mini', input, background: true });
+    expect(upstreamCalls()).toBe(calls + 2);
+    expect(queued.status).toBe('queued');
+    await expect(otherClient.responses.cancel(queued.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    expect((await client.responses.cancel(queued.id)).status).toBe('cancelled');
+  });
+});
+
+describe('the cache', () => {
+  const raw = (key: string, body: Record<string, unknown>) =>
+    fetch(`${gw.url}/v1/responses`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+
+  it('serves a stateless response from the cache as JSON and as a stream, with the same id', async () => {
+    const body = { model: 'gpt-4o-mini', input: `Cache me ${unique()}`, store: false };
+    const calls = upstreamCalls();
+    const first = await client.responses.create(body);
+    const miss = lines(owner.id).at(-1)!;
+    expect(miss.cache).toBe('MISS');
+
+    const res = await raw(owner.key, body);
+    expect(res.headers.get('x-tollgate-cache')).toBe('HIT');
+    const hit = (await res.json()) as OpenAI.Responses.Response;
+    expect(hit.id).toBe(first.id);
+    expect(hit.output).toEqual(first.output);
+    expect(hit.usage).toEqual(first.usage);
+
+    const final = await client.responses.stream(body).finalResponse();
+    expect(final.id).toBe(first.id);
+    expect(final.output_text).toBe(first.output_text);
+    expect(final.usage).toEqual(first.usage);
+    const types: string[] = [];
+    for await (const e of await client.responses.create({ ...body, stream: true })) types.push(e.type);
+    expect(types.slice(0, 2)).toEqual(['response.created', 'response.in_progress']);
+    expect(types.at(-1)).toBe('response.completed');
+    expect(upstreamCalls()).toBe(calls + 1);
+    // A hit costs nothing.
+    expect(lines(owner.id).slice(-3).every((l) => l.cache === 'HIT')).toBe(true);
+  });
+
+  it('a streamed miss is stored and later served as JSON', async () => {
+    const body = { model: 'gpt-4o-mini', input: `Stream first ${unique()}` };
+    const calls = upstreamCalls();
+    const streamed = await client.responses.stream(body).finalResponse();
+    const json = await gw.sdk(owner.key).responses.create(body);
+    expect(upstreamCalls()).toBe(calls + 1);
+    expect(json.id).toBe(streamed.id);
+    expect(json.output_text).toBe(streamed.output_text);
+  });
+
+  it('never caches requests that depend on upstream state', async () => {
+    const base = await client.responses.create({ model: 'gpt-4o-mini', input: `Base ${unique()}` });
+    for (const extra of [{ previous_response_id: base.id }, { store: true }, { conversation: 'conv_123' }]) {
+      const body = { model: 'gpt-4o-mini', input: `Stateful ${unique()}`, ...extra };
+      const calls = upstreamCalls();
+      for (let i = 0; i < 2; i++) {
+        const res = await raw(owner.key, body);
+        expect(res.headers.get('x-tollgate-cache')).toBeNull();
+        await res.arrayBuffer();
+      }
+      expect(upstreamCalls()).toBe(calls + 2);
+    }
+  });
+});
+
+describe('moderations', () => {
+  it('moderates through the SDK, counts the request with 0 tokens, and caches', async () => {
+    const key = await gw.createKey({ name: 'moderator', limits: { usdPerDay: 1 } });
+    const mod = gw.sdk(key.key);
+    const input = `I will kill this process ${unique()}`;
+    const res = await mod.moderations.create({ input });
+    expect(res.results[0]!.flagged).toBe(true);
+    expect(res.results[0]!.categories.violence).toBe(true);
+    const again = await mod.moderations.create({ input });
+    expect(again.id).toBe(res.id);
+    const many = await mod.moderations.create({ model: 'omni-moderation-latest', input: ['hello', 'fine'] });
+    expect(many.results).toHaveLength(2);
+    expect(upstreamCalls('/v1/moderations')).toBe(2);
+    await expect
+      .poll(async () => (await gw.admin('GET', `/admin/usage?groupBy=key&keyId=${key.id}`)).body.totals)
+      .toMatchObject({ requests: 3, totalTokens: 0, cacheHits: 1 });
+    expect(lines(key.id).map((l) => l.endpoint)).toEqual(['moderations', 'moderations', 'moderations']);
+  });
+});

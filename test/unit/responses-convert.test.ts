@@ -1,0 +1,90 @@
+// The Responses API's usage reader and stream <-> body conversion, for the relay and the cache.
+import { describe, expect, it } from 'vitest';
+import { assembleResponse, canSynthesizeResponse, synthesizeResponseStream } from '../../src/openai/responses-convert.js';
+import { readResponsesEventUsage, readResponsesUsage, responsesGeneratedText } from '../../src/openai/usage.js';
+import { responseIsCacheable } from '../../src/openai/endpoints.js';
+import { createFakeResponses } from '../../src/fake-openai/responses.js';
+
+const usage = {
+  input_tokens: 120,
+  input_tokens_details: { cached_tokens: 100 },
+  output_tokens: 30,
+  output_tokens_details: { reasoning_tokens: 12 },
+  total_tokens: 150,
+};
+
+/** The data of every event of a fake upstream stream, as the relay keeps them. */
+function fakeStream(body: Record<string, unknown>): string[] {
+  const result = createFakeResponses().create({ model: 'gpt-4o-mini', stream: true, ...body });
+  if (result.type !== 'stream') throw new Error('expected a stream');
+  return result.events.map((e) => /\ndata: (.*)\n\n$/s.exec(e.data)![1]!);
+}
+
+describe('usage', () => {
+  it('reads input, cached, output, reasoning and total tokens', () => {
+    expect(readResponsesUsage({ usage })).toEqual({ promptTokens: 120, cachedPromptTokens: 100, completionTokens: 30, reasoningTokens: 12, totalTokens: 150 });
+    expect(readResponsesUsage({ usage: null })).toBeUndefined();
+  });
+
+  it('finds usage and the end of the stream in completed, incomplete and failed events only', () => {
+    for (const type of ['response.completed', 'response.incomplete', 'response.failed']) {
+      const info = readResponsesEventUsage(JSON.stringify({ type, sequence_number: 9, response: { model: 'gpt-4o-mini', usage } }), type);
+      expect(info).toMatchObject({ final: true, model: 'gpt-4o-mini', usage: { promptTokens: 120 } });
+    }
+    expect(readResponsesEventUsage(JSON.stringify({ type: 'response.created', response: { usage } }), 'response.created')).toBeUndefined();
+    expect(readResponsesEventUsage('{"type":"response.output_text.delta","delta":"response.completed"}', 'response.output_text.delta')).toBeUndefined();
+  });
+
+  it('counts the text a stream generated, for a stream cut short', () => {
+    const data = fakeStream({ input: 'one two three' });
+    const done = JSON.parse(data.find((d) => d.includes('"response.output_text.done"'))!) as { text: string };
+    expect(responsesGeneratedText(data)).toBe(done.text);
+  });
+});
+
+describe('conversion', () => {
+  it('assembles the body from response.completed, and only from a completed stream', () => {
+    const data = fakeStream({ input: 'assemble me' });
+    const body = assembleResponse(data)!;
+    expect(body).toEqual((JSON.parse(data.at(-1)!) as { response: unknown }).response);
+    expect(assembleResponse(data.slice(0, -1))).toBeUndefined();
+    const incomplete = fakeStream({ input: 'long enough to be cut', max_output_tokens: 2 });
+    expect(JSON.parse(incomplete.at(-1)!)).toMatchObject({ type: 'response.incomplete' });
+    expect(assembleResponse(incomplete)).toBeUndefined();
+  });
+
+  it('synthesizes a typed stream that assembles back to the same body, sequence numbers counting up', () => {
+    const body = assembleResponse(fakeStream({ input: 'round trip please' }))!;
+    const events = synthesizeResponseStream(body);
+    const data = events.map((e) => JSON.parse(e.data) as { type: string; sequence_number: number });
+    expect(events.every((e, i) => e.event === data[i]!.type && data[i]!.sequence_number === i)).toBe(true);
+    expect(data.map((d) => d.type).filter((t) => !t.endsWith('.delta'))).toEqual([
+      'response.created',
+      'response.in_progress',
+      'response.output_item.added',
+      'response.content_part.added',
+      'response.output_text.done',
+      'response.content_part.done',
+      'response.output_item.done',
+      'response.completed',
+    ]);
+    expect(assembleResponse(events.map((e) => e.data))).toEqual(body);
+  });
+
+  it('streams only what it can reproduce', () => {
+    const body = assembleResponse(fakeStream({ input: 'x' }))!;
+    expect(canSynthesizeResponse(body)).toBe(true);
+    expect(canSynthesizeResponse({ ...body, status: 'incomplete' })).toBe(false);
+    expect(canSynthesizeResponse({ ...body, output: [{ id: 'ws_1', type: 'web_search_call', status: 'completed' }] })).toBe(false);
+    expect(canSynthesizeResponse({ ...body, output: [{ id: 'fc_1', type: 'function_call', call_id: 'c', name: 'f', arguments: '{"a":1}' }] })).toBe(true);
+  });
+
+  it('caches only requests that cannot depend on state held upstream', () => {
+    expect(responseIsCacheable({ model: 'm', input: 'x' })).toBe(true);
+    expect(responseIsCacheable({ model: 'm', input: 'x', store: false })).toBe(true);
+    expect(responseIsCacheable({ model: 'm', input: 'x', store: true })).toBe(false);
+    expect(responseIsCacheable({ model: 'm', input: 'x', previous_response_id: 'resp_1' })).toBe(false);
+    expect(responseIsCacheable({ model: 'm', input: 'x', conversation: 'conv_1' })).toBe(false);
+    expect(responseIsCacheable({ model: 'm', input: 'x', background: true })).toBe(false);
+  });
+});
