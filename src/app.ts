@@ -88,7 +88,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 
   const app = Fastify({
     loggerInstance: logger,
-    // One line per request, written in onResponse below, instead of Fastify's two.
+    // One line per request, written when the response closes (below), instead of Fastify's two.
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'reqId' }),
     genReqId: requestId,
     bodyLimit: config.bodyLimitBytes,
