@@ -130,7 +130,7 @@ const envSchema = z.object({
     .string()
     .default('')
     .transform((v) => v.split(',').map((o) => o.trim()).filter(Boolean)),
-  /** Run with the built-in fake OpenAI and an in-memory store (also `--demo` on the command line). */
+  /** Run with the built-in fake OpenAI upstream (also `--demo`); the store is memory unless REDIS_URL is set. */
   TOLLGATE_DEMO: bool.default(false),
 });
 

@@ -73,7 +73,7 @@ async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config
   process.stdout.write(
     [
       '',
-      'Tollgate demo is running (fake OpenAI upstream, in-memory store).',
+      `Tollgate demo is running (fake OpenAI upstream, ${config.redis ? 'Redis' : 'in-memory'} store).`,
       `  gateway key:  ${key}`,
       `  admin token:  ${config.adminToken}`,
       '',
