@@ -210,7 +210,10 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     // the latter). A stream's accounting may finish just after: its line waits for it.
     const arrivedAt = clock();
     reply.raw.once('close', () => {
-      const completion = request.trace.completion ?? Promise.resolve();
+      const completion = (request.trace.completion ?? Promise.resolve()).catch((err: Error) => {
+        // A bug in a stream's accounting must cost one log line, never the process.
+        request.log.error({ err: err.message }, 'stream accounting failed');
+      });
       void completion.then(() => {
         const event = isMetered(request) ? usageEventOf(request, reply, arrivedAt) : undefined;
         logLine(request, reply, event);

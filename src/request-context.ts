@@ -28,8 +28,10 @@ export interface RequestTrace {
   estimated?: boolean;
   /** The stream ended before upstream's [DONE] (client left, upstream failed). */
   streamIncomplete?: boolean;
-  /** Settles when a streamed response's accounting is done; the log line waits for it. */
+  /** Settles when the request's accounting is done (its stream's too); the log line waits for it. */
   completion?: Promise<void>;
+  /** Settles when a streamed response's relay has ended and been accounted for. */
+  streamDone?: Promise<void>;
   /** Only when LOG_BODIES is on. */
   requestBody?: unknown;
   responseBody?: unknown;

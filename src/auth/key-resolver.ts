@@ -24,8 +24,14 @@ export function createKeyResolver(store: Store, ttlMs: number, now: () => number
   /** Every key looked up successfully within graceMs, with when: used only when the store cannot answer. */
   const lastGood = new Map<string, { record: KeyRecord; verifiedAt: number }>();
   let servedFromGrace = 0;
+  /**
+   * Bumped by every change the feed reports. A lookup whose answer left Redis before a revocation
+   * was heard would otherwise cache the stale, unrevoked record: it checks the count did not move.
+   */
+  let changes = 0;
 
   store.onKeyChange(({ hash }) => {
+    changes++;
     // '*': the change feed may have missed messages (reconnect), so trust nothing cached, not even
     // for the outage grace: a revocation we missed must not be honoured from memory later.
     if (hash === '*') {
@@ -65,6 +71,7 @@ export function createKeyResolver(store: Store, ttlMs: number, now: () => number
      */
     async lookup(hash: string): Promise<KeyRecord | null> {
       let record: KeyRecord | null;
+      const changesBefore = changes;
       try {
         record = await store.getKeyByHash(hash);
       } catch (err) {
@@ -82,6 +89,8 @@ export function createKeyResolver(store: Store, ttlMs: number, now: () => number
         lastGood.delete(hash);
         return null;
       }
+      // A key change arrived meanwhile: this answer may predate it, so serve it once, keep nothing.
+      if (changes !== changesBefore) return record;
       if (ttlMs > 0) cache.set(hash, { record, expires: now() + ttlMs });
       remember(hash, record);
       return record;

@@ -6,7 +6,9 @@ import { z } from 'zod';
 const opt = <T extends z.ZodType>(schema: T) => schema.nullish();
 
 const model = z.string().min(1).max(256);
-const tokenCount = z.number().int().positive();
+// Bounded: no model generates 2^31 tokens, and an unbounded count times n would overflow the
+// integer arithmetic of the reservation (a 500 for a request that is only silly).
+const tokenCount = z.number().int().positive().max(2 ** 31 - 1);
 
 const stop = z.union([z.string(), z.array(z.string()).max(4)]);
 const streamOptions = z.looseObject({ include_usage: opt(z.boolean()) });
@@ -57,7 +59,7 @@ export const embeddingSchema = z.looseObject({
   model,
   input: z.union([z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds).min(1)]),
   encoding_format: opt(z.enum(['float', 'base64'])),
-  dimensions: opt(z.number().int().positive()),
+  dimensions: opt(z.number().int().positive().max(100_000)),
   user: opt(z.string()),
 });
 

@@ -1,6 +1,5 @@
 // Relays an upstream SSE stream to the client event by event, as each arrives, while reading usage.
 import { PassThrough, type Readable } from 'node:stream';
-import { once } from 'node:events';
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import type { StreamEventInfo, Usage } from './usage.js';
 import { readChunkUsage } from './usage.js';
@@ -60,7 +59,18 @@ export function relaySse(source: Readable, options: RelayOptions): { stream: Pas
   const readEvent: NonNullable<RelayOptions['readEvent']> = options.readEvent ?? ((data) => readChunkUsage(data));
 
   async function write(text: string) {
-    if (!out.write(text)) await Promise.race([once(out, 'drain'), once(out, 'close')]);
+    if (out.write(text)) return;
+    // Wait for the slow client; both listeners go once either fires, so a long stream to a slow
+    // client does not pile up listeners wait after wait.
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        out.off('drain', done);
+        out.off('close', done);
+        resolve();
+      };
+      out.on('drain', done);
+      out.on('close', done);
+    });
   }
 
   async function pump(): Promise<RelayResult> {

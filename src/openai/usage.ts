@@ -9,7 +9,10 @@ export interface Usage {
   reasoningTokens: number;
 }
 
-const count = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : 0);
+// Upstream's numbers are not ours to trust: a fraction or an absurd value must not break the
+// integer accounting downstream, so counts become whole, safe integers.
+const count = (v: unknown): number =>
+  typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.min(Math.floor(v), Number.MAX_SAFE_INTEGER) : 0;
 
 /** `usage` as chat, completions and embeddings report it; undefined when absent or null. */
 export function readUsage(body: unknown): Usage | undefined {

@@ -10,7 +10,7 @@ import type { Admission, Consumption, Quota } from '../quota/quota.js';
 import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
-import { modelNotFound, upstreamAuthFailed } from '../errors.js';
+import { modelNotFound, notFound, upstreamAuthFailed } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { upstreamFailure } from '../upstream/client.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
@@ -62,12 +62,29 @@ function upstreamBody(request: FastifyRequest, endpoint: Endpoint, body: Body, o
   return JSON.stringify(changed);
 }
 
-export async function forward(
+export function forward(
   request: FastifyRequest,
   reply: FastifyReply,
   endpoint: Endpoint,
   deps: ForwardDeps,
   options: ForwardOptions = {},
+) {
+  const work = handle(request, reply, endpoint, deps, options);
+  // The request's log line and usage event wait for this: a client that hangs up mid-request closes
+  // the response long before the pipeline has settled what the request cost.
+  request.trace.completion = work.then(
+    () => request.trace.streamDone,
+    () => undefined,
+  );
+  return work;
+}
+
+async function handle(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  endpoint: Endpoint,
+  deps: ForwardDeps,
+  options: ForwardOptions,
 ) {
   const raw = request.body as Record<string, unknown> | undefined;
   const withModel = options.model !== undefined && raw && typeof raw === 'object' ? { ...raw, model: options.model } : raw;
@@ -80,6 +97,12 @@ export async function forward(
   if (deps.logBodies) trace.requestBody = request.body;
 
   if (!isModelAllowed(key.models, body.model)) throw modelNotFound(body.model);
+  // A response may continue only a conversation its own key created: OpenAI sees one server key for
+  // everybody, so without this check any key could read another's stored conversation back.
+  const previous = body.previous_response_id;
+  if (endpoint.recordsOwner && typeof previous === 'string' && (await deps.owners.ownerOf(previous)) !== key.id) {
+    throw notFound(`Previous response with id '${previous}' not found.`, 'previous_response_not_found', 'previous_response_id');
+  }
 
   const plan = deps.cache.plan(request, key, endpoint, body);
   if (plan) {
@@ -111,10 +134,14 @@ async function callUpstream(
   reply.headers(admission.headers);
   /** The end of every admitted request, exactly once: settle the reservation, fill (or release) the cache. */
   const finish = (consumption: Consumption, entry?: NewCacheEntry) => {
-    const charge = admission.settle(consumption);
-    trace.costMicros = charge.costMicros;
-    trace.estimated = charge.estimated || undefined;
-    if (plan) void deps.cache.fill(plan, entry);
+    try {
+      const charge = admission.settle(consumption);
+      trace.costMicros = charge.costMicros;
+      trace.estimated = charge.estimated || undefined;
+    } finally {
+      // Even if settling threw, identical requests waiting on this one must be released.
+      if (plan) void deps.cache.fill(plan, entry);
+    }
   };
 
   const signal = clientGone(reply);
@@ -129,8 +156,15 @@ async function callUpstream(
       signal,
     });
   } catch (err) {
+    if (signal.aborted) {
+      // The client hung up while upstream worked on its request. OpenAI still bills what it read:
+      // charge the prompt (estimated), or hanging up would be a way around the budget.
+      const prompt = admission.promptTokens;
+      trace.usage = { promptTokens: prompt, completionTokens: 0, totalTokens: prompt, cachedPromptTokens: 0, reasoningTokens: 0 };
+      finish({ usage: trace.usage, estimated: true });
+      return clientClosed(reply);
+    }
     finish({ estimated: false }); // nothing came back: release the reservation in full
-    if (signal.aborted) return clientClosed(reply);
     throw err;
   }
   trace.upstreamStatus = res.status;
@@ -155,7 +189,7 @@ async function callUpstream(
       // The id is known from response.created on: recorded before the client can see (and use) it.
       onEvent: endpoint.recordsOwner ? (data, event) => deps.owners.recordFromEvent(data, event, keyId) : undefined,
     });
-    trace.completion = done.then((result) => {
+    trace.streamDone = done.then((result) => {
       trace.streamIncomplete = !result.completed;
       trace.upstreamMs = performance.now() - started;
       trace.usage = result.usage ?? estimateCutShort(endpoint, result, admission, body.model);

@@ -188,6 +188,19 @@ describe('the cache', () => {
     expect(json.output_text).toBe(streamed.output_text);
   });
 
+  it('lets a response continue only a conversation its own key created', async () => {
+    const base = await client.responses.create({ model: 'gpt-4o-mini', input: `Mine ${unique()}` });
+    const calls = upstreamCalls();
+    const err = await otherClient.responses
+      .create({ model: 'gpt-4o-mini', input: 'What did I say before?', previous_response_id: base.id })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+    expect((err as { code?: string }).code).toBe('previous_response_not_found');
+    expect(upstreamCalls()).toBe(calls);
+    const own = await client.responses.create({ model: 'gpt-4o-mini', input: 'And then?', previous_response_id: base.id });
+    expect(own.status).toBe('completed');
+  });
+
   it('never caches requests that depend on upstream state', async () => {
     const base = await client.responses.create({ model: 'gpt-4o-mini', input: `Base ${unique()}` });
     for (const extra of [{ previous_response_id: base.id }, { store: true }, { conversation: 'conv_123' }]) {

@@ -39,6 +39,7 @@ describe('validation', () => {
     [{ ...chat, max_tokens: 'many' }, 'max_tokens', 'invalid_type'],
     [{ ...chat, max_completion_tokens: 1.5 }, 'max_completion_tokens', 'invalid_type'],
     [{ ...chat, stream: 'yes' }, 'stream', 'invalid_type'],
+    [{ ...chat, max_tokens: Number.MAX_SAFE_INTEGER, n: 2 }, 'max_tokens', 'value_above_maximum'],
     [{ ...chat, stream_options: { include_usage: 'yes' } }, 'stream_options.include_usage', 'invalid_type'],
   ])('rejects %j naming %s', async (body, param, code) => {
     const res = await post('/v1/chat/completions', body);
@@ -136,6 +137,20 @@ describe('forwarding', () => {
     expect(res.status).toBe(429);
     expect(res.headers.get('retry-after')).toBe('7');
     expect(await res.json()).toEqual(body);
+  });
+
+  it('survives an upstream that reports nonsense usage (fractions, huge numbers)', async () => {
+    gw.fake.failNext(1, 200, {
+      id: 'chatcmpl-odd',
+      object: 'chat.completion',
+      created: 1,
+      model: 'gpt-4o-mini',
+      choices: [{ index: 0, message: { role: 'assistant', content: 'odd' }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 2.5, completion_tokens: 1e300, total_tokens: -1 },
+    });
+    const res = await post('/v1/chat/completions', chat);
+    expect(res.status).toBe(200);
+    expect((await fetch(`${gw.url}/healthz`)).status).toBe(200);
   });
 
   it('answers 502 when upstream drops the connection', async () => {

@@ -187,6 +187,26 @@ describe('what clients see', () => {
     await expect.poll(async () => (await quotaOf(gw, id)).tokensPerDay).toMatchObject({ used: 0, reserved: 0 });
   });
 
+  it('charges a non-streamed request whose client hangs up for its prompt, marked estimated', async () => {
+    const { id, key } = await gw.createKey({ limits: { tokensPerDay: 100_000 } });
+    gw.fake.setLatency(400);
+    await new Promise<void>((resolve) => {
+      const req = httpRequest(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      });
+      req.on('error', () => undefined);
+      req.end(JSON.stringify(chatBody()));
+      setTimeout(() => (req.destroy(), resolve()), 150); // hangs up while upstream is still working
+    });
+    await expect.poll(() => gw.logs.requests().filter((l) => l.keyId === id).length).toBe(1);
+    gw.fake.setLatency(0);
+    const abandoned = gw.logs.requests().find((l) => l.keyId === id)!;
+    expect(abandoned).toMatchObject({ estimated: true, completionTokens: 0, status: 499 });
+    expect(abandoned.promptTokens as number).toBeGreaterThan(0);
+    await expect.poll(async () => (await quotaOf(gw, id)).tokensPerDay).toMatchObject({ reserved: 0, used: abandoned.promptTokens });
+  });
+
   it('charges a stream the client abandons for what was generated, marked estimated', async () => {
     const { id, key } = await gw.createKey({ limits: { tokensPerDay: 100_000 } });
     gw.fake.setStreamChunkDelay(30);
