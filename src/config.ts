@@ -1,7 +1,7 @@
 // The environment, validated once at boot. Nothing else in Tollgate reads process.env.
 import { z } from 'zod';
 import { validTimeZone } from './quota/periods.js';
-import { parseRedisAddresses, type RedisAddress } from './store/redis-connection.js';
+import { parseRedisAddresses, type RedisConnectionOptions } from './store/redis-connection.js';
 
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no', ''])
@@ -163,13 +163,7 @@ export interface Config {
     keyInvalidCooldownMs: number;
   };
   /** Exactly one of url, clusterNodes or sentinels (+ sentinelName) is set. */
-  redis?: {
-    url?: string;
-    clusterNodes?: RedisAddress[];
-    sentinels?: RedisAddress[];
-    sentinelName?: string;
-    username?: string;
-    password?: string;
+  redis?: Pick<RedisConnectionOptions, 'url' | 'clusterNodes' | 'sentinels' | 'sentinelName' | 'username' | 'password'> & {
     prefix: string;
     commandTimeoutMs: number;
   };

@@ -10,6 +10,7 @@ import { estimatePromptTokens } from '../openai/tokens.js';
 import { periodsAt } from './periods.js';
 import type { AdmissionResult, Periods, Store, StoreLimits } from '../store/store.js';
 import { quotaExceeded, unpricedModel } from './errors.js';
+import { createReplayQueue } from '../resilience/replay-queue.js';
 import { rateLimitHeaders } from './headers.js';
 import { GatewayError } from '../errors.js';
 import { isOutageError, StoreUnavailableError } from '../resilience/store-health.js';
@@ -102,11 +103,7 @@ interface PendingSettlement {
 export function createQuota(opts: QuotaOptions) {
   const { store, clock, logger } = opts;
   const failMode = opts.failMode ?? 'closed';
-  const settleQueueMax = opts.settleQueueMax ?? 100_000;
   const local = createLocalLimiter({ rpm: opts.failOpen?.rpm ?? 60, maxInFlight: opts.failOpen?.maxInFlight ?? 10, now: clock });
-  /** Settlements that could not be written (store down), oldest first: written when it is back. */
-  const queued: PendingSettlement[] = [];
-  let flushing: Promise<void> | undefined;
   const degradedStats = { admittedOpen: 0, refusedUnavailable: 0, settlementsLogged: 0 };
   const openWarning = new ThrottledWarning(logger, 30_000);
   /** Reservations of requests in flight on this instance: their leases are renewed until settled. */
@@ -149,22 +146,24 @@ export function createQuota(opts: QuotaOptions) {
     logger.error({ err, settlement: s }, why);
   }
 
-  /** Keeps a settlement the store cannot take now; written by flushQueued() when it answers again. */
-  function enqueue(s: PendingSettlement, err: unknown) {
-    if (queued.length >= settleQueueMax) {
-      logSettlement(s, (err as Error).message, 'settlement not stored: store down and the settlement queue is full');
-      return 'failed' as const;
-    }
-    queued.push(s);
-    return 'queued' as const;
-  }
+  /**
+   * Settlements the store could not take (down), written in order when it answers again. Settling
+   * is idempotent, so a write whose reply was lost and is written again changes nothing.
+   */
+  const queued = createReplayQueue<PendingSettlement>({
+    max: opts.settleQueueMax ?? 100_000,
+    write: writeSettlement,
+    log: logSettlement,
+    what: 'settlement',
+  });
+  const enqueue = (s: PendingSettlement, err: unknown) => (queued.keep(s, err) ? ('queued' as const) : ('failed' as const));
 
   async function settleWithRetry(s: PendingSettlement) {
     for (let attempt = 1; ; attempt++) {
       try {
         const outcome = await writeSettlement(s);
         // The store takes writes again: anything still queued from an outage goes now too.
-        if (queued.length > 0) void flushQueued();
+        if (queued.size() > 0) void queued.flush();
         return outcome;
       } catch (err) {
         // Known down (the health probe says so): no point retrying now, keep it for the recovery.
@@ -177,36 +176,6 @@ export function createQuota(opts: QuotaOptions) {
         await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
       }
     }
-  }
-
-  /**
-   * Writes queued settlements, oldest first, until the queue is empty or the store fails again
-   * (the rest wait for the next recovery). Settling is idempotent, so a write whose reply was lost
-   * and is written again changes nothing. One flush at a time.
-   */
-  function flushQueued(): Promise<void> {
-    if (flushing) return flushing;
-    // The body starts a tick later, so `flushing` is always set before its `finally` clears it
-    // (an empty buffer would otherwise leave a settled promise behind and block every later flush).
-    const run = (async () => {
-      await Promise.resolve();
-      try {
-        while (queued.length > 0) {
-          const next = queued[0]!;
-          try {
-            await writeSettlement(next);
-          } catch (err) {
-            if (isOutageError(err)) return;
-            logSettlement(next, (err as Error).message, 'settlement failed');
-          }
-          queued.shift();
-        }
-      } finally {
-        flushing = undefined;
-      }
-    })();
-    flushing = run;
-    return run;
   }
 
   /** The request's admission when the store cannot answer: the configured fail mode. */
@@ -361,15 +330,14 @@ export function createQuota(opts: QuotaOptions) {
      */
     async drain() {
       while (pending.size > 0) await Promise.allSettled([...pending]);
-      await flushQueued();
-      for (const s of queued.splice(0)) logSettlement(s, 'store unavailable at shutdown', 'settlement not stored at shutdown');
+      await queued.drain();
     },
     /** Writes the settlements queued while the store was down (called when it answers again). */
-    flushQueued,
+    flushQueued: queued.flush,
     /** The store is back: local fail-open counts no longer apply. */
     resetLocal: () => local.reset(),
     /** For /readyz and metrics. */
-    degraded: () => ({ failMode, queuedSettlements: queued.length, ...degradedStats }),
+    degraded: () => ({ failMode, queuedSettlements: queued.size(), ...degradedStats }),
     close() {
       clearInterval(renewal);
     },

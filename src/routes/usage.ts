@@ -4,7 +4,8 @@ import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import type { Store } from '../store/store.js';
 import type { UsageEvent } from '../usage/event.js';
-import { buildReport, GROUPS, hourId, type Group } from '../usage/report.js';
+import { buildReport, GROUPS, type Group } from '../usage/report.js';
+import { hourId } from '../store/usage-math.js';
 import { invalidRequest } from '../errors.js';
 import { paramPath } from '../openai/schemas.js';
 

@@ -1,31 +1,13 @@
 // Turns hourly usage rows into the admin API's report: filtered, grouped, summed, in USD.
 import type { UsageRow } from '../store/store.js';
+import { USAGE_METRICS, type UsageMetric } from '../store/usage-math.js';
 import { periodsAt } from '../quota/periods.js';
 
 export const GROUPS = ['key', 'model', 'day', 'hour'] as const;
 export type Group = (typeof GROUPS)[number];
 
-const METRICS = [
-  'requests',
-  'errors',
-  'cacheHits',
-  'promptTokens',
-  'cachedPromptTokens',
-  'completionTokens',
-  'reasoningTokens',
-  'totalTokens',
-  'costMicros',
-  'savedTokens',
-  'savedMicros',
-] as const;
-type Sums = Record<(typeof METRICS)[number], number>;
-
-const HOUR_MS = 3_600_000;
-
-/** `2026-11-30T10` for the hour holding `ms` (UTC), the id the store keeps aggregates under. */
-export function hourId(ms: number): string {
-  return new Date(Math.floor(ms / HOUR_MS) * HOUR_MS).toISOString().slice(0, 13);
-}
+const METRICS = USAGE_METRICS;
+type Sums = Record<UsageMetric, number>;
 
 const emptySums = (): Sums => Object.fromEntries(METRICS.map((m) => [m, 0])) as Sums;
 

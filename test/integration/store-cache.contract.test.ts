@@ -3,34 +3,16 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { newKeyId } from '../../src/keys.js';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import { redisKeys } from '../../src/store/redis-keys.js';
-import { createRedisStore, type RedisStoreOptions } from '../../src/store/redis-store.js';
+import { createRedisStore } from '../../src/store/redis-store.js';
 import type { CacheEntry, Store } from '../../src/store/store.js';
 import { freePort } from '../helpers/redis-server.js';
-import { clusterAddresses } from '../helpers/redis-cluster.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+import { clusterStore, redisStore, track } from '../helpers/stores.js';
 
-const open: Store[] = [];
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((s) => s.close()));
-});
-
-function track<S extends Store>(store: S): S {
-  open.push(store);
-  return store;
-}
-
-function redisStore(opts: Partial<RedisStoreOptions> = {}) {
-  return createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix(), ...opts }).then(track);
-}
-
-/** A store on the run's Redis Cluster (three masters). */
-function clusterStore(opts: Partial<RedisStoreOptions> = {}) {
-  return createRedisStore({ clusterNodes: clusterAddresses(inject('redisClusterNodes')), prefix: uniquePrefix(), ...opts }).then(track);
-}
 
 /** A name as the cache module builds it: `<scope>:<sha256 hex>`. */
 function cacheName(scope: string = newKeyId()): string {

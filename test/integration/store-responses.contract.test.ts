@@ -1,17 +1,10 @@
 // The Responses half of the Store contract (who created each response object), run against the
 // memory store, a standalone Redis and a Redis Cluster with the same expectations.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, describe, expect, inject, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { createMemoryStore } from '../../src/store/memory-store.js';
-import { createRedisStore } from '../../src/store/redis-store.js';
 import type { Store } from '../../src/store/store.js';
-import { clusterAddresses } from '../helpers/redis-cluster.js';
-import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
-
-const open: Store[] = [];
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((s) => s.close()));
-});
+import { clusterStore, redisStore, track } from '../helpers/stores.js';
 
 interface Harness {
   store: Store;
@@ -23,24 +16,21 @@ describe.each([
     kind: 'memory',
     make: async (): Promise<Harness> => {
       let t = Date.parse('2026-11-18T12:30:00.000Z');
-      const store = createMemoryStore({ clock: () => t });
-      open.push(store);
+      const store = track(createMemoryStore({ clock: () => t }));
       return { store, advance: async (ms) => void (t += ms) };
     },
   },
   {
     kind: 'redis',
     make: async (): Promise<Harness> => {
-      const store = await createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix() });
-      open.push(store);
+      const store = await redisStore();
       return { store, advance: (ms) => sleep(ms) };
     },
   },
   {
     kind: 'cluster',
     make: async (): Promise<Harness> => {
-      const store = await createRedisStore({ clusterNodes: clusterAddresses(inject('redisClusterNodes')), prefix: uniquePrefix() });
-      open.push(store);
+      const store = await clusterStore();
       return { store, advance: (ms) => sleep(ms) };
     },
   },

@@ -3,34 +3,15 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import { redisKeys } from '../../src/store/redis-keys.js';
-import { createRedisStore, type RedisStoreOptions } from '../../src/store/redis-store.js';
 import type { Store, UsageRow } from '../../src/store/store.js';
 import { MAX_USAGE_ROW_HOURS, USAGE_METRICS } from '../../src/store/usage-math.js';
 import type { UsageEvent } from '../../src/usage/event.js';
-import { clusterAddresses } from '../helpers/redis-cluster.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+import { clusterStore, redisStore, track } from '../helpers/stores.js';
 
-const open: Store[] = [];
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((s) => s.close()));
-});
-
-function track<S extends Store>(store: S): S {
-  open.push(store);
-  return store;
-}
-
-function redisStore(opts: Partial<RedisStoreOptions> = {}) {
-  return createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix(), ...opts }).then(track);
-}
-
-/** A store on the run's Redis Cluster (three masters). */
-function clusterStore(opts: Partial<RedisStoreOptions> = {}) {
-  return createRedisStore({ clusterNodes: clusterAddresses(inject('redisClusterNodes')), prefix: uniquePrefix(), ...opts }).then(track);
-}
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;

@@ -1,35 +1,18 @@
 // The Store contract, run against the memory and Redis stores; then what only the Redis store promises.
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it, vi } from 'vitest';
 import { hashSecret, newKeyId, newSecret, secretHint, type KeyRecord } from '../../src/keys.js';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import { redisKeys } from '../../src/store/redis-keys.js';
-import { createRedisStore, type RedisStoreOptions } from '../../src/store/redis-store.js';
+import { createRedisStore } from '../../src/store/redis-store.js';
 import type { Store } from '../../src/store/store.js';
 import { freePort, startRedisServer } from '../helpers/redis-server.js';
 import { clusterAddresses } from '../helpers/redis-cluster.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+import { closeTracked, clusterStore, redisStore, track } from '../helpers/stores.js';
 
 type Change = { id: string; hash: string };
 
-const open: Store[] = [];
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((s) => s.close()));
-});
-
-function track<S extends Store>(store: S): S {
-  open.push(store);
-  return store;
-}
-
-function redisStore(opts: Partial<RedisStoreOptions> = {}) {
-  return createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix(), ...opts }).then(track);
-}
-
-/** A store on the run's Redis Cluster (three masters). */
-function clusterStore(opts: Partial<RedisStoreOptions> = {}) {
-  return createRedisStore({ clusterNodes: clusterAddresses(inject('redisClusterNodes')), prefix: uniquePrefix(), ...opts }).then(track);
-}
 
 let clock = Date.parse('2025-01-01T00:00:00.000Z');
 function makeRecord(overrides: Partial<KeyRecord> = {}): KeyRecord {
@@ -318,7 +301,7 @@ describe('Redis store only', () => {
       await expect(store.ping()).resolves.toBeUndefined();
       expect(log.error.mock.calls.length).toBeLessThanOrEqual(1);
     } finally {
-      await Promise.all(open.splice(0).map((s) => s.close()));
+      await closeTracked();
       await server.stop();
     }
   });
