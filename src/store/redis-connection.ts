@@ -1,6 +1,7 @@
 // Builds the ioredis clients the Redis store talks through: one server (a URL), a Redis Cluster (seed
 // nodes) or the master a set of Sentinels names; all with the same timeouts and reconnect policy.
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import { coalesceWrites } from './write-coalescing.js';
 
 export interface RedisAddress {
   host: string;
@@ -111,6 +112,7 @@ export function createRedisConnection(opts: RedisConnectionOptions): RedisConnec
           sentinelRetryStrategy: reconnectDelay,
         })
       : new Redis(opts.url!, standaloneOptions);
+  coalesceWrites(client);
   return {
     mode: opts.sentinels !== undefined ? 'sentinel' : 'standalone',
     client,
@@ -141,6 +143,9 @@ function clusterConnection(seeds: RedisAddress[], common: RedisOptions, commandT
     command.setTimeout(commandTimeout);
     return send(command, stream, node);
   };
+
+  // Each node's connection coalesces its own writes (see write-coalescing.ts).
+  cluster.on('+node', (node: Redis) => coalesceWrites(node));
 
   let next = 0;
   return {
