@@ -154,6 +154,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     logger,
     retentionMs: config.usage.retentionMs,
     maxEvents: config.usage.maxEvents,
+    flushIntervalMs: config.usage.flushIntervalMs,
     listeners: [metrics.observe],
     bufferMax: config.outage.usageBufferMax,
   });

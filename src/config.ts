@@ -117,6 +117,8 @@ const envSchema = z.object({
   USAGE_RETENTION_DAYS: int(1, 3650).default(90),
   /** The raw usage event stream keeps about this many of the latest events. */
   USAGE_EVENTS_MAX: int(1000, 100_000_000).default(1_000_000),
+  /** Usage events go to Redis in batches, one per this interval: reports lag by at most this much. */
+  USAGE_FLUSH_MS: int(10, 10_000).default(250),
   /** Budget alerts (50%, 80%, 100% of any budget) are POSTed here as JSON. Unset: no alerts. */
   ALERT_WEBHOOK_URL: z.url({ protocol: /^https?$/ }).optional(),
   /** When set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`. */
@@ -187,7 +189,7 @@ export interface Config {
     unpricedUsdPerMillion: { input: number; output: number };
     leaseTtlMs: number;
   };
-  usage: { retentionMs: number; maxEvents: number };
+  usage: { retentionMs: number; maxEvents: number; flushIntervalMs: number };
   alertWebhookUrl?: string;
   metricsToken?: string;
   cache: { enabled: boolean; scope: 'key' | 'global'; ttlMs: number; maxEntryBytes: number; singleFlightWaitMs: number };
@@ -304,7 +306,7 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
       unpricedUsdPerMillion: { input: e.UNPRICED_INPUT_USD_PER_MILLION, output: e.UNPRICED_OUTPUT_USD_PER_MILLION },
       leaseTtlMs: e.LEASE_TTL_MS,
     },
-    usage: { retentionMs: e.USAGE_RETENTION_DAYS * 86_400_000, maxEvents: e.USAGE_EVENTS_MAX },
+    usage: { retentionMs: e.USAGE_RETENTION_DAYS * 86_400_000, maxEvents: e.USAGE_EVENTS_MAX, flushIntervalMs: e.USAGE_FLUSH_MS },
     alertWebhookUrl: e.ALERT_WEBHOOK_URL,
     metricsToken: e.METRICS_TOKEN,
     cache: {

@@ -4,8 +4,10 @@
 import { isOutageError } from './store-health.js';
 
 export interface ReplayQueueOptions<T> {
-  /** Items kept in memory at most; past it each further one is logged instead. */
+  /** Weight kept in memory at most; past it each further item is logged instead. */
   max: number;
+  /** What one item counts against `max` (a batch of usage events: its length); 1 by default. */
+  weight?: (item: T) => number;
   /** Writes one item to the store. Must be safe to repeat (a write that timed out may have landed). */
   write: (item: T) => Promise<unknown>;
   /** The last resort: the item in full in the log, so it can be replayed by hand. */
@@ -19,6 +21,8 @@ export type ReplayQueue<T> = ReturnType<typeof createReplayQueue<T>>;
 export function createReplayQueue<T>(opts: ReplayQueueOptions<T>) {
   /** Oldest first. */
   const items: T[] = [];
+  const weight = opts.weight ?? (() => 1);
+  let held = 0;
   let flushing: Promise<void> | undefined;
 
   /**
@@ -41,6 +45,7 @@ export function createReplayQueue<T>(opts: ReplayQueueOptions<T>) {
             opts.log(next, (err as Error).message, `${opts.what} not stored`);
           }
           items.shift();
+          held -= weight(next);
         }
       } finally {
         flushing = undefined;
@@ -53,20 +58,24 @@ export function createReplayQueue<T>(opts: ReplayQueueOptions<T>) {
   return {
     /** Keeps an item the store cannot take now; false when the queue is full and it was logged. */
     keep(item: T, err: unknown): boolean {
-      if (items.length >= opts.max) {
+      // Checked before adding: a heavy item (a batch) may take the queue past `max` by its own weight.
+      if (held >= opts.max) {
         opts.log(item, (err as Error).message, `${opts.what} not stored: store down and its queue is full`);
         return false;
       }
       items.push(item);
+      held += weight(item);
       return true;
     },
     flush,
     /** Items are waiting, or being written: new ones must queue behind them to keep the order. */
     busy: () => items.length > 0 || flushing !== undefined,
-    size: () => items.length,
+    /** The weight waiting (items, unless weighed otherwise). */
+    size: () => held,
     /** Shutdown: one more try to write everything, then whatever is left goes to the log. */
     async drain() {
       await flush();
+      held = 0;
       for (const item of items.splice(0)) opts.log(item, 'store unavailable at shutdown', `${opts.what} not stored at shutdown`);
     },
   };

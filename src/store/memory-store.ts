@@ -31,10 +31,8 @@ import {
   hourId,
   hourRange,
   sortUsageRows,
-  usageIncrements,
+  usageParts,
   usageRowsOfHour,
-  usageTtlMs,
-  usageSeenTtlMs,
   type StreamId,
 } from './usage-math.js';
 import type { UsageEvent } from '../usage/event.js';
@@ -380,32 +378,38 @@ export class MemoryStore implements Store {
     return deleted;
   }
 
-  async recordUsage(event: UsageEvent, options: { retentionMs: number; maxEvents: number }): Promise<void> {
-    const e = checkUsage(event, options);
+  async recordUsage(events: readonly UsageEvent[], options: { retentionMs: number; maxEvents: number }): Promise<void> {
+    const checked = events.map((event) => checkUsage(event, options));
     const now = this.#clock();
     this.#sweepUsage(now);
 
-    const id = hourId(e.ts);
-    let seen = this.#usageSeen.get(id);
-    if (!seen || seen.expiresAt <= now) this.#usageSeen.set(id, (seen = { ids: new Set(), expiresAt: now }));
-    if (seen.ids.has(e.eventId)) return;
-    seen.ids.add(e.eventId);
-    seen.expiresAt = now + usageSeenTtlMs(e.ts);
-    let hour = this.#liveUsageHour(id, now);
-    if (!hour) {
-      hour = { fields: new Map(), expiresAt: now };
-      this.#usageHours.set(id, hour);
+    const countedHours = new Set<string>();
+    for (const part of usageParts(checked, options.retentionMs)) {
+      let seen = this.#usageSeen.get(part.hour);
+      if (!seen || seen.expiresAt <= now) this.#usageSeen.set(part.hour, (seen = { ids: new Set(), expiresAt: now }));
+      if (seen.ids.has(part.batchId)) continue;
+      seen.ids.add(part.batchId);
+      seen.expiresAt = now + part.seenTtlMs;
+      let hour = this.#liveUsageHour(part.hour, now);
+      if (!hour) {
+        hour = { fields: new Map(), expiresAt: now };
+        this.#usageHours.set(part.hour, hour);
+      }
+      for (const [field, by] of part.increments) hour.fields.set(field, (hour.fields.get(field) ?? 0) + by);
+      // Like the PEXPIRE that follows every write in Redis: relative to now (see usageTtlMs).
+      hour.expiresAt = now + part.ttlMs;
+      countedHours.add(part.hour);
     }
-    for (const [field, by] of usageIncrements(e)) hour.fields.set(field, (hour.fields.get(field) ?? 0) + by);
-    // Like the PEXPIRE that follows every write in Redis: relative to now (see usageTtlMs).
-    hour.expiresAt = now + usageTtlMs(e.ts, options.retentionMs);
+    for (const e of checked) if (countedHours.has(hourId(e.ts))) this.#appendEvent(e, now, options.maxEvents);
+  }
 
-    // Ids like Redis stream ids: the clock's ms, a sequence within it, never going back.
+  /** Ids like Redis stream ids: the clock's ms, a sequence within it, never going back. */
+  #appendEvent(e: UsageEvent, now: number, maxEvents: number) {
     const ms = Math.max(Math.floor(now), this.#lastEventId.ms);
     this.#lastEventId = { ms, seq: ms === this.#lastEventId.ms ? this.#lastEventId.seq + 1 : 0 };
     this.#events.push({ ...this.#lastEventId, json: JSON.stringify(e) });
     // Exactly the newest maxEvents are kept (Redis's `MAXLEN ~` may keep a few more).
-    this.#eventsHead = Math.max(this.#eventsHead, this.#events.length - options.maxEvents);
+    this.#eventsHead = Math.max(this.#eventsHead, this.#events.length - maxEvents);
     if (this.#eventsHead >= EVENT_COMPACT_AT && this.#eventsHead * 2 >= this.#events.length) {
       this.#events = this.#events.slice(this.#eventsHead);
       this.#eventsHead = 0;

@@ -33,10 +33,8 @@ import {
   hourId,
   hourRange,
   sortUsageRows,
-  usageIncrements,
+  usageParts,
   usageRowsOfHour,
-  usageTtlMs,
-  usageSeenTtlMs,
 } from './usage-math.js';
 import type { UsageEvent } from '../usage/event.js';
 import type {
@@ -413,26 +411,35 @@ export class RedisStore implements Store {
     return deleted;
   }
 
-  async recordUsage(event: UsageEvent, options: { retentionMs: number; maxEvents: number }): Promise<void> {
-    const e = checkUsage(event, options);
-    const hour = hourId(e.ts);
-    // Counted at most once (record.lua keeps the hour's event ids): a write replayed after an outage,
-    // whose first try may have landed, is then a no-op. Listed in the stream only when counted, so
-    // the export matches the aggregates; the stream is another key (maybe another slot), so its
-    // XADD follows the script's answer. Both happen after the response, off the client's path.
-    const args = usageIncrements(e).flatMap(([field, by]) => [field, by]);
-    const counted = await this.#scripts.tollgateRecord(
-      this.#keys.usageHour(hour),
-      this.#keys.usageSeen(hour),
-      e.eventId,
-      usageTtlMs(e.ts, options.retentionMs),
-      usageSeenTtlMs(e.ts),
-      ...args,
+  async recordUsage(events: readonly UsageEvent[], options: { retentionMs: number; maxEvents: number }): Promise<void> {
+    // Every event is checked before anything is written.
+    const checked = events.map((event) => checkUsage(event, options));
+    // Counted at most once (record.lua keeps the ids of the batches each hour counted): a batch
+    // replayed after an outage, whose first try may have landed, is then a no-op. Events are listed
+    // in the stream only when counted, so the export matches the aggregates; the stream is another
+    // key (maybe another slot), so its XADDs follow the scripts' answers. One hour per script: each
+    // hour is its own slot. The calls of one batch leave in one write (write-coalescing.ts).
+    const parts = usageParts(checked, options.retentionMs);
+    const counted = await Promise.all(
+      parts.map((part) =>
+        this.#scripts.tollgateRecord(
+          this.#keys.usageHour(part.hour),
+          this.#keys.usageSeen(part.hour),
+          part.batchId,
+          part.ttlMs,
+          part.seenTtlMs,
+          ...[...part.increments].flat(),
+        ),
+      ),
     );
-    if (counted !== 1) return;
+    const countedHours = new Set(parts.filter((_, i) => counted[i] === 1).map((part) => part.hour));
+    const listed = checked.filter((e) => countedHours.has(hourId(e.ts))); // in batch order
+    if (listed.length === 0) return;
     // `~`: Redis trims whole stream nodes only (cheap), so a few more than maxEvents may remain
     // (up to stream-node-max-entries - 1, 99 by default); never fewer.
-    await this.#redis.xadd(this.#keys.usageEvents(), 'MAXLEN', '~', options.maxEvents, '*', 'e', JSON.stringify(e));
+    const pipeline = this.#redis.pipeline();
+    for (const e of listed) pipeline.xadd(this.#keys.usageEvents(), 'MAXLEN', '~', options.maxEvents, '*', 'e', JSON.stringify(e));
+    throwFirstError(await pipeline.exec());
   }
 
   async usageRows(fromHour: string, toHour: string): Promise<UsageRow[]> {

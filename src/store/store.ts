@@ -106,16 +106,21 @@ export interface Store {
   cachePurge(scopePrefix?: string): Promise<number>;
 
   /**
-   * Records one usage event: adds it to the aggregates of its hour (per key x model) and appends it
-   * to the capped event stream. One round trip; called after the response, never before it.
+   * Records a batch of usage events (the gateway sends one every USAGE_FLUSH_MS): adds them to the
+   * aggregates of their hours (per key x model) and appends them, in order, to the capped event
+   * stream. One script call per hour the batch spans plus the stream appends, in one round trip
+   * each; called after the responses, never before them.
+   * A batch is counted at most once: within an hour it is known by the list of its event ids, so
+   * writing the same batch again (a replay after an outage, whose first try may have landed) is a
+   * no-op. An event must not be sent in two different batches. An empty batch writes nothing.
    * The hour is the UTC hour of `event.ts`; it is kept until the end of that hour plus `retentionMs`
    * (measured from when it is written, on the event's clock: see usage-math.ts `usageTtlMs`).
    * The stream keeps at least the newest `maxEvents` events (Redis trims approximately, so up to
    * about 100 more may remain; memory keeps exactly `maxEvents`). Only the UsageEvent fields are
-   * stored. Throws a RangeError, writing nothing, for an event that is not a UsageEvent (counts
-   * must be non-negative integers) or options that are not positive integers.
+   * stored. Throws a RangeError, writing nothing, if any event is not a UsageEvent (counts must be
+   * non-negative integers) or the options are not positive integers.
    */
-  recordUsage(event: UsageEvent, options: { retentionMs: number; maxEvents: number }): Promise<void>;
+  recordUsage(events: readonly UsageEvent[], options: { retentionMs: number; maxEvents: number }): Promise<void>;
   /**
    * Aggregated rows of every hour from `fromHour` to `toHour` inclusive (hour ids: YYYY-MM-DDTHH, UTC),
    * ordered by hour, then key id, then model. None when `fromHour` is after `toHour`. Throws a

@@ -1,5 +1,6 @@
 // Usage accounting shared by both stores: event validation, hour ids, the aggregate field format
 // (`<keyId>|<model>|<metric>`) and stream ids, so the memory and Redis stores read and write alike.
+import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import type { UsageEvent } from '../usage/event.js';
 import type { UsageRow } from './store.js';
@@ -187,6 +188,41 @@ export function usageIncrements(e: UsageEvent): [field: string, by: number][] {
     if (by !== 0 || metric === 'requests') out.push([usageField(e.keyId, e.model, metric), by]);
   }
   return out;
+}
+
+/** The part of a usage batch that falls in one UTC hour, as both stores write it. */
+export interface UsageHourPart {
+  hour: string;
+  /** In batch order. */
+  events: UsageEvent[];
+  /** What the part adds to the hour: the sum of its events' increments, one entry per field. */
+  increments: Map<string, number>;
+  /**
+   * How the hour remembers it was counted: a digest of its event ids, so the same batch written
+   * again (a replay) is recognised, whatever its size.
+   */
+  batchId: string;
+  /** The longest time the hour's counters and its set of counted batches must live (its earliest event's). */
+  ttlMs: number;
+  seenTtlMs: number;
+}
+
+/** A batch of (checked) events split by UTC hour, hours in order of first appearance. */
+export function usageParts(events: readonly UsageEvent[], retentionMs: number): UsageHourPart[] {
+  const parts = new Map<string, UsageHourPart>();
+  for (const e of events) {
+    const hour = hourId(e.ts);
+    let part = parts.get(hour);
+    if (!part) parts.set(hour, (part = { hour, events: [], increments: new Map(), batchId: '', ttlMs: 0, seenTtlMs: 0 }));
+    part.events.push(e);
+    for (const [field, by] of usageIncrements(e)) part.increments.set(field, (part.increments.get(field) ?? 0) + by);
+    part.ttlMs = Math.max(part.ttlMs, usageTtlMs(e.ts, retentionMs));
+    part.seenTtlMs = Math.max(part.seenTtlMs, usageSeenTtlMs(e.ts));
+  }
+  for (const part of parts.values()) {
+    part.batchId = createHash('sha256').update(JSON.stringify(part.events.map((e) => e.eventId))).digest('hex');
+  }
+  return [...parts.values()];
 }
 
 /**

@@ -136,6 +136,8 @@ describe('Redis outage', () => {
     // Once degraded, requests do not wait for Redis at all: each takes less than one command timeout.
     for (const res of during.slice(1)) expect(res.ms).toBeLessThan(200);
 
+    // The requests' usage events reach the buffer with their batch (USAGE_FLUSH_MS).
+    await expect.poll(async () => (await readyz(gw)).body.modes?.buffered.usageEvents).toBeGreaterThan(0);
     const degraded = await readyz(gw);
     expect(degraded.status).toBe(503);
     expect(degraded.body).toMatchObject({
@@ -144,7 +146,6 @@ describe('Redis outage', () => {
       failed: [{ component: 'store' }],
       modes: { auth: 'grace', quota: 'closed', cache: 'bypass', usage: 'buffering' },
     });
-    expect(degraded.body.modes.buffered.usageEvents).toBeGreaterThan(0);
     const metrics = await (await fetch(`${gw.url}/metrics`)).text();
     expect(metrics).toMatch(/tollgate_degraded\{feature="quota"\} 1/);
     expect(metrics).toMatch(/tollgate_degraded_requests_total\{outcome="quota_refused_unavailable"\} [1-9]/);

@@ -92,16 +92,45 @@ describe.each([
   it('counts an event once, however often it is written (a replay after an outage)', async () => {
     const { store } = await make();
     const event = makeEvent({ totalTokens: 40, promptTokens: 30, completionTokens: 10, costMicros: 7 });
-    await store.recordUsage(event, KEEP);
-    await store.recordUsage(event, KEEP);
-    await store.recordUsage({ ...event }, KEEP);
+    await store.recordUsage([event], KEEP);
+    await store.recordUsage([event], KEEP);
+    await store.recordUsage([{ ...event }], KEEP);
     const rows = await store.usageRows('2026-11-18T12', '2026-11-18T12');
     expect(rows.reduce((n, r) => n + r.requests, 0)).toBe(1);
     expect(rows.reduce((n, r) => n + r.totalTokens, 0)).toBe(40);
     expect(await store.usageEvents({ sinceMs: 0, limit: 100 })).toHaveLength(1);
     // Another request with the same client-given request id is another event.
-    await store.recordUsage({ ...event, eventId: randomUUID() }, KEEP);
+    await store.recordUsage([{ ...event, eventId: randomUUID() }], KEEP);
     expect((await store.usageRows('2026-11-18T12', '2026-11-18T12')).reduce((n, r) => n + r.requests, 0)).toBe(2);
+  });
+
+  it('takes a batch spanning hours like its events one by one, in order, and a replayed batch once', async () => {
+    const { store } = await make();
+    const batch = [
+      makeEvent({ promptTokens: 5, completionTokens: 2, totalTokens: 7, costMicros: 11 }),
+      makeEvent({ ts: H - 1, promptTokens: 1, totalTokens: 1, costMicros: 3 }),
+      makeEvent({ model: 'gpt-4o', cache: 'HIT', savedTokens: 9, savedMicros: 4 }),
+      makeEvent({ status: 500, promptTokens: 2, totalTokens: 2, costMicros: 1, errorCode: 'server_error' }),
+    ];
+    await store.recordUsage(batch, KEEP);
+    await store.recordUsage(batch, KEEP); // a replay after an outage: counted already
+    await store.recordUsage([...batch], KEEP);
+    await store.recordUsage([], KEEP);
+    expect(await store.usageRows('2026-11-18T11', '2026-11-18T12')).toEqual([
+      row('2026-11-18T11', 'key_a', 'gpt-4o-mini', { requests: 1, promptTokens: 1, totalTokens: 1, costMicros: 3 }),
+      row('2026-11-18T12', 'key_a', 'gpt-4o', { requests: 1, cacheHits: 1, savedTokens: 9, savedMicros: 4 }),
+      row('2026-11-18T12', 'key_a', 'gpt-4o-mini', { requests: 2, errors: 1, promptTokens: 7, completionTokens: 2, totalTokens: 9, costMicros: 12 }),
+    ]);
+    const listed = await store.usageEvents({ sinceMs: 0, limit: 100 });
+    expect(listed.map((e) => e.event.eventId)).toEqual(batch.map((e) => e.eventId));
+    // Another batch is counted, even with the same events' hours.
+    await store.recordUsage([makeEvent({ costMicros: 100 })], KEEP);
+    const h12 = await store.usageRows('2026-11-18T12', '2026-11-18T12');
+    expect(h12.find((r) => r.model === 'gpt-4o-mini')?.costMicros).toBe(112);
+    // One bad event and the whole batch writes nothing.
+    await expect(store.recordUsage([makeEvent({ costMicros: 5 }), makeEvent({ totalTokens: -1 })], KEEP)).rejects.toThrow(RangeError);
+    expect(await store.usageEvents({ sinceMs: 0, limit: 100 })).toHaveLength(5);
+    expect((await store.usageRows('2026-11-18T12', '2026-11-18T12')).find((r) => r.model === 'gpt-4o-mini')?.costMicros).toBe(112);
   });
 
   it('aggregates events per hour x key x model, summing every metric exactly', async () => {
@@ -125,7 +154,7 @@ describe.each([
       makeEvent({ ts: H - HOUR - 1, costMicros: 999 }),
       makeEvent({ ts: H + HOUR, costMicros: 999 }),
     ];
-    for (const e of events) await store.recordUsage(e, KEEP);
+    for (const e of events) await store.recordUsage([e], KEEP);
 
     const h11 = '2026-11-18T11';
     const h12 = '2026-11-18T12';
@@ -184,7 +213,7 @@ describe.each([
       [makeEvent(), { retentionMs: 1000, maxEvents: 0 }],
       [makeEvent(), { retentionMs: 1000.5, maxEvents: 10 }],
     ];
-    for (const [event, options] of bad) await expect(store.recordUsage(event, options)).rejects.toThrow(RangeError);
+    for (const [event, options] of bad) await expect(store.recordUsage([event], options)).rejects.toThrow(RangeError);
     expect(await store.usageRows('2026-11-18T00', '2026-11-18T23')).toEqual([]);
     expect(await store.usageEvents({ sinceMs: 0, limit: 100 })).toEqual([]);
   });
@@ -193,9 +222,9 @@ describe.each([
     const { store, advance } = await make();
     const hour = '2026-11-18T12';
     // 100 ms before the hour ends, kept 300 ms after: gone 400 ms after it is written.
-    await store.recordUsage(makeEvent({ ts: H + HOUR - 100, costMicros: 7 }), { retentionMs: 300, maxEvents: 100 });
+    await store.recordUsage([makeEvent({ ts: H + HOUR - 100, costMicros: 7 })], { retentionMs: 300, maxEvents: 100 });
     // Another hour, kept for long.
-    await store.recordUsage(makeEvent({ ts: H - 100, costMicros: 8 }), KEEP);
+    await store.recordUsage([makeEvent({ ts: H - 100, costMicros: 8 })], KEEP);
     expect(await store.usageRows(hour, hour)).toEqual([row(hour, 'key_a', 'gpt-4o-mini', { requests: 1, costMicros: 7 })]);
     await advance(450);
     await vi.waitFor(async () => expect(await store.usageRows(hour, hour)).toEqual([]), { timeout: 3000, interval: 25 });
@@ -210,7 +239,7 @@ describe.each([
     for (let i = 0; i < 25; i++) {
       const event = makeEvent({ requestId: `r${i}`, ts: H + i, totalTokens: i });
       recorded.push(event);
-      await store.recordUsage(i === 3 ? ({ ...event, extra: 'dropped' } as UsageEvent) : event, KEEP);
+      await store.recordUsage([i === 3 ? ({ ...event, extra: 'dropped' } as UsageEvent) : event], KEEP);
     }
     const pages: { id: string; event: UsageEvent }[][] = [];
     let after: string | undefined;
@@ -242,10 +271,10 @@ describe.each([
   it('filters by arrival time with sinceMs (the store’s clock, not event.ts)', async () => {
     const { store, now, advance } = await make();
     // event.ts far in the past and in the future: it does not matter.
-    await store.recordUsage(makeEvent({ requestId: 'early', ts: H + 10 * DAY }), KEEP);
+    await store.recordUsage([makeEvent({ requestId: 'early', ts: H + 10 * DAY })], KEEP);
     await advance(30);
     const since = now();
-    await store.recordUsage(makeEvent({ requestId: 'late', ts: H - 10 * DAY }), KEEP);
+    await store.recordUsage([makeEvent({ requestId: 'late', ts: H - 10 * DAY })], KEEP);
     expect((await store.usageEvents({ sinceMs: since, limit: 10 })).map((e) => e.event.requestId)).toEqual(['late']);
     expect((await store.usageEvents({ sinceMs: 0, limit: 10 })).map((e) => e.event.requestId)).toEqual(['early', 'late']);
     expect(await store.usageEvents({ sinceMs: since + DAY, limit: 10 })).toEqual([]);
@@ -271,7 +300,7 @@ describe.each([
   it('keeps about the newest maxEvents events, and counts every one in the aggregates', async () => {
     const { store } = await make();
     const maxEvents = 100;
-    for (let i = 0; i < 3 * maxEvents; i++) await store.recordUsage(makeEvent({ requestId: `r${i}` }), { ...KEEP, maxEvents });
+    for (let i = 0; i < 3 * maxEvents; i++) await store.recordUsage([makeEvent({ requestId: `r${i}` })], { ...KEEP, maxEvents });
     const kept = (await store.usageEvents({ sinceMs: 0, limit: 10_000 })).map((e) => e.event.requestId);
     // Redis's `MAXLEN ~` trims whole stream nodes (100 entries by default): never below the cap,
     // at most one node's worth above it.
@@ -311,7 +340,7 @@ describe('Memory store usage only', () => {
     const { store, set } = clocked(H + 30 * 60_000);
     const hour = '2026-11-18T12';
     // Written at 12:30 for an event that arrived at 12:59:59.900: lives 100 ms + retention from now.
-    await store.recordUsage(makeEvent({ ts: H + HOUR - 100 }), { retentionMs: 1000, maxEvents: 10 });
+    await store.recordUsage([makeEvent({ ts: H + HOUR - 100 })], { retentionMs: 1000, maxEvents: 10 });
     set(H + 30 * 60_000 + 1099);
     expect(await store.usageRows(hour, hour)).toHaveLength(1);
     set(H + 30 * 60_000 + 1100);
@@ -322,7 +351,7 @@ describe('Memory store usage only', () => {
     const { store, add } = clocked();
     for (let i = 0; i < 2500; i++) {
       add(i % 7 === 0 ? -5 : 1);
-      await store.recordUsage(makeEvent({ requestId: `r${i}` }), { ...KEEP, maxEvents: 1000 });
+      await store.recordUsage([makeEvent({ requestId: `r${i}` })], { ...KEEP, maxEvents: 1000 });
     }
     const kept = await store.usageEvents({ sinceMs: 0, limit: 5000 });
     expect(kept).toHaveLength(1000);
@@ -356,8 +385,8 @@ describe('Redis store usage only', () => {
     expect(keys.mark('m')).toBe(`${prefix}mark:m`);
 
     const hit = makeEvent({ ts: H + HOUR - 60_000, keyId: 'key|a', model: 'm%7C|x', cache: 'HIT', savedTokens: 15, savedMicros: 40 });
-    await store.recordUsage(hit, { retentionMs: DAY, maxEvents: 50 });
-    await store.recordUsage(makeEvent({ ts: H + 5, keyId: null, model: null, status: 401, cache: null }), { retentionMs: DAY, maxEvents: 50 });
+    await store.recordUsage([hit], { retentionMs: DAY, maxEvents: 50 });
+    await store.recordUsage([makeEvent({ ts: H + 5, keyId: null, model: null, status: 401, cache: null })], { retentionMs: DAY, maxEvents: 50 });
     await store.markOnce('m', 60_000);
 
     const hourKey = keys.usageHour('2026-11-18T12');
@@ -391,12 +420,12 @@ describe('Redis store usage only', () => {
     const log = logger();
     const store = await redisStore({ prefix, logger: log });
     const stream = redisKeys(prefix).usageEvents();
-    await store.recordUsage(makeEvent({ requestId: 'a' }), KEEP);
+    await store.recordUsage([makeEvent({ requestId: 'a' })], KEEP);
     await raw.xadd(stream, '*', 'e', '{not json secret-model');
     await raw.xadd(stream, '*', 'e', JSON.stringify({ ...makeEvent(), promptTokens: 'many', model: 'secret-model' }));
     await raw.xadd(stream, '*', 'other', JSON.stringify(makeEvent()));
-    await store.recordUsage(makeEvent({ requestId: 'b' }), KEEP);
-    await store.recordUsage(makeEvent({ requestId: 'c' }), KEEP);
+    await store.recordUsage([makeEvent({ requestId: 'b' })], KEEP);
+    await store.recordUsage([makeEvent({ requestId: 'c' })], KEEP);
 
     const page = await store.usageEvents({ sinceMs: 0, limit: 2 });
     expect(page.map((e) => e.event.requestId)).toEqual(['a', 'b']);
@@ -410,7 +439,7 @@ describe('Redis store usage only', () => {
     const prefix = uniquePrefix();
     const log = logger();
     const store = await redisStore({ prefix, logger: log });
-    await store.recordUsage(makeEvent({ costMicros: 3 }), KEEP);
+    await store.recordUsage([makeEvent({ costMicros: 3 })], KEEP);
     const hourKey = redisKeys(prefix).usageHour('2026-11-18T12');
     await raw.hset(hourKey, 'garbage', '1', 'key_a|gpt-4o-mini|unknownMetric', '5', 'key_a|gpt-4o-mini|errors', 'x', 'a|b|c|requests', '1');
     expect(await store.usageRows('2026-11-18T12', '2026-11-18T12')).toEqual([

@@ -1,9 +1,11 @@
--- record.lua: adds one usage event to its hour's aggregates, once. An event whose write had an
--- unknown outcome (Redis died mid-command) is written again after the outage; the hour's set of
--- event ids makes that second write a no-op instead of a double count.
--- KEYS[1] the hour's hash of counters; KEYS[2] the hour's set of recorded event ids (same {hour} tag).
--- ARGV[1] event id; ARGV[2] the hash's ttl ms; ARGV[3] the set's ttl ms; ARGV[4..] field, increment pairs.
--- Returns 1 if counted, 0 if the event had been counted already.
+-- record.lua: adds one batch of usage events (the part of a batch in this hour) to the hour's
+-- aggregates, once. A batch whose write had an unknown outcome (Redis died mid-command) is written
+-- again after the outage; the hour's set of counted batch ids makes that second write a no-op
+-- instead of a double count.
+-- KEYS[1] the hour's hash of counters; KEYS[2] the hour's set of counted batch ids (same {hour} tag).
+-- ARGV[1] batch id (usage-math.ts usageParts); ARGV[2] the hash's ttl ms; ARGV[3] the set's ttl ms;
+-- ARGV[4..] field, increment pairs (the batch's sums).
+-- Returns 1 if counted, 0 if the batch had been counted already.
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
   return 0
 end
