@@ -219,7 +219,8 @@ export function createQuota(opts: QuotaOptions) {
    * would be passed. The returned admission must be settled exactly once (later calls are no-ops).
    */
   async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, mode: { free?: boolean } = {}) {
-    // A free request (a cache hit) counts against rpm and concurrency but reserves no tokens or dollars.
+    // A free request (a cache hit) is checked against every limit and counts against rpm, but it is
+    // over once admitted: the store records no reservation or lease, and settling it writes nothing.
     const price = mode.free ? ZERO_PRICE : priceOf(key, model);
     const promptTokens = mode.free ? 0 : estimatePromptTokens(endpoint.name, body, model);
     const outputTokens = mode.free ? 0 : maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);
@@ -241,6 +242,7 @@ export function createQuota(opts: QuotaOptions) {
         now,
         periods: current,
         leaseTtlMs: opts.leaseTtlMs,
+        countOnly: mode.free === true,
       });
     } catch (err) {
       if (!isOutageError(err)) throw err;
@@ -255,7 +257,7 @@ export function createQuota(opts: QuotaOptions) {
       throw quotaExceeded(result, key.limits, { tokens, usdMicros, headers, now, timeZone: opts.timeZone });
     }
     // A lease exists only for an admission the store recorded.
-    if (!releaseLocal) live.set(reservationId, { keyId: key.id, reservationId });
+    if (!releaseLocal && !mode.free) live.set(reservationId, { keyId: key.id, reservationId });
 
     let settled: Settled | undefined;
     return {
@@ -278,6 +280,7 @@ export function createQuota(opts: QuotaOptions) {
           costMicros: usage ? costMicros(price, usage) : 0,
           estimated: consumption.estimated,
         };
+        if (mode.free) return settled; // nothing was reserved
         const write = settleWithRetry({ keyId: key.id, reservationId, tokens: settled.totalTokens, usdMicros: settled.costMicros, now: clock() });
         pending.add(write);
         void write.finally(() => pending.delete(write));

@@ -240,6 +240,7 @@ export class MemoryStore implements Store {
     bucket.requests += 1;
     bucket.tokens += tokens;
     q.buckets.set(second, bucket);
+    if (req.countOnly) return admissionResult(null, windowStates(windowBuckets(q.buckets, now), req.limits, now));
 
     for (const [kind, id, ttl] of [
       ['day', periods.day, periods.dayTtlMs],

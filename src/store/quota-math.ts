@@ -239,6 +239,7 @@ export function checkAdmission(req: AdmissionRequest) {
   nonNegativeInt(req.usdMicros, 'usdMicros');
   nonNegativeInt(req.now, 'now');
   positiveInt(req.leaseTtlMs, 'leaseTtlMs');
+  if (req.countOnly && (req.tokens > 0 || req.usdMicros > 0)) throw new RangeError('a countOnly admission reserves nothing: tokens and usdMicros must be 0');
   for (const name of LIMIT_FIELDS) nonNegativeInt(req.limits[name], `limits.${name}`);
   checkPeriods(req.periods);
 }

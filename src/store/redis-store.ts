@@ -253,6 +253,7 @@ export class RedisStore implements Store {
       limits.usdMicrosPerDay,
       limits.usdMicrosPerMonth,
       limits.maxConcurrent,
+      req.countOnly ? 1 : 0,
     );
     const [admitted, limitCode, retry, rpm, reqRemaining, reqReset, tpm, tokRemaining, tokReset] = reply.map(Number) as [
       number, number, number, number, number, number, number, number, number,

@@ -189,6 +189,12 @@ export interface AdmissionRequest {
   periods: Periods;
   /** A lease not renewed within this long is dead (its instance crashed) and is released. */
   leaseTtlMs: number;
+  /**
+   * For a request that is over as soon as it is admitted (a cache hit): every limit is checked and
+   * the request counts against rpm, but no reservation or lease is recorded, so there is nothing
+   * to settle. `tokens` and `usdMicros` must then be 0.
+   */
+  countOnly?: boolean;
 }
 
 export type LimitName = 'rpm' | 'tpm' | 'maxConcurrent' | 'tokensPerDay' | 'tokensPerMonth' | 'usdPerDay' | 'usdPerMonth';

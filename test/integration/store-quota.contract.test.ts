@@ -90,6 +90,28 @@ describe.each([
     });
   });
 
+  it('a count-only admission (a cache hit) counts against rpm but reserves nothing and holds no lease', async () => {
+    const key = forKey(await create(), { rpm: 3, maxConcurrent: 2 });
+    const hit = { tokens: 0, usdMicros: 0, countOnly: true };
+    expect((await key.admit(hit)).admitted).toBe(true);
+    expect(await key.usage(T + 500)).toEqual({
+      minute: { requests: 1, tokens: 0, resetMs: 59_500 },
+      inFlight: 0,
+      day: { tokens: { used: 0, reserved: 0 }, usdMicros: { used: 0, reserved: 0 } },
+      month: { tokens: { used: 0, reserved: 0 }, usdMicros: { used: 0, reserved: 0 } },
+    });
+    // Every limit is still checked: two requests in flight fill maxConcurrent, and hits count toward rpm.
+    await key.reserve();
+    await key.reserve();
+    expect(await key.admit(hit)).toMatchObject({ admitted: false, limit: 'maxConcurrent' });
+    const relaxed = forKey(await create(), { rpm: 2 });
+    expect((await relaxed.admit(hit)).admitted).toBe(true);
+    expect((await relaxed.admit(hit)).admitted).toBe(true);
+    expect(await relaxed.admit(hit)).toMatchObject({ admitted: false, limit: 'rpm' });
+    // It reserves nothing, so it cannot carry amounts.
+    await expect(key.admit({ tokens: 5, usdMicros: 0, countOnly: true })).rejects.toThrow(RangeError);
+  });
+
   it('reports nothing for a key never seen', async () => {
     const key = forKey(await create());
     expect(await key.usage()).toEqual({

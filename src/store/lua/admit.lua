@@ -15,6 +15,7 @@
 -- ARGV[10] dayTtlMs               ARGV[11] monthTtlMs
 -- ARGV[12..18] limits, 0 = not set: rpm, tpm, tokensPerDay, tokensPerMonth, usdMicrosPerDay,
 --              usdMicrosPerMonth, maxConcurrent
+-- ARGV[19] 1: count only (a cache hit: counted against rpm, no reservation, lease or budget write)
 --
 -- Undeclared keys: releasing a dead lease gives its reserved amounts back to the budget hashes of
 -- the periods it was reserved in, which may be an earlier day or month than KEYS[4]/KEYS[5] and so
@@ -38,6 +39,7 @@ local rpm, tpm = tonumber(ARGV[12]), tonumber(ARGV[13])
 local tokensPerDay, tokensPerMonth = tonumber(ARGV[14]), tonumber(ARGV[15])
 local usdPerDay, usdPerMonth = tonumber(ARGV[16]), tonumber(ARGV[17])
 local maxConcurrent = tonumber(ARGV[18])
+local countOnly = ARGV[19] == '1'
 
 if redis.call('HEXISTS', resvKey, rid) == 1 then
   return redis.error_reply('reservation ' .. rid .. ' already exists')
@@ -151,6 +153,17 @@ if limit == 0 then
   redis.call('HINCRBY', winKey, 't:' .. secField, tokens)
   redis.call('PEXPIRE', winKey, 61000) -- quota-math WINDOW_TTL_MS
 
+  if reqs[sec] == nil and toks[sec] == nil then
+    seconds[#seconds + 1] = sec
+    table.sort(seconds)
+  end
+  reqs[sec] = (reqs[sec] or 0) + 1
+  toks[sec] = (toks[sec] or 0) + tokens
+  totalReqs = totalReqs + 1
+  totalToks = totalToks + tokens
+end
+-- A count-only request (a cache hit) is over once admitted: nothing to reserve, no lease to hold.
+if limit == 0 and not countOnly then
   redis.call('HINCRBY', dayKey, 'tr', tokens)
   redis.call('HINCRBY', dayKey, 'ur', usd)
   redis.call('PEXPIRE', dayKey, dayTtl)
@@ -165,15 +178,6 @@ if limit == 0 then
   local keep = math.max(dayTtl, monthTtl) + leaseTtl
   redis.call('PEXPIRE', resvKey, keep)
   redis.call('PEXPIRE', leaseKey, keep)
-
-  if reqs[sec] == nil and toks[sec] == nil then
-    seconds[#seconds + 1] = sec
-    table.sort(seconds)
-  end
-  reqs[sec] = (reqs[sec] or 0) + 1
-  toks[sec] = (toks[sec] or 0) + tokens
-  totalReqs = totalReqs + 1
-  totalToks = totalToks + tokens
 end
 
 -- 5. Header states (see quota-math windowStates), after this request if it was admitted.
