@@ -140,6 +140,13 @@ describe('graceful shutdown under load', () => {
     expect(results.filter((r, i) => i % 4 === 0).every((r) => r.body.trim().endsWith('data: [DONE]'))).toBe(true);
     const [code] = await exited;
     expect(code, server.output()).toBe(0);
+    // stdout is written in batches (app.ts bufferedStdout): the last ones are flushed at exit, so
+    // every request still has its log line.
+    const requestLines = server
+      .output()
+      .split('\n')
+      .filter((line) => line.includes('"msg":"request"') && line.includes('/v1/chat/completions'));
+    expect(requestLines).toHaveLength(40);
 
     // Another gateway on the same Redis sees every request's usage and spend: nothing was lost.
     const reader = await startGateway({ env: { REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix } });
