@@ -66,11 +66,14 @@ export function createCache(opts: CacheOptions) {
     return `${opts.scope === 'global' ? 'global' : key.id}:${digest}`;
   }
 
+  /** Young enough for the request's Cache-Control max-age, if it gave one. */
+  function fresh(plan: CachePlan, entry: CacheEntry): boolean {
+    return plan.maxAgeMs === undefined || opts.clock() - entry.storedAt <= plan.maxAgeMs;
+  }
+
   async function get(plan: CachePlan): Promise<CacheEntry | undefined> {
     const entry = await safely('get', null, () => store.cacheGet(plan.name));
-    if (!entry) return undefined;
-    if (plan.maxAgeMs !== undefined && opts.clock() - entry.storedAt > plan.maxAgeMs) return undefined;
-    return entry;
+    return entry && fresh(plan, entry) ? entry : undefined;
   }
 
   function waitLocally(pending: Promise<void>): Promise<void> {
@@ -106,15 +109,17 @@ export function createCache(opts: CacheOptions) {
     /**
      * A usable entry, or undefined: then the caller goes upstream and must call fill() once done.
      * Identical requests in flight are joined: on this instance through memory, across instances
-     * through the store's lock, each waiting at most singleFlightWaitMs.
+     * through the store's lock, each waiting at most singleFlightWaitMs. A miss costs one store
+     * round trip here (cacheLookup: the entry, or else the lock) and one in fill().
      */
     async lookup(plan: CachePlan): Promise<CacheEntry | undefined> {
       if (!plan.read) return undefined;
-      const hit = await get(plan);
-      if (hit || !plan.write) return hit;
+      if (!plan.write) return get(plan);
 
       const pending = local.get(plan.name);
       if (pending) {
+        const hit = await get(plan);
+        if (hit) return hit;
         await waitLocally(pending);
         return get(plan);
       }
@@ -125,7 +130,15 @@ export function createCache(opts: CacheOptions) {
         finish();
       };
 
-      plan.leader = await safely('acquire', null, () => store.cacheAcquire(plan.name, opts.singleFlightWaitMs));
+      const found = await safely('lookup', { entry: null, leader: null }, () => store.cacheLookup(plan.name, opts.singleFlightWaitMs));
+      if (found.entry && fresh(plan, found.entry)) {
+        plan.finishLocal();
+        return found.entry;
+      }
+      // No entry, or one too old for this request's max-age: lead a refresh, like any miss.
+      plan.leader = found.entry
+        ? await safely('acquire', null, () => store.cacheAcquire(plan.name, opts.singleFlightWaitMs))
+        : found.leader;
       if (plan.leader !== null) return undefined;
       const outcome = await store.cacheWait(plan.name, opts.singleFlightWaitMs);
       if (outcome === 'filled') {
@@ -139,23 +152,25 @@ export function createCache(opts: CacheOptions) {
     },
 
     /**
-     * Ends a miss: stores the entry when there is one and the request may write, then releases
-     * single-flight so waiters read it (or go upstream if there is none). Safe to call twice.
+     * Ends a miss: stores the entry when there is one and the request may write, ends its
+     * single-flight lead and wakes the waiters (who read the entry, or go upstream if there is
+     * none), in one store round trip. Safe to call twice.
      */
     async fill(plan: CachePlan, entry: NewCacheEntry | undefined): Promise<void> {
       if (plan.filled) return;
       plan.filled = true;
-      let stored = false;
+      let stored: CacheEntry | undefined;
       if (entry && plan.write) {
         if (Buffer.byteLength(entry.body) > opts.maxEntryBytes) {
           logger.debug({ bytes: Buffer.byteLength(entry.body) }, 'response too large to cache');
         } else {
-          const stamped: CacheEntry = { ...entry, storedAt: opts.clock() };
-          stored = await safely('set', false, () => store.cacheSet(plan.name, stamped, plan.ttlMs).then(() => true));
+          stored = { ...entry, storedAt: opts.clock() };
         }
       }
       const token = plan.leader;
-      if (token !== null) await safely('release', undefined, () => store.cacheRelease(plan.name, token, stored));
+      if (stored || token !== null) {
+        await safely('fill', undefined, () => store.cacheFill(plan.name, { entry: stored, ttlMs: plan.ttlMs, token }));
+      }
       plan.finishLocal?.();
     },
 

@@ -38,9 +38,9 @@ export function guardStore(store: Store, health: StoreHealth): Store {
     quotaUsage: guard(store.quotaUsage),
     hit: guard(store.hit),
     cacheGet: guard(store.cacheGet),
-    cacheSet: guard(store.cacheSet),
+    cacheLookup: guard(store.cacheLookup),
     cacheAcquire: guard(store.cacheAcquire),
-    cacheRelease: guard(store.cacheRelease),
+    cacheFill: guard(store.cacheFill),
     // Never rejects, by contract: while down there is no leader to wait for.
     cacheWait: async (name, timeoutMs) => (health.up ? store.cacheWait(name, timeoutMs) : 'failed'),
     cachePurge: guard(store.cachePurge),

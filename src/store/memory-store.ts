@@ -338,12 +338,12 @@ export class MemoryStore implements Store {
     return stored ? copyEntry(stored.entry) : null;
   }
 
-  async cacheSet(name: string, entry: CacheEntry, ttlMs: number): Promise<void> {
+  async cacheLookup(name: string, leadTtlMs: number): Promise<{ entry: CacheEntry | null; leader: string | null }> {
     cacheNameParts(name);
-    checkTtl(ttlMs);
-    const now = this.#clock();
-    this.#sweepCache(now);
-    this.#cache.set(name, { entry: copyEntry(entry), expiresAt: now + ttlMs });
+    checkTtl(leadTtlMs);
+    const entry = await this.cacheGet(name);
+    if (entry) return { entry, leader: null };
+    return { entry: null, leader: await this.cacheAcquire(name, leadTtlMs) };
   }
 
   async cacheAcquire(name: string, ttlMs: number): Promise<string | null> {
@@ -357,10 +357,16 @@ export class MemoryStore implements Store {
     return token;
   }
 
-  async cacheRelease(name: string, token: string, filled: boolean): Promise<void> {
+  async cacheFill(name: string, fill: { entry?: CacheEntry; ttlMs?: number; token: string | null }): Promise<void> {
     cacheNameParts(name);
-    if (this.#cacheLocks.get(name)?.token === token) this.#cacheLocks.delete(name);
-    this.#releases.emit('release', name, filled);
+    const now = this.#clock();
+    if (fill.entry !== undefined) {
+      checkTtl(fill.ttlMs as number);
+      this.#sweepCache(now);
+      this.#cache.set(name, { entry: copyEntry(fill.entry), expiresAt: now + (fill.ttlMs as number) });
+    }
+    if (fill.token !== null && this.#cacheLocks.get(name)?.token === fill.token) this.#cacheLocks.delete(name);
+    this.#releases.emit('release', name, this.#liveCacheEntry(name, now) !== undefined);
   }
 
   cacheWait(name: string, timeoutMs: number): Promise<'filled' | 'failed' | 'timeout'> {

@@ -77,11 +77,14 @@ export function redisKeys(prefix: string) {
     // Per-key entries carry the key's tag, so one key's entries share a cluster slot (and a purge of
     // one key scans for one tag); global entries are tagged by their hash instead, so the shared
     // cache spreads over the cluster rather than piling into one slot. An entry and its lock always
-    // share a tag, so one pipeline (or script) can touch both. `cachelock:` never matches `cache:*`.
+    // share a tag (and so does its waiters mark), so one script can touch them all. `cachelock:` and
+    // `cachewait:` never match `cache:*`.
     /** STRING: JSON of a CacheEntry, PX ttl. */
     cacheEntry: (name: string) => cacheKey('cache', name),
     /** STRING: single-flight leadership of `name` (SET NX PX); the value names the holding instance. */
     cacheLock: (name: string) => cacheKey('cachelock', name),
+    /** STRING: someone waits on `name` (cacheWait sets it, PX its wait): only then does a fill publish. */
+    cacheWaiters: (name: string) => cacheKey('cachewait', name),
     /**
      * SCAN MATCH pattern covering every entry whose name starts with `namePrefix` (all entries when
      * it is empty). It may cover more (e.g. a prefix without ':'): filter with cacheNameOf.
@@ -116,7 +119,7 @@ export function redisKeys(prefix: string) {
       if (!rest.startsWith('{') || close < 2 || close + 2 === rest.length) return null;
       return `${rest.slice(1, close)}:${rest.slice(close + 2)}`;
     },
-    /** Pub/sub channel of `{name, filled}` messages: a cache leader released `name` (cacheRelease). */
+    /** Pub/sub channel of `{name, filled}` messages: `name` was filled while someone waited on it (fill.lua). */
     cacheFillsChannel: () => `${prefix}events:cache-fills`,
 
     // Usage accounting. Not per gateway key: one hash per UTC hour holds every key x model, so a

@@ -1,6 +1,6 @@
 // Store on Redis: records as JSON strings, a hash index, a creation-ordered ZSET, pub/sub for key
 // changes; quotas in per-key hashes and ZSETs changed only by the Lua scripts in ./lua/; cache
-// entries and single-flight locks as PX strings, their releases on a pub/sub channel; usage in one
+// entries and single-flight locks as PX strings, fills heard on a pub/sub channel; usage in one
 // hash per UTC hour and a capped stream of events.
 import { randomBytes } from 'node:crypto';
 import type { ChainableCommander, Redis } from 'ioredis';
@@ -96,8 +96,10 @@ const storedCacheEntrySchema = z.object({
   completionTokens: z.number().int().nonnegative(),
 }) satisfies z.ZodType<CacheEntry>;
 
-/** What cacheRelease publishes on the cache-fills channel. */
+/** What fill.lua publishes on the cache-fills channel (when someone waits). */
 const cacheFillSchema = z.object({ name: z.string().min(1), filled: z.boolean() });
+/** A waiters mark outlives no wait: the longest a wait can be (setTimeout's limit, ~24.8 days). */
+const MAX_WAIT_MARK_MS = 2 ** 31 - 1;
 
 /** SCAN page size of cachePurge; each page's matches are unlinked in one round trip. */
 const PURGE_SCAN_COUNT = 500;
@@ -109,7 +111,8 @@ interface QuotaCommands {
   tollgateAdmit(...keysAndArgs: (string | number)[]): Promise<number[]>;
   tollgateSettle(...keysAndArgs: (string | number)[]): Promise<number>;
   tollgateHit(key: string, windowMs: number): Promise<[number, number]>;
-  tollgateRelease(lock: string, token: string): Promise<number>;
+  tollgateLookup(entry: string, lock: string, token: string, ttlMs: number): Promise<[number, string?]>;
+  tollgateFill(...keysAndArgs: (string | number)[]): Promise<number>;
   tollgateRecord(...keysAndArgs: (string | number)[]): Promise<number>;
 }
 
@@ -160,7 +163,8 @@ export class RedisStore implements Store {
     this.#redis.defineCommand('tollgateAdmit', { numberOfKeys: 5, lua: loadLua('admit') });
     this.#redis.defineCommand('tollgateSettle', { numberOfKeys: 6, lua: loadLua('settle') });
     this.#redis.defineCommand('tollgateHit', { numberOfKeys: 1, lua: loadLua('hit') });
-    this.#redis.defineCommand('tollgateRelease', { numberOfKeys: 1, lua: loadLua('release') });
+    this.#redis.defineCommand('tollgateLookup', { numberOfKeys: 2, lua: loadLua('lookup') });
+    this.#redis.defineCommand('tollgateFill', { numberOfKeys: 3, lua: loadLua('fill') });
     this.#redis.defineCommand('tollgateRecord', { numberOfKeys: 2, lua: loadLua('record') });
     this.#scripts = this.#redis as unknown as QuotaCommands;
     // Without a listener ioredis reports every failed reconnect on stderr. A cluster reports its
@@ -352,7 +356,62 @@ export class RedisStore implements Store {
   async cacheGet(name: string): Promise<CacheEntry | null> {
     const key = this.#keys.cacheEntry(name);
     const raw = await this.#redis.get(key);
-    if (raw === null) return null;
+    return raw === null ? null : this.#readEntry(key, raw);
+  }
+
+  async cacheLookup(name: string, leadTtlMs: number): Promise<{ entry: CacheEntry | null; leader: string | null }> {
+    checkTtl(leadTtlMs);
+    const key = this.#keys.cacheEntry(name);
+    const [found, value] = await this.#scripts.tollgateLookup(key, this.#keys.cacheLock(name), this.#newLeadToken(), leadTtlMs);
+    if (found === 1) return { entry: this.#readEntry(key, value!), leader: null };
+    return { entry: null, leader: found === 2 ? value! : null };
+  }
+
+  async cacheAcquire(name: string, ttlMs: number): Promise<string | null> {
+    checkTtl(ttlMs);
+    const token = this.#newLeadToken();
+    return (await this.#redis.set(this.#keys.cacheLock(name), token, 'PX', ttlMs, 'NX')) === 'OK' ? token : null;
+  }
+
+  async cacheFill(name: string, fill: { entry?: CacheEntry; ttlMs?: number; token: string | null }): Promise<void> {
+    if (fill.entry !== undefined) checkTtl(fill.ttlMs as number);
+    // One round trip (fill.lua), in this order: a waiter that sees the lock gone before the message
+    // arrives finds the entry (stored first) and reads 'filled' all the same. The message goes out
+    // (to marked names only) even if the lock had lapsed and was taken over: the new leader's
+    // waiters only re-read what is stored, so at worst they call upstream themselves. On a cluster
+    // too: PUBLISH names no key, so the script stays in the name's slot.
+    await this.#scripts.tollgateFill(
+      this.#keys.cacheEntry(name),
+      this.#keys.cacheLock(name),
+      this.#keys.cacheWaiters(name),
+      fill.entry === undefined ? '' : JSON.stringify(fill.entry),
+      fill.ttlMs ?? 0,
+      fill.token ?? '',
+      this.#keys.cacheFillsChannel(),
+      name,
+    );
+  }
+
+  async cacheWait(name: string, timeoutMs: number): Promise<'filled' | 'failed' | 'timeout'> {
+    // Mark the name first, then wait (the wait's first check reads the entry and the lock): a fill
+    // that lands before the mark is seen by that check, one after it publishes. Never rejects: a
+    // name no leader can hold fails in wait(); if the mark cannot be set, the poll still notices.
+    try {
+      const markMs = Math.min(Math.max(1, Math.ceil(timeoutMs) || 1), MAX_WAIT_MARK_MS);
+      await this.#redis.set(this.#keys.cacheWaiters(name), '1', 'PX', markMs);
+    } catch {
+      // Redis trouble or a malformed name: wait() answers for both.
+    }
+    return this.#waits.wait(name, timeoutMs);
+  }
+
+  /** The value of the cache locks this instance takes: names the instance, for an operator. */
+  #newLeadToken(): string {
+    return `${this.#instanceId}:${randomBytes(8).toString('hex')}`;
+  }
+
+  /** A stored entry's JSON as a CacheEntry, or null (a miss) when it is corrupt. */
+  #readEntry(key: string, raw: string): CacheEntry | null {
     const parsed = storedCacheEntrySchema.safeParse(safeJson(raw));
     if (!parsed.success) {
       // Not deleted: a leader may be writing a good one over it right now. It expires, or the
@@ -361,33 +420,6 @@ export class RedisStore implements Store {
       return null;
     }
     return parsed.data;
-  }
-
-  async cacheSet(name: string, entry: CacheEntry, ttlMs: number): Promise<void> {
-    checkTtl(ttlMs);
-    await this.#redis.set(this.#keys.cacheEntry(name), JSON.stringify(entry), 'PX', ttlMs);
-  }
-
-  async cacheAcquire(name: string, ttlMs: number): Promise<string | null> {
-    checkTtl(ttlMs);
-    const token = `${this.#instanceId}:${randomBytes(8).toString('hex')}`;
-    return (await this.#redis.set(this.#keys.cacheLock(name), token, 'PX', ttlMs, 'NX')) === 'OK' ? token : null;
-  }
-
-  async cacheRelease(name: string, token: string, filled: boolean): Promise<void> {
-    const lock = this.#keys.cacheLock(name);
-    const message = JSON.stringify({ name, filled });
-    // One round trip, in this order: a waiter that sees the lock gone before the message arrives
-    // finds the entry (stored before the release) and reads 'filled' all the same. The publish goes
-    // out even if the lock had lapsed and was taken over (the script then leaves it alone): the
-    // new leader's waiters only re-read what is stored, so at worst they call upstream themselves.
-    // On a cluster too: PUBLISH names no key, so the pipeline stays in the lock's slot.
-    const pipeline = this.#redis.pipeline() as ChainableCommander & { tollgateRelease(lock: string, token: string): ChainableCommander };
-    throwFirstError(await pipeline.tollgateRelease(lock, token).publish(this.#keys.cacheFillsChannel(), message).exec());
-  }
-
-  cacheWait(name: string, timeoutMs: number): Promise<'filled' | 'failed' | 'timeout'> {
-    return this.#waits.wait(name, timeoutMs);
   }
 
   async cachePurge(scopePrefix = ''): Promise<number> {

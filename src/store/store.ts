@@ -72,26 +72,34 @@ export interface Store {
    * A cached response, or null. `name` comes from the cache module: `<scope>:<request hash>`, the
    * scope a gateway key id or `global` (the Redis layout is built from it). Every cache method
    * throws a RangeError for a name without a non-empty scope and id, or with `{`/`}` in the scope
-   * (cacheWait resolves 'failed' instead), and for a ttlMs that is not a positive integer.
+   * (cacheWait resolves 'failed' instead), for a ttlMs that is not a positive integer, and (cacheFill)
+   * for an entry without a ttlMs.
    * An entry that cannot be read back (corrupt) is a miss.
    */
   cacheGet(name: string): Promise<CacheEntry | null>;
-  /** Stores a response for ttlMs (overwrites). Only the CacheEntry fields are kept. */
-  cacheSet(name: string, entry: CacheEntry, ttlMs: number): Promise<void>;
+  /**
+   * The lookup of a cache miss's first step, in one round trip: the stored entry if there is one
+   * (no lock is taken), else single-flight leadership of `name` as cacheAcquire gives it: `leader`
+   * is the token, or null when another caller leads (then cacheWait).
+   */
+  cacheLookup(name: string, leadTtlMs: number): Promise<{ entry: CacheEntry | null; leader: string | null }>;
   /**
    * Single-flight leadership for one cache name across instances: a token for exactly one caller
-   * (null for the others) until it calls cacheRelease or ttlMs passes (a leader that died must not
-   * block the others for long).
+   * (null for the others) until it calls cacheFill with it or ttlMs passes (a leader that died must
+   * not block the others for long).
    */
   cacheAcquire(name: string, ttlMs: number): Promise<string | null>;
   /**
-   * Ends leadership (only if `token` still holds it: a slow leader whose lock lapsed and was taken
-   * over must not end the new leader's) and wakes every waiter on every instance (filled: an entry
-   * was stored).
+   * Ends a miss in one round trip: stores `entry` (if given) for `ttlMs` (overwrites; only the
+   * CacheEntry fields are kept), ends leadership if `token` still holds it (a slow leader whose lock
+   * lapsed and was taken over must not end the new leader's), and wakes every waiter of `name` on
+   * every instance: 'filled' if an entry for `name` exists then, else 'failed'. A fill nobody waits
+   * for (no cacheWait on `name` since its last fill) wakes nobody and costs no message.
+   * `ttlMs` is needed with an entry only.
    */
-  cacheRelease(name: string, token: string, filled: boolean): Promise<void>;
+  cacheFill(name: string, fill: { entry?: CacheEntry; ttlMs?: number; token: string | null }): Promise<void>;
   /**
-   * Resolves when the leader of `name` releases ('filled' | 'failed'), when its leadership lapses
+   * Resolves when the leader of `name` fills it ('filled' | 'failed'), when its leadership lapses
    * without a release ('failed'), or after timeoutMs ('timeout'). Never rejects.
    * Also 'filled' as soon as an entry for `name` exists (a release may be missed), and at once
    * when nobody leads `name` (entry: 'filled', none: 'failed'). A lapse or a missed release is

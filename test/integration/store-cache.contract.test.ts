@@ -69,10 +69,10 @@ describe.each([
     const name = cacheName();
     expect(await store.cacheGet(name)).toBeNull();
     const entry = makeEntry();
-    await store.cacheSet(name, entry, 60_000);
+    await store.cacheFill(name, { entry, ttlMs: 60_000, token: null });
     expect(await store.cacheGet(name)).toEqual(entry);
     const newer = makeEntry({ body: '{"second":true}', storedAt: entry.storedAt + 1 });
-    await store.cacheSet(name, newer, 60_000);
+    await store.cacheFill(name, { entry: newer, ttlMs: 60_000, token: null });
     expect(await store.cacheGet(name)).toEqual(newer);
     expect(await store.cacheGet(cacheName())).toBeNull();
   });
@@ -80,14 +80,14 @@ describe.each([
   it('shares entries between instances', async () => {
     const [a, b] = await pair();
     const name = cacheName('global');
-    await a.cacheSet(name, makeEntry(), 60_000);
+    await a.cacheFill(name, { entry: makeEntry(), ttlMs: 60_000, token: null });
     expect(await b.cacheGet(name)).toEqual(await a.cacheGet(name));
   });
 
   it('expires entries after their ttl', async () => {
     const store = await one();
     const name = cacheName();
-    await store.cacheSet(name, makeEntry(), 100);
+    await store.cacheFill(name, { entry: makeEntry(), ttlMs: 100, token: null });
     expect(await store.cacheGet(name)).not.toBeNull();
     await vi.waitFor(async () => expect(await store.cacheGet(name)).toBeNull(), { timeout: 2000, interval: 20 });
   });
@@ -97,7 +97,7 @@ describe.each([
     const name = cacheName();
     const entry = makeEntry();
     const original = structuredClone(entry);
-    await store.cacheSet(name, entry, 60_000);
+    await store.cacheFill(name, { entry, ttlMs: 60_000, token: null });
     entry.body = 'mutated input';
     const out = await store.cacheGet(name);
     if (!out) throw new Error('expected an entry');
@@ -110,7 +110,7 @@ describe.each([
     const store = await one();
     const name = cacheName();
     const entry = makeEntry();
-    await store.cacheSet(name, { ...entry, extra: 'dropped' } as CacheEntry, 60_000);
+    await store.cacheFill(name, { entry: { ...entry, extra: 'dropped' } as CacheEntry, ttlMs: 60_000, token: null });
     expect(await store.cacheGet(name)).toStrictEqual(entry);
   });
 
@@ -118,14 +118,31 @@ describe.each([
     const store = await one();
     for (const bad of ['', 'nocolon', ':hash', 'key_a:', '{key}:hash', 'a}b:hash']) {
       await expect(store.cacheGet(bad)).rejects.toThrow(RangeError);
-      await expect(store.cacheSet(bad, makeEntry(), 1000)).rejects.toThrow(RangeError);
+      await expect(store.cacheFill(bad, { entry: makeEntry(), ttlMs: 1000, token: null })).rejects.toThrow(RangeError);
       await expect(store.cacheAcquire(bad, 1000)).rejects.toThrow(RangeError);
       await expect(store.cacheWait(bad, 1000)).resolves.toBe('failed');
     }
     for (const ttl of [0, -1, 1.5, Number.NaN, Infinity]) {
-      await expect(store.cacheSet(cacheName(), makeEntry(), ttl)).rejects.toThrow(RangeError);
+      await expect(store.cacheFill(cacheName(), { entry: makeEntry(), ttlMs: ttl, token: null })).rejects.toThrow(RangeError);
       await expect(store.cacheAcquire(cacheName(), ttl)).rejects.toThrow(RangeError);
     }
+  });
+
+  it('lookup: the entry without taking the lock, else leadership for exactly one caller', async () => {
+    const [a, b] = await pair();
+    const name = cacheName();
+    const found = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).cacheLookup(name, 10_000)));
+    expect(found.every((f) => f.entry === null)).toBe(true);
+    const leaders = found.filter((f) => f.leader !== null);
+    expect(leaders).toHaveLength(1);
+    expect(await a.cacheAcquire(name, 10_000)).toBeNull(); // the lookup's lock holds
+    const entry = makeEntry();
+    await b.cacheFill(name, { entry, ttlMs: 60_000, token: leaders[0]!.leader });
+    expect(await a.cacheLookup(name, 10_000)).toEqual({ entry, leader: null });
+    // Finding the entry took no lock: the name can still be led (a refresh past a max-age).
+    expect(await b.cacheAcquire(name, 10_000)).not.toBeNull();
+    await expect(a.cacheLookup(name, 0)).rejects.toThrow(RangeError);
+    await expect(a.cacheFill(name, { entry, token: null })).rejects.toThrow(RangeError); // an entry needs a ttl
   });
 
   it('acquire is exclusive across instances until released', async () => {
@@ -137,9 +154,9 @@ describe.each([
     expect(await a.cacheAcquire(name, 10_000)).toBeNull();
     const winner = results.findIndex((token) => token !== null);
     // A release with another token does not end the leadership.
-    await (winner % 2 ? a : b).cacheRelease(name, 'not-the-token', false);
+    await (winner % 2 ? a : b).cacheFill(name, { token: 'not-the-token' });
     expect(await a.cacheAcquire(name, 10_000)).toBeNull();
-    await (winner % 2 ? a : b).cacheRelease(name, winners[0]!, false);
+    await (winner % 2 ? a : b).cacheFill(name, { token: winners[0]! });
     expect(await b.cacheAcquire(name, 10_000)).not.toBeNull();
     // Locks of other names are independent.
     expect(await a.cacheAcquire(cacheName(), 10_000)).not.toBeNull();
@@ -161,9 +178,9 @@ describe.each([
     expect(slow).not.toBeNull();
     let taken: string | null = null;
     await vi.waitFor(async () => expect((taken = await b.cacheAcquire(name, 10_000))).not.toBeNull(), { timeout: 2000, interval: 20 });
-    await a.cacheRelease(name, slow!, false);
+    await a.cacheFill(name, { token: slow! });
     expect(await a.cacheAcquire(name, 10_000)).toBeNull(); // b still leads
-    await b.cacheRelease(name, taken!, false);
+    await b.cacheFill(name, { token: taken! });
     expect(await a.cacheAcquire(name, 10_000)).not.toBeNull();
   });
 
@@ -178,8 +195,7 @@ describe.each([
     ];
     await sleep(50);
     const entry = makeEntry();
-    await leader.cacheSet(name, entry, 60_000);
-    await leader.cacheRelease(name, token!, true);
+    await leader.cacheFill(name, { entry, ttlMs: 60_000, token: token! });
     const { value, ms } = await timed(Promise.all(waits));
     expect(value).toEqual(Array(13).fill('filled'));
     expect(ms).toBeLessThan(1000);
@@ -193,7 +209,7 @@ describe.each([
     expect(token).not.toBeNull();
     const waits = Array.from({ length: 5 }, () => follower.cacheWait(name, 5000));
     await sleep(50);
-    await leader.cacheRelease(name, token!, false);
+    await leader.cacheFill(name, { token: token! });
     const { value, ms } = await timed(Promise.all(waits));
     expect(value).toEqual(Array(5).fill('failed'));
     expect(ms).toBeLessThan(1000);
@@ -228,7 +244,7 @@ describe.each([
     expect(token).not.toBeNull();
     const wait = follower.cacheWait(name, 5000);
     await sleep(50);
-    await leader.cacheSet(name, makeEntry(), 60_000);
+    await leader.cacheFill(name, { entry: makeEntry(), ttlMs: 60_000, token: null });
     const { value, ms } = await timed(wait);
     expect(value).toBe('filled');
     expect(ms).toBeLessThan(1000);
@@ -238,7 +254,7 @@ describe.each([
     const store = await one();
     const empty = cacheName();
     const full = cacheName();
-    await store.cacheSet(full, makeEntry(), 60_000);
+    await store.cacheFill(full, { entry: makeEntry(), ttlMs: 60_000, token: null });
     const failed = await timed(store.cacheWait(empty, 5000));
     const filled = await timed(store.cacheWait(full, 5000));
     expect([failed.value, filled.value]).toEqual(['failed', 'filled']);
@@ -260,10 +276,9 @@ describe.each([
     ];
     expect(timers()).toBeGreaterThan(before);
     await sleep(50);
-    await leader.cacheRelease(names[0]!, tokens[0]!, false);
-    await leader.cacheSet(names[1]!, makeEntry(), 60_000);
-    await leader.cacheRelease(names[1]!, tokens[1]!, true);
-    await leader.cacheRelease(names[2]!, tokens[2]!, false);
+    await leader.cacheFill(names[0]!, { token: tokens[0]! });
+    await leader.cacheFill(names[1]!, { entry: makeEntry(), ttlMs: 60_000, token: tokens[1]! });
+    await leader.cacheFill(names[2]!, { token: tokens[2]! });
     const outcomes = await Promise.all(waits);
     expect(outcomes.filter((o) => o === 'filled')).toHaveLength(20);
     expect(outcomes.filter((o) => o === 'failed')).toHaveLength(40);
@@ -294,7 +309,7 @@ describe.each([
       b: [cacheName(keyB), cacheName(keyB)],
       global: [cacheName('global'), cacheName('global')],
     };
-    for (const name of Object.values(names).flat()) await a.cacheSet(name, makeEntry(), 60_000);
+    for (const name of Object.values(names).flat()) await a.cacheFill(name, { entry: makeEntry(), ttlMs: 60_000, token: null });
     const lock = cacheName(keyA);
     expect(await a.cacheAcquire(lock, 10_000)).not.toBeNull();
 
@@ -304,7 +319,7 @@ describe.each([
 
     expect(await b.cachePurge('global:')).toBe(2);
     expect(await b.cacheGet(names.b[0]!)).not.toBeNull();
-    await a.cacheSet(names.global[0]!, makeEntry(), 60_000);
+    await a.cacheFill(names.global[0]!, { entry: makeEntry(), ttlMs: 60_000, token: null });
 
     expect(await b.cachePurge()).toBe(3);
     for (const name of Object.values(names).flat()) expect(await a.cacheGet(name)).toBeNull();
@@ -317,7 +332,7 @@ describe.each([
     const store = await one();
     const scope = `key_${randomBytes(6).toString('hex')}`;
     for (const name of [`${scope}:x*1`, `${scope}:xy`, `${scope}:x?[]\\`, `${scope}x:h`, 'global:x*1']) {
-      await store.cacheSet(name, makeEntry(), 60_000);
+      await store.cacheFill(name, { entry: makeEntry(), ttlMs: 60_000, token: null });
     }
     expect(await store.cachePurge(`${scope}:x*`)).toBe(1);
     expect(await store.cacheGet(`${scope}:xy`)).not.toBeNull();
@@ -331,8 +346,8 @@ describe.each([
   it('purge does not count entries that already expired', async () => {
     const store = await one();
     const scope = newKeyId();
-    await store.cacheSet(cacheName(scope), makeEntry(), 50);
-    await store.cacheSet(cacheName(scope), makeEntry(), 60_000);
+    await store.cacheFill(cacheName(scope), { entry: makeEntry(), ttlMs: 50, token: null });
+    await store.cacheFill(cacheName(scope), { entry: makeEntry(), ttlMs: 60_000, token: null });
     await sleep(120);
     expect(await store.cachePurge(`${scope}:`)).toBe(1);
   });
@@ -395,7 +410,7 @@ describe('Redis store cache only', () => {
     const keys = redisKeys(prefix);
     const name = cacheName();
     const entry = makeEntry();
-    await store.cacheSet(name, entry, 60_000);
+    await store.cacheFill(name, { entry, ttlMs: 60_000, token: null });
     const token = await store.cacheAcquire(name, 30_000);
     expect(token).not.toBeNull();
     expect(JSON.parse((await raw.get(keys.cacheEntry(name))) ?? 'null')).toEqual(entry);
@@ -410,7 +425,7 @@ describe('Redis store cache only', () => {
     const store = await redisStore({ prefix, logger: log });
     const keys = redisKeys(prefix);
     const [bad, worse, good] = [cacheName(), cacheName(), cacheName()];
-    await store.cacheSet(good, makeEntry(), 60_000);
+    await store.cacheFill(good, { entry: makeEntry(), ttlMs: 60_000, token: null });
     await raw.set(keys.cacheEntry(bad), '{not json secret-body', 'PX', 60_000);
     await raw.set(keys.cacheEntry(worse), JSON.stringify({ ...makeEntry(), promptTokens: 'many', body: 'secret-body' }), 'PX', 60_000);
     expect(await store.cacheGet(bad)).toBeNull();
@@ -440,6 +455,32 @@ describe('Redis store cache only', () => {
     expect(value).toBe('filled');
     expect(ms).toBeLessThan(2000); // far below the 5 s a missing message would take
     expect(log.warn).toHaveBeenCalledTimes(1); // two malformed messages, one line
+  });
+
+  it('a fill publishes only when someone waits on the name', async () => {
+    const prefix = uniquePrefix();
+    const [leader, follower] = [await redisStore({ prefix }), await redisStore({ prefix })];
+    await subscribed(follower);
+    const listener = raw.duplicate();
+    const heard: string[] = [];
+    listener.on('message', (_channel: string, message: string) => heard.push(message));
+    await listener.subscribe(redisKeys(prefix).cacheFillsChannel());
+    try {
+      const quiet = cacheName();
+      const quietLock = await leader.cacheLookup(quiet, 10_000);
+      await leader.cacheFill(quiet, { entry: makeEntry(), ttlMs: 60_000, token: quietLock.leader });
+      const awaited = cacheName();
+      const lock = await leader.cacheLookup(awaited, 10_000);
+      const wait = follower.cacheWait(awaited, 5000);
+      await sleep(50);
+      await leader.cacheFill(awaited, { entry: makeEntry(), ttlMs: 60_000, token: lock.leader });
+      expect(await wait).toBe('filled');
+      await vi.waitFor(() => expect(heard.length).toBeGreaterThan(0), { timeout: 2000, interval: 10 });
+      await sleep(50);
+      expect(heard.map((m) => JSON.parse(m) as unknown)).toEqual([{ name: awaited, filled: true }]);
+    } finally {
+      listener.disconnect();
+    }
   });
 
   it('a missed release (lock deleted, no message) still wakes waiters: filled if an entry exists', async () => {

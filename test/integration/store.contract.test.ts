@@ -385,9 +385,9 @@ describe('Redis Cluster only', () => {
         ],
         // quotaUsage's pipeline.
         quotaUsage: [k.window(id), k.leases(id), k.dayBudget(id, '2026-11-18'), k.monthBudget(id, '2026-11')],
-        // cacheRelease (release.lua) and the waiters' check: an entry and its lock, per-key and global scope.
-        cacheScoped: [k.cacheEntry(`${id.replace(/[{}]/g, '')}:abc`), k.cacheLock(`${id.replace(/[{}]/g, '')}:abc`)],
-        cacheGlobal: [k.cacheEntry('global:0123abcd'), k.cacheLock('global:0123abcd')],
+        // lookup.lua, fill.lua and the waiters' check: an entry, its lock and its waiters mark, per-key and global scope.
+        cacheScoped: [k.cacheEntry(`${id.replace(/[{}]/g, '')}:abc`), k.cacheLock(`${id.replace(/[{}]/g, '')}:abc`), k.cacheWaiters(`${id.replace(/[{}]/g, '')}:abc`)],
+        cacheGlobal: [k.cacheEntry('global:0123abcd'), k.cacheLock('global:0123abcd'), k.cacheWaiters('global:0123abcd')],
       };
       for (const [name, keys] of Object.entries(groups)) {
         const slots = new Set(await Promise.all(keys.map(slotOf)));
@@ -416,7 +416,7 @@ describe('Redis Cluster only', () => {
     const store = await clusterStore({ prefix });
     const names = Array.from({ length: 30 }, () => `global:${newKeyId()}`);
     const entry = { storedAt: 1, body: '{}', model: 'm', promptTokens: 1, cachedPromptTokens: 0, completionTokens: 1 };
-    await Promise.all(names.map((n) => store.cacheSet(n, entry, 60_000)));
+    await Promise.all(names.map((n) => store.cacheFill(n, { entry, ttlMs: 60_000, token: null })));
     // Which master serves each entry's slot: they must not all sit on one, or SCAN of one node would do.
     const ranges = (await raw.call('CLUSTER', 'SLOTS')) as [number, number, [string, number, ...unknown[]]][];
     const masterOf = (slot: number) => ranges.find(([from, to]) => slot >= from && slot <= to)?.[2][1];
