@@ -321,8 +321,11 @@ export async function sendBuffered(
   }
   if (res.status === 200 && read.beforeSend) await read.beforeSend(json);
   trace.ttfbMs = reply.elapsedTime;
+  reply.send(bytes);
+  // Settling and filling the cache come after the answer is on its way: the client never waits for
+  // them (the request's log line and usage event are written on 'close', after this has run).
   onBody?.(res.status === 200 ? json : undefined, bytes);
-  return reply.send(bytes);
+  return reply;
 }
 
 /** The whole upstream body; a failure while reading it becomes the client's 502 or 504. */
