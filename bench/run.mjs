@@ -107,8 +107,9 @@ async function waitHttp(url, child, what) {
   throw new Error(`${what} did not answer at ${url}: ${child.stderrText.slice(-2000)}`);
 }
 
-async function startUpstream(core, name) {
-  const child = start(name, ...pinned(core, process.execPath, [join(here, 'upstream.mjs'), '--port', '0']));
+/** A node script of bench/ that prints `listening <port>` once it serves. */
+async function startScript(core, name, script, extraArgs = []) {
+  const child = start(name, ...pinned(core, process.execPath, [join(here, script), '--port', '0', ...extraArgs]));
   const port = await new Promise((resolve, reject) => {
     let out = '';
     child.stdout.on('data', (d) => {
@@ -118,7 +119,11 @@ async function startUpstream(core, name) {
     });
     child.once('exit', (code) => reject(new Error(`${name} exited ${code}: ${child.stderrText}`)));
   });
-  const origin = `http://127.0.0.1:${port}`;
+  return { child, origin: `http://127.0.0.1:${port}`, port };
+}
+
+async function startUpstream(core, name) {
+  const { child, origin, port } = await startScript(core, name, 'upstream.mjs');
   return {
     child,
     origin,
@@ -335,6 +340,8 @@ async function main() {
   const direct = await startUpstream(cfg.targetCore, 'upstream-direct'); // the zero line: the upstream itself is the target
   const backend = await startUpstream(cfg.loadCore, 'upstream-backend'); // what nginx and Tollgate forward to
   const nginx = await startNginx(backend.port);
+  // The Node floor: Tollgate's stack with no features (bench/floor.mjs), forwarding to the same backend.
+  const floor = await startScript(cfg.targetCore, 'floor', 'floor.mjs', ['--upstream', backend.origin]);
   const tollgate = await startTollgate(backend.origin, redis.url);
   const key = await createKey(tollgate.origin);
   log(`redis ${redis.url}, direct ${direct.origin}, backend ${backend.origin}, nginx ${nginx.origin}, tollgate ${tollgate.origin} (pid ${tollgate.pid})`);
@@ -342,6 +349,7 @@ async function main() {
   const targets = {
     direct: { name: 'direct', origin: direct.origin, key: 'sk-bench', unique: true, pid: direct.child.pid },
     nginx: { name: 'nginx', origin: nginx.origin, key: 'sk-bench', unique: true, pid: nginx.child.pid },
+    floor: { name: 'floor', origin: floor.origin, key: 'sk-bench', unique: true, pid: floor.child.pid },
     tollgate: { name: 'tollgate', origin: tollgate.origin, key, unique: true, pid: tollgate.pid },
     hits: { name: 'hits', origin: tollgate.origin, key, unique: false, pid: tollgate.pid },
   };
@@ -367,7 +375,7 @@ async function main() {
     for (const stream of [false, true]) {
       scenarios.push({
         id: stream ? 'max-stream' : 'max',
-        targets: ['direct', 'nginx', 'tollgate', 'hits'],
+        targets: ['direct', 'nginx', 'floor', 'tollgate', 'hits'],
         run: (t) => wrk(t, { stream, connections: cfg.connections, duration: cfg.duration }),
       });
     }
@@ -482,7 +490,7 @@ async function main() {
   }
 
   redisClient.disconnect();
-  await Promise.all([stop(tollgate.child), stop(nginx.child, 'SIGQUIT'), stop(direct.child), stop(backend.child), stop(redis.child, 'SIGKILL')]);
+  await Promise.all([stop(tollgate.child), stop(nginx.child, 'SIGQUIT'), stop(floor.child), stop(direct.child), stop(backend.child), stop(redis.child, 'SIGKILL')]);
 
   if (lateSends.size) {
     notes.push(`fixed-rate sends more than 5 ms behind schedule (summed over rounds; the load core was busy): ${[...lateSends].map(([k, n]) => `${k} ${n}`).join(', ')}`);
@@ -541,6 +549,12 @@ function renderTable(results, rss) {
     rows.push(`| ${label} | target CPU us/req | ${f(c('direct'), 0)} | ${f(c('nginx'), 0)} | ${f(c('tollgate'), 0)} | ${f(c('hits'), 0)} | ${f(c('tollgate') / c('direct'))}x | ${f(c('tollgate') / c('nginx'))}x | | |`);
     const rc = (x) => med(scenario, x, 'redisCmdsPerReq');
     rows.push(`| ${label} | Redis commands run/req (incl. inside Lua) | | | ${f(rc('tollgate'), 1)} | ${f(rc('hits'), 1)} | | | | |`);
+    if (results[scenario].floor) {
+      // The Node floor (bench/floor.mjs): Tollgate's stack with no features, in the Tollgate column.
+      const fl = med(scenario, 'floor', 'rps');
+      rows.push(`| ${label} | Node floor req/s (Fastify + undici, no features) | | | ${f(fl, 0)} | | ${f(fl / d)}x | ${f(fl / n)}x | | |`);
+      rows.push(`| ${label} | Node floor CPU us/req | | | ${f(c('floor'), 0)} | | ${f(c('floor') / c('direct'))}x | ${f(c('floor') / c('nginx'))}x | | |`);
+    }
     rows.push(`| ${label} | req/s per core from CPU | ${f(1e6 / c('direct'), 0)} | ${f(1e6 / c('nginx'), 0)} | ${f(1e6 / c('tollgate'), 0)} | ${f(1e6 / c('hits'), 0)} | ${f(c('direct') / c('tollgate'))}x | ${f(c('nginx') / c('tollgate'))}x | ${targetText} | ${verdict(targetRatio ? c('direct') / c('tollgate') >= targetRatio : undefined)} |`);
     for (const m of ['p50', 'p99']) {
       rows.push(`| ${label} | ${m} ms | ${f(med(scenario, 'direct', m))} | ${f(med(scenario, 'nginx', m))} | ${f(med(scenario, 'tollgate', m))} | ${f(med(scenario, 'hits', m))} | ${f(med(scenario, 'tollgate', m) / med(scenario, 'direct', m))}x | ${f(med(scenario, 'tollgate', m) / med(scenario, 'nginx', m))}x | | |`);
