@@ -1,6 +1,6 @@
 // Relays an upstream SSE stream to the client event by event, as each arrives, while reading usage.
-import { PassThrough, type Readable } from 'node:stream';
-import { createParser, type EventSourceMessage } from 'eventsource-parser';
+import { Readable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 import type { StreamEventInfo, Usage } from './usage.js';
 import { readChunkUsage } from './usage.js';
 import { openAIErrorBody } from '../errors.js';
@@ -36,8 +36,15 @@ export interface RelayResult {
   data: string[];
 }
 
+/** One server-sent event: its type (`event:`), id (`id:`) and data (`data:` lines, joined by \n). */
+export interface SseEvent {
+  event?: string;
+  id?: string;
+  data: string;
+}
+
 /** Re-serialises one parsed event. Multi-line data becomes several `data:` lines, as the spec says. */
-export function formatEvent(e: Pick<EventSourceMessage, 'event' | 'data' | 'id'>): string {
+export function formatEvent(e: SseEvent): string {
   let out = '';
   if (e.event) out += `event: ${e.event}\n`;
   if (e.id) out += `id: ${e.id}\n`;
@@ -46,68 +53,270 @@ export function formatEvent(e: Pick<EventSourceMessage, 'event' | 'data' | 'id'>
   return `${out}\n`;
 }
 
+/** The default reader: chat/completions chunks, whose stream ends with `data: [DONE]`. */
+const readChatChunk = (data: string): StreamEventInfo | undefined => readChunkUsage(data);
+
+const LF = 10;
+const SPACE = 32;
+const COLON = 58;
+
+/**
+ * An incremental parser of the event-stream format, with eventsource-parser 3's behaviour (which
+ * Tollgate used before; test/unit/sse.test.ts checks both agree on any split of any input): lines
+ * end with CR, LF or CRLF; a blank line dispatches the event if it had data; `data` lines are
+ * joined by \n; `event` and `id` apply to the event being read (not to later ones); an `id`
+ * containing NUL is ignored; comments, `retry` and unknown fields are ignored; one space after the
+ * colon is dropped. A plain object with a few fields, not a set of closures: there is one per open
+ * stream.
+ */
+export class SseParser {
+  /** An incomplete last line, kept until the rest arrives. */
+  private partial = '';
+  private firstChunk = true;
+  private id: string | undefined = undefined;
+  private eventType: string | undefined = undefined;
+  private data = '';
+  private dataLines = 0;
+
+  constructor(private readonly onEvent: (event: SseEvent) => void) {}
+
+  feed(chunk: string): void {
+    if (this.firstChunk) {
+      this.firstChunk = false;
+      // eventsource-parser drops a UTF-8 BOM seen as three Latin-1 characters (decoders drop U+FEFF).
+      if (chunk.charCodeAt(0) === 0xef && chunk.charCodeAt(1) === 0xbb && chunk.charCodeAt(2) === 0xbf) chunk = chunk.slice(3);
+    }
+    if (this.partial.length > 0 && chunk.indexOf('\n') === -1 && chunk.indexOf('\r') === -1) {
+      this.partial += chunk; // still no line end: nothing to parse yet
+      return;
+    }
+    const text = this.partial.length > 0 ? this.partial + chunk : chunk;
+    let pos = 0;
+    let cr = text.indexOf('\r');
+    let lf = text.indexOf('\n');
+    for (;;) {
+      if (cr !== -1 && cr < pos) cr = text.indexOf('\r', pos);
+      if (lf !== -1 && lf < pos) lf = text.indexOf('\n', pos);
+      let end: number;
+      let next: number;
+      if (cr !== -1 && (lf === -1 || cr < lf)) {
+        if (cr === text.length - 1) break; // maybe the CR of a CRLF cut in two: wait for the LF
+        end = cr;
+        next = text.charCodeAt(cr + 1) === LF ? cr + 2 : cr + 1;
+      } else if (lf !== -1) {
+        end = lf;
+        next = lf + 1;
+      } else break;
+      this.line(text, pos, end);
+      pos = next;
+    }
+    this.partial = pos === 0 ? text : text.slice(pos);
+  }
+
+  private line(text: string, start: number, end: number): void {
+    if (start === end) {
+      if (this.dataLines > 0) this.onEvent({ id: this.id, event: this.eventType, data: this.data });
+      this.id = undefined;
+      this.eventType = undefined;
+      this.data = '';
+      this.dataLines = 0;
+      return;
+    }
+    if (text.charCodeAt(start) === COLON) return; // a comment
+    const colon = text.indexOf(':', start);
+    let field: string;
+    let value: string;
+    if (colon === -1 || colon >= end) {
+      field = text.slice(start, end);
+      value = '';
+    } else {
+      field = text.slice(start, colon);
+      const from = colon + 1 < end && text.charCodeAt(colon + 1) === SPACE ? colon + 2 : colon + 1;
+      value = text.slice(from, end);
+    }
+    switch (field) {
+      case 'data':
+        this.data = this.dataLines === 0 ? value : `${this.data}\n${value}`;
+        this.dataLines++;
+        break;
+      case 'event':
+        this.eventType = value || undefined;
+        break;
+      case 'id':
+        if (!value.includes('\0')) this.id = value;
+        break;
+      default: // retry, unknown fields: nothing a relay needs
+    }
+  }
+}
+
 /**
  * Starts relaying `source` (upstream SSE bytes) into the returned stream, which the caller hands to
- * the client. Each event is written as soon as it is complete (no buffering beyond one event) and
- * the relay honours the client's back-pressure. `done` settles once the relay stops for any reason.
+ * the client. Each event is pushed as soon as it is complete and the relay honours the client's
+ * back-pressure (upstream is paused while the client's buffer is full). `done` settles once the
+ * relay stops for any reason.
  */
-export function relaySse(source: Readable, options: RelayOptions): { stream: PassThrough; done: Promise<RelayResult> } {
-  const out = new PassThrough();
-  const result: RelayResult = { completed: false, events: 0, data: [] };
-  const pending: EventSourceMessage[] = [];
-  const parser = createParser({ onEvent: (e) => pending.push(e) });
-  const readEvent: NonNullable<RelayOptions['readEvent']> = options.readEvent ?? ((data) => readChunkUsage(data));
+export function relaySse(source: Readable, options: RelayOptions): { stream: Readable; done: Promise<RelayResult> } {
+  const relay = new SseRelay(source, options);
+  return { stream: relay, done: relay.done };
+}
 
-  async function write(text: string) {
-    if (out.write(text)) return;
-    // Wait for the slow client; both listeners go once either fires, so a long stream to a slow
-    // client does not pile up listeners wait after wait.
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        out.off('drain', done);
-        out.off('close', done);
-        resolve();
-      };
-      out.on('drain', done);
-      out.on('close', done);
-    });
+/**
+ * The relay is the client-facing Readable itself, fed from the source's 'data' events. Memory is
+ * the point of its shape: a gateway holds one per open stream (thousands at once), and the first
+ * version (a PassThrough, an async iterator over the source, a TextDecoder, eventsource-parser's
+ * closures) cost ~5.8 KB of heap and ~1.6 KB of native memory (the decoder's ICU converter) per
+ * stream; this one ~1.3 KB (test/unit/sse.test.ts bounds it). Hence one object with fields and
+ * prototype methods, four listener functions, a StringDecoder, and no intermediate stream.
+ */
+class SseRelay extends Readable {
+  readonly result: RelayResult = { completed: false, events: 0, data: [] };
+  readonly done: Promise<RelayResult>;
+  private settle!: (result: RelayResult) => void;
+  private readonly pending: SseEvent[] = [];
+  private readonly parser = new SseParser((e) => this.pending.push(e));
+  // Keeps a multi-byte character split across chunks whole. (Not source.setEncoding: undici's body
+  // ignores it.) TextDecoder would hold a native ICU converter per stream.
+  private readonly decoder = new StringDecoder('utf8');
+  /** The relay has stopped (ended, failed, or the client left): nothing more is pushed. */
+  private stopped = false;
+  /** An onEvent promise is pending: later events wait behind it, in order. */
+  private waiting = false;
+  /** The client's buffer is full: upstream stays paused until the client reads. */
+  private full = false;
+  private sourceEnded = false;
+  private firstChunk = true;
+
+  constructor(
+    private readonly source: Readable,
+    private readonly options: RelayOptions,
+  ) {
+    super();
+    this.done = new Promise<RelayResult>((resolve) => (this.settle = resolve));
+    source.on('data', this.onData);
+    source.on('end', this.onEnd);
+    source.on('error', this.onError);
+    source.on('close', this.onClose);
   }
 
-  async function pump(): Promise<RelayResult> {
-    const decoder = new TextDecoder();
-    try {
-      for await (const chunk of source) {
-        parser.feed(decoder.decode(chunk as Buffer, { stream: true }));
-        for (let e = pending.shift(); e; e = pending.shift()) {
-          if (out.destroyed) throw new Error('client closed the stream');
-          if (e.data === '[DONE]') result.completed = true;
-          else {
-            result.data.push(e.data);
-            const found = readEvent(e.data, e.event);
-            if (found) {
-              if (found.usage) result.usage = found.usage;
-              if (found.model) result.model = found.model;
-              if (found.final) result.completed = true;
-              if (found.usageOnly && options.dropUsageChunk) continue;
-            }
-            const seen = options.onEvent?.(e.data, e.event);
-            if (seen) await seen;
-          }
-          if (result.events++ === 0) options.onFirstEvent?.();
-          await write(formatEvent(e));
-        }
-      }
-      if (!out.destroyed) out.end();
-    } catch (err) {
-      result.error = err;
-      source.destroy();
-      if (!out.destroyed && out.writable) {
-        // Headers are gone already; tell the client in-band, the way OpenAI reports mid-stream errors.
-        out.end(formatEvent({ data: JSON.stringify(openAIErrorBody('The upstream stream was interrupted.', 'server_error', 'upstream_stream_error')) }));
-      }
+  override _read(): void {
+    this.full = false;
+    if (!this.waiting && !this.stopped) this.source.resume();
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    // The client went away (or the consumer destroyed the stream): stop reading upstream.
+    if (!this.stopped) this.stop(err ?? new Error('client closed the stream'), false);
+    callback(err);
+  }
+
+  private readonly onData = (bytes: Buffer | string): void => {
+    if (this.stopped) return;
+    let chunk = typeof bytes === 'string' ? bytes : this.decoder.write(bytes);
+    if (this.firstChunk && chunk.length > 0) {
+      this.firstChunk = false;
+      if (chunk.charCodeAt(0) === 0xfeff) chunk = chunk.slice(1); // a byte-order mark (TextDecoder dropped it too)
     }
-    return result;
+    this.parser.feed(chunk);
+    this.drain();
+  };
+
+  private readonly onEnd = (): void => {
+    this.sourceEnded = true;
+    this.drain();
+  };
+
+  private readonly onError = (err: Error): void => this.stop(err);
+
+  private readonly onClose = (): void => {
+    // Destroyed before its end without an error (e.g. aborted): what for-await over it reported.
+    if (!this.sourceEnded) this.stop(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+  };
+
+  /** Hands every parsed event on, in order; pauses upstream behind an onEvent promise. */
+  private drain(): void {
+    const { result, options } = this;
+    try {
+      while (!this.waiting && !this.stopped) {
+        const e = this.pending.shift();
+        if (!e) break;
+        if (e.data === '[DONE]') result.completed = true;
+        else {
+          result.data.push(e.data);
+          const found = (options.readEvent ?? readChatChunk)(e.data, e.event);
+          if (found) {
+            if (found.usage) result.usage = found.usage;
+            if (found.model) result.model = found.model;
+            if (found.final) result.completed = true;
+            if (found.usageOnly && options.dropUsageChunk) continue;
+          }
+          const seen = options.onEvent?.(e.data, e.event);
+          if (seen) {
+            this.waiting = true;
+            this.source.pause();
+            seen.then(
+              () => {
+                this.waiting = false;
+                if (this.stopped) return;
+                try {
+                  this.relay(e);
+                } catch (err) {
+                  this.stop(err);
+                  return;
+                }
+                this.drain();
+              },
+              (err: unknown) => this.stop(err),
+            );
+            return;
+          }
+        }
+        this.relay(e);
+      }
+    } catch (err) {
+      this.stop(err);
+      return;
+    }
+    if (this.stopped || this.waiting) return;
+    if (this.sourceEnded) this.finish();
+    else if (!this.full) this.source.resume();
   }
 
-  return { stream: out, done: pump() };
+  private relay(e: SseEvent): void {
+    if (this.result.events++ === 0) this.options.onFirstEvent?.();
+    if (!this.push(formatEvent(e))) {
+      this.full = true;
+      this.source.pause();
+    }
+  }
+
+  private finish(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.detach();
+    this.push(null);
+    this.settle(this.result);
+  }
+
+  /** Stops on an error: upstream is dropped and, if the client is still there, told in-band. */
+  private stop(err: unknown, tellClient = true): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.result.error = err;
+    this.detach();
+    this.source.destroy();
+    if (tellClient && !this.destroyed && !this.readableEnded) {
+      // Headers are gone already; tell the client in-band, the way OpenAI reports mid-stream errors.
+      this.push(formatEvent({ data: JSON.stringify(openAIErrorBody('The upstream stream was interrupted.', 'server_error', 'upstream_stream_error')) }));
+      this.push(null);
+    }
+    this.settle(this.result);
+  }
+
+  private detach(): void {
+    this.source.off('data', this.onData);
+    this.source.off('end', this.onEnd);
+    this.source.off('close', this.onClose);
+    // 'error' stays handled: a source that fails later must not throw an unhandled error.
+  }
 }
