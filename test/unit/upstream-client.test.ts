@@ -1,0 +1,118 @@
+// The upstream client's own plumbing: the parts of undici it loads, and the life of one exchange
+// (total timeout, the client's abort signal) ending with the response body.
+import { createRequire } from 'node:module';
+import { getEventListeners } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createUpstreamClient } from '../../src/upstream/client.js';
+import { startFakeOpenAI, type FakeOpenAI } from '../../src/fake-openai/server.js';
+import type { Config } from '../../src/config.js';
+
+const require = createRequire(import.meta.url);
+
+let fake: FakeOpenAI;
+beforeAll(async () => {
+  fake = await startFakeOpenAI({ apiKey: 'sk-test' });
+});
+afterAll(async () => {
+  await fake.close();
+});
+
+function upstream(overrides: Partial<Config['upstream']> = {}): Config['upstream'] {
+  return {
+    baseUrl: fake.url,
+    apiKey: 'sk-test',
+    apiKeys: ['sk-test'],
+    connectTimeoutMs: 1000,
+    headersTimeoutMs: 5000,
+    idleTimeoutMs: 5000,
+    totalTimeoutMs: 10_000,
+    maxConnections: 4,
+    maxRetries: 0,
+    retryBaseDelayMs: 10,
+    retryMaxDelayMs: 10,
+    retryAfterMaxMs: 10,
+    keyCooldownMs: 1000,
+    keyInvalidCooldownMs: 1000,
+    ...overrides,
+  };
+}
+
+const chat = (stream = false) =>
+  JSON.stringify({ model: 'gpt-4o-mini', stream, messages: [{ role: 'user', content: 'Hello!' }] });
+
+describe('undici, loaded in parts', () => {
+  it('is the same Pool, errors and request API undici exports', () => {
+    const undici = require('undici') as typeof import('undici');
+    expect(require('undici/lib/dispatcher/pool.js')).toBe(undici.Pool);
+    expect(require('undici/lib/core/errors.js')).toBe(undici.errors);
+    expect((undici.Pool.prototype as unknown as { request: unknown }).request).toBe(require('undici/lib/api/api-request.js'));
+  });
+});
+
+describe('one exchange', () => {
+  it('answers, and leaves no listener on the client signal once the body is read', async () => {
+    const client = createUpstreamClient(upstream());
+    const clientGone = new AbortController();
+    const res = await client.send({ method: 'POST', path: '/chat/completions', body: chat(true), signal: clientGone.signal });
+    expect(res.status).toBe(200);
+    for await (const _ of res.body) void _;
+    await sleep(10);
+    expect(getEventListeners(clientGone.signal, 'abort')).toEqual([]);
+    await client.close();
+  });
+
+  it('a finished exchange never reports a timeout later: its timer ends with the body', async () => {
+    const client = createUpstreamClient(upstream({ totalTimeoutMs: 200 }));
+    const res = await client.send({ method: 'POST', path: '/chat/completions', body: chat() });
+    for await (const _ of res.body) void _;
+    await sleep(300);
+    expect(res.timedOut()).toBe(false);
+    await client.close();
+  });
+
+  it('the total timeout still cuts a stream that outlasts it, and says so', async () => {
+    fake.setStreamChunkDelay(150);
+    try {
+      const client = createUpstreamClient(upstream({ totalTimeoutMs: 400 }));
+      const res = await client.send({ method: 'POST', path: '/chat/completions', body: chat(true) });
+      await expect(async () => {
+        for await (const _ of res.body) void _;
+      }).rejects.toThrow();
+      expect(res.timedOut()).toBe(true);
+      await client.close();
+    } finally {
+      fake.setStreamChunkDelay(0);
+    }
+  });
+
+  it('the client leaving aborts the upstream request at once', async () => {
+    fake.setStreamChunkDelay(100);
+    try {
+      const client = createUpstreamClient(upstream());
+      const clientGone = new AbortController();
+      const res = await client.send({ method: 'POST', path: '/chat/completions', body: chat(true), signal: clientGone.signal });
+      const reading = (async () => {
+        for await (const _ of res.body) void _;
+      })();
+      await sleep(50);
+      clientGone.abort();
+      await expect(reading).rejects.toThrow();
+      expect(res.timedOut()).toBe(false);
+      expect(getEventListeners(clientGone.signal, 'abort')).toEqual([]);
+      await client.close();
+    } finally {
+      fake.setStreamChunkDelay(0);
+    }
+  });
+
+  it('a client already gone never reaches upstream', async () => {
+    const client = createUpstreamClient(upstream());
+    const before = fake.requests.length;
+    const gone = new AbortController();
+    gone.abort();
+    await expect(client.send({ method: 'POST', path: '/chat/completions', body: chat(), signal: gone.signal })).rejects.toBeDefined();
+    expect(fake.requests.length).toBe(before);
+    await client.close();
+  });
+});
