@@ -125,6 +125,10 @@ const envSchema = z.object({
   METRICS_TOKEN: optionalString,
 
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
+  /** Size the V8 young generation is held at (MB per semi-space, it has two); 0 or 16: V8's default (src/heap.ts). */
+  V8_MAX_SEMI_SPACE_MB: int(0, 16).default(4),
+  /** Old-generation growth allowed between full GCs, percent of its live size; 0: V8's default (src/heap.ts). */
+  V8_HEAP_GROWING_PERCENT: int(0, 1000).default(15),
   SHUTDOWN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
   TRUST_PROXY: bool.default(false),
   /** Browser origins allowed to call the API (CORS), comma-separated; empty: CORS off. */
@@ -194,6 +198,8 @@ export interface Config {
   metricsToken?: string;
   cache: { enabled: boolean; scope: 'key' | 'global'; ttlMs: number; maxEntryBytes: number; singleFlightWaitMs: number };
   bodyLimitBytes: number;
+  /** V8 heap sizing (src/heap.ts). */
+  heap: { maxSemiSpaceMb: number; growingPercent: number };
   shutdownTimeoutMs: number;
   trustProxy: boolean;
   corsOrigins: string[];
@@ -317,6 +323,7 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
       singleFlightWaitMs: e.CACHE_SINGLE_FLIGHT_WAIT_MS,
     },
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    heap: { maxSemiSpaceMb: e.V8_MAX_SEMI_SPACE_MB, growingPercent: e.V8_HEAP_GROWING_PERCENT },
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     trustProxy: e.TRUST_PROXY,
     corsOrigins: e.CORS_ORIGINS,

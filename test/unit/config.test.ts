@@ -16,6 +16,13 @@ describe('loadConfig', () => {
     });
     expect(c.redis).toBeUndefined();
     expect(c.adminToken).toBeUndefined();
+    expect(c.heap).toEqual({ maxSemiSpaceMb: 4, growingPercent: 15 });
+  });
+
+  it('reads the V8 heap settings, 0 meaning V8\'s own sizing', () => {
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', V8_MAX_SEMI_SPACE_MB: '0', V8_HEAP_GROWING_PERCENT: '0' }).heap).toEqual({ maxSemiSpaceMb: 0, growingPercent: 0 });
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', V8_MAX_SEMI_SPACE_MB: '8', V8_HEAP_GROWING_PERCENT: '50' }).heap).toEqual({ maxSemiSpaceMb: 8, growingPercent: 50 });
+    expect(() => loadConfig({ OPENAI_API_KEY: 'sk-x', V8_MAX_SEMI_SPACE_MB: '64' })).toThrow(/V8_MAX_SEMI_SPACE_MB/);
   });
 
   it('treats empty variables as unset (as an env file with blank entries gives)', () => {
