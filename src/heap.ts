@@ -3,20 +3,22 @@
 //
 // Why flags at all: each open stream keeps ~30 KB of live heap (sockets, Node's and undici's HTTP
 // objects, Fastify's request and reply, the relay), so 1,000 streams are ~30 MB live on a ~20 MB
-// base. With V8's defaults the process peaked at ~220 MB: the young generation grows to 2 x 16 MB
+// base. With V8's defaults the process peaked at ~190-230 MB: the young generation grows to 2 x 16 MB
 // and stays there, and the old generation is let grow to up to 4x its live size before a full
 // collection (objects of a 4 s stream are all promoted, then die there). Measured with the bench's
-// rss scenario (1,000 streams, 300 ms between events), peak RSS: V8 defaults 216-227 MB; old
+// rss scenario (1,000 streams, 300 ms between events), peak RSS: V8 defaults 187-227 MB; old
 // generation growth capped at 15%: 175-183 MB; plus 8 MB semi-spaces: 162-168 MB; plus 4 MB
 // semi-spaces: 149-154 MB; plus survivors copied rather than whole young pages promoted
 // (--no-page-promotion: a denser old generation, no GC time difference measured): 145-148 MB.
 //
-// What it costs (CPU per request under load, 50 connections, main-thread GC time): the 15% growth
-// cap ~nothing measurable (43-63 us of GC per request against 48-55 us); 4 MB semi-spaces +60 us
-// per request and +150 us per stream (more objects survive a smaller young generation), ~10-20% of
-// the gateway's CPU per request; 8 MB semi-spaces about half that. Both are settings
-// (V8_MAX_SEMI_SPACE_MB, V8_HEAP_GROWING_PERCENT; 0 = V8's own behaviour); V8 flags given on the
-// command line or in NODE_OPTIONS always win.
+// What it costs, in CPU time per request (50 concurrent requests to a fast fake upstream, 3
+// interleaved rounds; non-streamed / streamed): V8 defaults 558-594 / 682-742 us; the 15% growth
+// cap alone the same (592-594 / 682-742 us); with 8 MB semi-spaces 710-858 / 778-953 us; with 4 MB
+// semi-spaces 708-731 / 1002-1080 us (main-thread GC 108-117 / 189-208 us instead of 42-52: more
+// objects survive a smaller young generation), i.e. ~25% / ~45% more. With 1,000 slow streams GC
+// is a smaller share (~5% more CPU per stream). So the young generation is the trade: the 4 MB
+// default meets the memory target; V8_MAX_SEMI_SPACE_MB=0 gives the CPU back for ~30 MB more at
+// the peak. V8 flags given on the command line or in NODE_OPTIONS always win.
 //
 // How: --heap-growing-percent can be set at run time. The semi-space size cannot (V8 fixes its
 // maximum when the heap is created, before any JS runs, and Node reads NODE_OPTIONS only then), but
@@ -24,7 +26,7 @@
 // modules load (importing this module first), then the young generation is grown once to the
 // wanted size, synchronously, and held there; after each GC a check lets it grow back to that size
 // if V8 shrank it (as it does when idle). If that check runs late (several GCs in one event-loop
-// turn), one more doubling can slip through: at worst 2x the setting, still below V8's 16 MB.
+// turn), one more doubling can slip through: at worst 2x the setting (V8's 16 MB maximum still holds).
 import v8 from 'node:v8';
 import { PerformanceObserver } from 'node:perf_hooks';
 
