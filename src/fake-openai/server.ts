@@ -126,7 +126,7 @@ const RANDOM_FAILURE: Mode = {
 const emptyTotals = (): UsageTotals => ({ prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, requests: 0 });
 
 export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<FakeOpenAI> {
-  // Load the tokenizer now (~0.3 s, once per process) rather than inside the first request, where
+  // Load the tokenizer now (~0.1 s, once per process) rather than inside the first request, where
   // it would look like upstream latency to timeout tests.
   preloadEncodings();
   const initialLatency = opts.latencyMs ?? 0;
