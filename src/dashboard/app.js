@@ -68,6 +68,13 @@
     node.hidden = !visible;
   }
 
+  /** A panel whose request failed: its note cleared, its empty-state line says so. */
+  function showLoadFailure(note, empty) {
+    note.textContent = '';
+    empty.textContent = 'Could not be loaded.';
+    show(empty, true);
+  }
+
   // ---------------------------------------------------------------- formatting (fixed locale: ops compare screenshots)
 
   const usd2 = new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD', minimumFractionDigits: 2, maximumFractionDigits: 2 });
@@ -456,9 +463,7 @@
     state.charts[name]?.destroy();
     state.charts[name] = null;
     if (result.status !== 'fulfilled') {
-      empty.textContent = 'Could not be loaded.';
-      show(empty, true);
-      note.textContent = '';
+      showLoadFailure(note, empty);
       return;
     }
     const rows = Array.isArray(result.value.data) ? result.value.data : [];
@@ -531,9 +536,7 @@
     const empty = testId('top-keys-empty');
     body.replaceChildren();
     if (result.status !== 'fulfilled') {
-      note.textContent = '';
-      empty.textContent = 'Could not be loaded.';
-      show(empty, true);
+      showLoadFailure(note, empty);
       return;
     }
     const rows = (Array.isArray(result.value.data) ? result.value.data : [])
@@ -655,9 +658,7 @@
     const empty = testId('events-empty');
     body.replaceChildren();
     if (result.status !== 'fulfilled') {
-      note.textContent = '';
-      empty.textContent = 'Could not be loaded.';
-      show(empty, true);
+      showLoadFailure(note, empty);
       return;
     }
     const events = result.value.filter((e) => e && typeof e === 'object').sort((a, b) => (Number(b.ts) || 0) - (Number(a.ts) || 0));

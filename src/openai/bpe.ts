@@ -44,6 +44,27 @@ const FNV_PRIME = 0x01000193;
 const BASE64 = new Int8Array(128).fill(-1);
 for (const [i, c] of [...'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'].entries()) BASE64[c.charCodeAt(0)] = i;
 
+/**
+ * Walks the `base64(token) rank` lines of a `.tiktoken` file (blank lines skipped): `pos` is where
+ * the base64 starts, `space` where it ends. Both passes of the loader read the file this way.
+ */
+function forEachLine(data: Uint8Array, visit: (pos: number, space: number, rank: number) => void): void {
+  for (let pos = 0; pos < data.length; ) {
+    const space = data.indexOf(0x20, pos);
+    let eol = data.indexOf(0x0a, pos);
+    if (eol < 0) eol = data.length;
+    if (eol === pos) {
+      pos++;
+      continue;
+    }
+    if (space < 0 || space > eol) throw new Error(`bad .tiktoken line at byte ${pos}`);
+    let rank = 0;
+    for (let i = space + 1; i < eol; i++) rank = rank * 10 + data[i]! - 0x30;
+    visit(pos, space, rank);
+    pos = eol + 1;
+  }
+}
+
 /** gpt-tokenizer's `isValidUTF8` (utfUtil.ts), on `bytes[from, to)`. */
 function isValidUtf8(bytes: Uint8Array, from: number, to: number): boolean {
   let i = from;
@@ -108,26 +129,15 @@ export class BpeCounter {
     let maxRank = -1;
     let totalBytes = 0;
     let tokens = 0;
-    for (let pos = 0; pos < data.length; ) {
-      const space = data.indexOf(0x20, pos);
-      let eol = data.indexOf(0x0a, pos);
-      if (eol < 0) eol = data.length;
-      if (eol === pos) {
-        pos++;
-        continue;
-      }
-      if (space < 0 || space > eol) throw new Error(`bad .tiktoken line at byte ${pos}`);
+    forEachLine(data, (pos, space, rank) => {
       let padding = 0;
       if (data[space - 1] === 0x3d) padding++;
       if (data[space - 2] === 0x3d) padding++;
       totalBytes += ((space - pos) / 4) * 3 - padding;
-      let rank = 0;
-      for (let i = space + 1; i < eol; i++) rank = rank * 10 + data[i]! - 0x30;
       if (rank <= maxRank) throw new Error('.tiktoken ranks must ascend');
       maxRank = rank;
       tokens++;
-      pos = eol + 1;
-    }
+    });
     this.size = tokens;
     this.bytes = new Uint8Array(totalBytes);
     this.start = new Uint32Array(maxRank + 2);
@@ -139,16 +149,7 @@ export class BpeCounter {
     // Pass 2: decode every token into place and index it.
     let w = 0;
     let nextRank = 0;
-    for (let pos = 0; pos < data.length; ) {
-      const space = data.indexOf(0x20, pos);
-      let eol = data.indexOf(0x0a, pos);
-      if (eol < 0) eol = data.length;
-      if (eol === pos) {
-        pos++;
-        continue;
-      }
-      let rank = 0;
-      for (let i = space + 1; i < eol; i++) rank = rank * 10 + data[i]! - 0x30;
+    forEachLine(data, (pos, space, rank) => {
       while (nextRank <= rank) this.start[nextRank++] = w; // holes get no bytes
       const from = w;
       let bits = 0;
@@ -166,8 +167,7 @@ export class BpeCounter {
         }
       }
       this.insert(rank, from, w);
-      pos = eol + 1;
-    }
+    });
     this.start[nextRank] = w;
   }
 

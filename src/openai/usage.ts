@@ -14,24 +14,42 @@ export interface Usage {
 const count = (v: unknown): number =>
   typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.min(Math.floor(v), Number.MAX_SAFE_INTEGER) : 0;
 
-/** `usage` as chat, completions and embeddings report it; undefined when absent or null. */
-export function readUsage(body: unknown): Usage | undefined {
-  if (typeof body !== 'object' || body === null) return undefined;
-  const u = (body as { usage?: unknown }).usage;
-  if (typeof u !== 'object' || u === null) return undefined;
-  const usage = u as Record<string, unknown>;
-  const promptTokens = count(usage.prompt_tokens);
-  const completionTokens = count(usage.completion_tokens);
-  const promptDetails = (usage.prompt_tokens_details ?? {}) as Record<string, unknown>;
-  const completionDetails = (usage.completion_tokens_details ?? {}) as Record<string, unknown>;
-  return {
-    promptTokens,
-    completionTokens,
-    totalTokens: count(usage.total_tokens) || promptTokens + completionTokens,
-    cachedPromptTokens: count(promptDetails?.cached_tokens),
-    reasoningTokens: count(completionDetails?.reasoning_tokens),
+/** What a `usage` object calls its fields: chat-style and Responses-style names differ. */
+interface UsageFields {
+  prompt: string;
+  completion: string;
+  promptDetails: string;
+  completionDetails: string;
+}
+
+/** A reader of `body.usage` under the given field names; undefined when absent or null. */
+function usageReader(f: UsageFields): (body: unknown) => Usage | undefined {
+  return (body) => {
+    if (typeof body !== 'object' || body === null) return undefined;
+    const u = (body as { usage?: unknown }).usage;
+    if (typeof u !== 'object' || u === null) return undefined;
+    const usage = u as Record<string, unknown>;
+    const promptTokens = count(usage[f.prompt]);
+    const completionTokens = count(usage[f.completion]);
+    const promptDetails = (usage[f.promptDetails] ?? {}) as Record<string, unknown>;
+    const completionDetails = (usage[f.completionDetails] ?? {}) as Record<string, unknown>;
+    return {
+      promptTokens,
+      completionTokens,
+      totalTokens: count(usage.total_tokens) || promptTokens + completionTokens,
+      cachedPromptTokens: count(promptDetails?.cached_tokens),
+      reasoningTokens: count(completionDetails?.reasoning_tokens),
+    };
   };
 }
+
+/** `usage` as chat, completions and embeddings report it; undefined when absent or null. */
+export const readUsage = usageReader({
+  prompt: 'prompt_tokens',
+  completion: 'completion_tokens',
+  promptDetails: 'prompt_tokens_details',
+  completionDetails: 'completion_tokens_details',
+});
 
 // Cheap pre-check so only the one chunk that carries usage is JSON-parsed twice (chunks say `"usage":null`).
 const USAGE_OBJECT = /"usage"\s*:\s*\{/;
@@ -88,23 +106,12 @@ export function generatedText(chunks: readonly string[]): string {
 // `response` of its terminal event (response.completed / response.incomplete / response.failed).
 
 /** `usage` of a Responses API `response` object; undefined when absent or null. */
-export function readResponsesUsage(body: unknown): Usage | undefined {
-  if (typeof body !== 'object' || body === null) return undefined;
-  const u = (body as { usage?: unknown }).usage;
-  if (typeof u !== 'object' || u === null) return undefined;
-  const usage = u as Record<string, unknown>;
-  const promptTokens = count(usage.input_tokens);
-  const completionTokens = count(usage.output_tokens);
-  const inputDetails = (usage.input_tokens_details ?? {}) as Record<string, unknown>;
-  const outputDetails = (usage.output_tokens_details ?? {}) as Record<string, unknown>;
-  return {
-    promptTokens,
-    completionTokens,
-    totalTokens: count(usage.total_tokens) || promptTokens + completionTokens,
-    cachedPromptTokens: count(inputDetails?.cached_tokens),
-    reasoningTokens: count(outputDetails?.reasoning_tokens),
-  };
-}
+export const readResponsesUsage = usageReader({
+  prompt: 'input_tokens',
+  completion: 'output_tokens',
+  promptDetails: 'input_tokens_details',
+  completionDetails: 'output_tokens_details',
+});
 
 /** The events that end a Responses stream; each carries the final `response` with its usage. */
 export const RESPONSES_TERMINAL_EVENTS = new Set(['response.completed', 'response.incomplete', 'response.failed']);
