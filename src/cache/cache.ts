@@ -41,6 +41,11 @@ export interface CachePlan {
 }
 
 export type Cache = ReturnType<typeof createCache>;
+
+/** A request's admission joined with the lookup of its cache name (Quota.admitAndLookup, bound to it). */
+export type JoinedAdmission<A> = (lookup: { name: string; leadTtlMs: number }) => Promise<
+  { lookup: 'hit'; entry: CacheEntry; admission: A } | { lookup: 'miss'; leader: string | null; admission: A } | { lookup: 'wait' }
+>;
 /** An entry as the pipeline hands it over; the cache stamps the time it is stored. */
 export type NewCacheEntry = Omit<CacheEntry, 'storedAt'>;
 
@@ -86,6 +91,60 @@ export function createCache(opts: CacheOptions) {
     });
   }
 
+  /** Makes this request the one on this instance that talks to the store for `plan.name`. */
+  function leadLocally(plan: CachePlan) {
+    let finish!: () => void;
+    local.set(plan.name, new Promise<void>((resolve) => (finish = resolve)));
+    plan.finishLocal = () => {
+      local.delete(plan.name);
+      finish();
+    };
+  }
+
+  /** Another caller leads `plan.name`: its entry once it is filled, or undefined (go upstream). */
+  async function waitForLeader(plan: CachePlan): Promise<CacheEntry | undefined> {
+    const outcome = await store.cacheWait(plan.name, opts.singleFlightWaitMs);
+    if (outcome === 'filled') {
+      const entry = await get(plan);
+      if (entry) {
+        plan.finishLocal?.();
+        return entry;
+      }
+    }
+    return undefined; // the leader failed or is too slow: go upstream ourselves
+  }
+
+  /**
+   * A usable entry, or undefined: then the caller goes upstream and must call fill() once done.
+   * Identical requests in flight are joined: on this instance through memory, across instances
+   * through the store's lock, each waiting at most singleFlightWaitMs. A miss costs one store
+   * round trip here (cacheLookup: the entry, or else the lock) and one in fill().
+   */
+  async function lookup(plan: CachePlan): Promise<CacheEntry | undefined> {
+    if (!plan.read) return undefined;
+    if (!plan.write) return get(plan);
+
+    const pending = local.get(plan.name);
+    if (pending) {
+      const hit = await get(plan);
+      if (hit) return hit;
+      await waitLocally(pending);
+      return get(plan);
+    }
+    leadLocally(plan);
+    const found = await safely('lookup', { entry: null, leader: null }, () => store.cacheLookup(plan.name, opts.singleFlightWaitMs));
+    if (found.entry && fresh(plan, found.entry)) {
+      plan.finishLocal?.();
+      return found.entry;
+    }
+    // No entry, or one too old for this request's max-age: lead a refresh, like any miss.
+    plan.leader = found.entry
+      ? await safely('acquire', null, () => store.cacheAcquire(plan.name, opts.singleFlightWaitMs))
+      : found.leader;
+    if (plan.leader !== null) return undefined;
+    return waitForLeader(plan);
+  }
+
   return {
     /** The plan for a request, or undefined when its endpoint (or this request of it) is not cacheable. */
     plan(request: FastifyRequest, key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>): CachePlan | undefined {
@@ -106,49 +165,31 @@ export function createCache(opts: CacheOptions) {
       };
     },
 
+    lookup,
+
     /**
-     * A usable entry, or undefined: then the caller goes upstream and must call fill() once done.
-     * Identical requests in flight are joined: on this instance through memory, across instances
-     * through the store's lock, each waiting at most singleFlightWaitMs. A miss costs one store
-     * round trip here (cacheLookup: the entry, or else the lock) and one in fill().
+     * lookup() and the request's admission in one store round trip (before forwarding, a miss then
+     * costs one round trip instead of two), when the plan allows it: it reads and writes, its name
+     * is in the key's own scope (the same cluster slot as the key's quota state) and it asks no
+     * max-age. A hit comes with its free admission, a miss with its full one and, if nobody else
+     * had it, the lead. Otherwise, or when another request leads the name (it waits for it, as
+     * lookup() does), `admission` is undefined: the caller admits the request itself. Throws what
+     * admission throws.
      */
-    async lookup(plan: CachePlan): Promise<CacheEntry | undefined> {
-      if (!plan.read) return undefined;
-      if (!plan.write) return get(plan);
-
+    async lookupAndAdmit<A>(plan: CachePlan, admitAndLookup: JoinedAdmission<A>): Promise<{ entry?: CacheEntry; admission?: A }> {
+      if (!plan.read || !plan.write || opts.scope !== 'key' || plan.maxAgeMs !== undefined) return { entry: await lookup(plan) };
+      const found = await admitAndLookup({ name: plan.name, leadTtlMs: opts.singleFlightWaitMs });
+      if (found.lookup === 'hit') return { entry: found.entry, admission: found.admission };
+      if (found.lookup === 'miss') {
+        plan.leader = found.leader;
+        // Identical requests on this instance then wait for it in memory, not through the store.
+        if (found.leader !== null) leadLocally(plan);
+        return { admission: found.admission };
+      }
       const pending = local.get(plan.name);
-      if (pending) {
-        const hit = await get(plan);
-        if (hit) return hit;
-        await waitLocally(pending);
-        return get(plan);
-      }
-      let finish!: () => void;
-      local.set(plan.name, new Promise<void>((resolve) => (finish = resolve)));
-      plan.finishLocal = () => {
-        local.delete(plan.name);
-        finish();
-      };
-
-      const found = await safely('lookup', { entry: null, leader: null }, () => store.cacheLookup(plan.name, opts.singleFlightWaitMs));
-      if (found.entry && fresh(plan, found.entry)) {
-        plan.finishLocal();
-        return found.entry;
-      }
-      // No entry, or one too old for this request's max-age: lead a refresh, like any miss.
-      plan.leader = found.entry
-        ? await safely('acquire', null, () => store.cacheAcquire(plan.name, opts.singleFlightWaitMs))
-        : found.leader;
-      if (plan.leader !== null) return undefined;
-      const outcome = await store.cacheWait(plan.name, opts.singleFlightWaitMs);
-      if (outcome === 'filled') {
-        const entry = await get(plan);
-        if (entry) {
-          plan.finishLocal();
-          return entry;
-        }
-      }
-      return undefined; // the leader failed or is too slow: go upstream ourselves
+      if (!pending) return { entry: await waitForLeader(plan) };
+      await waitLocally(pending);
+      return { entry: await get(plan) };
     },
 
     /**

@@ -1,5 +1,6 @@
-// The shared pipeline for every POST endpoint: validate, check the model, cache lookup, admission,
-// forward, relay, then settle and fill the cache once the answer is complete.
+// The shared pipeline for every POST endpoint: validate, check the model, cache lookup and admission
+// (one store round trip when they can be joined), forward, relay, then settle and fill the cache
+// once the answer is complete.
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { validateBody } from '../openai/endpoints.js';
@@ -105,14 +106,22 @@ async function handle(
   }
 
   const plan = deps.cache.plan(request, key, endpoint, body);
+  /** Made with the cache lookup when the two could go to the store together. */
+  let admitted: Admission | undefined;
   if (plan) {
     trace.cache = plan.status;
     reply.header('x-tollgate-cache', plan.status);
-    const entry = await deps.cache.lookup(plan);
-    if (entry && canServe(endpoint, entry, trace.stream)) return serveHit(request, reply, endpoint, body, entry, deps);
+    const found = await deps.cache.lookupAndAdmit(plan, (lookup) => deps.quota.admitAndLookup(key, endpoint, body, body.model, lookup));
+    if (found.entry && canServe(endpoint, found.entry, trace.stream)) {
+      return serveHit(request, reply, endpoint, body, found.entry, deps, found.admission);
+    }
+    // An entry that cannot answer this request came with a hit's free admission, which cannot
+    // cover an upstream call: that request is admitted again, in full (rare: a stream asked of an
+    // answer that cannot be re-chunked).
+    if (!found.entry) admitted = found.admission;
   }
   try {
-    return await callUpstream(request, reply, endpoint, body, deps, options, plan);
+    return await callUpstream(request, reply, endpoint, body, deps, options, plan, admitted);
   } catch (err) {
     // Whatever went wrong, identical requests waiting on this one must not wait for nothing.
     if (plan) void deps.cache.fill(plan, undefined);
@@ -128,9 +137,10 @@ async function callUpstream(
   deps: ForwardDeps,
   options: ForwardOptions,
   plan: CachePlan | undefined,
+  admitted: Admission | undefined,
 ) {
   const trace = request.trace;
-  const admission = await deps.quota.admit(request.gatewayKey!, endpoint, body, body.model);
+  const admission = admitted ?? (await deps.quota.admit(request.gatewayKey!, endpoint, body, body.model));
   reply.headers(admission.headers);
   /** The end of every admitted request, exactly once: settle the reservation, fill (or release) the cache. */
   const finish = (consumption: Consumption, entry?: NewCacheEntry) => {

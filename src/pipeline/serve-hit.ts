@@ -2,7 +2,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { formatEvent } from '../openai/sse.js';
-import type { Quota } from '../quota/quota.js';
+import type { Admission, Quota } from '../quota/quota.js';
 import type { Cache } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
 
@@ -13,10 +13,12 @@ export async function serveHit(
   body: Record<string, unknown> & { model: string; stream?: boolean | null; stream_options?: { include_usage?: boolean | null } | null },
   entry: CacheEntry,
   { quota, cache }: { quota: Quota; cache: Cache },
+  /** The hit's admission when the lookup made it (Cache.lookupAndAdmit). */
+  admitted?: Admission,
 ) {
   const trace = request.trace;
   // A hit still counts against rpm and concurrency, but costs no tokens or dollars.
-  const admission = await quota.admit(request.gatewayKey!, endpoint, body, body.model, { free: true });
+  const admission = admitted ?? (await quota.admit(request.gatewayKey!, endpoint, body, body.model, { free: true }));
   admission.settle({ estimated: false });
   const saved = { promptTokens: entry.promptTokens, cachedPromptTokens: entry.cachedPromptTokens, completionTokens: entry.completionTokens };
   trace.cache = 'HIT';

@@ -8,7 +8,7 @@ import type { Usage } from '../openai/usage.js';
 import { costMicros, microsToUsd, usdToMicros, type Price, type PriceTable } from '../openai/prices.js';
 import { estimatePromptTokens } from '../openai/tokens.js';
 import { periodsAt } from './periods.js';
-import type { AdmissionResult, Periods, Store, StoreLimits } from '../store/store.js';
+import type { AdmissionRequest, AdmissionResult, CacheEntry, JoinedLookup, Periods, Store, StoreLimits } from '../store/store.js';
 import { quotaExceeded, unpricedModel } from './errors.js';
 import { createReplayQueue } from '../resilience/replay-queue.js';
 import { rateLimitHeaders } from './headers.js';
@@ -62,6 +62,8 @@ const DAY_RETENTION_MS = 40 * 86_400_000;
 const MONTH_RETENTION_MS = 400 * 86_400_000;
 const SETTLE_ATTEMPTS = 4;
 const ZERO_PRICE: Price = { input: 0, cachedInput: 0, output: 0 };
+/** Cache names whose prompt-token estimate is kept (oldest out first): ~1 MB at most. */
+const HIT_ESTIMATES_MAX = 10_000;
 
 export function storeLimits(limits: Limits): StoreLimits {
   return {
@@ -215,41 +217,49 @@ export function createQuota(opts: QuotaOptions) {
   }
 
   /**
-   * Reserves the worst case of one request. Throws the client's 429 (with headers) when a limit
-   * would be passed. The returned admission must be settled exactly once (later calls are no-ops).
+   * Prompt-token estimates of recent cache hits, by cache name. A joined admission (admitAndLookup)
+   * must estimate before it knows whether the request is a hit, and the tokenizer is a large part
+   * of a hit's cost; an identical request (same name, same prompt) is likely to hit again.
    */
-  async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, mode: { free?: boolean } = {}) {
+  const hitEstimates = new Map<string, number>();
+  function rememberHit(name: string, promptTokens: number) {
+    if (hitEstimates.has(name)) return;
+    if (hitEstimates.size >= HIT_ESTIMATES_MAX) hitEstimates.delete(hitEstimates.keys().next().value!);
+    hitEstimates.set(name, promptTokens);
+  }
+
+  /** A request's worst case, priced, and the admission request that reserves it. */
+  function reservation(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, free: boolean, estimate?: number) {
     // A free request (a cache hit) is checked against every limit and counts against rpm, but it is
     // over once admitted: the store records no reservation or lease, and settling it writes nothing.
-    const price = mode.free ? ZERO_PRICE : priceOf(key, model);
-    const promptTokens = mode.free ? 0 : estimatePromptTokens(endpoint.name, body, model);
-    const outputTokens = mode.free ? 0 : maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);
+    const price = free ? ZERO_PRICE : priceOf(key, model);
+    const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model));
+    const outputTokens = free ? 0 : maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);
     const tokens = promptTokens + outputTokens;
-    const usdMicros = costMicros(price, { promptTokens, cachedPromptTokens: 0, completionTokens: outputTokens });
     const now = clock();
-    const current = periods(now);
-    const reservationId = randomUUID();
-    let result: AdmissionResult;
-    /** Set when admitted locally (store down, fail-open): frees the local in-flight slot. */
-    let releaseLocal: (() => void) | undefined;
-    try {
-      result = await store.admit({
-        keyId: key.id,
-        reservationId,
-        limits: storeLimits(key.limits),
-        tokens,
-        usdMicros,
-        now,
-        periods: current,
-        leaseTtlMs: opts.leaseTtlMs,
-        countOnly: mode.free === true,
-      });
-    } catch (err) {
-      if (!isOutageError(err)) throw err;
-      // Same reservation id: if the timed-out admission did land, the settlement replaces it.
-      releaseLocal = admitWhileDown(key, err, reservationId);
-      result = { admitted: true };
-    }
+    const request: AdmissionRequest = {
+      keyId: key.id,
+      reservationId: randomUUID(),
+      limits: storeLimits(key.limits),
+      tokens,
+      usdMicros: costMicros(price, { promptTokens, cachedPromptTokens: 0, completionTokens: outputTokens }),
+      now,
+      periods: periods(now),
+      leaseTtlMs: opts.leaseTtlMs,
+      countOnly: free,
+    };
+    return { price, promptTokens, request };
+  }
+
+  type Reservation = ReturnType<typeof reservation>;
+
+  /**
+   * The store's answer as the request's admission: throws the client's 429 (with headers) when a
+   * limit would be passed. `releaseLocal` is set when admitted locally (store down, fail-open).
+   */
+  function admission(key: KeyRecord, { price, promptTokens, request }: Reservation, result: AdmissionResult, releaseLocal?: () => void) {
+    const { tokens, usdMicros, now, reservationId } = request;
+    const free = request.countOnly === true;
     const headers = rateLimitHeaders(result);
     // Tells the client (and whoever reads its logs) that this admission skipped the shared limits.
     if (releaseLocal) headers['x-tollgate-degraded'] = 'quota-open';
@@ -257,7 +267,7 @@ export function createQuota(opts: QuotaOptions) {
       throw quotaExceeded(result, key.limits, { tokens, usdMicros, headers, now, timeZone: opts.timeZone });
     }
     // A lease exists only for an admission the store recorded.
-    if (!releaseLocal && !mode.free) live.set(reservationId, { keyId: key.id, reservationId });
+    if (!releaseLocal && !free) live.set(reservationId, { keyId: key.id, reservationId });
 
     let settled: Settled | undefined;
     return {
@@ -280,13 +290,65 @@ export function createQuota(opts: QuotaOptions) {
           costMicros: usage ? costMicros(price, usage) : 0,
           estimated: consumption.estimated,
         };
-        if (mode.free) return settled; // nothing was reserved
+        if (free) return settled; // nothing was reserved
         const write = settleWithRetry({ keyId: key.id, reservationId, tokens: settled.totalTokens, usdMicros: settled.costMicros, now: clock() });
         pending.add(write);
         void write.finally(() => pending.delete(write));
         return settled;
       },
     };
+  }
+
+  /** The admission of a request the store could not take: the fail mode's (throws in closed mode). */
+  function admittedWhileDown(key: KeyRecord, planned: Reservation, err: unknown) {
+    if (!isOutageError(err)) throw err;
+    // Same reservation id: if the timed-out admission did land, the settlement replaces it.
+    const releaseLocal = admitWhileDown(key, err, planned.request.reservationId);
+    return admission(key, planned, { admitted: true }, releaseLocal);
+  }
+
+  /**
+   * Reserves the worst case of one request. Throws the client's 429 (with headers) when a limit
+   * would be passed. The returned admission must be settled exactly once (later calls are no-ops).
+   */
+  async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, mode: { free?: boolean } = {}) {
+    const planned = reservation(key, endpoint, body, model, mode.free === true);
+    let result: AdmissionResult;
+    try {
+      result = await store.admit(planned.request);
+    } catch (err) {
+      return admittedWhileDown(key, planned, err);
+    }
+    return admission(key, planned, result);
+  }
+
+  /**
+   * admit() and the cache lookup of a name in the key's own scope, in one store round trip
+   * (Store.admitAndLookup): a hit is admitted as free, a miss in full with the lead of the name if
+   * nobody had it; while another request leads, nothing is admitted yet ('wait'). Throws as admit()
+   * does. While the store is down the cache is skipped: a miss without the lead, admitted by the
+   * fail mode.
+   */
+  async function admitAndLookup(
+    key: KeyRecord,
+    endpoint: Endpoint,
+    body: Record<string, unknown>,
+    model: string,
+    lookup: { name: string; leadTtlMs: number },
+  ): Promise<{ lookup: 'hit'; entry: CacheEntry; admission: Admission } | { lookup: 'miss'; leader: string | null; admission: Admission } | { lookup: 'wait' }> {
+    const planned = reservation(key, endpoint, body, model, false, hitEstimates.get(lookup.name));
+    let found: JoinedLookup;
+    try {
+      found = await store.admitAndLookup(planned.request, lookup);
+    } catch (err) {
+      return { lookup: 'miss', leader: null, admission: admittedWhileDown(key, planned, err) };
+    }
+    if (found.lookup === 'wait') return found;
+    if (found.lookup === 'miss') return { lookup: 'miss', leader: found.leader, admission: admission(key, planned, found.admission) };
+    rememberHit(lookup.name, planned.promptTokens);
+    // The store admitted the hit count-only: its admission is a free one's.
+    const free: Reservation = { price: ZERO_PRICE, promptTokens: 0, request: { ...planned.request, tokens: 0, usdMicros: 0, countOnly: true } };
+    return { lookup: 'hit', entry: found.entry, admission: admission(key, free, found.admission) };
   }
 
   /** For each limit (set or not): used, reserved in flight, and when its window resets. */
@@ -322,6 +384,7 @@ export function createQuota(opts: QuotaOptions) {
 
   return {
     admit,
+    admitAndLookup,
     costOf,
     view,
     periods,

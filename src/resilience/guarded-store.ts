@@ -33,6 +33,7 @@ export function guardStore(store: Store, health: StoreHealth): Store {
     updateKey: guard(store.updateKey),
     onKeyChange: (listener) => store.onKeyChange(listener),
     admit: guard(store.admit),
+    admitAndLookup: guard(store.admitAndLookup),
     settle: guard(store.settle),
     renewLeases: guard(store.renewLeases),
     quotaUsage: guard(store.quotaUsage),

@@ -7,6 +7,7 @@ import {
   SETTLED_RETENTION_MS,
   admissionResult,
   checkAdmission,
+  checkJoinedLookup,
   checkPeriods,
   checkSettlement,
   epochSecond,
@@ -40,6 +41,7 @@ import type {
   AdmissionRequest,
   CacheEntry,
   AdmissionResult,
+  JoinedLookup,
   KeyChangeListener,
   Periods,
   QuotaUsage,
@@ -196,6 +198,25 @@ export class MemoryStore implements Store {
 
   async admit(req: AdmissionRequest): Promise<AdmissionResult> {
     checkAdmission(req);
+    return this.#admit(req);
+  }
+
+  async admitAndLookup(req: AdmissionRequest, lookup: { name: string; leadTtlMs: number }): Promise<JoinedLookup> {
+    checkJoinedLookup(req, lookup);
+    const now = this.#clock();
+    const stored = this.#liveCacheEntry(lookup.name, now);
+    if (stored) {
+      const admission = this.#admit({ ...req, tokens: 0, usdMicros: 0, countOnly: true });
+      return { lookup: 'hit', entry: copyEntry(stored.entry), admission };
+    }
+    this.#sweepCache(now);
+    if (this.#liveCacheLock(lookup.name, now)) return { lookup: 'wait' };
+    const admission = this.#admit(req);
+    return { lookup: 'miss', leader: admission.admitted ? this.#lead(lookup.name, lookup.leadTtlMs, now) : null, admission };
+  }
+
+  /** admit() after its checks, in one synchronous step (admitAndLookup runs it between its cache reads). */
+  #admit(req: AdmissionRequest): AdmissionResult {
     const { keyId, now, periods, tokens, usdMicros } = req;
     this.#sweep(now);
     const q = this.#quota(keyId);
@@ -352,6 +373,11 @@ export class MemoryStore implements Store {
     const now = this.#clock();
     this.#sweepCache(now);
     if (this.#liveCacheLock(name, now)) return null;
+    return this.#lead(name, ttlMs, now);
+  }
+
+  /** Takes the single-flight lead of a name nobody leads: its token. */
+  #lead(name: string, ttlMs: number, now: number): string {
     const token = randomUUID();
     this.#cacheLocks.set(name, { expiresAt: now + ttlMs, token });
     return token;

@@ -9,6 +9,7 @@ import type {
   StoreLimits,
   WindowState,
 } from './store.js';
+import { cacheNameParts } from './redis-keys.js';
 
 /** The rolling window: the bucket of second `s` counts while `s >= floor(now / 1000) - 59`. */
 export const WINDOW_SECONDS = 60;
@@ -242,6 +243,17 @@ export function checkAdmission(req: AdmissionRequest) {
   if (req.countOnly && (req.tokens > 0 || req.usdMicros > 0)) throw new RangeError('a countOnly admission reserves nothing: tokens and usdMicros must be 0');
   for (const name of LIMIT_FIELDS) nonNegativeInt(req.limits[name], `limits.${name}`);
   checkPeriods(req.periods);
+}
+
+/**
+ * admitAndLookup's arguments: an admission, and a cache name in the request key's own scope (its
+ * entry and lock must share the key's cluster slot for one script to touch them all).
+ */
+export function checkJoinedLookup(req: AdmissionRequest, lookup: { name: string; leadTtlMs: number }) {
+  checkAdmission(req);
+  const { scope } = cacheNameParts(lookup.name);
+  if (scope !== req.keyId) throw new RangeError(`cache name ${JSON.stringify(lookup.name)} is not in the scope of key ${req.keyId}`);
+  positiveInt(lookup.leadTtlMs, 'leadTtlMs');
 }
 
 export function checkSettlement(s: Settlement) {

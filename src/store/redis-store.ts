@@ -16,6 +16,7 @@ import {
   admissionResult,
   bucketsFromHash,
   checkAdmission,
+  checkJoinedLookup,
   checkPeriods,
   checkSettlement,
   msUntilEmpty,
@@ -40,6 +41,7 @@ import type { UsageEvent } from '../usage/event.js';
 import type {
   AdmissionRequest,
   AdmissionResult,
+  JoinedLookup,
   CacheEntry,
   KeyChangeListener,
   Periods,
@@ -108,7 +110,8 @@ const USAGE_HOURS_PER_ROUND_TRIP = 168;
 
 /** The commands `defineCommand` adds (ioredis cannot type them): keys first, then arguments. */
 interface QuotaCommands {
-  tollgateAdmit(...keysAndArgs: (string | number)[]): Promise<number[]>;
+  tollgateAdmit(...keysAndArgs: (string | number)[]): Promise<(number | string)[]>;
+  tollgateAdmitLookup(...keysAndArgs: (string | number)[]): Promise<(number | string)[]>;
   tollgateSettle(...keysAndArgs: (string | number)[]): Promise<number>;
   tollgateHit(key: string, windowMs: number): Promise<[number, number]>;
   tollgateLookup(entry: string, lock: string, token: string, ttlMs: number): Promise<[number, string?]>;
@@ -142,6 +145,7 @@ export class RedisStore implements Store {
   readonly #waits: CacheWaitList;
   /** The value of the cache locks this instance takes: tells an operator who leads a name. */
   readonly #instanceId = randomBytes(8).toString('hex');
+  #leads = 0;
   #closed = false;
 
   constructor(opts: RedisStoreOptions) {
@@ -161,6 +165,8 @@ export class RedisStore implements Store {
     this.#cluster = this.#conn.mode === 'cluster';
     // EVALSHA, falling back to EVAL once per connection when Redis does not have the script yet.
     this.#redis.defineCommand('tollgateAdmit', { numberOfKeys: 5, lua: loadLua('admit') });
+    // The same script joined with the cache lookup: two more keys (see admit.lua).
+    this.#redis.defineCommand('tollgateAdmitLookup', { numberOfKeys: 7, lua: loadLua('admit') });
     this.#redis.defineCommand('tollgateSettle', { numberOfKeys: 6, lua: loadLua('settle') });
     this.#redis.defineCommand('tollgateHit', { numberOfKeys: 1, lua: loadLua('hit') });
     this.#redis.defineCommand('tollgateLookup', { numberOfKeys: 2, lua: loadLua('lookup') });
@@ -231,14 +237,44 @@ export class RedisStore implements Store {
 
   async admit(req: AdmissionRequest): Promise<AdmissionResult> {
     checkAdmission(req);
+    return this.#admissionOf(await this.#scripts.tollgateAdmit(...this.#admitKeys(req), ...this.#admitArgs(req)));
+  }
+
+  async admitAndLookup(req: AdmissionRequest, lookup: { name: string; leadTtlMs: number }): Promise<JoinedLookup> {
+    checkJoinedLookup(req, lookup);
+    const k = this.#keys;
+    const token = this.#newLeadToken();
+    const reply = await this.#scripts.tollgateAdmitLookup(
+      ...this.#admitKeys(req),
+      k.cacheEntry(lookup.name),
+      k.cacheLock(lookup.name),
+      ...this.#admitArgs(req),
+      token,
+      lookup.leadTtlMs,
+    );
+    const found = Number(reply[9]);
+    if (found === 3) return { lookup: 'wait' };
+    const admission = this.#admissionOf(reply);
+    if (found !== 1) return { lookup: 'miss', leader: found === 2 ? token : null, admission };
+    const entry = this.#readEntry(k.cacheEntry(lookup.name), String(reply[10]));
+    if (entry) return { lookup: 'hit', entry, admission };
+    // Corrupt: counted as a hit, which cannot cover an upstream call. Admit it in full as well (it
+    // counts twice against rpm) and let it go upstream without the lead; its fill overwrites the entry.
+    return { lookup: 'miss', leader: null, admission: admission.admitted ? await this.admit(req) : admission };
+  }
+
+  /** admit.lua's declared keys: the key's quota state in its periods. */
+  #admitKeys(req: AdmissionRequest): string[] {
+    const k = this.#keys;
+    const { keyId: id, periods } = req;
+    return [k.window(id), k.reservations(id), k.leases(id), k.dayBudget(id, periods.day), k.monthBudget(id, periods.month)];
+  }
+
+  /** admit.lua's arguments, in its order. */
+  #admitArgs(req: AdmissionRequest): (string | number)[] {
     const k = this.#keys;
     const { keyId: id, limits, periods } = req;
-    const reply = await this.#scripts.tollgateAdmit(
-      k.window(id),
-      k.reservations(id),
-      k.leases(id),
-      k.dayBudget(id, periods.day),
-      k.monthBudget(id, periods.month),
+    return [
       k.dayBudget(id, ''),
       k.monthBudget(id, ''),
       req.reservationId,
@@ -258,8 +294,12 @@ export class RedisStore implements Store {
       limits.usdMicrosPerMonth,
       limits.maxConcurrent,
       req.countOnly ? 1 : 0,
-    );
-    const [admitted, limitCode, retry, rpm, reqRemaining, reqReset, tpm, tokRemaining, tokReset] = reply.map(Number) as [
+    ];
+  }
+
+  /** The admission of admit.lua's reply. */
+  #admissionOf(reply: (number | string)[]): AdmissionResult {
+    const [admitted, limitCode, retry, rpm, reqRemaining, reqReset, tpm, tokRemaining, tokReset] = reply.slice(0, 9).map(Number) as [
       number, number, number, number, number, number, number, number, number,
     ];
     const limit = LIMIT_ORDER[limitCode - 1];
@@ -405,9 +445,12 @@ export class RedisStore implements Store {
     return this.#waits.wait(name, timeoutMs);
   }
 
-  /** The value of the cache locks this instance takes: names the instance, for an operator. */
+  /**
+   * The value of the cache locks this instance takes: names the instance, for an operator. Unique
+   * per lead, not secret: the random instance id and a counter (no random bytes per miss).
+   */
   #newLeadToken(): string {
-    return `${this.#instanceId}:${randomBytes(8).toString('hex')}`;
+    return `${this.#instanceId}:${(++this.#leads).toString(36)}`;
   }
 
   /** A stored entry's JSON as a CacheEntry, or null (a miss) when it is corrupt. */

@@ -40,6 +40,22 @@ export interface Store {
    */
   admit(request: AdmissionRequest): Promise<AdmissionResult>;
   /**
+   * admit() joined with cacheLookup(), in one atomic step (one Redis round trip before a request
+   * goes upstream), for a cache name scoped to the request's own key (`<keyId>:<hash>`: its entry
+   * and lock share the key's Redis Cluster slot with its quota state):
+   * - an entry is stored: the request is a cache hit, admitted count-only (`tokens` and `usdMicros`
+   *   are not reserved): `{ lookup: 'hit', entry, admission }`;
+   * - no entry and nobody leads the name: admitted in full, as admit() does, and only if admitted
+   *   it also takes the lead, as cacheAcquire gives it: `{ lookup: 'miss', leader, admission }`
+   *   (`leader` null when refused);
+   * - no entry and another caller leads: nothing is checked or written: `{ lookup: 'wait' }`
+   *   (then cacheWait, and admit() once the wait is over).
+   * A stored entry that cannot be read back (corrupt) is a miss without the lead, admitted in
+   * full: it counts against rpm twice. Throws a RangeError for a name of another scope, and
+   * whatever admit() and cacheLookup() throw for their arguments.
+   */
+  admitAndLookup(request: AdmissionRequest, lookup: { name: string; leadTtlMs: number }): Promise<JoinedLookup>;
+  /**
    * Replaces a reservation by what the request really used. Idempotent: settling the same
    * reservation again changes nothing. If the reservation already expired, the usage is still
    * recorded (against `fallbackPeriods`), so no spend is ever lost.
@@ -204,6 +220,12 @@ export interface AdmissionRequest {
    */
   countOnly?: boolean;
 }
+
+/** What admitAndLookup found in the cache, and the admission it made (none while another leads). */
+export type JoinedLookup =
+  | { lookup: 'hit'; entry: CacheEntry; admission: AdmissionResult }
+  | { lookup: 'miss'; leader: string | null; admission: AdmissionResult }
+  | { lookup: 'wait' };
 
 export type LimitName = 'rpm' | 'tpm' | 'maxConcurrent' | 'tokensPerDay' | 'tokensPerMonth' | 'usdPerDay' | 'usdPerMonth';
 

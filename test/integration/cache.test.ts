@@ -263,6 +263,51 @@ describe('accounting', () => {
   });
 });
 
+describe('store round trips before forwarding', () => {
+  /** A gateway whose store notes the cache and quota calls each request makes. */
+  async function counted(env: Record<string, string> = {}) {
+    const store = await createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix() });
+    const calls: string[] = [];
+    const watched = ['admit', 'admitAndLookup', 'cacheGet', 'cacheLookup', 'cacheAcquire', 'cacheWait'];
+    const counting = new Proxy(store, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof value !== 'function') return value;
+        return (...args: unknown[]) => {
+          if (watched.includes(String(prop))) calls.push(String(prop));
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    const gw = await startGateway({ store: counting, env: { CACHE_ENABLED: 'true', ...env } });
+    opened.push(store, gw);
+    const { key } = await gw.createKey();
+    return { gw, key, calls };
+  }
+
+  it('a miss and a hit each make one call before forwarding or answering: admission joined with the lookup', async () => {
+    const { gw, key, calls } = await counted();
+    const body = { ...question, seed: 11 };
+    expect((await post(gw, key, body)).headers.get('x-tollgate-cache')).toBe('MISS');
+    expect(calls.splice(0)).toEqual(['admitAndLookup']);
+    await expect.poll(async () => (await post(gw, key, body)).headers.get('x-tollgate-cache')).toBe('HIT');
+    calls.length = 0;
+    const hit = await post(gw, key, body);
+    expect(hit.headers.get('x-tollgate-cache')).toBe('HIT');
+    expect(calls).toEqual(['admitAndLookup']);
+  });
+
+  it('falls back to a lookup then an admission when they cannot be joined: a max-age, or the global scope', async () => {
+    const { gw, key, calls } = await counted();
+    const body = { ...question, seed: 12 };
+    expect((await post(gw, key, body, { 'cache-control': 'max-age=60' })).headers.get('x-tollgate-cache')).toBe('MISS');
+    expect(calls.splice(0)).toEqual(['cacheLookup', 'admit']);
+    const shared = await counted({ CACHE_SCOPE: 'global' });
+    expect((await post(shared.gw, shared.key, body)).headers.get('x-tollgate-cache')).toBe('MISS');
+    expect(shared.calls).toEqual(['cacheLookup', 'admit']);
+  });
+});
+
 describe('single-flight', () => {
   it('20 identical concurrent requests over two instances make one upstream call', async () => {
     const prefix = uniquePrefix();

@@ -145,6 +145,55 @@ describe.each([
     await expect(a.cacheFill(name, { entry, token: null })).rejects.toThrow(RangeError); // an entry needs a ttl
   });
 
+  it('admitAndLookup: a hit admitted count-only, a miss admitted in full with the lead, nothing while another leads', async () => {
+    const [a, b] = await pair();
+    const keyId = newKeyId();
+    const now = Date.now();
+    const day = new Date(now).toISOString().slice(0, 10);
+    const periods = { day, month: day.slice(0, 7), dayTtlMs: 86_400_000, monthTtlMs: 40 * 86_400_000 };
+    const limits = { rpm: 3, tpm: 0, tokensPerDay: 0, tokensPerMonth: 0, usdMicrosPerDay: 0, usdMicrosPerMonth: 0, maxConcurrent: 0 };
+    const request = (reservationId = randomBytes(8).toString('hex')) => ({ keyId, reservationId, limits, tokens: 40, usdMicros: 900, now, periods, leaseTtlMs: 60_000 });
+    const usage = () => a.quotaUsage(keyId, periods, now);
+    const name = cacheName(keyId);
+
+    // A miss: admitted in full and leading the name; the lookup's lock holds for everyone else.
+    const miss = await a.admitAndLookup(request(), { name, leadTtlMs: 10_000 });
+    expect(miss).toMatchObject({ lookup: 'miss', admission: { admitted: true } });
+    const leader = miss.lookup === 'miss' ? miss.leader : null;
+    expect(leader).not.toBeNull();
+    expect(await b.cacheAcquire(name, 10_000)).toBeNull();
+    expect(await usage()).toMatchObject({ minute: { requests: 1, tokens: 40 }, inFlight: 1, day: { tokens: { reserved: 40 } } });
+
+    // While it leads, an identical request is neither admitted nor counted: it waits.
+    expect(await b.admitAndLookup(request(), { name, leadTtlMs: 10_000 })).toEqual({ lookup: 'wait' });
+    expect(await usage()).toMatchObject({ minute: { requests: 1 }, inFlight: 1 });
+
+    // Filled: a hit, counted against rpm but reserving nothing.
+    const entry = makeEntry();
+    await a.cacheFill(name, { entry, ttlMs: 60_000, token: leader });
+    expect(await b.admitAndLookup(request(), { name, leadTtlMs: 10_000 })).toEqual({
+      lookup: 'hit',
+      entry,
+      admission: { admitted: true, requests: { limit: 3, remaining: 1, resetMs: expect.any(Number) } },
+    });
+    expect(await usage()).toMatchObject({ minute: { requests: 2, tokens: 40 }, inFlight: 1, day: { tokens: { reserved: 40 } } });
+
+    // Refused: a miss takes no lead, so an admitted request can still lead the name.
+    const other = cacheName(keyId);
+    await a.admitAndLookup(request(), { name: cacheName(keyId), leadTtlMs: 10_000 });
+    const refused = await a.admitAndLookup(request(), { name: other, leadTtlMs: 10_000 });
+    expect(refused).toMatchObject({ lookup: 'miss', leader: null, admission: { admitted: false, limit: 'rpm' } });
+    expect(await b.cacheAcquire(other, 10_000)).not.toBeNull();
+    // A hit is refused by a spent rpm too (the entry comes back with the refusal).
+    expect(await b.admitAndLookup(request(), { name, leadTtlMs: 10_000 })).toMatchObject({ lookup: 'hit', admission: { admitted: false, limit: 'rpm' } });
+
+    // Only a name in the request key's own scope, and the arguments of admit and cacheLookup.
+    await expect(a.admitAndLookup(request(), { name: cacheName(), leadTtlMs: 10_000 })).rejects.toThrow(RangeError);
+    await expect(a.admitAndLookup(request(), { name: cacheName('global'), leadTtlMs: 10_000 })).rejects.toThrow(RangeError);
+    await expect(a.admitAndLookup(request(), { name: cacheName(keyId), leadTtlMs: 0 })).rejects.toThrow(RangeError);
+    await expect(a.admitAndLookup({ ...request(), tokens: -1 }, { name: cacheName(keyId), leadTtlMs: 10_000 })).rejects.toThrow(RangeError);
+  });
+
   it('acquire is exclusive across instances until released', async () => {
     const [a, b] = await pair();
     const name = cacheName();
@@ -434,6 +483,24 @@ describe('Redis store cache only', () => {
     expect(await store.cacheGet(good)).not.toBeNull();
     expect(log.warn).toHaveBeenCalledTimes(1);
     expect(JSON.stringify(log.warn.mock.calls)).not.toContain('secret-body');
+  });
+
+  it('admitAndLookup takes a corrupt entry for a miss without the lead, admitted in full', async () => {
+    const prefix = uniquePrefix();
+    const store = await redisStore({ prefix, logger: logger() });
+    const keyId = newKeyId();
+    const name = cacheName(keyId);
+    await raw.set(redisKeys(prefix).cacheEntry(name), '{not json', 'PX', 60_000);
+    const now = Date.now();
+    const periods = { day: '2026-11-30', month: '2026-11', dayTtlMs: 86_400_000, monthTtlMs: 40 * 86_400_000 };
+    const limits = { rpm: 0, tpm: 0, tokensPerDay: 0, tokensPerMonth: 0, usdMicrosPerDay: 0, usdMicrosPerMonth: 0, maxConcurrent: 0 };
+    const found = await store.admitAndLookup(
+      { keyId, reservationId: 'r1', limits, tokens: 40, usdMicros: 900, now, periods, leaseTtlMs: 60_000 },
+      { name, leadTtlMs: 10_000 },
+    );
+    expect(found).toEqual({ lookup: 'miss', leader: null, admission: { admitted: true } });
+    // Held in full (it goes upstream), and counted twice against rpm: as the hit it seemed, then as a miss.
+    expect(await store.quotaUsage(keyId, periods, now)).toMatchObject({ minute: { requests: 2, tokens: 40 }, inFlight: 1, day: { tokens: { reserved: 40 } } });
   });
 
   it('a release message alone wakes waiters (no polling needed), and malformed ones are ignored', async () => {

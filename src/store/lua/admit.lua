@@ -17,6 +17,14 @@
 --              usdMicrosPerMonth, maxConcurrent
 -- ARGV[19] 1: count only (a cache hit: counted against rpm, no reservation, lease or budget write)
 --
+-- Joined with the cache lookup (Store.admitAndLookup, the command tollgateAdmitLookup declares two
+-- more keys, both tagged `{keyId}` like the rest: a cache name in the key's own scope):
+-- KEYS[6] the cache entry   KEYS[7] its single-flight lock   ARGV[20] the token to lead with
+-- ARGV[21] the lock's ttl ms
+-- An entry makes the request a cache hit, admitted count-only (ARGV[6]/ARGV[7] are not reserved).
+-- No entry and a lock another caller holds: returns at once (lookup 3), nothing checked or written.
+-- Otherwise a full admission that, only if admitted, takes the lock (lookup 2).
+--
 -- Undeclared keys: releasing a dead lease gives its reserved amounts back to the budget hashes of
 -- the periods it was reserved in, which may be an earlier day or month than KEYS[4]/KEYS[5] and so
 -- cannot be known before the script reads the reservation. Their names are built here as
@@ -25,7 +33,8 @@
 -- to the same Redis Cluster slot and the script never leaves the node that serves it.
 --
 -- Returns {admitted (1|0), limitCode (0 | 1-based index in quota-math LIMIT_ORDER),
---          retryAfterMs (-1: none), rpm, requestsRemaining, requestsResetMs, tpm, tokensRemaining, tokensResetMs}
+--          retryAfterMs (-1: none), rpm, requestsRemaining, requestsResetMs, tpm, tokensRemaining, tokensResetMs,
+--          lookup (joined only: 0 no lead taken, 1 hit, 2 lead taken, 3 another caller leads), entry JSON (hit only)}
 
 local winKey, resvKey, leaseKey, dayKey, monthKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local dayStem, monthStem, rid = ARGV[1], ARGV[2], ARGV[3]
@@ -43,6 +52,17 @@ local countOnly = ARGV[19] == '1'
 
 if redis.call('HEXISTS', resvKey, rid) == 1 then
   return redis.error_reply('reservation ' .. rid .. ' already exists')
+end
+
+local entryKey, lockKey = KEYS[6], KEYS[7]
+local entry, lookup = nil, 0
+if entryKey then
+  entry = redis.call('GET', entryKey)
+  if entry then
+    countOnly, tokens, usd, lookup = true, 0, 0, 1
+  elseif redis.call('EXISTS', lockKey) == 1 then
+    return {0, 0, -1, 0, 0, 0, 0, 0, 0, 3}
+  end
 end
 
 -- Gives reserved amounts back to a budget hash that still exists (a write to a missing one would
@@ -178,6 +198,10 @@ if limit == 0 and not countOnly then
   local keep = math.max(dayTtl, monthTtl) + leaseTtl
   redis.call('PEXPIRE', resvKey, keep)
   redis.call('PEXPIRE', leaseKey, keep)
+  if entryKey then
+    redis.call('SET', lockKey, ARGV[20], 'PX', ARGV[21])
+    lookup = 2
+  end
 end
 
 -- 5. Header states (see quota-math windowStates), after this request if it was admitted.
@@ -191,4 +215,4 @@ if tpm > 0 then
   tokReset = emptyIn(toks)
 end
 
-return {limit == 0 and 1 or 0, limit, retry, rpm, reqRemaining, reqReset, tpm, tokRemaining, tokReset}
+return {limit == 0 and 1 or 0, limit, retry, rpm, reqRemaining, reqReset, tpm, tokRemaining, tokReset, lookup, entry}
