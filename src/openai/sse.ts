@@ -187,6 +187,12 @@ class SseRelay extends Readable {
   private full = false;
   private sourceEnded = false;
   private firstChunk = true;
+  /**
+   * Events relayed but not yet pushed: the events of one upstream chunk go to the client in one
+   * push, so one socket write, not one each (a write per event was the largest item of a stream's
+   * CPU profile). Pushed at the end of every drain, before any wait, and before the end.
+   */
+  private out = '';
 
   constructor(
     private readonly source: Readable,
@@ -253,6 +259,7 @@ class SseRelay extends Readable {
           }
           const seen = options.onEvent?.(e.data, e.event);
           if (seen) {
+            this.flush();
             this.waiting = true;
             this.source.pause();
             seen.then(
@@ -279,13 +286,22 @@ class SseRelay extends Readable {
       return;
     }
     if (this.stopped || this.waiting) return;
+    this.flush();
     if (this.sourceEnded) this.finish();
     else if (!this.full) this.source.resume();
   }
 
   private relay(e: SseEvent): void {
     if (this.result.events++ === 0) this.options.onFirstEvent?.();
-    if (!this.push(formatEvent(e))) {
+    this.out += formatEvent(e);
+  }
+
+  /** Pushes the relayed events; upstream pauses while the client's buffer is full. */
+  private flush(): void {
+    if (this.out === '') return;
+    const out = this.out;
+    this.out = '';
+    if (!this.push(out)) {
       this.full = true;
       this.source.pause();
     }
@@ -293,6 +309,7 @@ class SseRelay extends Readable {
 
   private finish(): void {
     if (this.stopped) return;
+    this.flush();
     this.stopped = true;
     this.detach();
     this.push(null);
@@ -307,7 +324,10 @@ class SseRelay extends Readable {
     this.detach();
     this.source.destroy();
     if (tellClient && !this.destroyed && !this.readableEnded) {
-      // Headers are gone already; tell the client in-band, the way OpenAI reports mid-stream errors.
+      // Headers are gone already; tell the client in-band, the way OpenAI reports mid-stream errors,
+      // after the events relayed before it.
+      if (this.out !== '') this.push(this.out);
+      this.out = '';
       this.push(formatEvent({ data: JSON.stringify(openAIErrorBody('The upstream stream was interrupted.', 'server_error', 'upstream_stream_error')) }));
       this.push(null);
     }

@@ -54,6 +54,20 @@ describe('relaySse: behaviour', () => {
     expect(firsts).toBe(1);
   });
 
+  it('writes the events of one upstream chunk in one piece, and those of a later chunk in another', async () => {
+    const source = new Readable({ read() {} });
+    const { stream, done } = relaySse(source, { dropUsageChunk: false });
+    const pieces: string[] = [];
+    stream.on('data', (c: Buffer) => pieces.push(c.toString()));
+    source.push(chunk('a') + chunk('b') + chunk('c'));
+    await sleep(5);
+    source.push(chunk('d') + 'data: [DONE]\n\n');
+    source.push(null);
+    await done;
+    // One write to the client per upstream chunk, not one per event.
+    expect(pieces).toEqual([chunk('a') + chunk('b') + chunk('c'), chunk('d') + 'data: [DONE]\n\n']);
+  });
+
   it('keeps multi-byte characters split across chunks whole, and drops a leading byte-order mark', async () => {
     const bytes = Buffer.from(`\uFEFF${chunk('naïve 東京 😀')}data: [DONE]\n\n`);
     const pieces = Array.from({ length: bytes.length }, (_, i) => bytes.subarray(i, i + 1)); // one byte at a time
