@@ -124,7 +124,8 @@ export class BpeCounter {
 
   /** `data`: the `.tiktoken` text, as bytes. */
   constructor(data: Uint8Array, split: RegExp) {
-    this.split = new RegExp(split.source, split.flags.includes('g') ? split.flags : `${split.flags}g`);
+    // Sticky, not global: count() steps from piece to piece with test() (see there).
+    this.split = new RegExp(split.source, `${split.flags.replace('g', '')}y`);
     // Pass 1: how many ranks and bytes.
     let maxRank = -1;
     let totalBytes = 0;
@@ -216,14 +217,15 @@ export class BpeCounter {
   }
 
   /**
-   * gpt-tokenizer's `getBpeRankFromString` (a Map of the tokens it stores as strings): found only
-   * if the text is well-formed (no lone surrogate) and does not start with a BOM.
+   * gpt-tokenizer's `getBpeRankFromString` (a Map of the tokens it stores as strings) for
+   * `text.slice(from, to)`, without the slice when it is ASCII (most pieces are): found only if
+   * the text is well-formed (no lone surrogate) and does not start with a BOM.
    */
-  private isToken(text: string): boolean {
-    const n = text.length;
+  private isTokenAt(text: string, from: number, to: number): boolean {
+    const n = to - from;
     let h = FNV_OFFSET;
     let ascii = true;
-    for (let i = 0; i < n; i++) {
+    for (let i = from; i < to; i++) {
       const c = text.charCodeAt(i);
       if (c >= 0x80) {
         ascii = false;
@@ -239,7 +241,7 @@ export class BpeCounter {
         if (this.start[rank + 1]! - s !== n) continue;
         let same = true;
         for (let i = 0; i < n; i++) {
-          if (this.bytes[s + i] !== text.charCodeAt(i)) {
+          if (this.bytes[s + i] !== text.charCodeAt(from + i)) {
             same = false;
             break;
           }
@@ -247,6 +249,7 @@ export class BpeCounter {
         if (same) return true;
       }
     }
+    if (from !== 0 || to !== text.length) text = text.slice(from, to);
     if (text.charCodeAt(0) === 0xfeff || hasLoneSurrogate(text)) return false;
     const len = this.utf8(text);
     return this.find(this.scratch, 0, len) !== NOT_FOUND;
@@ -298,17 +301,22 @@ export class BpeCounter {
 
   /** Tokens of `text`, special-token look-alikes counted as plain text. */
   count(text: string): number {
+    // The split is sticky and stepped with test(): exec() would build a match array (and a string)
+    // for every piece, which made the split the largest allocation of a whole request. A position
+    // nothing matches (none does with these patterns) is skipped, as a global search would.
     const split = this.split;
-    split.lastIndex = 0;
     let total = 0;
-    for (let match = split.exec(text); match !== null; match = split.exec(text)) {
-      const piece = match[0];
-      if (piece.length === 0) {
-        split.lastIndex++; // cannot happen with these patterns; never loop forever
+    let at = 0;
+    while (at < text.length) {
+      split.lastIndex = at;
+      if (!split.test(text) || split.lastIndex === at) {
+        at++;
         continue;
       }
-      if (this.isToken(piece) || (piece.length === 1 && piece.charCodeAt(0) <= 0x7f)) total += 1;
-      else total += this.mergedParts(this.utf8(piece));
+      const end = split.lastIndex;
+      if (this.isTokenAt(text, at, end) || (end - at === 1 && text.charCodeAt(at) <= 0x7f)) total += 1;
+      else total += this.mergedParts(this.utf8(text.slice(at, end)));
+      at = end;
     }
     return total;
   }
