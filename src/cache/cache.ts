@@ -46,6 +46,7 @@ export type Cache = ReturnType<typeof createCache>;
 export type JoinedAdmission<A> = (lookup: { name: string; leadTtlMs: number }) => Promise<
   { lookup: 'hit'; entry: CacheEntry; admission: A } | { lookup: 'miss'; leader: string | null; admission: A } | { lookup: 'wait' }
 >;
+
 /** An entry as the pipeline hands it over; the cache stamps the time it is stored. */
 export type NewCacheEntry = Omit<CacheEntry, 'storedAt'>;
 
