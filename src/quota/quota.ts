@@ -62,7 +62,7 @@ const DAY_RETENTION_MS = 40 * 86_400_000;
 const MONTH_RETENTION_MS = 400 * 86_400_000;
 const SETTLE_ATTEMPTS = 4;
 const ZERO_PRICE: Price = { input: 0, cachedInput: 0, output: 0 };
-/** Cache names whose prompt-token estimate is kept (oldest out first): ~1 MB at most. */
+/** Cache names whose prompt-token estimate is kept (oldest out first): ~1.5 MB at most. */
 const HIT_ESTIMATES_MAX = 10_000;
 
 export function storeLimits(limits: Limits): StoreLimits {
