@@ -312,14 +312,14 @@ export async function sendBuffered(
     throw err;
   }
   trace.upstreamMs = performance.now() - started;
-  let json: unknown;
-  if (String(res.headers['content-type'] ?? '').includes('json')) {
-    try {
-      json = JSON.parse(bytes.toString('utf8'));
-    } catch {
-      // Not our business to judge upstream's JSON; pass it on as it came.
-    }
-  }
+  const beforeSend = res.status === 200 ? read.beforeSend : undefined;
+  // The answer goes out as it came; what the gateway reads from it (usage, model, error code) is
+  // parsed after, off the client's path, unless something must see it first (beforeSend).
+  let json = beforeSend ? parseJsonBody(res, bytes) : undefined;
+  if (beforeSend) await beforeSend(json);
+  trace.ttfbMs = reply.elapsedTime;
+  reply.send(bytes);
+  if (!beforeSend) json = parseJsonBody(res, bytes);
   if (res.status === 200) {
     trace.usage = (read.readUsage ?? readUsage)(json);
     const model = (json as { model?: unknown } | undefined)?.model;
@@ -329,13 +329,20 @@ export async function sendBuffered(
     const code = (json as { error?: { code?: unknown; type?: unknown } } | undefined)?.error;
     trace.errorCode = typeof code?.code === 'string' ? code.code : typeof code?.type === 'string' ? code.type : `upstream_${res.status}`;
   }
-  if (res.status === 200 && read.beforeSend) await read.beforeSend(json);
-  trace.ttfbMs = reply.elapsedTime;
-  reply.send(bytes);
   // Settling and filling the cache come after the answer is on its way: the client never waits for
   // them (the request's log line and usage event are written on 'close', after this has run).
   onBody?.(res.status === 200 ? json : undefined, bytes);
   return reply;
+}
+
+/** A JSON answer's body, parsed; undefined when it is not JSON (not ours to judge: it passes as it came). */
+function parseJsonBody(res: UpstreamResponse, bytes: Buffer): unknown {
+  if (!String(res.headers['content-type'] ?? '').includes('json')) return undefined;
+  try {
+    return JSON.parse(bytes.toString('utf8'));
+  } catch {
+    return undefined;
+  }
 }
 
 /** The whole upstream body; a failure while reading it becomes the client's 502 or 504. */
