@@ -13,7 +13,7 @@ export function canonicalJson(value: unknown): string {
     return out + ']';
   }
   const object = value as Record<string, unknown>;
-  const keys = Object.keys(object).sort();
+  const keys = sortInPlace(Object.keys(object));
   let out = '{';
   for (const key of keys) {
     const field = object[key];
@@ -21,4 +21,22 @@ export function canonicalJson(value: unknown): string {
     out += (out.length === 1 ? '' : ',') + JSON.stringify(key) + ':' + canonicalJson(field);
   }
   return out + '}';
+}
+
+/**
+ * The keys in the order of Array.prototype.sort() (UTF-16 code units), sorted in place by
+ * insertion: a request's objects have a handful of keys, and V8's sort allocates a work copy of
+ * every array it sorts (~3 KB per request, for nothing).
+ */
+function sortInPlace(keys: string[]): string[] {
+  for (let i = 1; i < keys.length; i++) {
+    const key = keys[i]!;
+    let j = i - 1;
+    while (j >= 0 && keys[j]! > key) {
+      keys[j + 1] = keys[j]!;
+      j--;
+    }
+    keys[j + 1] = key;
+  }
+  return keys;
 }

@@ -1,0 +1,47 @@
+// Canonical JSON, the cache name's input: one string per value whatever its key order, and the
+// same string as a plain sort-the-keys serialisation.
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { canonicalJson } from '../../src/cache/canonical.js';
+
+/** The obvious version, for reference: keys sorted with Array.prototype.sort at every depth. */
+function reference(value: unknown): string {
+  if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';
+  if (Array.isArray(value)) return `[${value.map(reference).join(',')}]`;
+  const object = value as Record<string, unknown>;
+  const fields = Object.keys(object)
+    .sort()
+    .filter((k) => object[k] !== undefined)
+    .map((k) => `${JSON.stringify(k)}:${reference(object[k])}`);
+  return `{${fields.join(',')}}`;
+}
+
+/** Rebuilds every object with its keys in another order. */
+function shuffled(value: unknown, seed: number): unknown {
+  if (value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return value.map((v) => shuffled(v, seed));
+  const entries = Object.entries(value as Record<string, unknown>);
+  const order = entries.map((e, i) => ({ e, k: (i * 7919 + seed) % 101 })).sort((a, b) => a.k - b.k);
+  return Object.fromEntries(order.map(({ e: [k, v] }) => [k, shuffled(v, seed)]));
+}
+
+describe('canonicalJson', () => {
+  it('equals the sort-the-keys serialisation, and ignores key order', () => {
+    // Keys from the full UTF-16 range (surrogates, astral characters) to pin the sort order.
+    const json = fc.jsonValue({ maxDepth: 4 }).chain((v) => fc.tuple(fc.constant(v), fc.nat()));
+    const key = fc.string({ unit: 'binary', maxLength: 6 });
+    const objects = fc.dictionary(key, fc.jsonValue({ maxDepth: 2 }), { maxKeys: 12 });
+    fc.assert(
+      fc.property(json, objects, ([value, seed], object) => {
+        expect(canonicalJson(value)).toBe(reference(value));
+        expect(canonicalJson(shuffled(value, seed))).toBe(canonicalJson(value));
+        expect(canonicalJson(object)).toBe(reference(object));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('leaves out undefined fields, as JSON does', () => {
+    expect(canonicalJson({ b: 1, a: undefined, c: [undefined, 2] })).toBe('{"b":1,"c":[null,2]}');
+  });
+});
