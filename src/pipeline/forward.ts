@@ -215,10 +215,10 @@ async function callUpstream(
     res,
     started,
     deps.logBodies,
-    (json, bytes) => {
+    (json, text) => {
       if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
       const usage = trace.usage ?? (endpoint.usage.optional ? NO_USAGE : undefined);
-      finish({ usage: trace.usage, estimated: false }, jsonEntry(json, bytes, usage));
+      finish({ usage: trace.usage, estimated: false }, jsonEntry(json, text, usage));
     },
     {
       readUsage: endpoint.usage.body,
@@ -243,10 +243,10 @@ function canServe(endpoint: Endpoint, entry: CacheEntry, stream: boolean): boole
 }
 
 /** A cache entry from a complete non-streamed answer, if it is one. */
-function jsonEntry(json: unknown, bytes: Buffer | undefined, usage: Usage | undefined): NewCacheEntry | undefined {
-  if (!bytes || !usage || typeof json !== 'object' || json === null) return undefined;
+function jsonEntry(json: unknown, text: string | undefined, usage: Usage | undefined): NewCacheEntry | undefined {
+  if (text === undefined || !usage || typeof json !== 'object' || json === null) return undefined;
   return {
-    body: bytes.toString('utf8'),
+    body: text,
     model: String((json as { model?: unknown }).model ?? ''),
     promptTokens: usage.promptTokens,
     cachedPromptTokens: usage.cachedPromptTokens,
@@ -260,8 +260,7 @@ function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): Ne
   if (!endpoint.convert) return undefined;
   const assembled = endpoint.convert.assemble(result.data);
   if (!assembled) return undefined;
-  const body = Buffer.from(JSON.stringify(assembled));
-  return jsonEntry({ model, ...assembled }, body, result.usage);
+  return jsonEntry({ model, ...assembled }, JSON.stringify(assembled), result.usage);
 }
 
 /**
@@ -287,14 +286,14 @@ export function clientClosed(reply: FastifyReply) {
 
 /**
  * Reads a whole (non-streamed or error) upstream body and sends it on unchanged. `onBody` hears
- * the parsed JSON of a 200 (for usage and the cache), or nothing if reading failed.
+ * the parsed JSON of a 200 and its text (for usage and the cache), or nothing if reading failed.
  */
 export async function sendBuffered(
   reply: FastifyReply,
   res: UpstreamResponse,
   started: number,
   logBodies: boolean,
-  onBody?: (json: unknown, bytes: Buffer | undefined) => void,
+  onBody?: (json: unknown, text: string | undefined) => void,
   read: {
     /** How this endpoint reports usage in a 200 body (default: chat/completions/embeddings `usage`). */
     readUsage?: (json: unknown) => Usage | undefined;
@@ -315,11 +314,12 @@ export async function sendBuffered(
   const beforeSend = res.status === 200 ? read.beforeSend : undefined;
   // The answer goes out as it came; what the gateway reads from it (usage, model, error code) is
   // parsed after, off the client's path, unless something must see it first (beforeSend).
-  let json = beforeSend ? parseJsonBody(res, bytes) : undefined;
-  if (beforeSend) await beforeSend(json);
+  let body = beforeSend ? readJsonBody(res, bytes) : undefined;
+  if (beforeSend) await beforeSend(body?.json);
   trace.ttfbMs = reply.elapsedTime;
   reply.send(bytes);
-  if (!beforeSend) json = parseJsonBody(res, bytes);
+  if (!beforeSend) body = readJsonBody(res, bytes);
+  const json = body?.json;
   if (res.status === 200) {
     trace.usage = (read.readUsage ?? readUsage)(json);
     const model = (json as { model?: unknown } | undefined)?.model;
@@ -331,15 +331,16 @@ export async function sendBuffered(
   }
   // Settling and filling the cache come after the answer is on its way: the client never waits for
   // them (the request's log line and usage event are written on 'close', after this has run).
-  onBody?.(res.status === 200 ? json : undefined, bytes);
+  onBody?.(res.status === 200 ? json : undefined, body?.text);
   return reply;
 }
 
-/** A JSON answer's body, parsed; undefined when it is not JSON (not ours to judge: it passes as it came). */
-function parseJsonBody(res: UpstreamResponse, bytes: Buffer): unknown {
+/** A JSON answer's text and parsed body; undefined when it is not JSON (not ours to judge: it passes as it came). */
+function readJsonBody(res: UpstreamResponse, bytes: Buffer): { text: string; json: unknown } | undefined {
   if (!String(res.headers['content-type'] ?? '').includes('json')) return undefined;
+  const text = bytes.toString('utf8');
   try {
-    return JSON.parse(bytes.toString('utf8'));
+    return { text, json: JSON.parse(text) };
   } catch {
     return undefined;
   }

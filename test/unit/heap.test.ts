@@ -31,15 +31,20 @@ const churn = `
   return largest;
 `;
 
+/** configureHeap(settings), then the churn, in a fresh process: what applies and the young generation's largest size. */
+function configuredThenChurned(settings: { maxSemiSpaceMb: number; growingPercent: number }): any {
+  return inFreshProcess(`
+    const tuning = heap.configureHeap(${JSON.stringify(settings)});
+    const largest = await (async () => { ${churn} })();
+    return { tuning, largest };
+  `);
+}
+
 const MB = 1024 * 1024;
 
 describe('configureHeap', () => {
   it('holds the young generation at 2 x V8_MAX_SEMI_SPACE_MB under sustained allocation', () => {
-    const r = inFreshProcess(`
-      const tuning = heap.configureHeap({ maxSemiSpaceMb: 4, growingPercent: 15 });
-      const largest = await (async () => { ${churn} })();
-      return { tuning, largest };
-    `);
+    const r = configuredThenChurned({ maxSemiSpaceMb: 4, growingPercent: 15 });
     expect(r.tuning).toMatchObject({ semiSpaceMb: 4, growingPercent: 15 });
     expect(r.tuning.youngGenerationBytes).toBeGreaterThanOrEqual(8 * MB);
     expect(r.tuning.youngGenerationBytes).toBeLessThanOrEqual(9 * MB);
@@ -47,11 +52,7 @@ describe('configureHeap', () => {
   });
 
   it('left to V8 (0), the young generation grows as V8 likes (here to 2 x 16 MB)', () => {
-    const r = inFreshProcess(`
-      const tuning = heap.configureHeap({ maxSemiSpaceMb: 0, growingPercent: 0 });
-      const largest = await (async () => { ${churn} })();
-      return { tuning, largest };
-    `);
+    const r = configuredThenChurned({ maxSemiSpaceMb: 0, growingPercent: 0 });
     expect(r.tuning).toMatchObject({ semiSpaceMb: 'v8', growingPercent: 'v8' });
     expect(r.largest).toBeGreaterThan(16 * MB);
   });
