@@ -35,6 +35,7 @@ const cfg = {
   loadCore: env.BENCH_LOAD_CORE ?? '1',
   scenarios: (env.BENCH_SCENARIOS ?? 'max,fixed,slow,rss,profile').split(','),
   logLevel: env.BENCH_LOG_LEVEL ?? 'info',
+  mallocArenaMax: env.BENCH_MALLOC_ARENA_MAX ?? '2',
 };
 const want = (s) => cfg.scenarios.includes(s);
 
@@ -187,6 +188,8 @@ async function startTollgate(upstreamOrigin, redisUrl, { extraEnv = {}, nodeFlag
       ADMIN_TOKEN,
       // Unique bodies leave ~1.5 KB per miss in Redis: let them go soon.
       CACHE_TTL_SECONDS: '300',
+      // As the container image runs it (Dockerfile); BENCH_MALLOC_ARENA_MAX= (empty) for glibc's default.
+      ...(cfg.mallocArenaMax ? { MALLOC_ARENA_MAX: cfg.mallocArenaMax } : {}),
       ...extraEnv,
     },
     // stdout is the one-line-per-request JSON log: discarded (it is still written).
@@ -523,7 +526,7 @@ function renderSettings(started) {
       `Upstream +${cfg.addedLatencyMs} ms: wrk -c${cfg.slowConnections}, ${cfg.duration} s. ` +
       `Streams: ${cfg.streams} connections, ${cfg.streamChunkDelayMs} ms between SSE events, ${cfg.streamsDuration} s. Total run ${((Date.now() - started) / 1000).toFixed(0)} s.`,
     `Machine load (1-min load average) during the measurements: median ${f2(median(allLoads))}, max ${f2(Math.max(...allLoads))} (2 cores: above ~2.2 means other work competed with the benchmark).`,
-    `Tollgate: ${tollgateDir}/dist/server.js, ${env.BENCH_TOLLGATE_LABEL ?? `at ${v(`git -C ${tollgateDir} rev-parse --short HEAD 2>/dev/null`) || '?'}${v(`git -C ${tollgateDir} status --porcelain --untracked-files=no 2>/dev/null | head -1`) ? ' (working tree with uncommitted changes)' : ''}`}; LOG_LEVEL=${cfg.logLevel} (log to /dev/null), Redis store, cache on, metrics on.`,
+    `Tollgate: ${tollgateDir}/dist/server.js, ${env.BENCH_TOLLGATE_LABEL ?? `at ${v(`git -C ${tollgateDir} rev-parse --short HEAD 2>/dev/null`) || '?'}${v(`git -C ${tollgateDir} status --porcelain --untracked-files=no 2>/dev/null | head -1`) ? ' (working tree with uncommitted changes)' : ''}`}; LOG_LEVEL=${cfg.logLevel} (log to /dev/null), Redis store, cache on, metrics on${cfg.mallocArenaMax ? `, MALLOC_ARENA_MAX=${cfg.mallocArenaMax} (as in the image)` : ''}.`,
   ].join('\n');
 }
 
