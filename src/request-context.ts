@@ -9,6 +9,13 @@ export interface RequestTrace {
   upstreamStatus?: number;
   /** Upstream time from sending the request to its last byte. */
   upstreamMs?: number;
+  /**
+   * Time the request waited on the store before it was forwarded or answered: the key lookup (when
+   * not cached), the admission and cache lookup round trip(s), any single-flight wait for an
+   * identical request, the owner check of a Responses follow-up. The part of the gateway's overhead
+   * that Redis's latency sets.
+   */
+  storeMs?: number;
   upstreamRequestId?: string;
   /** The model upstream says answered (a dated snapshot, say). */
   modelAnswered?: string;
@@ -35,6 +42,20 @@ export interface RequestTrace {
   /** Only when LOG_BODIES is on. */
   requestBody?: unknown;
   responseBody?: unknown;
+}
+
+/**
+ * Awaits a store call made on the request's way to upstream or to its cached answer, adding the
+ * wait to the log line's storeMs. The call's synchronous part (the prompt's token count, the
+ * script's arguments) has run before it is handed over, so this is the round trip and its reply.
+ */
+export async function waitOnStore<T>(trace: RequestTrace, call: Promise<T>): Promise<T> {
+  const started = performance.now();
+  try {
+    return await call;
+  } finally {
+    trace.storeMs = (trace.storeMs ?? 0) + (performance.now() - started);
+  }
 }
 
 declare module 'fastify' {

@@ -17,6 +17,7 @@ import { upstreamFailure } from '../upstream/client.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
 import { serveHit } from './serve-hit.js';
 import type { ResponseOwners } from './response-owners.js';
+import { waitOnStore } from '../request-context.js';
 
 export interface ForwardDeps {
   upstream: UpstreamClient;
@@ -101,7 +102,7 @@ async function handle(
   // A response may continue only a conversation its own key created: OpenAI sees one server key for
   // everybody, so without this check any key could read another's stored conversation back.
   const previous = body.previous_response_id;
-  if (endpoint.recordsOwner && typeof previous === 'string' && (await deps.owners.ownerOf(previous)) !== key.id) {
+  if (endpoint.recordsOwner && typeof previous === 'string' && (await waitOnStore(trace, deps.owners.ownerOf(previous))) !== key.id) {
     throw notFound(`Previous response with id '${previous}' not found.`, 'previous_response_not_found', 'previous_response_id');
   }
 
@@ -111,7 +112,10 @@ async function handle(
   if (plan) {
     trace.cache = plan.status;
     reply.header('x-tollgate-cache', plan.status);
-    const found = await deps.cache.lookupAndAdmit(plan, (lookup) => deps.quota.admitAndLookup(key, endpoint, body, body.model, lookup));
+    const found = await waitOnStore(
+      trace,
+      deps.cache.lookupAndAdmit(plan, (lookup) => deps.quota.admitAndLookup(key, endpoint, body, body.model, lookup)),
+    );
     if (found.entry && canServe(endpoint, found.entry, trace.stream)) {
       return serveHit(request, reply, endpoint, body, found.entry, deps, found.admission);
     }
@@ -140,7 +144,7 @@ async function callUpstream(
   admitted: Admission | undefined,
 ) {
   const trace = request.trace;
-  const admission = admitted ?? (await deps.quota.admit(request.gatewayKey!, endpoint, body, body.model));
+  const admission = admitted ?? (await waitOnStore(trace, deps.quota.admit(request.gatewayKey!, endpoint, body, body.model)));
   reply.headers(admission.headers);
   /** The end of every admitted request, exactly once: settle the reservation, fill (or release) the cache. */
   const finish = (consumption: Consumption, entry?: NewCacheEntry) => {

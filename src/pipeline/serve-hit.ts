@@ -5,6 +5,7 @@ import { formatEvent } from '../openai/sse.js';
 import type { Admission, Quota } from '../quota/quota.js';
 import type { Cache } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
+import { waitOnStore } from '../request-context.js';
 
 export async function serveHit(
   request: FastifyRequest,
@@ -18,7 +19,7 @@ export async function serveHit(
 ) {
   const trace = request.trace;
   // A hit still counts against rpm and concurrency, but costs no tokens or dollars.
-  const admission = admitted ?? (await quota.admit(request.gatewayKey!, endpoint, body, body.model, { free: true }));
+  const admission = admitted ?? (await waitOnStore(trace, quota.admit(request.gatewayKey!, endpoint, body, body.model, { free: true })));
   admission.settle({ estimated: false });
   const saved = { promptTokens: entry.promptTokens, cachedPromptTokens: entry.cachedPromptTokens, completionTokens: entry.completionTokens };
   trace.cache = 'HIT';

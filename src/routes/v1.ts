@@ -5,6 +5,7 @@ import { forward, clientGone, clientClosed, readUpstreamBody, sendBuffered, type
 import { upstreamHeadersForClient } from '../pipeline/headers.js';
 import { bearerToken } from '../auth/bearer.js';
 import type { KeyResolver } from '../auth/key-resolver.js';
+import { waitOnStore } from '../request-context.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
 import { invalidApiKey, modelNotFound, serviceUnavailable, upstreamAuthFailed } from '../errors.js';
 import { hashSecret, isModelAllowed } from '../keys.js';
@@ -41,7 +42,7 @@ export async function v1Routes(app: FastifyInstance, opts: V1Options) {
       // Only uncached keys cost a lookup, and only they can be guesses: the guard sits here.
       opts.authGuard.check(request);
       try {
-        key = await opts.keyResolver.lookup(hash);
+        key = await waitOnStore(request.trace, opts.keyResolver.lookup(hash));
       } catch (err) {
         request.log.warn({ err: (err as Error).message }, 'key lookup failed');
         throw serviceUnavailable('Authentication is temporarily unavailable. Please retry.', 'auth_unavailable');

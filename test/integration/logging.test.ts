@@ -1,6 +1,9 @@
 // One structured log line per request, and no secret or prompt in the log unless configured.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { setTimeout } from 'node:timers/promises';
 import { startGateway, ADMIN_TOKEN, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
+import { createMemoryStore } from '../../src/store/memory-store.js';
+import type { Store } from '../../src/store/store.js';
 
 const PROMPT = 'my-very-private-prompt-text';
 
@@ -63,5 +66,48 @@ describe('LOG_BODIES', () => {
     expect(JSON.stringify(line.requestBody)).toContain(PROMPT);
     expect(JSON.stringify(line.responseBody)).toContain('chat.completion');
     expect(gw.logs.text).not.toContain(key);
+  });
+});
+
+describe('storeMs', () => {
+  const STORE_DELAY_MS = 25;
+  /** A memory store whose calls on a request's critical path each take STORE_DELAY_MS longer. */
+  function slowStore(): Store {
+    const store = createMemoryStore();
+    const slow = new Set(['getKeyByHash', 'admit', 'admitAndLookup', 'cacheLookup']);
+    return new Proxy(store, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target) as unknown;
+        if (typeof value !== 'function') return value;
+        const method = (value as (...args: unknown[]) => unknown).bind(target);
+        if (!slow.has(String(prop))) return method;
+        return async (...args: unknown[]) => {
+          await setTimeout(STORE_DELAY_MS);
+          return method(...args);
+        };
+      },
+    });
+  }
+
+  it('is the time a request waited on the store before it was forwarded or answered', async () => {
+    const gw = await startGateway({ store: slowStore(), env: { CACHE_ENABLED: 'true' } });
+    const { key } = await gw.createKey();
+    const client = gw.sdk(key);
+    const ask = () => client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'same question' }] });
+    await ask(); // key lookup + admission joined with the lookup: a miss
+    await ask(); // key cached; admission joined with the lookup: a hit
+    await gw.close();
+
+    const [miss, hit] = gw.logs.requests().filter((l) => l.endpoint === 'chat.completions');
+    expect(miss).toMatchObject({ cache: 'MISS' });
+    expect(hit).toMatchObject({ cache: 'HIT' });
+    // Timers never fire early by more than their millisecond rounding.
+    expect(miss!.storeMs as number).toBeGreaterThanOrEqual(2 * STORE_DELAY_MS - 2);
+    expect(hit!.storeMs as number).toBeGreaterThanOrEqual(STORE_DELAY_MS - 1);
+    for (const line of [miss!, hit!]) {
+      // Part of the overhead, itself part of the latency (each rounded to 0.01 ms).
+      expect(line.storeMs as number).toBeLessThanOrEqual((line.overheadMs as number) + 0.02);
+      expect(line.overheadMs as number).toBeLessThanOrEqual((line.latencyMs as number) + 0.02);
+    }
   });
 });
