@@ -2,7 +2,7 @@
 // `npm run bench` builds, then runs this. Every process started here is killed on exit.
 // Settings (environment variables, all optional) are listed in BENCHMARKS.md and printed with the table.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -33,7 +33,7 @@ const cfg = {
   profileDuration: num('BENCH_PROFILE_DURATION', 8),
   targetCore: env.BENCH_TARGET_CORE ?? '0',
   loadCore: env.BENCH_LOAD_CORE ?? '1',
-  scenarios: (env.BENCH_SCENARIOS ?? 'max,fixed,slow,rss,profile').split(','),
+  scenarios: (env.BENCH_SCENARIOS ?? 'max,fixed,slow,rss,path,profile').split(','),
   logLevel: env.BENCH_LOG_LEVEL ?? 'info',
   mallocArenaMax: env.BENCH_MALLOC_ARENA_MAX ?? '2',
 };
@@ -173,7 +173,7 @@ async function startNginx(upstreamPort) {
 
 const ADMIN_TOKEN = 'bench-admin-token-0123456789abcdef';
 
-async function startTollgate(upstreamOrigin, redisUrl, { extraEnv = {}, nodeFlags = [], name = 'tollgate' } = {}) {
+async function startTollgate(upstreamOrigin, redisUrl, { extraEnv = {}, nodeFlags = [], name = 'tollgate', stdout = 'ignore' } = {}) {
   const port = await freePort();
   const child = start(name, ...pinned(cfg.targetCore, process.execPath, [...nodeFlags, join(tollgateDir, 'dist', 'server.js')]), {
     env: {
@@ -192,8 +192,8 @@ async function startTollgate(upstreamOrigin, redisUrl, { extraEnv = {}, nodeFlag
       ...(cfg.mallocArenaMax ? { MALLOC_ARENA_MAX: cfg.mallocArenaMax } : {}),
       ...extraEnv,
     },
-    // stdout is the one-line-per-request JSON log: discarded (it is still written).
-    stdio: ['ignore', 'ignore', 'pipe'],
+    // stdout is the one-line-per-request JSON log: discarded (it is still written), unless a file is given.
+    stdio: ['ignore', stdout, 'pipe'],
     cwd: tollgateDir,
   });
   const origin = `http://127.0.0.1:${port}`;
@@ -461,6 +461,38 @@ async function main() {
     await stop(fresh.child);
   }
 
+  // ---- Where a request's time goes at 100 req/s: Tollgate's own log line, and one Redis round trip
+  let path;
+  if (want('path')) {
+    log(`path: 100 req/s for ${cfg.fixedDuration} s through a fresh Tollgate whose log is kept, then Redis PINGs from the target core`);
+    const logFile = join(work, 'tollgate-path.log');
+    const fd = openSync(logFile, 'w');
+    const fresh = await startTollgate(backend.origin, redis.url, { name: 'tollgate-path', stdout: fd });
+    closeSync(fd);
+    const t = { origin: fresh.origin, key, unique: true };
+    await wrk(t, { stream: false, connections: 10, duration: 2 }); // JIT and pools warm
+    await sleep(500);
+    const from = Date.now(); // log lines of the warm-up are older
+    const client = await fixedRate(t, { stream: false, rate: 100, duration: cfg.fixedDuration });
+    await stop(fresh.child, 'SIGTERM', 30_000); // a graceful stop writes every line
+    const lines = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes('"msg":"request"')).map((l) => JSON.parse(l));
+    const measuredLines = lines.filter((l) => l.time >= from && l.endpoint === 'chat.completions' && l.status === 200);
+    const p50 = (field) => median(measuredLines.map((l) => l[field]).filter(Number.isFinite));
+    const ping = await runCapture('store-rtt', ...pinned(cfg.targetCore, process.execPath, [join(here, 'store-rtt.mjs'), '--redis', redis.url, '--rate', '100', '--duration', String(cfg.fixedDuration)]));
+    path = {
+      requests: measuredLines.length,
+      clientP50: client.p50,
+      latencyMs: p50('latencyMs'),
+      upstreamMs: p50('upstreamMs'),
+      overheadMs: p50('overheadMs'),
+      storeMs: p50('storeMs'),
+      overheadLessStoreMs: median(measuredLines.map((l) => l.overheadMs - l.storeMs).filter(Number.isFinite)),
+      pingP50: ping.p50_ms,
+      pingP99: ping.p99_ms,
+    };
+    log(`path: ${JSON.stringify(path)}`);
+  }
+
   // ---- CPU profile of Tollgate under the non-streamed load
   let profile;
   if (want('profile')) {
@@ -501,11 +533,11 @@ async function main() {
   const table = renderTable(results, rss);
   const profileText = profile ? renderProfile(profile) : '';
   const settings = renderSettings(started);
-  const out = [`## Results (${new Date().toISOString()})`, '', settings, '', table, '', notes.length ? `Notes:\n${notes.map((n) => `- ${n}`).join('\n')}\n` : 'Notes: every request of every measurement answered 2xx.\n', profileText].join('\n');
+  const out = [`## Results (${new Date().toISOString()})`, '', settings, '', table, '', path ? renderPath(path) : '', notes.length ? `Notes:\n${notes.map((n) => `- ${n}`).join('\n')}\n` : 'Notes: every request of every measurement answered 2xx.\n', profileText].join('\n');
   process.stdout.write(`\n${out}\n`);
   mkdirSync(join(here, 'results'), { recursive: true });
   writeFileSync(join(here, 'results', 'latest.md'), out + '\n');
-  writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify({ settings: cfg, results, rss, profile, notes }, null, 1) + '\n');
+  writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify({ settings: cfg, results, rss, path, profile, notes }, null, 1) + '\n');
   log(`done in ${((Date.now() - started) / 1000).toFixed(0)} s; written to bench/results/latest.md and latest.json`);
 }
 
@@ -604,6 +636,27 @@ function renderTable(results, rss) {
     rows.push(`| ${cfg.streams} concurrent slow streams | peak streams open upstream | | | ${rss.peakActive} | | | | ${cfg.streams} | ${verdict(rss.peakActive >= cfg.streams)} |`);
   }
   return rows.join('\n');
+}
+
+/** Where a non-streamed miss's time goes at 100 req/s: Tollgate's log line against one Redis round trip. */
+function renderPath(p) {
+  const ms = (x) => (Number.isFinite(x) ? `${x.toFixed(2)} ms` : '-');
+  return [
+    `### Where a request's time goes at 100 req/s (non-streamed misses; p50 of ${p.requests} log lines of a fresh Tollgate)`,
+    '',
+    '| part | p50 |',
+    '| --- | --- |',
+    `| latency the client measured (bench/fixed-rate.mjs) | ${ms(p.clientP50)} |`,
+    `| latencyMs: Tollgate, from its onRequest to the response's end | ${ms(p.latencyMs)} |`,
+    `| upstreamMs: the upstream call, from sending to the last body byte | ${ms(p.upstreamMs)} |`,
+    `| overheadMs: latencyMs - upstreamMs | ${ms(p.overheadMs)} |`,
+    `| storeMs: of the overhead, waiting on Redis (admission joined with the cache lookup) | ${ms(p.storeMs)} |`,
+    `| overheadMs - storeMs: Tollgate's own work (parse, auth, validate, count tokens, hash, relay, respond) | ${ms(p.overheadLessStoreMs)} |`,
+    `| one Redis PING from the target core at 100/s (bench/store-rtt.mjs; p99 ${ms(p.pingP99)}) | ${ms(p.pingP50)} |`,
+    '',
+    '(Medians of parts do not add up exactly. The client also pays the hops to and from Tollgate, which its log cannot see.)',
+    '',
+  ].join('\n');
 }
 
 function renderProfile(p) {
