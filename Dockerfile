@@ -17,7 +17,8 @@ RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
 FROM node:20-bookworm-slim
 # MALLOC_ARENA_MAX=2: glibc otherwise gives each thread that allocates (libuv's pool, V8's GC helpers)
-# an arena of its own; two keep ~5-7 MB less resident with 1,000 open streams, at no CPU cost measured.
+# an arena of its own; two keep ~3 MB less resident at the peak with 1,000 open streams (median of 11
+# alternating runs), at no CPU cost measured.
 ENV NODE_ENV=production PORT=8080 MALLOC_ARENA_MAX=2
 WORKDIR /app
 COPY --from=prod-deps --chown=root:root /app/node_modules ./node_modules
