@@ -90,9 +90,28 @@ function fromFastifyError(err: FastifyError): GatewayError | undefined {
   return undefined;
 }
 
+/** The error code of a request whose client hung up (status 499, nginx's "client closed request"). */
+export const CLIENT_CLOSED = 'client_closed_request';
+
+/**
+ * A streamed response's headers go out with its first byte. A client that hangs up before then
+ * (a stream still waiting for the model's first token) makes Fastify destroy the stream it was
+ * given and report that as the route's error, a premature close, although the response never began.
+ */
+function hungUpBeforeFirstByte(err: Error, reply: FastifyReply): boolean {
+  return (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE' && reply.raw.destroyed && !reply.raw.headersSent;
+}
+
 /** The one error funnel: every error leaves the gateway in OpenAI's shape; 5xx never echo internals. */
 export function errorHandler(this: unknown, err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) {
   const known = err instanceof GatewayError ? err : fromFastifyError(err as FastifyError);
+  if (!known && hungUpBeforeFirstByte(err, reply)) {
+    // Nothing failed but the connection: recorded as every other hang-up is (nginx's 499, error
+    // code client_closed_request), not as an internal error that would count in the 5xx and page ops.
+    request.log.debug({ err: err.message }, 'client closed the connection before the response began');
+    if (request.trace) request.trace.errorCode = CLIENT_CLOSED;
+    return reply.code(499).send();
+  }
   if (request.trace) request.trace.errorCode = known?.code ?? 'internal_error';
   // An error body is JSON and must never be sniffed into something a browser would render.
   reply.header('x-content-type-options', 'nosniff');

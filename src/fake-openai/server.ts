@@ -21,6 +21,8 @@ export interface FakeOpenAIOptions {
   latencyMs?: number;
   /** Delay between SSE events. */
   streamChunkDelayMs?: number;
+  /** Delay between a stream's headers and its first event (a model's time to first token). */
+  firstEventDelayMs?: number;
   /** Share of POST requests (0..1) answered with a 500, at random: an unreliable upstream for soak tests. */
   failRate?: number;
   /** When set, requests without `Authorization: Bearer <apiKey>` get OpenAI's 401. */
@@ -58,6 +60,7 @@ export interface FakeOpenAI {
   /** Changes the share of POST requests answered with a random 500. */
   setFailRate(rate: number): void;
   setStreamChunkDelay(ms: number): void;
+  setFirstEventDelay(ms: number): void;
   hangNext(n: number): void;
   dropNext(n: number): void;
   reset(): void;
@@ -134,6 +137,8 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
   let latencyMs = initialLatency;
   let failRate = opts.failRate ?? 0;
   let chunkDelayMs = initialChunkDelay;
+  const initialFirstEventDelay = opts.firstEventDelayMs ?? 0;
+  let firstEventDelayMs = initialFirstEventDelay;
   const requests: RecordedRequest[] = [];
   const modes: Mode[] = [];
   /** Stored Responses API objects, for the life of this fake. */
@@ -230,12 +235,14 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache',
     });
+    // Headers go out now, as OpenAI's do, not with the first event (which may wait: firstEventDelayMs).
+    res.flushHeaders();
     active += 1;
     let completionWritten = 0;
     let finished = false;
     try {
       for (const [i, event] of events.entries()) {
-        if (i > 0) await pause(chunkDelayMs, signal);
+        await pause(i > 0 ? chunkDelayMs : firstEventDelayMs, signal);
         if (signal.aborted) break;
         await writeChunk(res, event.data, signal);
         completionWritten += event.completionTokens;
@@ -287,9 +294,12 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     setStreamChunkDelay: (ms) => {
       chunkDelayMs = ms;
     },
+    setFirstEventDelay: (ms) => {
+      firstEventDelayMs = ms;
+    },
     hangNext: (n) => enqueue(n, { kind: 'hang' }),
     dropNext: (n) => enqueue(n, { kind: 'drop' }),
-    // Back to the state right after start: latency and chunk delay return to the start options.
+    // Back to the state right after start: latency and event delays return to the start options.
     reset: () => {
       failRate = opts.failRate ?? 0;
       requests.length = 0; // in place, so a reference held by a test stays live
@@ -298,6 +308,7 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
       aborted = 0;
       latencyMs = initialLatency;
       chunkDelayMs = initialChunkDelay;
+      firstEventDelayMs = initialFirstEventDelay;
     },
     activeStreams: () => active,
     abortedStreams: () => aborted,

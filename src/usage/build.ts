@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { UsageEvent } from './event.js';
+import { CLIENT_CLOSED } from '../errors.js';
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
 
@@ -41,6 +42,6 @@ export function usageEventOf(request: FastifyRequest, reply: FastifyReply, arriv
     ttfbMs: t.ttfbMs !== undefined ? round(t.ttfbMs) : wroteSomething ? latencyMs : null,
     upstreamMs,
     overheadMs: round(Math.max(0, latencyMs - (upstreamMs ?? 0))),
-    errorCode: t.errorCode ?? (reply.raw.writableFinished ? null : 'client_closed_request'),
+    errorCode: t.errorCode ?? (reply.raw.writableFinished ? null : CLIENT_CLOSED),
   };
 }

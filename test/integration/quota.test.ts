@@ -202,7 +202,7 @@ describe('what clients see', () => {
     await expect.poll(() => gw.logs.requests().filter((l) => l.keyId === id).length).toBe(1);
     gw.fake.setLatency(0);
     const abandoned = gw.logs.requests().find((l) => l.keyId === id)!;
-    expect(abandoned).toMatchObject({ estimated: true, completionTokens: 0, status: 499 });
+    expect(abandoned).toMatchObject({ estimated: true, completionTokens: 0, status: 499, errorCode: 'client_closed_request' });
     expect(abandoned.promptTokens as number).toBeGreaterThan(0);
     await expect.poll(async () => (await quotaOf(gw, id)).tokensPerDay).toMatchObject({ reserved: 0, used: abandoned.promptTokens });
   });
@@ -234,6 +234,33 @@ describe('what clients see', () => {
     expect(used).toBeLessThan(100); // far below the 500+ reserved
     const line = gw.logs.requests().find((l) => l.keyId === id)!;
     expect(line).toMatchObject({ estimated: true, streamIncomplete: true });
+  });
+
+  it('records a stream abandoned before its first event as the client closing (499), not an internal error', async () => {
+    // Fastify sends a stream's headers with its first byte; until then a hang-up makes it destroy
+    // the stream and report a premature close as the route's error.
+    const { id, key } = await gw.createKey({ limits: { tokensPerDay: 100_000 } });
+    gw.fake.setFirstEventDelay(2000);
+    try {
+      const before = gw.fake.requests.length;
+      const req = httpRequest(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      });
+      req.on('error', () => undefined);
+      req.end(JSON.stringify(chatBody({ stream: true, max_tokens: 500 })));
+      // Upstream has answered with its headers: the gateway is relaying a stream with nothing in it yet.
+      await expect.poll(() => gw.fake.requests.length > before && gw.fake.activeStreams() === 1).toBe(true);
+      await new Promise((r) => setTimeout(r, 100));
+      req.destroy();
+      await expect.poll(() => gw.logs.requests().filter((l) => l.keyId === id).length).toBe(1);
+    } finally {
+      gw.fake.setFirstEventDelay(0);
+    }
+    const line = gw.logs.requests().find((l) => l.keyId === id)!;
+    expect(line).toMatchObject({ status: 499, errorCode: 'client_closed_request', stream: true });
+    expect(gw.logs.lines.filter((l) => l.msg === 'unhandled error')).toEqual([]);
+    await expect.poll(async () => (await quotaOf(gw, id)).tokensPerDay).toMatchObject({ reserved: 0 });
   });
 });
 
