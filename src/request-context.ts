@@ -12,8 +12,8 @@ export interface RequestTrace {
   /**
    * Time the request waited on the store before it was forwarded or answered: the key lookup (when
    * not cached), the admission and cache lookup round trip(s), any single-flight wait for an
-   * identical request, the owner check of a Responses follow-up. The part of the gateway's overhead
-   * that Redis's latency sets.
+   * identical request, the owner check of a Responses follow-up. Mostly Redis's latency; a
+   * single-flight wait is the leading request's upstream time.
    */
   storeMs?: number;
   upstreamRequestId?: string;

@@ -206,7 +206,7 @@ async function callUpstream(
     trace.streamDone = done.then((result) => {
       trace.streamIncomplete = !result.completed;
       trace.upstreamMs = performance.now() - started;
-      trace.usage = result.usage ?? estimateCutShort(endpoint, result, admission, body.model);
+      trace.usage = result.usage ?? estimateCutShort(endpoint, result, admission, body.model, signal.aborted);
       trace.modelAnswered = result.model;
       finish({ usage: trace.usage, estimated: result.usage === undefined }, streamEntry(endpoint, result, body.model));
     });
@@ -271,8 +271,11 @@ function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): Ne
  * Usage of a stream that ended before upstream's usage chunk (client left, upstream broke): the
  * prompt as estimated at admission plus a local count of what was generated, as OpenAI bills it.
  */
-function estimateCutShort(endpoint: Endpoint, result: RelayResult, admission: Admission, model: string): Usage | undefined {
-  if (result.events === 0) return undefined; // nothing generated: release everything
+function estimateCutShort(endpoint: Endpoint, result: RelayResult, admission: Admission, model: string, clientLeft: boolean): Usage | undefined {
+  // Nothing generated. If upstream broke, release everything; if the client hung up, upstream has
+  // read the prompt and bills it, as for a non-streamed hang-up (or leaving before the first token
+  // would be a way around the budget).
+  if (result.events === 0 && !clientLeft) return undefined;
   const completionTokens = countCompletionTokens(endpoint.usage.generatedText(result.data), model);
   return {
     promptTokens: admission.promptTokens,

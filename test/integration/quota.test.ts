@@ -236,7 +236,7 @@ describe('what clients see', () => {
     expect(line).toMatchObject({ estimated: true, streamIncomplete: true });
   });
 
-  it('records a stream abandoned before its first event as the client closing (499), not an internal error', async () => {
+  it('records a stream abandoned before its first event as the client closing (499), billed its prompt', async () => {
     // Fastify sends a stream's headers with its first byte; until then a hang-up makes it destroy
     // the stream and report a premature close as the route's error.
     const { id, key } = await gw.createKey({ limits: { tokensPerDay: 100_000 } });
@@ -258,9 +258,14 @@ describe('what clients see', () => {
       gw.fake.setFirstEventDelay(0);
     }
     const line = gw.logs.requests().find((l) => l.keyId === id)!;
-    expect(line).toMatchObject({ status: 499, errorCode: 'client_closed_request', stream: true });
+    // upstreamStatus: the gateway had upstream's answer (its headers), so the stream was being relayed.
+    expect(line).toMatchObject({ status: 499, errorCode: 'client_closed_request', stream: true, upstreamStatus: 200 });
     expect(gw.logs.lines.filter((l) => l.msg === 'unhandled error')).toEqual([]);
-    await expect.poll(async () => (await quotaOf(gw, id)).tokensPerDay).toMatchObject({ reserved: 0 });
+    // Upstream read the prompt and bills it, as for a non-streamed hang-up: leaving before the first
+    // token is no way around the budget.
+    expect(line).toMatchObject({ estimated: true, completionTokens: 0 });
+    expect(line.promptTokens as number).toBeGreaterThan(0);
+    await expect.poll(async () => (await quotaOf(gw, id)).tokensPerDay).toMatchObject({ reserved: 0, used: line.promptTokens });
   });
 });
 
