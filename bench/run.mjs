@@ -109,8 +109,8 @@ async function waitHttp(url, child, what) {
 }
 
 /** A node script of bench/ that prints `listening <port>` once it serves. */
-async function startScript(core, name, script, extraArgs = []) {
-  const child = start(name, ...pinned(core, process.execPath, [join(here, script), '--port', '0', ...extraArgs]));
+async function startScript(core, name, script, extraArgs = [], extraEnv = {}) {
+  const child = start(name, ...pinned(core, process.execPath, [join(here, script), '--port', '0', ...extraArgs]), { env: { ...env, ...extraEnv } });
   const port = await new Promise((resolve, reject) => {
     let out = '';
     child.stdout.on('data', (d) => {
@@ -344,7 +344,8 @@ async function main() {
   const backend = await startUpstream(cfg.loadCore, 'upstream-backend'); // what nginx and Tollgate forward to
   const nginx = await startNginx(backend.port);
   // The Node floor: Tollgate's stack with no features (bench/floor.mjs), forwarding to the same backend.
-  const floor = await startScript(cfg.targetCore, 'floor', 'floor.mjs', ['--upstream', backend.origin]);
+  // Run as Tollgate is (MALLOC_ARENA_MAX), so the two compare like with like.
+  const floor = await startScript(cfg.targetCore, 'floor', 'floor.mjs', ['--upstream', backend.origin], cfg.mallocArenaMax ? { MALLOC_ARENA_MAX: cfg.mallocArenaMax } : {});
   const tollgate = await startTollgate(backend.origin, redis.url);
   const key = await createKey(tollgate.origin);
   log(`redis ${redis.url}, direct ${direct.origin}, backend ${backend.origin}, nginx ${nginx.origin}, tollgate ${tollgate.origin} (pid ${tollgate.pid})`);
@@ -467,15 +468,29 @@ async function main() {
     log(`path: 100 req/s for ${cfg.fixedDuration} s through a fresh Tollgate whose log is kept, then Redis PINGs from the target core`);
     const logFile = join(work, 'tollgate-path.log');
     const fd = openSync(logFile, 'w');
-    const fresh = await startTollgate(backend.origin, redis.url, { name: 'tollgate-path', stdout: fd });
-    closeSync(fd);
+    let fresh;
+    try {
+      // Its request lines are the measurement, whatever BENCH_LOG_LEVEL says.
+      fresh = await startTollgate(backend.origin, redis.url, { name: 'tollgate-path', stdout: fd, extraEnv: { LOG_LEVEL: 'info' } });
+    } finally {
+      closeSync(fd); // the child has its own copy
+    }
     const t = { origin: fresh.origin, key, unique: true };
     await wrk(t, { stream: false, connections: 10, duration: 2 }); // JIT and pools warm
     await sleep(500);
     const from = Date.now(); // log lines of the warm-up are older
     const client = await fixedRate(t, { stream: false, rate: 100, duration: cfg.fixedDuration });
+    check('path fixed100', client);
     await stop(fresh.child, 'SIGTERM', 30_000); // a graceful stop writes every line
-    const lines = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes('"msg":"request"')).map((l) => JSON.parse(l));
+    const lines = [];
+    for (const l of readFileSync(logFile, 'utf8').split('\n')) {
+      if (!l.includes('"msg":"request"')) continue;
+      try {
+        lines.push(JSON.parse(l));
+      } catch {
+        // a last line cut short (the process was killed): not worth the run
+      }
+    }
     const measuredLines = lines.filter((l) => l.time >= from && l.endpoint === 'chat.completions' && l.status === 200);
     const p50 = (field) => median(measuredLines.map((l) => l[field]).filter(Number.isFinite));
     const ping = await runCapture('store-rtt', ...pinned(cfg.targetCore, process.execPath, [join(here, 'store-rtt.mjs'), '--redis', redis.url, '--rate', '100', '--duration', String(cfg.fixedDuration)]));
@@ -558,7 +573,7 @@ function renderSettings(started) {
       `Upstream +${cfg.addedLatencyMs} ms: wrk -c${cfg.slowConnections}, ${cfg.duration} s. ` +
       `Streams: ${cfg.streams} connections, ${cfg.streamChunkDelayMs} ms between SSE events, ${cfg.streamsDuration} s. Total run ${((Date.now() - started) / 1000).toFixed(0)} s.`,
     `Machine load (1-min load average) during the measurements: median ${f2(median(allLoads))}, max ${f2(Math.max(...allLoads))} (2 cores: above ~2.2 means other work competed with the benchmark).`,
-    `Tollgate: ${tollgateDir}/dist/server.js, ${env.BENCH_TOLLGATE_LABEL ?? `at ${v(`git -C ${tollgateDir} rev-parse --short HEAD 2>/dev/null`) || '?'}${v(`git -C ${tollgateDir} status --porcelain --untracked-files=no 2>/dev/null | head -1`) ? ' (working tree with uncommitted changes)' : ''}`}; LOG_LEVEL=${cfg.logLevel} (log to /dev/null), Redis store, cache on, metrics on${cfg.mallocArenaMax ? `, MALLOC_ARENA_MAX=${cfg.mallocArenaMax} (as in the image)` : ''}.`,
+    `Tollgate: ${tollgateDir}/dist/server.js, ${env.BENCH_TOLLGATE_LABEL ?? `at ${v(`git -C ${tollgateDir} rev-parse --short HEAD 2>/dev/null`) || '?'}${v(`git -C ${tollgateDir} status --porcelain --untracked-files=no 2>/dev/null | head -1`) ? ' (working tree with uncommitted changes)' : ''}`}; LOG_LEVEL=${cfg.logLevel} (log to /dev/null; the path scenario keeps its own at info), Redis store, cache on, metrics on${cfg.mallocArenaMax ? `, MALLOC_ARENA_MAX=${cfg.mallocArenaMax} (as in the image; the Node floor too)` : ''}.`,
   ].join('\n');
 }
 
