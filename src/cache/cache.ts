@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { KeyRecord } from '../keys.js';
 import type { Endpoint } from '../openai/endpoints.js';
-import type { CacheEntry, Store } from '../store/store.js';
+import type { CacheEntry, CacheLookup, JoinedLookup, Store } from '../store/store.js';
 import { canonicalJson } from './canonical.js';
 import { parseCacheControl } from './cache-control.js';
 
@@ -43,9 +43,7 @@ export interface CachePlan {
 export type Cache = ReturnType<typeof createCache>;
 
 /** A request's admission joined with the lookup of its cache name (Quota.admitAndLookup, bound to it). */
-export type JoinedAdmission<A> = (lookup: { name: string; leadTtlMs: number }) => Promise<
-  { lookup: 'hit'; entry: CacheEntry; admission: A } | { lookup: 'miss'; leader: string | null; admission: A } | { lookup: 'wait' }
->;
+export type JoinedAdmission<A> = (lookup: CacheLookup) => Promise<JoinedLookup<A>>;
 
 /** An entry as the pipeline hands it over; the cache stamps the time it is stored. */
 export type NewCacheEntry = Omit<CacheEntry, 'storedAt'>;

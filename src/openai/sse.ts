@@ -326,8 +326,7 @@ class SseRelay extends Readable {
     if (tellClient && !this.destroyed && !this.readableEnded) {
       // Headers are gone already; tell the client in-band, the way OpenAI reports mid-stream errors,
       // after the events relayed before it.
-      if (this.out !== '') this.push(this.out);
-      this.out = '';
+      this.flush();
       this.push(formatEvent({ data: JSON.stringify(openAIErrorBody('The upstream stream was interrupted.', 'server_error', 'upstream_stream_error')) }));
       this.push(null);
     }

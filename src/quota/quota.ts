@@ -8,7 +8,7 @@ import type { Usage } from '../openai/usage.js';
 import { costMicros, microsToUsd, usdToMicros, type Price, type PriceTable } from '../openai/prices.js';
 import { estimatePromptTokens } from '../openai/tokens.js';
 import { periodsAt } from './periods.js';
-import type { AdmissionRequest, AdmissionResult, CacheEntry, JoinedLookup, Periods, Store, StoreLimits } from '../store/store.js';
+import type { AdmissionRequest, AdmissionResult, CacheLookup, JoinedLookup, Periods, Store, StoreLimits } from '../store/store.js';
 import { quotaExceeded, unpricedModel } from './errors.js';
 import { createReplayQueue } from '../resilience/replay-queue.js';
 import { rateLimitHeaders } from './headers.js';
@@ -334,8 +334,8 @@ export function createQuota(opts: QuotaOptions) {
     endpoint: Endpoint,
     body: Record<string, unknown>,
     model: string,
-    lookup: { name: string; leadTtlMs: number },
-  ): Promise<{ lookup: 'hit'; entry: CacheEntry; admission: Admission } | { lookup: 'miss'; leader: string | null; admission: Admission } | { lookup: 'wait' }> {
+    lookup: CacheLookup,
+  ): Promise<JoinedLookup<Admission>> {
     const planned = reservation(key, endpoint, body, model, false, hitEstimates.get(lookup.name));
     let found: JoinedLookup;
     try {

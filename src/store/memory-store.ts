@@ -42,6 +42,7 @@ import type {
   CacheEntry,
   AdmissionResult,
   JoinedLookup,
+  CacheLookup,
   KeyChangeListener,
   Periods,
   QuotaUsage,
@@ -201,7 +202,7 @@ export class MemoryStore implements Store {
     return this.#admit(req);
   }
 
-  async admitAndLookup(req: AdmissionRequest, lookup: { name: string; leadTtlMs: number }): Promise<JoinedLookup> {
+  async admitAndLookup(req: AdmissionRequest, lookup: CacheLookup): Promise<JoinedLookup> {
     checkJoinedLookup(req, lookup);
     const now = this.#clock();
     const stored = this.#liveCacheEntry(lookup.name, now);

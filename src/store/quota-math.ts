@@ -3,6 +3,7 @@
 import type {
   AdmissionRequest,
   AdmissionResult,
+  CacheLookup,
   LimitName,
   Periods,
   Settlement,
@@ -249,7 +250,7 @@ export function checkAdmission(req: AdmissionRequest) {
  * admitAndLookup's arguments: an admission, and a cache name in the request key's own scope (its
  * entry and lock must share the key's cluster slot for one script to touch them all).
  */
-export function checkJoinedLookup(req: AdmissionRequest, lookup: { name: string; leadTtlMs: number }) {
+export function checkJoinedLookup(req: AdmissionRequest, lookup: CacheLookup) {
   checkAdmission(req);
   const { scope } = cacheNameParts(lookup.name);
   if (scope !== req.keyId) throw new RangeError(`cache name ${JSON.stringify(lookup.name)} is not in the scope of key ${req.keyId}`);

@@ -42,6 +42,7 @@ import type {
   AdmissionRequest,
   AdmissionResult,
   JoinedLookup,
+  CacheLookup,
   CacheEntry,
   KeyChangeListener,
   Periods,
@@ -240,13 +241,14 @@ export class RedisStore implements Store {
     return this.#admissionOf(await this.#scripts.tollgateAdmit(...this.#admitKeys(req), ...this.#admitArgs(req)));
   }
 
-  async admitAndLookup(req: AdmissionRequest, lookup: { name: string; leadTtlMs: number }): Promise<JoinedLookup> {
+  async admitAndLookup(req: AdmissionRequest, lookup: CacheLookup): Promise<JoinedLookup> {
     checkJoinedLookup(req, lookup);
     const k = this.#keys;
     const token = this.#newLeadToken();
+    const entryKey = k.cacheEntry(lookup.name);
     const reply = await this.#scripts.tollgateAdmitLookup(
       ...this.#admitKeys(req),
-      k.cacheEntry(lookup.name),
+      entryKey,
       k.cacheLock(lookup.name),
       ...this.#admitArgs(req),
       token,
@@ -256,7 +258,7 @@ export class RedisStore implements Store {
     if (found === 3) return { lookup: 'wait' };
     const admission = this.#admissionOf(reply);
     if (found !== 1) return { lookup: 'miss', leader: found === 2 ? token : null, admission };
-    const entry = this.#readEntry(k.cacheEntry(lookup.name), String(reply[10]));
+    const entry = this.#readEntry(entryKey, String(reply[10]));
     if (entry) return { lookup: 'hit', entry, admission };
     // Corrupt: counted as a hit, which cannot cover an upstream call. Admit it in full as well (it
     // counts twice against rpm) and let it go upstream without the lead; its fill overwrites the entry.

@@ -54,7 +54,7 @@ export interface Store {
    * full: it counts against rpm twice. Throws a RangeError for a name of another scope, and
    * whatever admit() and cacheLookup() throw for their arguments.
    */
-  admitAndLookup(request: AdmissionRequest, lookup: { name: string; leadTtlMs: number }): Promise<JoinedLookup>;
+  admitAndLookup(request: AdmissionRequest, lookup: CacheLookup): Promise<JoinedLookup>;
   /**
    * Replaces a reservation by what the request really used. Idempotent: settling the same
    * reservation again changes nothing. If the reservation already expired, the usage is still
@@ -221,10 +221,19 @@ export interface AdmissionRequest {
   countOnly?: boolean;
 }
 
-/** What admitAndLookup found in the cache, and the admission it made (none while another leads). */
-export type JoinedLookup =
-  | { lookup: 'hit'; entry: CacheEntry; admission: AdmissionResult }
-  | { lookup: 'miss'; leader: string | null; admission: AdmissionResult }
+/** The cache name an admission is joined with (admitAndLookup), and how long its lead may last. */
+export interface CacheLookup {
+  name: string;
+  leadTtlMs: number;
+}
+
+/**
+ * What admitAndLookup found in the cache, and the admission it made (none while another leads):
+ * the store's AdmissionResult, or what a layer above makes of it (Quota's Admission).
+ */
+export type JoinedLookup<A = AdmissionResult> =
+  | { lookup: 'hit'; entry: CacheEntry; admission: A }
+  | { lookup: 'miss'; leader: string | null; admission: A }
   | { lookup: 'wait' };
 
 export type LimitName = 'rpm' | 'tpm' | 'maxConcurrent' | 'tokensPerDay' | 'tokensPerMonth' | 'usdPerDay' | 'usdPerMonth';
