@@ -5,6 +5,7 @@ import {
   IMAGE_PART_TOKENS,
   LOW_DETAIL_IMAGE_PART_TOKENS,
   countCompletionTokens,
+  countMemoStats,
   countTokens,
   encodingFor,
   estimatePromptTokens,
@@ -94,6 +95,26 @@ describe('countTokens', () => {
     const exact = o200k.countTokens(emoji);
     expect(countTokens(emoji, 'gpt-4o')).toBeGreaterThanOrEqual(exact);
     expect(countTokens(emoji, 'gpt-4o')).toBeLessThan(exact * 1.02);
+  });
+
+  it('remembers the count of a long prompt text, and gives the same count from memory', () => {
+    const system = 'You are a careful assistant for the finance team. Answer in plain English. '.repeat(4) + 'memo test';
+    const before = countMemoStats().o200k_base ?? { hits: 0, misses: 0 };
+    const first = countTokens(system, 'gpt-4o');
+    const again = countTokens(JSON.parse(JSON.stringify(system)) as string, 'gpt-4o-mini');
+    expect(again).toBe(first);
+    expect(first).toBe(o200k.countTokens(system));
+    const after = countMemoStats().o200k_base!;
+    expect(after.misses - before.misses).toBe(1);
+    expect(after.hits - before.hits).toBe(1);
+  });
+
+  it('does not memoize generated text (it is unique)', () => {
+    const generated = 'The quarter closed with revenue up twelve percent and margins wider than a year ago. '.repeat(5);
+    countTokens('loads the encoding', 'gpt-4o');
+    const before = countMemoStats().o200k_base!;
+    expect(countCompletionTokens(generated, 'gpt-4o')).toBe(o200k.countTokens(generated));
+    expect(countMemoStats().o200k_base).toEqual(before);
   });
 
   it('counts generated text for a stream cut short', () => {
