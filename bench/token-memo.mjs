@@ -1,7 +1,7 @@
 // What the token-count memo (src/openai/count-memo.ts) saves on a multi-turn chat, where every
 // request re-sends the system prompt and every earlier turn. Same process, same conversation,
-// alternating rounds: with the memo, and with every text made unique (one character appended per
-// request), so nothing is found in it. Prints microseconds per request and the ratio.
+// alternating rounds: with the memo, and with every text made unique (a tag with the request's
+// number appended to it), so nothing is found in it. Prints microseconds per request and the ratio.
 //
 //   npm run build && node bench/token-memo.mjs [--turns 20] [--conversations 50] [--rounds 5]
 import { estimatePromptTokens, preloadEncodings } from '../dist/openai/tokens.js';
@@ -26,9 +26,9 @@ const answer = (c, t) =>
   `improved. Cash of 48.2M gives room for the guided 30-32M next quarter; FX and longer sales cycles are the risks.`;
 
 /**
- * The request bodies of every conversation's turns, as clients send them (JSON text). `tag` is
- * appended to every message: per round, so each round starts with texts the memo has not seen;
- * per request too when `unique`, so no text is ever seen twice (the baseline).
+ * The request bodies of every conversation's turns, as clients send them (JSON text). Every message
+ * ends with a tag: the round's, so each round starts with texts the memo has not seen, and the
+ * request's too when `unique`, so no text is ever seen twice (the baseline).
  */
 function requests(round, unique) {
   const out = [];
