@@ -1,4 +1,7 @@
-// Self time of a V8 .cpuprofile (node --cpu-prof), by module and by function, over a time window.
+// Self time of a V8 .cpuprofile (node --cpu-prof), by module and by function, over a time window;
+// and the inclusive time of Tollgate's own functions (each sample counted once for every distinct
+// function on its stack: what a function and everything it calls synchronously cost; work after an
+// `await` is counted under whatever resumed it).
 //   node bench/profile-summary.mjs bench/results/tollgate.cpuprofile [windowSeconds] [skipTailMs]
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -8,6 +11,7 @@ const SPECIAL = new Set(['(idle)', '(program)', '(garbage collector)', '(root)']
 function moduleOf(url, functionName, root) {
   if (!url) return SPECIAL.has(functionName) ? functionName : 'V8 builtins / native';
   let u = url.startsWith('file://') ? fileURLToPath(url) : url;
+  if (u.startsWith('wasm://')) return "wasm (undici's HTTP parser, llhttp)";
   if (u.startsWith('node:')) {
     const rest = u.slice(5).replace(/^internal\/(deps\/)?/, '');
     return `node:${rest.split('/')[0].replace(/\.js$/, '')}`;
@@ -35,6 +39,8 @@ export function summariseProfile(profile, { windowMs, skipTailMs = 0, root } = {
   const end = profile.endTime - skipTailMs * 1000;
   const begin = windowMs ? end - windowMs * 1000 : profile.startTime;
   const self = new Map(); // node id -> µs
+  const parent = new Map(); // node id -> its caller's node id
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   let t = profile.startTime;
   const { samples, timeDeltas } = profile;
   for (let i = 0; i < samples.length; i++) {
@@ -60,6 +66,20 @@ export function summariseProfile(profile, { windowMs, skipTailMs = 0, root } = {
     functions.set(fkey, (functions.get(fkey) ?? 0) + us);
   }
   const busy = total - idle;
+  // Inclusive: a sample's time goes once to every distinct Tollgate function on its stack.
+  const inclusive = new Map();
+  for (const [id, us] of self) {
+    if (byId.get(id).callFrame.functionName === '(idle)') continue;
+    const seen = new Set();
+    for (let n = id; n !== undefined; n = parent.get(n)) {
+      const { callFrame: cf } = byId.get(n);
+      if (!moduleOf(cf.url, cf.functionName, root).startsWith('tollgate ')) continue;
+      const fkey = `${cf.functionName || '(anonymous)'}\u0000${shortWhere(cf.url, cf.lineNumber, root)}`;
+      if (seen.has(fkey)) continue;
+      seen.add(fkey);
+      inclusive.set(fkey, (inclusive.get(fkey) ?? 0) + us);
+    }
+  }
   const list = (m) =>
     [...m]
       .map(([k, us]) => ({ k, ms: us / 1000, pct: (100 * us) / busy }))
@@ -70,6 +90,10 @@ export function summariseProfile(profile, { windowMs, skipTailMs = 0, root } = {
     busyPct: (100 * busy) / total,
     modules: list(modules).map(({ k, ms, pct }) => ({ name: k, ms, pct })),
     functions: list(functions).map(({ k, ms, pct }) => {
+      const [name, where] = k.split('\u0000');
+      return { name, where, ms, pct };
+    }),
+    inclusive: list(inclusive).map(({ k, ms, pct }) => {
       const [name, where] = k.split('\u0000');
       return { name, where, ms, pct };
     }),
@@ -88,4 +112,6 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   for (const m of p.modules.slice(0, 25)) console.log(`${m.ms.toFixed(0).padStart(7)} ms ${m.pct.toFixed(1).padStart(5)}%  ${m.name}`);
   console.log('\nby function:');
   for (const m of p.functions.slice(0, 40)) console.log(`${m.ms.toFixed(0).padStart(7)} ms ${m.pct.toFixed(1).padStart(5)}%  ${m.name}  ${m.where}`);
+  console.log("\nTollgate's functions, inclusive:");
+  for (const m of p.inclusive.slice(0, 30)) console.log(`${m.ms.toFixed(0).padStart(7)} ms ${m.pct.toFixed(1).padStart(5)}%  ${m.name}  ${m.where}`);
 }

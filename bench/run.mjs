@@ -696,6 +696,12 @@ function renderProfile(p) {
     '| --- | --- | --- | --- |',
     ...p.functions.slice(0, 25).map((m) => `| ${m.name.replaceAll('|', '\\|')} | ${m.where} | ${m.ms.toFixed(0)} | ${m.pct.toFixed(1)} |`),
     '',
+    "Tollgate's own functions by inclusive time (each sample counted once for every distinct Tollgate function on its stack: the function and what it calls synchronously; work after an `await` counts under whatever resumed it):",
+    '',
+    '| function | where | ms | % of busy |',
+    '| --- | --- | --- | --- |',
+    ...p.inclusive.slice(0, 20).map((m) => `| ${m.name.replaceAll('|', '\\|')} | ${m.where} | ${m.ms.toFixed(0)} | ${m.pct.toFixed(1)} |`),
+    '',
   ];
   return lines.join('\n');
 }
