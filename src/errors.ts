@@ -93,6 +93,13 @@ function fromFastifyError(err: FastifyError): GatewayError | undefined {
 /** The error code of a request whose client hung up (status 499, nginx's "client closed request"). */
 export const CLIENT_CLOSED = 'client_closed_request';
 
+/** nginx's 499 "client closed request": only ever seen in our logs, since nobody is listening. */
+export function clientClosed(reply: FastifyReply) {
+  // The trace is missing only for errors Fastify raises before the request hooks run.
+  if (reply.request.trace) reply.request.trace.errorCode = CLIENT_CLOSED;
+  return reply.code(499).send();
+}
+
 /**
  * A streamed response's headers go out with its first byte. A client that hangs up before then
  * (a stream still waiting for the model's first token) makes Fastify destroy the stream it was
@@ -109,8 +116,7 @@ export function errorHandler(this: unknown, err: FastifyError | Error, request: 
     // Nothing failed but the connection: recorded as every other hang-up is (nginx's 499, error
     // code client_closed_request), not as an internal error that would count in the 5xx and page ops.
     request.log.debug({ err: err.message }, 'client closed the connection before the response began');
-    if (request.trace) request.trace.errorCode = CLIENT_CLOSED;
-    return reply.code(499).send();
+    return clientClosed(reply);
   }
   if (request.trace) request.trace.errorCode = known?.code ?? 'internal_error';
   // An error body is JSON and must never be sniffed into something a browser would render.

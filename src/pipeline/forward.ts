@@ -11,7 +11,7 @@ import type { Admission, Consumption, Quota } from '../quota/quota.js';
 import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
-import { CLIENT_CLOSED, modelNotFound, notFound, upstreamAuthFailed } from '../errors.js';
+import { clientClosed, modelNotFound, notFound, upstreamAuthFailed } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { upstreamFailure } from '../upstream/client.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
@@ -286,11 +286,6 @@ function estimateCutShort(endpoint: Endpoint, result: RelayResult, admission: Ad
   };
 }
 
-/** nginx's 499 "client closed request": only ever seen in our logs, since nobody is listening. */
-export function clientClosed(reply: FastifyReply) {
-  reply.request.trace.errorCode = CLIENT_CLOSED;
-  return reply.code(499).send();
-}
 
 /**
  * Reads a whole (non-streamed or error) upstream body and sends it on unchanged. `onBody` hears

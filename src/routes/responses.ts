@@ -4,9 +4,9 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { UpstreamClient } from '../upstream/client.js';
 import type { ResponseOwners } from '../pipeline/response-owners.js';
-import { clientClosed, clientGone, sendBuffered } from '../pipeline/forward.js';
+import { clientGone, sendBuffered } from '../pipeline/forward.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from '../pipeline/headers.js';
-import { notFound, upstreamAuthFailed } from '../errors.js';
+import { clientClosed, notFound, upstreamAuthFailed } from '../errors.js';
 
 export interface ResponseRoutesOptions {
   upstream: UpstreamClient;

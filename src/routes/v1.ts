@@ -1,13 +1,13 @@
 // The OpenAI-compatible API under /v1. Thin: authentication here, everything else in the pipeline.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { endpoints, type Endpoint } from '../openai/endpoints.js';
-import { forward, clientGone, clientClosed, readUpstreamBody, sendBuffered, type ForwardDeps } from '../pipeline/forward.js';
+import { forward, clientGone, readUpstreamBody, sendBuffered, type ForwardDeps } from '../pipeline/forward.js';
 import { upstreamHeadersForClient } from '../pipeline/headers.js';
 import { bearerToken } from '../auth/bearer.js';
 import type { KeyResolver } from '../auth/key-resolver.js';
 import { waitOnStore } from '../request-context.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
-import { invalidApiKey, modelNotFound, serviceUnavailable, upstreamAuthFailed } from '../errors.js';
+import { clientClosed, invalidApiKey, modelNotFound, serviceUnavailable, upstreamAuthFailed } from '../errors.js';
 import { hashSecret, isModelAllowed } from '../keys.js';
 import { responseRoutes } from './responses.js';
 
