@@ -34,6 +34,9 @@ function shortWhere(url, line, root) {
   return `${u}:${line + 1}`;
 }
 
+/** A function's key in the tables: its name and where it is, split again by byFunction. */
+const functionKey = (cf, root) => `${cf.functionName || '(anonymous)'}\u0000${shortWhere(cf.url, cf.lineNumber, root)}`;
+
 export function summariseProfile(profile, { windowMs, skipTailMs = 0, root } = {}) {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const end = profile.endTime - skipTailMs * 1000;
@@ -62,7 +65,7 @@ export function summariseProfile(profile, { windowMs, skipTailMs = 0, root } = {
     }
     const mod = moduleOf(cf.url, cf.functionName, root);
     modules.set(mod, (modules.get(mod) ?? 0) + us);
-    const fkey = `${cf.functionName || '(anonymous)'}\u0000${shortWhere(cf.url, cf.lineNumber, root)}`;
+    const fkey = functionKey(cf, root);
     functions.set(fkey, (functions.get(fkey) ?? 0) + us);
   }
   const busy = total - idle;
@@ -74,7 +77,7 @@ export function summariseProfile(profile, { windowMs, skipTailMs = 0, root } = {
     for (let n = id; n !== undefined; n = parent.get(n)) {
       const { callFrame: cf } = byId.get(n);
       if (!moduleOf(cf.url, cf.functionName, root).startsWith('tollgate ')) continue;
-      const fkey = `${cf.functionName || '(anonymous)'}\u0000${shortWhere(cf.url, cf.lineNumber, root)}`;
+      const fkey = functionKey(cf, root);
       if (seen.has(fkey)) continue;
       seen.add(fkey);
       inclusive.set(fkey, (inclusive.get(fkey) ?? 0) + us);
@@ -84,19 +87,18 @@ export function summariseProfile(profile, { windowMs, skipTailMs = 0, root } = {
     [...m]
       .map(([k, us]) => ({ k, ms: us / 1000, pct: (100 * us) / busy }))
       .sort((a, b) => b.ms - a.ms);
+  const byFunction = (m) =>
+    list(m).map(({ k, ms, pct }) => {
+      const [name, where] = k.split('\u0000');
+      return { name, where, ms, pct };
+    });
   return {
     windowMs: (end - begin) / 1000,
     totalMs: total / 1000,
     busyPct: (100 * busy) / total,
     modules: list(modules).map(({ k, ms, pct }) => ({ name: k, ms, pct })),
-    functions: list(functions).map(({ k, ms, pct }) => {
-      const [name, where] = k.split('\u0000');
-      return { name, where, ms, pct };
-    }),
-    inclusive: list(inclusive).map(({ k, ms, pct }) => {
-      const [name, where] = k.split('\u0000');
-      return { name, where, ms, pct };
-    }),
+    functions: byFunction(functions),
+    inclusive: byFunction(inclusive),
   };
 }
 
