@@ -36,7 +36,14 @@ const cfg = {
   scenarios: (env.BENCH_SCENARIOS ?? 'max,fixed,slow,rss,path,profile').split(','),
   logLevel: env.BENCH_LOG_LEVEL ?? 'info',
   mallocArenaMax: env.BENCH_MALLOC_ARENA_MAX ?? '2',
+  mallocMmapThreshold: env.BENCH_MALLOC_MMAP_THRESHOLD ?? '131072',
 };
+/** glibc's settings as the container image gives them (Dockerfile), for Tollgate and the Node floor alike. */
+const mallocEnv = {
+  ...(cfg.mallocArenaMax ? { MALLOC_ARENA_MAX: cfg.mallocArenaMax } : {}),
+  ...(cfg.mallocMmapThreshold ? { MALLOC_MMAP_THRESHOLD_: cfg.mallocMmapThreshold } : {}),
+};
+const mallocLabel = Object.entries(mallocEnv).map(([k, v]) => `${k}=${v}`).join(', ');
 const want = (s) => cfg.scenarios.includes(s);
 
 // ---------------------------------------------------------------- processes, cleaned up on every exit
@@ -188,8 +195,8 @@ async function startTollgate(upstreamOrigin, redisUrl, { extraEnv = {}, nodeFlag
       ADMIN_TOKEN,
       // Unique bodies leave ~1.5 KB per miss in Redis: let them go soon.
       CACHE_TTL_SECONDS: '300',
-      // As the container image runs it (Dockerfile); BENCH_MALLOC_ARENA_MAX= (empty) for glibc's default.
-      ...(cfg.mallocArenaMax ? { MALLOC_ARENA_MAX: cfg.mallocArenaMax } : {}),
+      // As the container image runs it (Dockerfile); BENCH_MALLOC_ARENA_MAX= / BENCH_MALLOC_MMAP_THRESHOLD= (empty) for glibc's defaults.
+      ...mallocEnv,
       ...extraEnv,
     },
     // stdout is the one-line-per-request JSON log: discarded (it is still written), unless a file is given.
@@ -344,8 +351,8 @@ async function main() {
   const backend = await startUpstream(cfg.loadCore, 'upstream-backend'); // what nginx and Tollgate forward to
   const nginx = await startNginx(backend.port);
   // The Node floor: Tollgate's stack with no features (bench/floor.mjs), forwarding to the same backend.
-  // Run as Tollgate is (MALLOC_ARENA_MAX), so the two compare like with like.
-  const floor = await startScript(cfg.targetCore, 'floor', 'floor.mjs', ['--upstream', backend.origin], cfg.mallocArenaMax ? { MALLOC_ARENA_MAX: cfg.mallocArenaMax } : {});
+  // Run as Tollgate is (glibc's settings), so the two compare like with like.
+  const floor = await startScript(cfg.targetCore, 'floor', 'floor.mjs', ['--upstream', backend.origin], mallocEnv);
   const tollgate = await startTollgate(backend.origin, redis.url);
   const key = await createKey(tollgate.origin);
   log(`redis ${redis.url}, direct ${direct.origin}, backend ${backend.origin}, nginx ${nginx.origin}, tollgate ${tollgate.origin} (pid ${tollgate.pid})`);
@@ -576,7 +583,7 @@ function renderSettings(started) {
       `Upstream +${cfg.addedLatencyMs} ms: wrk -c${cfg.slowConnections}, ${cfg.duration} s. ` +
       `Streams: ${cfg.streams} connections, ${cfg.streamChunkDelayMs} ms between SSE events, ${cfg.streamsDuration} s. Total run ${((Date.now() - started) / 1000).toFixed(0)} s.`,
     `Machine load (1-min load average) during the measurements: median ${f2(median(allLoads))}, max ${f2(Math.max(...allLoads))} (2 cores: above ~2.2 means other work competed with the benchmark).`,
-    `Tollgate: ${tollgateDir}/dist/server.js, ${env.BENCH_TOLLGATE_LABEL ?? `at ${v(`git -C ${tollgateDir} rev-parse --short HEAD 2>/dev/null`) || '?'}${v(`git -C ${tollgateDir} status --porcelain --untracked-files=no 2>/dev/null | head -1`) ? ' (working tree with uncommitted changes)' : ''}`}; LOG_LEVEL=${cfg.logLevel} (log to /dev/null; the path scenario keeps its own at info), Redis store, cache on, metrics on${cfg.mallocArenaMax ? `, MALLOC_ARENA_MAX=${cfg.mallocArenaMax} (as in the image; the Node floor too)` : ''}.`,
+    `Tollgate: ${tollgateDir}/dist/server.js, ${env.BENCH_TOLLGATE_LABEL ?? `at ${v(`git -C ${tollgateDir} rev-parse --short HEAD 2>/dev/null`) || '?'}${v(`git -C ${tollgateDir} status --porcelain --untracked-files=no 2>/dev/null | head -1`) ? ' (working tree with uncommitted changes)' : ''}`}; LOG_LEVEL=${cfg.logLevel} (log to /dev/null; the path scenario keeps its own at info), Redis store, cache on, metrics on${mallocLabel ? `, ${mallocLabel} (as in the image; the Node floor too)` : ''}.`,
   ].join('\n');
 }
 
