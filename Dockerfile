@@ -20,10 +20,11 @@ FROM node:20-bookworm-slim
 # an arena of its own; two keep ~3 MB less resident at the peak with 1,000 open streams (median of 11
 # alternating runs), at no CPU cost measured.
 # MALLOC_MMAP_THRESHOLD_=131072: glibc's default value, but set, which turns off its dynamic
-# threshold. Unset, freeing one large block raises the threshold (up to 32 MB) and the trim threshold
-# with it (twice that), so freed memory stays resident: in some runs ~30 MB more before the streams
-# even start. Set, 1,000 open streams peaked at 140-142 MB in 7 of 7 runs (144-168 MB unset,
-# alternating), at no CPU cost measured.
+# threshold (unset, freeing one large block raises it, up to 32 MB, and the trim threshold to twice
+# that, so more freed memory stays resident). 1,000 open streams peaked at 141 MB at the median of 16
+# runs with it, 148 MB of 13 without (alternating), at no CPU cost measured. It does not stop glibc
+# from sometimes keeping ~30 MB of freed, fragmented memory after the JIT warms up (3 of 21 runs
+# peaked at 150-165 MB with it); BENCHMARKS.md has the evidence.
 ENV NODE_ENV=production PORT=8080 MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
 WORKDIR /app
 COPY --from=prod-deps --chown=root:root /app/node_modules ./node_modules
