@@ -23,8 +23,9 @@ FROM node:20-bookworm-slim
 # threshold (unset, freeing one large block raises it, up to 32 MB, and the trim threshold to twice
 # that, so more freed memory stays resident). 1,000 open streams peaked at 141 MB at the median of 16
 # runs with it, 148 MB of 13 without (alternating), at no CPU cost measured. It does not stop glibc
-# from sometimes keeping ~30 MB of freed, fragmented memory after the JIT warms up (3 of 21 runs
-# peaked at 150-165 MB with it); BENCHMARKS.md has the evidence.
+# from sometimes keeping ~30 MB of freed, fragmented memory from the first seconds of load (more
+# often when load starts at once after start-up: 150-165 MB in 1 of 16 to 3 of 7 runs, by series);
+# BENCHMARKS.md has the evidence.
 ENV NODE_ENV=production PORT=8080 MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
 WORKDIR /app
 COPY --from=prod-deps --chown=root:root /app/node_modules ./node_modules
