@@ -109,11 +109,12 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     skipTailMs: tail ? Number(tail) : 0,
     root: process.cwd(),
   });
+  const share = (m) => `${m.ms.toFixed(0).padStart(7)} ms ${m.pct.toFixed(1).padStart(5)}%  ${m.name}${m.where === undefined ? '' : `  ${m.where}`}`;
   console.log(`busy ${p.busyPct.toFixed(1)}% of ${p.totalMs.toFixed(0)} ms`);
   console.log('\nby module:');
-  for (const m of p.modules.slice(0, 25)) console.log(`${m.ms.toFixed(0).padStart(7)} ms ${m.pct.toFixed(1).padStart(5)}%  ${m.name}`);
+  for (const m of p.modules.slice(0, 25)) console.log(share(m));
   console.log('\nby function:');
-  for (const m of p.functions.slice(0, 40)) console.log(`${m.ms.toFixed(0).padStart(7)} ms ${m.pct.toFixed(1).padStart(5)}%  ${m.name}  ${m.where}`);
+  for (const m of p.functions.slice(0, 40)) console.log(share(m));
   console.log("\nTollgate's functions, inclusive:");
-  for (const m of p.inclusive.slice(0, 30)) console.log(`${m.ms.toFixed(0).padStart(7)} ms ${m.pct.toFixed(1).padStart(5)}%  ${m.name}  ${m.where}`);
+  for (const m of p.inclusive.slice(0, 30)) console.log(share(m));
 }

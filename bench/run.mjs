@@ -701,6 +701,7 @@ function renderPath(p) {
 }
 
 function renderProfile(p) {
+  const functionRow = (m) => `| ${m.name.replaceAll('|', '\\|')} | ${m.where} | ${m.ms.toFixed(0)} | ${m.pct.toFixed(1)} |`;
   const lines = [
     `### CPU profile of Tollgate, non-streamed, ${cfg.connections} connections (${f0(p.rps)} req/s under the profiler)`,
     '',
@@ -714,13 +715,13 @@ function renderProfile(p) {
     '',
     '| top functions by self time | where | ms | % of busy |',
     '| --- | --- | --- | --- |',
-    ...p.functions.slice(0, 25).map((m) => `| ${m.name.replaceAll('|', '\\|')} | ${m.where} | ${m.ms.toFixed(0)} | ${m.pct.toFixed(1)} |`),
+    ...p.functions.slice(0, 25).map(functionRow),
     '',
     "Tollgate's own functions by inclusive time (each sample counted once for every distinct Tollgate function on its stack: the function and what it calls synchronously; work after an `await` counts under whatever resumed it):",
     '',
     '| function | where | ms | % of busy |',
     '| --- | --- | --- | --- |',
-    ...p.inclusive.slice(0, 20).map((m) => `| ${m.name.replaceAll('|', '\\|')} | ${m.where} | ${m.ms.toFixed(0)} | ${m.pct.toFixed(1)} |`),
+    ...p.inclusive.slice(0, 20).map(functionRow),
     '',
   ];
   return lines.join('\n');

@@ -286,7 +286,6 @@ function estimateCutShort(endpoint: Endpoint, result: RelayResult, admission: Ad
   };
 }
 
-
 /**
  * Reads a whole (non-streamed or error) upstream body and sends it on unchanged. `onBody` hears
  * the parsed JSON of a 200 and its text (for usage and the cache), or nothing if reading failed.
