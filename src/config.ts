@@ -129,6 +129,8 @@ const envSchema = z.object({
   V8_MAX_SEMI_SPACE_MB: int(0, 16).default(4),
   /** Old-generation growth allowed between full GCs, percent of its live size; 0: V8's default (src/heap.ts). */
   V8_HEAP_GROWING_PERCENT: int(0, 1000).default(15),
+  /** glibc's freed native memory is given back to the OS this often (malloc_trim); 0: never (src/native-memory.ts). */
+  MEMORY_TRIM_INTERVAL_MS: int(0, 3_600_000).default(1000),
   SHUTDOWN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
   TRUST_PROXY: bool.default(false),
   /** Browser origins allowed to call the API (CORS), comma-separated; empty: CORS off. */
@@ -200,6 +202,8 @@ export interface Config {
   bodyLimitBytes: number;
   /** V8 heap sizing (src/heap.ts). */
   heap: { maxSemiSpaceMb: number; growingPercent: number };
+  /** How often freed native memory is given back to the OS, ms; 0: never (src/native-memory.ts). */
+  memoryTrimIntervalMs: number;
   shutdownTimeoutMs: number;
   trustProxy: boolean;
   corsOrigins: string[];
@@ -324,6 +328,7 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
     },
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     heap: { maxSemiSpaceMb: e.V8_MAX_SEMI_SPACE_MB, growingPercent: e.V8_HEAP_GROWING_PERCENT },
+    memoryTrimIntervalMs: e.MEMORY_TRIM_INTERVAL_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     trustProxy: e.TRUST_PROXY,
     corsOrigins: e.CORS_ORIGINS,

@@ -6,6 +6,7 @@ import { buildApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { startFakeOpenAI, type FakeOpenAI } from './fake-openai/server.js';
 import { preloadEncodings } from './openai/tokens.js';
+import { startMemoryTrimmer } from './native-memory.js';
 
 async function main() {
   let config: Config;
@@ -38,7 +39,8 @@ async function main() {
   const address = await app.listen({ port: config.port, host: config.host });
   // After start-up's long-lived allocations: sizes the V8 heap for many open streams (src/heap.ts).
   const heap = configureHeap(config.heap);
-  app.log.info({ heap }, 'heap configured');
+  const memoryTrim = startMemoryTrimmer(config.memoryTrimIntervalMs).status;
+  app.log.info({ heap, memoryTrim }, 'heap configured');
 
   if (config.demo) await printDemoBanner(app, config, address);
 

@@ -8,6 +8,7 @@ import { testRedisUrl } from '../helpers/redis.js';
 import { startGateway } from '../helpers/gateway.js';
 
 const ADMIN = 'process-test-admin-token';
+const onGlibc = process.platform === 'linux' && Boolean((process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime);
 let child: ChildProcess | undefined;
 let fake: FakeOpenAI | undefined;
 
@@ -55,6 +56,8 @@ describe('demo mode', () => {
     expect(res.status).toBe(200);
     expect(((await res.json()) as { object: string }).object).toBe('chat.completion');
     expect(server.output()).toContain('in-memory store');
+    // The start-up log says whether freed native memory is given back (src/native-memory.ts).
+    if (onGlibc) expect(server.output()).toContain('"memoryTrim":{"trimming":true,"intervalMs":1000}');
   });
 });
 

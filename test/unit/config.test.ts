@@ -17,6 +17,13 @@ describe('loadConfig', () => {
     expect(c.redis).toBeUndefined();
     expect(c.adminToken).toBeUndefined();
     expect(c.heap).toEqual({ maxSemiSpaceMb: 4, growingPercent: 15 });
+    expect(c.memoryTrimIntervalMs).toBe(1000);
+  });
+
+  it('reads how often freed native memory is given back, 0 meaning never', () => {
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', MEMORY_TRIM_INTERVAL_MS: '0' }).memoryTrimIntervalMs).toBe(0);
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', MEMORY_TRIM_INTERVAL_MS: '30000' }).memoryTrimIntervalMs).toBe(30_000);
+    expect(() => loadConfig({ OPENAI_API_KEY: 'sk-x', MEMORY_TRIM_INTERVAL_MS: '-1' })).toThrow(/MEMORY_TRIM_INTERVAL_MS/);
   });
 
   it('reads the V8 heap settings, 0 meaning V8\'s own sizing', () => {
