@@ -37,7 +37,8 @@ const cfg = {
   logLevel: env.BENCH_LOG_LEVEL ?? 'info',
   mallocArenaMax: env.BENCH_MALLOC_ARENA_MAX ?? '2',
   mallocMmapThreshold: env.BENCH_MALLOC_MMAP_THRESHOLD ?? '131072',
-  memoryTrimIntervalMs: env.BENCH_MEMORY_TRIM_INTERVAL_MS ?? '', // empty: Tollgate's default
+  // More of Tollgate's environment, as space-separated NAME=value pairs (e.g. "MEMORY_TRIM_INTERVAL_MS=0").
+  tollgateEnv: Object.fromEntries((env.BENCH_TOLLGATE_ENV ?? '').split(/\s+/).filter(Boolean).map((pair) => pair.split(/=(.*)/s).slice(0, 2))),
 };
 /** glibc's settings as the container image gives them (Dockerfile), for Tollgate and the Node floor alike. */
 const mallocEnv = {
@@ -198,7 +199,7 @@ async function startTollgate(upstreamOrigin, redisUrl, { extraEnv = {}, nodeFlag
       CACHE_TTL_SECONDS: '300',
       // As the container image runs it (Dockerfile); BENCH_MALLOC_ARENA_MAX= / BENCH_MALLOC_MMAP_THRESHOLD= (empty) for glibc's defaults.
       ...mallocEnv,
-      ...(cfg.memoryTrimIntervalMs ? { MEMORY_TRIM_INTERVAL_MS: cfg.memoryTrimIntervalMs } : {}),
+      ...cfg.tollgateEnv,
       ...extraEnv,
     },
     // stdout is the one-line-per-request JSON log: discarded (it is still written), unless a file is given.
@@ -597,7 +598,7 @@ function renderSettings(started) {
       `Upstream +${cfg.addedLatencyMs} ms: wrk -c${cfg.slowConnections}, ${cfg.duration} s. ` +
       `Streams: ${cfg.streams} connections, ${cfg.streamChunkDelayMs} ms between SSE events, ${cfg.streamsDuration} s. Total run ${((Date.now() - started) / 1000).toFixed(0)} s.`,
     `Machine load (1-min load average) during the measurements: median ${f2(median(allLoads))}, max ${f2(Math.max(...allLoads))} (2 cores: above ~2.2 means other work competed with the benchmark).`,
-    `Tollgate: ${tollgateDir}/dist/server.js, ${env.BENCH_TOLLGATE_LABEL ?? `at ${v(`git -C ${tollgateDir} rev-parse --short HEAD 2>/dev/null`) || '?'}${v(`git -C ${tollgateDir} status --porcelain --untracked-files=no 2>/dev/null | head -1`) ? ' (working tree with uncommitted changes)' : ''}`}; LOG_LEVEL=${cfg.logLevel} (log to /dev/null; the path scenario keeps its own at info), Redis store, cache on, metrics on${mallocLabel ? `, ${mallocLabel} (as in the image; the Node floor too)` : ''}${cfg.memoryTrimIntervalMs ? `, MEMORY_TRIM_INTERVAL_MS=${cfg.memoryTrimIntervalMs}` : ''}.`,
+    `Tollgate: ${tollgateDir}/dist/server.js, ${env.BENCH_TOLLGATE_LABEL ?? `at ${v(`git -C ${tollgateDir} rev-parse --short HEAD 2>/dev/null`) || '?'}${v(`git -C ${tollgateDir} status --porcelain --untracked-files=no 2>/dev/null | head -1`) ? ' (working tree with uncommitted changes)' : ''}`}; LOG_LEVEL=${cfg.logLevel} (log to /dev/null; the path scenario keeps its own at info), Redis store, cache on, metrics on${mallocLabel ? `, ${mallocLabel} (as in the image; the Node floor too)` : ''}${Object.entries(cfg.tollgateEnv).map(([k, v]) => `, ${k}=${v}`).join('')}.`,
   ].join('\n');
 }
 
