@@ -4,27 +4,25 @@
 // own only from the top of a heap, never from pages in the middle of one, so after the first seconds
 // of load (V8's compiler threads allocate and free hundreds of MB of zones) up to ~30 MB of freed,
 // fragmented pages can stay resident for good. malloc_trim(0) also releases those (madvise).
-// Returns true when memory was released, false when there was none, undefined when the C library is
-// not glibc (musl, macOS): there it does nothing.
+// trim() returns true when memory was released. Built against another C library (musl, macOS),
+// which has no malloc_trim, the module exports nothing.
 #include <node_api.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
-#endif
 
 static napi_value Trim(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result;
-#if defined(__GLIBC__)
   napi_get_boolean(env, malloc_trim(0) == 1, &result);
-#else
-  napi_get_undefined(env, &result);
-#endif
   return result;
 }
+#endif
 
 NAPI_MODULE_INIT() {
+#if defined(__GLIBC__)
   napi_value fn;
   if (napi_create_function(env, "trim", NAPI_AUTO_LENGTH, Trim, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "trim", fn) != napi_ok) return NULL;
+#endif
   return exports;
 }

@@ -12,8 +12,8 @@
 import { createRequire } from 'node:module';
 
 interface MallocTrimAddon {
-  /** true: memory was released; false: none to release; undefined: not glibc (does nothing). */
-  trim(): boolean | undefined;
+  /** malloc_trim(0); true when memory was released. Absent where the C library is not glibc. */
+  trim?: () => boolean;
 }
 
 /** Where `npm install` builds the addon, from src/ (tests) and from dist/ alike. */
@@ -52,10 +52,11 @@ export function startMemoryTrimmer(intervalMs: number): MemoryTrimmer {
     stop() {},
   });
   if (intervalMs <= 0) return stopped('disabled');
-  const trimmer = mallocTrimAddon();
-  if (!trimmer) return stopped('addon not built');
-  if (trimmer.trim() === undefined) return stopped('not glibc');
-  const timer = setInterval(() => trimmer.trim(), intervalMs);
+  const addon = mallocTrimAddon();
+  if (!addon) return stopped('addon not built');
+  const trim = addon.trim;
+  if (!trim) return stopped('not glibc');
+  const timer = setInterval(trim, intervalMs);
   timer.unref();
   return { status: { trimming: true, intervalMs }, stop: () => clearInterval(timer) };
 }
