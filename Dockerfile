@@ -9,7 +9,8 @@ ENV npm_config_nodedir=/usr/local
 WORKDIR /app
 COPY package.json package-lock.json binding.gyp ./
 COPY native ./native
-RUN npm ci --no-audit --no-fund
+# The image runs without the addon too, but it is built to have it: fail here, not silently.
+RUN npm ci --no-audit --no-fund && test -f build/Release/malloc_trim.node
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 COPY scripts ./scripts

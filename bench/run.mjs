@@ -17,6 +17,16 @@ const root = join(here, '..');
 const tollgateDir = process.env.BENCH_TOLLGATE_DIR ?? root;
 const env = process.env;
 const num = (name, dflt) => (env[name] !== undefined && env[name] !== '' ? Number(env[name]) : dflt);
+/** "A=1 B=2" as { A: '1', B: '2' }; a pair without "=" stops the run rather than being dropped. */
+function parseEnvPairs(text) {
+  return Object.fromEntries(
+    text.split(/\s+/).filter(Boolean).map((pair) => {
+      const eq = pair.indexOf('=');
+      if (eq < 1) throw new Error(`BENCH_TOLLGATE_ENV: "${pair}" is not NAME=value`);
+      return [pair.slice(0, eq), pair.slice(eq + 1)];
+    }),
+  );
+}
 
 const cfg = {
   rounds: num('BENCH_ROUNDS', 3),
@@ -38,7 +48,7 @@ const cfg = {
   mallocArenaMax: env.BENCH_MALLOC_ARENA_MAX ?? '2',
   mallocMmapThreshold: env.BENCH_MALLOC_MMAP_THRESHOLD ?? '131072',
   // More of Tollgate's environment, as space-separated NAME=value pairs (e.g. "MEMORY_TRIM_INTERVAL_MS=0").
-  tollgateEnv: Object.fromEntries((env.BENCH_TOLLGATE_ENV ?? '').split(/\s+/).filter(Boolean).map((pair) => pair.split(/=(.*)/s).slice(0, 2))),
+  tollgateEnv: parseEnvPairs(env.BENCH_TOLLGATE_ENV ?? ''),
 };
 /** glibc's settings as the container image gives them (Dockerfile), for Tollgate and the Node floor alike. */
 const mallocEnv = {
@@ -598,7 +608,7 @@ function renderSettings(started) {
       `Upstream +${cfg.addedLatencyMs} ms: wrk -c${cfg.slowConnections}, ${cfg.duration} s. ` +
       `Streams: ${cfg.streams} connections, ${cfg.streamChunkDelayMs} ms between SSE events, ${cfg.streamsDuration} s. Total run ${((Date.now() - started) / 1000).toFixed(0)} s.`,
     `Machine load (1-min load average) during the measurements: median ${f2(median(allLoads))}, max ${f2(Math.max(...allLoads))} (2 cores: above ~2.2 means other work competed with the benchmark).`,
-    `Tollgate: ${tollgateDir}/dist/server.js, ${env.BENCH_TOLLGATE_LABEL ?? `at ${v(`git -C ${tollgateDir} rev-parse --short HEAD 2>/dev/null`) || '?'}${v(`git -C ${tollgateDir} status --porcelain --untracked-files=no 2>/dev/null | head -1`) ? ' (working tree with uncommitted changes)' : ''}`}; LOG_LEVEL=${cfg.logLevel} (log to /dev/null; the path scenario keeps its own at info), Redis store, cache on, metrics on${mallocLabel ? `, ${mallocLabel} (as in the image; the Node floor too)` : ''}${Object.entries(cfg.tollgateEnv).map(([k, v]) => `, ${k}=${v}`).join('')}.`,
+    `Tollgate: ${tollgateDir}/dist/server.js, ${env.BENCH_TOLLGATE_LABEL ?? `at ${v(`git -C ${tollgateDir} rev-parse --short HEAD 2>/dev/null`) || '?'}${v(`git -C ${tollgateDir} status --porcelain --untracked-files=no 2>/dev/null | head -1`) ? ' (working tree with uncommitted changes)' : ''}`}; LOG_LEVEL=${cfg.logLevel} (log to /dev/null; the path scenario keeps its own at info), Redis store, cache on, metrics on${mallocLabel ? `, ${mallocLabel} (as in the image; the Node floor too)` : ''}${Object.entries(cfg.tollgateEnv).map(([name, value]) => `, ${name}=${value}`).join('')}.`,
   ].join('\n');
 }
 

@@ -7,6 +7,7 @@
 // trim() returns true when memory was released. Built against another C library (musl, macOS),
 // which has no malloc_trim, the module exports nothing.
 #include <node_api.h>
+#include <stdlib.h>  // any libc header defines __GLIBC__ on glibc
 #if defined(__GLIBC__)
 #include <malloc.h>
 

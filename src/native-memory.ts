@@ -19,21 +19,29 @@ interface MallocTrimAddon {
 /** Where `npm install` builds the addon, from src/ (tests) and from dist/ alike. */
 const ADDON_PATH = '../build/Release/malloc_trim.node';
 
-let addon: MallocTrimAddon | null | undefined;
+type AddonLoad = { addon: MallocTrimAddon } | { addon: null; failure: 'addon not built' | 'addon failed to load' };
 
-/** The addon, or null when it was not built or cannot load here. Loaded once. */
-export function mallocTrimAddon(): MallocTrimAddon | null {
-  if (addon === undefined) {
-    try {
-      addon = createRequire(import.meta.url)(ADDON_PATH) as MallocTrimAddon;
-    } catch {
-      addon = null;
-    }
+/** Loads the addon at `path` (relative to this module), or says why it could not. */
+export function loadAddon(path: string): AddonLoad {
+  try {
+    return { addon: createRequire(import.meta.url)(path) as MallocTrimAddon };
+  } catch (err) {
+    // Not built is expected (no compiler at install); a built file that will not load (built for
+    // another Node ABI or architecture, a copied-in build/) is worth telling apart in the log.
+    const notBuilt = (err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND';
+    return { addon: null, failure: notBuilt ? 'addon not built' : 'addon failed to load' };
   }
-  return addon;
 }
 
-type NotTrimmingReason = 'disabled' | 'addon not built' | 'not glibc';
+let load: AddonLoad | undefined;
+const addonLoad = (): AddonLoad => (load ??= loadAddon(ADDON_PATH));
+
+/** The addon, loaded once; null when it was not built or cannot load here. */
+export function mallocTrimAddon(): MallocTrimAddon | null {
+  return addonLoad().addon;
+}
+
+type NotTrimmingReason = 'disabled' | 'addon not built' | 'addon failed to load' | 'not glibc';
 
 export type MemoryTrimStatus = { trimming: true; intervalMs: number } | { trimming: false; reason: NotTrimmingReason };
 
@@ -52,9 +60,9 @@ export function startMemoryTrimmer(intervalMs: number): MemoryTrimmer {
     stop() {},
   });
   if (intervalMs <= 0) return stopped('disabled');
-  const addon = mallocTrimAddon();
-  if (!addon) return stopped('addon not built');
-  const trim = addon.trim;
+  const loaded = addonLoad();
+  if (loaded.addon === null) return stopped(loaded.failure);
+  const trim = loaded.addon.trim;
   if (!trim) return stopped('not glibc');
   const timer = setInterval(trim, intervalMs);
   timer.unref();

@@ -40,7 +40,7 @@ async function main() {
   // After start-up's long-lived allocations: sizes the V8 heap for many open streams (src/heap.ts).
   const heap = configureHeap(config.heap);
   const memoryTrim = startMemoryTrimmer(config.memoryTrimIntervalMs).status;
-  app.log.info({ heap, memoryTrim }, 'heap configured');
+  app.log.info({ heap, memoryTrim }, 'memory configured');
 
   if (config.demo) await printDemoBanner(app, config, address);
 

@@ -1,11 +1,14 @@
 // Giving freed native memory back to the OS (src/native-memory.ts, native/malloc_trim.c). Each case
 // that measures memory runs in a fresh Node process, so the test runner's own heap does not blur it.
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { mallocTrimAddon, startMemoryTrimmer } from '../../src/native-memory.js';
+import { loadAddon, mallocTrimAddon, startMemoryTrimmer } from '../../src/native-memory.js';
+import { onLinuxGlibc } from '../helpers/platform.js';
 
 const nativeMemoryModule = JSON.stringify(new URL('../../src/native-memory.ts', import.meta.url).href);
-const onGlibc = Boolean((process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime);
 
 /** Runs `body` (an async function body with `nm` = the module) in a fresh process; its JSON result. */
 function inFreshProcess(body: string): any {
@@ -38,10 +41,10 @@ const fragment = `
   await settle();
 `;
 
-describe.runIf(process.platform === 'linux' && onGlibc)('malloc_trim addon (Linux, glibc)', () => {
+describe.runIf(onLinuxGlibc)('malloc_trim addon (Linux, glibc)', () => {
   it('is built by npm install and loads', () => {
     const addon = mallocTrimAddon();
-    expect(addon).not.toBeNull();
+    expect(addon, 'npm ci builds it (needs python3, make and g++)').not.toBeNull();
     expect(typeof addon!.trim!()).toBe('boolean');
   });
 
@@ -71,6 +74,16 @@ describe.runIf(process.platform === 'linux' && onGlibc)('malloc_trim addon (Linu
     expect(r.status).toEqual({ trimming: true, intervalMs: 20 });
     expect(r.atStart).toBeGreaterThan(r.fragmented - 5);
     expect(r.fragmented - r.after).toBeGreaterThan(30);
+  });
+});
+
+describe('loadAddon', () => {
+  it('tells an addon that was never built from one that will not load', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tollgate-addon-'));
+    const notAnAddon = join(dir, 'malloc_trim.node');
+    writeFileSync(notAnAddon, 'not a shared object'); // as a build for another platform fails to load
+    expect(loadAddon(join(dir, 'missing.node'))).toEqual({ addon: null, failure: 'addon not built' });
+    expect(loadAddon(notAnAddon)).toEqual({ addon: null, failure: 'addon failed to load' });
   });
 });
 
