@@ -5,7 +5,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { validateBody } from '../openai/endpoints.js';
 import { relaySse, type RelayResult } from '../openai/sse.js';
-import { readUsage, type Usage } from '../openai/usage.js';
+import type { Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
 import type { Admission, Consumption, Quota } from '../quota/quota.js';
 import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
@@ -297,7 +297,10 @@ export async function sendBuffered(
   logBodies: boolean,
   onBody?: (json: unknown, text: string | undefined) => void,
   read: {
-    /** How this endpoint reports usage in a 200 body (default: chat/completions/embeddings `usage`). */
+    /**
+     * How this endpoint reports usage in a 200 body. Without it none is recorded: reading a stored
+     * response back (which carries its usage, as OpenAI's does) is not another use of its tokens.
+     */
     readUsage?: (json: unknown) => Usage | undefined;
     /** Awaited after a 200 body is read and before it is sent. */
     beforeSend?: (json: unknown) => Promise<void>;
@@ -323,7 +326,7 @@ export async function sendBuffered(
   if (!beforeSend) body = readJsonBody(res, bytes);
   const json = body?.json;
   if (res.status === 200) {
-    trace.usage = (read.readUsage ?? readUsage)(json);
+    if (read.readUsage) trace.usage = read.readUsage(json);
     const model = (json as { model?: unknown } | undefined)?.model;
     if (typeof model === 'string') trace.modelAnswered = model;
     if (logBodies) trace.responseBody = json;

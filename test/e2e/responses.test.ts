@@ -143,6 +143,31 @@ describe('stored responses belong to the key that created them', () => {
   });
 });
 
+describe('reading stored responses back', () => {
+  it('records no tokens: retrieving or cancelling a response is not another use of them', async () => {
+    const key = await gw.createKey({ name: 'reader' });
+    const reader = gw.sdk(key.key);
+    const created = await reader.responses.create({ model: 'gpt-4o-mini', input: `Read me back ${unique()}` });
+    const queued = await reader.responses.create({ model: 'gpt-4o-mini', input: `Cancel me ${unique()}`, background: true });
+    const usageTotals = async () => (await gw.admin('GET', `/admin/usage?groupBy=key&keyId=${key.id}`)).body.totals;
+    await expect.poll(usageTotals).toMatchObject({ requests: 2 });
+    const created2 = await usageTotals();
+    expect(created2.totalTokens).toBeGreaterThan(0);
+
+    // The answers carry the response's usage, as OpenAI's do: it must not be counted again.
+    expect((await reader.responses.retrieve(created.id)).usage!.total_tokens).toBeGreaterThan(0);
+    await reader.responses.cancel(queued.id);
+    await expect.poll(usageTotals).toMatchObject({
+      requests: 4,
+      promptTokens: created2.promptTokens,
+      completionTokens: created2.completionTokens,
+      totalTokens: created2.totalTokens,
+    });
+    const reads = lines(key.id).filter((l) => l.endpoint === 'responses.retrieve' || l.endpoint === 'responses.cancel');
+    expect(reads.map((l) => l.totalTokens)).toEqual([0, 0]);
+  });
+});
+
 describe('the cache', () => {
   const raw = (key: string, body: Record<string, unknown>) =>
     fetch(`${gw.url}/v1/responses`, {
