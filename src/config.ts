@@ -104,7 +104,7 @@ const envSchema = z.object({
   /** Failed authentications allowed per client IP per minute; then 429 until the minute is over. 0: off. */
   AUTH_FAILURES_PER_MINUTE: int(0, 1_000_000).default(30),
 
-  /** The response cache (chat, completions, embeddings). Per key it can also be switched off. */
+  /** The response cache (chat, completions, embeddings, moderations, stateless Responses requests). Per key it can also be switched off. */
   CACHE_ENABLED: bool.default(true),
   /** 'key': entries are private to the gateway key that made them; 'global': shared by all keys. */
   CACHE_SCOPE: z.enum(['key', 'global']).default('key'),
