@@ -17,14 +17,21 @@ export interface UsageRouteOptions {
 
 const DAY_MS = 86_400_000;
 const MAX_RANGE_MS = 400 * DAY_MS;
+/** The last millisecond of year 9999: the stores key usage by hour ids (YYYY-MM-DDTHH), from 1970 on. */
+const MAX_INSTANT_MS = Date.UTC(10_000, 0, 1) - 1;
 
-/** An instant as ISO 8601 or epoch milliseconds. */
+/** An instant as ISO 8601 or epoch milliseconds, within what the stores can look up. */
 const instant = z
   .string()
   .transform((v, ctx) => {
     const ms = /^\d+$/.test(v) ? Number(v) : Date.parse(v);
     if (!Number.isFinite(ms)) {
       ctx.addIssue({ code: 'custom', message: 'expected an ISO 8601 time or epoch milliseconds' });
+      return z.NEVER;
+    }
+    // Outside this range hourId() has no four-digit year and the stores throw: a 500, not the 400 it is.
+    if (ms < 0 || ms > MAX_INSTANT_MS) {
+      ctx.addIssue({ code: 'custom', message: 'expected a time from 1970-01-01T00:00:00Z up to the end of year 9999' });
       return z.NEVER;
     }
     return ms;
@@ -89,7 +96,8 @@ export async function usageRoutes(app: FastifyInstance, opts: UsageRouteOptions)
   app.get('/usage', async (request) => {
     const q = parse(reportQuery, request.query);
     const toMs = q.to ?? opts.clock();
-    const fromMs = q.from ?? toMs - 7 * DAY_MS;
+    // A week back, but not before 1970 (a 'to' in the first week of 1970).
+    const fromMs = q.from ?? Math.max(0, toMs - 7 * DAY_MS);
     if (fromMs > toMs) throw invalidRequest("'from' must not be after 'to'.", 'from', 'invalid_value');
     if (toMs - fromMs > MAX_RANGE_MS) throw invalidRequest('The range may span at most 400 days.', 'from', 'invalid_value');
     const [rows, keys] = await Promise.all([store.usageRows(hourId(fromMs), hourId(toMs)), store.listKeys()]);

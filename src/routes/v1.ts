@@ -7,7 +7,7 @@ import { bearerToken } from '../auth/bearer.js';
 import type { KeyResolver } from '../auth/key-resolver.js';
 import { waitOnStore } from '../request-context.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
-import { clientClosed, invalidApiKey, modelNotFound, serviceUnavailable, upstreamAuthFailed } from '../errors.js';
+import { clientClosed, invalidApiKey, modelNotFound, serviceUnavailable, upstreamAuthFailed, upstreamUnreachable } from '../errors.js';
 import { hashSecret, isModelAllowed } from '../keys.js';
 import { responseRoutes } from './responses.js';
 
@@ -71,9 +71,23 @@ export async function v1Routes(app: FastifyInstance, opts: V1Options) {
     if (!res) return clientClosed(reply);
     const allowed = request.gatewayKey!.models;
     if (allowed === null || res.status !== 200) return sendBuffered(reply, res, performance.now(), false);
-    // Only the models this key may use.
-    const list = JSON.parse((await readUpstreamBody(res)).toString('utf8')) as { data?: { id: string }[] };
-    list.data = (list.data ?? []).filter((m) => isModelAllowed(allowed, m.id));
+    // Only the models this key may use. Read outside the try: a cut body is already a 502 (or 504).
+    const body = (await readUpstreamBody(res)).toString('utf8');
+    let list: { data?: unknown } | null = null;
+    try {
+      list = JSON.parse(body) as { data?: unknown } | null;
+    } catch {
+      // not JSON: refused below
+    }
+    if (typeof list !== 'object' || list === null || Array.isArray(list) || !Array.isArray(list.data ?? [])) {
+      // An HTML error page or any other non-list with a 200: as unusable as a cut body, and answered the same.
+      request.log.warn('upstream answered GET /models with something that is not a model list');
+      throw upstreamUnreachable();
+    }
+    // An entry without a string id cannot be checked against the allow-list: dropped.
+    list.data = ((list.data ?? []) as unknown[]).filter(
+      (m) => typeof (m as { id?: unknown } | null)?.id === 'string' && isModelAllowed(allowed, (m as { id: string }).id),
+    );
     return reply.send(list);
   });
 

@@ -182,6 +182,52 @@ describe('forwarding', () => {
   });
 });
 
+describe('model list of a key with an allow-list', () => {
+  let limited: string;
+  beforeAll(async () => {
+    ({ key: limited } = await gw.createKey({ name: 'models-allow-list', models: ['gpt-4o-mini', 'text-embedding-3-*'] }));
+  });
+  const list = () => fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${limited}` } });
+
+  it('lists only the allowed models', async () => {
+    const res = await list();
+    expect(res.status).toBe(200);
+    const ids = ((await res.json()) as { data: { id: string }[] }).data.map((m) => m.id);
+    expect(ids).toContain('gpt-4o-mini');
+    expect(ids).toContain('text-embedding-3-small');
+    expect(ids).not.toContain('gpt-4o');
+    expect(ids.every((id) => id === 'gpt-4o-mini' || id.startsWith('text-embedding-3-'))).toBe(true);
+  });
+
+  it('answers 502 when upstream sends a 200 that is not a model list', async () => {
+    const bodies: [unknown, Record<string, string>][] = [
+      ['<html><body>Bad gateway</body></html>', { 'content-type': 'text/html' }],
+      ['{"data":[', { 'content-type': 'application/json' }],
+      [{ object: 'list', data: {} }, {}],
+      [null, {}],
+    ];
+    for (const [body, headers] of bodies) {
+      gw.fake.failNext(1, 200, body, headers);
+      const res = await list();
+      expect(res.status, JSON.stringify(body)).toBe(502);
+      expect(await res.json()).toMatchObject({ error: { type: 'server_error', code: 'upstream_unreachable' } });
+    }
+  });
+
+  it('drops entries that are not models with a string id', async () => {
+    gw.fake.failNext(1, 200, { object: 'list', data: [null] });
+    let res = await list();
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ object: 'list', data: [] });
+
+    const good = { id: 'gpt-4o-mini', object: 'model', created: 1, owned_by: 'system' };
+    gw.fake.failNext(1, 200, { object: 'list', data: [null, 'gpt-4o-mini', { id: 7 }, { object: 'model' }, [good], good, { id: 'gpt-4o' }] });
+    res = await list();
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ object: 'list', data: [good] });
+  });
+});
+
 /** Reads an SSE response event by event. */
 async function* sseEvents(res: Response): AsyncGenerator<string> {
   const decoder = new TextDecoder();

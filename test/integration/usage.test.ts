@@ -115,6 +115,39 @@ describe('exact accounting', () => {
       expect(res.status, q).toBe(400);
     }
   });
+
+  // Hour ids are YYYY-MM-DDTHH from 1970 on: a time outside that once got past the parser and came back as a 500.
+  it('answers times before 1970 or after year 9999 with 400, naming the parameter and the range', async () => {
+    const cases: [string, string][] = [
+      ['from=1969-12-31&to=1970-01-02', 'from'],
+      ['from=99999999999999999999&to=99999999999999999999', 'from'],
+      ['from=8640000000000001&to=8640000000000001', 'from'],
+      ['from=%2B010000-01-01T00:00:00Z&to=%2B010000-01-02T00:00:00Z', 'from'],
+      ['from=2020-01-01T00:00:00Z&to=%2B010000-01-02T00:00:00Z', 'to'],
+    ];
+    for (const [q, param] of cases) {
+      const res = await gw.admin('GET', `/admin/usage?${q}`);
+      expect(res.status, q).toBe(400);
+      expect(res.body, q).toEqual({
+        error: { message: expect.stringMatching(/^Invalid '\w+': .*1970-01-01.*9999/), type: 'invalid_request_error', param, code: 'invalid_value' },
+      });
+      expect(res.body.error.message, q).toContain(`'${param}'`);
+    }
+  });
+
+  it('accepts the first and the last hours of that range', async () => {
+    const edges = [
+      'from=1970-01-01T00:00:00Z&to=1970-01-02T00:00:00Z',
+      'to=1970-01-02T00:00:00Z', // the default 'from', a week back, would be before 1970
+      'from=0&to=0',
+      'from=9999-12-31T00:00:00Z&to=9999-12-31T23:59:59.999Z',
+    ];
+    for (const q of edges) {
+      const res = await gw.admin('GET', `/admin/usage?${q}`);
+      expect(res.status, q).toBe(200);
+      expect(res.body.totals.requests, q).toBe(0);
+    }
+  });
 });
 
 describe('raw events', () => {
@@ -182,5 +215,18 @@ describe('raw events', () => {
         return lines.find((e) => e.estimated === true);
       })
       .toMatchObject({ keyId: a.id, stream: true, estimated: true, errorCode: 'client_closed_request' });
+  });
+
+  it('answers a since before 1970 or after year 9999 with 400, not 500', async () => {
+    for (const since of ['1969-01-01', '99999999999999999999', '8640000000000001', '%2B010000-01-01T00:00:00Z']) {
+      const res = await gw.admin('GET', `/admin/usage/events?since=${since}`);
+      expect(res.status, since).toBe(400);
+      expect(res.body, since).toEqual({
+        error: { message: expect.stringMatching(/^Invalid 'since': .*1970-01-01.*9999/), type: 'invalid_request_error', param: 'since', code: 'invalid_value' },
+      });
+    }
+    for (const since of ['0', '9999-12-31T23:59:59.999Z']) {
+      expect((await gw.admin('GET', `/admin/usage/events?since=${since}&limit=1`)).status, since).toBe(200);
+    }
   });
 });
