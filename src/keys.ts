@@ -6,7 +6,8 @@ import { z } from 'zod';
 export const KEY_PREFIX = 'tg-';
 
 const positiveInt = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
-const usd = z.number().positive().max(1e9);
+// Spend is kept in millionths of a dollar: a smaller limit would round to 0, which means no limit.
+const usd = z.number().min(0.000001, 'must be at least 0.000001 (budgets are kept in millionths of a dollar)').max(1e9);
 
 /** Per-key limits. Any subset may be set; an absent limit is not enforced. Enforced by the quota module. */
 export const limitsSchema = z.strictObject({

@@ -81,6 +81,9 @@ describe('keys', () => {
       { name: '' },
       { name: 'x', limits: { rpm: -1 } },
       { name: 'x', limits: { rpm: 1.5 } },
+      // Rounds to 0 micro-dollars, which would be no budget at all.
+      { name: 'x', limits: { usdPerDay: 0.0000004 } },
+      { name: 'x', limits: { usdPerMonth: 1e-300 } },
       { name: 'x', limits: { requestsPerFortnight: 3 } },
       { name: 'x', models: 'gpt-4o' },
       { name: 'x', extra: true },
@@ -90,6 +93,9 @@ describe('keys', () => {
       expect(res.status, JSON.stringify(body)).toBe(400);
       expect(res.body.error.type).toBe('invalid_request_error');
     }
+    const smallest = await gw.admin('POST', '/admin/keys', { name: 'x', limits: { usdPerDay: 0.000001 } });
+    expect(smallest.status).toBe(201);
+    expect((await gw.admin('PATCH', `/admin/keys/${smallest.body.id}`, { limits: { usdPerDay: 1e-7 } })).status).toBe(400);
     expect((await gw.admin('PATCH', '/admin/keys/key_nope', { name: 'y' })).status).toBe(404);
     expect((await gw.admin('GET', '/admin/keys/key_nope')).status).toBe(404);
   });
