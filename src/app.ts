@@ -49,9 +49,15 @@ const SAFE_REQUEST_ID = /^[\w.:@-]{1,128}$/;
 // ...and never if it looks like a secret pasted in the wrong header: it would be echoed and logged.
 const LOOKS_LIKE_A_KEY = /^(tg|sk)-/i;
 
-function requestId(req: IncomingMessage): string {
-  const given = req.headers['x-request-id'];
-  return typeof given === 'string' && SAFE_REQUEST_ID.test(given) && !LOOKS_LIKE_A_KEY.test(given) ? given : randomUUID();
+/** The request id: the client's X-Request-Id when safe to echo, else a new UUID. */
+function requestIdGenerator(secrets: (string | undefined)[]): (req: IncomingMessage) => string {
+  // The server's own tokens are not recognisable by a prefix: compared as they are.
+  const known = new Set(secrets.filter((s): s is string => Boolean(s)));
+  return (req) => {
+    const given = req.headers['x-request-id'];
+    const safe = typeof given === 'string' && SAFE_REQUEST_ID.test(given) && !LOOKS_LIKE_A_KEY.test(given) && !known.has(given);
+    return safe ? given : randomUUID();
+  };
 }
 
 /**
@@ -112,8 +118,17 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     loggerInstance: logger,
     // One line per request, written when the response closes (below), instead of Fastify's two.
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'reqId' }),
-    genReqId: requestId,
+    genReqId: requestIdGenerator([config.adminToken, config.metricsToken]),
+    // Route parameters are model names too (/v1/models/{id}, /engines/{id}/completions): fine-tuned
+    // ids run past Fastify's default of 100 characters. The body's model may have 256.
+    maxParamLength: 256,
     bodyLimit: config.bodyLimitBytes,
+    // A client has this long to send its whole request (then 408), checked every second: without
+    // it a stalled upload holds its socket and its body buffer for ever. Given to Node at creation
+    // too: set only afterwards (as Fastify does), headersTimeout stays at 60 s, above it, and Node 20
+    // then never times out a request whose headers have arrived (checked).
+    requestTimeout: config.clientRequestTimeoutMs,
+    http: { requestTimeout: config.clientRequestTimeoutMs, connectionsCheckingInterval: 1000 },
     trustProxy: config.trustProxy,
     return503OnClosing: true,
     // Requests Fastify rejects before any route (bad headers, methods, encodings) answer in OpenAI's shape too.
@@ -224,6 +239,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     parseJson(request, (body as Buffer).toString('utf8'), done);
   };
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, keepRawAndParse);
+  // Fastify's own text/plain parser would win over '*' and hand the handler a string.
+  app.removeContentTypeParser('text/plain');
   app.addContentTypeParser('*', { parseAs: 'buffer' }, keepRawAndParse);
 
   app.addHook('onRequest', async (request, reply) => {

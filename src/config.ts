@@ -125,6 +125,8 @@ const envSchema = z.object({
   METRICS_TOKEN: optionalString,
 
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
+  /** How long a client has to send a whole request, headers and body; then 408. 0: no limit. */
+  CLIENT_REQUEST_TIMEOUT_MS: int(0, 3_600_000).default(60_000),
   /** Size the V8 young generation is held at (MB per semi-space, it has two); 0 or 16: V8's default (src/heap.ts). */
   V8_MAX_SEMI_SPACE_MB: int(0, 16).default(4),
   /** Old-generation growth allowed between full GCs, percent of its live size; 0: V8's default (src/heap.ts). */
@@ -200,6 +202,8 @@ export interface Config {
   metricsToken?: string;
   cache: { enabled: boolean; scope: 'key' | 'global'; ttlMs: number; maxEntryBytes: number; singleFlightWaitMs: number };
   bodyLimitBytes: number;
+  /** How long a client has to send a whole request, ms; 0: no limit. */
+  clientRequestTimeoutMs: number;
   /** V8 heap sizing (src/heap.ts). */
   heap: { maxSemiSpaceMb: number; growingPercent: number };
   /** How often freed native memory is given back to the OS, ms; 0: never (src/native-memory.ts). */
@@ -327,6 +331,7 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
       singleFlightWaitMs: e.CACHE_SINGLE_FLIGHT_WAIT_MS,
     },
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    clientRequestTimeoutMs: e.CLIENT_REQUEST_TIMEOUT_MS,
     heap: { maxSemiSpaceMb: e.V8_MAX_SEMI_SPACE_MB, growingPercent: e.V8_HEAP_GROWING_PERCENT },
     memoryTrimIntervalMs: e.MEMORY_TRIM_INTERVAL_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,

@@ -12,6 +12,7 @@ describe('loadConfig', () => {
       logBodies: false,
       demo: false,
       bodyLimitBytes: 10 * 1024 * 1024,
+      clientRequestTimeoutMs: 60_000,
       upstream: { baseUrl: 'https://api.openai.com/v1', apiKey: 'sk-x' },
     });
     expect(c.redis).toBeUndefined();
@@ -49,6 +50,7 @@ describe('loadConfig', () => {
       ADMIN_TOKEN: 'a'.repeat(20),
       LOG_BODIES: 'true',
       BODY_LIMIT_BYTES: '2048',
+      CLIENT_REQUEST_TIMEOUT_MS: '0',
     });
     expect(c.port).toBe(9000);
     expect(c.upstream.baseUrl).toBe('http://localhost:1234/v1');
@@ -56,6 +58,7 @@ describe('loadConfig', () => {
     expect(c.redis).toMatchObject({ url: 'redis://127.0.0.1:6380', prefix: 'tg:', commandTimeoutMs: 1000 });
     expect(c.logBodies).toBe(true);
     expect(c.bodyLimitBytes).toBe(2048);
+    expect(c.clientRequestTimeoutMs).toBe(0);
   });
 
   it('names every problem in one error', () => {

@@ -1,0 +1,88 @@
+// What a client can send at the edges of HTTP: a stalled upload, long model ids in the path, JSON
+// labelled text/plain, and a server secret pasted into X-Request-Id.
+import { connect } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ADMIN_TOKEN, startGateway, type Gateway } from '../helpers/gateway.js';
+import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+import { expectOpenAIError } from './raw-http.js';
+
+let gw: Gateway;
+let key: string;
+
+beforeAll(async () => {
+  gw = await startGateway({
+    env: { REDIS_URL: testRedisUrl(), REDIS_PREFIX: uniquePrefix(), CLIENT_REQUEST_TIMEOUT_MS: '1000', METRICS_TOKEN: 'metrics-token-0123456789' },
+  });
+  key = (await gw.createKey()).key;
+});
+afterAll(() => gw.close());
+
+const chat = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello edges' }] };
+
+describe('a client that stops sending its request', () => {
+  it('gets 408 in OpenAI shape and its connection closed, after CLIENT_REQUEST_TIMEOUT_MS', async () => {
+    const { port } = new URL(gw.url);
+    const socket = connect(Number(port), '127.0.0.1');
+    const received: Buffer[] = [];
+    socket.on('data', (d: Buffer) => received.push(d));
+    socket.write(
+      `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${key}\r\n` +
+        'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model":',
+    );
+    // Without the timeout the server waits for the other 991 bytes for ever, and this never closes.
+    const closed = await new Promise<boolean>((resolve) => {
+      const guard = setTimeout(() => resolve(false), 15_000);
+      socket.on('close', () => {
+        clearTimeout(guard);
+        resolve(true);
+      });
+    });
+    socket.destroy();
+    expect(closed).toBe(true);
+    const text = Buffer.concat(received).toString('utf8');
+    expect(text).toMatch(/^HTTP\/1\.1 408 /);
+    const body = text.slice(text.indexOf('\r\n\r\n') + 4);
+    expectOpenAIError(body);
+    expect(JSON.parse(body).error.code).toBe('request_timeout');
+  });
+});
+
+describe('model ids in the path', () => {
+  it('takes fine-tuned ids longer than 100 characters, as it does in a body', async () => {
+    const id = 'ft:gpt-4o-mini-2024-07-18:acme-corporation-research:customer-support-summarizer-v2-with-long-suffix:AbCdEf12';
+    expect(id.length).toBeGreaterThan(100);
+    const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+    const before = gw.fake.requests.length;
+    const retrieved = await fetch(`${gw.url}/v1/models/${id}`, { headers });
+    expect(retrieved.status).not.toBe(414);
+    const legacy = await fetch(`${gw.url}/v1/engines/${id}/completions`, { method: 'POST', headers, body: JSON.stringify({ prompt: 'Hi', max_tokens: 5 }) });
+    expect(legacy.status).not.toBe(414);
+    // Both reached upstream, which alone judges whether the model exists.
+    expect(gw.fake.requests.length).toBe(before + 2);
+  });
+});
+
+describe('content types', () => {
+  it('reads JSON sent as text/plain, as it does for every other content type', async () => {
+    const res = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'text/plain' },
+      body: JSON.stringify(chat),
+    });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { object: string }).object).toBe('chat.completion');
+  });
+});
+
+describe('X-Request-Id', () => {
+  it('is echoed when it is an id, never when it is the admin or metrics token', async () => {
+    const idOf = async (given: string) => (await fetch(`${gw.url}/healthz`, { headers: { 'x-request-id': given } })).headers.get('x-request-id');
+    expect(await idOf('trace-1234')).toBe('trace-1234');
+    for (const secret of [ADMIN_TOKEN, 'metrics-token-0123456789']) {
+      const id = await idOf(secret);
+      expect(id).not.toBe(secret);
+      expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    }
+    expect(gw.logs.text).not.toContain(ADMIN_TOKEN);
+  });
+});
