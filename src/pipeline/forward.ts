@@ -11,7 +11,7 @@ import type { Admission, Consumption, Quota } from '../quota/quota.js';
 import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
-import { clientClosed, modelNotFound, notFound, upstreamAuthFailed } from '../errors.js';
+import { clientClosed, modelNotFound, notFound, openAIErrorBody, upstreamAuthFailed, type OpenAIErrorBody } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { upstreamFailure } from '../upstream/client.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
@@ -317,13 +317,16 @@ export async function sendBuffered(
   }
   trace.upstreamMs = performance.now() - started;
   const beforeSend = res.status === 200 ? read.beforeSend : undefined;
+  const isError = res.status >= 400;
   // The answer goes out as it came; what the gateway reads from it (usage, model, error code) is
-  // parsed after, off the client's path, unless something must see it first (beforeSend).
-  let body = beforeSend ? readJsonBody(res, bytes) : undefined;
+  // parsed after, off the client's path, unless something must see it first (beforeSend, and
+  // errors: rare, and one that is not JSON is replaced below).
+  let body = beforeSend || isError ? readJsonBody(res, bytes) : undefined;
   if (beforeSend) await beforeSend(body?.json);
   trace.ttfbMs = reply.elapsedTime;
-  reply.send(bytes);
-  if (!beforeSend) body = readJsonBody(res, bytes);
+  if (isError && body === undefined) reply.type('application/json; charset=utf-8').send(unreadableUpstreamError(res));
+  else reply.send(bytes);
+  if (!beforeSend && !isError) body = readJsonBody(res, bytes);
   const json = body?.json;
   if (res.status === 200) {
     if (read.readUsage) trace.usage = read.readUsage(json);
@@ -338,6 +341,20 @@ export async function sendBuffered(
   // them (the request's log line and usage event are written on 'close', after this has run).
   onBody?.(res.status === 200 ? json : undefined, body?.text);
   return reply;
+}
+
+/**
+ * What the client gets for an upstream error that is not JSON (an HTML page from a proxy in front
+ * of OpenAI, an empty body): the same status, with an error in OpenAI's shape that SDKs can read.
+ * Upstream's body is not quoted: nothing says what it holds.
+ */
+function unreadableUpstreamError(res: UpstreamResponse): OpenAIErrorBody {
+  const type = String(res.headers['content-type'] ?? '') || 'no content type';
+  return openAIErrorBody(
+    `The upstream API answered ${res.status} with a body that is not JSON (${type.split(';')[0]}).`,
+    res.status >= 500 ? 'server_error' : 'invalid_request_error',
+    'upstream_error',
+  );
 }
 
 /** A JSON answer's text and parsed body; undefined when it is not JSON (not ours to judge: it passes as it came). */

@@ -156,6 +156,32 @@ describe('timeouts and retries (one key)', () => {
     expect(gw.fake.requests).toHaveLength(1);
   });
 
+  it('an error that is not JSON (a proxy\'s HTML page, an empty body) reaches the client as an OpenAI error', async () => {
+    const cases: [number, string, Record<string, string>, string][] = [
+      [404, '<html><body>Not Found</body></html>', { 'content-type': 'text/html' }, 'invalid_request_error'],
+      [400, 'bad request', {}, 'invalid_request_error'],
+      [403, '', { 'content-type': 'application/octet-stream' }, 'invalid_request_error'],
+    ];
+    for (const [status, body, headers, type] of cases) {
+      gw.fake.failNext(1, status, body, headers);
+      for (const stream of [false, true]) {
+        if (stream) gw.fake.failNext(1, status, body, headers);
+        const res = await post(gw, key, { ...chat, stream });
+        expect(res.status).toBe(status);
+        expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+        const text = await res.text();
+        expect(JSON.parse(text), text).toEqual({
+          error: { message: expect.stringContaining(`answered ${status} with a body that is not JSON`), type, param: null, code: 'upstream_error' },
+        });
+        if (body) expect(text).not.toContain(body);
+      }
+    }
+    // A JSON error still passes as it came (OpenAI's own, with its code).
+    const openAIError = { error: { message: 'The model does not exist', type: 'invalid_request_error', param: null, code: 'model_not_found' } };
+    gw.fake.failNext(1, 404, openAIError);
+    expect(await (await post(gw, key)).json()).toEqual(openAIError);
+  });
+
   it('a 401 for the server key is not retried, and becomes the gateway\'s own 502', async () => {
     gw.fake.failNext(1, 401, { error: { message: 'Incorrect API key provided: sk-up****6789.', type: 'invalid_request_error', param: null, code: 'invalid_api_key' } });
     const res = await post(gw, key);
