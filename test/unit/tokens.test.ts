@@ -7,6 +7,7 @@ import {
   countCompletionTokens,
   countMemoStats,
   countTokens,
+  EXACT_PROMPT_CHARS,
   encodingFor,
   estimatePromptTokens,
   loadedEncodings,
@@ -186,6 +187,33 @@ describe('estimatePromptTokens: chat.completions', () => {
     expect(chat({ messages: [null, 'x', { role: 'user', content: 'Hello' }] })).toBe(8);
     expect(chat({})).toBe(3);
     expect(estimatePromptTokens('chat.completions', 'not an object', 'gpt-4o')).toBe(0);
+  });
+});
+
+describe('estimatePromptTokens: very long prompts', () => {
+  const english = 'The quarterly report shows revenue growth of 12% year over year, with cash at 48.2M. ';
+  const longEnglish = (chars: number) => english.repeat(Math.ceil(chars / english.length)).slice(0, chars);
+  /** Unspaced CJK text: the slow case for BPE, ~2 us a character. */
+  const cjk = (chars: number) => Array.from({ length: chars }, (_, i) => String.fromCharCode(0x4e00 + ((i * 7919) % 20000))).join('');
+
+  it('counts a request exactly up to EXACT_PROMPT_CHARS, then at the rate of what was counted', () => {
+    const head = longEnglish(EXACT_PROMPT_CHARS - 1000);
+    const tail = longEnglish(2000) + cjk(500_000);
+    const inside = estimatePromptTokens('embeddings', { input: [head] }, 'text-embedding-3-small');
+    const both = estimatePromptTokens('embeddings', { input: [head, tail] }, 'text-embedding-3-small');
+    // The first 1,000 characters of the second text are counted; the other 501,000 (CJK at ~2
+    // tokens a character, counted exactly) are priced at the English rate of the counted ones.
+    const counted = inside + countTokens(tail.slice(0, 1000), 'gpt-4');
+    const rate = counted / EXACT_PROMPT_CHARS;
+    expect(both).toBe(counted + Math.ceil((tail.length - 1000) * rate));
+    expect(both).toBeLessThan(inside + countTokens(tail, 'gpt-4'));
+  });
+
+  it('is close to the exact count for uniform text', () => {
+    const text = longEnglish(4 * EXACT_PROMPT_CHARS);
+    const estimate = estimatePromptTokens('chat.completions', { messages: [{ role: 'user', content: text }] }, 'gpt-4o');
+    const exact = countTokens(text, 'gpt-4o') + 7; // the message and priming overhead, as for "Hello"
+    expect(Math.abs(estimate - exact) / exact).toBeLessThan(0.001);
   });
 });
 
