@@ -2,6 +2,7 @@
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { isOutageError, StoreUnavailableError } from './resilience/store-health.js';
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -84,10 +85,40 @@ function fromFastifyError(err: FastifyError): GatewayError | undefined {
       return invalidRequest('Request body size did not match Content-Length.', null, 'invalid_content_length');
   }
   if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) {
-    // Other client errors Fastify raises (bad URL encoding, content parser errors...): safe to describe.
-    return new GatewayError(err.statusCode, err.message, 'invalid_request_error', null);
+    // Other client errors Fastify raises (bad URL encoding, a path parameter too long...): safe to
+    // describe. Their code is the status's name (400 bad_request, 414 uri_too_long), as the HTTP
+    // parser's errors have (clientErrorHandler), so the log and usage event name what the client got.
+    return new GatewayError(err.statusCode, err.message, 'invalid_request_error', statusCode(err.statusCode));
   }
   return undefined;
+}
+
+/** `bad_request` for 400, `uri_too_long` for 414: the HTTP reason phrase as an error code. */
+function statusCode(status: number): string {
+  return (STATUS_CODES[status] ?? `http_${status}`).toLowerCase().replace(/[^a-z0-9]+/g, '_');
+}
+
+/**
+ * The 503 of a store (Redis) that cannot answer, for the routes that have no outage policy of their
+ * own (the admin and usage APIs): the store's fail-fast error while it is known to be down, or the
+ * error of the call that found it down (a command timeout, a lost connection, a server not serving).
+ * Retry-After is about when the health probe looks again (STORE_PROBE_INTERVAL_MS, 1 s by default).
+ */
+export const storeUnavailable = () =>
+  new GatewayError(
+    503,
+    'The gateway\'s store is temporarily unavailable. Please retry.',
+    'server_error',
+    'store_unavailable',
+    null,
+    { 'retry-after': '1' },
+  );
+
+function isStoreOutage(err: Error): boolean {
+  if (err instanceof StoreUnavailableError) return true;
+  // An error Fastify gave a status (a client's), or an AbortError (a client's abort), is no outage.
+  if ((err as FastifyError).statusCode !== undefined || err.name === 'AbortError') return false;
+  return isOutageError(err);
 }
 
 /** The error code of a request whose client hung up (status 499, nginx's "client closed request"). */
@@ -101,28 +132,48 @@ export function clientClosed(reply: FastifyReply) {
 }
 
 /**
- * A streamed response's headers go out with its first byte. A client that hangs up before then
- * (a stream still waiting for the model's first token) makes Fastify destroy the stream it was
- * given and report that as the route's error, a premature close, although the response never began.
+ * Why a request's connection is gone before its response began, if it is. Two errors say so:
+ * - a premature close: a streamed response's headers go out with its first byte, and a client that
+ *   hangs up before then (a stream still waiting for the model's first token) makes Fastify destroy
+ *   the stream it was given and report that as the route's error;
+ * - Node's `aborted` (ECONNRESET) on the request: the connection closed while the body was still
+ *   arriving, which Fastify's body reader reports as a 400, although nobody is left to read one.
+ * The connection is the client's doing ('client_closed'), unless clientErrorHandler closed it after
+ * answering 408 to an upload slower than CLIENT_REQUEST_TIMEOUT_MS ('request_timeout').
  */
-function hungUpBeforeFirstByte(err: Error, reply: FastifyReply): boolean {
-  return (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE' && reply.raw.destroyed && !reply.raw.headersSent;
+function connectionGone(err: Error, request: FastifyRequest, reply: FastifyReply): 'client_closed' | 'request_timeout' | undefined {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (err instanceof GatewayError || (code !== 'ERR_STREAM_PREMATURE_CLOSE' && code !== 'ECONNRESET')) return undefined;
+  // The response is destroyed with the connection: nobody is left to read an answer.
+  if (!reply.raw.destroyed || reply.raw.headersSent) return undefined;
+  const socketError = request.raw.socket?.errored as NodeJS.ErrnoException | null | undefined;
+  return socketError?.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'client_closed';
 }
 
 /** The one error funnel: every error leaves the gateway in OpenAI's shape; 5xx never echo internals. */
 export function errorHandler(this: unknown, err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) {
-  const known = err instanceof GatewayError ? err : fromFastifyError(err as FastifyError);
-  if (!known && hungUpBeforeFirstByte(err, reply)) {
+  const gone = connectionGone(err, request, reply);
+  if (gone === 'client_closed') {
     // Nothing failed but the connection: recorded as every other hang-up is (nginx's 499, error
-    // code client_closed_request), not as an internal error that would count in the 5xx and page ops.
+    // code client_closed_request), not as an error of the client's request or of the gateway.
     request.log.debug({ err: err.message }, 'client closed the connection before the response began');
     return clientClosed(reply);
   }
-  if (request.trace) request.trace.errorCode = known?.code ?? 'internal_error';
+  if (gone === 'request_timeout') {
+    // The client was sent 408 request_timeout (clientErrorHandler) and its connection closed.
+    if (request.trace) request.trace.errorCode = 'request_timeout';
+    return reply.code(408).send();
+  }
+  const outage = !(err instanceof GatewayError) && isStoreOutage(err);
+  const known = err instanceof GatewayError ? err : outage ? storeUnavailable() : fromFastifyError(err as FastifyError);
+  // The code of the body sent (every gateway error has one), so the log, the usage event and the
+  // metrics say what the client was told.
+  if (request.trace) request.trace.errorCode = known ? (known.code ?? known.type) : 'internal_error';
   // An error body is JSON and must never be sniffed into something a browser would render.
   reply.header('x-content-type-options', 'nosniff');
   if (known) {
-    if (known.status >= 500) request.log.warn({ code: known.code }, known.message);
+    // An outage is expected trouble, already logged once by the health monitor: no stack trace.
+    if (known.status >= 500) request.log.warn({ code: known.code, ...(outage && { err: err.message }) }, known.message);
     return reply.code(known.status).headers(known.headers).send(known.body());
   }
   request.log.error({ err }, 'unhandled error');

@@ -1,7 +1,7 @@
 // Which gateway key created each Responses API object, so only that key may read, delete or cancel it.
 import type { FastifyBaseLogger } from 'fastify';
 import type { Store } from '../store/store.js';
-import { serviceUnavailable } from '../errors.js';
+import { GatewayError } from '../errors.js';
 
 /** OpenAI keeps stored responses 30 days: the owner is remembered as long. */
 export const RESPONSE_OWNER_TTL_MS = 30 * 86_400_000;
@@ -46,13 +46,23 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
       return record(parsed.response, keyId);
     },
 
-    /** The key id that created `responseId`, or null. Throws 503 when the store cannot say. */
+    /**
+     * The key id that created `responseId`, or null. An id no response can have (empty: a route's
+     * `/responses/` or `"previous_response_id": ""`) has no owner: the caller's 404, as for any
+     * unknown id, without asking the store. Throws 503 only when the store cannot say.
+     */
     async ownerOf(responseId: string): Promise<string | null> {
+      if (typeof responseId !== 'string' || responseId === '') return null;
       try {
         return await opts.store.getResponseOwner(responseId);
       } catch (err) {
+        // The store refusing the id (checkResponseOwner's RangeError) is an answer, not an outage.
+        if (err instanceof RangeError) return null;
         opts.logger.warn({ err: (err as Error).message, responseId }, 'response owner lookup failed');
-        throw serviceUnavailable('Response lookups are temporarily unavailable. Please retry.', 'store_unavailable');
+        // Retry-After as the admin API's store_unavailable (errors.ts, storeUnavailable).
+        throw new GatewayError(503, 'Response lookups are temporarily unavailable. Please retry.', 'server_error', 'store_unavailable', null, {
+          'retry-after': '1',
+        });
       }
     },
   };

@@ -109,12 +109,17 @@ export async function usageRoutes(app: FastifyInstance, opts: UsageRouteOptions)
     const q = parse(eventsQuery, request.query);
     const sinceMs = q.since ?? opts.clock() - 3_600_000;
     const PAGE = 1000;
+    const nextPage = (after: string | undefined, sent: number) =>
+      store.usageEvents({ sinceMs, after, limit: Math.min(PAGE, q.limit - sent) });
+    // The first page is read before anything is sent: a store that cannot answer is then a 503 in
+    // OpenAI's shape (errorHandler), not a 200 whose body breaks off after the CSV header.
+    const first = await nextPage(undefined, 0);
     async function* lines() {
       if (q.format === 'csv') yield `${CSV_COLUMNS.join(',')}\n`;
       let after: string | undefined;
       let sent = 0;
       while (sent < q.limit) {
-        const page = await store.usageEvents({ sinceMs, after, limit: Math.min(PAGE, q.limit - sent) });
+        const page = sent === 0 ? first : await nextPage(after, sent);
         for (const { id, event } of page) {
           const row = { id, time: new Date(event.ts).toISOString(), ...event };
           yield q.format === 'csv' ? `${CSV_COLUMNS.map((c) => csvCell(row[c])).join(',')}\n` : `${JSON.stringify(row)}\n`;

@@ -131,6 +131,49 @@ describe('stored responses belong to the key that created them', () => {
     await expect(client.responses.retrieve('resp_never_made')).rejects.toBeInstanceOf(OpenAI.NotFoundError);
   });
 
+  it('answers an empty response id with the 404 of an unknown id, never a 503, without asking upstream', async () => {
+    const headers = { authorization: `Bearer ${owner.key}` };
+    const unknown = await fetch(`${gw.url}/v1/responses/resp_never_made`, { headers });
+    expect(unknown.status).toBe(404);
+    const unknownError = ((await unknown.json()) as { error: Record<string, unknown> }).error;
+    const before = gw.fake.requests.length;
+    for (const [method, path] of [
+      ['GET', '/v1/responses/'],
+      ['DELETE', '/v1/responses/'],
+      ['POST', '/v1/responses//cancel'],
+      ['GET', '/v1/responses//input_items'],
+    ] as const) {
+      const res = await fetch(`${gw.url}${path}`, { method, headers });
+      expect(res.status, `${method} ${path}`).toBe(404);
+      // The same answer as for an id that does not exist (or is another key's), its id aside.
+      expect(await res.json(), `${method} ${path}`).toEqual({
+        error: { ...unknownError, message: "No response found with id ''." },
+      });
+    }
+    // The pipeline's answer for a previous response this key did not create.
+    const previous = await fetch(`${gw.url}/v1/responses`, {
+      method: 'POST',
+      headers: { ...headers, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', input: 'Go on', previous_response_id: '' }),
+    });
+    expect(previous.status).toBe(404);
+    expect(await previous.json()).toEqual({
+      error: {
+        message: "Previous response with id '' not found.",
+        type: 'invalid_request_error',
+        param: 'previous_response_id',
+        code: 'previous_response_not_found',
+      },
+    });
+    // Through the SDK as well: a NotFoundError, not an InternalServerError to retry.
+    const err = await client.responses
+      .create({ model: 'gpt-4o-mini', input: 'Go on', previous_response_id: '' })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(gw.fake.requests.length).toBe(before);
+    expect(gw.logs.lines.filter((l) => l.msg === 'response owner lookup failed')).toEqual([]);
+  });
+
   it('cancels a background response for its owner only; background responses are not cached', async () => {
     const input = `In the background ${unique()}`;
     const calls = upstreamCalls();

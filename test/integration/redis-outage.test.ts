@@ -1,12 +1,14 @@
 // Redis dies mid-traffic (SIGKILL) and comes back on the same port: each feature follows its stated
 // outage policy, no request hangs, /readyz names the modes, and nothing is lost once Redis returns.
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startGateway, type Gateway } from '../helpers/gateway.js';
+import { ADMIN_TOKEN, startGateway, type Gateway } from '../helpers/gateway.js';
 import { freePort, startRedisServer } from '../helpers/redis-server.js';
+import { Redis } from 'ioredis';
 
 /** A redis-server that keeps its data across a SIGKILL, as a production Redis would. */
 const startPersistentRedis = (port: number, dir: string) => startRedisServer(port, { persistDir: dir });
@@ -100,6 +102,38 @@ async function outageSetup(env: Record<string, string>) {
       redis = await startPersistentRedis(port, dir);
     },
   };
+}
+
+/**
+ * A redis-server that can be frozen (SIGSTOP) and thawed (SIGCONT): its connections stay open but
+ * nothing answers, so the gateway sees command timeouts rather than refused connections.
+ */
+async function startFreezableRedis() {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGKILL');
+      }),
+  );
+  const url = `redis://127.0.0.1:${port}`;
+  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  probe.on('error', () => {});
+  await expect
+    .poll(async () => {
+      try {
+        if (probe.status !== 'ready') await probe.connect();
+        return await probe.ping();
+      } catch {
+        return 'down';
+      }
+    })
+    .toBe('PONG');
+  probe.disconnect();
+  return { url, freeze: () => child.kill('SIGSTOP'), thaw: () => child.kill('SIGCONT') };
 }
 
 describe('Redis outage', () => {
@@ -237,5 +271,86 @@ describe('Redis outage', () => {
     await expect.poll(async () => (await usageTotals(gw))?.requests, { timeout: 10_000, interval: 100 }).toBe(2);
     // The key died with the old data: the grace does not outlive a store that answers again.
     expect((await c.models(key.key)).status).toBe(401);
+  });
+  describe.each([
+    ['killed (connections refused)', 'kill'],
+    ['frozen with SIGSTOP (command timeouts)', 'freeze'],
+  ] as const)('the admin API while Redis is %s', (_, how) => {
+    it('answers 503 store_unavailable in OpenAI shape at once, logged at warn without a stack, and recovers', async () => {
+      let down: () => Promise<unknown> | unknown;
+      let up: () => Promise<unknown> | unknown;
+      let gw: Gateway;
+      if (how === 'kill') {
+        const setup = await outageSetup({});
+        ({ gw } = setup);
+        [down, up] = [setup.kill, setup.restart];
+      } else {
+        const redis = await startFreezableRedis();
+        gw = await startGateway({ env: { REDIS_URL: redis.url, ...OUTAGE_ENV } });
+        cleanups.push(() => gw.close());
+        await expect.poll(async () => (await readyz(gw)).status).toBe(200);
+        [down, up] = [redis.freeze, redis.thaw];
+      }
+      const key = await gw.createKey({ name: `admin-outage-${how}` });
+      // Seen once before the outage: the key authenticates from the outage grace during it.
+      expect((await client(gw).models(key.key)).status).toBe(200);
+
+      await down();
+      const timed = async (method: string, path: string, body?: unknown) => {
+        const started = performance.now();
+        const res = await fetch(`${gw.url}${path}`, {
+          method,
+          headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...(body !== undefined && { 'content-type': 'application/json' }) },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        const text = await res.text();
+        return { status: res.status, headers: res.headers, text, ms: performance.now() - started };
+      };
+      const STORE_UNAVAILABLE = {
+        error: { message: expect.any(String), type: 'server_error', param: null, code: 'store_unavailable' },
+      };
+      // The first call finds the outage (a refused connection, or one command timeout); the rest fail fast.
+      const calls: [string, string, unknown?][] = [
+        ['GET', '/admin/keys'],
+        ['POST', '/admin/keys', { name: 'made-during-outage' }],
+        ['GET', '/admin/usage'],
+        ['GET', '/admin/keys'],
+        ['GET', `/admin/keys/${key.id}`],
+        ['GET', '/admin/usage/events?format=csv'],
+      ];
+      for (const [method, path, body] of calls) {
+        const res = await timed(method, path, body);
+        const context = `${method} ${path}`;
+        expect(res.status, context).toBe(503);
+        expect(res.headers.get('content-type'), context).toMatch(/^application\/json/);
+        expect(JSON.parse(res.text), context).toEqual(STORE_UNAVAILABLE);
+        expect(res.headers.get('retry-after'), context).toBe('1');
+        expect(res.ms, context).toBeLessThan(MAX_MS); // no hang: the first finds the outage, the rest fail fast
+      }
+
+      // A response lookup the store cannot answer is a 503 too; an id no response can have is a 404.
+      const lookup = await fetch(`${gw.url}/v1/responses/resp_during_outage`, { headers: { authorization: `Bearer ${key.key}` } });
+      expect(lookup.status).toBe(503);
+      expect(((await lookup.json()) as { error: { code: string } }).error.code).toBe('store_unavailable');
+      const empty = await fetch(`${gw.url}/v1/responses/`, { headers: { authorization: `Bearer ${key.key}` } });
+      expect(empty.status).toBe(404);
+
+      const adminLines = gw.logs.lines.filter((l) => l.code === 'store_unavailable');
+      expect(adminLines.length).toBeGreaterThanOrEqual(calls.length);
+      for (const line of adminLines) {
+        expect(line.level).toBe(40);
+        expect(JSON.stringify(line)).not.toContain('stack');
+      }
+      expect(gw.logs.lines.filter((l) => l.msg === 'unhandled error' || ((l.level as number) >= 50 && l.reqId !== undefined))).toEqual([]);
+      expect(gw.logs.requests().filter((l) => String(l.path).startsWith('/admin') && l.status === 500)).toEqual([]);
+
+      await up();
+      await expect.poll(async () => (await timed('GET', '/admin/keys')).status, { timeout: 10_000, interval: 100 }).toBe(200);
+      const created = await timed('POST', '/admin/keys', { name: 'made-after-outage' });
+      expect(created.status).toBe(201);
+      expect((await timed('GET', '/admin/usage')).status).toBe(200);
+      const keys = JSON.parse((await timed('GET', '/admin/keys')).text) as { data: { name: string }[] };
+      expect(keys.data.map((k) => k.name)).toContain('made-after-outage');
+    });
   });
 });
