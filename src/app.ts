@@ -1,11 +1,11 @@
 // buildApp(config): the whole gateway as a Fastify instance that never listens by itself.
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import pino, { type DestinationStream } from 'pino';
 import { batchedStdout } from './log-destination.js';
 import type { Config } from './config.js';
-import { clientErrorHandler, errorHandler, frameworkErrorHandler, notFoundHandler } from './errors.js';
+import { clientErrorHandler, errorHandler, frameworkErrorHandler, invalidRequest, notFoundHandler, openAIErrorBody } from './errors.js';
 import { corsPlugin } from './plugins/cors.js';
 import type { Store } from './store/store.js';
 import { createMemoryStore } from './store/memory-store.js';
@@ -128,7 +128,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     // too: set only afterwards (as Fastify does), headersTimeout stays at 60 s, above it, and Node 20
     // then never times out a request whose headers have arrived (checked).
     requestTimeout: config.clientRequestTimeoutMs,
-    http: { requestTimeout: config.clientRequestTimeoutMs, connectionsCheckingInterval: 1000 },
+    http: { requestTimeout: config.clientRequestTimeoutMs, connectionsCheckingInterval: 1000, requireHostHeader: false },
     trustProxy: config.trustProxy,
     return503OnClosing: true,
     // Requests Fastify rejects before any route (bad headers, methods, encodings) answer in OpenAI's shape too.
@@ -263,6 +263,17 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
         if (request.gatewayKey && event.costMicros + event.totalTokens > 0) alerts.check(request.gatewayKey);
       });
     });
+    // HTTP/1.1 requires Host. Node's own check (off above) answers with an empty 400; this one in
+    // OpenAI's shape, and the request is logged like any other.
+    if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
+      throw invalidRequest('The request has no Host header, which HTTP/1.1 requires.', null, 'missing_host');
+    }
+  });
+  // An Expect header other than 100-continue: Node's own answer is a 417 with an empty body.
+  app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    const body = JSON.stringify(openAIErrorBody(`Expect: ${String(req.headers.expect)} is not supported.`, 'invalid_request_error', 'expectation_failed'));
+    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'x-content-type-options': 'nosniff', connection: 'close' });
+    res.end(body);
   });
 
   app.setErrorHandler(errorHandler);

@@ -1,10 +1,10 @@
-// What a client can send at the edges of HTTP: a stalled upload, long model ids in the path, JSON
-// labelled text/plain, and a server secret pasted into X-Request-Id.
+// What a client can send at the edges of HTTP: a stalled upload, no Host, an Expect header, long
+// model ids in the path, JSON labelled text/plain, and a server secret pasted into X-Request-Id.
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_TOKEN, startGateway, type Gateway } from '../helpers/gateway.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
-import { expectOpenAIError } from './raw-http.js';
+import { expectOpenAIError, rawRequest } from './raw-http.js';
 
 let gw: Gateway;
 let key: string;
@@ -44,6 +44,23 @@ describe('a client that stops sending its request', () => {
     const body = text.slice(text.indexOf('\r\n\r\n') + 4);
     expectOpenAIError(body);
     expect(JSON.parse(body).error.code).toBe('request_timeout');
+  });
+});
+
+describe('what Node itself would answer with an empty body', () => {
+  it('a request without Host gets 400 in OpenAI shape, and is logged', async () => {
+    const res = await rawRequest(gw.url, 'GET /v1/models HTTP/1.1');
+    expect(res.status).toBe(400);
+    expectOpenAIError(res.body);
+    expect(JSON.parse(res.body).error.code).toBe('missing_host');
+    await expect.poll(() => gw.logs.requests().some((l) => l.status === 400 && l.errorCode === 'missing_host')).toBe(true);
+  });
+
+  it('an Expect header other than 100-continue gets 417 in OpenAI shape', async () => {
+    const res = await rawRequest(gw.url, 'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 417-nope\r\nContent-Length: 2', '{}');
+    expect(res.status).toBe(417);
+    expectOpenAIError(res.body);
+    expect(JSON.parse(res.body).error.code).toBe('expectation_failed');
   });
 });
 
