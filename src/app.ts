@@ -121,7 +121,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     genReqId: requestIdGenerator([config.adminToken, config.metricsToken]),
     // Route parameters are model names too (/v1/models/{id}, /engines/{id}/completions): fine-tuned
     // ids run past Fastify's default of 100 characters. The body's model may have 256.
-    maxParamLength: 256,
+    routerOptions: { maxParamLength: 256 },
     bodyLimit: config.bodyLimitBytes,
     // A client has this long to send its whole request (then 408), checked every second: without
     // it a stalled upload holds its socket and its body buffer for ever. Given to Node at creation

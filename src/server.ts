@@ -1,5 +1,7 @@
 // Process entry: loadConfig(process.env) -> buildApp -> listen; demo mode; graceful shutdown.
-// heap.js first: it holds V8's young generation small while the other modules load.
+// stop-signals.js first: a stop while the modules load must not be lost (PID 1 in a container).
+import { handleStopSignals } from './stop-signals.js';
+// heap.js next: it holds V8's young generation small while the other modules load.
 import { configureHeap } from './heap.js';
 import { randomBytes } from 'node:crypto';
 import { buildApp } from './app.js';
@@ -64,8 +66,7 @@ async function main() {
     app.log.info('shut down cleanly');
     process.exit(0);
   };
-  process.on('SIGTERM', () => void shutdown('SIGTERM'));
-  process.on('SIGINT', () => void shutdown('SIGINT'));
+  handleStopSignals((signal) => void shutdown(signal));
 }
 
 /** Creates a demo key through the admin API (the real code path) and prints how to use it. */
