@@ -79,14 +79,44 @@ function resolve(argv: string[]): Resolved {
   return { path, rest, helpWord };
 }
 
+/** A value that reads as a negative number (-1, -0.5, -.5, -1d): no option looks like that. */
+const NEGATIVE_NUMBER = /^-\.?\d/;
+
+/**
+ * `--rpm -1`: parseArgs refuses a value starting with a dash, as ambiguous. A negative number cannot be an
+ * option, so it is taken as `--rpm=-1` would be, and the command says what is wrong with it.
+ */
+function attachNegativeNumbers(args: string[], options: OptionSpecs): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg === '--') {
+      out.push(...args.slice(i));
+      break;
+    }
+    const next = args[i + 1];
+    if (arg.startsWith('--') && options[arg.slice(2)]?.type === 'string' && next !== undefined && NEGATIVE_NUMBER.test(next)) {
+      out.push(`${arg}=${next}`);
+      i++;
+    } else out.push(arg);
+  }
+  return out;
+}
+
 function parse(args: string[], options: OptionSpecs, path: string[]) {
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals: true });
+    return parseArgs({ args: attachNegativeNumbers(args, options), options, strict: true, allowPositionals: true });
   } catch (err) {
     const e = err as { code?: string; message?: string };
     if (e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
       const option = /'([^']+)'/.exec(e.message ?? '')?.[1];
       throw new UsageError(option ? `unknown option '${option}'` : 'unknown option', path);
+    }
+    // `--name --json`: the value is missing, or starts with a dash and must be attached with `=`.
+    const ambiguous = /^Option '(--[^']+)' argument is ambiguous/.exec(e.message ?? '');
+    if (e.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && ambiguous) {
+      const flag = ambiguous[1]!;
+      throw new UsageError(`${flag} is missing its value (a value starting with '-' is written ${flag}=VALUE)`, path);
     }
     if (typeof e.code === 'string' && e.code.startsWith('ERR_PARSE_ARGS')) {
       throw new UsageError((e.message ?? 'invalid arguments').split('\n')[0]!, path);
@@ -154,7 +184,12 @@ async function dispatch(argv: string[], io: CliIO): Promise<number> {
       const flagUrl = string('url');
       const envUrl = io.env.TOLLGATE_URL || undefined;
       const url = gatewayUrl(flagUrl ?? envUrl ?? DEFAULT_URL, flagUrl !== undefined ? '--url' : envUrl ? 'TOLLGATE_URL' : 'the URL', words);
-      const token = (string('token') || io.env.TOLLGATE_ADMIN_TOKEN || io.env.ADMIN_TOKEN || '').trim();
+      const flagToken = string('token');
+      // An empty --token (`--token "$UNSET_VAR"`) is a mistake: never quietly use another token instead.
+      if (flagToken !== undefined && !flagToken.trim()) {
+        throw new UsageError('--token cannot be empty: give the admin token, or leave --token out to use TOLLGATE_ADMIN_TOKEN or ADMIN_TOKEN', words);
+      }
+      const token = (flagToken || io.env.TOLLGATE_ADMIN_TOKEN || io.env.ADMIN_TOKEN || '').trim();
       if (!token) throw new UsageError('no admin token: set TOLLGATE_ADMIN_TOKEN (or ADMIN_TOKEN), or pass --token', words);
       if (!/^[\x21-\x7e]+$/.test(token)) throw new UsageError('the admin token contains characters that cannot be sent in a header', words);
       client = new AdminClient({ url, token });

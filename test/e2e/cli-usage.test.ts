@@ -173,6 +173,21 @@ describe('the query', () => {
     expect(lastQuery().q.get('to')).toBe('2026-11-30T15:30:15.500Z');
   });
 
+  it('takes real calendar dates, whatever the zone does to the UTC day', async () => {
+    const cases: [string, string][] = [
+      ['2028-02-29', '2028-02-29T00:00:00.000Z'], // a leap day
+      ['2026-12-01T01:00+02:00', '2026-11-30T23:00:00.000Z'], // the day before, in UTC
+      ['2026-11-30T22:30-02:00', '2026-12-01T00:30:00.000Z'], // the day after, in UTC
+      ['2026-11-30T23:59:59.999Z', '2026-11-30T23:59:59.999Z'],
+      ['2026-11-30t10:00+0130', '2026-11-30T08:30:00.000Z'],
+    ];
+    for (const [since, from] of cases) {
+      seen = [];
+      await ok('usage', '--since', since, '--until', '2028-03-01', '--by', 'day');
+      expect(lastQuery().q.get('from'), since).toBe(from);
+    }
+  });
+
   it('sends the groups and filters asked for', async () => {
     await ok('usage', '--by', 'key,model', '--key', 'key_big', '--model', 'gpt-4o-mini');
     const { q } = lastQuery();
@@ -189,7 +204,8 @@ describe('human output', () => {
   it('shows a table by model, biggest cost first, with a totals row', async () => {
     const stdout = await ok('usage', '--by', 'model', '--since', '2026-11-01', '--until', '2026-12-01');
     const lines = stdout.trimEnd().split('\n');
-    expect(lines[0]).toBe('Usage from 2026-11-01T00:00:00Z to 2026-12-01T00:00:00Z, by model');
+    // The API counts whole hours, the one that starts at --until included.
+    expect(lines[0]).toBe('Usage from 2026-11-01T00:00:00Z to 2026-12-01T01:00:00Z (whole hours), by model');
     expect(lines[1]).toBe('');
     expect(lines[2]).toMatch(/^MODEL\s+REQUESTS\s+TOKENS\s+COST \$\s+CACHE HITS\s+SAVED \$$/);
     expect(lines.slice(3)).toHaveLength(4);
@@ -217,7 +233,7 @@ describe('human output', () => {
 
   it('sorts by time when grouped by day or hour', async () => {
     const days = (await ok('usage', '--by', 'day', '--since', '2026-11-28', '--until', '2026-12-01')).trimEnd().split('\n');
-    expect(days[0]).toBe('Usage from 2026-11-28T00:00:00Z to 2026-12-01T00:00:00Z, by day (days in UTC)');
+    expect(days[0]).toBe('Usage from 2026-11-28T00:00:00Z to 2026-12-01T01:00:00Z (whole hours), by day (days in UTC)');
     expect(days.slice(3).map((l) => l.split(/\s+/)[0])).toEqual(['2026-11-28', '2026-11-29', '2026-11-30', 'TOTAL']);
 
     const hours = (await ok('usage', '--by', 'hour,model', '--since', '2d')).trimEnd().split('\n');
@@ -231,12 +247,23 @@ describe('human output', () => {
 
   it('says so when there is no usage, and tolerates missing fields', async () => {
     override = { status: 200, body: { object: 'usage', from: '2026-11-01T00:00:00.000Z', to: '2026-11-02T00:00:00.000Z', groupBy: ['model'], timeZone: 'UTC', data: [], totals: metrics(0, 0, 0) } };
-    expect(await ok('usage', '--by', 'model')).toBe('Usage from 2026-11-01T00:00:00Z to 2026-11-02T00:00:00Z, by model\n\nNo usage in this range.\n');
+    expect(await ok('usage', '--by', 'model')).toBe('Usage from 2026-11-01T00:00:00Z to 2026-11-02T01:00:00Z (whole hours), by model\n\nNo usage in this range.\n');
 
     override = { status: 200, body: { object: 'usage', from: 'x', to: 'y', groupBy: ['model'], data: [{ model: null, requests: 1 }, 'junk'] } };
     const lines = (await ok('usage', '--by', 'model')).trimEnd().split('\n');
     expect(lines[3]).toMatch(/^\(none\)\s+1\s+-\s+-\s+-\s+-$/);
     expect(lines[4]).toMatch(/^TOTAL\s+-\s+-\s+-\s+-\s+-$/);
+    expect(lines[0]).toBe('Usage from x to y, by model'); // times it cannot read: shown as they are
+  });
+
+  it('names the whole hours counted, not the instants asked for', async () => {
+    const lines = (await ok('usage', '--since', '2026-12-01T05:26:00Z', '--until', '2026-12-01T05:26:30Z', '--by', 'model')).split('\n');
+    expect(lastQuery().q.get('from')).toBe('2026-12-01T05:26:00.000Z');
+    expect(lastQuery().q.get('to')).toBe('2026-12-01T05:26:30.000Z');
+    expect(lines[0]).toBe('Usage from 2026-12-01T05:00:00Z to 2026-12-01T06:00:00Z (whole hours), by model');
+    seen = [];
+    const across = (await ok('usage', '--since', '2026-11-30T23:59Z', '--until', '2026-12-01T02:00:01+01:00', '--by', 'model')).split('\n');
+    expect(across[0]).toBe('Usage from 2026-11-30T23:00:00Z to 2026-12-01T02:00:00Z (whole hours), by model');
   });
 });
 
@@ -273,7 +300,15 @@ describe('help and bad command lines', () => {
       [['--since', '5y'], "(got '5y')"],
       [['--since=-1d'], 'error: --since takes'],
       [['--since', '2026-11-30T10:00'], "error: --since takes a time ago (30m, 24h, 7d, 2w), an ISO date (2026-11-01) or a date-time with its zone"],
-      [['--since', '2026-13-45'], "(got '2026-13-45')"],
+      [['--since', '2026-13-45'], "error: --since: 2026-13-45 is not a date\n"],
+      [['--since', '2026-02-30'], "error: --since: 2026-02-30 is not a date\n"],
+      [['--since', '2026-02-29'], "error: --since: 2026-02-29 is not a date\n"],
+      [['--since', '2026-11-31', '--until', '2026-12-01'], "error: --since: 2026-11-31 is not a date\n"],
+      [['--until', '2026-11-30T24:00Z'], "error: --until: 2026-11-30T24:00Z is not a date-time\n"],
+      [['--until', '2026-04-31T10:00+02:00'], "error: --until: 2026-04-31T10:00+02:00 is not a date-time\n"],
+      [['--since', '2026-11-30T10:00:60Z'], "error: --since: 2026-11-30T10:00:60Z is not a date-time\n"],
+      [['--since', '2026-11-30T10:00+05:75'], "error: --since: 2026-11-30T10:00+05:75 is not a date-time\n"],
+      [['--since', '-1d'], "error: --since takes a time ago (30m, 24h, 7d, 2w), an ISO date (2026-11-01) or a date-time with its zone (2026-11-30T10:00:00Z) (got '-1d')"],
       [['--until', 'later'], "error: --until takes a time ago"],
       [['--since', '1h', '--until', '2h'], 'error: --since ('],
       [['--since', '0m'], 'must be before --until'],

@@ -164,13 +164,20 @@ describe('keys update', () => {
 
     await ok('keys', 'update', id, '--clear-metadata', '--metadata', 'only=this');
     expect((await apiKey(id)).metadata).toEqual({ only: 'this' });
+    await ok('keys', 'update', id, '--clear-metadata');
+    expect((await apiKey(id)).metadata).toEqual({});
+
+    await ok('keys', 'update', id, '--rpm', '1_000', '--usd-per-month', '1_000.50');
+    expect((await apiKey(id)).limits).toEqual({ rpm: 1000, usdPerMonth: 1000.5 });
   });
 
   it('refuses an update with nothing to change (exit 2)', async () => {
     const { id } = await gw.createKey();
     const r = await cli(['keys', 'update', id]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('error: nothing to update');
+    expect(r.stderr).toBe(
+      "error: nothing to update: give --name, --models, a limit flag, --clear-limits, --metadata or --clear-metadata\nRun 'tollgate keys update --help' for usage.\n",
+    );
   });
 });
 
@@ -233,6 +240,17 @@ describe('errors', () => {
     expect(none.stderr).toContain('error: no admin token');
   });
 
+  it('refuses an explicit empty --token (exit 2) instead of using the environment', async () => {
+    for (const args of [['keys', 'list', '--token', ''], ['--token', '', 'keys', 'list'], ['keys', 'list', '--token=  '], ['keys', 'show', 'key_x', '--token=']]) {
+      const r = await cli(args);
+      expect(r.code, JSON.stringify(args)).toBe(2);
+      expect(r.stderr, JSON.stringify(args)).toMatch(
+        /^error: --token cannot be empty: give the admin token, or leave --token out to use TOLLGATE_ADMIN_TOKEN or ADMIN_TOKEN\nRun 'tollgate keys (list|show) --help' for usage\.\n$/,
+      );
+      expect(r.stdout).toBe('');
+    }
+  });
+
   it('reports an unknown id with the API message (exit 1)', async () => {
     for (const args of [['keys', 'show', 'key_nope'], ['keys', 'update', 'key_nope', '--rpm', '5'], ['keys', 'update', 'key_nope', '--name', 'x'], ['keys', 'revoke', 'key_nope'], ['keys', 'rotate', 'key_nope']]) {
       const r = await cli(args);
@@ -248,7 +266,17 @@ describe('errors', () => {
       [['keys', 'create', '--name', 'x', '--rpm', 'abc'], "error: --rpm must be a positive whole number (got 'abc')"],
       [['keys', 'create', '--name', 'x', '--rpm', '0'], 'error: --rpm must be a positive whole number'],
       [['keys', 'create', '--name', 'x', '--rpm', '1.5'], 'error: --rpm must be a positive whole number'],
-      [['keys', 'create', '--name', 'x', '--usd-per-day', '-3'], 'error: '],
+      [['keys', 'create', '--name', 'x', '--usd-per-day', '-3'], "error: --usd-per-day must be a positive amount of US dollars, e.g. 5 or 0.50 (got '-3')"],
+      [['keys', 'create', '--name', 'x', '--rpm', '-1'], "error: --rpm must be a positive whole number (got '-1')\n"],
+      [['keys', 'create', '--name', 'x', '--rpm=-1'], "error: --rpm must be a positive whole number (got '-1')\n"],
+      [['keys', 'create', '--name', 'x', '--usd-per-day', '-.5'], "error: --usd-per-day must be a positive amount of US dollars, e.g. 5 or 0.50 (got '-.5')"],
+      [['keys', 'update', 'key_nope', '--max-concurrent', '-2'], "error: --max-concurrent must be a positive whole number, or 'none' (got '-2')\n"],
+      [['keys', 'create', '--name', '--rpm', '5'], "error: --name is missing its value (a value starting with '-' is written --name=VALUE)\n"],
+      [['keys', 'create', '--name', 'x', '--rpm', '1_'], "error: --rpm must be a positive whole number (got '1_')"],
+      [['keys', 'create', '--name', 'x', '--rpm', '1__0'], "error: --rpm must be a positive whole number (got '1__0')"],
+      [['keys', 'create', '--name', 'x', '--tpm', '1_000_'], "error: --tpm must be a positive whole number (got '1_000_')"],
+      [['keys', 'create', '--name', 'x', '--usd-per-day', '5_'], "error: --usd-per-day must be a positive amount of US dollars, e.g. 5 or 0.50 (got '5_')"],
+      [['keys', 'create', '--name', 'x', '--usd-per-day', '5_.5'], "(got '5_.5')"],
       [['keys', 'create', '--name', 'x', '--rpm', 'none'], 'error: --rpm must be a positive whole number'],
       [['keys', 'create', '--name', 'x', '--metadata', 'novalue'], "error: --metadata takes KEY=VALUE (got 'novalue')"],
       [['keys', 'create', '--name', 'x', '--models', ','], 'error: --models needs'],

@@ -36,8 +36,9 @@ const updateOptions: OptionSpecs = {
   'clear-metadata': { type: 'boolean', description: 'Remove every label (--metadata given too is then applied)' },
 };
 
-const COUNT = /^\d[\d_]*$/;
-const DECIMAL = /^(\d[\d_]*(\.\d+)?|\.\d+)$/;
+// Digits, `_` allowed only between digits (1_000): the value is then read with every `_` removed.
+const COUNT = /^\d+(_\d+)*$/;
+const DECIMAL = /^(\d+(_\d+)*(\.\d+)?|\.\d+)$/;
 
 /** The limit flags given: field -> value, or null for `none` (update only: remove that limit). */
 function limitFlags(ctx: CommandContext, allowNone: boolean): Map<string, number | null> {
@@ -195,7 +196,7 @@ Examples:
     const clearMetadata = ctx.flag('clear-metadata');
     const changesMetadata = clearMetadata || Object.keys(metadataChanges).length > 0;
     if (Object.keys(patch).length === 0 && limitChanges.size === 0 && !clearLimits && !changesMetadata) {
-      throw new UsageError('nothing to update: give --name, --models, a limit flag, --clear-limits or --metadata', ctx.path);
+      throw new UsageError('nothing to update: give --name, --models, a limit flag, --clear-limits, --metadata or --clear-metadata', ctx.path);
     }
 
     const client = ctx.client();

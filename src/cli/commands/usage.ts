@@ -41,9 +41,10 @@ const DEFAULT_SINCE = '7d';
 const DEFAULT_GROUP: UsageGroup = 'key';
 const UNIT_MS = { m: 60_000, h: 3_600_000, d: 86_400_000, w: 7 * 86_400_000 } as const;
 const DURATION = /^(\d{1,6})([mhdw])$/;
-const DATE = /^\d{4}-\d{2}-\d{2}$/;
+const HOUR_MS = UNIT_MS.h;
+const DATE = /^(\d{4})-(\d{2})-(\d{2})$/;
 // A date-time must say its zone: a bare one would mean the local time of whoever runs the command.
-const DATE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$/i;
+const DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?(?:Z|([+-])(\d{2}):?(\d{2}))$/i;
 
 const options: OptionSpecs = {
   since: {
@@ -61,15 +62,34 @@ const options: OptionSpecs = {
   model: { type: 'string', value: 'MODEL', description: 'Only the usage of this model' },
 };
 
+/**
+ * The instant an ISO date (UTC midnight) or date-time means, or NaN when it names no real time. Date.parse
+ * rolls impossible values over (2026-02-30 is March 2nd, T24:00 the next day): the parsed instant, read back
+ * in the zone it was written in, must show the year, month, day, hour, minute and second that were typed.
+ */
+function calendarInstant(value: string, date: RegExpExecArray | null, dateTime: RegExpExecArray | null): number {
+  const m = (date ?? dateTime)!;
+  const ms = Date.parse(date ? `${value}T00:00:00Z` : value);
+  if (!Number.isFinite(ms)) return NaN;
+  const offsetMin = dateTime?.[8] ? (dateTime[8] === '-' ? -1 : 1) * (Number(dateTime[9]) * 60 + Number(dateTime[10])) : 0;
+  const local = new Date(ms + offsetMin * 60_000);
+  const typed = [m[1], m[2], m[3], m[4] ?? '0', m[5] ?? '0', m[6] ?? '0'].map(Number);
+  const read = [local.getUTCFullYear(), local.getUTCMonth() + 1, local.getUTCDate(), local.getUTCHours(), local.getUTCMinutes(), local.getUTCSeconds()];
+  return typed.every((n, i) => n === read[i]) ? ms : NaN;
+}
+
 /** An instant from a command-line value: `now`, a duration before `now`, or an ISO date (UTC midnight) or date-time. */
 export function parseWhen(raw: string, now: number, flag: string, path: string[]): number {
   const value = raw.trim();
   if (value.toLowerCase() === 'now') return now;
   const duration = DURATION.exec(value);
   if (duration) return now - Number(duration[1]) * UNIT_MS[duration[2] as keyof typeof UNIT_MS];
-  if (DATE.test(value) || DATE_TIME.test(value)) {
-    const ms = Date.parse(DATE.test(value) ? `${value}T00:00:00Z` : value);
+  const date = DATE.exec(value);
+  const dateTime = date ? null : DATE_TIME.exec(value);
+  if (date || dateTime) {
+    const ms = calendarInstant(value, date, dateTime);
     if (Number.isFinite(ms)) return ms;
+    throw new UsageError(`--${flag}: ${value} is not a ${date ? 'date' : 'date-time'}`, path);
   }
   throw new UsageError(
     `--${flag} takes a time ago (30m, 24h, 7d, 2w), an ISO date (2026-11-01) or a date-time with its zone (2026-11-30T10:00:00Z) (got '${raw}')`,
@@ -125,12 +145,26 @@ function sortRows(rows: UsageRow[], groups: UsageGroup[]): UsageRow[] {
     .map((x) => x.row);
 }
 
+/**
+ * The range the API counted: it reads hourly aggregates, from the hour `from` falls in to the hour `to`
+ * falls in, both whole (src/routes/usage.ts). Undefined when the report's times cannot be read.
+ */
+function countedHours(report: UsageReport): [string, string] | undefined {
+  const from = typeof report.from === 'string' ? Date.parse(report.from) : NaN;
+  const to = typeof report.to === 'string' ? Date.parse(report.to) : NaN;
+  if (!Number.isFinite(from) || !Number.isFinite(to)) return undefined;
+  const hour = (ms: number) => formatTime(new Date(ms).toISOString());
+  return [hour(Math.floor(from / HOUR_MS) * HOUR_MS), hour((Math.floor(to / HOUR_MS) + 1) * HOUR_MS)];
+}
+
 /** The human report: a line naming the range, the table, and a totals row. */
 export function usageTable(report: UsageReport, asked: UsageGroup[]): string {
   const groups = Array.isArray(report.groupBy) && report.groupBy.every((g) => g in GROUP_COLUMNS) ? report.groupBy : asked;
   const rows = sortRows(Array.isArray(report.data) ? report.data.filter((r) => typeof r === 'object' && r !== null) : [], groups);
   const zone = typeof report.timeZone === 'string' && groups.includes('day') ? ` (days in ${report.timeZone})` : '';
-  const title = `Usage from ${formatTime(report.from)} to ${formatTime(report.to)}, by ${groups.join(', ')}${zone}`;
+  const hours = countedHours(report);
+  const range = hours ? `${hours[0]} to ${hours[1]} (whole hours)` : `${formatTime(report.from)} to ${formatTime(report.to)}`;
+  const title = `Usage from ${range}, by ${groups.join(', ')}${zone}`;
   if (rows.length === 0) return `${title}\n\nNo usage in this range.`;
 
   const groupHeaders = groups.flatMap((g) => GROUP_COLUMNS[g].headers);
