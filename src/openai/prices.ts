@@ -40,6 +40,9 @@ export interface PriceTable {
   readonly source: string | undefined;
 }
 
+/** The date OpenAI appends to a snapshot's id: -YYYY-MM-DD, or -MMDD for older models. */
+const SNAPSHOT_SUFFIX = /-(\d{4}-\d{2}-\d{2}|\d{4})$/;
+
 const MICROS_PER_USD = 1_000_000;
 const TOKENS_PER_PRICE_UNIT = 1_000_000;
 /**
@@ -123,13 +126,11 @@ export function createPriceTable(
     priceFor(model: string): Price | undefined {
       const exact = byModel.get(model);
       if (exact) return exact;
-      // Longest prefix first: cut the id at each '-' from the right, so gpt-4o-mini-2024-07-18 tries
-      // gpt-4o-mini-2024-07, gpt-4o-mini-2024, then finds gpt-4o-mini before ever reaching gpt-4o.
-      for (let cut = model.lastIndexOf('-'); cut > 0; cut = model.lastIndexOf('-', cut - 1)) {
-        const found = byModel.get(model.slice(0, cut));
-        if (found) return found;
-      }
-      return undefined;
+      // A dated snapshot (gpt-4o-mini-2024-07-18, gpt-4-0613) is priced as its model. Only a date
+      // is cut: o1-pro or o3-deep-research are other models (o1-pro costs ~10x o1), not variants,
+      // and must not be priced as o1 or o3.
+      const snapshot = SNAPSHOT_SUFFIX.exec(model);
+      return snapshot ? byModel.get(model.slice(0, snapshot.index)) : undefined;
     },
     models,
     date: meta.date,

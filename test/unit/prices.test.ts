@@ -62,7 +62,7 @@ describe('shipped table', () => {
 });
 
 describe('priceFor', () => {
-  it('resolves dated snapshots and suffixed variants to the longest entry followed by "-"', () => {
+  it('resolves dated snapshots to their model', () => {
     expect(shipped.priceFor('gpt-4o-2024-08-06')).toBe(price('gpt-4o'));
     expect(shipped.priceFor('gpt-4o-mini-2024-07-18')).toBe(price('gpt-4o-mini'));
     expect(shipped.priceFor('gpt-4o-mini-2024-07-18')).not.toEqual(price('gpt-4o'));
@@ -78,6 +78,13 @@ describe('priceFor', () => {
   it('prefers an exact entry, even over a shorter prefix', () => {
     // The first gpt-4o snapshot kept its launch price.
     expect(shipped.priceFor('gpt-4o-2024-05-13')).toEqual({ input: 5_000_000, cachedInput: 5_000_000, output: 15_000_000 });
+  });
+
+  it('does not price other models as the one their name starts with', () => {
+    // o1-pro costs ~10x o1: priced as o1 it would be under-reserved and under-charged ~10x.
+    for (const model of ['o1-pro', 'o1-pro-2025-03-19', 'o3-pro', 'o3-deep-research', 'gpt-5-pro', 'gpt-4o-realtime-preview', 'gpt-4o-search-preview']) {
+      expect(shipped.priceFor(model), model).toBeUndefined();
+    }
   });
 
   it('returns undefined for unknown models and for prefixes not followed by "-"', () => {
@@ -161,7 +168,8 @@ describe('conversions', () => {
     expect(() => createPriceTable({ m: { input: 1, cachedInput: -1, output: 1 } })).toThrow(/cachedInput/);
     expect(() => createPriceTable({ '': { input: 1, cachedInput: 1, output: 1 } })).toThrow(/empty model id/);
     const table = createPriceTable({ custom: { input: 1, cachedInput: 1, output: 2 } }, { date: '2026-01-01' });
-    expect(table.priceFor('custom-v2')).toEqual({ input: 1, cachedInput: 1, output: 2 });
+    expect(table.priceFor('custom-2026-01-01')).toEqual({ input: 1, cachedInput: 1, output: 2 });
+    expect(table.priceFor('custom-v2')).toBeUndefined();
     expect(table.date).toBe('2026-01-01');
     expect(table.source).toBeUndefined();
   });
