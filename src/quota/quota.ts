@@ -89,7 +89,17 @@ export function maxOutputTokens(endpoint: Endpoint, body: Record<string, unknown
   const perChoice = typeof stated === 'number' ? stated : defaultCap;
   const n = typeof body.n === 'number' ? body.n : 1;
   const bestOf = typeof body.best_of === 'number' ? body.best_of : 1; // legacy completions generate best_of, bill all
-  return perChoice * Math.max(n, bestOf);
+  const prompts = endpoint.name === 'completions' ? promptCount(body.prompt) : 1;
+  return perChoice * Math.max(n, bestOf) * prompts;
+}
+
+/**
+ * Legacy completions take a batch of prompts (strings, or arrays of token ids), and each gets its
+ * own n (or best_of) choices. One array of numbers is a single prompt, as token ids.
+ */
+function promptCount(prompt: unknown): number {
+  if (!Array.isArray(prompt) || prompt.length === 0) return 1;
+  return prompt.every((item) => typeof item === 'number') ? 1 : prompt.length;
 }
 
 /** A settlement as it is written, kept whole while the store is down so it can be written later. */

@@ -80,6 +80,32 @@ describe('budgets hold under concurrency across two instances', () => {
     expect(q.tokensPerDay!.used).toBe(fake.usageTotals().total_tokens - before);
   });
 
+  it('tokensPerDay: batched legacy completions (a prompt per array item) never spend more than the budget', async () => {
+    const { a, b, fake } = await twoInstances();
+    const prompts = Array.from({ length: 20 }, (_, i) => `Say something about the number ${i}`);
+    const body = { model: 'gpt-3.5-turbo-instruct', prompt: prompts, max_tokens: 10 };
+    // Each of the 20 prompts may generate 10 tokens: the reservation must hold 200, not 10.
+    const { id, key } = await a.createKey({ name: 'batched', limits: { tokensPerDay: 2000 } });
+    fake.setLatency(50);
+    const before = fake.usageTotals().total_tokens;
+    const statuses = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        fetch(`${(i % 2 ? a : b).url}/v1/completions`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+        }).then((r) => r.status),
+      ),
+    );
+    fake.setLatency(0);
+    expect(statuses.every((s) => s === 200 || s === 429)).toBe(true);
+    expect(statuses.filter((s) => s === 200).length).toBeGreaterThanOrEqual(1);
+    await expect.poll(async () => (await quotaOf(a, id)).tokensPerDay!.reserved).toBe(0);
+    const q = await quotaOf(b, id);
+    expect(q.tokensPerDay!.used).toBe(fake.usageTotals().total_tokens - before);
+    expect(q.tokensPerDay!.used).toBeLessThanOrEqual(2000);
+  });
+
   it('usdPerDay: 50 concurrent requests never spend more than the budget', async () => {
     const { a, b, fake } = await twoInstances();
     // gpt-4o: $2.50 in / $10 out per 1M. max_tokens 2000 makes one request reserve about $0.02.
