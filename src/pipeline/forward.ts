@@ -13,7 +13,7 @@ import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
 import { clientClosed, modelNotFound, notFound, openAIErrorBody, upstreamAuthFailed, type OpenAIErrorBody } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
-import { upstreamFailure } from '../upstream/client.js';
+import { endedByTimeout, upstreamFailure } from '../upstream/client.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
 import { serveHit } from './serve-hit.js';
 import type { ResponseOwners } from './response-owners.js';
@@ -206,7 +206,10 @@ async function callUpstream(
     trace.streamDone = done.then((result) => {
       trace.streamIncomplete = !result.completed;
       trace.upstreamMs = performance.now() - started;
-      trace.usage = result.usage ?? estimateCutShort(endpoint, result, admission, body.model, signal.aborted);
+      // Closed from this side (the client left, or the gateway's idle or total timeout): upstream
+      // has read the prompt, and bills it as a hang-up.
+      const closedHere = signal.aborted || endedByTimeout(res, result.error);
+      trace.usage = result.usage ?? estimateCutShort(endpoint, result, admission, body.model, closedHere);
       trace.modelAnswered = result.model;
       finish({ usage: trace.usage, estimated: result.usage === undefined }, streamEntry(endpoint, result, body.model));
     });
@@ -271,11 +274,12 @@ function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): Ne
  * Usage of a stream that ended before upstream's usage chunk (client left, upstream broke): the
  * prompt as estimated at admission plus a local count of what was generated, as OpenAI bills it.
  */
-function estimateCutShort(endpoint: Endpoint, result: RelayResult, admission: Admission, model: string, clientLeft: boolean): Usage | undefined {
-  // Nothing generated. If upstream broke, release everything; if the client hung up, upstream has
-  // read the prompt and bills it, as for a non-streamed hang-up (or leaving before the first token
-  // would be a way around the budget).
-  if (result.events === 0 && !clientLeft) return undefined;
+function estimateCutShort(endpoint: Endpoint, result: RelayResult, admission: Admission, model: string, closedHere: boolean): Usage | undefined {
+  // Nothing generated. If upstream broke, release everything; if the connection was closed from
+  // this side (the client hung up, or a gateway timeout), upstream has read the prompt and bills
+  // it, as for a non-streamed hang-up (or leaving before the first token would be a way around
+  // the budget).
+  if (result.events === 0 && !closedHere) return undefined;
   const completionTokens = countCompletionTokens(endpoint.usage.generatedText(result.data), model);
   return {
     promptTokens: admission.promptTokens,

@@ -58,6 +58,11 @@ export function upstreamFailure(err: unknown, timedOut: boolean): GatewayError {
   return upstreamUnreachable();
 }
 
+/** Whether a response ended by one of the gateway's own timeouts: the total, or idle while its body was read. */
+export function endedByTimeout(res: UpstreamResponse, err: unknown): boolean {
+  return res.timedOut() || (err as { code?: string } | undefined)?.code === 'UND_ERR_BODY_TIMEOUT';
+}
+
 const silent: KeyPoolLogger = { error() {}, warn() {} };
 
 /** A response we will not pass on: read it off the socket (so the connection can be reused) or drop it. */

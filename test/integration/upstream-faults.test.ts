@@ -81,6 +81,21 @@ describe('timeouts and retries (one key)', () => {
     expect(gw.fake.requests).toHaveLength(1);
   });
 
+  it('idle timeout before the first event: the prompt is charged (upstream read it and bills the hang-up), marked estimated', async () => {
+    const { id, key: own } = await gw.createKey({ name: 'idle-before-first', limits: { tokensPerDay: 100_000 } });
+    gw.fake.setFirstEventDelay(1500);
+    try {
+      const res = await post(gw, own, { ...chat, stream: true });
+      await sseEvents(res);
+    } finally {
+      gw.fake.setFirstEventDelay(0);
+    }
+    await expect.poll(() => gw.logs.requests().filter((l) => l.keyId === id).length).toBe(1);
+    const line = gw.logs.requests().find((l) => l.keyId === id)!;
+    expect(line).toMatchObject({ estimated: true, completionTokens: 0 });
+    expect(line.promptTokens as number).toBeGreaterThan(0);
+  });
+
   it('503 then 200: the client gets the 200, upstream saw 2 requests', async () => {
     gw.fake.failNext(1, 503);
     const res = await post(gw, key);
