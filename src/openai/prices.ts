@@ -40,8 +40,11 @@ export interface PriceTable {
   readonly source: string | undefined;
 }
 
-/** The date OpenAI appends to a snapshot's id: -YYYY-MM-DD, or -MMDD for older models. */
-const SNAPSHOT_SUFFIX = /-(\d{4}-\d{2}-\d{2}|\d{4})$/;
+/**
+ * What OpenAI appends to a model's id for one of its snapshots: a date (-YYYY-MM-DD, or -MMDD for
+ * older models), or an alias of the current one (omni-moderation-latest, text-moderation-stable).
+ */
+const SNAPSHOT_SUFFIX = /-(\d{4}-\d{2}-\d{2}|\d{4}|latest|stable)$/;
 
 const MICROS_PER_USD = 1_000_000;
 const TOKENS_PER_PRICE_UNIT = 1_000_000;

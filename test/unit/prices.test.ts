@@ -62,7 +62,9 @@ describe('shipped table', () => {
 });
 
 describe('priceFor', () => {
-  it('resolves dated snapshots to their model', () => {
+  it('resolves dated snapshots and -latest / -stable aliases to their model', () => {
+    expect(shipped.priceFor('omni-moderation-latest')).toBe(price('omni-moderation'));
+    expect(shipped.priceFor('text-moderation-stable')).toBe(price('text-moderation'));
     expect(shipped.priceFor('gpt-4o-2024-08-06')).toBe(price('gpt-4o'));
     expect(shipped.priceFor('gpt-4o-mini-2024-07-18')).toBe(price('gpt-4o-mini'));
     expect(shipped.priceFor('gpt-4o-mini-2024-07-18')).not.toEqual(price('gpt-4o'));
