@@ -194,6 +194,11 @@ export function createQuota(opts: QuotaOptions) {
   function admitWhileDown(key: KeyRecord, err: unknown, reservationId: string) {
     if (failMode === 'closed') {
       degradedStats.refusedUnavailable++;
+      // The admission may still land (a stalled Redis runs the queued script when it resumes): its
+      // reservation and lease would then hold the key's budget and concurrency until LEASE_TTL_MS.
+      // A release (settled at nothing, idempotent, a no-op if it never landed) goes with the
+      // settlements written when the store answers again.
+      enqueue({ keyId: key.id, reservationId, tokens: 0, usdMicros: 0, now: clock() }, err);
       const seconds = String(opts.unavailableRetryAfterSeconds ?? 1);
       throw new GatewayError(
         503,

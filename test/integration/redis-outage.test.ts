@@ -196,6 +196,28 @@ describe('Redis outage', () => {
     expect(gw.logs.lines.some((l) => l.msg === 'usage event not stored' || String(l.msg).includes('not stored'))).toBe(false);
   });
 
+  it('QUOTA_FAIL_MODE=closed, Redis stalled: an admission refused with 503 but run by Redis later is released', async () => {
+    const redis = await startFreezableRedis();
+    // The key stays in the auth cache: the admission is the command the stall catches.
+    const gw = await startGateway({ env: { REDIS_URL: redis.url, ...OUTAGE_ENV, AUTH_CACHE_TTL_MS: '60000' } });
+    cleanups.push(() => gw.close());
+    await expect.poll(async () => (await readyz(gw)).status).toBe(200);
+    const key = await gw.createKey({ name: 'stalled', limits: { maxConcurrent: 1, tokensPerDay: 100_000 } });
+    const c = client(gw);
+    expect((await c.models(key.key)).status).toBe(200); // known: authenticated from the grace
+
+    await redis.freeze();
+    // The admission times out (503), but its script waits in the frozen Redis and runs on thaw.
+    expect((await c.chat(key.key, 'during the stall')).status).toBe(503);
+    await redis.thaw();
+    await expect.poll(async () => (await readyz(gw)).status, { timeout: 10_000 }).toBe(200);
+
+    // Released at once, not held for LEASE_TTL_MS (60 s): the key may run its one request again.
+    const quota = async () => (await gw.admin('GET', `/admin/keys/${key.id}`)).body.quota;
+    await expect.poll(quota, { timeout: 10_000 }).toMatchObject({ maxConcurrent: { used: 0 }, tokensPerDay: { reserved: 0, used: 0 } });
+    expect((await c.chat(key.key, 'after the stall')).status).toBe(200);
+  });
+
   it('QUOTA_FAIL_MODE=open: admits up to the local cap then 429, bypasses the cache, settles everything after', async () => {
     const { gw, kill, restart } = await outageSetup({ QUOTA_FAIL_MODE: 'open', QUOTA_FAIL_OPEN_RPM: '3', CACHE_ENABLED: 'true' });
     const key = await gw.createKey({ name: 'outage-open' });
