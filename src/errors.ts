@@ -104,10 +104,10 @@ function statusCode(status: number): string {
  * error of the call that found it down (a command timeout, a lost connection, a server not serving).
  * Retry-After is about when the health probe looks again (STORE_PROBE_INTERVAL_MS, 1 s by default).
  */
-export const storeUnavailable = () =>
+export const storeUnavailable = (message = 'The gateway\'s store is temporarily unavailable. Please retry.') =>
   new GatewayError(
     503,
-    'The gateway\'s store is temporarily unavailable. Please retry.',
+    message,
     'server_error',
     'store_unavailable',
     null,

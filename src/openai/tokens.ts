@@ -123,6 +123,11 @@ export function countMemoStats(): Partial<Record<EncodingName, CountMemoStats>> 
 export function countCompletionTokens(text: string, model: string): number {
   // Not through the memo: generated text does not come back (if it does, as the next turn's
   // history, that count is memoized then).
+  return countUnmemoized(text, model);
+}
+
+/** Tokens of a text that will not come back, so not worth a place in the memo. */
+function countUnmemoized(text: string, model: string): number {
   if (text.length === 0) return 0;
   return countSegmented(text, encoding(encodingFor(model)).counter);
 }
@@ -277,7 +282,7 @@ function boundedCounter(model: string): (text: string) => number {
     let cut = left;
     if (cut > 0 && isLowSurrogate(text.charCodeAt(cut))) cut -= 1; // never split a surrogate pair
     // Not through the memo: a head cut at the budget does not come back as it is.
-    const head = cut > 0 ? countSegmented(text.slice(0, cut), encoding(encodingFor(model)).counter) : 0;
+    const head = countUnmemoized(text.slice(0, cut), model);
     left = 0;
     countedChars += cut;
     countedTokens += head;

@@ -1,7 +1,7 @@
 // Which gateway key created each Responses API object, so only that key may read, delete or cancel it.
 import type { FastifyBaseLogger } from 'fastify';
 import type { Store } from '../store/store.js';
-import { GatewayError } from '../errors.js';
+import { storeUnavailable } from '../errors.js';
 
 /** OpenAI keeps stored responses 30 days: the owner is remembered as long. */
 export const RESPONSE_OWNER_TTL_MS = 30 * 86_400_000;
@@ -59,10 +59,7 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
         // The store refusing the id (checkResponseOwner's RangeError) is an answer, not an outage.
         if (err instanceof RangeError) return null;
         opts.logger.warn({ err: (err as Error).message, responseId }, 'response owner lookup failed');
-        // Retry-After as the admin API's store_unavailable (errors.ts, storeUnavailable).
-        throw new GatewayError(503, 'Response lookups are temporarily unavailable. Please retry.', 'server_error', 'store_unavailable', null, {
-          'retry-after': '1',
-        });
+        throw storeUnavailable('Response lookups are temporarily unavailable. Please retry.');
       }
     },
   };

@@ -194,11 +194,12 @@ export function createQuota(opts: QuotaOptions) {
   function admitWhileDown(key: KeyRecord, err: unknown, reservationId: string) {
     if (failMode === 'closed') {
       degradedStats.refusedUnavailable++;
-      // The admission may still land (a stalled Redis runs the queued script when it resumes): its
-      // reservation and lease would then hold the key's budget and concurrency until LEASE_TTL_MS.
-      // A release (settled at nothing, idempotent, a no-op if it never landed) goes with the
-      // settlements written when the store answers again.
-      enqueue({ keyId: key.id, reservationId, tokens: 0, usdMicros: 0, now: clock() }, err);
+      // An admission sent and timed out may still land (a stalled Redis runs the queued script when
+      // it resumes): its reservation and lease would then hold the key's budget and concurrency
+      // until LEASE_TTL_MS. A release (settled at nothing, idempotent, a no-op if it never landed)
+      // goes with the settlements written when the store answers again. One refused by the guard
+      // (StoreUnavailableError) was never sent: nothing to release, and nothing to fill the queue with.
+      if (!(err instanceof StoreUnavailableError)) enqueue({ keyId: key.id, reservationId, tokens: 0, usdMicros: 0, now: clock() }, err);
       const seconds = String(opts.unavailableRetryAfterSeconds ?? 1);
       throw new GatewayError(
         503,

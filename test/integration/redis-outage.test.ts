@@ -209,6 +209,9 @@ describe('Redis outage', () => {
     await redis.freeze();
     // The admission times out (503), but its script waits in the frozen Redis and runs on thaw.
     expect((await c.chat(key.key, 'during the stall')).status).toBe(503);
+    // Refused by the guard from now on: never sent, so no release is queued for it.
+    expect((await c.chat(key.key, 'still during the stall')).status).toBe(503);
+    expect((await readyz(gw)).body.modes.buffered.settlements).toBe(1);
     await redis.thaw();
     await expect.poll(async () => (await readyz(gw)).status, { timeout: 10_000 }).toBe(200);
 
