@@ -31,7 +31,7 @@ export interface TokenCounts {
 }
 
 export interface PriceTable {
-  /** The price of a model id: exact entry, else the longest entry `E` such that the id is `E-...`. */
+  /** The price of a model id: its exact entry, else, for a dated snapshot or a -latest / -stable alias, its model's. */
   priceFor(model: string): Price | undefined;
   /** Every model id with an entry, sorted. */
   readonly models: readonly string[];
