@@ -69,13 +69,21 @@ export function createWebhookSender<E extends WebhookEvent>(opts: WebhookSenderO
   }
 
   async function attempt(event: E, body: string): Promise<Attempt> {
+    // One controller per attempt, aborted by our own timer or by close(). Not
+    // AbortSignal.any([AbortSignal.timeout(ms), closing.signal]): on Node 20 (nodejs/node#57736) the
+    // timeout signal inside `any` can be garbage-collected before it fires, and the attempt then
+    // waits on a silent webhook for ever, holding up every alert behind it.
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(new DOMException(`no answer within ${opts.attemptTimeoutMs} ms`, 'TimeoutError')), opts.attemptTimeoutMs);
+    const onClose = () => abort.abort(closing.signal.reason);
+    closing.signal.addEventListener('abort', onClose, { once: true });
     let res: Response;
     try {
       res = await fetch(opts.url, {
         method: 'POST',
         headers: { 'content-type': 'application/json', 'user-agent': USER_AGENT, [EVENT_ID_HEADER]: event.id },
         body,
-        signal: AbortSignal.any([AbortSignal.timeout(opts.attemptTimeoutMs), closing.signal]),
+        signal: abort.signal,
         // A redirect is a misconfigured URL; following it could send the event somewhere unintended.
         redirect: 'manual',
       });
@@ -85,6 +93,9 @@ export function createWebhookSender<E extends WebhookEvent>(opts: WebhookSenderO
       const e = err as { name?: string; message?: string; cause?: { code?: string; message?: string } };
       const reason = e.name === 'TimeoutError' ? `no answer within ${opts.attemptTimeoutMs} ms` : (e.cause?.code ?? e.cause?.message ?? e.message ?? String(err));
       return { ok: false, reason };
+    } finally {
+      clearTimeout(timer);
+      closing.signal.removeEventListener('abort', onClose);
     }
     if (res.status >= 200 && res.status < 300) return { ok: true };
     const honoured = res.status === 429 || res.status === 503 ? retryAfterMs(res.headers.get('retry-after')) : undefined;

@@ -5,6 +5,8 @@ import { once } from 'node:events';
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import pino from 'pino';
 import { createAlerts, type Alerts, type AlertsOptions, type BudgetAlertEvent, type BudgetLimit } from '../../src/alerts/alerts.js';
 import type { KeyRecord, Limits } from '../../src/keys.js';
@@ -382,6 +384,27 @@ describe('delivery', () => {
     expect(logs.withMsg('alert webhook attempt failed').map((l) => l.error)).toEqual(['no answer within 200 ms', 'HTTP 503']);
     const [, second, third] = receiver.requests;
     expect(third!.at - second!.at).toBeGreaterThanOrEqual(950); // retry-after: 1, although the backoff is 10 ms
+  });
+
+  it('times an attempt out even when garbage collection runs while it waits (nodejs/node#57736)', async () => {
+    const receiver = await startReceiver();
+    receiver.script.push('hold');
+    const stub = stubQuota({ usdPerDay: 5 });
+    const { alerts, logs } = setup({ webhookUrl: receiver.url, quota: stub.quota, baseDelayMs: 10, attemptTimeoutMs: 200 });
+    // A full GC every 20 ms: on Node 20 it collected an AbortSignal.timeout held only by AbortSignal.any,
+    // and the held attempt then never ended.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const collecting = setInterval(gc, 20);
+    cleanups.push(() => clearInterval(collecting));
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await waitFor(() => logs.withMsg('alert webhook attempt failed').length === 1, 5000, 'the held attempt to time out');
+    clearInterval(collecting);
+    await alerts.drain();
+    receiver.release();
+
+    expect(logs.withMsg('alert webhook attempt failed')[0]).toMatchObject({ error: 'no answer within 200 ms' });
+    expect(receiver.delivered()).toHaveLength(1);
   });
 
   it('gives up after maxAttempts with an error log holding the event, not the webhook URL', async () => {
