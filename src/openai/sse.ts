@@ -17,6 +17,12 @@ export interface RelayOptions {
   readEvent?: (data: string, event: string | undefined) => StreamEventInfo | undefined;
   /** Sees each event before it is relayed; a returned promise is awaited first (e.g. to record an owner). */
   onEvent?: (data: string, event: string | undefined) => Promise<void> | void;
+  /**
+   * Masks server keys in an error event's data before anything sees it (the upstream client's
+   * maskSecrets): a mid-stream error is upstream error text, like an error body. Other events
+   * are model output and pass untouched.
+   */
+  maskError?: (data: string) => string;
 }
 
 export interface RelayResult {
@@ -55,6 +61,16 @@ export function formatEvent(e: SseEvent): string {
 
 /** The default reader: chat/completions chunks, whose stream ends with `data: [DONE]`. */
 const readChatChunk = (data: string): StreamEventInfo | undefined => readChunkUsage(data);
+
+/**
+ * A mid-stream error: the Responses API's `error` and `response.failed` events, or a chunk that is
+ * an error body (`data: {"error": ...}`, as chat completions report one). Anchored, so checking an
+ * ordinary chunk costs a character or two.
+ */
+const ERROR_DATA = /^\s*\{\s*"error"\s*:/;
+function isErrorEvent(e: SseEvent): boolean {
+  return e.event === 'error' || e.event === 'response.failed' || ERROR_DATA.test(e.data);
+}
 
 const LF = 10;
 const SPACE = 32;
@@ -247,6 +263,7 @@ class SseRelay extends Readable {
       while (!this.waiting && !this.stopped) {
         const e = this.pending.shift();
         if (!e) break;
+        if (options.maskError && isErrorEvent(e)) e.data = options.maskError(e.data);
         if (e.data === '[DONE]') result.completed = true;
         else {
           result.data.push(e.data);

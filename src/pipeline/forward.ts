@@ -200,6 +200,8 @@ async function callUpstream(
       dropUsageChunk: endpoint.usage.askInStream && body.stream_options?.include_usage !== true,
       onFirstEvent: () => (trace.ttfbMs = reply.elapsedTime),
       readEvent: endpoint.usage.event,
+      // A mid-stream error event is upstream error text: it may echo a server key (see redact.ts).
+      maskError: deps.upstream.maskSecrets,
       // The id is known from response.created on: recorded before the client can see (and use) it.
       onEvent: endpoint.recordsOwner ? (data, event) => deps.owners.recordFromEvent(data, event, keyId) : undefined,
     });

@@ -1,10 +1,11 @@
 // The client that talks to OpenAI: one pooled undici dispatcher, the server-held keys, timeouts, retries, abort.
 import type { Dispatcher, Pool as UndiciPool, errors as UndiciErrors } from 'undici';
 import { createRequire } from 'node:module';
-import type { Readable } from 'node:stream';
+import { pipeline, Transform, type Readable } from 'node:stream';
 import type { Config } from '../config.js';
 import { GatewayError, upstreamTimeout, upstreamUnreachable } from '../errors.js';
 import { createKeyPool, type KeyPoolLogger } from './key-pool.js';
+import { createSecretMasker, type SecretMasker } from './redact.js';
 import { backoffMs, isRetryableError, isRetryableStatus, retryAfterMs, shouldRetryHeader, sleep } from './retry.js';
 
 export interface UpstreamRequest {
@@ -75,6 +76,30 @@ async function discard(res: Dispatcher.ResponseData): Promise<void> {
 }
 
 /**
+ * An error body with every server key masked (see redact.ts): read whole (error bodies are small,
+ * and a key cut across two chunks must still be found), then passed on as one chunk. Errors and
+ * the consumer's destroy cross the pipe both ways, so timeouts and aborts behave as on the raw body.
+ */
+function maskedBody(body: Readable, mask: SecretMasker): Readable {
+  const chunks: Buffer[] = [];
+  const masked = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      chunks.push(chunk);
+      done();
+    },
+    flush(done) {
+      const bytes = Buffer.concat(chunks);
+      const text = bytes.toString('utf8');
+      const out = mask(text);
+      // Unchanged bytes go out as they came (a body that is not UTF-8 is not re-encoded).
+      done(null, out === text ? bytes : Buffer.from(out, 'utf8'));
+    },
+  });
+  pipeline(body, masked, () => undefined); // errors reach the consumer through `masked`
+  return masked;
+}
+
+/**
  * The abort signal of one upstream exchange: fires when the total timeout passes (a TimeoutError,
  * as AbortSignal.timeout gives) or when the client's signal fires (with its reason). `end()` clears
  * the timer and the listener on the client's signal; call it once the exchange is over.
@@ -127,12 +152,15 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
     bodyTimeout: upstream.idleTimeoutMs,
     keepAliveTimeout: 30_000,
   });
-  const keyPool = createKeyPool(upstream.apiKeys.length > 0 ? upstream.apiKeys : [upstream.apiKey], {
+  const keys = upstream.apiKeys.length > 0 ? upstream.apiKeys : [upstream.apiKey];
+  const keyPool = createKeyPool(keys, {
     cooldownMs: upstream.keyCooldownMs,
     invalidCooldownMs: upstream.keyInvalidCooldownMs,
     logger: log,
   });
   const { maxRetries, retryBaseDelayMs, retryMaxDelayMs, retryAfterMaxMs } = upstream;
+  /** Masks every key of the pool (and anything key-shaped) in upstream error text. */
+  const maskSecrets = createSecretMasker(keys);
 
   const fixedHeaders: Record<string, string> = {
     // Uncompressed, so usage can be read from the body and bytes passed straight through.
@@ -144,6 +172,8 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
   /**
    * Sends one request. Resolves once response headers arrive; the body is a stream the caller must
    * consume or destroy. Rejects with a GatewayError (502/504) when the exchange fails before headers.
+   * The body of any non-2xx answer comes with the server keys masked (OpenAI echoes the key it was
+   * sent in some errors): whatever relays or logs it downstream never holds a key.
    *
    * Retries happen only in here, i.e. before anything reached the client: 429, 500, 502, 503, 504
    * and connection errors, with jittered exponential backoff or upstream's retry-after, within the
@@ -213,7 +243,9 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
 
       const wait = nextWait(res, key.index);
       if (wait === undefined) {
-        return { status: res.statusCode, headers: res.headers, body: res.body, timedOut: exchange.isTimedOut, attempts: attempt, keyIndex: key.index };
+        // Only error answers pay for the masking; a 2xx body streams through untouched.
+        const body = res.statusCode >= 300 ? maskedBody(res.body, maskSecrets) : res.body;
+        return { status: res.statusCode, headers: res.headers, body, timedOut: exchange.isTimedOut, attempts: attempt, keyIndex: key.index };
       }
       // Only now is the response known to be dropped: nothing of it ever reaches the client.
       await discard(res);
@@ -253,5 +285,5 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
     }
   }
 
-  return { send, keyPool, close: () => pool.close() };
+  return { send, keyPool, maskSecrets, close: () => pool.close() };
 }
