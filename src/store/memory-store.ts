@@ -434,6 +434,9 @@ export class MemoryStore implements Store {
       hour.expiresAt = now + part.ttlMs;
       countedHours.add(part.hour);
     }
+    // Listed once per part, like Redis's list.lua. Here counting and listing are one synchronous
+    // step, so no part is ever counted without being listed (Redis needs a mark of its own for
+    // that: the count's reply may be lost), and a part counted before is listed already.
     for (const e of checked) if (countedHours.has(hourId(e.ts))) this.#appendEvent(e, now, options.maxEvents);
   }
 

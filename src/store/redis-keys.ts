@@ -136,6 +136,12 @@ export function redisKeys(prefix: string) {
     usageSeen: (hour: string) => `${prefix}usage:seen:{${hour}}`,
     /** STREAM of usage events, trimmed with MAXLEN ~: one field `e`, the event's JSON. */
     usageEvents: () => `${prefix}usage:events`,
+    /**
+     * SET of the batch ids whose part in this hour list.lua appended to the stream. Tagged with the
+     * stream's whole name (which has no braces, so it hashes as a whole), so it shares the stream's
+     * cluster slot and list.lua can mark and append in one step.
+     */
+    usageListed: (hour: string) => `${prefix}usage:listed:{${prefix}usage:events}:${hour}`,
     /** STRING: the gateway key id that created a Responses API object, PX ttl. Its own slot. */
     responseOwner: (responseId: string) => `${prefix}respowner:${responseId}`,
     /** STRING set once (SET NX PX) by markOnce. Its own slot. */

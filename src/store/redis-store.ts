@@ -118,6 +118,7 @@ interface QuotaCommands {
   tollgateLookup(entry: string, lock: string, token: string, ttlMs: number): Promise<[number, string?]>;
   tollgateFill(...keysAndArgs: (string | number)[]): Promise<number>;
   tollgateRecord(...keysAndArgs: (string | number)[]): Promise<number>;
+  tollgateList(numberOfKeys: number, ...keysAndArgs: (string | number)[]): Promise<number>;
 }
 
 const SETTLE_OUTCOMES: Record<number, SettleOutcome> = { 1: 'settled', 2: 'already-settled', 3: 'expired' };
@@ -173,6 +174,8 @@ export class RedisStore implements Store {
     this.#redis.defineCommand('tollgateLookup', { numberOfKeys: 2, lua: loadLua('lookup') });
     this.#redis.defineCommand('tollgateFill', { numberOfKeys: 3, lua: loadLua('fill') });
     this.#redis.defineCommand('tollgateRecord', { numberOfKeys: 2, lua: loadLua('record') });
+    // One key per hour the batch spans, plus the stream: the caller passes the count first.
+    this.#redis.defineCommand('tollgateList', { lua: loadLua('list') });
     this.#scripts = this.#redis as unknown as QuotaCommands;
     // Without a listener ioredis reports every failed reconnect on stderr. A cluster reports its
     // nodes' connection errors as 'node error'.
@@ -492,13 +495,13 @@ export class RedisStore implements Store {
   async recordUsage(events: readonly UsageEvent[], options: { retentionMs: number; maxEvents: number }): Promise<void> {
     // Every event is checked before anything is written.
     const checked = events.map((event) => checkUsage(event, options));
-    // Counted at most once (record.lua keeps the ids of the batches each hour counted): a batch
-    // replayed after an outage, whose first try may have landed, is then a no-op. Events are listed
-    // in the stream only when counted, so the export matches the aggregates; the stream is another
-    // key (maybe another slot), so its XADDs follow the scripts' answers. One hour per script: each
-    // hour is its own slot. The calls of one batch leave in one write (write-coalescing.ts).
     const parts = usageParts(checked, options.retentionMs);
-    const counted = await Promise.all(
+    if (parts.length === 0) return;
+    // Counted at most once (record.lua keeps the ids of the batches each hour counted): a batch
+    // replayed after an outage, whose first try may have landed, is then a no-op. One hour per
+    // script: each hour is its own slot. The calls of one batch leave in one write
+    // (write-coalescing.ts).
+    await Promise.all(
       parts.map((part) =>
         this.#scripts.tollgateRecord(
           this.#keys.usageHour(part.hour),
@@ -510,14 +513,22 @@ export class RedisStore implements Store {
         ),
       ),
     );
-    const countedHours = new Set(parts.filter((_, i) => counted[i] === 1).map((part) => part.hour));
-    const listed = checked.filter((e) => countedHours.has(hourId(e.ts))); // in batch order
-    if (listed.length === 0) return;
+    // Listed at most once too, but by a mark of its own (list.lua), not by the count's answer: the
+    // count may have run on Redis while its reply was lost (a stall past the command timeout), and
+    // the replay, finding the batch counted, must still list it. Listing follows the count, so an
+    // event is never listed without being counted; a replay completes whichever step is missing.
     // `~`: Redis trims whole stream nodes only (cheap), so a few more than maxEvents may remain
     // (up to stream-node-max-entries - 1, 99 by default); never fewer.
-    const pipeline = this.#redis.pipeline();
-    for (const e of listed) pipeline.xadd(this.#keys.usageEvents(), 'MAXLEN', '~', options.maxEvents, '*', 'e', JSON.stringify(e));
-    throwFirstError(await pipeline.exec());
+    const partIndex = new Map(parts.map((part, i) => [part.hour, i + 1]));
+    await this.#scripts.tollgateList(
+      1 + parts.length,
+      this.#keys.usageEvents(),
+      ...parts.map((part) => this.#keys.usageListed(part.hour)),
+      options.maxEvents,
+      parts.length,
+      ...parts.flatMap((part) => [part.batchId, part.seenTtlMs]),
+      ...checked.flatMap((e) => [partIndex.get(hourId(e.ts))!, JSON.stringify(e)]), // in batch order
+    );
   }
 
   async usageRows(fromHour: string, toHour: string): Promise<UsageRow[]> {

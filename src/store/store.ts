@@ -132,11 +132,13 @@ export interface Store {
   /**
    * Records a batch of usage events (the gateway sends one every USAGE_FLUSH_MS): adds them to the
    * aggregates of their hours (per key x model) and appends them, in order, to the capped event
-   * stream. One script call per hour the batch spans plus the stream appends, in one round trip
-   * each; called after the responses, never before them.
+   * stream. One script call per hour the batch spans, then one that lists the batch; called after
+   * the responses, never before them.
    * A batch is counted at most once: within an hour it is known by the list of its event ids, so
    * writing the same batch again (a replay after an outage, whose first try may have landed) is a
-   * no-op. An event must not be sent in two different batches. An empty batch writes nothing.
+   * no-op. Its events are listed once as well, and never without being counted; a replay lists
+   * a batch whose first write was counted but not listed (Redis ran it, its reply was lost).
+   * An event must not be sent in two different batches. An empty batch writes nothing.
    * The hour is the UTC hour of `event.ts`; it is kept until the end of that hour plus `retentionMs`
    * (measured from when it is written, on the event's clock: see usage-math.ts `usageTtlMs`).
    * The stream keeps at least the newest `maxEvents` events (Redis trims approximately, so up to

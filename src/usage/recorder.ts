@@ -56,8 +56,9 @@ export function createUsageRecorder(opts: UsageRecorderOptions) {
     }
   }
 
-  // Replays are safe: the store counts each batch once. A batch is kept and replayed whole, never
-  // split or merged, so it keeps the identity the store knows it by.
+  // Replays are safe: the store counts each batch once and lists it once, and a replay completes
+  // a first write that was counted but not listed. A batch is kept and replayed whole, never split
+  // or merged, so it keeps the identity the store knows it by.
   const waiting = createReplayQueue<UsageEvent[]>({
     max: opts.bufferMax ?? 100_000,
     weight: (events) => events.length,

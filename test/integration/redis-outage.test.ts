@@ -1,6 +1,7 @@
 // Redis dies mid-traffic (SIGKILL) and comes back on the same port: each feature follows its stated
 // outage policy, no request hangs, /readyz names the modes, and nothing is lost once Redis returns.
 import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +10,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ADMIN_TOKEN, startGateway, type Gateway } from '../helpers/gateway.js';
 import { freePort, startRedisServer } from '../helpers/redis-server.js';
 import { Redis } from 'ioredis';
+import { createRedisStore } from '../../src/store/redis-store.js';
+import { hourId } from '../../src/store/usage-math.js';
+import type { UsageEvent } from '../../src/usage/event.js';
 
 /** A redis-server that keeps its data across a SIGKILL, as a production Redis would. */
 const startPersistentRedis = (port: number, dir: string) => startRedisServer(port, { persistDir: dir });
@@ -377,5 +381,73 @@ describe('Redis outage', () => {
       const keys = JSON.parse((await timed('GET', '/admin/keys')).text) as { data: { name: string }[] };
       expect(keys.data.map((k) => k.name)).toContain('made-after-outage');
     });
+  });
+});
+
+// A usage write whose reply a stall swallowed: record.lua ran on Redis, the gateway saw a timeout
+// and replays the batch. The replay must not count it again, and must still list its events.
+describe('Usage recording across a Redis stall', () => {
+  const ts = () => Date.now();
+  function usageEvent(n: number): UsageEvent {
+    return {
+      ts: ts(), eventId: randomUUID(), requestId: `stall-${n}`, keyId: 'key_stall', keyName: 'stall', endpoint: 'chat.completions',
+      model: 'gpt-4o-mini', modelAnswered: 'gpt-4o-mini', status: 200, stream: false, cache: 'MISS', promptTokens: 3,
+      cachedPromptTokens: 0, completionTokens: 2, reasoningTokens: 0, totalTokens: 5, costMicros: 7, savedTokens: 0,
+      savedMicros: 0, estimated: false, latencyMs: 1, ttfbMs: 1, upstreamMs: 1, overheadMs: 0, errorCode: null,
+    };
+  }
+
+  it('store: a batch whose first write timed out but ran is listed by its replay, and counted once', async () => {
+    const redis = await startFreezableRedis();
+    const store = await createRedisStore({ url: redis.url, prefix: 'stall:', commandTimeoutMs: 200 });
+    cleanups.push(() => store.close());
+    const keep = { retentionMs: 86_400_000, maxEvents: 1000 };
+    const hour = hourId(ts());
+    const totals = async () => (await store.usageRows(hour, hourId(ts()))).reduce((n, r) => n + r.requests, 0);
+    await store.recordUsage([usageEvent(0)], keep);
+
+    const batch = [usageEvent(1), usageEvent(2), usageEvent(3)];
+    await redis.freeze();
+    // The scripts wait in the frozen Redis, the client gives up: the outcome is unknown.
+    await expect(store.recordUsage(batch, keep)).rejects.toThrow();
+    await redis.thaw();
+    await expect.poll(totals, { timeout: 5000 }).toBe(4); // the first write did land
+    await store.recordUsage(batch, keep); // the replay
+    await store.recordUsage(batch, keep); // and another: nothing changes
+    expect(await totals()).toBe(4);
+    const listed = await store.usageEvents({ sinceMs: 0, limit: 100 });
+    expect(listed.map((e) => e.event.requestId)).toEqual(['stall-0', 'stall-1', 'stall-2', 'stall-3']);
+  });
+
+  it('gateway: /admin/usage/events lists every event the aggregates count after a stall', async () => {
+    const redis = await startFreezableRedis();
+    // The key stays in the auth cache, so GET /v1/models touches Redis only through its usage event:
+    // the usage batch is the command the stall catches.
+    const gw = await startGateway({ env: { REDIS_URL: redis.url, ...OUTAGE_ENV, AUTH_CACHE_TTL_MS: '60000', USAGE_FLUSH_MS: '500' } });
+    cleanups.push(() => gw.close());
+    await expect.poll(async () => (await readyz(gw)).status).toBe(200);
+    const since = Date.now() - 60_000;
+    const key = await gw.createKey({ name: 'stalled-usage' });
+    const c = client(gw);
+    expect((await c.models(key.key)).status).toBe(200);
+    await settled(gw, c.requests);
+
+    for (let i = 0; i < 3; i++) expect((await c.models(key.key)).status).toBe(200);
+    await redis.freeze(); // before the batch leaves (USAGE_FLUSH_MS)
+    // Waits for the batch's write to time out without asking /readyz, whose PING would be the
+    // command that finds the stall (and the batch would then be kept without ever being sent).
+    const degraded = () => gw.logs.lines.some((l) => String(l.msg).startsWith('store unavailable: degraded mode'));
+    await expect.poll(degraded, { timeout: 5000 }).toBe(true);
+    expect((await readyz(gw)).body.modes.buffered.usageEvents).toBe(3);
+    await redis.thaw();
+    await expect.poll(async () => (await readyz(gw)).status, { timeout: 10_000 }).toBe(200);
+
+    await settled(gw, c.requests);
+    const listed = async () => {
+      const res = await fetch(`${gw.url}/admin/usage/events?since=${since}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+      return (await res.text()).split('\n').filter(Boolean).length;
+    };
+    await expect.poll(listed, { timeout: 5000 }).toBe(c.requests);
+    expect(await usageTotals(gw)).toMatchObject({ requests: c.requests });
   });
 });

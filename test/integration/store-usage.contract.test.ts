@@ -382,6 +382,8 @@ describe('Redis store usage only', () => {
     expect(keys.usageHour('2026-11-18T12')).toBe(`${prefix}usage:hour:{2026-11-18T12}`);
     expect(keys.usageSeen('2026-11-18T12')).toBe(`${prefix}usage:seen:{2026-11-18T12}`);
     expect(keys.usageEvents()).toBe(`${prefix}usage:events`);
+    // Tagged with the stream's name: the stream's cluster slot, so list.lua marks and appends at once.
+    expect(keys.usageListed('2026-11-18T12')).toBe(`${prefix}usage:listed:{${prefix}usage:events}:2026-11-18T12`);
     expect(keys.mark('m')).toBe(`${prefix}mark:m`);
 
     const hit = makeEvent({ ts: H + HOUR - 60_000, keyId: 'key|a', model: 'm%7C|x', cache: 'HIT', savedTokens: 15, savedMicros: 40 });
@@ -412,7 +414,11 @@ describe('Redis store usage only', () => {
     // The hour's set of counted event ids lives as long as a replay could come (the hour, then 6 h).
     const seenKey = keys.usageSeen('2026-11-18T12');
     expect(await raw.scard(seenKey)).toBe(2);
-    expect((await raw.keys(`${prefix}*`)).sort()).toEqual([hourKey, seenKey, keys.mark('m'), keys.usageEvents()].sort());
+    // And its set of listed batch ids, as long.
+    const listedKey = keys.usageListed('2026-11-18T12');
+    expect(await raw.scard(listedKey)).toBe(2);
+    expect(Math.abs((await raw.pttl(listedKey)) - (await raw.pttl(seenKey)))).toBeLessThan(2000);
+    expect((await raw.keys(`${prefix}*`)).sort()).toEqual([hourKey, seenKey, listedKey, keys.mark('m'), keys.usageEvents()].sort());
   });
 
   it('skips corrupt stream entries, fills the page from beyond them, and logs without their content', async () => {
