@@ -143,9 +143,10 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       ? await createRedisStore({ ...config.redis, logger })
       : createMemoryStore());
   // Every store call goes through the guard: once a call times out, the instance is degraded and
-  // fails fast until the background probe sees the store answer (docs: "When Redis is down").
+  // fails fast until the background probe sees the store answer (docs: "When Redis is down"); then
+  // it releases the cache locks that timed-out lookups may have taken.
   const storeHealth = createStoreHealth({ store: rawStore, logger, probeIntervalMs: config.outage.probeIntervalMs });
-  const store = guardStore(rawStore, storeHealth);
+  const store = guardStore(rawStore, storeHealth, { logger });
   const upstream = options.upstream ?? createUpstreamClient(config.upstream, { logger });
   const clock = options.clock ?? Date.now;
   const graceWarning = new ThrottledWarning(logger, 30_000);

@@ -246,8 +246,9 @@ export function createQuota(opts: QuotaOptions) {
 
   /** A request's worst case, priced, and the admission request that reserves it. */
   function reservation(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, free: boolean, estimate?: number) {
-    // A free request (a cache hit) is checked against every limit and counts against rpm, but it is
-    // over once admitted: the store records no reservation or lease, and settling it writes nothing.
+    // A free request (a cache hit) is checked against maxConcurrent and rpm and counts against rpm
+    // (tpm and the budgets do not apply: it adds nothing to them), but it is over once admitted: the
+    // store records no reservation or lease, and settling it writes nothing.
     const price = free ? ZERO_PRICE : priceOf(key, model);
     const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model));
     const outputTokens = free ? 0 : maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);

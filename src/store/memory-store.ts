@@ -8,6 +8,7 @@ import {
   admissionResult,
   checkAdmission,
   checkJoinedLookup,
+  checkLeadToken,
   checkPeriods,
   checkSettlement,
   epochSecond,
@@ -213,7 +214,7 @@ export class MemoryStore implements Store {
     this.#sweepCache(now);
     if (this.#liveCacheLock(lookup.name, now)) return { lookup: 'wait' };
     const admission = this.#admit(req);
-    return { lookup: 'miss', leader: admission.admitted ? this.#lead(lookup.name, lookup.leadTtlMs, now) : null, admission };
+    return { lookup: 'miss', leader: admission.admitted ? this.#lead(lookup.name, lookup.leadTtlMs, now, lookup.token) : null, admission };
   }
 
   /** admit() after its checks, in one synchronous step (admitAndLookup runs it between its cache reads). */
@@ -249,6 +250,7 @@ export class MemoryStore implements Store {
       usdMicros,
       now,
       inFlight: q.leases.size,
+      countOnly: req.countOnly === true,
       window,
       day: this.#budget(keyId, 'day', periods.day, now) ?? EMPTY_BUDGET,
       month: this.#budget(keyId, 'month', periods.month, now) ?? EMPTY_BUDGET,
@@ -360,26 +362,27 @@ export class MemoryStore implements Store {
     return stored ? copyEntry(stored.entry) : null;
   }
 
-  async cacheLookup(name: string, leadTtlMs: number): Promise<{ entry: CacheEntry | null; leader: string | null }> {
+  async cacheLookup(name: string, leadTtlMs: number, token?: string): Promise<{ entry: CacheEntry | null; leader: string | null }> {
     cacheNameParts(name);
     checkTtl(leadTtlMs);
+    if (token !== undefined) checkLeadToken(token);
     const entry = await this.cacheGet(name);
     if (entry) return { entry, leader: null };
-    return { entry: null, leader: await this.cacheAcquire(name, leadTtlMs) };
+    return { entry: null, leader: await this.cacheAcquire(name, leadTtlMs, token) };
   }
 
-  async cacheAcquire(name: string, ttlMs: number): Promise<string | null> {
+  async cacheAcquire(name: string, ttlMs: number, token?: string): Promise<string | null> {
     cacheNameParts(name);
     checkTtl(ttlMs);
+    if (token !== undefined) checkLeadToken(token);
     const now = this.#clock();
     this.#sweepCache(now);
     if (this.#liveCacheLock(name, now)) return null;
-    return this.#lead(name, ttlMs, now);
+    return this.#lead(name, ttlMs, now, token);
   }
 
-  /** Takes the single-flight lead of a name nobody leads: its token. */
-  #lead(name: string, ttlMs: number, now: number): string {
-    const token = randomUUID();
+  /** Takes the single-flight lead of a name nobody leads: its token (the caller's, if given). */
+  #lead(name: string, ttlMs: number, now: number, token: string = randomUUID()): string {
     this.#cacheLocks.set(name, { expiresAt: now + ttlMs, token });
     return token;
   }

@@ -122,6 +122,8 @@ export interface AdmissionInput {
   now: number;
   /** Live leases after the dead ones were released. */
   inFlight: number;
+  /** A count-only request (a cache hit): it adds nothing to tpm or a budget, so only rpm and concurrency apply. */
+  countOnly?: boolean;
   /** In-window buckets, oldest first, without this request. */
   window: [number, Bucket][];
   day: BudgetCounters;
@@ -138,6 +140,9 @@ export function firstBrokenLimit(input: AdmissionInput): { limit: LimitName; ret
   if (limits.rpm > 0 && totals.requests + 1 > limits.rpm) {
     return { limit: 'rpm', retryAfterMs: msUntilFreed(window, 'requests', totals.requests + 1 - limits.rpm, now) };
   }
+  // Nothing for tpm or a budget to refuse: not at the limit, and not past it either (settled usage
+  // can overshoot a budget), where `used + 0 > limit` alone would refuse it.
+  if (input.countOnly) return null;
   if (limits.tpm > 0 && totals.tokens + tokens > limits.tpm) {
     // A request larger than the whole limit never fits, however long it waits.
     const retryAfterMs = tokens > limits.tpm ? undefined : msUntilFreed(window, 'tokens', totals.tokens + tokens - limits.tpm, now);
@@ -255,6 +260,14 @@ export function checkJoinedLookup(req: AdmissionRequest, lookup: CacheLookup) {
   const { scope } = cacheNameParts(lookup.name);
   if (scope !== req.keyId) throw new RangeError(`cache name ${JSON.stringify(lookup.name)} is not in the scope of key ${req.keyId}`);
   positiveInt(lookup.leadTtlMs, 'leadTtlMs');
+  if (lookup.token !== undefined) checkLeadToken(lookup.token);
+}
+
+/** A caller's single-flight token (cacheAcquire): non-empty, since a fill without a token passes ''. */
+export function checkLeadToken(token: string) {
+  if (typeof token !== 'string' || token.length === 0 || token.length > 256) {
+    throw new RangeError(`a lead token must be a string of 1 to 256 characters, got ${JSON.stringify(token)}`);
+  }
 }
 
 export function checkSettlement(s: Settlement) {

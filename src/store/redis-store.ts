@@ -17,6 +17,7 @@ import {
   bucketsFromHash,
   checkAdmission,
   checkJoinedLookup,
+  checkLeadToken,
   checkPeriods,
   checkSettlement,
   msUntilEmpty,
@@ -247,7 +248,7 @@ export class RedisStore implements Store {
   async admitAndLookup(req: AdmissionRequest, lookup: CacheLookup): Promise<JoinedLookup> {
     checkJoinedLookup(req, lookup);
     const k = this.#keys;
-    const token = this.#newLeadToken();
+    const token = lookup.token ?? this.#newLeadToken();
     const entryKey = k.cacheEntry(lookup.name);
     const reply = await this.#scripts.tollgateAdmitLookup(
       ...this.#admitKeys(req),
@@ -404,18 +405,20 @@ export class RedisStore implements Store {
     return raw === null ? null : this.#readEntry(key, raw);
   }
 
-  async cacheLookup(name: string, leadTtlMs: number): Promise<{ entry: CacheEntry | null; leader: string | null }> {
+  async cacheLookup(name: string, leadTtlMs: number, token?: string): Promise<{ entry: CacheEntry | null; leader: string | null }> {
     checkTtl(leadTtlMs);
+    if (token !== undefined) checkLeadToken(token);
     const key = this.#keys.cacheEntry(name);
-    const [found, value] = await this.#scripts.tollgateLookup(key, this.#keys.cacheLock(name), this.#newLeadToken(), leadTtlMs);
+    const [found, value] = await this.#scripts.tollgateLookup(key, this.#keys.cacheLock(name), token ?? this.#newLeadToken(), leadTtlMs);
     if (found === 1) return { entry: this.#readEntry(key, value!), leader: null };
     return { entry: null, leader: found === 2 ? value! : null };
   }
 
-  async cacheAcquire(name: string, ttlMs: number): Promise<string | null> {
+  async cacheAcquire(name: string, ttlMs: number, token?: string): Promise<string | null> {
     checkTtl(ttlMs);
-    const token = this.#newLeadToken();
-    return (await this.#redis.set(this.#keys.cacheLock(name), token, 'PX', ttlMs, 'NX')) === 'OK' ? token : null;
+    if (token !== undefined) checkLeadToken(token);
+    const lead = token ?? this.#newLeadToken();
+    return (await this.#redis.set(this.#keys.cacheLock(name), lead, 'PX', ttlMs, 'NX')) === 'OK' ? lead : null;
   }
 
   async cacheFill(name: string, fill: { entry?: CacheEntry; ttlMs?: number; token: string | null }): Promise<void> {

@@ -98,13 +98,16 @@ export interface Store {
    * (no lock is taken), else single-flight leadership of `name` as cacheAcquire gives it: `leader`
    * is the token, or null when another caller leads (then cacheWait).
    */
-  cacheLookup(name: string, leadTtlMs: number): Promise<{ entry: CacheEntry | null; leader: string | null }>;
+  cacheLookup(name: string, leadTtlMs: number, token?: string): Promise<{ entry: CacheEntry | null; leader: string | null }>;
   /**
    * Single-flight leadership for one cache name across instances: a token for exactly one caller
    * (null for the others) until it calls cacheFill with it or ttlMs passes (a leader that died must
-   * not block the others for long).
+   * not block the others for long). The token is `token` when given (a non-empty string unique to
+   * this lead, else a RangeError), so a caller that never hears the answer (a timeout) can still
+   * release the lead the call may have taken; otherwise the store makes one. So do cacheLookup and
+   * admitAndLookup (CacheLookup.token).
    */
-  cacheAcquire(name: string, ttlMs: number): Promise<string | null>;
+  cacheAcquire(name: string, ttlMs: number, token?: string): Promise<string | null>;
   /**
    * Ends a miss in one round trip: stores `entry` (if given) for `ttlMs` (overwrites; only the
    * CacheEntry fields are kept), ends leadership if `token` still holds it (a slow leader whose lock
@@ -216,9 +219,10 @@ export interface AdmissionRequest {
   /** A lease not renewed within this long is dead (its instance crashed) and is released. */
   leaseTtlMs: number;
   /**
-   * For a request that is over as soon as it is admitted (a cache hit): every limit is checked and
-   * the request counts against rpm, but no reservation or lease is recorded, so there is nothing
-   * to settle. `tokens` and `usdMicros` must then be 0.
+   * For a request that is over as soon as it is admitted (a cache hit): it is checked against
+   * maxConcurrent and rpm and counts against rpm, but no reservation or lease is recorded, so there
+   * is nothing to settle. tpm and the budgets do not apply, whether at their limit or past it: it
+   * adds nothing to them. `tokens` and `usdMicros` must then be 0.
    */
   countOnly?: boolean;
 }
@@ -227,6 +231,8 @@ export interface AdmissionRequest {
 export interface CacheLookup {
   name: string;
   leadTtlMs: number;
+  /** The token to lead with, as cacheAcquire takes it (the store makes one if not given). */
+  token?: string;
 }
 
 /**

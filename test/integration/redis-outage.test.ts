@@ -225,6 +225,43 @@ describe('Redis outage', () => {
     expect((await c.chat(key.key, 'after the stall')).status).toBe(200);
   });
 
+  // A large single-flight wait: a request that waited on a lock nobody releases would run into the
+  // test's timeout, and the lock would still be in Redis at the end of the poll below.
+  it.each([
+    { scope: 'key', failMode: 'closed', during: 503 }, // admit.lua: the lookup joined with the admission
+    { scope: 'global', failMode: 'open', during: 200 }, // lookup.lua: the lookup on its own
+  ])(
+    'CACHE_SCOPE=$scope, QUOTA_FAIL_MODE=$failMode, Redis stalled: a cache lock a timed-out lookup took when Redis ran it later is released',
+    async ({ scope, failMode, during }) => {
+      const redis = await startFreezableRedis();
+      const env = { ...OUTAGE_ENV, AUTH_CACHE_TTL_MS: '60000', CACHE_ENABLED: 'true', CACHE_SCOPE: scope, QUOTA_FAIL_MODE: failMode };
+      const gw = await startGateway({ env: { REDIS_URL: redis.url, ...env, CACHE_SINGLE_FLIGHT_WAIT_MS: '600000' } });
+      cleanups.push(() => gw.close());
+      const inspect = new Redis(redis.url);
+      cleanups.push(() => void inspect.disconnect());
+      await expect.poll(async () => (await readyz(gw)).status).toBe(200);
+      const key = await gw.createKey({ name: 'stalled-cache' });
+      const c = client(gw);
+      expect((await c.models(key.key)).status).toBe(200); // known: authenticated from the grace
+
+      await redis.freeze();
+      // The lookup times out, but its script waits in the frozen Redis and takes the lock on thaw.
+      expect((await c.chat(key.key, 'same prompt')).status).toBe(during);
+      await redis.thaw();
+      await expect.poll(async () => (await readyz(gw)).status, { timeout: 10_000 }).toBe(200);
+
+      // Released once Redis answers, not held for CACHE_SINGLE_FLIGHT_WAIT_MS.
+      await expect.poll(() => inspect.keys('*cachelock*'), { timeout: 10_000 }).toEqual([]);
+      // The identical request is a plain miss: it leads, goes upstream itself and fills.
+      const upstreamBefore = gw.fake.requests.length;
+      const again = await c.chat(key.key, 'same prompt');
+      expect(again.status).toBe(200);
+      expect(again.headers.get('x-tollgate-cache')).toBe('MISS');
+      expect(gw.fake.requests.length).toBe(upstreamBefore + 1);
+      await expect.poll(async () => (await c.chat(key.key, 'same prompt')).headers.get('x-tollgate-cache')).toBe('HIT');
+    },
+  );
+
   it('QUOTA_FAIL_MODE=open: admits up to the local cap then 429, bypasses the cache, settles everything after', async () => {
     const { gw, kill, restart } = await outageSetup({ QUOTA_FAIL_MODE: 'open', QUOTA_FAIL_OPEN_RPM: '3', CACHE_ENABLED: 'true' });
     const key = await gw.createKey({ name: 'outage-open' });

@@ -194,6 +194,55 @@ describe.each([
     await expect(a.admitAndLookup({ ...request(), tokens: -1 }, { name: cacheName(keyId), leadTtlMs: 10_000 })).rejects.toThrow(RangeError);
   });
 
+  it('admitAndLookup: a hit passes a spent budget alike at its limit and past it (it adds nothing to it); a miss does not', async () => {
+    const [a] = await pair();
+    const now = Date.now();
+    const day = new Date(now).toISOString().slice(0, 10);
+    const periods = { day, month: day.slice(0, 7), dayTtlMs: 86_400_000, monthTtlMs: 40 * 86_400_000 };
+    const limits = { rpm: 0, tpm: 0, tokensPerDay: 50, tokensPerMonth: 0, usdMicrosPerDay: 0, usdMicrosPerMonth: 0, maxConcurrent: 0 };
+    for (const used of [50, 60]) {
+      const keyId = newKeyId();
+      const request = () => ({ keyId, reservationId: randomBytes(8).toString('hex'), limits, tokens: 40, usdMicros: 0, now, periods, leaseTtlMs: 60_000 });
+      const name = cacheName(keyId);
+      await a.cacheFill(name, { entry: makeEntry(), ttlMs: 60_000, token: null });
+      // The day's budget spent: exactly, then past it (settled usage can overshoot its reservation).
+      const spent = request();
+      expect((await a.admit(spent)).admitted).toBe(true);
+      await a.settle({ keyId, reservationId: spent.reservationId, tokens: used, usdMicros: 0, now, fallbackPeriods: periods });
+      const miss = await a.admitAndLookup(request(), { name: cacheName(keyId), leadTtlMs: 10_000 });
+      expect(miss, `miss, ${used} used`).toMatchObject({ lookup: 'miss', leader: null, admission: { admitted: false, limit: 'tokensPerDay' } });
+      const hit = await a.admitAndLookup(request(), { name, leadTtlMs: 10_000 });
+      expect(hit, `hit, ${used} used`).toMatchObject({ lookup: 'hit', admission: { admitted: true } });
+    }
+  });
+
+  it('leads with the caller’s token when given one, so a caller that never heard the answer can release the lead', async () => {
+    const [a, b] = await pair();
+    const keyId = newKeyId();
+    const now = Date.now();
+    const day = new Date(now).toISOString().slice(0, 10);
+    const periods = { day, month: day.slice(0, 7), dayTtlMs: 86_400_000, monthTtlMs: 40 * 86_400_000 };
+    const limits = { rpm: 0, tpm: 0, tokensPerDay: 0, tokensPerMonth: 0, usdMicrosPerDay: 0, usdMicrosPerMonth: 0, maxConcurrent: 0 };
+    const request = { keyId, reservationId: randomBytes(8).toString('hex'), limits, tokens: 40, usdMicros: 900, now, periods, leaseTtlMs: 60_000 };
+    const leads = [
+      { name: cacheName(keyId), take: (name: string, token: string) => a.admitAndLookup(request, { name, leadTtlMs: 10_000, token }) },
+      { name: cacheName(), take: (name: string, token: string) => a.cacheLookup(name, 10_000, token) },
+      { name: cacheName(), take: (name: string, token: string) => a.cacheAcquire(name, 10_000, token) },
+    ];
+    for (const [i, { name, take }] of leads.entries()) {
+      const token = `caller-token-${i}`;
+      expect(JSON.stringify(await take(name, token))).toContain(token);
+      expect(await b.cacheAcquire(name, 10_000)).toBeNull();
+      await b.cacheFill(name, { token: 'another-token' }); // not ours: still held
+      expect(await b.cacheAcquire(name, 10_000)).toBeNull();
+      await b.cacheFill(name, { token });
+      expect(await b.cacheAcquire(name, 10_000)).not.toBeNull();
+    }
+    await expect(a.cacheAcquire(cacheName(), 10_000, '')).rejects.toThrow(RangeError);
+    await expect(a.cacheLookup(cacheName(), 10_000, '')).rejects.toThrow(RangeError);
+    await expect(a.admitAndLookup({ ...request, reservationId: 'r2' }, { name: cacheName(keyId), leadTtlMs: 10_000, token: '' })).rejects.toThrow(RangeError);
+  });
+
   it('acquire is exclusive across instances until released', async () => {
     const [a, b] = await pair();
     const name = cacheName();

@@ -100,7 +100,7 @@ describe.each([
       day: { tokens: { used: 0, reserved: 0 }, usdMicros: { used: 0, reserved: 0 } },
       month: { tokens: { used: 0, reserved: 0 }, usdMicros: { used: 0, reserved: 0 } },
     });
-    // Every limit is still checked: two requests in flight fill maxConcurrent, and hits count toward rpm.
+    // Concurrency and rpm are still checked: two requests in flight fill maxConcurrent, and hits count toward rpm.
     await key.reserve();
     await key.reserve();
     expect(await key.admit(hit)).toMatchObject({ admitted: false, limit: 'maxConcurrent' });
@@ -110,6 +110,25 @@ describe.each([
     expect(await relaxed.admit(hit)).toMatchObject({ admitted: false, limit: 'rpm' });
     // It reserves nothing, so it cannot carry amounts.
     await expect(key.admit({ tokens: 5, usdMicros: 0, countOnly: true })).rejects.toThrow(RangeError);
+  });
+
+  // A hit adds nothing to tpm or a budget, so neither can refuse it: not at the limit (where any miss,
+  // needing at least one token, is refused) and not past it either (settled usage can overshoot).
+  it.each([
+    { limit: 'tpm', limits: { tpm: 25 }, spent: (n: number) => ({ tokens: n }) },
+    { limit: 'tokensPerDay', limits: { tokensPerDay: 25 }, spent: (n: number) => ({ tokens: n }) },
+    { limit: 'tokensPerMonth', limits: { tokensPerMonth: 25 }, spent: (n: number) => ({ tokens: n }) },
+    { limit: 'usdPerDay', limits: { usdMicrosPerDay: 25 }, spent: (n: number) => ({ usdMicros: n }) },
+    { limit: 'usdPerMonth', limits: { usdMicrosPerMonth: 25 }, spent: (n: number) => ({ usdMicros: n }) },
+  ])('a count-only admission (a cache hit) passes $limit alike at and over the limit; a miss is refused at both', async ({ limit, limits, spent }) => {
+    const store = await create();
+    const hit = { tokens: 0, usdMicros: 0, countOnly: true };
+    for (const used of [25, 26]) {
+      const key = forKey(store, limits);
+      await key.settle(await key.reserve({ tokens: 10, usdMicros: 10 }), spent(used));
+      expect(await key.admit({ tokens: 1, usdMicros: 1 }), `miss, ${used} used`).toMatchObject({ admitted: false, limit });
+      expect((await key.admit(hit)).admitted, `hit, ${used} used`).toBe(true);
+    }
   });
 
   it('reports nothing for a key never seen', async () => {

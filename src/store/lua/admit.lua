@@ -15,7 +15,8 @@
 -- ARGV[10] dayTtlMs               ARGV[11] monthTtlMs
 -- ARGV[12..18] limits, 0 = not set: rpm, tpm, tokensPerDay, tokensPerMonth, usdMicrosPerDay,
 --              usdMicrosPerMonth, maxConcurrent
--- ARGV[19] 1: count only (a cache hit: counted against rpm, no reservation, lease or budget write)
+-- ARGV[19] 1: count only (a cache hit: checked against maxConcurrent and rpm and counted in rpm; tpm
+--          and the budgets do not apply; no reservation, lease or budget write)
 --
 -- Joined with the cache lookup (Store.admitAndLookup, the command tollgateAdmitLookup declares two
 -- more keys, both tagged `{keyId}` like the rest: a cache name in the key's own scope):
@@ -147,6 +148,9 @@ if maxConcurrent > 0 and inFlight + 1 > maxConcurrent then
   limit, retry = 1, 1000 -- quota-math CONCURRENCY_RETRY_MS
 elseif rpm > 0 and totalReqs + 1 > rpm then
   limit, retry = 2, freedIn(reqs, totalReqs + 1 - rpm)
+elseif countOnly then
+  -- A count-only request (a cache hit) adds nothing to tpm or a budget: neither refuses it, at its
+  -- limit or past it (settled usage can overshoot), where `used + 0 > limit` alone would refuse it.
 elseif tpm > 0 and totalToks + tokens > tpm then
   limit = 3
   -- A request larger than the whole limit never fits, however long it waits.
