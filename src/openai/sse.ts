@@ -18,6 +18,13 @@ export interface RelayOptions {
   /** Sees each event before it is relayed; a returned promise is awaited first (e.g. to record an owner). */
   onEvent?: (data: string, event: string | undefined) => Promise<void> | void;
   /**
+   * Called once, when upstream is done: at its terminal event (`[DONE]`, or one the reader marks
+   * final), else at its end or when it fails. A returned promise is awaited before the client gets
+   * that terminal event, the end of the stream or the in-band error (e.g. to give back the key's
+   * concurrency lease first); a rejection counts as done.
+   */
+  beforeEnd?: () => Promise<void> | void;
+  /**
    * Masks server keys in an error event's data before anything sees it (the upstream client's
    * maskSecrets): a mid-stream error is upstream error text, like an error body. Other events
    * are model output and pass untouched.
@@ -204,6 +211,11 @@ class SseRelay extends Readable {
   private sourceEnded = false;
   private firstChunk = true;
   /**
+   * beforeEnd: undefined until it is called, then its pending promise (which the terminal event,
+   * the end and the error event wait for), null once there is nothing (more) to wait for.
+   */
+  private endGate: Promise<void> | null | undefined = undefined;
+  /**
    * Events relayed but not yet pushed: the events of one upstream chunk go to the client in one
    * push, so one socket write, not one each (a write per event was the largest item of a stream's
    * CPU profile). Pushed at the end of every drain, before any wait, and before the end.
@@ -256,7 +268,7 @@ class SseRelay extends Readable {
     if (!this.sourceEnded) this.stop(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
   };
 
-  /** Hands every parsed event on, in order; pauses upstream behind an onEvent promise. */
+  /** Hands every parsed event on, in order; pauses upstream behind an onEvent (or beforeEnd) promise. */
   private drain(): void {
     const { result, options } = this;
     try {
@@ -264,8 +276,11 @@ class SseRelay extends Readable {
         const e = this.pending.shift();
         if (!e) break;
         if (options.maskError && isErrorEvent(e)) e.data = options.maskError(e.data);
-        if (e.data === '[DONE]') result.completed = true;
-        else {
+        let seen: Promise<unknown> | void = undefined;
+        if (e.data === '[DONE]') {
+          result.completed = true;
+          seen = this.ending();
+        } else {
           result.data.push(e.data);
           const found = (options.readEvent ?? readChatChunk)(e.data, e.event);
           if (found) {
@@ -274,27 +289,31 @@ class SseRelay extends Readable {
             if (found.final) result.completed = true;
             if (found.usageOnly && options.dropUsageChunk) continue;
           }
-          const seen = options.onEvent?.(e.data, e.event);
-          if (seen) {
-            this.flush();
-            this.waiting = true;
-            this.source.pause();
-            seen.then(
-              () => {
-                this.waiting = false;
-                if (this.stopped) return;
-                try {
-                  this.relay(e);
-                } catch (err) {
-                  this.stop(err);
-                  return;
-                }
-                this.drain();
-              },
-              (err: unknown) => this.stop(err),
-            );
-            return;
+          seen = options.onEvent?.(e.data, e.event);
+          if (found?.final) {
+            const ending = this.ending();
+            if (ending) seen = seen ? Promise.all([seen, ending]) : ending;
           }
+        }
+        if (seen) {
+          this.flush();
+          this.waiting = true;
+          this.source.pause();
+          seen.then(
+            () => {
+              this.waiting = false;
+              if (this.stopped) return;
+              try {
+                this.relay(e);
+              } catch (err) {
+                this.stop(err);
+                return;
+              }
+              this.drain();
+            },
+            (err: unknown) => this.stop(err),
+          );
+          return;
         }
         this.relay(e);
       }
@@ -324,9 +343,33 @@ class SseRelay extends Readable {
     }
   }
 
+  /** Upstream is done: calls beforeEnd the first time; what to wait for before the client sees the end. */
+  private ending(): Promise<void> | undefined {
+    if (this.endGate === undefined) {
+      const pending = this.options.beforeEnd?.();
+      this.endGate = pending
+        ? pending.then(
+            () => void (this.endGate = null),
+            () => void (this.endGate = null),
+          )
+        : null;
+    }
+    return this.endGate ?? undefined;
+  }
+
   private finish(): void {
     if (this.stopped) return;
     this.flush();
+    // Upstream ended without a terminal event: the end waits for beforeEnd as that event would.
+    const gate = this.ending();
+    if (gate) {
+      this.waiting = true;
+      void gate.then(() => {
+        this.waiting = false;
+        this.finish();
+      });
+      return;
+    }
     this.stopped = true;
     this.detach();
     this.push(null);
@@ -344,8 +387,14 @@ class SseRelay extends Readable {
       // Headers are gone already; tell the client in-band, the way OpenAI reports mid-stream errors,
       // after the events relayed before it.
       this.flush();
-      this.push(formatEvent({ data: JSON.stringify(openAIErrorBody('The upstream stream was interrupted.', 'server_error', 'upstream_stream_error')) }));
-      this.push(null);
+      const tell = () => {
+        if (this.destroyed) return; // the client left meanwhile
+        this.push(formatEvent({ data: JSON.stringify(openAIErrorBody('The upstream stream was interrupted.', 'server_error', 'upstream_stream_error')) }));
+        this.push(null);
+      };
+      const gate = this.ending();
+      if (gate) void gate.then(tell);
+      else tell();
     }
     this.settle(this.result);
   }

@@ -178,6 +178,7 @@ async function callUpstream(
       finish({ usage: trace.usage, estimated: true });
       return clientClosed(reply);
     }
+    await admission.endLease(); // before the client sees the error (see the relay below)
     finish({ estimated: false }); // nothing came back: release the reservation in full
     throw err;
   }
@@ -185,8 +186,9 @@ async function callUpstream(
   if (res.status === 401) {
     // OpenAI refused the gateway's own key. Its message names that key (masked) and would make the
     // client think its gateway key is wrong: this is the gateway's failure, say so instead.
-    finish({ estimated: false });
     res.body.resume();
+    await admission.endLease();
+    finish({ estimated: false });
     throw upstreamAuthFailed();
   }
   const headers = upstreamHeadersForClient(res.headers);
@@ -204,6 +206,10 @@ async function callUpstream(
       maskError: deps.upstream.maskSecrets,
       // The id is known from response.created on: recorded before the client can see (and use) it.
       onEvent: endpoint.recordsOwner ? (data, event) => deps.owners.recordFromEvent(data, event, keyId) : undefined,
+      // Upstream is done: the key's concurrency lease is given back before the client sees the end
+      // ([DONE] or the terminal event), or a strictly sequential client's next request could find
+      // it still held; the settlement comes after the response.
+      beforeEnd: () => admission.endLease(),
     });
     trace.streamDone = done.then((result) => {
       trace.streamIncomplete = !result.completed;
@@ -233,6 +239,8 @@ async function callUpstream(
       readUsage: endpoint.usage.body,
       // Recorded before the body (and its id) reaches the client.
       beforeSend: endpoint.recordsOwner ? (json) => deps.owners.recordFromBody(json, request.gatewayKey!.id) : undefined,
+      // As for a stream: the concurrency lease is given back before the client has the answer.
+      beforeEnd: () => admission.endLease(),
     },
   );
 }
@@ -310,6 +318,11 @@ export async function sendBuffered(
     readUsage?: (json: unknown) => Usage | undefined;
     /** Awaited after a 200 body is read and before it is sent. */
     beforeSend?: (json: unknown) => Promise<void>;
+    /**
+     * Called once upstream's body is read (any status, or a failed read), before the client gets
+     * anything; a returned promise is awaited (alongside beforeSend's) first. It must not reject.
+     */
+    beforeEnd?: () => Promise<void> | undefined;
   } = {},
 ) {
   const trace = reply.request.trace;
@@ -317,8 +330,12 @@ export async function sendBuffered(
   try {
     bytes = await readUpstreamBody(res);
   } catch (err) {
+    if (reply.raw.destroyed) {
+      onBody?.(undefined, undefined);
+      return clientClosed(reply);
+    }
+    await read.beforeEnd?.();
     onBody?.(undefined, undefined);
-    if (reply.raw.destroyed) return clientClosed(reply);
     throw err;
   }
   trace.upstreamMs = performance.now() - started;
@@ -327,8 +344,11 @@ export async function sendBuffered(
   // The answer goes out as it came; what the gateway reads from it (usage, model, error code) is
   // parsed after, off the client's path, unless something must see it first (beforeSend, and
   // errors: rare, and one that is not JSON is replaced below).
+  // Started first, so its store round trip overlaps beforeSend's (both leave in one write).
+  const ending = read.beforeEnd?.();
   let body = beforeSend || isError ? readJsonBody(res, bytes) : undefined;
   if (beforeSend) await beforeSend(body?.json);
+  if (ending) await ending;
   trace.ttfbMs = reply.elapsedTime;
   if (isError && body === undefined) reply.type('application/json; charset=utf-8').send(unreadableUpstreamError(res));
   else reply.send(bytes);

@@ -287,11 +287,40 @@ export function createQuota(opts: QuotaOptions) {
     if (!releaseLocal && !free) live.set(reservationId, { keyId: key.id, reservationId });
 
     let settled: Settled | undefined;
+    /** The request's place in its key's maxConcurrent was given back (endLease, or settle). */
+    let ended = false;
     return {
       headers,
       promptTokens,
       reservedTokens: tokens,
       reservedMicros: usdMicros,
+      /**
+       * Upstream is done with the request: it stops counting against its key's maxConcurrent, before
+       * its client can see the end of the response, while settle() runs after the response (a
+       * strictly sequential client would otherwise find its previous request still in flight,
+       * whichever instance it calls next). Resolves once the store has it (never rejects; bounded
+       * by the store's command timeout), so the caller can hold the response's last bytes until
+       * then; undefined when there is nothing to wait for: a key without maxConcurrent (its lease
+       * limits nothing; settle() releases it), a free admission, or one admitted locally while the
+       * store was down (its local count is released at once). Later calls, and calls after
+       * settle(), do nothing.
+       */
+      endLease(): Promise<void> | undefined {
+        if (ended || settled) return undefined;
+        ended = true;
+        if (releaseLocal) {
+          releaseLocal();
+          return undefined;
+        }
+        if (free || request.limits.maxConcurrent === 0) return undefined;
+        // No longer renewed: an ended lease that is renewed would count in flight again.
+        live.delete(reservationId);
+        return store.endLease({ keyId: key.id, reservationId }, clock(), opts.leaseTtlMs).catch((err: unknown) => {
+          // The lease stays until the settlement releases it (or it expires): the next request of
+          // the key may be refused meanwhile, nothing else is lost. Known down: nothing to report.
+          if (!(err instanceof StoreUnavailableError)) logger.warn({ err: (err as Error).message, keyId: key.id, reservationId }, 'ending a lease failed');
+        });
+      },
       /**
        * Replaces the reservation by real usage (no usage: nothing was consumed, all is released).
        * Returns the charge at once; the store write runs in the background (retried, and awaited
@@ -299,6 +328,7 @@ export function createQuota(opts: QuotaOptions) {
        */
       settle(consumption: Consumption): Settled {
         if (settled) return settled;
+        ended = true;
         live.delete(reservationId);
         releaseLocal?.();
         const usage = consumption.usage;

@@ -97,6 +97,7 @@ export function guardStore(store: Store, health: StoreHealth, opts: GuardOptions
     },
     settle: guard(store.settle),
     renewLeases: guard(store.renewLeases),
+    endLease: guard(store.endLease),
     quotaUsage: guard(store.quotaUsage),
     hit: guard(store.hit),
     cacheGet: guard(store.cacheGet),

@@ -82,7 +82,9 @@ interface KeyQuota {
   reservations: Map<string, Reservation>;
   /** reservationId -> lease expiry (ms). */
   leases: Map<string, number>;
-  /** Lower bound of the earliest lease expiry: no lease can be dead before it, so no scan is needed. */
+  /** Leases ended before their settlement (endLease), not in flight: reservationId -> expiry (ms). */
+  ended: Map<string, number>;
+  /** Lower bound of the earliest lease expiry (ended ones too): no lease can be dead before it, so no scan is needed. */
   earliestLease: number;
   /** reservationId -> settle time (ms). */
   settled: Map<string, number>;
@@ -224,19 +226,21 @@ export class MemoryStore implements Store {
     const q = this.#quota(keyId);
     if (q.reservations.has(req.reservationId)) throw new Error(`reservation ${req.reservationId} already exists`);
 
-    // 1. Release dead leases (expiry <= now).
+    // 1. Release dead leases (expiry <= now), ended ones too (no settlement came).
     if (q.earliestLease <= now) {
       let earliest = Infinity;
-      for (const [id, expiresAt] of q.leases) {
-        if (expiresAt > now) {
-          earliest = Math.min(earliest, expiresAt);
-          continue;
-        }
-        q.leases.delete(id);
-        const reservation = q.reservations.get(id);
-        if (reservation) {
-          this.#unreserve(keyId, reservation, now);
-          q.reservations.delete(id);
+      for (const leases of [q.leases, q.ended]) {
+        for (const [id, expiresAt] of leases) {
+          if (expiresAt > now) {
+            earliest = Math.min(earliest, expiresAt);
+            continue;
+          }
+          leases.delete(id);
+          const reservation = q.reservations.get(id);
+          if (reservation) {
+            this.#unreserve(keyId, reservation, now);
+            q.reservations.delete(id);
+          }
         }
       }
       q.earliestLease = earliest;
@@ -295,6 +299,7 @@ export class MemoryStore implements Store {
     const reservation = q.reservations.get(s.reservationId);
     q.reservations.delete(s.reservationId);
     q.leases.delete(s.reservationId);
+    q.ended.delete(s.reservationId);
     if (reservation) {
       this.#unreserve(keyId, reservation, now);
       // Charged to the periods it was reserved in, even if a new day has begun since.
@@ -318,10 +323,19 @@ export class MemoryStore implements Store {
     for (const { keyId, reservationId } of leases) {
       const q = this.#quotas.get(keyId);
       // Only leases that still exist: one already released (its reservation given back) stays released.
-      if (!q?.leases.has(reservationId)) continue;
+      // An ended one counts in flight again, as in Redis (where renewing overwrites its negated score).
+      if (!q || !(q.leases.has(reservationId) || q.ended.delete(reservationId))) continue;
       q.leases.set(reservationId, now + leaseTtlMs);
       q.earliestLease = Math.min(q.earliestLease, now + leaseTtlMs);
     }
+  }
+
+  async endLease(lease: { keyId: string; reservationId: string }, now: number, leaseTtlMs: number): Promise<void> {
+    const q = this.#quotas.get(lease.keyId);
+    // Only a lease that still exists (ended again: its expiry moves, as in Redis).
+    if (!q || !(q.leases.delete(lease.reservationId) || q.ended.has(lease.reservationId))) return;
+    q.ended.set(lease.reservationId, now + leaseTtlMs);
+    q.earliestLease = Math.min(q.earliestLease, now + leaseTtlMs);
   }
 
   async quotaUsage(keyId: string, periods: Periods, now: number): Promise<QuotaUsage> {
@@ -576,7 +590,7 @@ export class MemoryStore implements Store {
   #quota(keyId: string): KeyQuota {
     let q = this.#quotas.get(keyId);
     if (!q) {
-      q = { buckets: new Map(), reservations: new Map(), leases: new Map(), earliestLease: Infinity, settled: new Map() };
+      q = { buckets: new Map(), reservations: new Map(), leases: new Map(), ended: new Map(), earliestLease: Infinity, settled: new Map() };
       this.#quotas.set(keyId, q);
     }
     return q;
@@ -643,7 +657,7 @@ export class MemoryStore implements Store {
     for (const [keyId, q] of this.#quotas) {
       for (const s of q.buckets.keys()) if (s < oldest) q.buckets.delete(s);
       for (const [id, at] of q.settled) if (at < now - SETTLED_RETENTION_MS) q.settled.delete(id);
-      if (q.buckets.size === 0 && q.reservations.size === 0 && q.leases.size === 0 && q.settled.size === 0) {
+      if (q.buckets.size === 0 && q.reservations.size === 0 && q.leases.size === 0 && q.ended.size === 0 && q.settled.size === 0) {
         this.#quotas.delete(keyId);
       }
     }

@@ -56,7 +56,11 @@ export function redisKeys(prefix: string) {
     window: (id: string) => perKey('win', id),
     /** HASH reservationId -> `tokens|usdMicros|admissionSecond|dayId|monthId`. */
     reservations: (id: string) => perKey('resv', id),
-    /** ZSET reservationId -> lease expiry (epoch ms). Live leases are the requests in flight. */
+    /**
+     * ZSET reservationId -> lease expiry (epoch ms). Live leases are the requests in flight. A lease
+     * ended before its settlement (Store.endLease) is scored -expiry: no longer in flight, but its
+     * reservation is still released by an admission once that expiry passes.
+     */
     leases: (id: string) => perKey('lease', id),
     /** ZSET reservationId -> settle time (epoch ms), trimmed to two days: makes settle idempotent. */
     settled: (id: string) => perKey('settled', id),

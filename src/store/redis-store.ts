@@ -360,6 +360,13 @@ export class RedisStore implements Store {
     await this.#perKey([...byKey].map(([keyId, args]) => (p) => p.zadd(this.#keys.leases(keyId), 'XX', ...args)));
   }
 
+  async endLease(lease: { keyId: string; reservationId: string }, now: number, leaseTtlMs: number): Promise<void> {
+    // One plain command: an ended lease stays in the ZSET with its expiry negated, which admit.lua
+    // does not count in flight but still releases (with its reservation) once the expiry passes.
+    // XX: a lease already released is not brought back.
+    await this.#redis.zadd(this.#keys.leases(lease.keyId), 'XX', -(now + leaseTtlMs), lease.reservationId);
+  }
+
   async quotaUsage(keyId: string, periods: Periods, now: number): Promise<QuotaUsage> {
     checkPeriods(periods);
     const k = this.#keys;

@@ -73,6 +73,16 @@ export interface Store {
    */
   renewLeases(leases: { keyId: string; reservationId: string }[], now: number, leaseTtlMs: number): Promise<void>;
   /**
+   * Ends a lease before its settlement: the request no longer counts against maxConcurrent (upstream
+   * is done with it; the pipeline calls this before its client can see the end of the response,
+   * while the settlement is written after). Its reservation stays held until settle(); should no
+   * settlement come (the instance died), an admission releases the reservation once `now +
+   * leaseTtlMs` has passed, as for a lease that stopped being renewed. A lease already released
+   * (settled, or released after its expiry) is not brought back. Renewing an ended lease makes it
+   * count in flight again: callers stop renewing a lease once they end it.
+   */
+  endLease(lease: { keyId: string; reservationId: string }, now: number, leaseTtlMs: number): Promise<void>;
+  /**
    * Used and reserved amounts of one key, for the admin API. Read only: `reserved` still includes
    * reservations whose lease expired until an admission releases them; `inFlight` counts only leases
    * with expiry > now.

@@ -3,7 +3,7 @@
 --
 -- KEYS[1] window        HASH  r:<epochSecond> requests, t:<epochSecond> tokens (1-second buckets)
 -- KEYS[2] reservations  HASH  reservationId -> "tokens|usdMicros|admissionSecond|dayId|monthId"
--- KEYS[3] leases        ZSET  reservationId -> lease expiry (epoch ms)
+-- KEYS[3] leases        ZSET  reservationId -> lease expiry (epoch ms); -expiry once ended before settling
 -- KEYS[4] day budget    HASH  of the request's day:   tu tr uu ur (tokens used/reserved, usd micros used/reserved)
 -- KEYS[5] month budget  HASH  of the request's month: same fields
 -- ARGV[1] day stem      dayBudget(keyId, '')   (redis-keys.ts)
@@ -74,8 +74,10 @@ local function unreserve(key, field, amount)
   end
 end
 
--- 1. Release dead leases (expiry <= now): their instance stopped renewing them.
-local dead = redis.call('ZRANGEBYSCORE', leaseKey, '-inf', now)
+-- 1. Release dead leases (expiry <= now): their instance stopped renewing them. A lease ended
+-- before its settlement (Store.endLease) is scored -expiry: it no longer counts in flight, and is
+-- dead once its expiry passes too (no settlement came), so dead means -now <= score <= now.
+local dead = redis.call('ZRANGEBYSCORE', leaseKey, -now, now)
 for _, id in ipairs(dead) do
   local rec = redis.call('HGET', resvKey, id)
   if rec then
@@ -89,8 +91,8 @@ for _, id in ipairs(dead) do
     redis.call('HDEL', resvKey, id)
   end
 end
-if #dead > 0 then redis.call('ZREMRANGEBYSCORE', leaseKey, '-inf', now) end
-local inFlight = redis.call('ZCARD', leaseKey)
+if #dead > 0 then redis.call('ZREMRANGEBYSCORE', leaseKey, -now, now) end
+local inFlight = redis.call('ZCOUNT', leaseKey, '(0', '+inf')
 
 -- 2. The rolling minute: buckets of seconds >= sec - 59 (at most 120 fields: older ones are
 -- deleted on every admission and the hash expires 61 s after the last one).
