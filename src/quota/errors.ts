@@ -72,3 +72,16 @@ export const unpricedModel = (model: string) =>
     'model_price_unknown',
     'model',
   );
+
+/**
+ * A background response's usage never passes through the gateway (OpenAI bills it when it finishes,
+ * after the create call was answered), so nothing could hold it against a token or USD limit.
+ */
+export const backgroundNotMetered = () =>
+  new GatewayError(
+    400,
+    "This gateway key has a token or USD limit, which background responses would bypass: the gateway never sees their usage. Send the request without 'background' (stream it for long runs), or ask your gateway administrator for a key without token or USD limits.",
+    'invalid_request_error',
+    'background_not_metered',
+    'background',
+  );

@@ -9,7 +9,7 @@ import { costMicros, microsToUsd, usdToMicros, type Price, type PriceTable } fro
 import { estimatePromptTokens } from '../openai/tokens.js';
 import { periodsAt } from './periods.js';
 import type { AdmissionRequest, AdmissionResult, CacheLookup, JoinedLookup, Periods, Store, StoreLimits } from '../store/store.js';
-import { quotaExceeded, unpricedModel } from './errors.js';
+import { backgroundNotMetered, quotaExceeded, unpricedModel } from './errors.js';
 import { createReplayQueue } from '../resilience/replay-queue.js';
 import { rateLimitHeaders } from './headers.js';
 import { GatewayError } from '../errors.js';
@@ -141,6 +141,10 @@ export function createQuota(opts: QuotaOptions) {
   }, Math.max(1000, Math.floor(opts.leaseTtlMs / 3)));
   renewal.unref();
 
+  /** A limit that counts tokens or dollars (rpm and maxConcurrent count requests). */
+  const limitsTokensOrSpend = (l: KeyRecord['limits']) =>
+    l.tpm !== undefined || l.tokensPerDay !== undefined || l.tokensPerMonth !== undefined || l.usdPerDay !== undefined || l.usdPerMonth !== undefined;
+
   function priceOf(key: KeyRecord, model: string): Price {
     const price = opts.prices.priceFor(model);
     if (price) return price;
@@ -249,6 +253,7 @@ export function createQuota(opts: QuotaOptions) {
     // A free request (a cache hit) is checked against maxConcurrent and rpm and counts against rpm
     // (tpm and the budgets do not apply: it adds nothing to them), but it is over once admitted: the
     // store records no reservation or lease, and settling it writes nothing.
+    if (!free && endpoint.name === 'responses' && body.background === true && limitsTokensOrSpend(key.limits)) throw backgroundNotMetered();
     const price = free ? ZERO_PRICE : priceOf(key, model);
     const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model));
     const outputTokens = free ? 0 : maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);

@@ -186,6 +186,37 @@ describe('stored responses belong to the key that created them', () => {
   });
 });
 
+describe('background responses and budgets', () => {
+  // OpenAI bills a background response when it finishes, after the create call was answered: its
+  // usage never passes the gateway, so 30 such calls on a spent key used to run up unmetered work.
+  it.each([
+    { limit: 'tpm', limits: { tpm: 100_000 } },
+    { limit: 'tokensPerDay', limits: { tokensPerDay: 100_000 } },
+    { limit: 'tokensPerMonth', limits: { tokensPerMonth: 100_000 } },
+    { limit: 'usdPerDay', limits: { usdPerDay: 10 } },
+    { limit: 'usdPerMonth', limits: { usdPerMonth: 10 } },
+  ])('refuses background: true for a key with a $limit limit, before upstream, in OpenAI shape', async ({ limit, limits }) => {
+    const key = await gw.createKey({ name: `bg-${limit}`, limits });
+    const calls = upstreamCalls();
+    const err = await gw
+      .sdk(key.key)
+      .responses.create({ model: 'gpt-4o-mini', input: `Think about it ${unique()}`, background: true, max_output_tokens: 100 })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(err).toMatchObject({ status: 400, code: 'background_not_metered', param: 'background', type: 'invalid_request_error' });
+    expect(upstreamCalls()).toBe(calls);
+    // The same request in the foreground is metered as usual.
+    const fg = await gw.sdk(key.key).responses.create({ model: 'gpt-4o-mini', input: `Think about it ${unique()}`, max_output_tokens: 100 });
+    expect(fg.status).toBe('completed');
+  });
+
+  it('allows background: true for a key whose limits count only requests (rpm, maxConcurrent)', async () => {
+    const key = await gw.createKey({ name: 'bg-requests-only', limits: { rpm: 100, maxConcurrent: 5 } });
+    const queued = await gw.sdk(key.key).responses.create({ model: 'gpt-4o-mini', input: `Later ${unique()}`, background: true });
+    expect(queued.status).toBe('queued');
+  });
+});
+
 describe('reading stored responses back', () => {
   it('records no tokens: retrieving or cancelling a response is not another use of them', async () => {
     const key = await gw.createKey({ name: 'reader' });
