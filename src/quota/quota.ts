@@ -118,7 +118,7 @@ export function createQuota(opts: QuotaOptions) {
   const local = createLocalLimiter({ rpm: opts.failOpen?.rpm ?? 60, maxInFlight: opts.failOpen?.maxInFlight ?? 10, now: clock });
   const degradedStats = { admittedOpen: 0, refusedUnavailable: 0, settlementsLogged: 0 };
   const openWarning = new ThrottledWarning(logger, 30_000);
-  /** Reservations of requests in flight on this instance: their leases are renewed until settled. */
+  /** Reservations of requests in flight on this instance: their leases are renewed until ended (endLease) or settled. */
   const live = new Map<string, { keyId: string; reservationId: string }>();
   /** Settlement writes not yet finished: shutdown waits for them. */
   const pending = new Set<Promise<unknown>>();

@@ -323,7 +323,7 @@ export class MemoryStore implements Store {
     for (const { keyId, reservationId } of leases) {
       const q = this.#quotas.get(keyId);
       // Only leases that still exist: one already released (its reservation given back) stays released.
-      // An ended one counts in flight again, as in Redis (where renewing overwrites its negated score).
+      // An ended one counts in flight again, as in Redis (where renewing overwrites its offset score).
       if (!q || !(q.leases.has(reservationId) || q.ended.delete(reservationId))) continue;
       q.leases.set(reservationId, now + leaseTtlMs);
       q.earliestLease = Math.min(q.earliestLease, now + leaseTtlMs);

@@ -58,7 +58,7 @@ export function redisKeys(prefix: string) {
     reservations: (id: string) => perKey('resv', id),
     /**
      * ZSET reservationId -> lease expiry (epoch ms). Live leases are the requests in flight. A lease
-     * ended before its settlement (Store.endLease) is scored -expiry: no longer in flight, but its
+     * ended before its settlement (Store.endLease) is scored 1e15 + expiry: no longer in flight, but its
      * reservation is still released by an admission once that expiry passes.
      */
     leases: (id: string) => perKey('lease', id),

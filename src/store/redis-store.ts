@@ -110,6 +110,13 @@ const PURGE_SCAN_COUNT = 500;
 /** Hours read per round trip by usageRows: a week in one, and no reply so big it holds up the connection for long. */
 const USAGE_HOURS_PER_ROUND_TRIP = 168;
 
+
+/**
+ * Added to an ended lease's expiry (Store.endLease; admit.lua's ENDED): far above any epoch-ms
+ * expiry, so an older admit.lua (a rolling upgrade) sees an ended lease as still in flight rather
+ * than dead, and far below 2^53, so every score stays an exact integer.
+ */
+export const ENDED_LEASE_OFFSET = 1e15;
 /** The commands `defineCommand` adds (ioredis cannot type them): keys first, then arguments. */
 interface QuotaCommands {
   tollgateAdmit(...keysAndArgs: (string | number)[]): Promise<(number | string)[]>;
@@ -361,10 +368,10 @@ export class RedisStore implements Store {
   }
 
   async endLease(lease: { keyId: string; reservationId: string }, now: number, leaseTtlMs: number): Promise<void> {
-    // One plain command: an ended lease stays in the ZSET with its expiry negated, which admit.lua
-    // does not count in flight but still releases (with its reservation) once the expiry passes.
-    // XX: a lease already released is not brought back.
-    await this.#redis.zadd(this.#keys.leases(lease.keyId), 'XX', -(now + leaseTtlMs), lease.reservationId);
+    // One plain command: an ended lease stays in the ZSET scored ENDED_LEASE_OFFSET + expiry, which
+    // admit.lua does not count in flight but still releases (with its reservation) once the expiry
+    // passes. XX: a lease already released is not brought back.
+    await this.#redis.zadd(this.#keys.leases(lease.keyId), 'XX', ENDED_LEASE_OFFSET + now + leaseTtlMs, lease.reservationId);
   }
 
   async quotaUsage(keyId: string, periods: Periods, now: number): Promise<QuotaUsage> {
@@ -376,7 +383,7 @@ export class RedisStore implements Store {
       await this.#redis
         .pipeline()
         .hgetall(k.window(keyId))
-        .zcount(k.leases(keyId), `(${now}`, '+inf')
+        .zcount(k.leases(keyId), `(${now}`, `(${ENDED_LEASE_OFFSET}`)
         .hmget(k.dayBudget(keyId, periods.day), 'tu', 'tr', 'uu', 'ur')
         .hmget(k.monthBudget(keyId, periods.month), 'tu', 'tr', 'uu', 'ur')
         .exec(),

@@ -285,3 +285,36 @@ describe.each([
     expect(await k.admit({ now: T + 1000 })).toMatchObject({ admitted: false, limit: 'maxConcurrent' });
   });
 });
+
+// A rolling upgrade runs older instances next to newer ones on one Redis. Every admit.lua before
+// Store.endLease released the leases scored `-inf .. now` with their reservations, and counted the
+// rest in flight: an ended lease must look in flight to them, never dead, or an older instance
+// would give its reservation back before the settlement and over-admit against the budget.
+describe('Store.endLease (redis): safe next to an older admit.lua', () => {
+  it('scores an ended lease above any time an admission can run at, and still counts it dead at its expiry', async () => {
+    const prefix = uniquePrefix();
+    const store = await createRedisStore({ url: testRedisUrl(), prefix });
+    const { Redis } = await import('ioredis');
+    const raw = new Redis(testRedisUrl(), { maxRetriesPerRequest: 1, commandTimeout: 2000 });
+    opened.push({ close: async () => void (await raw.quit()) }, store);
+    const keyId = newKeyId();
+    const T = Date.now();
+    const periods: Periods = { day: '2026-11-18', month: '2026-11', dayTtlMs: 86_400_000, monthTtlMs: 40 * 86_400_000 };
+    const limits = { rpm: 0, tpm: 0, tokensPerDay: 0, tokensPerMonth: 0, usdMicrosPerDay: 0, usdMicrosPerMonth: 0, maxConcurrent: 2 };
+    const reservationId = randomUUID();
+    const admitted = await store.admit({ keyId, reservationId, limits, tokens: 100, usdMicros: 1000, now: T, periods, leaseTtlMs: 10_000 });
+    expect(admitted.admitted).toBe(true);
+    await store.endLease({ keyId, reservationId }, T, 10_000);
+
+    const leases = `${prefix}lease:{${keyId}}`;
+    expect(await raw.zcard(leases)).toBe(1);
+    // What an older admit.lua releases, at any time for centuries to come: nothing.
+    const farFuture = T + 1000 * 365 * 86_400_000;
+    expect(await raw.zrangebyscore(leases, '-inf', farFuture)).toEqual([]);
+    // This admit.lua: out of maxConcurrent now, released with its reservation once T + 10 s passes.
+    expect(await store.quotaUsage(keyId, periods, T)).toMatchObject({ inFlight: 0, day: { tokens: { reserved: 100 } } });
+    await store.admit({ keyId, reservationId: randomUUID(), limits, tokens: 1, usdMicros: 0, now: T + 10_001, periods, leaseTtlMs: 10_000 });
+    expect(await raw.zscore(leases, reservationId)).toBeNull();
+    expect(await store.quotaUsage(keyId, periods, T + 10_001)).toMatchObject({ inFlight: 1, day: { tokens: { reserved: 1 } } });
+  });
+});

@@ -3,7 +3,7 @@
 --
 -- KEYS[1] window        HASH  r:<epochSecond> requests, t:<epochSecond> tokens (1-second buckets)
 -- KEYS[2] reservations  HASH  reservationId -> "tokens|usdMicros|admissionSecond|dayId|monthId"
--- KEYS[3] leases        ZSET  reservationId -> lease expiry (epoch ms); -expiry once ended before settling
+-- KEYS[3] leases        ZSET  reservationId -> lease expiry (epoch ms); 1e15 + expiry once ended before settling
 -- KEYS[4] day budget    HASH  of the request's day:   tu tr uu ur (tokens used/reserved, usd micros used/reserved)
 -- KEYS[5] month budget  HASH  of the request's month: same fields
 -- ARGV[1] day stem      dayBudget(keyId, '')   (redis-keys.ts)
@@ -75,9 +75,14 @@ local function unreserve(key, field, amount)
 end
 
 -- 1. Release dead leases (expiry <= now): their instance stopped renewing them. A lease ended
--- before its settlement (Store.endLease) is scored -expiry: it no longer counts in flight, and is
--- dead once its expiry passes too (no settlement came), so dead means -now <= score <= now.
-local dead = redis.call('ZRANGEBYSCORE', leaseKey, -now, now)
+-- before its settlement (Store.endLease) is scored ENDED + expiry: it no longer counts in flight,
+-- and is dead once its expiry passes too (no settlement came). Offset upwards, not negated: an
+-- instance still running an older admit.lua (a rolling upgrade) sees such a lease as in flight,
+-- never as dead, so it cannot give its reservation back before the settlement. ENDED is
+-- redis-store.ts ENDED_LEASE_OFFSET; scores are integers far below 2^53, exact as doubles.
+local ENDED = 1e15
+local dead = redis.call('ZRANGEBYSCORE', leaseKey, 0, now)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', leaseKey, ENDED, ENDED + now)) do dead[#dead + 1] = id end
 for _, id in ipairs(dead) do
   local rec = redis.call('HGET', resvKey, id)
   if rec then
@@ -91,8 +96,11 @@ for _, id in ipairs(dead) do
     redis.call('HDEL', resvKey, id)
   end
 end
-if #dead > 0 then redis.call('ZREMRANGEBYSCORE', leaseKey, -now, now) end
-local inFlight = redis.call('ZCOUNT', leaseKey, '(0', '+inf')
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', leaseKey, 0, now)
+  redis.call('ZREMRANGEBYSCORE', leaseKey, ENDED, ENDED + now)
+end
+local inFlight = redis.call('ZCOUNT', leaseKey, now + 1, ENDED - 1)
 
 -- 2. The rolling minute: buckets of seconds >= sec - 59 (at most 120 fields: older ones are
 -- deleted on every admission and the hash expires 61 s after the last one).

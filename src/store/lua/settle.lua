@@ -2,7 +2,7 @@
 --
 -- KEYS[1] window        HASH  r:<epochSecond> / t:<epochSecond> buckets
 -- KEYS[2] reservations  HASH  reservationId -> "tokens|usdMicros|admissionSecond|dayId|monthId"
--- KEYS[3] leases        ZSET  reservationId -> lease expiry (epoch ms); -expiry once ended (Store.endLease)
+-- KEYS[3] leases        ZSET  reservationId -> lease expiry (epoch ms); 1e15 + expiry once ended (Store.endLease)
 -- KEYS[4] settled       ZSET  reservationId -> settle time (epoch ms)
 -- KEYS[5] day budget    HASH  of fallbackPeriods.day:   tu tr uu ur
 -- KEYS[6] month budget  HASH  of fallbackPeriods.month: same fields
