@@ -18,17 +18,18 @@ afterAll(async () => {
 });
 
 /**
- * The store with its settlements written `ms` late. The settlement runs after the response, so a
+ * The store with one method's writes sent `ms` late. The settlement runs after the response, so a
  * lease that only the settlement gave back would still be held when the client's next request
- * arrives: this makes that race certain instead of occasional. Redis itself is not slowed down.
+ * arrives: slowing `settle` makes that race certain instead of occasional. Slowing `endLease` (a
+ * slow round trip) checks that the response really waits for it. Redis itself is not slowed down.
  */
-function slowSettlements(store: Store, ms: number): Store {
+function slowed(store: Store, method: 'settle' | 'endLease', ms: number): Store {
   return new Proxy(store, {
     get(target, prop) {
-      if (prop === 'settle') {
-        return async (...args: Parameters<Store['settle']>) => {
+      if (prop === method) {
+        return async (...args: unknown[]) => {
           await new Promise((r) => setTimeout(r, ms));
-          return target.settle(...args);
+          return (target[method] as (...a: unknown[]) => Promise<unknown>).apply(target, args);
         };
       }
       const value = Reflect.get(target, prop, target) as unknown;
@@ -39,11 +40,13 @@ function slowSettlements(store: Store, ms: number): Store {
 }
 
 /** Two gateway instances on one Redis (own stores, as two processes would have), one fake upstream. */
-async function twoInstances(settleDelayMs = 0) {
+async function twoInstances(settleDelayMs = 0, endLeaseDelayMs = 0) {
   const prefix = uniquePrefix();
   const fake = await startFakeOpenAI({ apiKey: UPSTREAM_KEY });
   const raw = [await createRedisStore({ url: testRedisUrl(), prefix }), await createRedisStore({ url: testRedisUrl(), prefix })];
-  const stores = raw.map((s) => (settleDelayMs > 0 ? slowSettlements(s, settleDelayMs) : s));
+  const stores = raw
+    .map((s) => (settleDelayMs > 0 ? slowed(s, 'settle', settleDelayMs) : s))
+    .map((s) => (endLeaseDelayMs > 0 ? slowed(s, 'endLease', endLeaseDelayMs) : s));
   const a = await startGateway({ store: stores[0], fake });
   const b = await startGateway({ store: stores[1], fake });
   opened.push(fake, ...raw, a, b);
@@ -170,6 +173,17 @@ describe('maxConcurrent lease: given back before the client sees the end of the 
     await expect.poll(async () => (await quotaOf(a, id)).tokensPerDay, { timeout: 5000 }).toEqual(
       expect.objectContaining({ used: tokens, reserved: 0 }),
     );
+  });
+
+  it('the end of the response waits for the lease to be ended: a slow endLease round trip, buffered and streamed', async () => {
+    // Without the wait the answer would be out while the lease is still held, and the next request,
+    // on the other instance, would find it in flight (the settlement, slower still, cannot help).
+    const { a, b } = await twoInstances(300, 100);
+    const { key } = await a.createKey({ limits: { maxConcurrent: 1 } });
+    const buffered = await sequentialClient([a, b], key, 20, false);
+    const streamed = await sequentialClient([a, b], key, 20, true);
+    expect(refusals(buffered.statuses)).toBe(0);
+    expect(refusals(streamed.statuses)).toBe(0);
   });
 
   it('holds after an upstream error, when the settlement is slow', async () => {
