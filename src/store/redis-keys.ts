@@ -141,9 +141,9 @@ export function redisKeys(prefix: string) {
     /** STREAM of usage events, trimmed with MAXLEN ~: one field `e`, the event's JSON. */
     usageEvents: () => `${prefix}usage:events`,
     /**
-     * SET of the batch ids whose part in this hour list.lua appended to the stream. Tagged with the
-     * stream's whole name (which has no braces, so it hashes as a whole), so it shares the stream's
-     * cluster slot and list.lua can mark and append in one step.
+     * HASH batch id -> how many events of its part in this hour list.lua appended to the stream so
+     * far. Tagged with the stream's whole name (which has no braces, so it hashes as a whole), so
+     * it shares the stream's cluster slot and list.lua can mark and append in one step.
      */
     usageListed: (hour: string) => `${prefix}usage:listed:{${prefix}usage:events}:${hour}`,
     /** STRING: the gateway key id that created a Responses API object, PX ttl. Its own slot. */

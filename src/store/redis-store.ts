@@ -117,6 +117,12 @@ const USAGE_HOURS_PER_ROUND_TRIP = 168;
  * than dead, and far below 2^53, so every score stays an exact integer.
  */
 export const ENDED_LEASE_OFFSET = 1e15;
+
+/**
+ * Events per list.lua call. A script holds Redis while it runs; this many events take ~0.2 ms,
+ * where one call for a whole flush of a busy instance (500 events) held it ~1.6 ms.
+ */
+export const LIST_CHUNK_EVENTS = 64;
 /** The commands `defineCommand` adds (ioredis cannot type them): keys first, then arguments. */
 interface QuotaCommands {
   tollgateAdmit(...keysAndArgs: (string | number)[]): Promise<(number | string)[]>;
@@ -534,18 +540,40 @@ export class RedisStore implements Store {
     // count may have run on Redis while its reply was lost (a stall past the command timeout), and
     // the replay, finding the batch counted, must still list it. Listing follows the count, so an
     // event is never listed without being counted; a replay completes whichever step is missing.
+    // In chunks, one after the other: a script holds Redis while it runs (500 XADDs took ~1.6 ms),
+    // and between two chunks Redis serves everyone else's admissions.
     // `~`: Redis trims whole stream nodes only (cheap), so a few more than maxEvents may remain
     // (up to stream-node-max-entries - 1, 99 by default); never fewer.
-    const partIndex = new Map(parts.map((part, i) => [part.hour, i + 1]));
-    await this.#scripts.tollgateList(
-      1 + parts.length,
-      this.#keys.usageEvents(),
-      ...parts.map((part) => this.#keys.usageListed(part.hour)),
-      options.maxEvents,
-      parts.length,
-      ...parts.flatMap((part) => [part.batchId, part.seenTtlMs]),
-      ...checked.flatMap((e) => [partIndex.get(hourId(e.ts))!, JSON.stringify(e)]), // in batch order
-    );
+    const partOf = new Map(parts.map((part) => [part.hour, part]));
+    const listedBefore = new Map<string, number>(); // hour -> its events in earlier chunks
+    for (let start = 0; start < checked.length; start += LIST_CHUNK_EVENTS) {
+      const chunk = checked.slice(start, start + LIST_CHUNK_EVENTS);
+      const hours = chunk.map((e) => hourId(e.ts));
+      const inChunk = new Map<string, number>(); // hour -> its index in this call (1-based)
+      const counts: number[] = [];
+      for (const hour of hours) {
+        const i = inChunk.get(hour);
+        if (i === undefined) {
+          inChunk.set(hour, inChunk.size + 1);
+          counts.push(1);
+        } else counts[i - 1]!++;
+      }
+      const chunkParts = [...inChunk.keys()].map((hour, i) => {
+        const part = partOf.get(hour)!;
+        const before = listedBefore.get(hour) ?? 0;
+        listedBefore.set(hour, before + counts[i]!);
+        return [part.batchId, part.seenTtlMs, before, counts[i]!];
+      });
+      await this.#scripts.tollgateList(
+        1 + inChunk.size,
+        this.#keys.usageEvents(),
+        ...[...inChunk.keys()].map((hour) => this.#keys.usageListed(hour)),
+        options.maxEvents,
+        inChunk.size,
+        ...chunkParts.flat(),
+        ...chunk.flatMap((e, j) => [inChunk.get(hours[j]!)!, JSON.stringify(e)]), // in batch order
+      );
+    }
   }
 
   async usageRows(fromHour: string, toHour: string): Promise<UsageRow[]> {

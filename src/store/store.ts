@@ -145,8 +145,8 @@ export interface Store {
   /**
    * Records a batch of usage events (the gateway sends one every USAGE_FLUSH_MS): adds them to the
    * aggregates of their hours (per key x model) and appends them, in order, to the capped event
-   * stream. One script call per hour the batch spans, then one that lists the batch; called after
-   * the responses, never before them.
+   * stream. One script call per hour the batch spans, then one per chunk of 64 events that lists
+   * them; called after the responses, never before them.
    * A batch is counted at most once: within an hour it is known by the list of its event ids, so
    * writing the same batch again (a replay after an outage, whose first try may have landed) is a
    * no-op. Its events are listed once as well, and never without being counted; a replay lists

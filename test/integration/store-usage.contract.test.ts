@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import { redisKeys } from '../../src/store/redis-keys.js';
 import type { Store, UsageRow } from '../../src/store/store.js';
-import { MAX_USAGE_ROW_HOURS, USAGE_METRICS } from '../../src/store/usage-math.js';
+import { hourId, MAX_USAGE_ROW_HOURS, USAGE_METRICS } from '../../src/store/usage-math.js';
+import { LIST_CHUNK_EVENTS } from '../../src/store/redis-store.js';
 import type { UsageEvent } from '../../src/usage/event.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 import { clusterStore, redisStore, track } from '../helpers/stores.js';
@@ -414,11 +415,47 @@ describe('Redis store usage only', () => {
     // The hour's set of counted event ids lives as long as a replay could come (the hour, then 6 h).
     const seenKey = keys.usageSeen('2026-11-18T12');
     expect(await raw.scard(seenKey)).toBe(2);
-    // And its set of listed batch ids, as long.
+    // And its hash of batch id -> events listed, as long.
     const listedKey = keys.usageListed('2026-11-18T12');
-    expect(await raw.scard(listedKey)).toBe(2);
+    expect(Object.values(await raw.hgetall(listedKey))).toEqual(['1', '1']);
     expect(Math.abs((await raw.pttl(listedKey)) - (await raw.pttl(seenKey)))).toBeLessThan(2000);
     expect((await raw.keys(`${prefix}*`)).sort()).toEqual([hourKey, seenKey, listedKey, keys.mark('m'), keys.usageEvents()].sort());
+  });
+
+  it('lists a large batch in chunks of LIST_CHUNK_EVENTS, and a replay lists only what an earlier try did not', async () => {
+    const prefix = uniquePrefix();
+    const store = await redisStore({ prefix });
+    const keys = redisKeys(prefix);
+    // 150 events over two hours, interleaved: three chunks, each holding events of both hours.
+    const batch = Array.from({ length: 150 }, (_, i) => makeEvent({ ts: H + (i % 2) * HOUR + i, requestId: `big-${i}` }));
+    const scriptCalls = async () => {
+      const stats = await raw.info('commandstats');
+      return [...stats.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+    };
+    const before = await scriptCalls();
+    await store.recordUsage(batch, KEEP);
+    // Two record.lua calls (one per hour), then one list.lua per chunk (the run may add other calls).
+    expect((await scriptCalls()) - before).toBeGreaterThanOrEqual(2 + Math.ceil(150 / LIST_CHUNK_EVENTS));
+    const listed = async () => (await raw.xrange(keys.usageEvents(), '-', '+')).map((e) => (JSON.parse(e[1][1]!) as UsageEvent).requestId);
+    expect(await listed()).toEqual(batch.map((e) => e.requestId));
+
+    // As if a first try had listed only its first chunk: wind the marks back to that, drop the
+    // rest from the stream, and replay. The count does not move; the listing resumes where it was.
+    const first = batch.slice(0, LIST_CHUNK_EVENTS);
+    const entries = await raw.xrange(keys.usageEvents(), '-', '+');
+    for (const [id] of entries.slice(LIST_CHUNK_EVENTS)) await raw.xdel(keys.usageEvents(), id);
+    for (const hour of ['2026-11-18T12', '2026-11-18T13']) {
+      const listedKey = keys.usageListed(hour);
+      const [batchId] = Object.keys(await raw.hgetall(listedKey));
+      await raw.hset(listedKey, batchId!, first.filter((e) => hourId(e.ts) === hour).length);
+    }
+    const counted = await store.usageRows('2026-11-18T12', '2026-11-18T13');
+    await store.recordUsage(batch, KEEP);
+    expect(await listed()).toEqual(batch.map((e) => e.requestId));
+    expect(await store.usageRows('2026-11-18T12', '2026-11-18T13')).toEqual(counted);
+    // And once all is listed, a replay lists nothing more.
+    await store.recordUsage(batch, KEEP);
+    expect(await listed()).toHaveLength(150);
   });
 
   it('skips corrupt stream entries, fills the page from beyond them, and logs without their content', async () => {
