@@ -92,7 +92,10 @@ const envSchema = z.object({
 
   /** Time zone of the calendar day and month that budgets reset on (IANA name). */
   QUOTA_TIME_ZONE: z.string().refine(validTimeZone, { message: 'must be an IANA time zone, e.g. UTC or Europe/Paris' }).default('UTC'),
-  /** Output tokens reserved for a request that sets no max_tokens / max_completion_tokens. */
+  /**
+   * Output tokens reserved (per choice) for a request that sets no max_tokens / max_completion_tokens.
+   * Endpoints with a documented default reserve that instead (legacy completions: 16).
+   */
   DEFAULT_MAX_OUTPUT_TOKENS: int(1, 10_000_000).default(4096),
   /** A JSON price table merged over the shipped one (same format as src/openai/prices.json). */
   PRICES_FILE: optionalString,

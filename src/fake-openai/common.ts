@@ -40,14 +40,17 @@ export function requireModel(body: JsonObject): string {
   return model;
 }
 
-/** An optional positive integer field (n, max_tokens...), with OpenAI's wording when it is out of range. */
-export function optionalPositiveInt(body: JsonObject, field: string, max = Number.MAX_SAFE_INTEGER): number | undefined {
+/**
+ * An optional positive integer field (n, max_tokens...), with OpenAI's wording when it is out of
+ * range; `min` 0 for the few that take 0 (legacy completions' max_tokens).
+ */
+export function optionalPositiveInt(body: JsonObject, field: string, max = Number.MAX_SAFE_INTEGER, min = 1): number | undefined {
   const value = body[field];
   if (value === undefined || value === null) return undefined;
   if (typeof value !== 'number' || !Number.isInteger(value)) {
     throw badRequest(`Invalid type for '${field}': expected an integer, but got ${typeof value} instead.`, field, 'invalid_type');
   }
-  if (value < 1) throw badRequest(`Invalid '${field}': integer below minimum value. Expected a value >= 1, but got ${value} instead.`, field, 'integer_below_min_value');
+  if (value < min) throw badRequest(`Invalid '${field}': integer below minimum value. Expected a value >= ${min}, but got ${value} instead.`, field, 'integer_below_min_value');
   if (value > max) throw badRequest(`Invalid '${field}': integer above maximum value. Expected a value <= ${max}, but got ${value} instead.`, field, 'integer_above_max_value');
   return value;
 }

@@ -36,7 +36,8 @@ export function completions(rawBody: unknown): HandlerResult {
   const model = requireModel(body);
   const prompts = readPrompts(body);
   const n = optionalPositiveInt(body, 'n', 128) ?? 1;
-  const maxTokens = optionalPositiveInt(body, 'max_tokens') ?? DEFAULT_MAX_TOKENS;
+  // 0 is allowed here (not on chat): echo + logprobs + max_tokens 0 scores a prompt, generating nothing.
+  const maxTokens = optionalPositiveInt(body, 'max_tokens', Number.MAX_SAFE_INTEGER, 0) ?? DEFAULT_MAX_TOKENS;
   const { stream, includeUsage } = streamFlags(body);
 
   // OpenAI numbers choices prompt-major: prompt p, sample i -> index p * n + i.

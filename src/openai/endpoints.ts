@@ -58,6 +58,12 @@ export interface Endpoint {
   convert?: StreamConverter;
   /** The answers are objects upstream keeps (`id`): record which gateway key created each. */
   recordsOwner?: boolean;
+  /**
+   * The most tokens upstream generates per choice when a request states no maximum, where the API
+   * has a documented default (legacy completions: `max_tokens` defaults to 16), so quotas reserve
+   * exactly that. Without it the gateway reserves DEFAULT_MAX_OUTPUT_TOKENS.
+   */
+  defaultMaxOutputTokens?: number;
 }
 
 const chatLikeUsage: UsageReader = {
@@ -105,6 +111,8 @@ export const endpoints = {
     cacheable: true,
     usage: chatLikeUsage,
     convert: chatLikeConverter('completions'),
+    // OpenAI's API reference: max_tokens "Defaults to 16" on /v1/completions.
+    defaultMaxOutputTokens: 16,
   },
   embeddings: {
     name: 'embeddings',

@@ -84,7 +84,11 @@ function tokenCount(name: string, value: number | undefined): number {
  *
  * Integers only. The products are exact doubles while the sum stays below 2^53 (about 9.007e15):
  * e.g. 1M tokens at $9,000/M, or 10M tokens at $900/M, far beyond any real request. Past that the
- * same sum is done in BigInt, so the result is exact for any counts.
+ * same sum is done in BigInt, so the result is exact for any counts whose cost is a safe integer
+ * ($9 billion). A dearer one (only absurd counts, e.g. an upstream reporting 2^53 tokens: the
+ * gateway refuses reservations past quota.ts MAX_RESERVED_TOKENS before pricing them) is
+ * Number.MAX_SAFE_INTEGER: still an integer that sums and Redis's HINCRBY take, never an
+ * inexact double or one printed as an exponent.
  */
 export function costMicros(price: Price, usage: TokenCounts): number {
   const prompt = tokenCount('promptTokens', usage.promptTokens);
@@ -102,7 +106,8 @@ export function costMicros(price: Price, usage: TokenCounts): number {
   const big =
     BigInt(uncached) * BigInt(price.input) + BigInt(cached) * BigInt(price.cachedInput) + BigInt(completion) * BigInt(price.output);
   const unit = BigInt(TOKENS_PER_PRICE_UNIT);
-  return Number(big / unit + (big % unit > 0n ? 1n : 0n));
+  const micros = big / unit + (big % unit > 0n ? 1n : 0n);
+  return micros > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(micros);
 }
 
 function checkPrice(model: string, price: Price): Price {

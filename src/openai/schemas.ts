@@ -42,13 +42,43 @@ export const chatCompletionSchema = z.looseObject({
   top_logprobs: opt(z.number().int().min(0).max(20)),
 });
 
+/**
+ * The most inputs one request may batch: OpenAI documents 2048 for embeddings ("any array must be
+ * 2048 dimensions or less"); its API reference states no bound for the prompts of a legacy
+ * completion, so the same one is held there. Without a bound, prompts x n x max_tokens had no
+ * limit but the body size (40,000 empty prompts fit in 120 KB).
+ */
+export const MAX_BATCH_INPUTS = 2048;
+
 const tokenIds = z.array(z.number().int().nonnegative());
-const promptLike = z.union([z.string(), z.array(z.string()), tokenIds, z.array(tokenIds)]);
+
+/**
+ * A batch (an array of strings or of token arrays) of at most MAX_BATCH_INPUTS, checked after the
+ * union so the 400 names the bound instead of the union's "Invalid input". One array of numbers is
+ * a single input, as token ids, and is not a batch.
+ */
+const batchOf = <T extends z.ZodType>(schema: T, noun: string) =>
+  schema.superRefine((value, ctx) => {
+    if (!Array.isArray(value) || value.length <= MAX_BATCH_INPUTS || value.every((item) => typeof item === 'number')) return;
+    ctx.addIssue({
+      code: 'too_big',
+      origin: 'array',
+      maximum: MAX_BATCH_INPUTS,
+      inclusive: true,
+      input: value,
+      message: `at most ${MAX_BATCH_INPUTS} ${noun} in one request, got ${value.length}`,
+    });
+  });
+
+const promptLike = batchOf(z.union([z.string(), z.array(z.string()), tokenIds, z.array(tokenIds)]), 'prompts');
 
 export const completionSchema = z.looseObject({
   model,
   prompt: promptLike,
   ...sampling,
+  // OpenAI's legacy API takes 0 (with echo and logprobs, the prompt's own logprobs and nothing
+  // generated: how prompt-scoring tools use it); chat's max_tokens stays >= 1, as OpenAI's does.
+  max_tokens: opt(z.number().int().nonnegative().max(2 ** 31 - 1)),
   best_of: opt(z.number().int().min(1).max(20)),
   logprobs: opt(z.number().int().min(0).max(5)),
   echo: opt(z.boolean()),
@@ -57,7 +87,7 @@ export const completionSchema = z.looseObject({
 
 export const embeddingSchema = z.looseObject({
   model,
-  input: z.union([z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds).min(1)]),
+  input: batchOf(z.union([z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds).min(1)]), 'inputs'),
   encoding_format: opt(z.enum(['float', 'base64'])),
   dimensions: opt(z.number().int().positive().max(100_000)),
   user: opt(z.string()),

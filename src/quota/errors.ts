@@ -3,7 +3,7 @@ import { GatewayError } from '../errors.js';
 import type { Limits } from '../keys.js';
 import type { AdmissionResult, LimitName } from '../store/store.js';
 import { periodsAt } from './periods.js';
-import { microsToUsd } from '../openai/prices.js';
+import { microsToUsd, usdToMicros } from '../openai/prices.js';
 
 const RATE_WORDING: Record<'rpm' | 'tpm' | 'maxConcurrent', string> = {
   rpm: 'requests per minute (RPM)',
@@ -52,17 +52,32 @@ export function quotaExceeded(result: Extract<AdmissionResult, { admitted: false
   const [wording, period, unit] = BUDGET_WORDING[limit];
   const p = periodsAt(ctx.now, ctx.timeZone);
   const resetsAt = new Date(period === 'day' ? p.dayEndsAt : p.monthEndsAt).toISOString();
-  const amount = unit === 'usd' ? `$${limits[limit]} (this request may cost up to $${microsToUsd(ctx.usdMicros)})` : `${limits[limit]} tokens (this request may use up to ${ctx.tokens})`;
+  // The store says only which limit refused the request, not how much of it is spent: the request
+  // may be larger than what is left, or than the whole budget (then no reset lets it through).
+  const value = limits[limit];
+  const budget = unit === 'usd' ? `$${value}` : `${value} tokens`;
+  const request = unit === 'usd' ? `may cost up to $${microsToUsd(ctx.usdMicros)}` : `may use up to ${ctx.tokens} tokens`;
+  const wholeBudget = value !== undefined && (unit === 'usd' ? ctx.usdMicros > usdToMicros(value) : ctx.tokens > value);
+  const message = wholeBudget
+    ? `This request ${request}, more than this gateway key's whole ${wording} of ${budget}, so it cannot be served under this budget. Lower max_tokens (or n, or the number of prompts) or the prompt.`
+    : `This request ${request}, more than is left of this gateway key's ${wording} of ${budget}. It resets at ${resetsAt}.`;
   headers['x-should-retry'] = 'false';
-  return new GatewayError(
-    429,
-    `This gateway key has used its ${wording} of ${amount}. It resets at ${resetsAt}.`,
-    'insufficient_quota',
-    'insufficient_quota',
-    null,
-    headers,
-  );
+  return new GatewayError(429, message, 'insufficient_quota', 'insufficient_quota', null, headers);
 }
+
+/**
+ * A request that may use more tokens than the gateway reserves for one request at most
+ * (quota.ts MAX_RESERVED_TOKENS): a client error whatever its key's limits, since no model
+ * generates that much.
+ */
+export const requestTooLarge = (tokens: number, max: number, param: string) =>
+  new GatewayError(
+    400,
+    `This request may use up to ${tokens} tokens (its prompt, plus ${param} for each choice it asks for), more than the ${max} the gateway reserves for one request at most. Lower ${param} (or n, or the number of prompts in a batch).`,
+    'invalid_request_error',
+    'request_too_large',
+    param,
+  );
 
 export const unpricedModel = (model: string) =>
   new GatewayError(

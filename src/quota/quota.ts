@@ -9,7 +9,7 @@ import { costMicros, microsToUsd, usdToMicros, type Price, type PriceTable } fro
 import { estimatePromptTokens } from '../openai/tokens.js';
 import { periodsAt } from './periods.js';
 import type { AdmissionRequest, AdmissionResult, CacheLookup, JoinedLookup, Periods, Store, StoreLimits } from '../store/store.js';
-import { backgroundNotMetered, quotaExceeded, unpricedModel } from './errors.js';
+import { backgroundNotMetered, quotaExceeded, requestTooLarge, unpricedModel } from './errors.js';
 import { createReplayQueue } from '../resilience/replay-queue.js';
 import { rateLimitHeaders } from './headers.js';
 import { GatewayError } from '../errors.js';
@@ -78,15 +78,29 @@ export function storeLimits(limits: Limits): StoreLimits {
 }
 
 /**
- * The most output a request can produce: max_completion_tokens or max_tokens (else the default cap),
- * times n; for the Responses API max_output_tokens (else the default cap). Embeddings and
- * moderations generate nothing.
+ * The most tokens one request may reserve (its prompt plus the most it may generate); a request
+ * that may use more is refused with a 400 before anything is priced or sent to the store. It is far
+ * beyond any real request (128 choices of 128K tokens are 16.8M; a full batch of 2,048 legacy prompts
+ * x 128 choices x 4K tokens is 1.07 billion), and it keeps the reservation's arithmetic exact: 1e10
+ * tokens at the dearest price the configuration accepts ($100,000 per 1M, UNPRICED_*) cost 1e15
+ * micro-dollars, below 2^53, as are the sums in Lua (doubles) and the reservation record.
+ */
+export const MAX_RESERVED_TOKENS = 10_000_000_000;
+
+/**
+ * The most output a request can produce: max_completion_tokens or max_tokens (absent or null: the
+ * endpoint's documented default, else the gateway's default cap), times n (or best_of), times the
+ * prompts of a batched legacy completion; for the Responses API max_output_tokens (else the cap).
+ * Embeddings and moderations generate nothing. Unbounded here (the schemas bound each factor):
+ * reservation() refuses a request past MAX_RESERVED_TOKENS before using the result.
  */
 export function maxOutputTokens(endpoint: Endpoint, body: Record<string, unknown>, defaultCap: number): number {
   if (endpoint.name === 'embeddings' || endpoint.name === 'moderations') return 0;
-  if (endpoint.name === 'responses') return typeof body.max_output_tokens === 'number' ? body.max_output_tokens : defaultCap;
+  const cap = endpoint.defaultMaxOutputTokens ?? defaultCap;
+  if (endpoint.name === 'responses') return typeof body.max_output_tokens === 'number' ? body.max_output_tokens : cap;
+  // openai-python 0.x sends `max_tokens: null` for an unset argument: null is absent.
   const stated = body.max_completion_tokens ?? body.max_tokens;
-  const perChoice = typeof stated === 'number' ? stated : defaultCap;
+  const perChoice = typeof stated === 'number' ? stated : cap;
   const n = typeof body.n === 'number' ? body.n : 1;
   const bestOf = typeof body.best_of === 'number' ? body.best_of : 1; // legacy completions generate best_of, bill all
   const prompts = endpoint.name === 'completions' ? promptCount(body.prompt) : 1;
@@ -100,6 +114,12 @@ export function maxOutputTokens(endpoint: Endpoint, body: Record<string, unknown
 function promptCount(prompt: unknown): number {
   if (!Array.isArray(prompt) || prompt.length === 0) return 1;
   return prompt.every((item) => typeof item === 'number') ? 1 : prompt.length;
+}
+
+/** The field that sets a request's output size, for the 400 of a request past MAX_RESERVED_TOKENS. */
+function outputParam(endpoint: Endpoint, body: Record<string, unknown>): string {
+  if (endpoint.name === 'responses') return 'max_output_tokens';
+  return typeof body.max_completion_tokens === 'number' ? 'max_completion_tokens' : 'max_tokens';
 }
 
 /** A settlement as it is written, kept whole while the store is down so it can be written later. */
@@ -258,6 +278,8 @@ export function createQuota(opts: QuotaOptions) {
     const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model));
     const outputTokens = free ? 0 : maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);
     const tokens = promptTokens + outputTokens;
+    // Before pricing: past this bound tokens x price would leave the safe integers (a 500 otherwise).
+    if (tokens > MAX_RESERVED_TOKENS) throw requestTooLarge(tokens, MAX_RESERVED_TOKENS, outputParam(endpoint, body));
     const now = clock();
     const request: AdmissionRequest = {
       keyId: key.id,

@@ -180,6 +180,20 @@ describe('forwarding', () => {
     expect(sent.path).toBe('/v1/completions');
     expect(sent.body).toEqual({ ...body, model: 'text-davinci-002' });
   });
+
+  it('takes max_tokens 0 on legacy completions, as OpenAI does (echo + logprobs score a prompt); chat still needs 1', async () => {
+    const scored = await gw.sdk(key).completions.create({ model: 'gpt-3.5-turbo-instruct', prompt: 'Say this is a test', max_tokens: 0, echo: true, logprobs: 0 });
+    expect(scored.usage).toMatchObject({ completion_tokens: 0 });
+    const body = { prompt: 'Say this is a test', max_tokens: 0, echo: true, logprobs: 0 };
+    const engines = await post('/v1/engines/gpt-3.5-turbo-instruct/completions', body);
+    expect(engines.status).toBe(200);
+    expect(gw.fake.requests.map((r) => (r.body as { max_tokens: number }).max_tokens)).toEqual([0, 0]);
+
+    const chatZero = await post('/v1/chat/completions', { ...chat, max_tokens: 0 });
+    expect(chatZero.status).toBe(400);
+    expect(await chatZero.json()).toMatchObject({ error: { type: 'invalid_request_error', param: 'max_tokens', code: 'value_below_minimum' } });
+    expect(gw.fake.requests).toHaveLength(2);
+  });
 });
 
 describe('model list of a key with an allow-list', () => {

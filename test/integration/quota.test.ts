@@ -295,6 +295,119 @@ describe('what clients see', () => {
   });
 });
 
+describe('request sizes and defaults', () => {
+  let gw: Gateway;
+  beforeAll(async () => {
+    gw = await startGateway({ env: { REDIS_URL: testRedisUrl(), REDIS_PREFIX: uniquePrefix() } });
+    opened.push(gw);
+  });
+  afterEach(() => gw.fake.setLatency(0));
+
+  const post = (key: string, path: string, body: unknown) =>
+    fetch(`${gw.url}${path}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+  const instruct = 'gpt-3.5-turbo-instruct';
+  const paths = ['/v1/completions', `/v1/engines/${instruct}/completions`];
+  const errorOf = async (res: Response) => ((await res.json()) as { error: Record<string, unknown> }).error;
+
+  it('refuses a batch of more than 2048 prompts with a 400 naming prompt, on both completions paths, never a 500', async () => {
+    const { key } = await gw.createKey({ name: 'huge-batch' });
+    const before = gw.fake.requests.length;
+    for (const path of paths) {
+      // max_tokens x n is within the schema's bounds; x 40,000 prompts it overflowed the cost arithmetic.
+      const res = await post(key, path, { model: instruct, prompt: Array(40_000).fill(''), n: 128, max_tokens: 2 ** 31 - 1 });
+      expect(res.status).toBe(400);
+      expect(await errorOf(res)).toMatchObject({ type: 'invalid_request_error', param: 'prompt', code: 'value_above_maximum' });
+    }
+    expect(gw.fake.requests.length).toBe(before);
+    expect(gw.logs.lines.filter((l) => (l.level as number) >= 50)).toEqual([]);
+  });
+
+  it('refuses a request whose worst case passes any sane bound with a 400, whatever its key limits', async () => {
+    const { key } = await gw.createKey({ name: 'limited', limits: { tokensPerDay: 1_000_000 } });
+    const { key: unlimited } = await gw.createKey({ name: 'unlimited' });
+    const before = gw.fake.requests.length;
+    // 2048 prompts x 128 choices x 2^31-1 tokens: every factor allowed, the product 5.6e14 tokens.
+    for (const path of paths) {
+      const res = await post(key, path, { model: instruct, prompt: Array(2048).fill('a'), n: 128, max_tokens: 2 ** 31 - 1 });
+      expect(res.status).toBe(400);
+      const error = await errorOf(res);
+      expect(error).toMatchObject({ type: 'invalid_request_error', param: 'max_tokens', code: 'request_too_large' });
+      expect(error.message).toMatch(/^This request may use up to \d+ tokens .*more than the 10000000000 the gateway reserves for one request/);
+    }
+    // Chat: 128 choices of 2^31-1 tokens, for a key with no limit at all.
+    const chatRes = await chat(gw, unlimited, { n: 128, max_tokens: 2 ** 31 - 1 });
+    expect(chatRes.status).toBe(400);
+    expect(await errorOf(chatRes)).toMatchObject({ param: 'max_tokens', code: 'request_too_large' });
+    const newer = await chat(gw, unlimited, { n: 128, max_tokens: undefined, max_completion_tokens: 2 ** 31 - 1 });
+    expect(await errorOf(newer)).toMatchObject({ param: 'max_completion_tokens', code: 'request_too_large' });
+    expect(gw.fake.requests.length).toBe(before);
+  });
+
+  it('refuses more than 2048 embedding inputs with a 400 naming input, and takes 2048', async () => {
+    const { key } = await gw.createKey({ name: 'embed-batch' });
+    const over = await post(key, '/v1/embeddings', { model: 'text-embedding-3-small', input: Array(2049).fill('hello') });
+    expect(over.status).toBe(400);
+    expect(await errorOf(over)).toMatchObject({ param: 'input', code: 'value_above_maximum' });
+    const tokenBatch = await post(key, '/v1/embeddings', { model: 'text-embedding-3-small', input: Array(2049).fill([1, 2]) });
+    expect(tokenBatch.status).toBe(400);
+    const full = await post(key, '/v1/embeddings', { model: 'text-embedding-3-small', input: Array(2048).fill('hello') });
+    expect(full.status).toBe(200);
+    // One array of numbers is a single input (token ids), not a batch: its length is not bounded here.
+    const ids = await post(key, '/v1/embeddings', { model: 'text-embedding-3-small', input: Array(3000).fill(1) });
+    expect(ids.status).toBe(200);
+  });
+
+  it("legacy completions without max_tokens (or with null) reserve OpenAI's default of 16 per choice", async () => {
+    const { id, key } = await gw.createKey({ name: 'legacy-default', limits: { tokensPerDay: 10_000 } });
+    // With DEFAULT_MAX_OUTPUT_TOKENS (4096) per choice this reserved ~12,300 tokens: a 429 for nothing.
+    gw.fake.setLatency(300);
+    const pending = post(key, '/v1/completions', { model: instruct, prompt: 'Say this is a test', n: 3 });
+    await new Promise((r) => setTimeout(r, 150));
+    const reserved = (await quotaOf(gw, id)).tokensPerDay!.reserved;
+    const res = await pending;
+    gw.fake.setLatency(0);
+    expect(res.status).toBe(200);
+    const { usage } = (await res.json()) as { usage: { prompt_tokens: number; completion_tokens: number } };
+    expect(usage.completion_tokens).toBe(3 * 16);
+    expect(reserved).toBe(usage.prompt_tokens + 3 * 16);
+
+    // openai-python 0.x sends unset arguments as null.
+    const engines = await post(key, `/v1/engines/${instruct}/completions`, { prompt: ['a', 'b', 'c'], max_tokens: null, stop: null });
+    expect(engines.status).toBe(200);
+    // Chat keeps DEFAULT_MAX_OUTPUT_TOKENS: 3 x 4096 do not fit what is left.
+    const chatRes = await chat(gw, key, { n: 3, max_tokens: null });
+    expect(chatRes.status).toBe(429);
+  });
+
+  it('a budget refusal says whether the request is larger than what is left or than the whole budget', async () => {
+    const { key } = await gw.createKey({ name: 'budget-words', limits: { tokensPerDay: 100 } });
+    const whole = await chat(gw, key, { max_tokens: 200 });
+    expect(whole.status).toBe(429);
+    expect(whole.headers.get('x-should-retry')).toBe('false');
+    const wholeError = await errorOf(whole);
+    expect(wholeError).toMatchObject({ type: 'insufficient_quota', code: 'insufficient_quota' });
+    expect(wholeError.message).toMatch(/^This request may use up to \d+ tokens, more than this gateway key's whole daily token budget of 100 tokens/);
+    expect(wholeError.message).not.toMatch(/has used/);
+
+    expect((await chat(gw, key, { max_tokens: 30 })).status).toBe(200);
+    const left = await chat(gw, key, { max_tokens: 80 });
+    expect(left.status).toBe(429);
+    expect((await errorOf(left)).message).toMatch(
+      /^This request may use up to \d+ tokens, more than is left of this gateway key's daily token budget of 100 tokens\. It resets at \d{4}-/,
+    );
+
+    const { key: usdKey } = await gw.createKey({ name: 'usd-words', limits: { usdPerDay: 0.001 } });
+    // gpt-4o output is $10/M: 2000 tokens may cost $0.02, twenty times the whole budget.
+    const dear = await chat(gw, usdKey, { model: 'gpt-4o', max_tokens: 2000 });
+    expect(dear.status).toBe(429);
+    expect((await errorOf(dear)).message).toMatch(/^This request may cost up to \$0\.02\d*, more than this gateway key's whole daily spending budget of \$0\.001/);
+  });
+});
+
 describe('prices', () => {
   let gw: Gateway;
   beforeAll(async () => {

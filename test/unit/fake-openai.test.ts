@@ -241,6 +241,16 @@ describe('legacy completions', () => {
     });
   });
 
+  it('takes max_tokens 0 (a prompt scored, nothing generated), as OpenAI does; chat still needs 1', async () => {
+    const scored = await client.completions.create({ model: 'gpt-3.5-turbo-instruct', prompt: 'Say this is a test', max_tokens: 0, echo: true, logprobs: 0 });
+    expect(scored.choices[0]).toMatchObject({ text: '', finish_reason: 'length' });
+    expect(scored.usage).toEqual({ prompt_tokens: 5, completion_tokens: 0, total_tokens: 5 });
+
+    const chat = await post('/chat/completions', chatBody('x', { max_tokens: 0 }));
+    expect(chat.status).toBe(400);
+    expect(await chat.json()).toMatchObject({ error: { param: 'max_tokens', code: 'integer_below_min_value' } });
+  });
+
   it('streams text chunks and a final usage chunk', async () => {
     const stream = await client.completions.create({
       model: 'gpt-3.5-turbo-instruct',

@@ -129,6 +129,18 @@ describe('costMicros', () => {
     expect(costMicros(dear, usage)).toBe(Number(exact));
   });
 
+  it('caps a cost past 2^53 micro-dollars at Number.MAX_SAFE_INTEGER, never an inexact double', () => {
+    // An upstream that reports 2^53 - 1 tokens (usage.ts clamps there) at the dearest configurable price.
+    const dearest: Price = { input: 100_000_000_000, cachedInput: 100_000_000_000, output: 100_000_000_000 };
+    const cost = costMicros(dearest, { promptTokens: Number.MAX_SAFE_INTEGER, completionTokens: Number.MAX_SAFE_INTEGER });
+    expect(cost).toBe(Number.MAX_SAFE_INTEGER);
+    expect(String(cost)).toMatch(/^\d+$/); // what HINCRBY takes
+    // Just below the cap, still exact.
+    expect(costMicros({ input: 1_000_000, cachedInput: 0, output: 0 }, { promptTokens: Number.MAX_SAFE_INTEGER, completionTokens: 0 })).toBe(
+      Number.MAX_SAFE_INTEGER,
+    );
+  });
+
   it('adds up exactly where floats would drift', () => {
     // $0.10/M per token is 0.1 micro-dollars: ten one-token calls are ten rounded-up micros, and one
     // 10-token call exactly 1; nothing like 0.1 + 0.2 !== 0.3 can creep in.
