@@ -13,7 +13,7 @@ import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
 import { clientClosed, modelNotFound, notFound, openAIErrorBody, upstreamAuthFailed, type OpenAIErrorBody } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
-import { endedByTimeout, upstreamFailure } from '../upstream/client.js';
+import { abandonedAfterSending, endedByTimeout, upstreamFailure } from '../upstream/client.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
 import { serveHit } from './serve-hit.js';
 import type { ResponseOwners } from './response-owners.js';
@@ -158,6 +158,18 @@ async function callUpstream(
     }
   };
 
+  /**
+   * A request upstream read but never finished answering, because this side gave up on it (the
+   * client hung up, or one of the gateway's own timeouts fired): OpenAI still bills the prompt it
+   * read (and may even be generating). It is charged the prompt (estimated), or hanging up or
+   * outwaiting the timeout would be a way around the budget.
+   */
+  const finishAbandoned = () => {
+    const prompt = admission.promptTokens;
+    trace.usage = { promptTokens: prompt, completionTokens: 0, totalTokens: prompt, cachedPromptTokens: 0, reasoningTokens: 0 };
+    finish({ usage: trace.usage, estimated: true });
+  };
+
   const signal = clientGone(reply);
   const started = performance.now();
   let res: UpstreamResponse;
@@ -170,16 +182,19 @@ async function callUpstream(
       signal,
     });
   } catch (err) {
+    // Sent and then given up on (the client hung up, or the gateway's first-byte or total timeout
+    // fired while upstream worked on it): charged its prompt. Never sent (connection refused or
+    // timed out, the client gone during a wait between attempts) or ended by upstream (a dropped
+    // connection): nothing to bill, the reservation is released in full.
+    const abandoned = abandonedAfterSending(err);
     if (signal.aborted) {
-      // The client hung up while upstream worked on its request. OpenAI still bills what it read:
-      // charge the prompt (estimated), or hanging up would be a way around the budget.
-      const prompt = admission.promptTokens;
-      trace.usage = { promptTokens: prompt, completionTokens: 0, totalTokens: prompt, cachedPromptTokens: 0, reasoningTokens: 0 };
-      finish({ usage: trace.usage, estimated: true });
+      if (abandoned) finishAbandoned();
+      else finish({ estimated: false });
       return clientClosed(reply);
     }
     await admission.endLease(); // before the client sees the error (see the relay below)
-    finish({ estimated: false }); // nothing came back: release the reservation in full
+    if (abandoned) finishAbandoned();
+    else finish({ estimated: false });
     throw err;
   }
   trace.upstreamStatus = res.status;
@@ -230,8 +245,10 @@ async function callUpstream(
     res,
     started,
     deps.logBodies,
-    (json, text) => {
+    (json, text, cutHere) => {
       if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
+      // Upstream answered, and its body was cut from this side (client gone, idle or total timeout).
+      if (cutHere) return finishAbandoned();
       const usage = trace.usage ?? (endpoint.usage.optional ? NO_USAGE : undefined);
       finish({ usage: trace.usage, estimated: false }, jsonEntry(json, text, usage));
     },
@@ -302,14 +319,16 @@ function estimateCutShort(endpoint: Endpoint, result: RelayResult, admission: Ad
 
 /**
  * Reads a whole (non-streamed or error) upstream body and sends it on unchanged. `onBody` hears
- * the parsed JSON of a 200 and its text (for usage and the cache), or nothing if reading failed.
+ * the parsed JSON of a 200 and its text (for usage and the cache), or nothing if reading failed;
+ * then `cutHere` says whether this side ended the read (the client left, or the gateway's idle or
+ * total timeout fired) rather than upstream.
  */
 export async function sendBuffered(
   reply: FastifyReply,
   res: UpstreamResponse,
   started: number,
   logBodies: boolean,
-  onBody?: (json: unknown, text: string | undefined) => void,
+  onBody?: (json: unknown, text: string | undefined, cutHere?: boolean) => void,
   read: {
     /**
      * How this endpoint reports usage in a 200 body. Without it none is recorded: reading a stored
@@ -328,15 +347,15 @@ export async function sendBuffered(
   const trace = reply.request.trace;
   let bytes: Buffer;
   try {
-    bytes = await readUpstreamBody(res);
+    bytes = await readBody(res);
   } catch (err) {
     if (reply.raw.destroyed) {
-      onBody?.(undefined, undefined);
+      onBody?.(undefined, undefined, true);
       return clientClosed(reply);
     }
     await read.beforeEnd?.();
-    onBody?.(undefined, undefined);
-    throw err;
+    onBody?.(undefined, undefined, endedByTimeout(res, err));
+    throw upstreamFailure(err, res.timedOut());
   }
   trace.upstreamMs = performance.now() - started;
   const beforeSend = res.status === 200 ? read.beforeSend : undefined;
@@ -397,10 +416,15 @@ function readJsonBody(res: UpstreamResponse, bytes: Buffer): { text: string; jso
 /** The whole upstream body; a failure while reading it becomes the client's 502 or 504. */
 export async function readUpstreamBody(res: UpstreamResponse): Promise<Buffer> {
   try {
-    const chunks: Buffer[] = [];
-    for await (const chunk of res.body) chunks.push(chunk as Buffer);
-    return Buffer.concat(chunks);
+    return await readBody(res);
   } catch (err) {
     throw upstreamFailure(err, res.timedOut());
   }
+}
+
+/** The whole upstream body; a failure while reading it rejects with undici's own error. */
+async function readBody(res: UpstreamResponse): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of res.body) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
 }

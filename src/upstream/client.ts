@@ -46,7 +46,13 @@ const require = createRequire(import.meta.url);
 const Pool = require('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
 const undiciErrors = require('undici/lib/core/errors.js') as typeof UndiciErrors;
 const DispatcherClass = require('undici/lib/dispatcher/dispatcher.js') as { prototype: { request?: unknown } };
-DispatcherClass.prototype.request ??= require('undici/lib/api/api-request.js');
+const requestApi = require('undici/lib/api/api-request.js') as (this: RequestDispatcher, opts: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
+DispatcherClass.prototype.request ??= requestApi;
+
+/** What undici's request API needs of its `this`: a dispatch. */
+interface RequestDispatcher {
+  dispatch(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean;
+}
 
 const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 
@@ -62,6 +68,28 @@ export function upstreamFailure(err: unknown, timedOut: boolean): GatewayError {
 /** Whether a response ended by one of the gateway's own timeouts: the total, or idle while its body was read. */
 export function endedByTimeout(res: UpstreamResponse, err: unknown): boolean {
   return res.timedOut() || (err as { code?: string } | undefined)?.code === 'UND_ERR_BODY_TIMEOUT';
+}
+
+/** The failures of `send()` whose last attempt upstream had read and was still working on (see below). */
+const abandonedUpstream = new WeakSet<object>();
+
+/**
+ * Whether `send()` failed with `err` after its last attempt had been sent upstream whole and while
+ * upstream was still on it: the gateway's own first-byte or total timeout gave up on it, or the
+ * client left. Upstream has read that prompt, may be generating, and bills it as a hang-up. False
+ * when the last attempt was never sent (refused or timed-out connection, still queued for a
+ * connection, the client or the total timeout ending a wait between attempts) or when upstream
+ * ended it (a reset or closed connection: retried as never served, and not billed either).
+ * Earlier attempts never count: each was answered (an error, which OpenAI does not bill) or lost
+ * its connection, which is why it was retried.
+ */
+export function abandonedAfterSending(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && abandonedUpstream.has(err);
+}
+
+function abandoned<E>(err: E): E {
+  if (typeof err === 'object' && err !== null) abandonedUpstream.add(err);
+  return err;
 }
 
 const silent: KeyPoolLogger = { error() {}, warn() {} };
@@ -219,17 +247,33 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
     for (let attempt = 1; ; attempt++) {
       const key = keyPool.pick(refused);
       let res: Dispatcher.ResponseData;
+      /** Set once this attempt is written to the socket whole: from then on upstream may be working on it. */
+      let sent = false;
       try {
-        res = await pool.request({
-          method: req.method,
-          path: basePath + req.path,
-          headers: { ...baseHeaders, authorization: `Bearer ${key.key}` },
-          body: req.body,
-          signal,
-        });
+        res = await requestApi.call(
+          {
+            dispatch(opts, handler) {
+              // undici calls a handler's onRequestSent once the whole request is written (core/request.js;
+              // its headers timeout starts then too). Its request API's handler has none of its own.
+              (handler as { onRequestSent?: () => void }).onRequestSent = () => (sent = true);
+              return pool.dispatch(opts, handler);
+            },
+          },
+          {
+            method: req.method,
+            path: basePath + req.path,
+            headers: { ...baseHeaders, authorization: `Bearer ${key.key}` },
+            body: req.body,
+            signal,
+          },
+        );
       } catch (err) {
-        if (req.signal?.aborted) throw err; // the client left; nobody is waiting for an answer
+        // The client left; nobody is waiting for an answer.
+        if (req.signal?.aborted) throw sent ? abandoned(err) : err;
         const failure = upstreamFailure(err, exchange.timedOut);
+        // The gateway's own first-byte or total timeout gave up on a request upstream had read (a
+        // connect timeout never sent it): never retried, and upstream bills it as a hang-up.
+        if (sent && failure.status === 504) throw abandoned(failure);
         if (exchange.timedOut || retries >= maxRetries || !isRetryableError(err)) throw failure;
         const wait = backoffMs(retries, retryBaseDelayMs, retryMaxDelayMs);
         log.warn({ attempt, keyIndex: key.index, code: (err as { code?: string }).code, waitMs: Math.round(wait) }, 'upstream connection failed; retrying');

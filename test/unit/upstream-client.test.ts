@@ -4,7 +4,7 @@ import { createRequire } from 'node:module';
 import { getEventListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createUpstreamClient } from '../../src/upstream/client.js';
+import { abandonedAfterSending, createUpstreamClient } from '../../src/upstream/client.js';
 import { startFakeOpenAI, type FakeOpenAI } from '../../src/fake-openai/server.js';
 import type { Config } from '../../src/config.js';
 
@@ -111,8 +111,86 @@ describe('one exchange', () => {
     const before = fake.requests.length;
     const gone = new AbortController();
     gone.abort();
-    await expect(client.send({ method: 'POST', path: '/chat/completions', body: chat(), signal: gone.signal })).rejects.toBeDefined();
+    const err = await client.send({ method: 'POST', path: '/chat/completions', body: chat(), signal: gone.signal }).catch((e: unknown) => e);
+    expect(err).toBeDefined();
+    expect(abandonedAfterSending(err)).toBe(false); // nothing for upstream to bill
     expect(fake.requests.length).toBe(before);
+    await client.close();
+  });
+});
+
+// What the pipeline charges a failed call depends on this: upstream bills a request it read.
+describe('a failed exchange says whether upstream was left holding the request', () => {
+  it('a first-byte timeout after the request was sent: yes', async () => {
+    fake.hangNext(1);
+    try {
+      const client = createUpstreamClient(upstream({ headersTimeoutMs: 200 }));
+      const err = await client.send({ method: 'POST', path: '/chat/completions', body: chat() }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ status: 504, code: 'upstream_timeout' });
+      expect(abandonedAfterSending(err)).toBe(true);
+      await client.close();
+    } finally {
+      fake.reset();
+    }
+  });
+
+  it('the total timeout after the request was sent: yes', async () => {
+    fake.hangNext(1);
+    try {
+      const client = createUpstreamClient(upstream({ totalTimeoutMs: 300 }));
+      const err = await client.send({ method: 'POST', path: '/chat/completions', body: chat() }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ status: 504, code: 'upstream_timeout' });
+      expect(abandonedAfterSending(err)).toBe(true);
+      await client.close();
+    } finally {
+      fake.reset();
+    }
+  });
+
+  it('the client leaving while its request still waits for a connection: no', async () => {
+    fake.hangNext(1);
+    try {
+      const before = fake.requests.length;
+      const client = createUpstreamClient(upstream({ maxConnections: 1 }));
+      const holder = new AbortController();
+      const holding = client.send({ method: 'POST', path: '/chat/completions', body: chat(), signal: holder.signal }).catch((e: unknown) => e);
+      await sleep(50);
+      const gone = new AbortController();
+      const queued = client.send({ method: 'POST', path: '/chat/completions', body: chat(), signal: gone.signal }).catch((e: unknown) => e);
+      await sleep(50);
+      gone.abort(); // undici drops a queued request once a connection is free for it
+      holder.abort();
+      expect(abandonedAfterSending(await queued)).toBe(false);
+      expect(abandonedAfterSending(await holding)).toBe(true); // this one upstream had
+      expect(fake.requests.length).toBe(before + 1);
+      await client.close();
+    } finally {
+      fake.reset();
+    }
+  });
+
+  it('the client leaving while upstream works on it: yes', async () => {
+    fake.hangNext(1);
+    try {
+      const client = createUpstreamClient(upstream());
+      const gone = new AbortController();
+      const pending = client.send({ method: 'POST', path: '/chat/completions', body: chat(), signal: gone.signal }).catch((e: unknown) => e);
+      await sleep(100);
+      gone.abort();
+      expect(abandonedAfterSending(await pending)).toBe(true);
+      await client.close();
+    } finally {
+      fake.reset();
+    }
+  });
+
+  it('a refused connection: no, the request never left', async () => {
+    const closed = await startFakeOpenAI();
+    await closed.close();
+    const client = createUpstreamClient(upstream({ baseUrl: closed.url }));
+    const err = await client.send({ method: 'POST', path: '/chat/completions', body: chat() }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ status: 502, code: 'upstream_unreachable' });
+    expect(abandonedAfterSending(err)).toBe(false);
     await client.close();
   });
 });
