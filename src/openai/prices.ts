@@ -79,8 +79,9 @@ function tokenCount(name: string, value: number | undefined): number {
 }
 
 /**
- * The cost of a request in micro-dollars, rounded up:
- * ceil((uncachedPrompt * input + cached * cachedInput + completion * output) / 1e6).
+ * The exact cost of a request: whole micro-dollars, and the fraction of one left over in
+ * millionths (0 .. 999,999): (uncachedPrompt * input + cached * cachedInput + completion * output)
+ * / 1e6 micro-dollars, prices being micro-dollars per million tokens.
  *
  * Integers only. The products are exact doubles while the sum stays below 2^53 (about 9.007e15):
  * e.g. 1M tokens at $9,000/M, or 10M tokens at $900/M, far beyond any real request. Past that the
@@ -90,7 +91,7 @@ function tokenCount(name: string, value: number | undefined): number {
  * Number.MAX_SAFE_INTEGER: still an integer that sums and Redis's HINCRBY take, never an
  * inexact double or one printed as an exponent.
  */
-export function costMicros(price: Price, usage: TokenCounts): number {
+export function exactCost(price: Price, usage: TokenCounts): { micros: number; fraction: number } {
   const prompt = tokenCount('promptTokens', usage.promptTokens);
   // OpenAI's cached tokens are part of prompt_tokens; never let a bad report make the uncached part negative.
   const cached = Math.min(tokenCount('cachedPromptTokens', usage.cachedPromptTokens), prompt);
@@ -100,14 +101,28 @@ export function costMicros(price: Price, usage: TokenCounts): number {
   const sum = uncached * price.input + cached * price.cachedInput + completion * price.output;
   if (Number.isSafeInteger(sum)) {
     // All terms are non-negative, so a safe sum means every product was exact too.
-    const rest = sum % TOKENS_PER_PRICE_UNIT;
-    return (sum - rest) / TOKENS_PER_PRICE_UNIT + (rest > 0 ? 1 : 0);
+    const fraction = sum % TOKENS_PER_PRICE_UNIT;
+    return { micros: (sum - fraction) / TOKENS_PER_PRICE_UNIT, fraction };
   }
   const big =
     BigInt(uncached) * BigInt(price.input) + BigInt(cached) * BigInt(price.cachedInput) + BigInt(completion) * BigInt(price.output);
   const unit = BigInt(TOKENS_PER_PRICE_UNIT);
-  const micros = big / unit + (big % unit > 0n ? 1n : 0n);
-  return micros > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(micros);
+  const micros = big / unit;
+  return micros >= BigInt(Number.MAX_SAFE_INTEGER)
+    ? { micros: Number.MAX_SAFE_INTEGER, fraction: 0 }
+    : { micros: Number(micros), fraction: Number(big % unit) };
+}
+
+/** Millionths of a micro-dollar: the unit of exactCost's fraction. */
+export const FRACTION_PER_MICRO = TOKENS_PER_PRICE_UNIT;
+
+/**
+ * The cost of a request in micro-dollars, rounded up: what a reservation holds (a worst case
+ * must never be under its real cost). What is recorded is not rounded per request (cost-carry.ts).
+ */
+export function costMicros(price: Price, usage: TokenCounts): number {
+  const { micros, fraction } = exactCost(price, usage);
+  return fraction > 0 && micros < Number.MAX_SAFE_INTEGER ? micros + 1 : micros;
 }
 
 function checkPrice(model: string, price: Price): Price {

@@ -11,6 +11,7 @@ import { periodsAt } from './periods.js';
 import type { AdmissionRequest, AdmissionResult, CacheLookup, JoinedLookup, Periods, Store, StoreLimits } from '../store/store.js';
 import { backgroundNotMetered, quotaExceeded, requestTooLarge, unpricedModel } from './errors.js';
 import { createReplayQueue } from '../resilience/replay-queue.js';
+import { createCostCarry } from './cost-carry.js';
 import { rateLimitHeaders } from './headers.js';
 import { GatewayError } from '../errors.js';
 import { isOutageError, StoreUnavailableError } from '../resilience/store-health.js';
@@ -164,6 +165,8 @@ export function createQuota(opts: QuotaOptions) {
   /** A limit that counts tokens or dollars (rpm and maxConcurrent count requests). */
   const limitsTokensOrSpend = (l: KeyRecord['limits']) =>
     l.tpm !== undefined || l.tokensPerDay !== undefined || l.tokensPerMonth !== undefined || l.usdPerDay !== undefined || l.usdPerMonth !== undefined;
+
+  const recordedCost = createCostCarry();
 
   function priceOf(key: KeyRecord, model: string): Price {
     const price = opts.prices.priceFor(model);
@@ -361,7 +364,8 @@ export function createQuota(opts: QuotaOptions) {
         const usage = consumption.usage;
         settled = {
           totalTokens: usage?.totalTokens ?? 0,
-          costMicros: usage ? costMicros(price, usage) : 0,
+          // The exact cost, its fraction of a micro-dollar carried over to the key's next request.
+          costMicros: usage ? recordedCost(key.id, price, usage) : 0,
           estimated: consumption.estimated,
         };
         if (free) return settled; // nothing was reserved

@@ -423,6 +423,26 @@ describe('prices', () => {
     expect(gw.fake.requests).toHaveLength(0);
   });
 
+  it('records cheap requests at their exact cost, not each rounded up to a micro-dollar', async () => {
+    // text-embedding-3-small: $0.02 per 1M tokens, 0.02 micro-dollars a token. Rounded up per
+    // request, 100 tiny embeddings were recorded as 100 micro-dollars, and a $0.00005 budget
+    // refused the second half of them.
+    const { id, key } = await gw.createKey({ limits: { usdPerDay: 0.00005 } });
+    const client = gw.sdk(key);
+    let tokens = 0;
+    for (let i = 0; i < 100; i++) {
+      const res = await client.embeddings.create({ model: 'text-embedding-3-small', input: `w${i}` });
+      tokens += res.usage.total_tokens;
+    }
+    const exactMicros = tokens * 0.02;
+    // The spend recorded is the exact spend rounded down (the fraction waits for the next request).
+    await expect.poll(async () => (await quotaOf(gw, id)).usdPerDay!.used).toBeCloseTo(Math.floor(exactMicros) / 1e6, 9);
+    await expect.poll(async () => (await gw.admin('GET', `/admin/usage?groupBy=key&keyId=${id}`)).body.totals.costUsd).toBeCloseTo(
+      Math.floor(exactMicros) / 1e6,
+      9,
+    );
+  });
+
   it('charges a model with no price at the configured default price for other keys', async () => {
     // A fine-tuned model: the real-world case of a model no price table lists.
     const model = 'ft:gpt-4o-mini-2024-07-18:acme::tg1';
