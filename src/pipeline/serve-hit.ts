@@ -24,7 +24,7 @@ export async function serveHit(
   const saved = { promptTokens: entry.promptTokens, cachedPromptTokens: entry.cachedPromptTokens, completionTokens: entry.completionTokens };
   trace.cache = 'HIT';
   // A hit spends no tokens: it records what it saved instead, so token sums match what upstream billed.
-  trace.savedMicros = quota.costOf(entry.model || body.model, saved);
+  trace.savedMicros = quota.costOf(request.gatewayKey!.id, entry.model || body.model, saved);
   trace.savedTokens = saved.promptTokens + saved.completionTokens;
   trace.modelAnswered = entry.model || undefined;
   trace.costMicros = 0;

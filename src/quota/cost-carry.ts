@@ -11,7 +11,10 @@ import { exactCost, FRACTION_PER_MICRO, type Price, type TokenCounts } from '../
 
 export type CostCarry = (keyId: string, price: Price, usage: TokenCounts) => number;
 
-export function createCostCarry(): CostCarry {
+/** Keys whose fractions are remembered; past it the oldest is forgotten (it held under 1 micro-dollar). */
+export const CARRIED_KEYS_MAX = 100_000;
+
+export function createCostCarry(maxKeys = CARRIED_KEYS_MAX): CostCarry {
   /** keyId -> millionths of a micro-dollar spent but not yet recorded (below one micro-dollar). */
   const carried = new Map<string, number>();
   return (keyId, price, usage) => {
@@ -19,6 +22,8 @@ export function createCostCarry(): CostCarry {
     if (fraction === 0) return micros;
     const total = (carried.get(keyId) ?? 0) + fraction;
     const whole = total >= FRACTION_PER_MICRO ? 1 : 0; // each fraction is below one micro-dollar
+    // Deleted keys (and revoked ones) never come back to claim theirs: the map stays bounded.
+    if (!carried.has(keyId) && carried.size >= maxKeys) carried.delete(carried.keys().next().value!);
     carried.set(keyId, total - whole * FRACTION_PER_MICRO);
     return Math.min(Number.MAX_SAFE_INTEGER, micros + whole);
   };

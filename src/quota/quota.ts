@@ -455,9 +455,13 @@ export function createQuota(opts: QuotaOptions) {
     };
   }
 
-  /** What a request with this usage costs (what a cache hit saved), at today's price. */
-  function costOf(model: string, usage: Pick<Usage, 'promptTokens' | 'cachedPromptTokens' | 'completionTokens'>): number {
-    return costMicros(opts.prices.priceFor(model) ?? opts.unpricedModelPrice, usage);
+  const savedCost = createCostCarry();
+  /**
+   * What a request with this usage costs (what a cache hit of this key saved), at today's price:
+   * exact, its fraction of a micro-dollar carried as recorded costs are (cost-carry.ts).
+   */
+  function costOf(keyId: string, model: string, usage: Pick<Usage, 'promptTokens' | 'cachedPromptTokens' | 'completionTokens'>): number {
+    return savedCost(keyId, opts.prices.priceFor(model) ?? opts.unpricedModelPrice, usage);
   }
 
   return {

@@ -145,7 +145,7 @@ export function redisKeys(prefix: string) {
      * far. Tagged with the stream's whole name (which has no braces, so it hashes as a whole), so
      * it shares the stream's cluster slot and list.lua can mark and append in one step.
      */
-    usageListed: (hour: string) => `${prefix}usage:listed:{${prefix}usage:events}:${hour}`,
+    usageListed: (hour: string) => `${prefix}usage:listedcount:{${prefix}usage:events}:${hour}`,
     /** STRING: the gateway key id that created a Responses API object, PX ttl. Its own slot. */
     responseOwner: (responseId: string) => `${prefix}respowner:${responseId}`,
     /** STRING set once (SET NX PX) by markOnce. Its own slot. */

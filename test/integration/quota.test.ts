@@ -366,8 +366,9 @@ describe('request sizes and defaults', () => {
     // With DEFAULT_MAX_OUTPUT_TOKENS (4096) per choice this reserved ~12,300 tokens: a 429 for nothing.
     gw.fake.setLatency(300);
     const pending = post(key, '/v1/completions', { model: instruct, prompt: 'Say this is a test', n: 3 });
-    await new Promise((r) => setTimeout(r, 150));
-    const reserved = (await quotaOf(gw, id)).tokensPerDay!.reserved;
+    // Read while upstream holds the request (polled: the admission may not have run yet).
+    let reserved = 0;
+    await expect.poll(async () => (reserved = (await quotaOf(gw, id)).tokensPerDay!.reserved)).toBeGreaterThan(0);
     const res = await pending;
     gw.fake.setLatency(0);
     expect(res.status).toBe(200);

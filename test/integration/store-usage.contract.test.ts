@@ -384,7 +384,7 @@ describe('Redis store usage only', () => {
     expect(keys.usageSeen('2026-11-18T12')).toBe(`${prefix}usage:seen:{2026-11-18T12}`);
     expect(keys.usageEvents()).toBe(`${prefix}usage:events`);
     // Tagged with the stream's name: the stream's cluster slot, so list.lua marks and appends at once.
-    expect(keys.usageListed('2026-11-18T12')).toBe(`${prefix}usage:listed:{${prefix}usage:events}:2026-11-18T12`);
+    expect(keys.usageListed('2026-11-18T12')).toBe(`${prefix}usage:listedcount:{${prefix}usage:events}:2026-11-18T12`);
     expect(keys.mark('m')).toBe(`${prefix}mark:m`);
 
     const hit = makeEvent({ ts: H + HOUR - 60_000, keyId: 'key|a', model: 'm%7C|x', cache: 'HIT', savedTokens: 15, savedMicros: 40 });

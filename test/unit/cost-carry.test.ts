@@ -50,4 +50,14 @@ describe('createCostCarry', () => {
       expect(recorded).toBeGreaterThan(exact - 1);
     }
   });
+
+  it('remembers at most maxKeys fractions, forgetting the oldest key first', () => {
+    const record = createCostCarry(2);
+    const half = { promptTokens: 25, cachedPromptTokens: 0, completionTokens: 0 }; // 0.5 micro-dollars
+    expect(record('key_a', price, half)).toBe(0);
+    expect(record('key_b', price, half)).toBe(0);
+    expect(record('key_c', price, half)).toBe(0); // key_a's half is forgotten
+    expect(record('key_a', price, half)).toBe(0);
+    expect(record('key_c', price, half)).toBe(1);
+  });
 });
