@@ -287,7 +287,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     modes: () => modes(),
     upstreamKeys: () => upstream.keyPool.status(),
   });
-  await app.register(metricsRoutes, { metrics, token: config.metricsToken });
+  await app.register(metricsRoutes, { metrics, token: config.metricsToken, authGuard });
   const owners = createResponseOwners({ store, logger: app.log });
   await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, owners, keyResolver, authGuard, logBodies: config.logBodies });
   if (config.adminToken) {

@@ -251,18 +251,32 @@ export function createMetrics(opts: MetricsOptions) {
   // BOUNDED LABELS. Every series costs Prometheus memory forever, so no label may take a value a
   // client chooses freely: no request ids, no raw user input. The model label is
   //   1. the model upstream answered with (event.modelAnswered), which upstream chose, not the client;
-  //   2. else the requested model only if the price table knows it (a fixed list);
+  //   2. else the requested model if it is an exact id of the price table (a fixed list), or, for a
+  //      name priced as a dated snapshot of one (gpt-4o-2024-08-06, but also made-up gpt-4o-1234),
+  //      that base id: the snapshot rule accepts endless names, so they never become labels here;
   //   3. else `other`.
   // So a client sending random model names adds nothing but `other`. As a second fence (an
   // OpenAI-compatible upstream may echo any requested name back), an answered model must look like a
-  // model id, and at most `maxUnpricedModelLabels` distinct answered models outside the price table
-  // get a series of their own; later ones are `other`. Keys are named by admins, endpoints and
-  // statuses come from code and HTTP: all bounded.
+  // model id, and at most `maxUnpricedModelLabels` distinct answered models that are not exact ids of
+  // the price table (dated snapshots included) get a series of their own; later ones are `other`.
+  // Keys are named by admins, endpoints and statuses come from code and HTTP: all bounded.
+  const exactIds = new Set(prices.models);
   const unpricedSeen = new Set<string>();
+
+  /** The price table id a snapshot name is priced as: the longest exact id it extends with the same price. */
+  function baseId(model: string): string | undefined {
+    const price = prices.priceFor(model);
+    if (!price) return undefined;
+    let base: string | undefined;
+    for (const id of prices.models) {
+      if (model.startsWith(`${id}-`) && prices.priceFor(id) === price && (base === undefined || id.length > base.length)) base = id;
+    }
+    return base;
+  }
 
   function modelLabel(model: string | null, modelAnswered: string | null = null): string {
     if (modelAnswered && MODEL_ID.test(modelAnswered)) {
-      if (prices.priceFor(modelAnswered)) return modelAnswered;
+      if (exactIds.has(modelAnswered)) return modelAnswered;
       if (unpricedSeen.has(modelAnswered)) return modelAnswered;
       if (unpricedSeen.size < maxUnpriced) {
         unpricedSeen.add(modelAnswered);
@@ -270,7 +284,11 @@ export function createMetrics(opts: MetricsOptions) {
       }
       return OTHER;
     }
-    if (model && MODEL_ID.test(model) && prices.priceFor(model)) return model;
+    if (model && MODEL_ID.test(model)) {
+      if (exactIds.has(model)) return model;
+      const base = baseId(model);
+      if (base !== undefined) return base;
+    }
     return model === null && !modelAnswered ? NONE : OTHER;
   }
 

@@ -7,11 +7,14 @@ import { createMetrics, type BudgetGauge, type Metrics, type MetricsOptions } fr
 import { loadPriceTable } from '../../src/openai/prices.js';
 import { metricsRoutes } from '../../src/routes/metrics.js';
 import type { UsageEvent } from '../../src/usage/event.js';
+import { startGateway, type Gateway } from '../helpers/gateway.js';
 
 const prices = loadPriceTable();
 const opened: FastifyInstance[] = [];
+const gateways: Gateway[] = [];
 afterAll(async () => {
   for (const app of opened) await app.close();
+  for (const gw of gateways) await gw.close();
 });
 
 async function buildMetricsApp(options: Partial<MetricsOptions> = {}, token?: string): Promise<{ app: FastifyInstance; metrics: Metrics }> {
@@ -241,11 +244,15 @@ describe('metrics', () => {
   });
 
   it('labels models from a bounded set', async () => {
-    const { metrics } = await buildMetricsApp({ maxUnpricedModelLabels: 2 });
-    // The answered model wins; a requested model only when the price table knows it (snapshots included).
+    // Answered models outside the exact ids of the price table share the cap: one snapshot and two echoes.
+    const { metrics } = await buildMetricsApp({ maxUnpricedModelLabels: 3 });
+    // The answered model wins; a requested model only when it is an exact id of the price table, and a
+    // requested snapshot is labelled with the id it is priced as (the snapshot rule accepts endless names).
     expect(metrics.modelLabel('gpt-4o-mini', 'gpt-4o-mini-2024-07-18')).toBe('gpt-4o-mini-2024-07-18');
     expect(metrics.modelLabel('gpt-4o')).toBe('gpt-4o');
-    expect(metrics.modelLabel('gpt-4o-mini-2024-07-18', null)).toBe('gpt-4o-mini-2024-07-18');
+    expect(metrics.modelLabel('gpt-4o-mini-2024-07-18', null)).toBe('gpt-4o-mini');
+    expect(metrics.modelLabel('gpt-4o-1000', null)).toBe('gpt-4o');
+    expect(metrics.modelLabel('gpt-4o-mini-2099-01-01', null)).toBe('gpt-4o-mini');
     expect(metrics.modelLabel('random-3b1f', null)).toBe('other');
     expect(metrics.modelLabel('gpt-4o\n{evil="1"}', null)).toBe('other');
     expect(metrics.modelLabel(null, null)).toBe('none');
@@ -333,6 +340,56 @@ describe('metrics', () => {
     const ok = await scrape(app, { authorization: `Bearer ${token}` });
     expect(ok.res.statusCode).toBe(200);
     expect(ok.text).toContain('# TYPE tollgate_requests_total counter');
+  });
+
+  it('gives made-up snapshot names no series of their own, requested or echoed back', async () => {
+    const { app, metrics } = await buildMetricsApp({ maxUnpricedModelLabels: 5 });
+    // Requested names the price table prices as snapshots of gpt-4o, refused upstream (no answered model).
+    for (let i = 0; i < 200; i++) metrics.observe(event({ model: `gpt-4o-${1000 + i}`, status: 404 }));
+    for (let i = 0; i < 50; i++) metrics.observe(event({ model: `gpt-4o-mini-2031-01-${String(i % 28 + 1).padStart(2, '0')}`, status: 404 }));
+    let models = new Set(find((await scrape(app)).samples, 'tollgate_requests_total').map((s) => s.labels.model));
+    expect([...models].sort()).toEqual(['gpt-4o', 'gpt-4o-mini']);
+    // An upstream that echoes the requested name back: answered snapshots count against the cap.
+    for (let i = 0; i < 200; i++) metrics.observe(event({ model: `gpt-4o-${3000 + i}`, modelAnswered: `gpt-4o-${3000 + i}`, status: 200 }));
+    models = new Set(find((await scrape(app)).samples, 'tollgate_requests_total').map((s) => s.labels.model));
+    expect(models.size).toBeLessThanOrEqual(2 + 5 + 1); // the two above, the cap, and `other`
+    expect(models.has('other')).toBe(true);
+  });
+
+  it('through the gateway, made-up snapshot names that upstream refuses add no model series', async () => {
+    const gw = await startGateway();
+    gateways.push(gw);
+    const { key } = await gw.createKey({ name: 'guesser' });
+    for (let i = 1000; i <= 1030; i++) {
+      const res = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: `gpt-4o-${i}`, messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      expect(res.status).toBe(404);
+      await res.arrayBuffer();
+    }
+    const read = async () => parseSamples(await (await fetch(`${gw.url}/metrics`)).text());
+    await expect.poll(async () => find(await read(), 'tollgate_requests_total', { key: 'guesser' }).reduce((n, s) => n + s.value, 0)).toBe(31);
+    const models = new Set(find(await read(), 'tollgate_requests_total', { key: 'guesser' }).map((s) => s.labels.model));
+    expect([...models]).toEqual(['gpt-4o']);
+  });
+
+  it('counts wrong metrics tokens against the failed-auth guard', async () => {
+    const gw = await startGateway({ env: { METRICS_TOKEN: 'metrics-token-0123456789', AUTH_FAILURES_PER_MINUTE: '3' } });
+    gateways.push(gw);
+    const get = (auth?: string) => fetch(`${gw.url}/metrics`, auth ? { headers: { authorization: auth } } : {});
+    // A scrape without a token is a misconfigured scraper, not a guess: it is refused but not counted.
+    for (let i = 0; i < 5; i++) expect((await get()).status).toBe(401);
+    expect((await get('Bearer metrics-token-0123456789')).status).toBe(200);
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) statuses.push((await get(`Bearer wrong-guess-${i}`)).status);
+    expect(statuses).toEqual([401, 401, 401, 429, 429, 429]);
+    // Over the limit, even the right token is refused before it is compared.
+    const blocked = await get('Bearer metrics-token-0123456789');
+    expect(blocked.status).toBe(429);
+    expect(blocked.headers.get('retry-after')).toMatch(/^\d+$/);
+    expect(((await blocked.json()) as { error: { code: string } }).error.code).toBe('too_many_failed_attempts');
   });
 
   it('keeps each app in its own registry', async () => {
