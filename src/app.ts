@@ -217,7 +217,13 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   });
 
   // Fastify closes in-flight requests first, then runs these: settlements are flushed before the store closes.
+  // Responses whose log line and usage event are not written yet. A stream cut when shutdown's
+  // deadline closes its connection settles a little after the server reported itself closed: the
+  // drains below wait for it, or its usage would be lost.
+  let unaccounted = 0;
+  let allAccounted: (() => void) | undefined;
   app.addHook('onClose', async () => {
+    if (unaccounted > 0) await new Promise<void>((resolve) => (allAccounted = resolve));
     quota.close();
     await quota.drain();
     await usage.drain();
@@ -250,19 +256,24 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     // 'close' fires for every response, finished or abandoned by the client (onResponse misses
     // the latter). A stream's accounting may finish just after: its line waits for it.
     const arrivedAt = clock();
+    unaccounted++;
     reply.raw.once('close', () => {
       const completion = (request.trace.completion ?? Promise.resolve()).catch((err: Error) => {
         // A bug in a stream's accounting must cost one log line, never the process.
         request.log.error({ err: err.message }, 'stream accounting failed');
       });
-      void completion.then(() => {
-        const event = isMetered(request) ? usageEventOf(request, reply, arrivedAt) : undefined;
-        logLine(request, reply, event);
-        if (!event) return;
-        usage.record(event);
-        // Spend moved: let the alerts see whether a budget threshold was crossed.
-        if (request.gatewayKey && event.costMicros + event.totalTokens > 0) alerts.check(request.gatewayKey);
-      });
+      void completion
+        .then(() => {
+          const event = isMetered(request) ? usageEventOf(request, reply, arrivedAt) : undefined;
+          logLine(request, reply, event);
+          if (!event) return;
+          usage.record(event);
+          // Spend moved: let the alerts see whether a budget threshold was crossed.
+          if (request.gatewayKey && event.costMicros + event.totalTokens > 0) alerts.check(request.gatewayKey);
+        })
+        .finally(() => {
+          if (--unaccounted === 0) allAccounted?.();
+        });
     });
     // HTTP/1.1 requires Host. Node's own check (off above) answers with an empty 400; this one in
     // OpenAI's shape, and the request is logged like any other.

@@ -21,6 +21,33 @@ const redisAddresses = z
   })
   .optional();
 
+/**
+ * Why REDIS_URL cannot be used, or undefined. Checked here (new URL(), a numeric port) so that a
+ * typo is reported as configuration, never as an ioredis TypeError whose stack prints the password.
+ */
+function redisUrlProblem(v: string): string | undefined {
+  const shape = 'must be redis://host:port or rediss://host:port (for a cluster, set REDIS_CLUSTER_NODES instead)';
+  if (!/^rediss?:\/\/./.test(v)) return shape;
+  // The port as written: new URL() drops a default one and rejects most junk, but check it anyway.
+  const authority = /^rediss?:\/\/([^/?#]*)/.exec(v)?.[1] ?? '';
+  const hostPort = authority.slice(authority.lastIndexOf('@') + 1);
+  const port = /^(?:\[[^\]]*\]|[^:]*)(?::(.*))?$/.exec(hostPort)?.[1];
+  if (port !== undefined && port !== '' && !(/^\d{1,5}$/.test(port) && Number(port) >= 1 && Number(port) <= 65535)) {
+    return `the port must be a number from 1 to 65535 (${shape})`;
+  }
+  let url: URL;
+  try {
+    url = new URL(v);
+  } catch {
+    return `not a valid URL (${shape})`;
+  }
+  if (url.hostname === '') return `no host (${shape})`;
+  if (url.pathname !== '' && url.pathname !== '/' && !/^\/\d+$/.test(url.pathname)) {
+    return 'the path, if any, must be a database number, e.g. redis://host:6379/0';
+  }
+  return undefined;
+}
+
 const envSchema = z.object({
   PORT: int(0, 65535).default(8080),
   HOST: z.string().min(1).default('0.0.0.0'),
@@ -56,8 +83,11 @@ const envSchema = z.object({
   UPSTREAM_KEY_INVALID_COOLDOWN_MS: int(0, 86_400_000).default(600_000),
 
   // Where Redis is: one of REDIS_URL (one server), REDIS_CLUSTER_NODES (a cluster), REDIS_SENTINELS (Sentinel).
-  REDIS_URL: optionalString.refine((v) => v === undefined || /^rediss?:\/\/./.test(v), {
-    message: 'must be redis://host:port or rediss://host:port (for a cluster, set REDIS_CLUSTER_NODES instead)',
+  // Its problems are reported without its value: it may carry a password.
+  REDIS_URL: optionalString.superRefine((v, ctx) => {
+    if (v === undefined) return;
+    const problem = redisUrlProblem(v);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
   }),
   /** Seed nodes of a Redis Cluster, `host:port,host:port`; the others are discovered. */
   REDIS_CLUSTER_NODES: redisAddresses,

@@ -10,6 +10,9 @@ import { startFakeOpenAI, type FakeOpenAI } from './fake-openai/server.js';
 import { preloadEncodings } from './openai/tokens.js';
 import { startMemoryTrimmer } from './native-memory.js';
 
+/** After SHUTDOWN_TIMEOUT_MS cut the open connections, close() still has this long for its drains. */
+const DRAIN_GRACE_MS = 5_000;
+
 async function main() {
   let config: Config;
   try {
@@ -37,8 +40,17 @@ async function main() {
   // first request; cl100k_base (~30 ms) and p50k_base (~15 ms) load in the first request of a model
   // that uses them, so a gateway serving only current models never holds them.
   preloadEncodings();
-  const app = await buildApp(config);
-  const address = await app.listen({ port: config.port, host: config.host });
+  let app: Awaited<ReturnType<typeof buildApp>> | undefined;
+  let address: string;
+  try {
+    app = await buildApp(config);
+    address = await app.listen({ port: config.port, host: config.host });
+  } catch (err) {
+    // One line, no stack: a stack may carry a secret (a Redis URL's password, say).
+    console.error(`Start-up failed: ${startupFailure(err, config)}`);
+    await Promise.race([app?.close(), new Promise((resolve) => setTimeout(resolve, 1000).unref())]).catch(() => undefined);
+    process.exit(1);
+  }
   // After start-up's long-lived allocations: sizes the V8 heap for many open streams (src/heap.ts).
   const heap = configureHeap(config.heap);
   const memoryTrim = startMemoryTrimmer(config.memoryTrimIntervalMs).status;
@@ -51,22 +63,79 @@ async function main() {
     if (closing) return;
     closing = true;
     app.log.info({ signal, deadlineMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests');
+    // At the deadline the connections still open are cut: each stream then takes the client-abort
+    // path, which settles it as estimated, and close() goes on to its drains (quota settlements,
+    // usage events), so nothing accepted goes unrecorded. The drains get DRAIN_GRACE_MS more; past
+    // that the process exits non-zero anyway.
+    let forced = false;
     const deadline = setTimeout(() => {
-      app.log.error('shutdown deadline passed; exiting with requests still open');
-      process.exit(1);
+      forced = true;
+      app.log.error('shutdown deadline passed; closing the connections still open and recording their usage');
+      app.server.closeAllConnections();
+      const last = setTimeout(() => {
+        app.log.error({ graceMs: DRAIN_GRACE_MS }, 'shutdown drains did not finish in time; exiting');
+        process.exit(1);
+      }, DRAIN_GRACE_MS);
+      last.unref();
     }, config.shutdownTimeoutMs);
     deadline.unref();
     // A keep-alive connection whose stream finishes after close() began would hold the server open
     // until its keep-alive timeout: close connections as soon as they fall idle.
     const sweeper = setInterval(() => app.server.closeIdleConnections(), 100);
     sweeper.unref();
-    await app.close();
+    try {
+      await app.close();
+    } catch (err) {
+      app.log.error({ err: (err as Error).message }, 'shutdown failed');
+      process.exit(1);
+    }
+    clearTimeout(deadline);
     clearInterval(sweeper);
     await fake?.close();
+    if (forced) {
+      app.log.error('shut down after the deadline: connections still open were cut (their usage recorded as estimated)');
+      process.exit(1);
+    }
     app.log.info('shut down cleanly');
     process.exit(0);
   };
   handleStopSignals((signal) => void shutdown(signal));
+}
+
+/** Why start-up failed, in one line, with every secret of the config masked. */
+function startupFailure(err: unknown, config: Config): string {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+  let message: string;
+  if (e?.code === 'EADDRINUSE') message = `port ${config.port} on ${config.host} is already in use (PORT, HOST)`;
+  else if (e?.code === 'EADDRNOTAVAIL' || e?.code === 'ENOTFOUND' || e?.code === 'EAI_AGAIN') {
+    message = `cannot listen on HOST=${config.host} (${e.code}): not an address of this machine`;
+  } else if (e?.code === 'EACCES') message = `no permission to listen on port ${config.port} (PORT)`;
+  else message = (err instanceof Error ? err.message : String(err)).trim().replace(/\s*\n\s*/g, '; ') || 'unknown error';
+  return redactSecrets(message, config);
+}
+
+function redactSecrets(text: string, config: Config): string {
+  const secrets = [
+    ...config.upstream.apiKeys,
+    config.adminToken,
+    config.metricsToken,
+    config.redis?.password,
+    config.redis?.url,
+    ...redisUrlSecrets(config.redis?.url),
+  ].filter((s): s is string => typeof s === 'string' && s.length >= 3);
+  // Longest first: a URL is masked whole before the password inside it.
+  for (const secret of secrets.sort((a, b) => b.length - a.length)) text = text.split(secret).join('***');
+  return text;
+}
+
+function redisUrlSecrets(url: string | undefined): string[] {
+  if (!url) return [];
+  try {
+    const u = new URL(url);
+    return [u.password, decodeURIComponent(u.password)];
+  } catch {
+    return [];
+  }
 }
 
 /** Creates a demo key through the admin API (the real code path) and prints how to use it. */

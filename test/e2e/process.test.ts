@@ -165,3 +165,158 @@ describe('graceful shutdown under load', () => {
     }
   }, 60_000);
 });
+
+/** A key created through the admin API of the process at `base`. */
+async function createKey(base: string, name: string) {
+  const created = await fetch(`${base}/admin/keys`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name, limits: { tokensPerDay: 10_000_000 } }),
+  });
+  return (await created.json()) as { id: string; key: string };
+}
+
+/** The usage events and the key's day quota that another gateway on the same Redis sees. */
+async function recorded(prefix: string, keyId: string) {
+  const reader = await startGateway({ env: { REDIS_URL: testRedisUrl(), REDIS_PREFIX: prefix } });
+  try {
+    const res = await fetch(`${reader.url}/admin/usage/events?since=${Date.now() - 600_000}`, {
+      headers: { authorization: 'Bearer test-admin-token-0123456789' },
+    });
+    const text = (await res.text()).trim();
+    const events = text === '' ? [] : text.split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const quota = (await reader.admin('GET', `/admin/keys/${keyId}`)).body.quota;
+    return { events, used: quota.tokensPerDay.used as number, reserved: quota.tokensPerDay.reserved as number };
+  } finally {
+    await reader.close();
+  }
+}
+
+describe('shutdown deadline', () => {
+  it('cuts a stream still open at SHUTDOWN_TIMEOUT_MS, yet charges and records it (estimated), then exits non-zero', async () => {
+    // A slow stream: far longer than the deadline.
+    fake = await startFakeOpenAI({ apiKey: 'sk-up', streamChunkDelayMs: 1000 });
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}`;
+    const prefix = `deadline${port}:`;
+    const server = startServer({
+      PORT: String(port),
+      OPENAI_API_KEY: 'sk-up',
+      OPENAI_BASE_URL: fake.url,
+      ADMIN_TOKEN: ADMIN,
+      REDIS_URL: testRedisUrl(),
+      REDIS_PREFIX: prefix,
+      SHUTDOWN_TIMEOUT_MS: '300',
+    });
+    await waitUntilUp(base);
+    const { id, key } = await createKey(base, 'deadline');
+    const res = await fetch(`${base}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'a long story please' }], stream: true }),
+    });
+    const reader = res.body!.getReader();
+    await reader.read();
+    const exited = once(server.proc, 'exit');
+    server.proc.kill('SIGTERM');
+    // The stream is cut at the deadline, not finished.
+    let text = '';
+    try {
+      for (let r = await reader.read(); !r.done; r = await reader.read()) text += new TextDecoder().decode(r.value);
+    } catch {
+      // cut: expected
+    }
+    expect(text.trim().endsWith('data: [DONE]')).toBe(false);
+    const [code] = await exited;
+    expect(code, server.output()).toBe(1);
+
+    const { events, used, reserved } = await recorded(prefix, id);
+    const chat = events.filter((e) => e.endpoint === 'chat.completions');
+    expect(chat, server.output()).toHaveLength(1);
+    expect(chat[0]).toMatchObject({ keyId: id, stream: true, estimated: true });
+    expect(chat[0]!.totalTokens as number).toBeGreaterThan(0);
+    expect(used).toBeGreaterThan(0);
+    expect(reserved).toBe(0);
+  }, 60_000);
+
+  it('with SHUTDOWN_TIMEOUT_MS=0 still writes the usage buffered for finished requests', async () => {
+    fake = await startFakeOpenAI({ apiKey: 'sk-up' });
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}`;
+    const prefix = `deadline0-${port}:`;
+    const server = startServer({
+      PORT: String(port),
+      OPENAI_API_KEY: 'sk-up',
+      OPENAI_BASE_URL: fake.url,
+      ADMIN_TOKEN: ADMIN,
+      REDIS_URL: testRedisUrl(),
+      REDIS_PREFIX: prefix,
+      SHUTDOWN_TIMEOUT_MS: '0',
+      // The batch is still in memory at the signal.
+      USAGE_FLUSH_MS: '10000',
+    });
+    await waitUntilUp(base);
+    const { id, key } = await createKey(base, 'deadline0');
+    const res = await fetch(`${base}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    expect(res.status).toBe(200);
+    await res.text();
+    // Let its 'close' handler queue the usage event.
+    await new Promise((r) => setTimeout(r, 200));
+    const exited = once(server.proc, 'exit');
+    server.proc.kill('SIGTERM');
+    await exited;
+
+    const { events, used } = await recorded(prefix, id);
+    const chat = events.filter((e) => e.endpoint === 'chat.completions');
+    expect(chat, server.output()).toHaveLength(1);
+    expect(chat[0]).toMatchObject({ keyId: id, estimated: false, totalTokens: fake.usageTotals().total_tokens });
+    expect(used).toBe(fake.usageTotals().total_tokens);
+  }, 60_000);
+});
+
+describe('start-up failures', () => {
+  it('a malformed REDIS_URL is reported as configuration, without its password', async () => {
+    const server = startServer({
+      PORT: String(await freePort()),
+      OPENAI_API_KEY: 'sk-up',
+      REDIS_URL: 'redis://user:supersecretpw@127.0.0.1:notaport',
+    });
+    const [code] = await once(server.proc, 'exit');
+    expect(code).toBe(1);
+    expect(server.output()).toContain('Invalid configuration');
+    expect(server.output()).toContain('REDIS_URL');
+    expect(server.output()).not.toContain('supersecretpw');
+    expect(server.output()).not.toContain('TypeError');
+  });
+
+  it('a port in use: one line, no stack, no secret, exit 1', async () => {
+    const { createServer } = await import('node:net');
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const port = (blocker.address() as { port: number }).port;
+    try {
+      const server = startServer({ PORT: String(port), OPENAI_API_KEY: 'sk-up-secret-value', ADMIN_TOKEN: ADMIN });
+      const [code] = await once(server.proc, 'exit');
+      expect(code, server.output()).toBe(1);
+      const out = server.output();
+      expect(out).toContain(`Start-up failed: port ${port} on 127.0.0.1 is already in use`);
+      expect(out).not.toMatch(/^\s+at /m);
+      expect(out).not.toContain('sk-up-secret-value');
+      expect(out).not.toContain(ADMIN);
+    } finally {
+      await new Promise((resolve) => blocker.close(resolve));
+    }
+  });
+
+  it('a missing PRICES_FILE: one line naming the file, exit 1', async () => {
+    const server = startServer({ PORT: String(await freePort()), OPENAI_API_KEY: 'sk-up', PRICES_FILE: '/nonexistent/prices.json' });
+    const [code] = await once(server.proc, 'exit');
+    expect(code, server.output()).toBe(1);
+    expect(server.output()).toContain('Start-up failed: Cannot read price file /nonexistent/prices.json');
+    expect(server.output()).not.toMatch(/^\s+at /m);
+  });
+});

@@ -80,3 +80,30 @@ describe('loadConfig', () => {
     expect(loadConfig({ TOLLGATE_DEMO: 'true' }).demo).toBe(true);
   });
 });
+
+describe('REDIS_URL validation', () => {
+  it.each([
+    'redis://user:supersecretpw@127.0.0.1:notaport',
+    'redis://:supersecretpw@127.0.0.1:99999',
+    'redis://:supersecretpw@127.0.0.1:0',
+    'redis://:supersecretpw@127.0.0.1:6379/notadb',
+    'rediss://:supersecretpw@bad host:6379',
+  ])('rejects %s as configuration, without printing the value', (url) => {
+    let err: unknown;
+    try {
+      loadConfig({ OPENAI_API_KEY: 'sk-x', REDIS_URL: url });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as Error).message).toContain('REDIS_URL');
+    expect((err as Error).message).not.toContain('supersecretpw');
+  });
+
+  it.each(['redis://127.0.0.1:6379', 'redis://user:pw@h:6380/2', 'rediss://[::1]:6379', 'redis://h', 'redis://:p%40ss@h:1/0?family=6'])(
+    'accepts %s',
+    (url) => {
+      expect(loadConfig({ OPENAI_API_KEY: 'sk-x', REDIS_URL: url }).redis?.url).toBe(url);
+    },
+  );
+});
