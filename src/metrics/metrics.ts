@@ -260,23 +260,11 @@ export function createMetrics(opts: MetricsOptions) {
   // model id, and at most `maxUnpricedModelLabels` distinct answered models that are not exact ids of
   // the price table (dated snapshots included) get a series of their own; later ones are `other`.
   // Keys are named by admins, endpoints and statuses come from code and HTTP: all bounded.
-  const exactIds = new Set(prices.models);
   const unpricedSeen = new Set<string>();
-
-  /** The price table id a snapshot name is priced as: the longest exact id it extends with the same price. */
-  function baseId(model: string): string | undefined {
-    const price = prices.priceFor(model);
-    if (!price) return undefined;
-    let base: string | undefined;
-    for (const id of prices.models) {
-      if (model.startsWith(`${id}-`) && prices.priceFor(id) === price && (base === undefined || id.length > base.length)) base = id;
-    }
-    return base;
-  }
 
   function modelLabel(model: string | null, modelAnswered: string | null = null): string {
     if (modelAnswered && MODEL_ID.test(modelAnswered)) {
-      if (exactIds.has(modelAnswered)) return modelAnswered;
+      if (prices.pricedAs(modelAnswered) === modelAnswered) return modelAnswered; // an exact table id
       if (unpricedSeen.has(modelAnswered)) return modelAnswered;
       if (unpricedSeen.size < maxUnpriced) {
         unpricedSeen.add(modelAnswered);
@@ -284,11 +272,9 @@ export function createMetrics(opts: MetricsOptions) {
       }
       return OTHER;
     }
-    if (model && MODEL_ID.test(model)) {
-      if (exactIds.has(model)) return model;
-      const base = baseId(model);
-      if (base !== undefined) return base;
-    }
+    // The table id it is priced as: itself, or a snapshot's model (never the snapshot's own name).
+    const priced = model && MODEL_ID.test(model) ? prices.pricedAs(model) : undefined;
+    if (priced !== undefined) return priced;
     return model === null && !modelAnswered ? NONE : OTHER;
   }
 

@@ -33,6 +33,8 @@ export interface TokenCounts {
 export interface PriceTable {
   /** The price of a model id: its exact entry, else, for a dated snapshot or a -latest / -stable alias, its model's. */
   priceFor(model: string): Price | undefined;
+  /** The id of the entry priceFor uses for a model id (itself, or its snapshot's model), if any. */
+  pricedAs(model: string): string | undefined;
   /** Every model id with an entry, sorted. */
   readonly models: readonly string[];
   /** When the prices were checked (YYYY-MM-DD) and where, as the (last merged) file says. */
@@ -145,16 +147,21 @@ export function createPriceTable(
     byModel.set(model, checkPrice(model, price));
   }
   const models = Object.freeze([...byModel.keys()].sort());
+  function pricedAs(model: string): string | undefined {
+    if (byModel.has(model)) return model;
+    // A dated snapshot (gpt-4o-mini-2024-07-18, gpt-4-0613) is priced as its model. Only a date
+    // is cut: o1-pro or o3-deep-research are other models (o1-pro costs ~10x o1), not variants,
+    // and must not be priced as o1 or o3.
+    const snapshot = SNAPSHOT_SUFFIX.exec(model);
+    const base = snapshot ? model.slice(0, snapshot.index) : undefined;
+    return base !== undefined && byModel.has(base) ? base : undefined;
+  }
   return {
     priceFor(model: string): Price | undefined {
-      const exact = byModel.get(model);
-      if (exact) return exact;
-      // A dated snapshot (gpt-4o-mini-2024-07-18, gpt-4-0613) is priced as its model. Only a date
-      // is cut: o1-pro or o3-deep-research are other models (o1-pro costs ~10x o1), not variants,
-      // and must not be priced as o1 or o3.
-      const snapshot = SNAPSHOT_SUFFIX.exec(model);
-      return snapshot ? byModel.get(model.slice(0, snapshot.index)) : undefined;
+      const id = pricedAs(model);
+      return id === undefined ? undefined : byModel.get(id);
     },
+    pricedAs,
     models,
     date: meta.date,
     source: meta.source,
