@@ -3,14 +3,14 @@
 // settlement (written after the response) is slow; concurrent requests are still refused.
 import { randomUUID } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
-import { startGateway, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
+import type { Gateway } from '../helpers/gateway.js';
+import { chat, quotaOf, twoInstances } from '../helpers/instances.js';
 import { createRedisStore } from '../../src/store/redis-store.js';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import { newKeyId } from '../../src/keys.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 import { clusterStore, redisStore, track } from '../helpers/stores.js';
 import type { AdmissionRequest, Periods, Store } from '../../src/store/store.js';
-import { startFakeOpenAI } from '../../src/fake-openai/server.js';
 
 const opened: { close(): Promise<void> }[] = [];
 afterAll(async () => {
@@ -39,38 +39,14 @@ function slowed(store: Store, method: 'settle' | 'endLease', ms: number): Store 
   });
 }
 
-/** Two gateway instances on one Redis (own stores, as two processes would have), one fake upstream. */
-async function twoInstances(settleDelayMs = 0, endLeaseDelayMs = 0) {
-  const prefix = uniquePrefix();
-  const fake = await startFakeOpenAI({ apiKey: UPSTREAM_KEY });
-  const raw = [await createRedisStore({ url: testRedisUrl(), prefix }), await createRedisStore({ url: testRedisUrl(), prefix })];
-  const stores = raw
-    .map((s) => (settleDelayMs > 0 ? slowed(s, 'settle', settleDelayMs) : s))
-    .map((s) => (endLeaseDelayMs > 0 ? slowed(s, 'endLease', endLeaseDelayMs) : s));
-  const a = await startGateway({ store: stores[0], fake });
-  const b = await startGateway({ store: stores[1], fake });
-  opened.push(fake, ...raw, a, b);
-  return { a, b, fake };
-}
-
-const chatBody = (extra: Record<string, unknown> = {}) => ({
-  model: 'gpt-4o-mini',
-  messages: [{ role: 'user', content: 'Tell me something' }],
-  max_tokens: 20,
-  ...extra,
-});
-
-function chat(gw: Gateway, key: string, extra: Record<string, unknown> = {}) {
-  return fetch(`${gw.url}/v1/chat/completions`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-    body: JSON.stringify(chatBody(extra)),
+/** Two instances on one Redis whose stores send settlements and lease ends late, when asked. */
+function twoSlowInstances(settleDelayMs = 0, endLeaseDelayMs = 0) {
+  return twoInstances(opened, {
+    wrapStore: (s) => {
+      const settling = settleDelayMs > 0 ? slowed(s, 'settle', settleDelayMs) : s;
+      return endLeaseDelayMs > 0 ? slowed(settling, 'endLease', endLeaseDelayMs) : settling;
+    },
   });
-}
-
-async function quotaOf(gw: Gateway, id: string) {
-  const res = await gw.admin('GET', `/admin/keys/${id}`);
-  return res.body.quota as Record<string, { limit: number | null; used: number; reserved: number }>;
 }
 
 /** The usage a completed answer reports (the JSON body, or a stream's usage chunk). */
@@ -138,7 +114,7 @@ describe('maxConcurrent lease: given back before the client sees the end of the 
   // As it happens, without any delay. In one process the race seldom shows (the settlement leaves in
   // the same event-loop turn as the response): the slow-settlement cases below make it certain.
   it('a sequential client alternating two instances is never refused (buffered and streamed)', async () => {
-    const { a, b } = await twoInstances();
+    const { a, b } = await twoSlowInstances();
     const { key } = await a.createKey({ limits: { maxConcurrent: 1 } });
     const buffered = await sequentialClient([a, b], key, 150, false);
     const streamed = await sequentialClient([a, b], key, 150, true);
@@ -147,7 +123,7 @@ describe('maxConcurrent lease: given back before the client sees the end of the 
   });
 
   it('holds when the settlement is slow: buffered, in flight reads 0 as soon as the answer arrived', async () => {
-    const { a, b } = await twoInstances(100);
+    const { a, b } = await twoSlowInstances(100);
     const { id, key } = await a.createKey({ limits: { maxConcurrent: 1, tokensPerDay: 1_000_000 } });
     const inFlightSeen: number[] = [];
     const { statuses, tokens } = await sequentialClient([a, b], key, 30, false, async () => {
@@ -162,7 +138,7 @@ describe('maxConcurrent lease: given back before the client sees the end of the 
   });
 
   it('holds when the settlement is slow: streamed, the client moving on at [DONE]', async () => {
-    const { a, b } = await twoInstances(100);
+    const { a, b } = await twoSlowInstances(100);
     const { id, key } = await a.createKey({ limits: { maxConcurrent: 1, tokensPerDay: 1_000_000 } });
     const inFlightSeen: number[] = [];
     const { statuses, tokens } = await sequentialClient([a, b], key, 30, true, async () => {
@@ -178,7 +154,7 @@ describe('maxConcurrent lease: given back before the client sees the end of the 
   it('the end of the response waits for the lease to be ended: a slow endLease round trip, buffered and streamed', async () => {
     // Without the wait the answer would be out while the lease is still held, and the next request,
     // on the other instance, would find it in flight (the settlement, slower still, cannot help).
-    const { a, b } = await twoInstances(300, 100);
+    const { a, b } = await twoSlowInstances(300, 100);
     const { key } = await a.createKey({ limits: { maxConcurrent: 1 } });
     const buffered = await sequentialClient([a, b], key, 20, false);
     const streamed = await sequentialClient([a, b], key, 20, true);
@@ -187,7 +163,7 @@ describe('maxConcurrent lease: given back before the client sees the end of the 
   });
 
   it('holds after an upstream error, when the settlement is slow', async () => {
-    const { a, b, fake } = await twoInstances(100);
+    const { a, b, fake } = await twoSlowInstances(100);
     const { id, key } = await a.createKey({ limits: { maxConcurrent: 1, tokensPerDay: 1_000_000 } });
     const statuses: number[] = [];
     for (let i = 0; i < 10; i++) {
@@ -204,7 +180,7 @@ describe('maxConcurrent lease: given back before the client sees the end of the 
   });
 
   it('a concurrent client is still refused beyond maxConcurrent, on either instance', async () => {
-    const { a, b, fake } = await twoInstances();
+    const { a, b, fake } = await twoSlowInstances();
     const { key } = await a.createKey({ limits: { maxConcurrent: 1 } });
     // Buffered: held in flight by a slow upstream.
     fake.setLatency(300);

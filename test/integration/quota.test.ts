@@ -4,47 +4,13 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request as httpRequest } from 'node:http';
 import OpenAI from 'openai';
 import { startGateway, type Gateway } from '../helpers/gateway.js';
-import { createRedisStore } from '../../src/store/redis-store.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
-import type { Store } from '../../src/store/store.js';
-import { startFakeOpenAI, type FakeOpenAI } from '../../src/fake-openai/server.js';
-import { UPSTREAM_KEY } from '../helpers/gateway.js';
+import { chat, chatBody, quotaOf, twoInstances } from '../helpers/instances.js';
 
 const opened: { close(): Promise<void> }[] = [];
 afterAll(async () => {
   for (const r of opened.reverse()) await r.close();
 });
-
-/** Two gateway instances on one Redis (own stores, as two processes would have), one fake upstream. */
-async function twoInstances(env: Record<string, string> = {}, clock?: () => number) {
-  const prefix = uniquePrefix();
-  const fake = await startFakeOpenAI({ apiKey: UPSTREAM_KEY });
-  const stores: Store[] = [await createRedisStore({ url: testRedisUrl(), prefix }), await createRedisStore({ url: testRedisUrl(), prefix })];
-  const a = await startGateway({ store: stores[0], fake, env, clock });
-  const b = await startGateway({ store: stores[1], fake, env, clock });
-  opened.push(fake, ...stores, a, b);
-  return { a, b, fake };
-}
-
-const chatBody = (extra: Record<string, unknown> = {}) => ({
-  model: 'gpt-4o-mini',
-  messages: [{ role: 'user', content: 'Tell me something' }],
-  max_tokens: 20,
-  ...extra,
-});
-
-function chat(gw: Gateway, key: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
-  return fetch(`${gw.url}/v1/chat/completions`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(chatBody(extra)),
-  });
-}
-
-async function quotaOf(gw: Gateway, id: string) {
-  const res = await gw.admin('GET', `/admin/keys/${id}`);
-  return res.body.quota as Record<string, { limit: number | null; used: number; reserved: number; resetsAt: string | null }>;
-}
 
 /** The tokens one chatBody() request reserves, read from a key with a tokensPerDay limit. */
 async function reservationSize(gw: Gateway) {
@@ -61,7 +27,7 @@ async function reservationSize(gw: Gateway) {
 
 describe('budgets hold under concurrency across two instances', () => {
   it('tokensPerDay: 50 concurrent requests never spend more than the budget', async () => {
-    const { a, b, fake } = await twoInstances();
+    const { a, b, fake } = await twoInstances(opened);
     const perRequest = await reservationSize(a);
     expect(perRequest).toBeGreaterThan(20);
     const budget = Math.floor(perRequest * 5.5);
@@ -81,7 +47,7 @@ describe('budgets hold under concurrency across two instances', () => {
   });
 
   it('tokensPerDay: batched legacy completions (a prompt per array item) never spend more than the budget', async () => {
-    const { a, b, fake } = await twoInstances();
+    const { a, b, fake } = await twoInstances(opened);
     const prompts = Array.from({ length: 20 }, (_, i) => `Say something about the number ${i}`);
     const body = { model: 'gpt-3.5-turbo-instruct', prompt: prompts, max_tokens: 10 };
     // Each of the 20 prompts may generate 10 tokens: the reservation must hold 200, not 10.
@@ -107,7 +73,7 @@ describe('budgets hold under concurrency across two instances', () => {
   });
 
   it('usdPerDay: 50 concurrent requests never spend more than the budget', async () => {
-    const { a, b, fake } = await twoInstances();
+    const { a, b, fake } = await twoInstances(opened);
     // gpt-4o: $2.50 in / $10 out per 1M. max_tokens 2000 makes one request reserve about $0.02.
     const { id, key } = await a.createKey({ name: 'usd', limits: { usdPerDay: 0.11 } });
     fake.setLatency(50);
