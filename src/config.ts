@@ -154,8 +154,10 @@ const envSchema = z.object({
   USAGE_FLUSH_MS: int(10, 10_000).default(250),
   /** Budget alerts (50%, 80%, 100% of any budget) are POSTed here as JSON. Unset: no alerts. */
   ALERT_WEBHOOK_URL: z.url({ protocol: /^https?$/ }).optional(),
-  /** When set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`. */
-  METRICS_TOKEN: optionalString,
+  /** When set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`. At least 16 characters, like ADMIN_TOKEN; the problem never prints the value. */
+  METRICS_TOKEN: optionalString.refine((v) => v === undefined || v.length >= 16, {
+    message: 'must be at least 16 characters (e.g. openssl rand -hex 24)',
+  }),
 
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
   /** How long a client has to send a whole request, headers and body; then 408. 0: no limit. */

@@ -45,10 +45,13 @@ const UPSTREAM_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120];
 /** First byte: a cache hit or a refusal in a millisecond, a first streamed token in 0.2-2 s, a whole reply later. */
 const TTFB_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60];
 
-/** The key label: its name if it has one, else its id; `none` for requests refused before a key was known. */
-export function keyLabel(keyId: string | null, keyName: string | null): string {
-  if (keyName) return keyName;
-  return keyId ?? NONE;
+/**
+ * The labels of a key: `key` is what ops read (its name if it has one, else its id) and `key_id` is
+ * what tells keys apart (its id, never its secret): names are free text, and two keys may share one,
+ * so every per-key series carries both. `none` for both when a request was refused before a key was known.
+ */
+export function keyLabels(keyId: string | null, keyName: string | null): { key: string; key_id: string } {
+  return { key: keyName || keyId || NONE, key_id: keyId || NONE };
 }
 
 /** HTTP status as its code; every code is in 100-599, so the label has a bounded set of values. */
@@ -68,8 +71,8 @@ export function createMetrics(opts: MetricsOptions) {
 
   const requests = new Counter({
     name: 'tollgate_requests_total',
-    help: 'Requests to /v1, by key, model, endpoint, HTTP status code and cache outcome (HIT, MISS, BYPASS or none).',
-    labelNames: ['key', 'model', 'endpoint', 'status', 'cache'] as const,
+    help: 'Requests to /v1, by key (name, and key_id), model, endpoint, HTTP status code and cache outcome (HIT, MISS, BYPASS or none).',
+    labelNames: ['key', 'key_id', 'model', 'endpoint', 'status', 'cache'] as const,
     registers,
   });
   const tokens = new Counter({
@@ -77,31 +80,31 @@ export function createMetrics(opts: MetricsOptions) {
     help:
       'Tokens billed by upstream, as OpenAI counts them: prompt (cached ones included), cached_prompt (the part of prompt ' +
       'served from its prompt cache), completion (reasoning included) and reasoning (the part of completion).',
-    labelNames: ['key', 'model', 'kind'] as const,
+    labelNames: ['key', 'key_id', 'model', 'kind'] as const,
     registers,
   });
   const cost = new Counter({
     name: 'tollgate_cost_usd_total',
     help: 'What requests cost, in USD, at the gateway price table.',
-    labelNames: ['key', 'model'] as const,
+    labelNames: ['key', 'key_id', 'model'] as const,
     registers,
   });
   const cacheHits = new Counter({
     name: 'tollgate_cache_hits_total',
     help: 'Requests answered from the response cache.',
-    labelNames: ['key', 'model'] as const,
+    labelNames: ['key', 'key_id', 'model'] as const,
     registers,
   });
   const cacheSavedUsd = new Counter({
     name: 'tollgate_cache_saved_usd_total',
     help: 'What cache hits would have cost upstream, in USD.',
-    labelNames: ['key', 'model'] as const,
+    labelNames: ['key', 'key_id', 'model'] as const,
     registers,
   });
   const cacheSavedTokens = new Counter({
     name: 'tollgate_cache_saved_tokens_total',
     help: 'Tokens cache hits did not spend again upstream.',
-    labelNames: ['key', 'model'] as const,
+    labelNames: ['key', 'key_id', 'model'] as const,
     registers,
   });
   const overhead = new Histogram({
@@ -225,14 +228,14 @@ export function createMetrics(opts: MetricsOptions) {
     return new Gauge({
       name,
       help,
-      labelNames: ['key', 'limit'] as const,
+      labelNames: ['key', 'key_id', 'limit'] as const,
       registers,
       async collect() {
         const list = await budgetsOnce();
         this.reset();
         for (const b of list ?? []) {
           const v = value(b);
-          if (v !== undefined && Number.isFinite(v)) this.set({ key: keyLabel(b.keyId, b.keyName), limit: b.limit }, v);
+          if (v !== undefined && Number.isFinite(v)) this.set({ ...keyLabels(b.keyId, b.keyName), limit: b.limit }, v);
         }
       },
     });
@@ -259,7 +262,8 @@ export function createMetrics(opts: MetricsOptions) {
   // OpenAI-compatible upstream may echo any requested name back), an answered model must look like a
   // model id, and at most `maxUnpricedModelLabels` distinct answered models that are not exact ids of
   // the price table (dated snapshots included) get a series of their own; later ones are `other`.
-  // Keys are named by admins, endpoints and statuses come from code and HTTP: all bounded.
+  // Keys are named by admins and identified by their ids (one series per key, never per secret),
+  // endpoints and statuses come from code and HTTP: all bounded.
   const unpricedSeen = new Set<string>();
 
   function modelLabel(model: string | null, modelAnswered: string | null = null): string {
@@ -280,14 +284,14 @@ export function createMetrics(opts: MetricsOptions) {
 
   /** Counts one finished /v1 request. Never throws: metrics must not break accounting. */
   function observe(event: UsageEvent): void {
-    const key = keyLabel(event.keyId, event.keyName);
+    const { key, key_id } = keyLabels(event.keyId, event.keyName);
     const model = modelLabel(event.model, event.modelAnswered);
     const endpoint = event.endpoint ?? NONE;
-    requests.inc({ key, model, endpoint, status: statusLabel(event.status), cache: event.cache ?? NONE });
+    requests.inc({ key, key_id, model, endpoint, status: statusLabel(event.status), cache: event.cache ?? NONE });
 
     // Zero amounts create no series: a refused request does not add four empty token series.
-    const add = (counter: Counter<'key' | 'model'>, amount: number) => {
-      if (amount > 0 && Number.isFinite(amount)) counter.inc({ key, model }, amount);
+    const add = (counter: Counter<'key' | 'key_id' | 'model'>, amount: number) => {
+      if (amount > 0 && Number.isFinite(amount)) counter.inc({ key, key_id, model }, amount);
     };
     for (const [kind, n] of [
       ['prompt', event.promptTokens],
@@ -295,11 +299,11 @@ export function createMetrics(opts: MetricsOptions) {
       ['completion', event.completionTokens],
       ['reasoning', event.reasoningTokens],
     ] as const) {
-      if (n > 0 && Number.isFinite(n)) tokens.inc({ key, model, kind }, n);
+      if (n > 0 && Number.isFinite(n)) tokens.inc({ key, key_id, model, kind }, n);
     }
     add(cost, event.costMicros / 1e6);
     if (event.cache === 'HIT') {
-      cacheHits.inc({ key, model });
+      cacheHits.inc({ key, key_id, model });
       add(cacheSavedUsd, event.savedMicros / 1e6);
       add(cacheSavedTokens, event.savedTokens);
     }

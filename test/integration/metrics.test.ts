@@ -181,13 +181,13 @@ describe('metrics', () => {
     expect(res.statusCode).toBe(200);
     expect(res.headers['content-type']).toBe(metrics.registry.contentType);
 
-    const a = { key: 'billing-app', model: 'gpt-4o-mini-2024-07-18' };
+    const a = { key: 'billing-app', key_id: 'key_a', model: 'gpt-4o-mini-2024-07-18' };
     const requests = 'tollgate_requests_total';
     expect(value(samples, requests, { ...a, endpoint: 'chat.completions', status: '200', cache: 'MISS' })).toBe(1);
     expect(value(samples, requests, { ...a, endpoint: 'chat.completions', status: '200', cache: 'HIT' })).toBe(2);
-    expect(value(samples, requests, { key: 'none', model: 'none', endpoint: 'chat.completions', status: '401', cache: 'none' })).toBe(1);
+    expect(value(samples, requests, { key: 'none', key_id: 'none', model: 'none', endpoint: 'chat.completions', status: '401', cache: 'none' })).toBe(1);
     // The made-up model is `other`; the key without a name is labelled by its id.
-    expect(value(samples, requests, { key: 'key_b', model: 'other', endpoint: 'chat.completions', status: '404', cache: 'none' })).toBe(1);
+    expect(value(samples, requests, { key: 'key_b', key_id: 'key_b', model: 'other', endpoint: 'chat.completions', status: '404', cache: 'none' })).toBe(1);
     expect(find(samples, requests)).toHaveLength(4);
     expect(text).not.toContain('zz-made-up');
     expect(text).not.toContain('req_');
@@ -225,14 +225,14 @@ describe('metrics', () => {
 
     // Budgets, read once per scrape; one unit per metric; a key without a name is labelled by its id.
     expect(budgetCalls).toBe(1);
-    expect(value(samples, 'tollgate_budget_remaining_usd', { key: 'billing-app', limit: 'usdPerDay' })).toBe(12.5);
-    expect(value(samples, 'tollgate_budget_remaining_tokens', { key: 'billing-app', limit: 'tokensPerMonth' })).toBe(900000);
-    expect(value(samples, 'tollgate_budget_remaining_tokens', { key: 'key_b', limit: 'tokensPerDay' })).toBe(0);
+    expect(value(samples, 'tollgate_budget_remaining_usd', { key: 'billing-app', key_id: 'key_a', limit: 'usdPerDay' })).toBe(12.5);
+    expect(value(samples, 'tollgate_budget_remaining_tokens', { key: 'billing-app', key_id: 'key_a', limit: 'tokensPerMonth' })).toBe(900000);
+    expect(value(samples, 'tollgate_budget_remaining_tokens', { key: 'key_b', key_id: 'key_b', limit: 'tokensPerDay' })).toBe(0);
     expect(find(samples, 'tollgate_budget_remaining_usd')).toHaveLength(1);
     expect(find(samples, 'tollgate_budget_remaining_tokens')).toHaveLength(2);
-    expect(value(samples, 'tollgate_budget_used_ratio', { key: 'billing-app', limit: 'usdPerDay' })).toBe(0.375);
-    expect(value(samples, 'tollgate_budget_used_ratio', { key: 'billing-app', limit: 'tokensPerMonth' })).toBe(0.1);
-    expect(value(samples, 'tollgate_budget_used_ratio', { key: 'key_b', limit: 'tokensPerDay' })).toBe(1.25);
+    expect(value(samples, 'tollgate_budget_used_ratio', { key: 'billing-app', key_id: 'key_a', limit: 'usdPerDay' })).toBe(0.375);
+    expect(value(samples, 'tollgate_budget_used_ratio', { key: 'billing-app', key_id: 'key_a', limit: 'tokensPerMonth' })).toBe(0.1);
+    expect(value(samples, 'tollgate_budget_used_ratio', { key: 'key_b', key_id: 'key_b', limit: 'tokensPerDay' })).toBe(1.25);
     expect(value(samples, 'tollgate_budget_collect_failures_total')).toBe(0);
 
     // Counters add up across scrapes; budgets are read again.
@@ -283,13 +283,13 @@ describe('metrics', () => {
     expect(find(first.samples, 'tollgate_budget_used_ratio')).toHaveLength(0);
     expect(find(first.samples, 'tollgate_budget_remaining_usd')).toHaveLength(0);
     expect(value(first.samples, 'tollgate_budget_collect_failures_total')).toBe(1);
-    expect(value(first.samples, 'tollgate_cost_usd_total', { key: 'billing-app', model: 'gpt-4o-mini-2024-07-18' })).toBe(0.0025);
+    expect(value(first.samples, 'tollgate_cost_usd_total', { key: 'billing-app', key_id: 'key_a', model: 'gpt-4o-mini-2024-07-18' })).toBe(0.0025);
     expect(errors).toEqual(['store down']);
     expect(calls).toBe(1);
 
     // The next scrape tries again and recovers.
     const second = await scrape(app);
-    expect(value(second.samples, 'tollgate_budget_used_ratio', { key: 'billing-app', limit: 'usdPerDay' })).toBe(0.375);
+    expect(value(second.samples, 'tollgate_budget_used_ratio', { key: 'billing-app', key_id: 'key_a', limit: 'usdPerDay' })).toBe(0.375);
     expect(value(second.samples, 'tollgate_budget_collect_failures_total')).toBe(1);
   });
 
@@ -390,6 +390,111 @@ describe('metrics', () => {
     expect(blocked.status).toBe(429);
     expect(blocked.headers.get('retry-after')).toMatch(/^\d+$/);
     expect(((await blocked.json()) as { error: { code: string } }).error.code).toBe('too_many_failed_attempts');
+  });
+
+  it('gives two keys that share a name their own series and budget gauges, told apart by key_id', async () => {
+    // Names are free text chosen by admins: nothing stops two keys from both being called `reports`.
+    const twins: BudgetGauge[] = [
+      { keyId: 'key_twin1', keyName: 'reports', limit: 'usdPerDay', remaining: 4, ratioUsed: 0.2 },
+      { keyId: 'key_twin2', keyName: 'reports', limit: 'usdPerDay', remaining: 1, ratioUsed: 0.8 },
+      { keyId: 'key_twin1', keyName: 'reports', limit: 'tokensPerDay', remaining: 7000, ratioUsed: 0.3 },
+      { keyId: 'key_twin2', keyName: 'reports', limit: 'tokensPerDay', remaining: 100, ratioUsed: 0.99 },
+    ];
+    const { app, metrics } = await buildMetricsApp({ budgets: async () => twins });
+    const spend = (keyId: string, costMicros: number, promptTokens: number) =>
+      event({ keyId, keyName: 'reports', model: 'gpt-4o', cache: 'MISS', costMicros, promptTokens, totalTokens: promptTokens });
+    metrics.observe(spend('key_twin1', 1000, 10));
+    metrics.observe(spend('key_twin2', 3000, 30));
+    metrics.observe(spend('key_twin2', 3000, 30));
+    metrics.observe(event({ keyId: 'key_twin1', keyName: 'reports', model: 'gpt-4o', cache: 'HIT', savedTokens: 5, savedMicros: 500 }));
+
+    const { text, samples } = await scrape(app);
+    const one = { key: 'reports', key_id: 'key_twin1', model: 'gpt-4o' };
+    const two = { key: 'reports', key_id: 'key_twin2', model: 'gpt-4o' };
+    const req = { endpoint: 'chat.completions', status: '200', cache: 'MISS' };
+    expect(value(samples, 'tollgate_requests_total', { ...one, ...req })).toBe(1);
+    expect(value(samples, 'tollgate_requests_total', { ...two, ...req })).toBe(2);
+    expect(value(samples, 'tollgate_cost_usd_total', one)).toBe(0.001);
+    expect(value(samples, 'tollgate_cost_usd_total', two)).toBe(0.006);
+    expect(value(samples, 'tollgate_tokens_total', { ...one, kind: 'prompt' })).toBe(10);
+    expect(value(samples, 'tollgate_tokens_total', { ...two, kind: 'prompt' })).toBe(60);
+    expect(value(samples, 'tollgate_cache_hits_total', one)).toBe(1);
+    expect(value(samples, 'tollgate_cache_saved_tokens_total', one)).toBe(5);
+    expect(find(samples, 'tollgate_cache_hits_total', { key_id: 'key_twin2' })).toHaveLength(0);
+
+    // The budget gauges, refilled at every scrape, keep one series per key instead of the last writer's.
+    for (const [name, limit, v1, v2] of [
+      ['tollgate_budget_remaining_usd', 'usdPerDay', 4, 1],
+      ['tollgate_budget_used_ratio', 'usdPerDay', 0.2, 0.8],
+      ['tollgate_budget_remaining_tokens', 'tokensPerDay', 7000, 100],
+      ['tollgate_budget_used_ratio', 'tokensPerDay', 0.3, 0.99],
+    ] as const) {
+      expect(value(samples, name, { key: 'reports', key_id: 'key_twin1', limit }), `${name} ${limit}`).toBe(v1);
+      expect(value(samples, name, { key: 'reports', key_id: 'key_twin2', limit }), `${name} ${limit}`).toBe(v2);
+    }
+    expect(find(samples, 'tollgate_budget_used_ratio')).toHaveLength(4);
+
+    // Every per-key series carries both labels; the readable name stays what ops group by.
+    const perKey = samples.filter((s) => s.name.startsWith('tollgate_') && 'key' in s.labels);
+    expect(perKey.length).toBeGreaterThan(0);
+    for (const s of perKey) expect(s.labels, s.name).toMatchObject({ key: 'reports', key_id: expect.stringMatching(/^key_twin[12]$/) });
+    expect(text).toContain('key_id="key_twin1"');
+  });
+
+  it('through the gateway, two keys created with the same name keep their own spend and budgets, by id and never by secret', async () => {
+    const gw = await startGateway();
+    gateways.push(gw);
+    const first = await gw.createKey({ name: 'same-name', limits: { usdPerDay: 1 } });
+    const second = await gw.createKey({ name: 'same-name', limits: { usdPerDay: 2 } });
+    expect(first.id).not.toBe(second.id);
+    const call = async (apiKey: string) => {
+      const res = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+    };
+    await call(first.key);
+    await call(second.key);
+    await call(second.key);
+    const read = async () => {
+      const text = await (await fetch(`${gw.url}/metrics`)).text();
+      return { text, samples: parseSamples(text) };
+    };
+    const requestsOf = (samples: Sample[], id: string) =>
+      find(samples, 'tollgate_requests_total', { key: 'same-name', key_id: id }).reduce((n, s) => n + s.value, 0);
+    await expect.poll(async () => requestsOf((await read()).samples, second.id)).toBe(2);
+    const { text, samples } = await read();
+    expect(requestsOf(samples, first.id)).toBe(1);
+    for (const id of [first.id, second.id]) {
+      expect(find(samples, 'tollgate_cost_usd_total', { key: 'same-name', key_id: id }), id).toHaveLength(1);
+    }
+    // Each key's own USD budget: 1 and 2 a day, so the two gauges cannot be one overwriting the other.
+    const used = (id: string) => find(samples, 'tollgate_budget_used_ratio', { key: 'same-name', key_id: id, limit: 'usdPerDay' });
+    const remaining = (id: string) => find(samples, 'tollgate_budget_remaining_usd', { key: 'same-name', key_id: id, limit: 'usdPerDay' });
+    expect(used(first.id)).toHaveLength(1);
+    expect(used(second.id)).toHaveLength(1);
+    expect(remaining(first.id)[0]!.value).toBeLessThanOrEqual(1);
+    expect(remaining(second.id)[0]!.value).toBeGreaterThan(1);
+    expect(find(samples, 'tollgate_budget_remaining_usd', { key: 'same-name' })).toHaveLength(2);
+    // Ids, never the secrets.
+    for (const secret of [first.key, second.key]) expect(text).not.toContain(secret);
+  });
+
+  it('labels a key with its id in key_id whatever its name, and `none` before a key is known', async () => {
+    const { app, metrics } = await buildMetricsApp();
+    metrics.observe(event({ keyId: 'key_named', keyName: 'named-app' }));
+    metrics.observe(event({ keyId: 'key_unnamed', keyName: null }));
+    metrics.observe(event({ keyId: null, keyName: null, model: null, status: 401 }));
+    const { samples } = await scrape(app);
+    const labels = find(samples, 'tollgate_requests_total').map((s) => [s.labels.key, s.labels.key_id]);
+    expect(labels.sort()).toEqual([
+      ['key_unnamed', 'key_unnamed'],
+      ['named-app', 'key_named'],
+      ['none', 'none'],
+    ]);
   });
 
   it('keeps each app in its own registry', async () => {
@@ -497,6 +602,15 @@ describe('grafana dashboard', () => {
     ]) {
       expect(used.has(name), name).toBe(true);
     }
+  });
+
+  it('keeps keys that share a name apart: every grouping by key also groups by key_id', () => {
+    const groupings = panels
+      .flatMap((p) => (p.targets ?? []).map((t) => t.expr ?? ''))
+      .flatMap((expr) => [...expr.matchAll(/\bby\s*\(([^)]*)\)/g)].map((m) => m[1]!.split(',').map((l) => l.trim())));
+    const byKey = groupings.filter((labels) => labels.includes('key'));
+    expect(byKey.length).toBeGreaterThan(5);
+    for (const labels of byKey) expect(labels).toContain('key_id');
   });
 
   it('finds metric names in PromQL the way the drift check needs', () => {

@@ -74,6 +74,28 @@ describe('loadConfig', () => {
     expect(message).not.toContain('short'); // values, which may be secrets, are not echoed
   });
 
+  it('requires METRICS_TOKEN to be at least 16 characters, like ADMIN_TOKEN, without printing it', () => {
+    for (const token of ['metrics-tok-15c', 'q7', 'Z'.repeat(15)]) {
+      expect(token.length).toBeLessThan(16);
+      let error: unknown;
+      try {
+        loadConfig({ OPENAI_API_KEY: 'sk-x', METRICS_TOKEN: token });
+      } catch (err) {
+        error = err;
+      }
+      expect(error, token).toBeInstanceOf(ConfigError);
+      const problems = (error as ConfigError).problems;
+      expect(problems).toHaveLength(1);
+      expect(problems[0]).toMatch(/^METRICS_TOKEN: must be at least 16 characters/);
+      expect((error as Error).message).not.toContain(token);
+    }
+    // Surrounding blanks are trimmed before counting: 15 characters padded with spaces is still too short.
+    expect(() => loadConfig({ OPENAI_API_KEY: 'sk-x', METRICS_TOKEN: `   ${'m'.repeat(15)}   ` })).toThrow(/METRICS_TOKEN/);
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', METRICS_TOKEN: 'm'.repeat(16) }).metricsToken).toBe('m'.repeat(16));
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', METRICS_TOKEN: '' }).metricsToken).toBeUndefined();
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x' }).metricsToken).toBeUndefined();
+  });
+
   it('requires OPENAI_API_KEY outside demo mode', () => {
     expect(() => loadConfig({})).toThrow(/OPENAI_API_KEY/);
     expect(loadConfig({}, ['--demo']).demo).toBe(true);
