@@ -23,6 +23,7 @@ import { budgetGauges } from './metrics/budgets.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { dashboardRoutes } from './dashboard/routes.js';
 import { createAlerts } from './alerts/alerts.js';
+import { BudgetRefusal } from './quota/errors.js';
 import { loadPriceTable, priceFromUsdPerMillion } from './openai/prices.js';
 import { v1Routes } from './routes/v1.js';
 import { createResponseOwners } from './pipeline/response-owners.js';
@@ -281,6 +282,11 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       throw invalidRequest('The request has no Host header, which HTTP/1.1 requires.', null, 'missing_host');
     }
   });
+  // A budget refused a request: admission keeps the spend below the limit, so only this says the key is blocked
+  // (the 100 % alert). Not a request larger than the whole budget: smaller ones still pass. Cheap once sent.
+  app.addHook('onError', async (request, _reply, err) => {
+    if (err instanceof BudgetRefusal && !err.wholeBudget && request.gatewayKey) alerts.refused(request.gatewayKey, err.limit);
+  });
   // An Expect header other than 100-continue: Node's own answer is a 417 with an empty body.
   app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
     const body = JSON.stringify(openAIErrorBody(`Expect: ${String(req.headers.expect)} is not supported.`, 'invalid_request_error', 'expectation_failed'));
@@ -313,6 +319,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       authGuard,
       clock,
       timeZone: config.quota.timeZone,
+      // Lowered limits may put a key at or past a threshold with no request left to notice it.
+      onLimitsChanged: (key) => alerts.check(key),
     });
   }
 

@@ -1,5 +1,6 @@
-// Budget alerts: when a key's spend crosses 50 %, 80 %, 100 % of a day or month budget, one webhook event per
-// threshold per period, across every instance (the store marks each threshold once), delivered in the background.
+// Budget alerts: when a key's spend crosses 50 %, 80 %, 100 % of a day or month budget (or a budget refuses one of its
+// requests: 100 %, "exhausted"), one webhook event per threshold per period, across every instance (the store marks
+// each threshold once), delivered in the background.
 import { randomUUID } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import type { KeyRecord } from '../keys.js';
@@ -23,8 +24,15 @@ export interface BudgetAlertEvent {
   limit: BudgetLimit;
   /** The budget's period: `YYYY-MM-DD` or `YYYY-MM` in the quota time zone, and when it ends. */
   period: { id: string; resetsAt: string };
-  /** The fraction crossed, e.g. 0.8. */
+  /** The fraction crossed, e.g. 0.8. 1 means the budget is exhausted (see `cause`). */
   threshold: number;
+  /**
+   * What raised it: 'spend', the settled spend reached `threshold` of the budget; 'refusal' (threshold 1 only), the
+   * budget refused a request of the key while its settled spend was still below the limit: what is left of it,
+   * after the requests in flight, is less than the request may use. Either way threshold 1 is sent once per
+   * period, for whichever comes first.
+   */
+  cause: 'spend' | 'refusal';
   /** Settled spend of the period when the crossing was noticed (requests in flight not counted). */
   used: number;
   limitValue: number;
@@ -61,6 +69,12 @@ export interface Alerts {
    * at the end of the interval, so a crossing may be noticed up to that much later).
    */
   check(key: KeyRecord): void;
+  /**
+   * A request of the key was refused by this budget (not enough of it left): sends its threshold-1 ("exhausted")
+   * event, once per period, even though the settled spend is below the limit. Never throws, never waits; called
+   * for every such refusal, so once this instance knows the event is sent for the period, it costs no store call.
+   */
+  refused(key: KeyRecord, limit: BudgetLimit): void;
   /** Runs the coalesced checks now, and waits for them and for every queued event to be delivered or given up on. */
   drain(): Promise<void>;
   /** Stops timers and deliveries at once (call drain() first to deliver what is queued). */
@@ -72,6 +86,9 @@ const MAX_RETRY_DELAY_MS = 60_000;
 /** Marks this instance already knows are set, kept so a key past a threshold does not ask the store again on every check. */
 const KNOWN_MARKS_SWEEP_AT = 10_000;
 const CHECK_FAILURE_LOG_INTERVAL_MS = 60_000;
+
+/** The threshold that means "exhausted", which a refusal also raises. */
+const EXHAUSTED = 1;
 
 const isBudget = (limits: KeyRecord['limits']) => BUDGET_LIMITS.some((l) => limits[l] !== undefined && limits[l] > 0);
 
@@ -92,12 +109,14 @@ interface KeyState {
   running?: Promise<void>;
   /** End of the cooldown after the last evaluation. */
   cooldown?: NodeJS.Timeout;
+  /** Budgets that refused a request since the last evaluation, with the period (id) they refused it in. */
+  refusals: Map<BudgetLimit, string>;
 }
 
 export function createAlerts(opts: AlertsOptions): Alerts {
   const { webhookUrl, store, quota, clock, timeZone, logger } = opts;
   if (!webhookUrl) {
-    return { check() {}, async drain() {}, close() {} };
+    return { check() {}, refused() {}, async drain() {}, close() {} };
   }
   const url = new URL(webhookUrl);
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError('the alert webhook URL must be http(s)');
@@ -117,17 +136,32 @@ export function createAlerts(opts: AlertsOptions): Alerts {
   const states = new Map<string, KeyState>();
   /** Mark name -> when its period ends (clock ms). */
   const knownMarks = new Map<string, number>();
+  /**
+   * `keyId limit` -> when the period whose exhausted mark is known here ends: lets a flood of refusals skip even the
+   * period computation. Swept with knownMarks.
+   */
+  const knownExhausted = new Map<string, number>();
+  /** Exhausted marks a refusal has queued or is evaluating: further refusals of the same budget add nothing. */
+  const claimed = new Set<string>();
+  const markName = (keyId: string, limit: BudgetLimit, periodId: string, threshold: number) => `alert:${keyId}:${limit}:${periodId}:${threshold}`;
   let closed = false;
   let lastFailureLogAt = -Infinity;
   let failuresSinceLog = 0;
 
-  function remember(name: string, until: number) {
-    if (knownMarks.size >= KNOWN_MARKS_SWEEP_AT) {
-      const now = clock();
-      for (const [n, end] of knownMarks) if (end <= now) knownMarks.delete(n);
-      if (knownMarks.size >= KNOWN_MARKS_SWEEP_AT) knownMarks.clear(); // only costs a few store reads again
-    }
+  function sweep(map: Map<string, number>) {
+    if (map.size < KNOWN_MARKS_SWEEP_AT) return;
+    const now = clock();
+    for (const [n, end] of map) if (end <= now) map.delete(n);
+    if (map.size >= KNOWN_MARKS_SWEEP_AT) map.clear(); // only costs a few store reads again
+  }
+
+  function remember(name: string, until: number, exhausted?: string) {
+    sweep(knownMarks);
     knownMarks.set(name, until);
+    if (exhausted !== undefined) {
+      sweep(knownExhausted);
+      knownExhausted.set(exhausted, until);
+    }
   }
 
   function logFailure(keyId: string, err: unknown) {
@@ -140,7 +174,7 @@ export function createAlerts(opts: AlertsOptions): Alerts {
     failuresSinceLog = 0;
   }
 
-  async function evaluate(key: KeyRecord) {
+  async function evaluate(key: KeyRecord, refusals: ReadonlyMap<BudgetLimit, string>) {
     const before = periodsAt(clock(), timeZone);
     const view = await quota.view(key);
     const now = clock();
@@ -149,7 +183,16 @@ export function createAlerts(opts: AlertsOptions): Alerts {
     // budgets this time rather than mark the new period with the old one's spend. The next check sees it.
     const stable = { day: before.day === p.day, month: before.month === p.month };
 
-    const crossings: { limit: BudgetLimit; periodId: string; endsAt: number; threshold: number; name: string; used: number; limitValue: number }[] = [];
+    const crossings: {
+      limit: BudgetLimit;
+      periodId: string;
+      endsAt: number;
+      threshold: number;
+      name: string;
+      used: number;
+      limitValue: number;
+      cause: BudgetAlertEvent['cause'];
+    }[] = [];
     for (const limit of BUDGET_LIMITS) {
       const limitValue = key.limits[limit];
       if (limitValue === undefined || !(limitValue > 0)) continue;
@@ -159,12 +202,16 @@ export function createAlerts(opts: AlertsOptions): Alerts {
       if (!Number.isFinite(used)) continue;
       const periodId = daily ? p.day : p.month;
       const endsAt = daily ? p.dayEndsAt : p.monthEndsAt;
+      // A refusal in an earlier period (the check ran after midnight) says nothing of this one.
+      const refused = refusals.get(limit) === periodId;
       for (const threshold of thresholds) {
         // Tolerance for binary fractions: $2.40 of a $3 budget is 80 %, though 2.4 / 3 < 0.8 in floating point.
-        if (used / limitValue + 1e-9 < threshold) break;
-        const name = `alert:${key.id}:${limit}:${periodId}:${threshold}`;
+        const reached = used / limitValue + 1e-9 >= threshold;
+        // A refusal means exhausted, not half spent: it raises threshold 1 only, the lower ones follow the spend.
+        if (!reached && !(refused && threshold === EXHAUSTED)) continue;
+        const name = markName(key.id, limit, periodId, threshold);
         if (knownMarks.has(name)) continue;
-        crossings.push({ limit, periodId, endsAt, threshold, name, used, limitValue });
+        crossings.push({ limit, periodId, endsAt, threshold, name, used, limitValue, cause: reached ? 'spend' : 'refusal' });
       }
     }
     if (crossings.length === 0) return;
@@ -174,7 +221,7 @@ export function createAlerts(opts: AlertsOptions): Alerts {
     marked.forEach((result, i) => {
       const c = crossings[i]!;
       if (result.status === 'rejected') return logFailure(key.id, result.reason); // not remembered: tried again next check
-      remember(c.name, c.endsAt);
+      remember(c.name, c.endsAt, c.threshold === EXHAUSTED ? `${key.id} ${c.limit}` : undefined);
       if (!result.value || closed) return; // another check (or instance) got there first
       sender.send({
         type: 'budget.threshold_crossed',
@@ -184,6 +231,7 @@ export function createAlerts(opts: AlertsOptions): Alerts {
         limit: c.limit,
         period: { id: c.periodId, resetsAt: new Date(c.endsAt).toISOString() },
         threshold: c.threshold,
+        cause: c.cause,
         used: c.used,
         limitValue: c.limitValue,
         ratio: Math.round((c.used / c.limitValue) * 1e6) / 1e6,
@@ -194,9 +242,13 @@ export function createAlerts(opts: AlertsOptions): Alerts {
   function run(state: KeyState) {
     state.pending = false;
     const id = state.key.id;
-    const running = evaluate(state.key)
+    const refusals = state.refusals;
+    state.refusals = new Map();
+    const running = evaluate(state.key, refusals)
       .catch((err: unknown) => logFailure(id, err))
       .finally(() => {
+        // Marked (and known), or failed: a later refusal may try again (at most once per interval, as checks do).
+        for (const [limit, periodId] of refusals) claimed.delete(markName(id, limit, periodId, EXHAUSTED));
         state.running = undefined;
         if (closed) return;
         state.cooldown = setTimeout(() => {
@@ -210,19 +262,48 @@ export function createAlerts(opts: AlertsOptions): Alerts {
     state.running = running;
   }
 
+  /** Runs an evaluation of the key now, or once its cooldown ends (with this record, the latest). */
+  function schedule(key: KeyRecord, refusal?: { limit: BudgetLimit; periodId: string }) {
+    const state = states.get(key.id);
+    if (state) {
+      state.key = key;
+      state.pending = true;
+      if (refusal) state.refusals.set(refusal.limit, refusal.periodId);
+      return;
+    }
+    const fresh: KeyState = { key, pending: false, refusals: new Map() };
+    if (refusal) fresh.refusals.set(refusal.limit, refusal.periodId);
+    states.set(key.id, fresh);
+    run(fresh);
+  }
+
+  const exhaustedAlerts = thresholds.includes(EXHAUSTED);
+
   return {
     check(key) {
       try {
         if (closed || !isBudget(key.limits)) return;
-        const state = states.get(key.id);
-        if (state) {
-          state.key = key;
-          state.pending = true;
-          return;
-        }
-        const fresh: KeyState = { key, pending: false };
-        states.set(key.id, fresh);
-        run(fresh);
+        schedule(key);
+      } catch (err) {
+        logFailure(key?.id ?? 'unknown', err);
+      }
+    },
+
+    refused(key, limit) {
+      try {
+        if (closed || !exhaustedAlerts) return;
+        const limitValue = key.limits[limit];
+        if (limitValue === undefined || !(limitValue > 0)) return;
+        // The hot path under a flood of refusals: one map read, no period computation, no store call.
+        const now = clock();
+        const knownUntil = knownExhausted.get(`${key.id} ${limit}`);
+        if (knownUntil !== undefined && now < knownUntil) return;
+        const p = periodsAt(now, timeZone);
+        const periodId = limit.endsWith('PerDay') ? p.day : p.month;
+        const name = markName(key.id, limit, periodId, EXHAUSTED);
+        if (knownMarks.has(name) || claimed.has(name)) return;
+        claimed.add(name);
+        schedule(key, { limit, periodId });
       } catch (err) {
         logFailure(key?.id ?? 'unknown', err);
       }
@@ -257,6 +338,8 @@ export function createAlerts(opts: AlertsOptions): Alerts {
       for (const state of states.values()) if (state.cooldown) clearTimeout(state.cooldown);
       states.clear();
       knownMarks.clear();
+      knownExhausted.clear();
+      claimed.clear();
       sender.close();
     },
   };

@@ -11,7 +11,24 @@ const RATE_WORDING: Record<'rpm' | 'tpm' | 'maxConcurrent', string> = {
   maxConcurrent: 'concurrent requests',
 };
 
-const BUDGET_WORDING: Record<Exclude<LimitName, 'rpm' | 'tpm' | 'maxConcurrent'>, [string, 'day' | 'month', 'tokens' | 'usd']> = {
+export type BudgetLimitName = Exclude<LimitName, 'rpm' | 'tpm' | 'maxConcurrent'>;
+
+/**
+ * A 429 insufficient_quota: says which budget refused the request, and whether the request alone is larger than the
+ * whole budget (then the budget is not what blocks the key), for the budget alerts; the message is for people.
+ */
+export class BudgetRefusal extends GatewayError {
+  constructor(
+    message: string,
+    headers: Record<string, string>,
+    readonly limit: BudgetLimitName,
+    readonly wholeBudget: boolean,
+  ) {
+    super(429, message, 'insufficient_quota', 'insufficient_quota', null, headers);
+  }
+}
+
+const BUDGET_WORDING: Record<BudgetLimitName, [string, 'day' | 'month', 'tokens' | 'usd']> = {
   tokensPerDay: ['daily token budget', 'day', 'tokens'],
   tokensPerMonth: ['monthly token budget', 'month', 'tokens'],
   usdPerDay: ['daily spending budget', 'day', 'usd'],
@@ -62,7 +79,7 @@ export function quotaExceeded(result: Extract<AdmissionResult, { admitted: false
     ? `This request ${request}, more than this gateway key's whole ${wording} of ${budget}, so it cannot be served under this budget. Lower max_tokens (or n, or the number of prompts) or the prompt.`
     : `This request ${request}, more than is left of this gateway key's ${wording} of ${budget}. It resets at ${resetsAt}.`;
   headers['x-should-retry'] = 'false';
-  return new GatewayError(429, message, 'insufficient_quota', 'insufficient_quota', null, headers);
+  return new BudgetRefusal(message, headers, limit, wholeBudget);
 }
 
 /**

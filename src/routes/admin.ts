@@ -29,6 +29,8 @@ export interface AdminOptions {
   clock: () => number;
   /** Budgets' and reports' calendar days are in this zone. */
   timeZone: string;
+  /** Called after a PATCH that set a live key's limits (the budget alerts look again: usage may now be past one). */
+  onLimitsChanged?: (key: KeyRecord) => void;
 }
 
 function parse<T>(schema: z.ZodType<T>, body: unknown): T {
@@ -113,6 +115,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     };
     await store.updateKey(updated, record.hash);
     request.log.info({ keyId: record.id }, 'key updated');
+    if (input.limits !== undefined && updated.revokedAt === null) opts.onLimitsChanged?.(updated);
     return publicKey(updated);
   });
 

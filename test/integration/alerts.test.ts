@@ -1,5 +1,6 @@
 // Budget alerts: createAlerts against a real store (memory, and Redis), a stub quota view and a real local webhook
-// receiver: once per threshold per period and in order, retries, giving up, the queue bound, coalescing, and never throwing.
+// receiver: once per threshold per period and in order, retries, giving up, the queue bound, coalescing, and never throwing;
+// then whole gateways (real Redis, fake upstream): a key blocked by its budget, and a limit lowered under its usage.
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { once } from 'node:events';
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
@@ -16,6 +17,8 @@ import { createRedisStore } from '../../src/store/redis-store.js';
 import type { Store } from '../../src/store/store.js';
 import { freePort } from '../helpers/redis-server.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+import { startGateway } from '../helpers/gateway.js';
+import { chat, quotaOf, twoInstances } from '../helpers/instances.js';
 
 type View = Awaited<ReturnType<Quota['view']>>;
 type Used = Partial<Record<BudgetLimit, number>>;
@@ -219,6 +222,7 @@ describe('thresholds', () => {
       limit: 'usdPerDay',
       period: { id: '2026-11-30', resetsAt: '2026-12-01T00:00:00.000Z' },
       threshold: 0.5,
+      cause: 'spend',
       used: 8.2,
       limitValue: 10,
       ratio: 0.82,
@@ -569,6 +573,203 @@ describe('checks', () => {
     await alerts.drain();
     expect(Date.now() - started).toBeLessThan(5000);
     expect(stub.view).toHaveBeenCalledTimes(2);
+    expect(receiver.delivered()).toHaveLength(3);
+  });
+});
+
+/** Wraps each store it is given, counting the calls the alerts make (usage reads and marks), one counter per store. */
+function countingStores(counters: { markOnce: number; quotaUsage: number }[]) {
+  return (store: Store): Store => {
+    const counts = { markOnce: 0, quotaUsage: 0 };
+    counters.push(counts);
+    return new Proxy(store, {
+      get(target, prop, receiverObj) {
+        const value = Reflect.get(target, prop, receiverObj) as unknown;
+        if (typeof value !== 'function') return value;
+        const fn = value as (...args: unknown[]) => unknown;
+        if (prop === 'markOnce' || prop === 'quotaUsage') {
+          return (...args: unknown[]) => {
+            counts[prop]++;
+            return fn.apply(target, args);
+          };
+        }
+        return fn.bind(target);
+      },
+    }) as Store;
+  };
+}
+
+describe('exhausted: a budget refusing requests', () => {
+  it('sends the 100 % event once per period on a refusal, though the spend is below the limit, and then costs nothing', async () => {
+    const receiver = await startReceiver();
+    const store = createMemoryStore();
+    cleanups.push(() => store.close());
+    const markOnce = vi.spyOn(store, 'markOnce');
+    const stub = stubQuota({ usdPerDay: 9.2 });
+    const { alerts, clock } = setup({ webhookUrl: receiver.url, quota: stub.quota }, store);
+    const key = keyRecord({ usdPerDay: 10, tokensPerDay: 1000 });
+
+    alerts.check(key);
+    await alerts.drain();
+    expect(summary(receiver.delivered())).toEqual(['usdPerDay:2026-11-30:0.5', 'usdPerDay:2026-11-30:0.8']);
+
+    // Admission refuses what would go past the limit: the spend stays at 92 %, and only the refusal says it is blocked.
+    alerts.refused(key, 'usdPerDay');
+    await alerts.drain();
+    expect(summary(receiver.delivered())).toEqual(['usdPerDay:2026-11-30:0.5', 'usdPerDay:2026-11-30:0.8', 'usdPerDay:2026-11-30:1']);
+    expect(receiver.delivered()[2]).toMatchObject({ threshold: 1, cause: 'refusal', used: 9.2, limitValue: 10, ratio: 0.92 });
+    expect(receiver.delivered()[0]).toMatchObject({ threshold: 0.5, cause: 'spend' });
+
+    // A flood of refusals afterwards: no usage read, no store call, no event.
+    const reads = stub.view.mock.calls.length;
+    const marks = markOnce.mock.calls.length;
+    for (let i = 0; i < 1000; i++) alerts.refused(key, 'usdPerDay');
+    await alerts.drain();
+    expect(stub.view.mock.calls.length).toBe(reads);
+    expect(markOnce.mock.calls.length).toBe(marks);
+    // The spend reaching the limit later is the same event: not sent again.
+    stub.set({ usdPerDay: 10 });
+    alerts.check(key);
+    await alerts.drain();
+    expect(receiver.delivered()).toHaveLength(3);
+
+    // The next day, a refusal early in it (a large request at 30 %) raises 100 % again, and only 100 %.
+    clock.now = Date.UTC(2026, 11, 1, 9);
+    stub.set({ usdPerDay: 3 });
+    for (let i = 0; i < 50; i++) alerts.refused(key, 'usdPerDay');
+    await alerts.drain();
+    expect(summary(receiver.delivered().slice(3))).toEqual(['usdPerDay:2026-12-01:1']);
+    expect(receiver.delivered()[3]).toMatchObject({ cause: 'refusal', ratio: 0.3, period: { id: '2026-12-01', resetsAt: '2026-12-02T00:00:00.000Z' } });
+    expect(stub.view.mock.calls.length).toBe(reads + 2);
+  });
+
+  it('a refusal of a limit the key does not have, or without a 100 % threshold, sends nothing', async () => {
+    const receiver = await startReceiver();
+    const stub = stubQuota({ usdPerDay: 9 });
+    const { alerts } = setup({ webhookUrl: receiver.url, quota: stub.quota });
+    alerts.refused(keyRecord({ usdPerDay: 10 }), 'tokensPerMonth');
+    const noExhausted = setup({ webhookUrl: receiver.url, quota: stub.quota, thresholds: [0.5, 0.8] });
+    noExhausted.alerts.refused(keyRecord({ usdPerDay: 10 }), 'usdPerDay');
+    expect(() => alerts.refused(null as unknown as KeyRecord, 'usdPerDay')).not.toThrow();
+    await Promise.all([alerts.drain(), noExhausted.alerts.drain()]);
+    expect(stub.view).not.toHaveBeenCalled();
+    expect(receiver.requests).toHaveLength(0);
+  });
+
+  it('refusals on two instances sharing Redis send one event, each instance asking the store at most once', async () => {
+    const receiver = await startReceiver();
+    const prefix = uniquePrefix();
+    const counters: { markOnce: number; quotaUsage: number }[] = [];
+    const wrap = countingStores(counters);
+    const storeA = await createRedisStore({ url: testRedisUrl(), prefix });
+    const storeB = await createRedisStore({ url: testRedisUrl(), prefix });
+    cleanups.push(() => storeA.close(), () => storeB.close());
+    const stub = stubQuota({ tokensPerMonth: 2100 }); // under 50 %: the refusal's event alone
+    const a = setup({ webhookUrl: receiver.url, quota: stub.quota }, wrap(storeA));
+    const b = setup({ webhookUrl: receiver.url, quota: stub.quota }, wrap(storeB));
+    const key = keyRecord({ tokensPerMonth: 5000 });
+    for (let i = 0; i < 200; i++) (i % 2 ? a : b).alerts.refused(key, 'tokensPerMonth');
+    await Promise.all([a.alerts.drain(), b.alerts.drain()]);
+    for (let i = 0; i < 200; i++) (i % 2 ? a : b).alerts.refused(key, 'tokensPerMonth');
+    await Promise.all([a.alerts.drain(), b.alerts.drain()]);
+    expect(summary(receiver.delivered())).toEqual(['tokensPerMonth:2026-11:1']);
+    expect(receiver.delivered()[0]).toMatchObject({ cause: 'refusal', used: 2100, ratio: 0.42 });
+    expect(counters).toEqual([
+      { markOnce: 1, quotaUsage: 0 },
+      { markOnce: 1, quotaUsage: 0 },
+    ]); // the quota view is the stub's: only the marks reach the store
+    expect(stub.view).toHaveBeenCalledTimes(2);
+  });
+});
+
+describe('in the gateway', () => {
+  it('a key blocked by its budget raises the exhausted alert once across instances; a flood of refusals asks the store nothing more', async () => {
+    const receiver = await startReceiver();
+    const opened: { close(): Promise<void> }[] = [];
+    cleanups.push(async () => {
+      for (const r of opened.reverse()) await r.close();
+    });
+    const counters: { markOnce: number; quotaUsage: number }[] = [];
+    const { a, b } = await twoInstances(opened, { env: { ALERT_WEBHOOK_URL: receiver.url }, wrapStore: countingStores(counters) });
+    // 97 is prime: whatever one request costs, the spend cannot land on the limit exactly.
+    const LIMIT = 97;
+    const { id, key } = await a.createKey({ name: 'blocked-app', limits: { tokensPerDay: LIMIT } });
+
+    // Larger than the whole budget: refused, but the budget is not what blocks the key (smaller requests pass).
+    const tooLarge = await chat(a, key, { max_tokens: LIMIT });
+    expect(tooLarge.status).toBe(429);
+    expect(await tooLarge.json()).toMatchObject({ error: { code: 'insufficient_quota' } });
+
+    // Small requests until the budget refuses one: admission keeps the spend below the limit.
+    let refused: Response | undefined;
+    for (let i = 0; i < LIMIT && !refused; i++) {
+      const res = await chat(a, key, { max_tokens: 1 });
+      if (res.status === 429) refused = res;
+      else expect(res.status).toBe(200);
+      await res.arrayBuffer();
+    }
+    expect(refused?.headers.get('x-should-retry')).toBe('false');
+    const used = (await quotaOf(a, id)).tokensPerDay!.used;
+    expect(used).toBeLessThan(LIMIT);
+    expect(used).toBeGreaterThanOrEqual(0.8 * LIMIT);
+
+    await waitFor(() => receiver.delivered().some((e) => e.threshold === 1), 5000, 'the exhausted alert');
+    const exhausted = receiver.delivered().find((e) => e.threshold === 1)!;
+    expect(exhausted).toMatchObject({ key: { id, name: 'blocked-app' }, limit: 'tokensPerDay', cause: 'refusal', limitValue: LIMIT });
+    // Raised by the refusal near the limit, not by the whole-budget one at the start (nothing spent then).
+    expect(exhausted.used).toBeGreaterThanOrEqual(0.5 * LIMIT);
+    expect(exhausted.ratio).toBeLessThan(1);
+
+    // A flood of refusals on both instances: instance a knows the event is sent; b, which saw none of the spend,
+    // learns it from the store once (one usage read, one mark per threshold: all already set).
+    const before = counters.map((c) => ({ ...c }));
+    const flood = await Promise.all(
+      Array.from({ length: 100 }, async (_, i) => {
+        const res = await chat(i % 2 ? b : a, key, { max_tokens: 5 });
+        await res.arrayBuffer();
+        return res.status;
+      }),
+    );
+    expect(new Set(flood)).toEqual(new Set([429]));
+    await a.close();
+    await b.close(); // both drained: every check that was due has run, every event is delivered
+    expect(counters[0]).toEqual(before[0]);
+    expect(counters[1]!.markOnce - before[1]!.markOnce).toBeLessThanOrEqual(3);
+    expect(counters[1]!.quotaUsage - before[1]!.quotaUsage).toBeLessThanOrEqual(1);
+    expect(receiver.delivered().map((e) => `${e.limit}:${e.threshold}:${e.cause}`)).toEqual([
+      'tokensPerDay:0.5:spend',
+      'tokensPerDay:0.8:spend',
+      'tokensPerDay:1:refusal',
+    ]);
+  });
+
+  it('a PATCH lowering a limit to the current usage raises the alerts at once, with no request needed', async () => {
+    const receiver = await startReceiver();
+    const gw = await startGateway({ env: { REDIS_URL: testRedisUrl(), REDIS_PREFIX: uniquePrefix(), ALERT_WEBHOOK_URL: receiver.url } });
+    cleanups.push(() => gw.close());
+    const { id, key } = await gw.createKey({ name: 'lowered', limits: { tokensPerDay: 100_000, rpm: 100 } });
+    const res = await chat(gw, key);
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    await expect.poll(async () => (await quotaOf(gw, id)).tokensPerDay!.reserved).toBe(0); // settled
+    const used = (await quotaOf(gw, id)).tokensPerDay!.used;
+    expect(used).toBeGreaterThan(0);
+    expect(used).toBeLessThan(0.5 * 100_000); // nothing to alert about yet
+
+    const patched = await gw.admin('PATCH', `/admin/keys/${id}`, { limits: { tokensPerDay: used, rpm: 100 } });
+    expect(patched.status).toBe(200);
+    await waitFor(() => receiver.delivered().length === 3, 5000, 'the alerts of the lowered limit');
+    expect(receiver.delivered().map((e) => `${e.limit}:${e.threshold}:${e.cause}:${e.ratio}`)).toEqual([
+      'tokensPerDay:0.5:spend:1',
+      'tokensPerDay:0.8:spend:1',
+      'tokensPerDay:1:spend:1',
+    ]);
+    expect(receiver.delivered()[2]).toMatchObject({ key: { id, name: 'lowered' }, used, limitValue: used });
+
+    // A PATCH that changes no limit looks at nothing; one raising it again sends nothing new this period.
+    expect((await gw.admin('PATCH', `/admin/keys/${id}`, { name: 'renamed' })).status).toBe(200);
+    expect((await gw.admin('PATCH', `/admin/keys/${id}`, { limits: { tokensPerDay: 100_000 } })).status).toBe(200);
+    await gw.close();
     expect(receiver.delivered()).toHaveLength(3);
   });
 });
