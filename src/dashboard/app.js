@@ -303,7 +303,9 @@
       getJson(usagePath(range, `${range.bucket},model`)),
       getJson(usagePath(range, 'key')),
       getJson('/admin/keys?include=quota'),
-      getNdjson(`/admin/usage/events?${new URLSearchParams({ since, format: 'ndjson' })}`),
+      // Only the newest few, newest first: an hour can hold 100,000+ events (tens of MB), and oldest
+      // first with a limit would show the oldest. One more than shown says whether there are more.
+      getNdjson(`/admin/usage/events?${new URLSearchParams({ since, format: 'ndjson', order: 'desc', limit: String(RECENT_EVENTS + 1) })}`),
     ]);
     if (generation !== state.generation) return; // logged out, or a newer load started
     byId('refresh').disabled = false;
@@ -662,7 +664,8 @@
       return;
     }
     const events = result.value.filter((e) => e && typeof e === 'object').sort((a, b) => (Number(b.ts) || 0) - (Number(a.ts) || 0));
-    note.textContent = events.length > RECENT_EVENTS ? `latest ${RECENT_EVENTS} of ${fmtInt(events.length)} in the last hour` : `${fmtInt(events.length)} in the last hour`;
+    // The page asks for one more than it shows: past that, how many there were is not known.
+    note.textContent = events.length > RECENT_EVENTS ? `latest ${RECENT_EVENTS} in the last hour` : `${fmtInt(events.length)} in the last hour`;
     empty.textContent = 'No requests in the last hour.';
     show(empty, events.length === 0);
     for (const e of events.slice(0, RECENT_EVENTS)) {

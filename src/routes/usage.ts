@@ -5,7 +5,7 @@ import { z } from 'zod';
 import type { Store } from '../store/store.js';
 import type { UsageEvent } from '../usage/event.js';
 import { buildReport, GROUPS, type Group } from '../usage/report.js';
-import { hourId } from '../store/usage-math.js';
+import { EVENT_ORDERS, reportHours } from '../store/usage-math.js';
 import { invalidRequest } from '../errors.js';
 import { paramPath } from '../openai/schemas.js';
 
@@ -15,6 +15,7 @@ export interface UsageRouteOptions {
   timeZone: string;
 }
 
+const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;
 const MAX_RANGE_MS = 400 * DAY_MS;
 /** The last millisecond of year 9999: the stores key usage by hour ids (YYYY-MM-DDTHH), from 1970 on. */
@@ -65,6 +66,8 @@ const eventsQuery = z.object({
   since: instant.optional(),
   format: z.enum(['ndjson', 'csv']).default('ndjson'),
   limit: z.coerce.number().int().min(1).max(1_000_000).default(100_000),
+  // Newest first ('desc') lets a viewer ask for only the latest few: `limit` then keeps the newest.
+  order: z.enum(EVENT_ORDERS).default('asc'),
 });
 
 function parse<T>(schema: z.ZodType<T>, query: unknown): T {
@@ -96,11 +99,14 @@ export async function usageRoutes(app: FastifyInstance, opts: UsageRouteOptions)
   app.get('/usage', async (request) => {
     const q = parse(reportQuery, request.query);
     const toMs = q.to ?? opts.clock();
-    // A week back, but not before 1970 (a 'to' in the first week of 1970).
-    const fromMs = q.from ?? Math.max(0, toMs - 7 * DAY_MS);
+    // A week back from the start of that hour (as the CLI's `--since 7d`), so the week's first hour
+    // is counted; not before 1970 (a 'to' in the first week of 1970).
+    const fromMs = q.from ?? Math.max(0, Math.floor((toMs - 7 * DAY_MS) / HOUR_MS) * HOUR_MS);
     if (fromMs > toMs) throw invalidRequest("'from' must not be after 'to'.", 'from', 'invalid_value');
     if (toMs - fromMs > MAX_RANGE_MS) throw invalidRequest('The range may span at most 400 days.', 'from', 'invalid_value');
-    const [rows, keys] = await Promise.all([store.usageRows(hourId(fromMs), hourId(toMs)), store.listKeys()]);
+    // [from, to): the hours that start in it, each counted whole (reportHours).
+    const hours = reportHours(fromMs, toMs);
+    const [rows, keys] = await Promise.all([hours ? store.usageRows(hours[0], hours[1]) : [], store.listKeys()]);
     const names = new Map(keys.map((k) => [k.id, k.name]));
     return buildReport(rows, { fromMs, toMs, keyId: q.keyId, model: q.model, groupBy: q.groupBy, timeZone: opts.timeZone }, names);
   });
@@ -110,7 +116,7 @@ export async function usageRoutes(app: FastifyInstance, opts: UsageRouteOptions)
     const sinceMs = q.since ?? opts.clock() - 3_600_000;
     const PAGE = 1000;
     const nextPage = (after: string | undefined, sent: number) =>
-      store.usageEvents({ sinceMs, after, limit: Math.min(PAGE, q.limit - sent) });
+      store.usageEvents({ sinceMs, after, limit: Math.min(PAGE, q.limit - sent), order: q.order });
     // The first page is read before anything is sent: a store that cannot answer is then a 503 in
     // OpenAI's shape (errorHandler), not a 200 whose body breaks off after the CSV header.
     const first = await nextPage(undefined, 0);

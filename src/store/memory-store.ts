@@ -44,6 +44,7 @@ import type {
   AdmissionResult,
   JoinedLookup,
   CacheLookup,
+  EventsQuery,
   KeyChangeListener,
   Periods,
   QuotaUsage,
@@ -486,25 +487,37 @@ export class MemoryStore implements Store {
   }
 
   /** `sinceMs` filters on when the event was recorded (this store's clock), not on `event.ts`, as in Redis. */
-  async usageEvents(query: { sinceMs: number; after?: string; limit: number }): Promise<{ id: string; event: UsageEvent }[]> {
+  async usageEvents(query: EventsQuery): Promise<{ id: string; event: UsageEvent }[]> {
     const after = checkEventsQuery(query);
     const events = this.#events;
-    // First live index whose id is past `after`, or whose ms reaches sinceMs: ids increase, so bisect.
-    const from: StreamId = after ? { ms: after.ms, seq: after.seq + 1 } : { ms: query.sinceMs, seq: 0 };
-    let lo = this.#eventsHead;
-    let hi = events.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (compareStreamIds(events[mid]!, from) < 0) lo = mid + 1;
-      else hi = mid;
-    }
+    const since: StreamId = { ms: query.sinceMs, seq: 0 };
+    // First live index whose id reaches `id`: ids increase, so bisect.
+    const firstFrom = (id: StreamId) => {
+      let lo = this.#eventsHead;
+      let hi = events.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (compareStreamIds(events[mid]!, id) < 0) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo;
+    };
     const out: { id: string; event: UsageEvent }[] = [];
-    for (let i = lo; i < events.length && out.length < query.limit; i++) {
+    const take = (i: number) => {
       const stored = events[i]!;
       // Always decodes (it was checked on the way in); read back like Redis's, so both return alike.
       const event = decodeUsageEvent(stored.json);
       if (event) out.push({ id: `${stored.ms}-${stored.seq}`, event });
+    };
+    if (query.order === 'desc') {
+      // Newest first: from just before `after` (or the newest) down to the first one at `since`.
+      const stop = firstFrom(since);
+      for (let i = (after ? firstFrom(after) : events.length) - 1; i >= stop && out.length < query.limit; i--) take(i);
+      return out;
     }
+    // Oldest first: from just past `after`, or else from `since`.
+    const start = firstFrom(after ? { ms: after.ms, seq: after.seq + 1 } : since);
+    for (let i = start; i < events.length && out.length < query.limit; i++) take(i);
     return out;
   }
 

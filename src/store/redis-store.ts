@@ -45,6 +45,7 @@ import type {
   JoinedLookup,
   CacheLookup,
   CacheEntry,
+  EventsQuery,
   KeyChangeListener,
   Periods,
   QuotaUsage,
@@ -596,18 +597,24 @@ export class RedisStore implements Store {
 
   /**
    * `sinceMs` filters on the stream id, i.e. when Redis appended the event (its own clock), not on
-   * `event.ts`: ids are what `after` pages by, and XRANGE can only seek by them.
+   * `event.ts`: ids are what `after` pages by, and XRANGE / XREVRANGE can only seek by them.
    */
-  async usageEvents(query: { sinceMs: number; after?: string; limit: number }): Promise<{ id: string; event: UsageEvent }[]> {
+  async usageEvents(query: EventsQuery): Promise<{ id: string; event: UsageEvent }[]> {
     checkEventsQuery(query);
     const key = this.#keys.usageEvents();
-    let start = query.after === undefined ? `${query.sinceMs}-0` : `(${query.after}`;
+    const desc = query.order === 'desc';
+    // Ascending: from `since` (or just past `after`) up to the newest. Descending: from the newest
+    // (or just before `after`) down to `since`, which bounds every page in that order.
+    const bound = `${query.sinceMs}-0`;
+    let start = query.after === undefined ? (desc ? '+' : bound) : `(${query.after}`;
     const out: { id: string; event: UsageEvent }[] = [];
     // Corrupt entries are skipped, and the page filled from beyond them: fewer than `limit` events
     // then still means the stream has no more. Each pass moves past everything it read.
     while (out.length < query.limit) {
       const want = query.limit - out.length;
-      const entries = await this.#redis.xrange(key, start, '+', 'COUNT', want);
+      const entries = desc
+        ? await this.#redis.xrevrange(key, start, bound, 'COUNT', want)
+        : await this.#redis.xrange(key, start, '+', 'COUNT', want);
       let corrupt = 0;
       for (const [id, fields] of entries) {
         const json = fieldValue(fields, 'e');

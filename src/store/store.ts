@@ -2,6 +2,9 @@
 // memory for the embedded single-instance default. One contract suite tests both.
 import type { KeyRecord } from '../keys.js';
 import type { UsageEvent } from '../usage/event.js';
+import type { EventsQuery } from './usage-math.js';
+
+export type { EventOrder, EventsQuery } from './usage-math.js';
 
 /**
  * Told which key changed and which secret hash it affects (a rotation reports the old and the
@@ -167,13 +170,18 @@ export interface Store {
    */
   usageRows(fromHour: string, toHour: string): Promise<UsageRow[]>;
   /**
-   * Raw events in arrival order, oldest first: those after the event `after` (an id this method
-   * returned), or else from time `sinceMs`; at most `limit`, fewer only when there are no more.
+   * Raw events in arrival order; at most `limit`, fewer only when there are no more.
+   * `order: 'asc'` (the default), oldest first: those after the event `after` (an id this method
+   * returned), or else from time `sinceMs`.
+   * `order: 'desc'`, newest first: the newest events, or those listed after `after` in this order
+   * (i.e. older than it), back to time `sinceMs` (which bounds every page in this order).
+   * Either way a page's last id, passed as `after`, gives the next page in the same order.
    * Arrival is when the store recorded the event (the Redis server's clock, or the memory store's),
    * so `sinceMs` filters on that, not on `event.ts`. Ids are `<ms>-<seq>` and increase. Throws a
-   * RangeError for a malformed `after`, a negative `sinceMs` or a `limit` that is not a positive integer.
+   * RangeError for a malformed `after`, a negative `sinceMs`, a `limit` that is not a positive
+   * integer or an unknown `order`.
    */
-  usageEvents(query: { sinceMs: number; after?: string; limit: number }): Promise<{ id: string; event: UsageEvent }[]>;
+  usageEvents(query: EventsQuery): Promise<{ id: string; event: UsageEvent }[]>;
   /**
    * True the first time a name is marked within ttlMs (alert thresholds fire once per period).
    * Throws a RangeError for an empty name or a ttlMs that is not a positive integer.

@@ -287,13 +287,41 @@ export function compareStreamIds(a: StreamId, b: StreamId): number {
   return a.ms - b.ms || a.seq - b.seq;
 }
 
+/** The orders usageEvents lists in: oldest first (the default) or newest first. */
+export const EVENT_ORDERS = ['asc', 'desc'] as const;
+export type EventOrder = (typeof EVENT_ORDERS)[number];
+
+/** A usageEvents query, as both stores take it. */
+export interface EventsQuery {
+  sinceMs: number;
+  after?: string;
+  limit: number;
+  order?: EventOrder;
+}
+
 /** Checks a usageEvents query (both stores refuse the same ones). */
-export function checkEventsQuery(query: { sinceMs: number; after?: string; limit: number }): StreamId | undefined {
+export function checkEventsQuery(query: EventsQuery): StreamId | undefined {
   if (!Number.isSafeInteger(query?.sinceMs) || query.sinceMs < 0) {
     throw new RangeError(`sinceMs must be a non-negative integer, got ${query?.sinceMs}`);
   }
   positiveInt(query.limit, 'limit');
+  if (query.order !== undefined && !(EVENT_ORDERS as readonly unknown[]).includes(query.order)) {
+    throw new RangeError(`order must be 'asc' or 'desc', got ${JSON.stringify(query.order)}`);
+  }
   return query.after === undefined ? undefined : parseStreamId(query.after);
+}
+
+/**
+ * The hour ids a usage report over [fromMs, toMs) reads: those of the hours that START in it, as
+ * [first, last] (inclusive, as usageRows takes them), or null when no hour starts in it.
+ * An hour is one bucket: it is counted whole in the one range its start falls in, so back-to-back
+ * ranges ([Nov 1, Dec 1) then [Dec 1, Jan 1)) never count the same hour twice, even when their
+ * boundary is not on a whole UTC hour (a local midnight in Asia/Kolkata is hh:30 UTC).
+ */
+export function reportHours(fromMs: number, toMs: number): [first: string, last: string] | null {
+  const first = Math.ceil(fromMs / HOUR_MS) * HOUR_MS;
+  if (first >= toMs) return null;
+  return [hourId(first), hourId(toMs - 1)];
 }
 
 /** Checks markOnce's arguments (both stores refuse the same ones). */

@@ -44,6 +44,10 @@ export function buildReport(rows: UsageRow[], q: ReportQuery, keyNames: Map<stri
         fields.key = row.keyId || null;
         fields.keyName = row.keyId ? (keyNames.get(row.keyId) ?? null) : null;
       } else if (g === 'model') fields.model = row.model || null;
+      // An hour is one bucket, so it belongs to one day: the local day its START is in. In a zone
+      // whose midnight is not on a UTC hour (Asia/Kolkata, +05:30) the hour 18:00Z-19:00Z, 23:30 to
+      // 00:30 there, is counted whole on the earlier day; the routes select hours by start as well
+      // (reportHours), so a report from one local midnight to another shows only its own days.
       else if (g === 'day') fields.day = periodsAt(hourStart, q.timeZone).day;
       else fields.hour = new Date(hourStart).toISOString();
     }

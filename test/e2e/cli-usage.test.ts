@@ -139,7 +139,8 @@ describe('the query', () => {
     expect(q.get('groupBy')).toBe('key');
     expect(to).toBeGreaterThanOrEqual(before);
     expect(to).toBeLessThanOrEqual(after);
-    expect(to - from).toBe(7 * DAY);
+    // A week back from the start of that hour, as the API's own default: that hour counts too.
+    expect(from).toBe(Math.floor((to - 7 * DAY) / HOUR) * HOUR);
   });
 
   it('turns durations into from/to before now', async () => {
@@ -156,8 +157,8 @@ describe('the query', () => {
       await ok('usage', ...args, '--by', 'model');
       const after = Date.now();
       const { from, to } = lastQuery();
-      // The same "now" for both ends: the span is exact.
-      expect(to - from, args.join(' ')).toBe(sinceAgo - untilAgo);
+      // The same "now" for both ends; --since moved back to the start of its hour.
+      expect(from, args.join(' ')).toBe(Math.floor((to + untilAgo - sinceAgo) / HOUR) * HOUR);
       expect(to + untilAgo).toBeGreaterThanOrEqual(before);
       expect(to + untilAgo).toBeLessThanOrEqual(after);
     }
@@ -170,6 +171,10 @@ describe('the query', () => {
     seen = [];
     await ok('usage', '--since', '2026-11-30T10:00+02:00', '--until', '2026-11-30T10:30:15.5-05:00', '--by', 'day');
     expect(lastQuery().q.get('from')).toBe('2026-11-30T08:00:00.000Z');
+    // --until is sent as given (exclusive); --since moves back to the start of its hour.
+    seen = [];
+    await ok('usage', '--since', '2026-11-30T10:45+02:00', '--until', '2026-11-30T10:30:15.5-05:00', '--by', 'day');
+    expect(lastQuery().q.get('from')).toBe('2026-11-30T08:00:00.000Z');
     expect(lastQuery().q.get('to')).toBe('2026-11-30T15:30:15.500Z');
   });
 
@@ -177,9 +182,9 @@ describe('the query', () => {
     const cases: [string, string][] = [
       ['2028-02-29', '2028-02-29T00:00:00.000Z'], // a leap day
       ['2026-12-01T01:00+02:00', '2026-11-30T23:00:00.000Z'], // the day before, in UTC
-      ['2026-11-30T22:30-02:00', '2026-12-01T00:30:00.000Z'], // the day after, in UTC
-      ['2026-11-30T23:59:59.999Z', '2026-11-30T23:59:59.999Z'],
-      ['2026-11-30t10:00+0130', '2026-11-30T08:30:00.000Z'],
+      ['2026-11-30T22:30-02:00', '2026-12-01T00:00:00.000Z'], // the day after, in UTC (00:30, from the start of its hour)
+      ['2026-11-30T23:59:59.999Z', '2026-11-30T23:00:00.000Z'],
+      ['2026-11-30t10:00+0130', '2026-11-30T08:00:00.000Z'], // 08:30Z
     ];
     for (const [since, from] of cases) {
       seen = [];
@@ -204,8 +209,8 @@ describe('human output', () => {
   it('shows a table by model, biggest cost first, with a totals row', async () => {
     const stdout = await ok('usage', '--by', 'model', '--since', '2026-11-01', '--until', '2026-12-01');
     const lines = stdout.trimEnd().split('\n');
-    // The API counts whole hours, the one that starts at --until included.
-    expect(lines[0]).toBe('Usage from 2026-11-01T00:00:00Z to 2026-12-01T01:00:00Z (whole hours), by model');
+    // The API counts the whole hours that start in [--since, --until): not the one that starts at --until.
+    expect(lines[0]).toBe('Usage from 2026-11-01T00:00:00Z to 2026-12-01T00:00:00Z (whole hours), by model');
     expect(lines[1]).toBe('');
     expect(lines[2]).toMatch(/^MODEL\s+REQUESTS\s+TOKENS\s+COST \$\s+CACHE HITS\s+SAVED \$$/);
     expect(lines.slice(3)).toHaveLength(4);
@@ -233,7 +238,7 @@ describe('human output', () => {
 
   it('sorts by time when grouped by day or hour', async () => {
     const days = (await ok('usage', '--by', 'day', '--since', '2026-11-28', '--until', '2026-12-01')).trimEnd().split('\n');
-    expect(days[0]).toBe('Usage from 2026-11-28T00:00:00Z to 2026-12-01T01:00:00Z (whole hours), by day (days in UTC)');
+    expect(days[0]).toBe('Usage from 2026-11-28T00:00:00Z to 2026-12-01T00:00:00Z (whole hours), by day (days in UTC)');
     expect(days.slice(3).map((l) => l.split(/\s+/)[0])).toEqual(['2026-11-28', '2026-11-29', '2026-11-30', 'TOTAL']);
 
     const hours = (await ok('usage', '--by', 'hour,model', '--since', '2d')).trimEnd().split('\n');
@@ -247,7 +252,7 @@ describe('human output', () => {
 
   it('says so when there is no usage, and tolerates missing fields', async () => {
     override = { status: 200, body: { object: 'usage', from: '2026-11-01T00:00:00.000Z', to: '2026-11-02T00:00:00.000Z', groupBy: ['model'], timeZone: 'UTC', data: [], totals: metrics(0, 0, 0) } };
-    expect(await ok('usage', '--by', 'model')).toBe('Usage from 2026-11-01T00:00:00Z to 2026-11-02T01:00:00Z (whole hours), by model\n\nNo usage in this range.\n');
+    expect(await ok('usage', '--by', 'model')).toBe('Usage from 2026-11-01T00:00:00Z to 2026-11-02T00:00:00Z (whole hours), by model\n\nNo usage in this range.\n');
 
     override = { status: 200, body: { object: 'usage', from: 'x', to: 'y', groupBy: ['model'], data: [{ model: null, requests: 1 }, 'junk'] } };
     const lines = (await ok('usage', '--by', 'model')).trimEnd().split('\n');
@@ -258,12 +263,19 @@ describe('human output', () => {
 
   it('names the whole hours counted, not the instants asked for', async () => {
     const lines = (await ok('usage', '--since', '2026-12-01T05:26:00Z', '--until', '2026-12-01T05:26:30Z', '--by', 'model')).split('\n');
-    expect(lastQuery().q.get('from')).toBe('2026-12-01T05:26:00.000Z');
+    expect(lastQuery().q.get('from')).toBe('2026-12-01T05:00:00.000Z');
     expect(lastQuery().q.get('to')).toBe('2026-12-01T05:26:30.000Z');
     expect(lines[0]).toBe('Usage from 2026-12-01T05:00:00Z to 2026-12-01T06:00:00Z (whole hours), by model');
     seen = [];
     const across = (await ok('usage', '--since', '2026-11-30T23:59Z', '--until', '2026-12-01T02:00:01+01:00', '--by', 'model')).split('\n');
     expect(across[0]).toBe('Usage from 2026-11-30T23:00:00Z to 2026-12-01T02:00:00Z (whole hours), by model');
+    // --until on a whole hour: the hour that starts there is the next range's, not this one's.
+    seen = [];
+    const month = (await ok('usage', '--since', '2026-11-01', '--until', '2026-12-01', '--by', 'model')).split('\n');
+    expect(month[0]).toBe('Usage from 2026-11-01T00:00:00Z to 2026-12-01T00:00:00Z (whole hours), by model');
+    // A report the API answered from a from/to not on whole hours (not one this CLI sends): the hours that start in it.
+    override = { status: 200, body: { object: 'usage', from: '2026-12-01T05:26:00.000Z', to: '2026-12-01T07:10:00.000Z', groupBy: ['model'], timeZone: 'UTC', data: [], totals: metrics(0, 0, 0) } };
+    expect((await ok('usage', '--by', 'model')).split('\n')[0]).toBe('Usage from 2026-12-01T06:00:00Z to 2026-12-01T08:00:00Z (whole hours), by model');
   });
 });
 

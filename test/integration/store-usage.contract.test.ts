@@ -269,6 +269,38 @@ describe.each([
     expect((await store.usageEvents({ sinceMs: 0, limit: 1 }))[0]!.event.totalTokens).toBe(0);
   });
 
+  it('lists newest first with order desc, pages back with `after`, and stops at sinceMs', async () => {
+    const { store, now, advance } = await make();
+    await store.recordUsage([makeEvent({ requestId: 'before-since' })], KEEP);
+    await advance(30);
+    const since = now();
+    for (let i = 0; i < 25; i++) await store.recordUsage([makeEvent({ requestId: `r${i}`, ts: H + i, totalTokens: i })], KEEP);
+    const asc = await store.usageEvents({ sinceMs: since, limit: 100 });
+    expect(asc.map((e) => e.event.requestId)).toEqual(Array.from({ length: 25 }, (_, i) => `r${i}`));
+
+    // The newest few alone: what a "latest requests" view asks for.
+    expect(await store.usageEvents({ sinceMs: since, limit: 3, order: 'desc' })).toEqual(asc.slice(-3).reverse());
+    // Paging: each page's last id is the next page's `after`; sinceMs bounds every page.
+    const pages: { id: string; event: UsageEvent }[][] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await store.usageEvents({ sinceMs: since, after, limit: 10, order: 'desc' });
+      pages.push(page);
+      if (page.length === 0) break;
+      after = page.at(-1)!.id;
+    }
+    expect(pages.map((p) => p.length)).toEqual([10, 10, 5, 0]);
+    expect(pages.flat()).toEqual([...asc].reverse());
+    // `after` in this order means older than it; the oldest has nothing after it.
+    expect(await store.usageEvents({ sinceMs: since, after: asc[4]!.id, limit: 100, order: 'desc' })).toEqual(asc.slice(0, 4).reverse());
+    expect(await store.usageEvents({ sinceMs: since, after: asc[0]!.id, limit: 100, order: 'desc' })).toEqual([]);
+    // Without the bound, the event before it follows; past the newest, nothing.
+    expect((await store.usageEvents({ sinceMs: 0, after: asc[0]!.id, limit: 100, order: 'desc' })).map((e) => e.event.requestId)).toEqual(['before-since']);
+    expect(await store.usageEvents({ sinceMs: since + DAY, limit: 10, order: 'desc' })).toEqual([]);
+    // 'asc' is the default, said or not.
+    expect(await store.usageEvents({ sinceMs: since, limit: 5, order: 'asc' })).toEqual(asc.slice(0, 5));
+  });
+
   it('filters by arrival time with sinceMs (the store’s clock, not event.ts)', async () => {
     const { store, now, advance } = await make();
     // event.ts far in the past and in the future: it does not matter.
@@ -293,6 +325,8 @@ describe.each([
       { sinceMs: 0, after: 'abc', limit: 10 },
       { sinceMs: 0, after: '(1-0', limit: 10 },
       { sinceMs: 0, after: '-', limit: 10 },
+      { sinceMs: 0, limit: 10, order: 'newest' as 'desc' },
+      { sinceMs: 0, limit: 10, order: 'DESC' as 'desc' },
     ]) {
       await expect(store.usageEvents(query)).rejects.toThrow(RangeError);
     }

@@ -2,8 +2,11 @@
 // totals, the report API grouped every way, and the raw event export.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request as httpRequest } from 'node:http';
+import { randomUUID } from 'node:crypto';
 import { startGateway, type Gateway } from '../helpers/gateway.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+import { createMemoryStore } from '../../src/store/memory-store.js';
+import type { UsageEvent } from '../../src/usage/event.js';
 
 let gw: Gateway;
 let a: { id: string; key: string };
@@ -184,6 +187,32 @@ describe('raw events', () => {
     expect((await few.text()).trim().split('\n')).toHaveLength(3);
   });
 
+  it('lists the newest events first with order=desc, so a limit keeps the latest', async () => {
+    const since = Date.now() - 600_000;
+    const lines = async (query: string) => {
+      const res = await fetch(`${gw.url}/admin/usage/events?since=${since}&${query}`, { headers: { authorization: 'Bearer test-admin-token-0123456789' } });
+      expect(res.status, query).toBe(200);
+      return (await res.text()).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { id: string; requestId: string });
+    };
+    const asc = await lines('');
+    expect(asc.length).toBeGreaterThan(5);
+    expect(await lines('order=asc')).toEqual(asc);
+    expect(await lines('order=desc')).toEqual([...asc].reverse());
+    expect(await lines('order=desc&limit=3')).toEqual(asc.slice(-3).reverse());
+    const csv = await fetch(`${gw.url}/admin/usage/events?since=${since}&order=desc&limit=2&format=csv`, { headers: { authorization: 'Bearer test-admin-token-0123456789' } });
+    expect((await csv.text()).trim().split('\n').slice(1).map((l) => l.split(',')[0])).toEqual(asc.slice(-2).reverse().map((e) => e.id));
+  });
+
+  it('answers an unknown order with an OpenAI-shaped 400', async () => {
+    for (const order of ['newest', 'DESC', '']) {
+      const res = await gw.admin('GET', `/admin/usage/events?order=${order}`);
+      expect(res.status, order).toBe(400);
+      expect(res.body, order).toEqual({
+        error: { message: expect.stringContaining("Invalid 'order'"), type: 'invalid_request_error', param: 'order', code: 'invalid_value' },
+      });
+    }
+  });
+
   it('exports CSV with a header row', async () => {
     const res = await fetch(`${gw.url}/admin/usage/events?format=csv&since=${new Date(Date.now() - 600_000).toISOString()}`, {
       headers: { authorization: 'Bearer test-admin-token-0123456789' },
@@ -227,6 +256,125 @@ describe('raw events', () => {
     }
     for (const since of ['0', '9999-12-31T23:59:59.999Z']) {
       expect((await gw.admin('GET', `/admin/usage/events?since=${since}&limit=1`)).status, since).toBe(200);
+    }
+  });
+});
+
+describe('report ranges', () => {
+  const HOUR = 3_600_000;
+  const at = (iso: string) => Date.parse(iso);
+  const event = (ts: number, requestId: string): UsageEvent => ({
+    ts,
+    eventId: randomUUID(),
+    requestId,
+    keyId: 'key_a',
+    keyName: 'app-a',
+    endpoint: 'chat.completions',
+    model: 'gpt-4o-mini',
+    modelAnswered: null,
+    status: 200,
+    stream: false,
+    cache: 'MISS',
+    promptTokens: 1,
+    cachedPromptTokens: 0,
+    completionTokens: 0,
+    reasoningTokens: 0,
+    totalTokens: 1,
+    costMicros: 1,
+    savedTokens: 0,
+    savedMicros: 0,
+    estimated: false,
+    latencyMs: 1,
+    ttfbMs: null,
+    upstreamMs: null,
+    overheadMs: 0,
+    errorCode: null,
+  });
+  const KEEP = { retentionMs: 400 * 24 * HOUR, maxEvents: 1000 };
+
+  /** A gateway on a memory store holding events at the given times, its clock stopped at `now`. */
+  async function gatewayWith(times: string[], now: string, env: Record<string, string> = {}) {
+    const store = createMemoryStore({ clock: () => at(now) });
+    await store.recordUsage(times.map((t, i) => event(at(t), `r${i}`)), KEEP);
+    return startGateway({ store, clock: () => at(now), env });
+  }
+  const usage = async (g: Gateway, query: Record<string, string>) => {
+    const res = await g.admin('GET', `/admin/usage?${new URLSearchParams(query)}`);
+    expect(res.status, JSON.stringify(query)).toBe(200);
+    return res.body as Report & { from: string; to: string; timeZone: string };
+  };
+
+  it("counts the hour that starts at 'to' in the next range, not in both: back-to-back months add up", async () => {
+    const g = await gatewayWith(
+      ['2026-11-01T00:00:00Z', '2026-11-30T23:59:59.999Z', '2026-12-01T00:00:00Z', '2026-12-01T00:30:00Z', '2026-12-31T23:30:00Z', '2027-01-01T00:00:00Z'],
+      '2027-01-05T12:00:00Z',
+    );
+    try {
+      const nov = await usage(g, { from: '2026-11-01T00:00:00Z', to: '2026-12-01T00:00:00Z' });
+      const dec = await usage(g, { from: '2026-12-01T00:00:00Z', to: '2027-01-01T00:00:00Z' });
+      const both = await usage(g, { from: '2026-11-01T00:00:00Z', to: '2027-01-01T00:00:00Z' });
+      expect(nov.totals.requests).toBe(2);
+      expect(dec.totals.requests).toBe(3);
+      expect(both.totals.requests).toBe(5);
+      // Grouped by hour: the last hour listed is the one before 'to'.
+      const hours = await usage(g, { from: '2026-11-30T00:00:00Z', to: '2026-12-01T00:00:00Z', groupBy: 'hour' });
+      expect(hours.data.map((r) => r.hour)).toEqual(['2026-11-30T23:00:00.000Z']);
+      // An empty range counts nothing, whatever hour it is in.
+      expect((await usage(g, { from: '2026-12-01T00:30:00Z', to: '2026-12-01T00:30:00Z' })).totals.requests).toBe(0);
+    } finally {
+      await g.close();
+    }
+  });
+
+  it('counts an hour in the range its start is in, so ranges that split an hour never share it', async () => {
+    const g = await gatewayWith(['2026-12-01T10:10:00Z', '2026-12-01T10:50:00Z', '2026-12-01T11:10:00Z'], '2026-12-02T00:00:00Z');
+    try {
+      const first = await usage(g, { from: '2026-12-01T09:30:00Z', to: '2026-12-01T10:30:00Z' });
+      const second = await usage(g, { from: '2026-12-01T10:30:00Z', to: '2026-12-01T11:30:00Z' });
+      expect([first.totals.requests, second.totals.requests]).toEqual([2, 1]);
+    } finally {
+      await g.close();
+    }
+  });
+
+  it('by default reports the week back from the start of its hour, up to now', async () => {
+    const g = await gatewayWith(['2026-12-01T10:10:00Z', '2026-12-01T09:59:59Z', '2026-12-08T10:19:00Z'], '2026-12-08T10:20:00Z');
+    try {
+      const week = await usage(g, {});
+      expect([week.from, week.to]).toEqual(['2026-12-01T10:00:00.000Z', '2026-12-08T10:20:00.000Z']);
+      expect(week.totals.requests).toBe(2);
+    } finally {
+      await g.close();
+    }
+  });
+
+  it('groups by local day in a half-hour zone: an hour belongs to the day its start is in, and stays in one report', async () => {
+    // Asia/Kolkata is UTC+05:30: local midnight is hh:30 UTC, in the middle of an hour bucket.
+    const g = await gatewayWith(
+      [
+        '2026-11-30T18:10:00Z', // 23:40 on Nov 30 there
+        '2026-11-30T18:50:00Z', // 00:20 on Dec 1 there, but in the hour that starts at 23:30 on Nov 30
+        '2026-11-30T19:10:00Z', // 00:40 on Dec 1
+        '2026-12-01T18:20:00Z', // 23:50 on Dec 1
+        '2026-12-01T18:40:00Z', // 00:10 on Dec 2, in the hour that starts at 23:30 on Dec 1
+      ],
+      '2026-12-05T00:00:00Z',
+      { QUOTA_TIME_ZONE: 'Asia/Kolkata' },
+    );
+    try {
+      const day = (from: string, to: string) => usage(g, { from, to, groupBy: 'day' });
+      const nov30 = await day('2026-11-30T00:00:00+05:30', '2026-12-01T00:00:00+05:30');
+      const dec1 = await day('2026-12-01T00:00:00+05:30', '2026-12-02T00:00:00+05:30');
+      expect(dec1.data.map((r) => [r.day, r.requests])).toEqual([['2026-12-01', 3]]);
+      expect(nov30.data.map((r) => [r.day, r.requests])).toEqual([['2026-11-30', 2]]);
+      const both = await day('2026-11-30T00:00:00+05:30', '2026-12-02T00:00:00+05:30');
+      expect(both.timeZone).toBe('Asia/Kolkata');
+      expect(both.data.map((r) => [r.day, r.requests])).toEqual([
+        ['2026-11-30', 2],
+        ['2026-12-01', 3],
+      ]);
+    } finally {
+      await g.close();
     }
   });
 });

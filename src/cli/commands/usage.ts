@@ -146,15 +146,18 @@ function sortRows(rows: UsageRow[], groups: UsageGroup[]): UsageRow[] {
 }
 
 /**
- * The range the API counted: it reads hourly aggregates, from the hour `from` falls in to the hour `to`
- * falls in, both whole (src/routes/usage.ts). Undefined when the report's times cannot be read.
+ * The whole hours the API counted: those that start in [from, to) (src/store/usage-math.ts
+ * `reportHours`), as [start of the first, end of the last]; undefined when the report's times
+ * cannot be read or no hour starts in its range (the CLI never asks for such a range).
  */
 function countedHours(report: UsageReport): [string, string] | undefined {
   const from = typeof report.from === 'string' ? Date.parse(report.from) : NaN;
   const to = typeof report.to === 'string' ? Date.parse(report.to) : NaN;
   if (!Number.isFinite(from) || !Number.isFinite(to)) return undefined;
+  const first = Math.ceil(from / HOUR_MS) * HOUR_MS;
+  if (first >= to) return undefined;
   const hour = (ms: number) => formatTime(new Date(ms).toISOString());
-  return [hour(Math.floor(from / HOUR_MS) * HOUR_MS), hour((Math.floor(to / HOUR_MS) + 1) * HOUR_MS)];
+  return [hour(first), hour(Math.ceil(to / HOUR_MS) * HOUR_MS)];
 }
 
 /** The human report: a line naming the range, the table, and a totals row. */
@@ -182,8 +185,11 @@ export const usageCommand: Command = {
   summary: 'Report requests, tokens and spend over a time range',
   usage: '[--since 7d|24h|30m|ISO] [--until WHEN] [--by model|key|day|hour] [--key ID] [--model M] [options]',
   description: `Reports what was used between --since and --until, grouped as asked, from the gateway's
-usage records (hourly aggregates: the range is widened to whole hours). Without --json, a table
-sorted by cost (by time when grouped by day or hour) with a totals row; amounts in US dollars.
+usage records. They are hourly: an hour counts, whole, when it starts in the range. So --since is
+moved back to the start of its hour, and --until is exclusive: the hour it falls in counts whole, the
+hour starting at it does not (--until 2026-12-01, then --since 2026-12-01, count each hour once).
+Days are the gateway's QUOTA_TIME_ZONE days; an hour counts on the day it starts. Without --json, a
+table sorted by cost (by time when grouped by day or hour) with a totals row; amounts in US dollars.
 --json prints the API answer:
   {"object":"usage","from","to","groupBy","timeZone","data":[...],"totals":{...}}
 
@@ -197,9 +203,12 @@ Examples:
     const now = Date.now();
     const since = ctx.string('since');
     const until = ctx.string('until');
-    const from = parseWhen(since ?? DEFAULT_SINCE, now, 'since', ctx.path);
+    const asked = parseWhen(since ?? DEFAULT_SINCE, now, 'since', ctx.path);
     const to = until === undefined ? now : parseWhen(until, now, 'until', ctx.path);
-    if (from >= to) throw new UsageError(`--since (${new Date(from).toISOString()}) must be before --until (${new Date(to).toISOString()})`, ctx.path);
+    if (asked >= to) throw new UsageError(`--since (${new Date(asked).toISOString()}) must be before --until (${new Date(to).toISOString()})`, ctx.path);
+    // The API counts the hours that start in [from, to): back to the start of the hour --since falls
+    // in, so that hour counts too (--since 30m always shows the current hour; 7d is the API's default).
+    const from = Math.floor(asked / HOUR_MS) * HOUR_MS;
     const groups = parseGroups(ctx.string('by'), ctx.path);
     const query = new URLSearchParams({ from: new Date(from).toISOString(), to: new Date(to).toISOString(), groupBy: groups.join(',') });
     const keyId = filter(ctx, 'key');
