@@ -4,6 +4,7 @@ import { StringDecoder } from 'node:string_decoder';
 import type { StreamEventInfo, Usage } from './usage.js';
 import { readChunkUsage } from './usage.js';
 import { openAIErrorBody } from '../errors.js';
+import { carriesError, type SecretMasker } from '../upstream/redact.js';
 
 export interface RelayOptions {
   /** Drop the usage-only chunk: the gateway asked for it, the client did not. */
@@ -27,9 +28,15 @@ export interface RelayOptions {
   /**
    * Masks server keys in an error event's data before anything sees it (the upstream client's
    * maskSecrets): a mid-stream error is upstream error text, like an error body. Other events
-   * are model output and pass untouched.
+   * are model output: they pass untouched, unless one holds a server key itself (a native search
+   * per event, when the masker offers one), which alone is masked.
    */
-  maskError?: (data: string) => string;
+  maskError?: ((data: string) => string) & Partial<Pick<SecretMasker, 'hasServerKey' | 'maskServerKeys'>>;
+  /**
+   * Keep every event's data in the result (default true), to bill a stream cut short from what it
+   * generated. A relay that bills nothing (a stored response's replay) need not hold them.
+   */
+  keepData?: boolean;
 }
 
 export interface RelayResult {
@@ -70,13 +77,36 @@ export function formatEvent(e: SseEvent): string {
 const readChatChunk = (data: string): StreamEventInfo | undefined => readChunkUsage(data);
 
 /**
- * A mid-stream error: the Responses API's `error` and `response.failed` events, or a chunk that is
- * an error body (`data: {"error": ...}`, as chat completions report one). Anchored, so checking an
- * ordinary chunk costs a character or two.
+ * A mid-stream error: the Responses API's `error` and `response.failed` events, or data that
+ * carries an error (`data: {"error": ...}`, as chat completions report one; a response object
+ * whose `error` is set). Checking an ordinary chunk is one native search for `"error"`.
  */
-const ERROR_DATA = /^\s*\{\s*"error"\s*:/;
 function isErrorEvent(e: SseEvent): boolean {
-  return e.event === 'error' || e.event === 'response.failed' || ERROR_DATA.test(e.data);
+  return e.event === 'error' || e.event === 'response.failed' || carriesError(e.data);
+}
+
+/** Masks one event's data as the relay does: all of an error event, only server keys elsewhere. */
+function maskEvent(e: SseEvent, mask: NonNullable<RelayOptions['maskError']>): void {
+  if (isErrorEvent(e)) e.data = mask(e.data);
+  else if (mask.hasServerKey?.(e.data)) e.data = mask.maskServerKeys!(e.data);
+}
+
+/**
+ * A whole event-stream body (one relayed buffered, not as a stream) with its events masked as the
+ * relay masks them. Unchanged text comes back as it came; otherwise every event is re-serialised.
+ */
+export function maskSseText(text: string, mask: NonNullable<RelayOptions['maskError']>): string {
+  const events: SseEvent[] = [];
+  const parser = new SseParser((e) => events.push(e));
+  parser.feed(text);
+  parser.feed('\n\n'); // a last event without its blank line is still one
+  let changed = false;
+  for (const e of events) {
+    const before = e.data;
+    maskEvent(e, mask);
+    if (e.data !== before) changed = true;
+  }
+  return changed ? events.map(formatEvent).join('') : text;
 }
 
 const LF = 10;
@@ -275,13 +305,13 @@ class SseRelay extends Readable {
       while (!this.waiting && !this.stopped) {
         const e = this.pending.shift();
         if (!e) break;
-        if (options.maskError && isErrorEvent(e)) e.data = options.maskError(e.data);
+        if (options.maskError) maskEvent(e, options.maskError);
         let seen: Promise<unknown> | void = undefined;
         if (e.data === '[DONE]') {
           result.completed = true;
           seen = this.ending();
         } else {
-          result.data.push(e.data);
+          if (options.keepData !== false) result.data.push(e.data);
           const found = (options.readEvent ?? readChatChunk)(e.data, e.event);
           if (found) {
             if (found.usage) result.usage = found.usage;

@@ -4,7 +4,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { validateBody } from '../openai/endpoints.js';
-import { relaySse, type RelayResult } from '../openai/sse.js';
+import { maskSseText, relaySse, type RelayResult } from '../openai/sse.js';
 import type { Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
 import type { Admission, Consumption, Quota } from '../quota/quota.js';
@@ -14,6 +14,7 @@ import { isModelAllowed } from '../keys.js';
 import { clientClosed, modelNotFound, notFound, openAIErrorBody, upstreamAuthFailed, type OpenAIErrorBody } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { abandonedAfterSending, endedByTimeout, upstreamFailure } from '../upstream/client.js';
+import { carriesError } from '../upstream/redact.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
 import { serveHit } from './serve-hit.js';
 import type { ResponseOwners } from './response-owners.js';
@@ -218,7 +219,7 @@ async function callUpstream(
       onFirstEvent: () => (trace.ttfbMs = reply.elapsedTime),
       readEvent: endpoint.usage.event,
       // A mid-stream error event is upstream error text: it may echo a server key (see redact.ts).
-      maskError: deps.upstream.maskSecrets,
+      maskError: res.maskSecrets,
       // The id is known from response.created on: recorded before the client can see (and use) it.
       onEvent: endpoint.recordsOwner ? (data, event) => deps.owners.recordFromEvent(data, event, keyId) : undefined,
       // Upstream is done: the key's concurrency lease is given back before the client sees the end
@@ -267,6 +268,9 @@ const NO_USAGE: Usage = { promptTokens: 0, completionTokens: 0, totalTokens: 0, 
 
 /** A stored JSON answer can always be served as JSON; as a stream only if it can be re-chunked faithfully. */
 function canServe(endpoint: Endpoint, entry: CacheEntry, stream: boolean): boolean {
+  // An answer that carries an error is never stored now; one stored before that was (unmasked
+  // upstream error text) is not served: the request goes upstream and replaces it.
+  if (carriesError(entry.body)) return false;
   if (!stream) return true;
   if (!endpoint.convert) return false;
   try {
@@ -279,6 +283,8 @@ function canServe(endpoint: Endpoint, entry: CacheEntry, stream: boolean): boole
 /** A cache entry from a complete non-streamed answer, if it is one. */
 function jsonEntry(json: unknown, text: string | undefined, usage: Usage | undefined): NewCacheEntry | undefined {
   if (text === undefined || !usage || typeof json !== 'object' || json === null) return undefined;
+  // A 200 that reports an error (a Responses object that failed) did not complete normally.
+  if ((json as { error?: unknown }).error != null) return undefined;
   return {
     body: text,
     model: String((json as { model?: unknown }).model ?? ''),
@@ -358,6 +364,8 @@ export async function sendBuffered(
     throw upstreamFailure(err, res.timedOut());
   }
   trace.upstreamMs = performance.now() - started;
+  // A 2xx body that carries an error is masked before anything reads it (non-2xx bodies come masked).
+  bytes = maskSuccessBody(res, bytes);
   const beforeSend = res.status === 200 ? read.beforeSend : undefined;
   const isError = res.status >= 400;
   // The answer goes out as it came; what the gateway reads from it (usage, model, error code) is
@@ -415,11 +423,41 @@ function readJsonBody(res: UpstreamResponse, bytes: Buffer): { text: string; jso
 
 /** The whole upstream body; a failure while reading it becomes the client's 502 or 504. */
 export async function readUpstreamBody(res: UpstreamResponse): Promise<Buffer> {
+  let bytes: Buffer;
   try {
-    return await readBody(res);
+    bytes = await readBody(res);
   } catch (err) {
     throw upstreamFailure(err, res.timedOut());
   }
+  return maskSuccessBody(res, bytes);
+}
+
+/**
+ * A whole 2xx body with its upstream error text masked (see redact.ts): all of a body that carries
+ * an error (a failed Responses object's `error`), the error events of an event stream, and the
+ * server keys themselves anywhere. Anything else (nearly every body, after one native search or
+ * two) is returned as it came, the same bytes, never re-serialised. Non-2xx bodies come masked
+ * from the upstream client.
+ */
+function maskSuccessBody(res: UpstreamResponse, bytes: Buffer): Buffer {
+  if (res.status < 200 || res.status >= 300) return bytes;
+  const mask = res.maskSecrets;
+  let out: string;
+  if (String(res.headers['content-type'] ?? '').startsWith('text/event-stream')) {
+    if (bytes.indexOf('error') === -1 && !mask.hasServerKey(bytes)) return bytes;
+    const text = bytes.toString('utf8');
+    out = maskSseText(text, mask);
+    if (out === text) return bytes;
+  } else if (carriesError(bytes)) {
+    const text = bytes.toString('utf8');
+    out = mask(text);
+    if (out === text) return bytes;
+  } else if (mask.hasServerKey(bytes)) {
+    out = mask.maskServerKeys(bytes.toString('utf8'));
+  } else {
+    return bytes;
+  }
+  return Buffer.from(out, 'utf8');
 }
 
 /** The whole upstream body; a failure while reading it rejects with undici's own error. */

@@ -7,6 +7,7 @@ import type { ResponseOwners } from '../pipeline/response-owners.js';
 import { clientGone, sendBuffered } from '../pipeline/forward.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from '../pipeline/headers.js';
 import { clientClosed, notFound, upstreamAuthFailed } from '../errors.js';
+import { relaySse } from '../openai/sse.js';
 
 export interface ResponseRoutesOptions {
   upstream: UpstreamClient;
@@ -64,10 +65,20 @@ async function passThrough(
     throw upstreamAuthFailed(); // the gateway's own key was refused: not the client's problem to see
   }
   reply.code(res.status).headers(upstreamHeadersForClient(res.headers));
-  // GET /responses/{id}?stream=true replays the events of a background response: bytes pass through.
+  // GET /responses/{id}?stream=true replays the events of a background response: relayed event by
+  // event as they arrive (a 200 or not), and error events (`error`, `response.failed`, data that
+  // carries an error) masked like any upstream error text (see redact.ts); other events keep their
+  // data. Nothing is billed (the create call was), so no usage is read and no event is kept.
+  // Upstream failing mid-replay ends it with the in-band error event, as for any stream.
   if (String(res.headers['content-type'] ?? '').startsWith('text/event-stream')) {
-    request.trace.ttfbMs = reply.elapsedTime;
-    return reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no').send(res.body);
+    const { stream } = relaySse(res.body, {
+      dropUsageChunk: false,
+      readEvent: () => undefined,
+      keepData: false,
+      maskError: res.maskSecrets,
+      onFirstEvent: () => (request.trace.ttfbMs = reply.elapsedTime),
+    });
+    return reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no').send(stream);
   }
   return sendBuffered(reply, res, started, false);
 }

@@ -29,6 +29,12 @@ export interface UpstreamResponse {
   attempts?: number;
   /** Which server key answered (its index in the pool, never the key). */
   keyIndex?: number;
+  /**
+   * Masks the server keys in this response's error text. A non-2xx body comes masked already; a
+   * 2xx body may still carry an error (a failed Responses object, an error event in a stream),
+   * which whoever relays it masks with this (see redact.ts).
+   */
+  maskSecrets: SecretMasker;
 }
 
 export interface UpstreamClientOptions {
@@ -287,9 +293,18 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
 
       const wait = nextWait(res, key.index);
       if (wait === undefined) {
-        // Only error answers pay for the masking; a 2xx body streams through untouched.
+        // Only error answers pay for the masking here; a 2xx body streams through untouched, and
+        // whoever relays it masks what in it carries an error (maskSecrets, below).
         const body = res.statusCode >= 300 ? maskedBody(res.body, maskSecrets) : res.body;
-        return { status: res.statusCode, headers: res.headers, body, timedOut: exchange.isTimedOut, attempts: attempt, keyIndex: key.index };
+        return {
+          status: res.statusCode,
+          headers: res.headers,
+          body,
+          timedOut: exchange.isTimedOut,
+          attempts: attempt,
+          keyIndex: key.index,
+          maskSecrets,
+        };
       }
       // Only now is the response known to be dropped: nothing of it ever reaches the client.
       await discard(res);

@@ -150,20 +150,117 @@ describe('upstream errors never show a server key', () => {
     expect(res.body).toContain(`Incorrect API key provided: ${MASKED_KEY}`);
   });
 
+  /** A non-streamed chat completion whose answer is `said`. */
+  const completionSaying = (id: string, said: string) => ({
+    id,
+    object: 'chat.completion',
+    created: 1,
+    model: 'gpt-4o-mini',
+    choices: [{ index: 0, message: { role: 'assistant', content: said }, finish_reason: 'stop' }],
+    usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 },
+  });
+
   it('a 200 answer is never rewritten: key-shaped text written by a model passes untouched', async () => {
     const said = 'Your key looks like sk-example-written-by-the-model-000111.';
-    const completion = {
-      id: 'chatcmpl-2',
-      object: 'chat.completion',
-      created: 1,
-      model: 'gpt-4o-mini',
-      choices: [{ index: 0, message: { role: 'assistant', content: said }, finish_reason: 'stop' }],
-      usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 },
-    };
+    const completion = completionSaying('chatcmpl-2', said);
     fake.failNext(1, 200, completion);
     const res = await call(gw, key, '/v1/chat/completions', chat());
     expect(res.status).toBe(200);
     expect(JSON.parse(res.body)).toEqual(completion);
+  });
+
+  /** A Responses object that failed, its error echoing every key (OpenAI answers these with a 200). */
+  const failedResponse = (id = 'resp_failed_0001') => ({
+    id,
+    object: 'response',
+    created_at: 1,
+    status: 'failed',
+    background: false,
+    error: { code: 'server_error', message: echoMessage() },
+    incomplete_details: null,
+    model: 'gpt-4o-mini',
+    output: [],
+    usage: null,
+  });
+
+  async function createdResponseId(): Promise<string> {
+    const created = await call(gw, key, '/v1/responses', JSON.stringify({ model: 'gpt-4o-mini', input: 'hi' }));
+    expect(created.status).toBe(200);
+    return (JSON.parse(created.body) as { id: string }).id;
+  }
+
+  it('GET /v1/responses/{id}?stream=true: a 200 replay whose events carry an error shows no key; other events pass untouched', async () => {
+    const id = await createdResponseId();
+    const said = 'Set OPENAI_API_KEY=sk-example-written-by-the-model-000111 in .env';
+    const inProgress = { ...failedResponse(id), status: 'in_progress', error: null };
+    const events = [
+      ['response.created', { type: 'response.created', response: inProgress, sequence_number: 0 }],
+      ['response.output_text.delta', { type: 'response.output_text.delta', item_id: 'msg_1', output_index: 0, content_index: 0, delta: said, sequence_number: 1 }],
+      ['error', { type: 'error', code: 'invalid_api_key', message: echoMessage(), param: null, sequence_number: 2 }],
+      ['response.failed', { type: 'response.failed', response: failedResponse(id), sequence_number: 3 }],
+    ] as const;
+    const sse = events.map(([event, data]) => `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`).join('');
+    fake.failNext(1, 200, sse, { 'content-type': 'text/event-stream; charset=utf-8' });
+    const res = await call(gw, key, `/v1/responses/${id}?stream=true`);
+    expect(res.status).toBe(200);
+    expect(fake.requests.at(-1)?.url).toBe(`/v1/responses/${id}?stream=true`);
+    expectNoSecret(res.all, 'replayed stream');
+    expect(res.body.split(`Incorrect API key provided: ${MASKED_KEY}`)).toHaveLength(3); // the error event and response.failed
+    // Events that carry no error are relayed as they came, model output included.
+    expect(res.body).toContain(`event: response.created\ndata: ${JSON.stringify(events[0][1])}\n\n`);
+    expect(res.body).toContain(`event: response.output_text.delta\ndata: ${JSON.stringify(events[1][1])}\n\n`);
+  });
+
+  /** Every route that relays a 2xx upstream body, with a request it accepts. */
+  const routes: { name: string; path: string | (() => Promise<string>); body?: string }[] = [
+    { name: 'chat completions', path: '/v1/chat/completions', body: chat() },
+    { name: 'completions', path: '/v1/completions', body: JSON.stringify({ model: 'gpt-3.5-turbo-instruct', prompt: 'hi', max_tokens: 5 }) },
+    { name: 'legacy engines completions', path: '/v1/engines/gpt-3.5-turbo-instruct/completions', body: JSON.stringify({ prompt: 'hi', max_tokens: 5 }) },
+    { name: 'embeddings', path: '/v1/embeddings', body: JSON.stringify({ model: 'text-embedding-3-small', input: 'hi' }) },
+    { name: 'moderations', path: '/v1/moderations', body: JSON.stringify({ model: 'omni-moderation-latest', input: 'hi' }) },
+    { name: 'responses create', path: '/v1/responses', body: JSON.stringify({ model: 'gpt-4o-mini', input: 'hi' }) },
+    { name: 'responses retrieve', path: async () => `/v1/responses/${await createdResponseId()}` },
+  ];
+  for (const route of routes) {
+    it(`${route.name}: a 200 body that carries an error object shows no key`, async () => {
+      const path = typeof route.path === 'string' ? route.path : await route.path();
+      const answer = route.name.startsWith('responses') ? failedResponse() : echoError();
+      fake.failNext(1, 200, answer);
+      const res = await call(gw, key, path, route.body);
+      expect(res.status).toBe(200);
+      expectNoSecret(res.all, `${route.name} 200 with an error`);
+      const error = (JSON.parse(res.body) as { error: { message: string; code: string } }).error;
+      expect(error.code).toBe(answer.error.code);
+      expect(error.message).toBe(`Incorrect API key provided: ${MASKED_KEY}. Also tried: Bearer ${MASKED_KEY}, ${MASKED_KEY}; see ${MASKED_KEY}.`);
+    });
+  }
+
+  it('a chat stream whose chunk carries an error after other members shows no key', async () => {
+    const chunk = { id: 'chatcmpl-3', object: 'chat.completion.chunk', created: 1, model: 'gpt-4o-mini', choices: [], ...echoError() };
+    fake.failNext(1, 200, `data: ${JSON.stringify(chunk)}\n\ndata: [DONE]\n\n`, { 'content-type': 'text/event-stream; charset=utf-8' });
+    const res = await call(gw, key, '/v1/chat/completions', chat({ stream: true }));
+    expect(res.status).toBe(200);
+    expectNoSecret(res.all, 'error chunk');
+    expect(res.body).toContain(`Incorrect API key provided: ${MASKED_KEY}`);
+  });
+
+  it('a server key itself never reaches the client, even in a 2xx answer without an error; key-shaped model text stays', async () => {
+    const said = `Your key is ${POOL[1]}, not sk-example-written-by-the-model-000111.`;
+    const completion = completionSaying('chatcmpl-4', said);
+    fake.failNext(1, 200, completion);
+    const json = await call(gw, key, '/v1/chat/completions', chat());
+    expect(json.status).toBe(200);
+    expect(json.body).not.toContain(POOL[1]);
+    expect(JSON.parse(json.body)).toEqual({
+      ...completion,
+      choices: [{ ...completion.choices[0], message: { role: 'assistant', content: `Your key is ${MASKED_KEY}, not sk-example-written-by-the-model-000111.` } }],
+    });
+    const chunk = { id: 'chatcmpl-5', object: 'chat.completion.chunk', created: 1, model: 'gpt-4o-mini', choices: [{ index: 0, delta: { content: said }, finish_reason: null }] };
+    fake.failNext(1, 200, `data: ${JSON.stringify(chunk)}\n\ndata: [DONE]\n\n`, { 'content-type': 'text/event-stream; charset=utf-8' });
+    const stream = await call(gw, key, '/v1/chat/completions', chat({ stream: true }));
+    expect(stream.status).toBe(200);
+    expect(stream.body).not.toContain(POOL[1]);
+    expect(stream.body).toContain('sk-example-written-by-the-model-000111');
   });
 
   // Last in this block: it closes the gateway, so every log line of the tests above is written.
@@ -215,6 +312,36 @@ describe('upstream errors after retries are exhausted never show a server key', 
     await gw.close();
     expect(gw.logs.text).toContain('retrying');
     expectNoSecret(gw.logs.text, 'log');
+  });
+});
+
+describe('a 200 that carries an error is never stored in the cache, nor served from it', () => {
+  let fake: FakeOpenAI;
+  let gw: Gateway;
+  let key: string;
+
+  beforeAll(async () => {
+    fake = await startFakeOpenAI();
+    gw = await startGateway({ fake, env: { OPENAI_API_KEYS: POOL.slice(1).join(','), CACHE_ENABLED: 'true' } });
+    key = (await gw.createKey()).key;
+  });
+  afterAll(async () => {
+    await gw.close();
+    await fake.close();
+  });
+
+  it('identical requests answered by a 200 with usage and an error all go upstream, and none shows a key', async () => {
+    // Usage makes it look cacheable; the error says it did not complete normally.
+    const answer = { ...echoError('server_error'), object: 'chat.completion', model: 'gpt-4o-mini', choices: [], usage: { prompt_tokens: 1, completion_tokens: 0, total_tokens: 1 } };
+    const rounds = 4;
+    fake.failNext(rounds, 200, answer);
+    for (let i = 0; i < rounds; i++) {
+      const res = await call(gw, key, '/v1/chat/completions', chat({ seed: 4242 }));
+      expect(res.status).toBe(200);
+      expectNoSecret(res.all, `round ${i}`);
+      expect(res.body).toContain(`Incorrect API key provided: ${MASKED_KEY}`);
+    }
+    expect(fake.requests).toHaveLength(rounds);
   });
 });
 
