@@ -171,6 +171,20 @@ async function callUpstream(
     finish({ usage: trace.usage, estimated: true });
   };
 
+  /**
+   * A 200 whose body this side stopped reading (the gateway's idle or total timeout, or the client
+   * gone): upstream had answered, i.e. generated the completion (a non-streamed answer's headers
+   * come once it is done), and bills all of it, though its size never arrived. It is charged the
+   * reservation's worst case, the prompt estimate plus the most output the request allowed
+   * (estimated): charging less would make a slow read or a hang-up a way around the budget.
+   */
+  const finishCutAnswer = () => {
+    const prompt = admission.promptTokens;
+    const completion = Math.max(0, admission.reservedTokens - prompt);
+    trace.usage = { promptTokens: prompt, completionTokens: completion, totalTokens: prompt + completion, cachedPromptTokens: 0, reasoningTokens: 0 };
+    finish({ usage: trace.usage, estimated: true });
+  };
+
   const signal = clientGone(reply);
   const started = performance.now();
   let res: UpstreamResponse;
@@ -249,7 +263,7 @@ async function callUpstream(
     (json, text, cutHere) => {
       if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
       // Upstream answered, and its body was cut from this side (client gone, idle or total timeout).
-      if (cutHere) return finishAbandoned();
+      if (cutHere) return finishCutAnswer();
       const usage = trace.usage ?? (endpoint.usage.optional ? NO_USAGE : undefined);
       finish({ usage: trace.usage, estimated: false }, jsonEntry(json, text, usage));
     },

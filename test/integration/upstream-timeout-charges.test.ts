@@ -1,7 +1,10 @@
 // What a request the gateway gave up on is charged, over real HTTP and real Redis: upstream read the
-// prompt when the gateway's own timeout fired (first byte, total, or idle while reading a body), so
-// it bills it as a hang-up, and so does the gateway (the prompt estimate, marked estimated); a request
-// that never reached upstream (refused connection, a wait between attempts) is charged nothing.
+// prompt when the gateway's own timeout fired before its answer (first byte, or total), so it bills
+// it as a hang-up, and so does the gateway (the prompt estimate, marked estimated); a 200 whose body
+// the gateway stopped reading (idle or total timeout) was generated whole and is billed whole, so the
+// gateway charges the reservation's worst case (prompt estimate + the request's max output, marked
+// estimated); a request that never reached upstream (refused connection, a wait between attempts)
+// is charged nothing.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -10,6 +13,7 @@ import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 import { createRedisStore } from '../../src/store/redis-store.js';
 import { startFakeOpenAI } from '../../src/fake-openai/server.js';
 import { estimatePromptTokens } from '../../src/openai/tokens.js';
+import { exactCost, loadPriceTable } from '../../src/openai/prices.js';
 import type { Endpoint } from '../../src/openai/endpoints.js';
 import type { Store } from '../../src/store/store.js';
 
@@ -42,7 +46,15 @@ function post(gw: Gateway, key: string, path: string, body: unknown, signal?: Ab
   });
 }
 
-type UsageEvent = { status: number; errorCode: string | null; promptTokens: number; completionTokens: number; totalTokens: number; estimated: boolean };
+type UsageEvent = {
+  status: number;
+  errorCode: string | null;
+  promptTokens: number;
+  completionTokens: number;
+  totalTokens: number;
+  costMicros: number;
+  estimated: boolean;
+};
 
 /** The key's one usage event, once it is listed, and its day's quota after settlement. */
 async function accountingOf(gw: Gateway, keyId: string) {
@@ -52,9 +64,13 @@ async function accountingOf(gw: Gateway, keyId: string) {
     return all.filter((e) => e.keyId === keyId);
   };
   await expect.poll(async () => (await events()).length, { timeout: 5000 }).toBe(1);
-  const quota = async () => (await gw.admin('GET', `/admin/keys/${keyId}`)).body.quota.tokensPerDay as { used: number; reserved: number };
+  const quotas = async () =>
+    (await gw.admin('GET', `/admin/keys/${keyId}`)).body.quota as Record<'tokensPerDay' | 'usdPerDay', { used: number; reserved: number }>;
+  const quota = async () => (await quotas()).tokensPerDay;
   await expect.poll(async () => (await quota()).reserved, { timeout: 5000 }).toBe(0); // settled
-  return { event: (await events())[0]!, quota: await quota() };
+  await expect.poll(async () => (await quotas()).usdPerDay.reserved, { timeout: 5000 }).toBe(0);
+  const all = await quotas();
+  return { event: (await events())[0]!, quota: all.tokensPerDay, usd: all.usdPerDay };
 }
 
 /** Charged the prompt estimate and nothing else, marked estimated. */
@@ -62,6 +78,22 @@ async function expectPromptCharged(gw: Gateway, keyId: string, prompt: number, s
   const { event, quota } = await accountingOf(gw, keyId);
   expect(event).toMatchObject({ status, errorCode, promptTokens: prompt, completionTokens: 0, totalTokens: prompt, estimated: true });
   expect(quota.used).toBe(prompt);
+}
+
+/**
+ * Charged the reservation's worst case (the prompt estimate and the most output the request
+ * allowed), marked estimated; the usage event, the token quota and the dollar quota all agree.
+ */
+async function expectWorstCaseCharged(gw: Gateway, keyId: string, model: string, prompt: number, maxOutput: number, status: number, errorCode: string) {
+  const { event, quota, usd } = await accountingOf(gw, keyId);
+  const total = prompt + maxOutput;
+  expect(event).toMatchObject({ status, errorCode, promptTokens: prompt, completionTokens: maxOutput, totalTokens: total, estimated: true });
+  expect(quota.used).toBe(total);
+  const { micros, fraction } = exactCost(loadPriceTable().priceFor(model)!, { promptTokens: prompt, completionTokens: maxOutput });
+  expect(micros).toBeGreaterThan(0);
+  // The recorded cost is exact; its fraction of a micro-dollar is carried to the key's next request.
+  expect(fraction > 0 ? [micros, micros + 1] : [micros]).toContain(event.costMicros);
+  expect(Math.round(usd.used * 1_000_000)).toBe(event.costMicros);
 }
 
 /** Charged nothing: the reservation released in full. */
@@ -184,22 +216,29 @@ async function stallingUpstream(): Promise<{ url: string; requests: () => number
   };
 }
 
-describe('a buffered body cut by the gateway: upstream answered 200, the prompt is charged', () => {
+const responsesBody = { model: 'gpt-4o-mini', input: 'Write a long poem about toll gates. '.repeat(30), max_output_tokens: 77 };
+
+describe('a buffered body cut by the gateway: upstream answered 200 (generated, and bills, the whole completion), the worst case is charged', () => {
   it.each([
-    ['idle timeout', { UPSTREAM_IDLE_TIMEOUT_MS: '400', UPSTREAM_TOTAL_TIMEOUT_MS: '10000' }],
-    ['total timeout', { UPSTREAM_IDLE_TIMEOUT_MS: '10000', UPSTREAM_TOTAL_TIMEOUT_MS: '500' }],
-  ])('%s while reading the body: 504, charged the prompt estimate, estimated', async (_name, env) => {
+    ['idle timeout', 'chat', { UPSTREAM_IDLE_TIMEOUT_MS: '400', UPSTREAM_TOTAL_TIMEOUT_MS: '10000' }],
+    ['total timeout', 'chat', { UPSTREAM_IDLE_TIMEOUT_MS: '10000', UPSTREAM_TOTAL_TIMEOUT_MS: '500' }],
+    ['idle timeout', 'responses', { UPSTREAM_IDLE_TIMEOUT_MS: '400', UPSTREAM_TOTAL_TIMEOUT_MS: '10000' }],
+  ] as const)('%s while reading a %s body: 504, charged prompt estimate + max output, estimated; event, quota and cost agree', async (_name, kind, env) => {
     const upstream = await stallingUpstream();
     opened.push(upstream);
     const fake = await startFakeOpenAI();
     opened.push(fake);
     const gw = await gateway({ OPENAI_BASE_URL: upstream.url, ...env }, fake);
     const { id, key } = await gw.createKey({ name: 'body-timeout', limits });
-    const res = await post(gw, key, '/v1/chat/completions', chat);
+    const [path, body, prompt, maxOutput] =
+      kind === 'chat'
+        ? ['/v1/chat/completions', chat, estimate('chat.completions', chat), chat.max_tokens]
+        : ['/v1/responses', responsesBody, estimate('responses', responsesBody), responsesBody.max_output_tokens];
+    const res = await post(gw, key, path, body);
     expect(res.status).toBe(504);
     expect(await res.json()).toMatchObject({ error: { code: 'upstream_timeout' } });
     expect(upstream.requests()).toBe(1);
-    await expectPromptCharged(gw, id, estimate('chat.completions', chat), 504, 'upstream_timeout');
+    await expectWorstCaseCharged(gw, id, body.model, prompt, maxOutput, 504, 'upstream_timeout');
   });
 });
 
