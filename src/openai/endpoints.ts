@@ -100,6 +100,8 @@ export const endpoints = {
     schema: chatCompletionSchema,
     streamable: true,
     cacheable: true,
+    // `store: true` asks OpenAI to keep this completion (evals, distillation): a hit would keep none.
+    cacheableRequest: (body: Json) => body.store !== true,
     usage: chatLikeUsage,
     convert: chatLikeConverter('chat.completions'),
   },

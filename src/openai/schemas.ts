@@ -20,7 +20,9 @@ const sampling = {
   n: opt(z.number().int().min(1).max(128)),
   presence_penalty: opt(z.number().min(-2).max(2)),
   frequency_penalty: opt(z.number().min(-2).max(2)),
-  seed: opt(z.number().int()),
+  // Any integer: clients pick random 64-bit seeds, and zod's int() stops at 2^53 - 1. The body goes
+  // upstream as sent, so the exact digits reach OpenAI.
+  seed: opt(z.number().refine(Number.isInteger, 'Expected an integer')),
   stop: opt(stop),
   logit_bias: opt(z.record(z.string(), z.number().min(-100).max(100))),
   stream: opt(z.boolean()),

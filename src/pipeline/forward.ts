@@ -124,6 +124,11 @@ async function handle(
     // cover an upstream call: that request is admitted again, in full (rare: a stream asked of an
     // answer that cannot be re-chunked).
     if (!found.entry) admitted = found.admission;
+  } else if (endpoint.cacheable) {
+    // A request of a cacheable endpoint that this endpoint never caches (state held upstream:
+    // Responses with store or previous_response_id, chat with store: true) says so like any other.
+    trace.cache = 'BYPASS';
+    reply.header('x-tollgate-cache', 'BYPASS');
   }
   try {
     return await callUpstream(request, reply, endpoint, body, deps, options, plan, admitted);

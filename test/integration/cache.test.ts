@@ -69,6 +69,15 @@ describe('exact, keyed on the canonical request', () => {
     }
   });
 
+  it('does not answer a chat request with store: true from the cache (OpenAI is asked to keep each one)', async () => {
+    const stored = { ...question, store: true, metadata: { run: 'cache-test' } };
+    for (let i = 0; i < 2; i++) expect((await post(gw, key, stored)).headers.get('x-tollgate-cache')).toBe('BYPASS');
+    expect(upstreamCalls(gw)).toBe(2);
+    // store: false (or absent) is an ordinary cacheable request.
+    await post(gw, key, { ...stored, store: false });
+    await expect.poll(async () => (await post(gw, key, { ...stored, store: false })).headers.get('x-tollgate-cache')).toBe('HIT');
+  });
+
   it('caches embeddings (the SDK default base64 form too) and the legacy engines path', async () => {
     const emb = { model: 'text-embedding-3-small', input: ['a', 'b'], encoding_format: 'base64' };
     await post(gw, key, emb, {}, '/v1/embeddings');

@@ -121,6 +121,16 @@ describe('forwarding', () => {
     expect(gw.fake.requests[0]!.rawBody).toBe(raw);
   });
 
+  it('takes any integer seed, 64-bit ones too, and forwards its exact digits', async () => {
+    const raw = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"seed":18446744073709551615}';
+    const res = await post('/v1/chat/completions', raw);
+    expect(res.status).toBe(200);
+    expect(gw.fake.requests[0]!.rawBody).toBe(raw);
+    const fractional = await post('/v1/chat/completions', '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"seed":1.5}');
+    expect(fractional.status).toBe(400);
+    expect(((await fractional.json()) as { error: { param: string } }).error.param).toBe('seed');
+  });
+
   it('returns upstream status, body and useful headers, and hides the org and its rate limits', async () => {
     const res = await post('/v1/chat/completions', chat);
     expect(res.headers.get('openai-processing-ms')).toMatch(/^\d+$/);
