@@ -117,12 +117,16 @@ async function handle(
       trace,
       deps.cache.lookupAndAdmit(plan, (lookup) => deps.quota.admitAndLookup(key, endpoint, body, body.model, lookup)),
     );
-    if (found.entry && canServe(endpoint, found.entry, trace.stream)) {
+    if (
+      found.entry &&
+      canServe(endpoint, found.entry, trace.stream) &&
+      (!endpoint.recordsOwner || (await waitOnStore(trace, deps.owners.answersKey(found.entry.body, key.id))))
+    ) {
       return serveHit(request, reply, endpoint, body, found.entry, deps, found.admission);
     }
     // An entry that cannot answer this request came with a hit's free admission, which cannot
     // cover an upstream call: that request is admitted again, in full (rare: a stream asked of an
-    // answer that cannot be re-chunked).
+    // answer that cannot be re-chunked, a stored response since deleted or another key's).
     if (!found.entry) admitted = found.admission;
   } else if (endpoint.cacheable) {
     // A request of a cacheable endpoint that this endpoint never caches (state held upstream:

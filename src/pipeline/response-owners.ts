@@ -47,6 +47,41 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
     },
 
     /**
+     * Forgets the owner of a response upstream deleted, so that neither a GET nor a cached copy of
+     * it (answersKey) outlives it. A failed write is logged: the id then answers its owner until
+     * it expires, and upstream has the final word (404) on a GET.
+     */
+    async forget(responseId: string): Promise<void> {
+      try {
+        await opts.store.deleteResponseOwner(responseId);
+      } catch (err) {
+        opts.logger.warn({ err: (err as Error).message, responseId }, 'deleted response owner not forgotten');
+      }
+    },
+
+    /**
+     * Whether a cached Responses object may answer `keyId`. One that OpenAI stored (`store` not
+     * false) carries an id that only its creator may use (retrieve, previous_response_id), and only
+     * while the response exists: a copy served to another key (CACHE_SCOPE=global) or after a
+     * delete would hand out an id that upstream no longer resolves for the caller. Such a request
+     * goes upstream and gets a response of its own. Unreadable or not stored: yes.
+     */
+    async answersKey(cachedBody: string, keyId: string): Promise<boolean> {
+      let cached: unknown;
+      try {
+        cached = JSON.parse(cachedBody);
+      } catch {
+        return true;
+      }
+      if (!isObject(cached) || cached.store === false || typeof cached.id !== 'string' || cached.id === '') return true;
+      try {
+        return (await opts.store.getResponseOwner(cached.id)) === keyId;
+      } catch {
+        return false; // the store cannot say: upstream answers instead
+      }
+    },
+
+    /**
      * The key id that created `responseId`, or null. An id no response can have (empty: a route's
      * `/responses/` or `"previous_response_id": ""`) has no owner: the caller's 404, as for any
      * unknown id, without asking the store. Throws 503 only when the store cannot say.

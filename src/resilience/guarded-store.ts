@@ -115,6 +115,7 @@ export function guardStore(store: Store, health: StoreHealth, opts: GuardOptions
     markOnce: guard(store.markOnce),
     setResponseOwner: guard(store.setResponseOwner),
     getResponseOwner: guard(store.getResponseOwner),
+    deleteResponseOwner: guard(store.deleteResponseOwner),
     ping: guard(store.ping),
     close: () => store.close(),
   };

@@ -60,6 +60,8 @@ async function passThrough(
     throw err;
   }
   request.trace.upstreamStatus = res.status;
+  // Deleted upstream: the id must not answer its owner again, nor its cached copy anyone.
+  if (method === 'DELETE' && res.status >= 200 && res.status < 300) await opts.owners.forget(id);
   if (res.status === 401) {
     res.body.resume();
     throw upstreamAuthFailed(); // the gateway's own key was refused: not the client's problem to see

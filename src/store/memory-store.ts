@@ -552,6 +552,11 @@ export class MemoryStore implements Store {
     return owner.keyId;
   }
 
+  async deleteResponseOwner(responseId: string): Promise<void> {
+    checkResponseOwner(responseId);
+    this.#responseOwners.delete(responseId);
+  }
+
   async ping(): Promise<void> {}
 
   async close(): Promise<void> {

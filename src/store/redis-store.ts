@@ -646,6 +646,11 @@ export class RedisStore implements Store {
     return this.#redis.get(this.#keys.responseOwner(responseId));
   }
 
+  async deleteResponseOwner(responseId: string): Promise<void> {
+    checkResponseOwner(responseId);
+    await this.#redis.del(this.#keys.responseOwner(responseId));
+  }
+
   /** On a cluster, every master must answer: with one down, the keys of its slots are unreachable. */
   async ping(): Promise<void> {
     const replies = await Promise.all((await this.#conn.masters()).map((node) => node.ping()));

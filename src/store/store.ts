@@ -194,8 +194,10 @@ export interface Store {
    * a positive integer.
    */
   setResponseOwner(responseId: string, keyId: string, ttlMs: number): Promise<void>;
-  /** The gateway key id that created `responseId`, or null (never recorded, or expired). */
+  /** The gateway key id that created `responseId`, or null (never recorded, expired or deleted). */
   getResponseOwner(responseId: string): Promise<string | null>;
+  /** Forgets the owner of `responseId` (the response was deleted). Throws a RangeError for an empty id. */
+  deleteResponseOwner(responseId: string): Promise<void>;
 
   /** Round trip to the backing store; throws when it does not answer in time. */
   ping(): Promise<void>;

@@ -243,8 +243,8 @@ describe('reading stored responses back', () => {
 });
 
 describe('the cache', () => {
-  const raw = (key: string, body: Record<string, unknown>) =>
-    fetch(`${gw.url}/v1/responses`, {
+  const raw = (key: string, body: Record<string, unknown>, on: Gateway = gw) =>
+    fetch(`${on.url}/v1/responses`, {
       method: 'POST',
       headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
       body: JSON.stringify(body),
@@ -298,6 +298,46 @@ describe('the cache', () => {
     expect(upstreamCalls()).toBe(calls);
     const own = await client.responses.create({ model: 'gpt-4o-mini', input: 'And then?', previous_response_id: base.id });
     expect(own.status).toBe('completed');
+  });
+
+  it('serves a cached stored response only while it exists: after a delete the same request gets a new one', async () => {
+    const body = { model: 'gpt-4o-mini', input: `Remember me ${unique()}` }; // store absent: OpenAI stores it
+    const first = await client.responses.create(body);
+    await expect.poll(async () => (await raw(owner.key, body)).headers.get('x-tollgate-cache')).toBe('HIT');
+    const calls = upstreamCalls();
+    expect((await client.responses.create(body)).id).toBe(first.id); // a hit, the original id
+
+    await client.responses.delete(first.id);
+    const again = await raw(owner.key, body);
+    expect(again.headers.get('x-tollgate-cache')).toBe('MISS');
+    const fresh = (await again.json()) as { id: string };
+    expect(fresh.id).not.toBe(first.id);
+    expect(upstreamCalls()).toBe(calls + 1);
+    // The new one is usable as any stored response, and it is what the cache serves from now on.
+    expect((await client.responses.retrieve(fresh.id)).id).toBe(fresh.id);
+    await expect.poll(async () => (await client.responses.create(body)).id).toBe(fresh.id);
+    // The deleted one is gone for its owner too, without asking upstream.
+    const before = gw.fake.requests.length;
+    expect(await client.responses.retrieve(first.id).catch((e: unknown) => e)).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(gw.fake.requests.length).toBe(before);
+  });
+
+  it('with CACHE_SCOPE=global, a stored response cached for one key is not handed to another', async () => {
+    const shared = await startGateway({ env: { CACHE_ENABLED: 'true', CACHE_SCOPE: 'global', REDIS_URL: testRedisUrl(), REDIS_PREFIX: uniquePrefix() } });
+    try {
+      const [a, b] = [await shared.createKey({ name: 'global-a' }), await shared.createKey({ name: 'global-b' })];
+      const body = { model: 'gpt-4o-mini', input: `Shared question ${unique()}` };
+      const ofA = await shared.sdk(a.key).responses.create(body);
+      const ofB = await shared.sdk(b.key).responses.create(body);
+      expect(ofB.id).not.toBe(ofA.id);
+      expect((await shared.sdk(b.key).responses.retrieve(ofB.id)).id).toBe(ofB.id);
+      // Not stored upstream (store: false): nothing ties the answer to a key, so it is shared.
+      const unstored = { ...body, input: `Unstored ${unique()}`, store: false };
+      await shared.sdk(a.key).responses.create(unstored);
+      await expect.poll(async () => (await raw(b.key, unstored, shared)).headers.get('x-tollgate-cache')).toBe('HIT');
+    } finally {
+      await shared.close();
+    }
   });
 
   it('never caches requests that depend on upstream state', async () => {

@@ -46,6 +46,17 @@ describe.each([
     expect(await store.getResponseOwner(ids[0]!)).toBe('key_other');
   });
 
+  it('forgets the owner of a deleted response, and only that one', async () => {
+    const { store } = await make();
+    await store.setResponseOwner('resp_deleted', 'key_a', 60_000);
+    await store.setResponseOwner('resp_kept', 'key_a', 60_000);
+    await store.deleteResponseOwner('resp_deleted');
+    expect(await store.getResponseOwner('resp_deleted')).toBeNull();
+    expect(await store.getResponseOwner('resp_kept')).toBe('key_a');
+    await store.deleteResponseOwner('resp_never_recorded'); // a no-op, not an error
+    await expect(store.deleteResponseOwner('')).rejects.toThrow(RangeError);
+  });
+
   it('expires an owner after its ttl', async () => {
     const { store, advance } = await make();
     await store.setResponseOwner('resp_short', 'key_a', 150);
