@@ -146,13 +146,24 @@ async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config
     headers: { authorization: `Bearer ${config.adminToken}` },
     payload: { name: 'demo' },
   });
-  const { key } = res.json() as { key: string };
   const base = address.replace('0.0.0.0', '127.0.0.1').replace('[::]', '127.0.0.1');
+  const store = config.redis ? 'Redis' : 'in-memory';
+  if (res.statusCode !== 201) {
+    // E.g. REDIS_URL names a Redis that does not answer: say so rather than print `undefined` as a key.
+    const error = (res.json() as { error?: { message?: string } }).error?.message ?? `HTTP ${res.statusCode}`;
+    process.stdout.write(
+      `\nTollgate demo is running (fake OpenAI upstream, ${store} store), but no demo key could be created: ${error}` +
+        `\nCheck that the Redis at REDIS_URL answers (or unset REDIS_URL for the in-memory store), then create one:` +
+        `\n  curl -X POST ${base}/admin/keys -H "Authorization: Bearer ${config.adminToken}" -H "Content-Type: application/json" -d '{"name":"demo"}'\n\n`,
+    );
+    return;
+  }
+  const { key } = res.json() as { key: string };
   // Written to stdout on purpose, outside the JSON log: these are throwaway demo secrets.
   process.stdout.write(
     [
       '',
-      `Tollgate demo is running (fake OpenAI upstream, ${config.redis ? 'Redis' : 'in-memory'} store).`,
+      `Tollgate demo is running (fake OpenAI upstream, ${store} store).`,
       `  gateway key:  ${key}`,
       `  admin token:  ${config.adminToken}`,
       '',

@@ -62,6 +62,18 @@ describe('demo mode', () => {
   });
 });
 
+describe('demo mode with a Redis that does not answer', () => {
+  it('says no demo key could be created instead of printing `undefined` as one', async () => {
+    const port = await freePort();
+    const server = startServer({ PORT: String(port), REDIS_URL: `redis://127.0.0.1:${await freePort()}` }, ['--demo']);
+    await waitUntilUp(`http://127.0.0.1:${port}`);
+    await expect.poll(() => server.output(), { timeout: 15_000 }).toContain('no demo key could be created');
+    expect(server.output()).toContain('Check that the Redis at REDIS_URL answers');
+    expect(server.output()).not.toContain('undefined');
+    expect(server.output()).not.toContain('gateway key:');
+  });
+});
+
 describe('graceful shutdown', () => {
   it('on SIGTERM stops accepting, finishes the stream in flight, closes Redis and exits 0', async () => {
     fake = await startFakeOpenAI({ apiKey: 'sk-up', streamChunkDelayMs: 40 });
