@@ -1,6 +1,7 @@
 // Upstream faults over real HTTP to the fake: each timeout, retries (and when not to), and several server keys.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Pool } from 'undici';
+import OpenAI from 'openai';
 import { startGateway, type Gateway } from '../helpers/gateway.js';
 import { startFakeOpenAI, type FakeOpenAI } from '../../src/fake-openai/server.js';
 import { loadConfig } from '../../src/config.js';
@@ -144,9 +145,22 @@ describe('timeouts and retries (one key)', () => {
     expect(gw.fake.requests).toHaveLength(1);
   });
 
-  it('x-should-retry: false is believed', async () => {
+  it('x-should-retry: false is believed, and passed on so the client does not retry either', async () => {
     gw.fake.failNext(1, 503, undefined, { 'x-should-retry': 'false' });
-    expect((await post(gw, key)).status).toBe(503);
+    const res = await post(gw, key);
+    expect(res.status).toBe(503);
+    expect(res.headers.get('x-should-retry')).toBe('false');
+    expect(gw.fake.requests).toHaveLength(1);
+  });
+
+  it('the openai SDK makes one attempt at an upstream error marked x-should-retry: false', async () => {
+    const body = { error: { message: 'You exceeded your current quota.', type: 'insufficient_quota', param: null, code: 'insufficient_quota' } };
+    gw.fake.failNext(1, 429, body, { 'x-should-retry': 'false' });
+    let attempts = 0;
+    const client = gw.sdk(key, { maxRetries: 2, fetch: (url, init) => (attempts++, fetch(url, init)) });
+    const err = await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.RateLimitError);
+    expect(attempts).toBe(1);
     expect(gw.fake.requests).toHaveLength(1);
   });
 
