@@ -181,11 +181,12 @@ async function callUpstream(
   };
 
   /**
-   * A 200 whose body this side stopped reading (the gateway's idle or total timeout, or the client
-   * gone): upstream had answered, i.e. generated the completion (a non-streamed answer's headers
-   * come once it is done), and bills all of it, though its size never arrived. It is charged the
-   * reservation's worst case, the prompt estimate plus the most output the request allowed
-   * (estimated): charging less would make a slow read or a hang-up a way around the budget.
+   * A 200 whose body never arrived whole (the gateway's idle or total timeout, the client gone, or
+   * the connection lost mid-body): upstream had answered, i.e. generated the completion (a
+   * non-streamed answer's headers come once it is done), and bills all of it, though its size never
+   * arrived. It is charged the reservation's worst case, the prompt estimate plus the most output
+   * the request allowed (estimated): charging less would make a slow read or a hang-up a way around
+   * the budget.
    */
   const finishCutAnswer = () => {
     const prompt = admission.promptTokens;
@@ -269,10 +270,10 @@ async function callUpstream(
     res,
     started,
     deps.logBodies,
-    (json, text, cutHere) => {
+    (json, text, cut) => {
       if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
-      // Upstream answered, and its body was cut from this side (client gone, idle or total timeout).
-      if (cutHere) return finishCutAnswer();
+      // Upstream answered, and its body never arrived whole (cut from either side).
+      if (cut) return finishCutAnswer();
       const usage = trace.usage ?? (endpoint.usage.optional ? NO_USAGE : undefined);
       finish({ usage: trace.usage, estimated: false }, jsonEntry(json, text, usage));
     },
@@ -357,7 +358,8 @@ export async function sendBuffered(
   res: UpstreamResponse,
   started: number,
   logBodies: boolean,
-  onBody?: (json: unknown, text: string | undefined, cutHere?: boolean) => void,
+  /** `cut`: the body never arrived whole (a timeout, the client gone, the connection lost). */
+  onBody?: (json: unknown, text: string | undefined, cut?: boolean) => void,
   read: {
     /**
      * How this endpoint reports usage in a 200 body. Without it none is recorded: reading a stored
@@ -383,7 +385,7 @@ export async function sendBuffered(
       return clientClosed(reply);
     }
     await read.beforeEnd?.();
-    onBody?.(undefined, undefined, endedByTimeout(res, err));
+    onBody?.(undefined, undefined, true);
     throw upstreamFailure(err, res.timedOut());
   }
   trace.upstreamMs = performance.now() - started;

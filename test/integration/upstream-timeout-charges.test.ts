@@ -194,14 +194,17 @@ describe('total timeout before the first byte', () => {
 });
 
 /** An upstream that answers 200 with a JSON content-length, sends part of the body, then stalls. */
-async function stallingUpstream(): Promise<{ url: string; requests: () => number; close(): Promise<void> }> {
+/** Answers 200 and the start of a body, then stalls, or (`drop`) loses the connection. */
+async function stallingUpstream({ drop = false } = {}): Promise<{ url: string; requests: () => number; close(): Promise<void> }> {
   let requests = 0;
   const server: Server = createServer((req, res) => {
     req.resume();
     req.on('end', () => {
       requests++;
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': '4096' });
-      res.write('{"id":"chatcmpl-stalled","object":"chat.completion",');
+      res.write('{"id":"chatcmpl-stalled","object":"chat.completion",', () => {
+        if (drop) setTimeout(() => res.socket?.destroy(), 50);
+      });
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -239,6 +242,22 @@ describe('a buffered body cut by the gateway: upstream answered 200 (generated, 
     expect(await res.json()).toMatchObject({ error: { code: 'upstream_timeout' } });
     expect(upstream.requests()).toBe(1);
     await expectWorstCaseCharged(gw, id, body.model, prompt, maxOutput, 504, 'upstream_timeout');
+  });
+});
+
+describe('a buffered body upstream lost mid-way after its 200: generated and billed, so the worst case is charged', () => {
+  it('the connection drops while the body is read: 502, charged prompt estimate + max output, estimated', async () => {
+    const upstream = await stallingUpstream({ drop: true });
+    opened.push(upstream);
+    const fake = await startFakeOpenAI();
+    opened.push(fake);
+    const gw = await gateway({ OPENAI_BASE_URL: upstream.url, UPSTREAM_MAX_RETRIES: '2' }, fake);
+    const { id, key } = await gw.createKey({ name: 'body-dropped', limits });
+    const res = await post(gw, key, '/v1/chat/completions', chat);
+    const error = ((await res.json()) as { error: { code: string } }).error;
+    expect(res.status).toBe(502);
+    expect(upstream.requests()).toBe(1); // a response had started: never retried
+    await expectWorstCaseCharged(gw, id, chat.model, estimate('chat.completions', chat), chat.max_tokens, 502, error.code);
   });
 });
 
