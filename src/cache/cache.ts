@@ -5,6 +5,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { KeyRecord } from '../keys.js';
 import type { Endpoint } from '../openai/endpoints.js';
 import type { CacheEntry, CacheLookup, JoinedLookup, Store } from '../store/store.js';
+import { exactSeedDigits } from '../openai/big-seed.js';
 import { canonicalJson } from './canonical.js';
 import { parseCacheControl } from './cache-control.js';
 
@@ -63,9 +64,12 @@ export function createCache(opts: CacheOptions) {
     }
   }
 
-  function nameFor(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>): string {
+  /** `seedDigits`: a seed JSON.parse rounded (big-seed.ts), so two such seeds never share a name. */
+  function nameFor(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, seedDigits: string | undefined): string {
     const significant: Record<string, unknown> = {};
     for (const [field, value] of Object.entries(body)) if (!IGNORED_FIELDS.has(field)) significant[field] = value;
+    // As a string: no valid request has a string seed, so it cannot meet another request's name.
+    if (seedDigits !== undefined) significant.seed = seedDigits;
     const digest = createHash('sha256').update(canonicalJson({ endpoint: endpoint.name, body: significant })).digest('hex');
     return `${opts.scope === 'global' ? 'global' : key.id}:${digest}`;
   }
@@ -153,7 +157,7 @@ export function createCache(opts: CacheOptions) {
       const read = enabled && !control.noCache && !control.noStore;
       const write = enabled && !control.noStore;
       return {
-        name: nameFor(key, endpoint, body),
+        name: nameFor(key, endpoint, body, exactSeedDigits(request, body)),
         status: read ? 'MISS' : 'BYPASS',
         read,
         write,

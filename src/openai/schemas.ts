@@ -20,8 +20,8 @@ const sampling = {
   n: opt(z.number().int().min(1).max(128)),
   presence_penalty: opt(z.number().min(-2).max(2)),
   frequency_penalty: opt(z.number().min(-2).max(2)),
-  // Any integer: clients pick random 64-bit seeds, and zod's int() stops at 2^53 - 1. The body goes
-  // upstream as sent, so the exact digits reach OpenAI.
+  // Any integer: clients pick random 64-bit seeds, and zod's int() stops at 2^53 - 1. JSON.parse
+  // rounds such a seed; its exact digits are read back from the raw body where it matters (big-seed.ts).
   seed: opt(z.number().refine(Number.isInteger, 'Expected an integer')),
   stop: opt(stop),
   logit_bias: opt(z.record(z.string(), z.number().min(-100).max(100))),

@@ -15,6 +15,7 @@ import { clientClosed, modelNotFound, notFound, openAIErrorBody, upstreamAuthFai
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { abandonedAfterSending, endedByTimeout, upstreamFailure } from '../upstream/client.js';
 import { carriesError } from '../upstream/redact.js';
+import { exactSeedDigits, stringifyWithSeed } from '../openai/big-seed.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
 import { serveHit } from './serve-hit.js';
 import type { ResponseOwners } from './response-owners.js';
@@ -62,7 +63,7 @@ function upstreamBody(request: FastifyRequest, endpoint: Endpoint, body: Body, o
   const changed: Record<string, unknown> = { ...body };
   if (changeModel) changed.model = options.model;
   if (addUsage) changed.stream_options = { ...(body.stream_options ?? {}), include_usage: true };
-  return JSON.stringify(changed);
+  return stringifyWithSeed(changed, exactSeedDigits(request, body));
 }
 
 export function forward(

@@ -69,6 +69,15 @@ describe('exact, keyed on the canonical request', () => {
     }
   });
 
+  it('tells apart 64-bit seeds that JSON.parse rounds to the same number', async () => {
+    // 2^64 - 1 and 2^64 - 2 both parse to 18446744073709551616.
+    const withSeed = (seed: string) => `${JSON.stringify(question).slice(0, -1)},"seed":${seed}}`;
+    await post(gw, key, withSeed('18446744073709551615'));
+    await expect.poll(async () => (await post(gw, key, withSeed('18446744073709551615'))).headers.get('x-tollgate-cache')).toBe('HIT');
+    expect((await post(gw, key, withSeed('18446744073709551614'))).headers.get('x-tollgate-cache')).toBe('MISS');
+    expect(gw.fake.requests.at(-1)!.rawBody).toContain('"seed":18446744073709551614');
+  });
+
   it('does not answer a chat request with store: true from the cache (OpenAI is asked to keep each one)', async () => {
     const stored = { ...question, store: true, metadata: { run: 'cache-test' } };
     for (let i = 0; i < 2; i++) expect((await post(gw, key, stored)).headers.get('x-tollgate-cache')).toBe('BYPASS');

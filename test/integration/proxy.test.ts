@@ -126,6 +126,14 @@ describe('forwarding', () => {
     const res = await post('/v1/chat/completions', raw);
     expect(res.status).toBe(200);
     expect(gw.fake.requests[0]!.rawBody).toBe(raw);
+    // Where the gateway re-serialises the body (a stream it asks usage for, an engine path naming the
+    // model), the digits survive too: JSON.parse alone would send 18446744073709552000.
+    await (await post('/v1/chat/completions', `${raw.slice(0, -1)},"stream":true}`)).text();
+    const streamed = gw.fake.requests.at(-1)!.rawBody;
+    expect(streamed).toContain('"seed":18446744073709551615');
+    expect(streamed).toContain('"include_usage":true');
+    await post('/v1/engines/gpt-3.5-turbo-instruct/completions', '{"prompt":"x","max_tokens":1,"seed":-9223372036854775808}');
+    expect(gw.fake.requests.at(-1)!.rawBody).toContain('"seed":-9223372036854775808');
     const fractional = await post('/v1/chat/completions', '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"seed":1.5}');
     expect(fractional.status).toBe(400);
     expect(((await fractional.json()) as { error: { param: string } }).error.param).toBe('seed');
