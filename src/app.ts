@@ -285,7 +285,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   // A budget refused a request: admission keeps the spend below the limit, so only this says the key is blocked
   // (the 100 % alert). Not a request larger than the whole budget: smaller ones still pass. Cheap once sent.
   app.addHook('onError', async (request, _reply, err) => {
-    if (err instanceof BudgetRefusal && !err.wholeBudget && request.gatewayKey) alerts.refused(request.gatewayKey, err.limit);
+    if (err instanceof BudgetRefusal && !err.wholeBudget && request.gatewayKey) alerts.refused(request.gatewayKey, err.limit, err.wanted);
   });
   // An Expect header other than 100-continue: Node's own answer is a 417 with an empty body.
   app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {

@@ -28,9 +28,9 @@ export interface BudgetAlertEvent {
   threshold: number;
   /**
    * What raised it: 'spend', the settled spend reached `threshold` of the budget; 'refusal' (threshold 1 only), the
-   * budget refused a request of the key while its settled spend was still below the limit: what is left of it,
-   * after the requests in flight, is less than the request may use. Either way threshold 1 is sent once per
-   * period, for whichever comes first.
+   * budget refused a request of the key while its settled spend was still below the limit, and what is left of it
+   * could not cover that request even with nothing else in flight. Each is sent at most once per period: a
+   * refusal first, then the spend reaching the limit, are two events.
    */
   cause: 'spend' | 'refusal';
   /** Settled spend of the period when the crossing was noticed (requests in flight not counted). */
@@ -70,11 +70,13 @@ export interface Alerts {
    */
   check(key: KeyRecord): void;
   /**
-   * A request of the key was refused by this budget (not enough of it left): sends its threshold-1 ("exhausted")
-   * event, once per period, even though the settled spend is below the limit. Never throws, never waits; called
-   * for every such refusal, so once this instance knows the event is sent for the period, it costs no store call.
+   * A request of the key that may use `wanted` (tokens, or dollars) was refused by this budget: sends its threshold-1
+   * ("exhausted") event with cause 'refusal', once per period, if the settled spend plus `wanted` is past the limit
+   * (a refusal only because of other requests in flight says nothing: they may settle for less). Never throws, never
+   * waits; called for every such refusal, so once this instance knows the period's exhausted event is sent, it costs
+   * no store call.
    */
-  refused(key: KeyRecord, limit: BudgetLimit): void;
+  refused(key: KeyRecord, limit: BudgetLimit, wanted: number): void;
   /** Runs the coalesced checks now, and waits for them and for every queued event to be delivered or given up on. */
   drain(): Promise<void>;
   /** Stops timers and deliveries at once (call drain() first to deliver what is queued). */
@@ -100,6 +102,11 @@ function normalizeThresholds(thresholds: number[]): number[] {
   return [...new Set(thresholds)].sort((a, b) => a - b);
 }
 
+interface Refusal {
+  periodId: string;
+  wanted: number;
+}
+
 interface KeyState {
   /** The latest record seen for the key (its limits may have changed since the last check). */
   key: KeyRecord;
@@ -109,8 +116,8 @@ interface KeyState {
   running?: Promise<void>;
   /** End of the cooldown after the last evaluation. */
   cooldown?: NodeJS.Timeout;
-  /** Budgets that refused a request since the last evaluation, with the period (id) they refused it in. */
-  refusals: Map<BudgetLimit, string>;
+  /** Budgets that refused a request since the last evaluation: the period (id) and the largest request refused. */
+  refusals: Map<BudgetLimit, Refusal>;
 }
 
 export function createAlerts(opts: AlertsOptions): Alerts {
@@ -144,6 +151,8 @@ export function createAlerts(opts: AlertsOptions): Alerts {
   /** Exhausted marks a refusal has queued or is evaluating: further refusals of the same budget add nothing. */
   const claimed = new Set<string>();
   const markName = (keyId: string, limit: BudgetLimit, periodId: string, threshold: number) => `alert:${keyId}:${limit}:${periodId}:${threshold}`;
+  /** The refusal's exhausted event has a mark of its own: the spend reaching the limit later is still reported. */
+  const refusalMarkName = (keyId: string, limit: BudgetLimit, periodId: string) => `${markName(keyId, limit, periodId, EXHAUSTED)}:refusal`;
   let closed = false;
   let lastFailureLogAt = -Infinity;
   let failuresSinceLog = 0;
@@ -174,7 +183,7 @@ export function createAlerts(opts: AlertsOptions): Alerts {
     failuresSinceLog = 0;
   }
 
-  async function evaluate(key: KeyRecord, refusals: ReadonlyMap<BudgetLimit, string>) {
+  async function evaluate(key: KeyRecord, refusals: ReadonlyMap<BudgetLimit, Refusal>) {
     const before = periodsAt(clock(), timeZone);
     const view = await quota.view(key);
     const now = clock();
@@ -202,16 +211,21 @@ export function createAlerts(opts: AlertsOptions): Alerts {
       if (!Number.isFinite(used)) continue;
       const periodId = daily ? p.day : p.month;
       const endsAt = daily ? p.dayEndsAt : p.monthEndsAt;
-      // A refusal in an earlier period (the check ran after midnight) says nothing of this one.
-      const refused = refusals.get(limit) === periodId;
       for (const threshold of thresholds) {
         // Tolerance for binary fractions: $2.40 of a $3 budget is 80 %, though 2.4 / 3 < 0.8 in floating point.
-        const reached = used / limitValue + 1e-9 >= threshold;
-        // A refusal means exhausted, not half spent: it raises threshold 1 only, the lower ones follow the spend.
-        if (!reached && !(refused && threshold === EXHAUSTED)) continue;
+        if (used / limitValue + 1e-9 < threshold) break;
         const name = markName(key.id, limit, periodId, threshold);
         if (knownMarks.has(name)) continue;
-        crossings.push({ limit, periodId, endsAt, threshold, name, used, limitValue, cause: reached ? 'spend' : 'refusal' });
+        crossings.push({ limit, periodId, endsAt, threshold, name, used, limitValue, cause: 'spend' });
+      }
+      // A refusal means exhausted, not half spent: it raises threshold 1 only, while the spend is short of it, and
+      // only if that request could not fit even with nothing else in flight. One in an earlier period (the check
+      // ran after midnight) says nothing of this one.
+      const refusal = refusals.get(limit);
+      const spentAll = used / limitValue + 1e-9 >= EXHAUSTED;
+      if (refusal?.periodId === periodId && !spentAll && used + refusal.wanted > limitValue * (1 + 1e-9)) {
+        const name = refusalMarkName(key.id, limit, periodId);
+        if (!knownMarks.has(name)) crossings.push({ limit, periodId, endsAt, threshold: EXHAUSTED, name, used, limitValue, cause: 'refusal' });
       }
     }
     if (crossings.length === 0) return;
@@ -248,7 +262,7 @@ export function createAlerts(opts: AlertsOptions): Alerts {
       .catch((err: unknown) => logFailure(id, err))
       .finally(() => {
         // Marked (and known), or failed: a later refusal may try again (at most once per interval, as checks do).
-        for (const [limit, periodId] of refusals) claimed.delete(markName(id, limit, periodId, EXHAUSTED));
+        for (const [limit, { periodId }] of refusals) claimed.delete(refusalMarkName(id, limit, periodId));
         state.running = undefined;
         if (closed) return;
         state.cooldown = setTimeout(() => {
@@ -263,18 +277,23 @@ export function createAlerts(opts: AlertsOptions): Alerts {
   }
 
   /** Runs an evaluation of the key now, or once its cooldown ends (with this record, the latest). */
-  function schedule(key: KeyRecord, refusal?: { limit: BudgetLimit; periodId: string }) {
-    const state = states.get(key.id);
-    if (state) {
-      state.key = key;
-      state.pending = true;
-      if (refusal) state.refusals.set(refusal.limit, refusal.periodId);
-      return;
+  function schedule(key: KeyRecord, refusal?: Refusal & { limit: BudgetLimit }) {
+    let state = states.get(key.id);
+    const fresh = state === undefined;
+    if (!state) {
+      state = { key, pending: false, refusals: new Map() };
+      states.set(key.id, state);
     }
-    const fresh: KeyState = { key, pending: false, refusals: new Map() };
-    if (refusal) fresh.refusals.set(refusal.limit, refusal.periodId);
-    states.set(key.id, fresh);
-    run(fresh);
+    if (refusal) {
+      // The largest refused request of the period is the one most surely past what is left.
+      const seen = state.refusals.get(refusal.limit);
+      if (seen?.periodId !== refusal.periodId || seen.wanted < refusal.wanted) {
+        state.refusals.set(refusal.limit, { periodId: refusal.periodId, wanted: refusal.wanted });
+      }
+    }
+    if (fresh) return run(state);
+    state.key = key;
+    state.pending = true;
   }
 
   const exhaustedAlerts = thresholds.includes(EXHAUSTED);
@@ -289,9 +308,9 @@ export function createAlerts(opts: AlertsOptions): Alerts {
       }
     },
 
-    refused(key, limit) {
+    refused(key, limit, wanted) {
       try {
-        if (closed || !exhaustedAlerts) return;
+        if (closed || !exhaustedAlerts || !(wanted > 0)) return;
         const limitValue = key.limits[limit];
         if (limitValue === undefined || !(limitValue > 0)) return;
         // The hot path under a flood of refusals: one map read, no period computation, no store call.
@@ -300,10 +319,10 @@ export function createAlerts(opts: AlertsOptions): Alerts {
         if (knownUntil !== undefined && now < knownUntil) return;
         const p = periodsAt(now, timeZone);
         const periodId = limit.endsWith('PerDay') ? p.day : p.month;
-        const name = markName(key.id, limit, periodId, EXHAUSTED);
-        if (knownMarks.has(name) || claimed.has(name)) return;
+        const name = refusalMarkName(key.id, limit, periodId);
+        if (knownMarks.has(name) || knownMarks.has(markName(key.id, limit, periodId, EXHAUSTED)) || claimed.has(name)) return;
         claimed.add(name);
-        schedule(key, { limit, periodId });
+        schedule(key, { limit, periodId, wanted });
       } catch (err) {
         logFailure(key?.id ?? 'unknown', err);
       }

@@ -14,14 +14,16 @@ const RATE_WORDING: Record<'rpm' | 'tpm' | 'maxConcurrent', string> = {
 export type BudgetLimitName = Exclude<LimitName, 'rpm' | 'tpm' | 'maxConcurrent'>;
 
 /**
- * A 429 insufficient_quota: says which budget refused the request, and whether the request alone is larger than the
- * whole budget (then the budget is not what blocks the key), for the budget alerts; the message is for people.
+ * A 429 insufficient_quota: says which budget refused the request, how much of it the request asked for (`wanted`, in
+ * the limit's unit: tokens, or dollars), and whether that alone is larger than the whole budget (then the budget is not
+ * what blocks the key), for the budget alerts; the message is for people.
  */
 export class BudgetRefusal extends GatewayError {
   constructor(
     message: string,
     headers: Record<string, string>,
     readonly limit: BudgetLimitName,
+    readonly wanted: number,
     readonly wholeBudget: boolean,
   ) {
     super(429, message, 'insufficient_quota', 'insufficient_quota', null, headers);
@@ -79,7 +81,7 @@ export function quotaExceeded(result: Extract<AdmissionResult, { admitted: false
     ? `This request ${request}, more than this gateway key's whole ${wording} of ${budget}, so it cannot be served under this budget. Lower max_tokens (or n, or the number of prompts) or the prompt.`
     : `This request ${request}, more than is left of this gateway key's ${wording} of ${budget}. It resets at ${resetsAt}.`;
   headers['x-should-retry'] = 'false';
-  return new BudgetRefusal(message, headers, limit, wholeBudget);
+  return new BudgetRefusal(message, headers, limit, unit === 'usd' ? ctx.usdMicros / 1e6 : ctx.tokens, wholeBudget);
 }
 
 /**

@@ -600,7 +600,7 @@ function countingStores(counters: { markOnce: number; quotaUsage: number }[]) {
 }
 
 describe('exhausted: a budget refusing requests', () => {
-  it('sends the 100 % event once per period on a refusal, though the spend is below the limit, and then costs nothing', async () => {
+  it('sends the 100 % event once per period on a refusal past what is left, though the spend is below the limit, and then costs nothing', async () => {
     const receiver = await startReceiver();
     const store = createMemoryStore();
     cleanups.push(() => store.close());
@@ -613,8 +613,14 @@ describe('exhausted: a budget refusing requests', () => {
     await alerts.drain();
     expect(summary(receiver.delivered())).toEqual(['usdPerDay:2026-11-30:0.5', 'usdPerDay:2026-11-30:0.8']);
 
+    // A refusal only because other requests are in flight ($9.20 spent, this one may cost $0.50): they may settle
+    // for less, so it says nothing, and a later refusal is looked at again.
+    alerts.refused(key, 'usdPerDay', 0.5);
+    await alerts.drain();
+    expect(receiver.delivered()).toHaveLength(2);
+
     // Admission refuses what would go past the limit: the spend stays at 92 %, and only the refusal says it is blocked.
-    alerts.refused(key, 'usdPerDay');
+    alerts.refused(key, 'usdPerDay', 1);
     await alerts.drain();
     expect(summary(receiver.delivered())).toEqual(['usdPerDay:2026-11-30:0.5', 'usdPerDay:2026-11-30:0.8', 'usdPerDay:2026-11-30:1']);
     expect(receiver.delivered()[2]).toMatchObject({ threshold: 1, cause: 'refusal', used: 9.2, limitValue: 10, ratio: 0.92 });
@@ -623,23 +629,24 @@ describe('exhausted: a budget refusing requests', () => {
     // A flood of refusals afterwards: no usage read, no store call, no event.
     const reads = stub.view.mock.calls.length;
     const marks = markOnce.mock.calls.length;
-    for (let i = 0; i < 1000; i++) alerts.refused(key, 'usdPerDay');
+    for (let i = 0; i < 1000; i++) alerts.refused(key, 'usdPerDay', 1);
     await alerts.drain();
     expect(stub.view.mock.calls.length).toBe(reads);
     expect(markOnce.mock.calls.length).toBe(marks);
-    // The spend reaching the limit later is the same event: not sent again.
+    // The spend reaching the limit later is its own event (the refusal did not use up the spend's mark).
     stub.set({ usdPerDay: 10 });
     alerts.check(key);
     await alerts.drain();
-    expect(receiver.delivered()).toHaveLength(3);
+    expect(summary(receiver.delivered().slice(3))).toEqual(['usdPerDay:2026-11-30:1']);
+    expect(receiver.delivered()[3]).toMatchObject({ cause: 'spend', ratio: 1 });
 
     // The next day, a refusal early in it (a large request at 30 %) raises 100 % again, and only 100 %.
     clock.now = Date.UTC(2026, 11, 1, 9);
     stub.set({ usdPerDay: 3 });
-    for (let i = 0; i < 50; i++) alerts.refused(key, 'usdPerDay');
+    for (let i = 0; i < 50; i++) alerts.refused(key, 'usdPerDay', 7.5);
     await alerts.drain();
-    expect(summary(receiver.delivered().slice(3))).toEqual(['usdPerDay:2026-12-01:1']);
-    expect(receiver.delivered()[3]).toMatchObject({ cause: 'refusal', ratio: 0.3, period: { id: '2026-12-01', resetsAt: '2026-12-02T00:00:00.000Z' } });
+    expect(summary(receiver.delivered().slice(4))).toEqual(['usdPerDay:2026-12-01:1']);
+    expect(receiver.delivered()[4]).toMatchObject({ cause: 'refusal', ratio: 0.3, period: { id: '2026-12-01', resetsAt: '2026-12-02T00:00:00.000Z' } });
     expect(stub.view.mock.calls.length).toBe(reads + 2);
   });
 
@@ -647,10 +654,10 @@ describe('exhausted: a budget refusing requests', () => {
     const receiver = await startReceiver();
     const stub = stubQuota({ usdPerDay: 9 });
     const { alerts } = setup({ webhookUrl: receiver.url, quota: stub.quota });
-    alerts.refused(keyRecord({ usdPerDay: 10 }), 'tokensPerMonth');
+    alerts.refused(keyRecord({ usdPerDay: 10 }), 'tokensPerMonth', 5);
     const noExhausted = setup({ webhookUrl: receiver.url, quota: stub.quota, thresholds: [0.5, 0.8] });
-    noExhausted.alerts.refused(keyRecord({ usdPerDay: 10 }), 'usdPerDay');
-    expect(() => alerts.refused(null as unknown as KeyRecord, 'usdPerDay')).not.toThrow();
+    noExhausted.alerts.refused(keyRecord({ usdPerDay: 10 }), 'usdPerDay', 5);
+    expect(() => alerts.refused(null as unknown as KeyRecord, 'usdPerDay', 5)).not.toThrow();
     await Promise.all([alerts.drain(), noExhausted.alerts.drain()]);
     expect(stub.view).not.toHaveBeenCalled();
     expect(receiver.requests).toHaveLength(0);
@@ -668,9 +675,9 @@ describe('exhausted: a budget refusing requests', () => {
     const a = setup({ webhookUrl: receiver.url, quota: stub.quota }, wrap(storeA));
     const b = setup({ webhookUrl: receiver.url, quota: stub.quota }, wrap(storeB));
     const key = keyRecord({ tokensPerMonth: 5000 });
-    for (let i = 0; i < 200; i++) (i % 2 ? a : b).alerts.refused(key, 'tokensPerMonth');
+    for (let i = 0; i < 200; i++) (i % 2 ? a : b).alerts.refused(key, 'tokensPerMonth', 3000);
     await Promise.all([a.alerts.drain(), b.alerts.drain()]);
-    for (let i = 0; i < 200; i++) (i % 2 ? a : b).alerts.refused(key, 'tokensPerMonth');
+    for (let i = 0; i < 200; i++) (i % 2 ? a : b).alerts.refused(key, 'tokensPerMonth', 3000);
     await Promise.all([a.alerts.drain(), b.alerts.drain()]);
     expect(summary(receiver.delivered())).toEqual(['tokensPerMonth:2026-11:1']);
     expect(receiver.delivered()[0]).toMatchObject({ cause: 'refusal', used: 2100, ratio: 0.42 });
