@@ -1,6 +1,6 @@
 // The admin API: gateway keys. Registered only when ADMIN_TOKEN is set; every route needs that token.
 import type { FastifyInstance } from 'fastify';
-import type { Store } from '../store/store.js';
+import type { KeyChange, Store } from '../store/store.js';
 import type { Quota } from '../quota/quota.js';
 import type { Cache } from '../cache/cache.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
@@ -65,6 +65,13 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     return record;
   }
 
+  /** Changes a key atomically (Store.updateKey: overlapping admin calls never undo each other); 404 if none. */
+  async function change(id: string, fn: KeyChange) {
+    const result = await store.updateKey(id, fn);
+    if (!result) throw notFound(`No key with id '${id}'.`, 'key_not_found', 'id');
+    return result;
+  }
+
   app.post('/keys', async (request, reply) => {
     const input = parse(createKeySchema, request.body);
     const secret = newSecret();
@@ -103,41 +110,40 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
 
   app.patch<{ Params: { id: string } }>('/keys/:id', async (request) => {
     const input = parse(updateKeySchema, request.body);
-    const record = await load(request.params.id);
-    const updated: KeyRecord = {
-      ...record,
+    const { record: updated } = await change(request.params.id, (current) => ({
+      ...current,
       ...(input.name !== undefined && { name: input.name }),
       ...(input.models !== undefined && { models: input.models }),
       ...(input.limits !== undefined && { limits: input.limits }),
       ...(input.cache !== undefined && { cache: input.cache }),
       ...(input.metadata !== undefined && { metadata: input.metadata }),
       updatedAt: now(),
-    };
-    await store.updateKey(updated, record.hash);
-    request.log.info({ keyId: record.id }, 'key updated');
+    }));
+    request.log.info({ keyId: updated.id }, 'key updated');
     if (input.limits !== undefined && updated.revokedAt === null) opts.onLimitsChanged?.(updated);
     return publicKey(updated);
   });
 
   app.delete<{ Params: { id: string } }>('/keys/:id', async (request) => {
-    const record = await load(request.params.id);
-    if (record.revokedAt === null) {
-      const at = now();
-      await store.updateKey({ ...record, revokedAt: at, updatedAt: at }, record.hash);
-      request.log.info({ keyId: record.id }, 'key revoked');
-    }
+    const at = now();
+    // Already revoked: left as it is (the first revocation's time stands).
+    const { record, changed } = await change(request.params.id, (current) =>
+      current.revokedAt === null ? { ...current, revokedAt: at, updatedAt: at } : null,
+    );
+    if (changed) request.log.info({ keyId: record.id }, 'key revoked');
     return { id: record.id, object: 'key', deleted: true };
   });
 
   app.post<{ Params: { id: string } }>('/keys/:id/rotate', async (request) => {
-    const record = await load(request.params.id);
-    if (record.revokedAt !== null) {
-      throw new GatewayError(409, 'A revoked key cannot be rotated.', 'invalid_request_error', 'key_revoked');
-    }
     const secret = newSecret();
-    const updated: KeyRecord = { ...record, hash: hashSecret(secret), hint: secretHint(secret), updatedAt: now() };
-    await store.updateKey(updated, record.hash);
-    request.log.info({ keyId: record.id }, 'key rotated');
+    const { record: updated } = await change(request.params.id, (current) => {
+      // Checked on the record being changed, so a revocation that lands first always wins.
+      if (current.revokedAt !== null) {
+        throw new GatewayError(409, 'A revoked key cannot be rotated.', 'invalid_request_error', 'key_revoked');
+      }
+      return { ...current, hash: hashSecret(secret), hint: secretHint(secret), updatedAt: now() };
+    });
+    request.log.info({ keyId: updated.id }, 'key rotated');
     return { ...publicKey(updated), key: secret };
   });
 

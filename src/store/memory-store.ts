@@ -45,6 +45,7 @@ import type {
   JoinedLookup,
   CacheLookup,
   EventsQuery,
+  KeyChange,
   KeyChangeListener,
   Periods,
   QuotaUsage,
@@ -181,9 +182,15 @@ export class MemoryStore implements Store {
       .map((r) => structuredClone(r));
   }
 
-  async updateKey(record: KeyRecord, previousHash: string): Promise<void> {
-    if (!this.#byId.has(record.id)) throw new Error(`key ${record.id} not found`);
-    this.#byId.set(record.id, structuredClone(record));
+  async updateKey(id: string, change: KeyChange): Promise<{ record: KeyRecord; changed: boolean } | null> {
+    const current = this.#byId.get(id);
+    if (!current) return null;
+    // Read, change and write in one synchronous step: nothing can land in between.
+    const record = change(structuredClone(current));
+    if (record === null) return { record: structuredClone(current), changed: false };
+    if (record.id !== id) throw new RangeError(`a change may not alter a key's id (${id})`);
+    const previousHash = current.hash;
+    this.#byId.set(id, structuredClone(record));
     if (record.hash !== previousHash) {
       this.#idByHash.set(record.hash, record.id);
       if (this.#idByHash.get(previousHash) === record.id) this.#idByHash.delete(previousHash);
@@ -193,6 +200,7 @@ export class MemoryStore implements Store {
     queueMicrotask(() => {
       for (const hash of hashes) this.#notify({ id: record.id, hash });
     });
+    return { record: structuredClone(record), changed: true };
   }
 
   onKeyChange(listener: KeyChangeListener): void {

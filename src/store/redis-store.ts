@@ -46,6 +46,7 @@ import type {
   CacheLookup,
   CacheEntry,
   EventsQuery,
+  KeyChange,
   KeyChangeListener,
   Periods,
   QuotaUsage,
@@ -124,6 +125,8 @@ export const ENDED_LEASE_OFFSET = 1e15;
  * where one call for a whole flush of a busy instance (500 events) held it ~1.6 ms.
  */
 export const LIST_CHUNK_EVENTS = 64;
+/** Compare-and-set rounds an updateKey tries before giving up: each lost round means another write won. */
+const MAX_KEY_UPDATE_ATTEMPTS = 10;
 /** The commands `defineCommand` adds (ioredis cannot type them): keys first, then arguments. */
 interface QuotaCommands {
   tollgateAdmit(...keysAndArgs: (string | number)[]): Promise<(number | string)[]>;
@@ -133,6 +136,7 @@ interface QuotaCommands {
   tollgateLookup(entry: string, lock: string, token: string, ttlMs: number): Promise<[number, string?]>;
   tollgateFill(...keysAndArgs: (string | number)[]): Promise<number>;
   tollgateRecord(...keysAndArgs: (string | number)[]): Promise<number>;
+  tollgateSwap(key: string, expected: string, value: string): Promise<number>;
   tollgateList(numberOfKeys: number, ...keysAndArgs: (string | number)[]): Promise<number>;
 }
 
@@ -189,6 +193,7 @@ export class RedisStore implements Store {
     this.#redis.defineCommand('tollgateLookup', { numberOfKeys: 2, lua: loadLua('lookup') });
     this.#redis.defineCommand('tollgateFill', { numberOfKeys: 3, lua: loadLua('fill') });
     this.#redis.defineCommand('tollgateRecord', { numberOfKeys: 2, lua: loadLua('record') });
+    this.#redis.defineCommand('tollgateSwap', { numberOfKeys: 1, lua: loadLua('swap') });
     // One key per hour the batch spans, plus the stream: the caller passes the count first.
     this.#redis.defineCommand('tollgateList', { lua: loadLua('list') });
     this.#scripts = this.#redis as unknown as QuotaCommands;
@@ -233,11 +238,27 @@ export class RedisStore implements Store {
     return records.filter((r): r is KeyRecord => r !== null);
   }
 
-  async updateKey(record: KeyRecord, previousHash: string): Promise<void> {
-    // Record first (XX: never resurrect a key that is gone): once written, a revocation holds
-    // and the old hash stops resolving even if the index updates below never happen.
-    const updated = await this.#redis.set(this.#keys.keyRecord(record.id), JSON.stringify(record), 'XX');
-    if (updated === null) throw new Error(`key ${record.id} not found`);
+  async updateKey(id: string, change: KeyChange): Promise<{ record: KeyRecord; changed: boolean } | null> {
+    const key = this.#keys.keyRecord(id);
+    for (let attempt = 0; attempt < MAX_KEY_UPDATE_ATTEMPTS; attempt++) {
+      const raw = await this.#redis.get(key);
+      const current = raw === null ? null : this.#parseRecord(raw, key, id);
+      if (raw === null || current === null) return null;
+      const record = change(structuredClone(current));
+      if (record === null) return { record: current, changed: false };
+      if (record.id !== id) throw new RangeError(`a change may not alter a key's id (${id})`);
+      // Record first, and only over what was read (a gone key is not resurrected either): once
+      // written, a revocation holds and the old hash stops resolving even if the index updates in
+      // #keyChanged never happen. Lost the race: read again and apply the change to the winner.
+      if ((await this.#scripts.tollgateSwap(key, raw, JSON.stringify(record))) !== 1) continue;
+      await this.#keyChanged(record, current.hash);
+      return { record, changed: true };
+    }
+    throw new Error(`key ${id}: still changing after ${MAX_KEY_UPDATE_ATTEMPTS} attempts; try again`);
+  }
+
+  /** After a key's record was rewritten: the hash index follows a rotation, and every instance hears of it. */
+  async #keyChanged(record: KeyRecord, previousHash: string): Promise<void> {
     if (record.hash !== previousHash) {
       await this.#redis.set(this.#keys.keyHashIndex(record.hash), record.id);
       await this.#redis.del(this.#keys.keyHashIndex(previousHash));

@@ -6,6 +6,9 @@ import type { EventsQuery } from './usage-math.js';
 
 export type { EventOrder, EventsQuery } from './usage-math.js';
 
+/** A change to a key record (Store.updateKey): the new record, or null for none. */
+export type KeyChange = (current: KeyRecord) => KeyRecord | null;
+
 /**
  * Told which key changed and which secret hash it affects (a rotation reports the old and the
  * new hash separately). Delivery is at least once: drop cache entries, don't count calls.
@@ -26,10 +29,15 @@ export interface Store {
   /** All keys, revoked included, oldest first. */
   listKeys(): Promise<KeyRecord[]>;
   /**
-   * Replaces a key record. When the hash changed (rotation), the old hash stops resolving.
-   * Every instance is told (onKeyChange) for the old and the new hash.
+   * Changes a key atomically: `change` gets a copy of the current record and returns the new one,
+   * or null to leave it as it is; what it throws, updateKey throws. If another write lands between
+   * the read and this write, `change` runs again on the newer record (compare-and-set), so
+   * overlapping changes (a PATCH, a revocation, a rotation) never undo each other. When the hash
+   * changed (rotation), the old hash stops resolving; every instance is told (onKeyChange) for the
+   * old and the new hash. Resolves the record as it now stands and whether this call changed it;
+   * null when there is no such key.
    */
-  updateKey(record: KeyRecord, previousHash: string): Promise<void>;
+  updateKey(id: string, change: KeyChange): Promise<{ record: KeyRecord; changed: boolean } | null>;
 
   /** Called on every instance when any instance changes or revokes a key, so auth caches drop it. */
   onKeyChange(listener: KeyChangeListener): void;

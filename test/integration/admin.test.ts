@@ -186,6 +186,31 @@ describe('two instances on one Redis', () => {
     await expect.poll(async () => (await chatWith(b.url, key)).status, { timeout: 1000, interval: 50 }).toBe(404);
   });
 
+  it('admin calls racing on the two instances never undo each other: a revocation holds, a rotated secret works', async () => {
+    for (let round = 0; round < 10; round++) {
+      const revoked = await a.createKey();
+      const [patched, deleted] = await Promise.all([
+        b.admin('PATCH', `/admin/keys/${revoked.id}`, { limits: { rpm: 1000 } }),
+        a.admin('DELETE', `/admin/keys/${revoked.id}`),
+      ]);
+      expect([patched.status, deleted.status]).toEqual([200, 200]);
+      const after = (await a.admin('GET', `/admin/keys/${revoked.id}`)).body;
+      expect(after.revokedAt, `round ${round}`).not.toBeNull();
+      expect(after.limits).toEqual({ rpm: 1000 });
+      expect((await chatWith(a.url, revoked.key)).status).toBe(401);
+
+      const rotated = await a.createKey();
+      const [renamed, rotation] = await Promise.all([
+        b.admin('PATCH', `/admin/keys/${rotated.id}`, { name: `renamed-${round}` }),
+        a.admin('POST', `/admin/keys/${rotated.id}/rotate`),
+      ]);
+      expect([renamed.status, rotation.status]).toEqual([200, 200]);
+      expect((await a.admin('GET', `/admin/keys/${rotated.id}`)).body.name).toBe(`renamed-${round}`);
+      expect((await chatWith(a.url, rotation.body.key)).status, `round ${round}`).toBe(200);
+      expect((await chatWith(a.url, rotated.key)).status).toBe(401);
+    }
+  });
+
   it('sees a rotation made on the other instance within one second', async () => {
     const { id, key } = await a.createKey();
     expect((await chatWith(b.url, key)).status).toBe(200);

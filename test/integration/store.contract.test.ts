@@ -80,7 +80,7 @@ describe.each([
     const record = makeRecord();
     await store.createKey(record);
     const updated = { ...record, name: 'renamed', limits: { tpm: 1000 }, updatedAt: new Date().toISOString() };
-    await store.updateKey(updated, record.hash);
+    await store.updateKey(record.id, () => updated);
     expect(await store.getKeyById(record.id)).toEqual(updated);
     expect(await store.getKeyByHash(record.hash)).toEqual(updated);
     expect(await store.listKeys()).toEqual([updated]);
@@ -91,7 +91,7 @@ describe.each([
     const record = makeRecord();
     await store.createKey(record);
     const rotated = { ...record, hash: hashSecret(newSecret()) };
-    await store.updateKey(rotated, record.hash);
+    await store.updateKey(record.id, () => rotated);
     expect(await store.getKeyByHash(record.hash)).toBeNull();
     expect(await store.getKeyByHash(rotated.hash)).toEqual(rotated);
     expect(await store.getKeyById(record.id)).toEqual(rotated);
@@ -103,10 +103,45 @@ describe.each([
     const record = makeRecord();
     await store.createKey(record);
     const revoked = { ...record, revokedAt: new Date().toISOString() };
-    await store.updateKey(revoked, record.hash);
+    await store.updateKey(record.id, () => revoked);
     expect((await store.getKeyByHash(record.hash))?.revokedAt).toBe(revoked.revokedAt);
     expect((await store.getKeyById(record.id))?.revokedAt).toBe(revoked.revokedAt);
     expect(await store.listKeys()).toEqual([revoked]);
+  });
+
+  it('overlapping changes of one key all land: each is applied to the record the others left', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await store.createKey(record);
+    const newHash = hashSecret(newSecret());
+    const results = await Promise.all([
+      store.updateKey(record.id, (c) => ({ ...c, name: 'renamed' })),
+      store.updateKey(record.id, (c) => ({ ...c, limits: { rpm: 5 } })),
+      store.updateKey(record.id, (c) => ({ ...c, hash: newHash })),
+      store.updateKey(record.id, (c) => ({ ...c, revokedAt: '2026-12-01T00:00:00.000Z' })),
+    ]);
+    expect(results.every((r) => r?.changed)).toBe(true);
+    const stored = await store.getKeyById(record.id);
+    expect(stored).toMatchObject({ name: 'renamed', limits: { rpm: 5 }, hash: newHash, revokedAt: '2026-12-01T00:00:00.000Z' });
+    expect(await store.getKeyByHash(newHash)).toEqual(stored);
+    expect(await store.getKeyByHash(record.hash)).toBeNull();
+  });
+
+  it('a change that returns null writes nothing; one that throws writes nothing and rethrows', async () => {
+    const store = await create();
+    const record = makeRecord();
+    await store.createKey(record);
+    const { changes } = recordChanges(store);
+    expect(await store.updateKey(record.id, () => null)).toEqual({ record, changed: false });
+    await expect(
+      store.updateKey(record.id, () => {
+        throw new Error('refused by the caller');
+      }),
+    ).rejects.toThrow('refused by the caller');
+    await expect(store.updateKey(record.id, (c) => ({ ...c, id: 'key_other' }))).rejects.toThrow(RangeError);
+    expect(await store.getKeyById(record.id)).toEqual(record);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(changes.filter((c) => c.id === record.id)).toEqual([]);
   });
 
   it('refuses to create a key whose id exists, and keeps the original', async () => {
@@ -121,7 +156,7 @@ describe.each([
   it('refuses to update a key that does not exist', async () => {
     const store = await create();
     const record = makeRecord();
-    await expect(store.updateKey(record, record.hash)).rejects.toThrow(/not found/);
+    expect(await store.updateKey(record.id, () => record)).toBeNull();
     expect(await store.getKeyById(record.id)).toBeNull();
     expect(await store.getKeyByHash(record.hash)).toBeNull();
   });
@@ -152,7 +187,7 @@ describe.each([
     await store.createKey(record);
     const { changes } = recordChanges(store);
     const newHash = hashSecret(newSecret());
-    await store.updateKey({ ...record, hash: newHash }, record.hash);
+    await store.updateKey(record.id, () => ({ ...record, hash: newHash }));
     await vi.waitFor(
       () => {
         expect(changes).toContainEqual({ id: record.id, hash: record.hash });
@@ -168,7 +203,7 @@ describe.each([
     const record = makeRecord();
     await store.createKey(record);
     const { changes } = recordChanges(store);
-    await store.updateKey({ ...record, revokedAt: new Date().toISOString() }, record.hash);
+    await store.updateKey(record.id, () => ({ ...record, revokedAt: new Date().toISOString() }));
     await vi.waitFor(() => expect(changes).toContainEqual({ id: record.id, hash: record.hash }), {
       timeout: 1000,
       interval: 10,
@@ -183,7 +218,7 @@ describe.each([
       throw new Error('listener bug');
     });
     const { changes } = recordChanges(store);
-    await store.updateKey({ ...record, name: 'x' }, record.hash);
+    await store.updateKey(record.id, () => ({ ...record, name: 'x' }));
     await vi.waitFor(() => expect(changes).toContainEqual({ id: record.id, hash: record.hash }), {
       timeout: 1000,
       interval: 10,
@@ -243,7 +278,7 @@ describe('Redis store only', () => {
     const record = makeRecord();
     await a.createKey(record);
     const newHash = hashSecret(newSecret());
-    await a.updateKey({ ...record, hash: newHash }, record.hash);
+    await a.updateKey(record.id, () => ({ ...record, hash: newHash }));
     await vi.waitFor(
       () => {
         expect(heardByB.changes).toContainEqual({ id: record.id, hash: record.hash });
@@ -337,7 +372,7 @@ describe('Redis store only', () => {
     const record = makeRecord();
     await store.createKey(record);
     const rotated = { ...record, hash: hashSecret(newSecret()) };
-    await store.updateKey(rotated, record.hash);
+    await store.updateKey(record.id, () => rotated);
     // As if the process died after writing the record but before deleting the old index entry.
     await raw.set(redisKeys(prefix).keyHashIndex(record.hash), record.id);
     expect(await store.getKeyByHash(record.hash)).toBeNull();
@@ -406,7 +441,7 @@ describe('Redis Cluster only', () => {
     await vi.waitFor(() => expect(heardByB.wildcards()).toBeGreaterThan(0), { timeout: 5000, interval: 10 });
     const record = makeRecord();
     await a.createKey(record);
-    await a.updateKey({ ...record, revokedAt: new Date().toISOString() }, record.hash);
+    await a.updateKey(record.id, () => ({ ...record, revokedAt: new Date().toISOString() }));
     await vi.waitFor(() => expect(heardByB.changes).toContainEqual({ id: record.id, hash: record.hash }), { timeout: 1000, interval: 10 });
     expect((await b.getKeyByHash(record.hash))?.revokedAt).not.toBeNull();
   });
