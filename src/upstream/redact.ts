@@ -55,11 +55,13 @@ const COLON = 58;
 const isJsonSpace = (c: number) => c === 32 || c === 9 || c === 10 || c === 13;
 
 /**
- * Whether JSON text (or its bytes) carries an error: an `"error"` member whose value is not null
- * (OpenAI's error bodies, a Responses object that failed, a chunk that is an error body). A
- * native search for `"error"` and a look at the few bytes after each: cheap enough for every 2xx
+ * Whether JSON text (or its bytes) carries an error: a top-level `"error"` member whose value is
+ * not null (OpenAI's error bodies, a Responses object that failed, a chunk that is an error body).
+ * A native search for `"error"` and a look at the few bytes after each: cheap enough for every 2xx
  * body (a Responses object always has `"error": null`; a chat completion has no such member).
- * Inside a JSON string a quote is escaped, so text a model wrote never matches (`\"error\"`).
+ * Inside a JSON string a quote is escaped, so text a model wrote never matches (`\"error\"`). A
+ * non-null one nested deeper (a tool parameter named `error`, metadata) is not the answer's error:
+ * only then is the text before it walked, to find the member's depth.
  */
 export function carriesError(data: string | Buffer): boolean {
   const length = data.length;
@@ -70,10 +72,30 @@ export function carriesError(data: string | Buffer): boolean {
     i++;
     while (i < length && isJsonSpace(codeAt(data, i))) i++;
     if (i >= length) return true; // cut: cannot tell, so treat it as an error
-    // null: no error. Anything else (an object, a string) is error text.
-    if (!(codeAt(data, i) === 110 && codeAt(data, i + 1) === 117 && codeAt(data, i + 2) === 108 && codeAt(data, i + 3) === 108)) return true;
+    // null: no error. Anything else (an object, a string) is error text, if it is the answer's own.
+    const isNull = codeAt(data, i) === 110 && codeAt(data, i + 1) === 117 && codeAt(data, i + 2) === 108 && codeAt(data, i + 3) === 108;
+    if (!isNull && depthAt(data, found) === 1) return true;
   }
   return false;
+}
+
+const QUOTE = 34;
+const BACKSLASH = 92;
+
+/** How deep in objects and arrays position `end` of JSON text is (1: a member of the top-level object). */
+function depthAt(data: string | Buffer, end: number): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < end; i++) {
+    const c = codeAt(data, i);
+    if (inString) {
+      if (c === BACKSLASH) i++;
+      else if (c === QUOTE) inString = false;
+    } else if (c === QUOTE) inString = true;
+    else if (c === 123 || c === 91) depth++; // { [
+    else if (c === 125 || c === 93) depth--; // } ]
+  }
+  return depth;
 }
 
 /** The character (or byte) at i; NaN past the end. JSON's syntax is ASCII, so both read the same. */
