@@ -55,6 +55,13 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     throw new GatewayError(401, 'A valid admin token is required.', 'invalid_request_error', 'invalid_admin_token');
   });
 
+  // Every answer of this scope, errors included: no cache may keep one (a new key's secret, usage,
+  // key lists), and none is sniffed as anything but what it says it is.
+  app.addHook('onSend', async (_request, reply, payload) => {
+    reply.header('cache-control', 'no-store').header('x-content-type-options', 'nosniff');
+    return payload;
+  });
+
   // Unknown paths and methods under /admin answer 404 only to the token holder (this scope's hook runs
   // first): without it, a 401 for routes that exist and a 404 for the rest would map the API.
   app.setNotFoundHandler(notFoundHandler);

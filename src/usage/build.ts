@@ -6,9 +6,12 @@ import { CLIENT_CLOSED } from '../errors.js';
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
 
-/** Only the OpenAI-compatible API is metered; admin, probes and the dashboard are not. */
+/**
+ * Only the OpenAI-compatible API is metered; admin, probes and the dashboard are not, nor a
+ * browser's CORS preflight (OPTIONS), which is the browser asking, not a call of the API.
+ */
 export function isMetered(request: FastifyRequest): boolean {
-  return request.url.startsWith('/v1/') || request.url === '/v1';
+  return request.method !== 'OPTIONS' && (request.url.startsWith('/v1/') || request.url === '/v1');
 }
 
 export function usageEventOf(request: FastifyRequest, reply: FastifyReply, arrivedAt: number): UsageEvent {

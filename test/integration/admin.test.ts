@@ -30,6 +30,24 @@ describe('admin authentication', () => {
     }
   });
 
+  it('marks every admin answer no-store and nosniff, errors included (a new secret must not be cached)', async () => {
+    const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
+    const answers = [
+      await fetch(`${gw.url}/admin/keys`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: '{"name":"cached?"}' }),
+      await fetch(`${gw.url}/admin/keys`, { headers: auth }),
+      await fetch(`${gw.url}/admin/usage`, { headers: auth }),
+      await fetch(`${gw.url}/admin/usage/events?format=csv`, { headers: auth }),
+      await fetch(`${gw.url}/admin/keys/key_missing`, { headers: auth }),
+      await fetch(`${gw.url}/admin/keys`),
+    ];
+    expect(answers.map((r) => r.status)).toEqual([201, 200, 200, 200, 404, 401]);
+    for (const res of answers) {
+      expect(res.headers.get('cache-control'), res.url).toBe('no-store');
+      expect(res.headers.get('x-content-type-options'), res.url).toBe('nosniff');
+      await res.arrayBuffer();
+    }
+  });
+
   it('refuses a gateway key as an admin token', async () => {
     const { key } = await gw.createKey();
     const res = await fetch(`${gw.url}/admin/keys`, { headers: { authorization: `Bearer ${key}` } });

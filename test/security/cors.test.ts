@@ -116,3 +116,28 @@ describe('the CORS plugin', () => {
     expect(res.headers.get('access-control-allow-credentials')).toBeNull();
   });
 });
+
+describe('preflights on the gateway', () => {
+  it('are not metered: no usage event, no request counted, whether the origin is allowed or not', async () => {
+    const gw = await startGateway({ env: { CORS_ORIGINS: ORIGIN } });
+    opened.push(gw);
+    const { key } = await gw.createKey();
+    const models = async () => (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).arrayBuffer();
+    await models();
+    for (const origin of [ORIGIN, 'https://evil.example']) {
+      const res = await preflight(`${gw.url}/v1/chat/completions`, origin);
+      await res.arrayBuffer();
+      expect(res.status).toBe(origin === ORIGIN ? 204 : 404);
+    }
+    await models();
+    // Usage lags by USAGE_FLUSH_MS, in order: once the second models call is counted, the preflights
+    // between the two would have been too.
+    await expect.poll(async () => (await gw.admin('GET', '/admin/usage')).body.totals.requests).toBeGreaterThanOrEqual(2);
+    expect((await gw.admin('GET', '/admin/usage')).body.totals.requests).toBe(2);
+    const events = await fetch(`${gw.url}/admin/usage/events?since=1970-01-01T00:00:00Z`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    const statuses = (await events.text()).trim().split('\n').map((line) => (JSON.parse(line) as { status: number }).status);
+    expect(statuses).toEqual([200, 200]);
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(metrics).not.toMatch(/tollgate_requests_total\{[^}]*status="(204|404)"/);
+  });
+});
