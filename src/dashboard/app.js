@@ -7,6 +7,12 @@
   const REFRESH_MS = 60_000;
   const TOP_KEYS = 10;
   const RECENT_EVENTS = 50;
+  /** Budget bars drawn; past that, the fullest ones. */
+  const TOP_BUDGETS = 15;
+  /** How long any admin request may take (headers and body) before the page gives up on it. */
+  const FETCH_TIMEOUT_MS = 15_000;
+  /** Longest series name in a legend or tooltip line (names are user input and may be very long). */
+  const MAX_LABEL = 32;
   /** Series drawn per chart; the rest are summed into "Other". */
   const MAX_SERIES = 8;
   const PALETTE = ['#4c78a8', '#f58518', '#54a24b', '#e45756', '#72b7b2', '#eeca3b', '#b279a2', '#9d755d'];
@@ -32,6 +38,8 @@
     /** Bumped by every load and by log out, so an answer that arrives late is dropped. */
     generation: 0,
     timer: 0,
+    /** "Updated hh:mm:ss zone" of the last load that got usage back. */
+    updatedAt: '',
     charts: { keys: null, models: null },
   };
 
@@ -103,7 +111,7 @@
     return fmtUsd(v);
   }
 
-  /** Long names (user input) shortened for legends; the full name stays in tooltips. */
+  /** Long names (user input) shortened for legends and tooltips, so the amounts stay visible. */
   function shorten(text, max) {
     return text.length > max ? text.slice(0, max - 1) + '…' : text;
   }
@@ -247,30 +255,59 @@
     return res.statusText || 'request failed';
   }
 
-  async function call(path) {
+  /**
+   * What an HTTP header can carry and a bearer token can be: no spaces, no control characters, nothing
+   * past Latin-1 (a zero-width space or curly quotes picked up by a paste would make fetch throw).
+   */
+  const TOKEN_CHARS = /^[\x21-\x7e\xa1-\xff]+$/;
+  const BAD_TOKEN = 'The token contains characters a token cannot contain (a space, curly quotes or an invisible character?). Copy it again as plain text.';
+
+  /** One admin request, read with `read` (json or text); gives up after FETCH_TIMEOUT_MS, body included. */
+  async function call(path, read) {
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (!token) throw new AuthError('Sign in with the admin token.');
-    let res;
+    if (!TOKEN_CHARS.test(token)) throw new AuthError(BAD_TOKEN);
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = window.setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, FETCH_TIMEOUT_MS);
+    const failure = () =>
+      timedOut
+        ? new ApiError(path, 0, `The gateway did not answer within ${FETCH_TIMEOUT_MS / 1000} seconds.`)
+        : new ApiError(path, 0, 'The gateway could not be reached.');
     try {
-      res = await fetch(path, {
-        headers: { authorization: `Bearer ${token}` },
-        cache: 'no-store',
-        credentials: 'omit',
-        referrerPolicy: 'no-referrer',
-      });
-    } catch {
-      throw new ApiError(path, 0, 'The gateway could not be reached.');
+      let res;
+      try {
+        res = await fetch(path, {
+          headers: { authorization: `Bearer ${token}` },
+          cache: 'no-store',
+          credentials: 'omit',
+          referrerPolicy: 'no-referrer',
+          signal: controller.signal,
+        });
+      } catch {
+        throw failure();
+      }
+      if (res.status === 401) throw new AuthError(await errorMessage(res));
+      if (!res.ok) throw new ApiError(path, res.status, await errorMessage(res));
+      try {
+        return await res[read]();
+      } catch (err) {
+        if (timedOut) throw failure();
+        throw err;
+      }
+    } finally {
+      window.clearTimeout(timer);
     }
-    if (res.status === 401) throw new AuthError(await errorMessage(res));
-    if (!res.ok) throw new ApiError(path, res.status, await errorMessage(res));
-    return res;
   }
 
-  const getJson = async (path) => (await call(path)).json();
+  const getJson = (path) => call(path, 'json');
 
   /** NDJSON: one event per line; a line that does not parse is skipped, not fatal. */
   async function getNdjson(path) {
-    const text = await (await call(path)).text();
+    const text = await call(path, 'text');
     const events = [];
     for (const line of text.split('\n')) {
       if (!line.trim()) continue;
@@ -290,36 +327,72 @@
 
   // ---------------------------------------------------------------- loading
 
-  /** Loads every panel. `fromForm`: the token was just typed, so a total failure keeps the form up. */
-  async function load(fromForm = false) {
+  const settle = (promise) => promise.then((value) => ({ status: 'fulfilled', value }), (reason) => ({ status: 'rejected', reason }));
+
+  function refused(reason) {
+    if (reason?.message === BAD_TOKEN) return BAD_TOKEN;
+    return state.signedIn ? 'The admin token was refused. Sign in again.' : 'That admin token was refused.';
+  }
+
+  /**
+   * Loads every panel. `verify`: the token is not known to work yet (just typed, or read back after a
+   * reload), so a failure of the first request stops there; `fromForm`: it was just typed, so that
+   * failure keeps the form up.
+   */
+  async function load(fromForm = false, verify = fromForm) {
     const generation = ++state.generation;
     const timeZone = state.timeZone;
     const range = rangeOf(state.period, Date.now(), timeZone);
     const since = new Date(Date.now() - HOUR).toISOString();
     byId('refresh').disabled = true;
 
-    const [byKeyTime, byModelTime, byKey, keys, events] = await Promise.allSettled([
-      getJson(usagePath(range, `${range.bucket},key`)),
-      getJson(usagePath(range, `${range.bucket},model`)),
-      getJson(usagePath(range, 'key')),
-      getJson('/admin/keys?include=quota'),
-      // Only the newest few, newest first: an hour can hold 100,000+ events (tens of MB), and oldest
-      // first with a limit would show the oldest. One more than shown says whether there are more.
-      getNdjson(`/admin/usage/events?${new URLSearchParams({ since, format: 'ndjson', order: 'desc', limit: String(RECENT_EVENTS + 1) })}`),
-    ]);
+    const keysRequest = () => settle(getJson('/admin/keys?include=quota'));
+    const others = () =>
+      Promise.all(
+        [
+          getJson(usagePath(range, `${range.bucket},key`)),
+          getJson(usagePath(range, `${range.bucket},model`)),
+          getJson(usagePath(range, 'key')),
+          // Only the newest few, newest first: an hour can hold 100,000+ events (tens of MB), and oldest
+          // first with a limit would show the oldest. One more than shown says whether there are more.
+          getNdjson(`/admin/usage/events?${new URLSearchParams({ since, format: 'ndjson', order: 'desc', limit: String(RECENT_EVENTS + 1) })}`),
+        ].map(settle),
+      );
+
+    let keys;
+    let rest;
+    if (verify) {
+      // One request first, which the page needs anyway: a wrong token then costs one failed attempt (the
+      // gateway locks an address out after a few dozen), not one per panel.
+      keys = await keysRequest();
+      if (generation !== state.generation) return; // logged out, or a newer load started
+      if (keys.status === 'rejected' && keys.reason instanceof AuthError) {
+        signOut(refused(keys.reason));
+        return;
+      }
+      if (keys.status === 'rejected' && fromForm) {
+        // Not refused, not accepted either (admin API off, too many failed attempts, gateway down): stay on the form and say why.
+        signOut(String(keys.reason?.message || keys.reason));
+        return;
+      }
+      // After a reload, a gateway that did not answer gets no more requests: the panels all say why.
+      rest = keys.status === 'rejected' ? [keys, keys, keys, keys] : await others();
+    } else {
+      [keys, rest] = await Promise.all([keysRequest(), others()]);
+    }
     if (generation !== state.generation) return; // logged out, or a newer load started
     byId('refresh').disabled = false;
+    const [byKeyTime, byModelTime, byKey, events] = rest;
 
     const results = [byKeyTime, byModelTime, byKey, keys, events];
     const denied = results.find((r) => r.status === 'rejected' && r.reason instanceof AuthError);
     if (denied) {
-      signOut(state.signedIn ? 'The admin token was refused. Sign in again.' : 'That admin token was refused.');
+      signOut(refused(denied.reason));
       return;
     }
     const failed = results.filter((r) => r.status === 'rejected');
     const failures = [...new Set(failed.map((r) => String(r.reason?.message || r.reason)))];
     if (fromForm && failed.length === results.length) {
-      // Nothing worked (admin API off, too many failed attempts, gateway down): stay on the form and say why.
       signOut(failures[0]);
       return;
     }
@@ -328,7 +401,7 @@
     const reported = [byKeyTime, byModelTime, byKey].find((r) => r.status === 'fulfilled' && typeof r.value.timeZone === 'string');
     if (reported && reported.value.timeZone !== timeZone && validTimeZone(reported.value.timeZone)) {
       state.timeZone = reported.value.timeZone;
-      if (range.bucket === 'day') return load(fromForm);
+      if (range.bucket === 'day') return load(fromForm, false);
     }
 
     enterDashboard();
@@ -343,7 +416,16 @@
     renderTopKeys(byKey);
     renderBudgets(keys);
     renderEvents(events);
-    setText('updated', `Updated ${clockTime(Date.now(), state.timeZone)} ${state.timeZone}`);
+    const updated = testId('updated');
+    if (totalsFrom) {
+      state.updatedAt = `Updated ${clockTime(Date.now(), state.timeZone)} ${state.timeZone}`;
+      setText('updated', state.updatedAt);
+      updated.classList.remove('stale');
+    } else {
+      // No usage came back: the time says when the numbers last did, and that this refresh did not.
+      setText('updated', state.updatedAt ? `${state.updatedAt} · refresh failed` : 'Refresh failed', 'The last refresh could not load the usage.');
+      updated.classList.add('stale');
+    }
   }
 
   function refreshSoon() {
@@ -378,6 +460,7 @@
     state.signedIn = false;
     sessionStorage.removeItem(TOKEN_KEY);
     window.clearInterval(state.timer);
+    byId('refresh').disabled = false;
     clearDashboard();
     show(byId('dashboard'), false);
     show(byId('toolbar'), false);
@@ -400,12 +483,21 @@
     for (const node of document.querySelectorAll('.kpi-value')) node.textContent = '–';
     for (const node of document.querySelectorAll('.kpi-sub, .panel-note[data-testid]')) node.textContent = '';
     setText('updated', '');
+    testId('updated').classList.remove('stale');
+    state.updatedAt = '';
   }
 
   // ---------------------------------------------------------------- rendering
 
   function renderTotals(totals) {
-    const t = totals || {};
+    if (!totals || typeof totals !== 'object') {
+      // Nothing loaded: say so, never $0.00 or 0 as if nothing was spent.
+      for (const id of ['kpi-spend', 'kpi-requests', 'kpi-tokens', 'kpi-cache-rate', 'kpi-saved']) setText(id, '–');
+      for (const id of ['kpi-errors', 'kpi-tokens-sub', 'kpi-cache-hits', 'kpi-saved-sub']) setText(id, '');
+      setText('kpi-spend-sub', 'Could not be loaded.');
+      return;
+    }
+    const t = totals;
     const requests = Number(t.requests) || 0;
     const cost = Number(t.costUsd) || 0;
     const saved = Number(t.savedUsd) || 0;
@@ -512,14 +604,14 @@
               boxHeight: 10,
               padding: 14,
               generateLabels: (chart) =>
-                window.Chart.defaults.plugins.legend.labels.generateLabels(chart).map((item) => ({ ...item, text: shorten(item.text, 32) })),
+                window.Chart.defaults.plugins.legend.labels.generateLabels(chart).map((item) => ({ ...item, text: shorten(item.text, MAX_LABEL) })),
             },
           },
           tooltip: {
             filter: (item) => item.parsed.y !== 0,
             itemSort: (a, b) => b.parsed.y - a.parsed.y,
             callbacks: {
-              label: (ctx) => ` ${ctx.dataset.label}: ${fmtUsd(ctx.parsed.y)}`,
+              label: (ctx) => ` ${shorten(ctx.dataset.label, MAX_LABEL)}: ${fmtUsd(ctx.parsed.y)}`,
               footer: (items) => `Total: ${fmtUsd(items.reduce((s, i) => s + i.parsed.y, 0))}`,
             },
           },
@@ -580,7 +672,9 @@
   function renderBudgets(result) {
     const box = byId('budgets');
     const empty = testId('budgets-empty');
+    const note = testId('budgets-note');
     box.replaceChildren();
+    note.textContent = '';
     if (result.status !== 'fulfilled') {
       box.append(el('p', { class: 'empty', text: 'Could not be loaded.' }));
       show(empty, false);
@@ -602,8 +696,11 @@
     // The keys closest to their limit first: that is what ops act on.
     lines.sort((a, b) => b.share - a.share);
     show(empty, lines.length === 0);
+    // Hundreds of keys would make the page metres long: only the fullest budgets get a bar.
+    note.textContent =
+      lines.length > TOP_BUDGETS ? `top ${TOP_BUDGETS} of ${lines.length} budgets` : 'today and this month, per key';
     const now = Date.now();
-    for (const line of lines) {
+    for (const line of lines.slice(0, TOP_BUDGETS)) {
       const pct = line.share * 100;
       const level = pct >= 90 ? 'bad' : pct >= 70 ? 'warn' : 'ok';
       const usedBar = el('span', { class: `bar-used bar-${level}` });
@@ -711,6 +808,12 @@
         show(error, true);
         return;
       }
+      if (!TOKEN_CHARS.test(token)) {
+        // fetch would throw on such a header: say what is wrong instead of "could not be reached".
+        error.textContent = BAD_TOKEN;
+        show(error, true);
+        return;
+      }
       show(error, false);
       setPending(true);
       sessionStorage.setItem(TOKEN_KEY, token);
@@ -734,7 +837,7 @@
     selectPeriod(Object.hasOwn(PERIODS, linked) ? linked : '7d', false);
     if (sessionStorage.getItem(TOKEN_KEY)) {
       show(testId('loading'), true);
-      void load();
+      void load(false, true);
     } else {
       signOut('');
     }

@@ -66,3 +66,29 @@ it('shows what /admin/usage reports for real traffic', async () => {
   expect(problems).toEqual([]);
   await page.close();
 }, 60_000);
+
+it('lets a few mistyped tokens pass without locking this address out', async () => {
+  // The gateway refuses an address after AUTH_FAILURES_PER_MINUTE (30) failed attempts. The page checks a
+  // token with one request before it asks for the rest, so seven typos are seven failures, not 35.
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  await page.goto(`${gw.url}/dashboard`);
+  const submit = page.getByTestId('login-submit');
+  for (let i = 0; i < 7; i++) {
+    await page.getByTestId('token').fill(`a-mistyped-admin-token-${i}`);
+    await submit.click();
+    await page.waitForFunction(() => {
+      const button = (globalThis as unknown as { document: { getElementById(id: string): { disabled: boolean } } }).document.getElementById('login-submit');
+      return !button.disabled;
+    });
+    expect(await page.getByTestId('login-error').textContent()).toBe('That admin token was refused.');
+  }
+  await page.getByTestId('token').fill(ADMIN_TOKEN);
+  await submit.click();
+  await page.getByTestId('dashboard').waitFor({ state: 'visible' });
+  expect(await page.getByTestId('login').isVisible()).toBe(false);
+  // And /v1 from this address still works.
+  const sdk = gw.sdk((await gw.createKey({ name: 'after-typos' })).key);
+  const answer = await sdk.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'still here?' }] });
+  expect(answer.choices.length).toBeGreaterThan(0);
+  await page.close();
+}, 60_000);

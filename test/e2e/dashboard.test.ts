@@ -1,5 +1,5 @@
 // The spend dashboard in a real Chromium, against stub admin routes serving canned usage, keys and events.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -58,10 +58,12 @@ function metrics(u: (typeof KEY_USAGE)[number], share = 1): Row {
   };
 }
 
-const TOTALS = KEY_USAGE.reduce<Row>((sum, u) => {
-  for (const [k, v] of Object.entries(metrics(u))) sum[k] = ((sum[k] as number | undefined) ?? 0) + (v as number);
-  return sum;
-}, {});
+const totalsOf = (usage: typeof KEY_USAGE) =>
+  usage.reduce<Row>((sum, u) => {
+    for (const [k, v] of Object.entries(metrics(u))) sum[k] = ((sum[k] as number | undefined) ?? 0) + (v as number);
+    return sum;
+  }, {});
+const TOTALS = totalsOf(KEY_USAGE);
 const TOTAL_COST = KEY_USAGE.reduce((s, u) => s + u.costUsd, 0);
 
 /** The buckets of a window, as the real endpoint names them (UTC). */
@@ -75,7 +77,7 @@ function bucketsOf(bucket: 'hour' | 'day', from: number, to: number): string[] {
 }
 
 /** Spreads every key's usage over the buckets (more recent, more spend), so the rows sum to the totals. */
-function usageRows(groupBy: string[], from: number, to: number): Row[] {
+function usageRows(groupBy: string[], from: number, to: number, usage = KEY_USAGE): Row[] {
   const bucket = groupBy.find((g) => g === 'hour' || g === 'day') as 'hour' | 'day' | undefined;
   const buckets = bucket ? bucketsOf(bucket, from, to) : [undefined];
   const weightSum = (buckets.length * (buckets.length + 1)) / 2;
@@ -87,11 +89,11 @@ function usageRows(groupBy: string[], from: number, to: number): Row[] {
         const row: Row = { model };
         if (bucket && b) row[bucket] = b;
         const sum: Row = {};
-        for (const u of KEY_USAGE) for (const [k, v] of Object.entries(metrics(u, share * modelShare))) sum[k] = ((sum[k] as number | undefined) ?? 0) + (v as number);
+        for (const u of usage) for (const [k, v] of Object.entries(metrics(u, share * modelShare))) sum[k] = ((sum[k] as number | undefined) ?? 0) + (v as number);
         rows.push({ ...row, ...sum });
       }
     } else {
-      for (const u of KEY_USAGE) {
+      for (const u of usage) {
         const row: Row = { key: u.key, keyName: u.keyName };
         if (bucket && b) row[bucket] = b;
         rows.push({ ...row, ...metrics(u, share) });
@@ -183,6 +185,12 @@ interface Stub {
   token: string;
   /** Makes the events endpoint fail with a 500. */
   failEvents: boolean;
+  /** When set, every /admin/usage call answers with this status (503: the store is down). */
+  failUsage: number;
+  /** The per-key usage /admin/usage serves. */
+  usage: typeof KEY_USAGE;
+  /** Replaces the keys /admin/keys lists. */
+  keys: ((now: number) => unknown[]) | null;
   /** Query strings the page sent, per path. */
   calls: { path: string; query: Record<string, string>; auth: string | undefined }[];
 }
@@ -191,7 +199,7 @@ async function startStub(): Promise<Stub> {
   const app = Fastify();
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler(notFoundHandler);
-  const stub: Stub = { app, url: '', token: TOKEN, failEvents: false, calls: [] };
+  const stub: Stub = { app, url: '', token: TOKEN, failEvents: false, failUsage: 0, usage: KEY_USAGE, keys: null, calls: [] };
 
   await app.register(dashboardRoutes, { prefix: '/dashboard' });
   await app.register(
@@ -204,6 +212,9 @@ async function startStub(): Promise<Stub> {
         }
       });
       admin.get<{ Querystring: Record<string, string> }>('/usage', async (request, reply) => {
+        if (stub.failUsage) {
+          return reply.code(stub.failUsage).send(openAIErrorBody('The usage store is unavailable.', 'server_error', 'store_unavailable'));
+        }
         const { from, to, groupBy } = request.query;
         const fromMs = Date.parse(from ?? '');
         const toMs = Date.parse(to ?? '');
@@ -218,8 +229,8 @@ async function startStub(): Promise<Stub> {
           to: new Date(toMs).toISOString(),
           groupBy: groups,
           timeZone: 'UTC',
-          data: usageRows(groups, fromMs, toMs),
-          totals: TOTALS,
+          data: usageRows(groups, fromMs, toMs, stub.usage),
+          totals: totalsOf(stub.usage),
         };
       });
       admin.get<{ Querystring: Record<string, string> }>('/usage/events', async (request, reply) => {
@@ -243,7 +254,7 @@ async function startStub(): Promise<Stub> {
         return reply.type('application/x-ndjson').send(lines.join('\n') + '\n');
       });
       admin.get<{ Querystring: Record<string, string> }>('/keys', async (request) => {
-        const data = keysWithQuota(Date.now());
+        const data = (stub.keys ?? keysWithQuota)(Date.now()) as ReturnType<typeof keysWithQuota>;
         if (request.query.include !== 'quota') for (const k of data) delete (k as { quota?: unknown }).quota;
         return { object: 'list', data };
       });
@@ -292,6 +303,14 @@ describe('the spend dashboard', () => {
       });
     });
   }, 60_000);
+
+  // A test that fails half-way must not leave the stub failing for the next ones.
+  afterEach(() => {
+    stub.failEvents = false;
+    stub.failUsage = 0;
+    stub.usage = KEY_USAGE;
+    stub.keys = null;
+  });
 
   afterAll(async () => {
     await browser?.close();
@@ -354,7 +373,33 @@ describe('the spend dashboard', () => {
     expect(await text('login-error')).toBe('That admin token was refused.');
     expect(await page.getByTestId('dashboard').isVisible()).toBe(false);
     expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
-    expect(stub.calls.some((c) => c.auth === 'Bearer not-the-admin-token')).toBe(true);
+    // One request tells whether the token works: the gateway counts every refused one against this
+    // address (and locks it out after a few dozen), so a typo must not cost one per panel.
+    const wrong = stub.calls.filter((c) => c.auth === 'Bearer not-the-admin-token');
+    expect(wrong.map((c) => c.path)).toEqual(['/admin/keys']);
+
+    // The same after a reload with a token in the tab that no longer works.
+    await page.evaluate(() => sessionStorage.setItem('tollgate.adminToken', 'a-stale-admin-token-0000'));
+    await page.reload();
+    await page.getByTestId('login-error').waitFor({ state: 'visible' });
+    expect(await text('login-error')).toBe('That admin token was refused.');
+    expect(stub.calls.filter((c) => c.auth === 'Bearer a-stale-admin-token-0000').map((c) => c.path)).toEqual(['/admin/keys']);
+    expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
+  });
+
+  it('says a pasted token has characters no token has, and sends nothing', async () => {
+    phase = 'bad-characters';
+    stub.calls.length = 0;
+    // A zero-width space, curly quotes and a non-Latin-1 letter: fetch cannot put these in a header.
+    for (const pasted of [`${TOKEN.slice(0, 8)}\u200b${TOKEN.slice(8)}`, `\u201c${TOKEN}\u201d`, `${TOKEN}\u0436`, `${TOKEN.slice(0, 8)} ${TOKEN.slice(8)}`]) {
+      await page.getByTestId('token').fill(pasted);
+      await page.getByTestId('login-submit').click();
+      await page.getByTestId('login-error').waitFor({ state: 'visible' });
+      expect(await text('login-error')).toMatch(/^The token contains characters a token cannot contain/);
+      expect(await page.getByTestId('login-submit').isEnabled()).toBe(true);
+      expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
+    }
+    expect(stub.calls).toEqual([]);
   });
 
   it('shows the headline numbers, charts, top keys, budgets and recent requests', async () => {
@@ -525,6 +570,111 @@ describe('the spend dashboard', () => {
     await page.waitForFunction(() => (window as unknown as { Chart: { getChart(id: string): any } }).Chart.getChart('chart-keys')?.data.labels.length === 7);
   });
 
+  it('shows dashes, not zeros, and keeps the time of the last good refresh when the usage cannot be loaded', async () => {
+    phase = 'usage-down';
+    const before = await text('updated');
+    expect(before).toMatch(/^Updated \d\d:\d\d:\d\d UTC$/);
+    // Let the clock pass the second shown, so an Updated time that moved would show it.
+    const shownTime = before!.slice(8, 16);
+    await page.waitForFunction((shown) => new Date().toISOString().slice(11, 19) !== shown, shownTime);
+    stub.failUsage = 503;
+    await page.getByTestId('refresh').click();
+    await page.getByTestId('banner').waitFor({ state: 'visible' });
+    expect(await text('banner')).toBe('Some data could not be loaded: /admin/usage: The usage store is unavailable. (HTTP 503)');
+    for (const id of ['kpi-spend', 'kpi-requests', 'kpi-tokens', 'kpi-cache-rate', 'kpi-saved']) expect(await text(id), id).toBe('–');
+    expect(await text('kpi-spend-sub')).toBe('Could not be loaded.');
+    expect(await text('updated')).toBe(`${before} · refresh failed`);
+    expect(await page.getByTestId('top-key-row').count()).toBe(0);
+
+    phase = 'signed-in';
+    stub.failUsage = 0;
+    await page.getByTestId('refresh').click();
+    await page.getByTestId('banner').waitFor({ state: 'hidden' });
+    expect(await text('kpi-spend')).toBe('$19.80');
+    expect(await text('updated')).toMatch(/^Updated \d\d:\d\d:\d\d UTC$/);
+  });
+
+  it('keeps long key names short in the table and the chart tooltips', async () => {
+    phase = 'long-names';
+    const long = 'an-extremely-long-key-name-'.repeat(7).slice(0, 190);
+    stub.usage = KEY_USAGE.map((u) => (u.key === 'key_billing0001' ? { ...u, keyName: long } : u));
+    await page.setViewportSize({ width: 1400, height: 900 });
+    await page.getByTestId('refresh').click();
+    await page.waitForFunction((name) => document.querySelector('[data-testid="top-key-name"]')?.textContent === name, long);
+
+    // Every column of the table fits its card; the name is cut short (the full name is its title).
+    const layout = await page.getByTestId('top-keys').evaluate((table: HTMLElement) => {
+      const wrap = table.parentElement;
+      const card = table.closest('.card').getBoundingClientRect();
+      const errors = [...table.querySelectorAll('th')].at(-1).getBoundingClientRect();
+      const name = table.querySelector('[data-testid="top-key-name"]');
+      return { scroll: wrap.scrollWidth, client: wrap.clientWidth, errorsRight: errors.right, cardRight: card.right, nameCut: name.scrollWidth > name.clientWidth, title: name.title };
+    });
+    expect(layout.scroll).toBeLessThanOrEqual(layout.client);
+    expect(layout.errorsRight).toBeLessThanOrEqual(layout.cardRight);
+    expect(layout.nameCut).toBe(true);
+    expect(layout.title).toBe(long);
+
+    // Hovering the latest bar: the tooltip's line for the key is short enough to show its amount, inside the canvas.
+    const bar = await page.evaluate(() => {
+      const chart = window.Chart.getChart('chart-keys');
+      const meta = chart.getDatasetMeta(0);
+      const el = meta.data.at(-1);
+      return { x: el.x, y: el.y + 2, label: chart.data.datasets[0].label };
+    });
+    expect(bar.label).toBe(long);
+    const box = (await page.getByTestId('chart-keys').boundingBox())!;
+    await page.mouse.move(box.x + bar.x, box.y + bar.y);
+    await page.waitForFunction(() => window.Chart.getChart('chart-keys').tooltip.opacity === 1);
+    const tip = await page.evaluate(() => {
+      const chart = window.Chart.getChart('chart-keys');
+      const t = chart.tooltip;
+      return { lines: t.body.flatMap((b: { lines: string[] }) => b.lines), x: t.x, width: t.width, chartWidth: chart.width };
+    });
+    const line = tip.lines.find((l: string) => l.includes('an-extremely'))!;
+    expect(line).toMatch(/^ an-extremely-long-key-name-an-.*…: \$\d[\d,.]*$/);
+    expect(line.length).toBeLessThanOrEqual(48);
+    expect(tip.x).toBeGreaterThanOrEqual(0);
+    expect(tip.x + tip.width).toBeLessThanOrEqual(tip.chartWidth);
+    await page.screenshot({ path: `${ARTIFACTS}dashboard-long-names.png` });
+
+    await page.mouse.move(0, 0);
+    stub.usage = KEY_USAGE;
+    await page.setViewportSize({ width: 1440, height: 900 });
+    await page.getByTestId('refresh').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="top-key-name"]')?.textContent === 'billing-app');
+  });
+
+  it('draws only the fullest budgets when there are many', async () => {
+    phase = 'many-budgets';
+    const resets = new Date(Date.now() + DAY).toISOString();
+    // 55 keys with a daily and a monthly USD budget each: 110 budgets, key i at i% and (i/2)%; the 15 fullest are days 54% to 40%.
+    stub.keys = () =>
+      Array.from({ length: 55 }, (_, i) => ({
+        id: `key_many${String(i).padStart(4, '0')}`,
+        name: `team-${i}`,
+        revokedAt: null,
+        limits: { usdPerDay: 100, usdPerMonth: 1000 },
+        quota: {
+          usdPerDay: { limit: 100, used: i, reserved: 0, resetsAt: resets },
+          usdPerMonth: { limit: 1000, used: i * 5, reserved: 0, resetsAt: resets },
+        },
+      }));
+    await page.getByTestId('refresh').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="budget-row"]')?.getAttribute('data-key-id') === 'key_many0054');
+    expect(await page.getByTestId('budget-row').count()).toBe(15);
+    expect(await text('budgets-note')).toBe('top 15 of 110 budgets');
+    const shown = await texts('budget-percent');
+    expect(shown[0]).toBe('54.0%');
+    expect(shown.at(-1)).toBe('40.0%');
+    expect(await page.evaluate(() => document.documentElement.scrollHeight)).toBeLessThan(3_000);
+
+    stub.keys = null;
+    await page.getByTestId('refresh').click();
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="budget-row"]').length === 3);
+    expect(await text('budgets-note')).toBe('today and this month, per key');
+  });
+
   it('says what could not be loaded and shows the rest', async () => {
     phase = 'partial-failure';
     stub.failEvents = true;
@@ -574,6 +724,60 @@ describe('the spend dashboard', () => {
     expect(await page.evaluate(() => document.body.textContent!.includes('billing-app'))).toBe(false);
   });
 
+  it('gives up on a gateway that does not answer, on sign in and on refresh', async () => {
+    // A page of its own, with a clock the test moves: the page's requests time out after 15 s.
+    const own = await browser.newContext({ viewport: { width: 1440, height: 900 }, timezoneId: 'UTC', locale: 'en-US' });
+    const p = await own.newPage();
+    try {
+      await p.clock.install();
+      await p.goto(`${stub.url}/dashboard`);
+      await p.getByTestId('login').waitFor({ state: 'visible' });
+      let hung = 0;
+      let arrived = () => {};
+      const hang = async () => {
+        await p.route('**/admin/**', () => {
+          hung++;
+          arrived();
+        }); // never answers
+      };
+      const waitForHung = (n: number) =>
+        new Promise<void>((resolve) => {
+          arrived = () => hung >= n && resolve();
+          arrived();
+        });
+
+      await hang();
+      await p.getByTestId('token').fill(TOKEN);
+      await p.getByTestId('login-submit').click();
+      await waitForHung(1);
+      expect(await p.getByTestId('login-submit').textContent()).toBe('Checking…');
+      await p.clock.runFor(15_500);
+      await p.getByTestId('login-error').waitFor({ state: 'visible' });
+      expect(await p.getByTestId('login-error').textContent()).toBe('The gateway did not answer within 15 seconds.');
+      expect(await p.getByTestId('login-submit').isEnabled()).toBe(true);
+      expect(await p.getByTestId('login-submit').textContent()).toBe('Open dashboard');
+
+      await p.unrouteAll();
+      await p.getByTestId('token').fill(TOKEN);
+      await p.getByTestId('login-submit').click();
+      await p.getByTestId('top-key-row').first().waitFor();
+
+      // A refresh that hangs: Refresh comes back, and the panels say why.
+      hung = 0;
+      await hang();
+      await p.getByTestId('refresh').click();
+      await waitForHung(5);
+      expect(await p.getByTestId('refresh').isDisabled()).toBe(true);
+      await p.clock.runFor(15_500);
+      await p.getByTestId('banner').waitFor({ state: 'visible' });
+      expect(await p.getByTestId('banner').textContent()).toBe('Some data could not be loaded: The gateway did not answer within 15 seconds.');
+      expect(await p.getByTestId('refresh').isEnabled()).toBe(true);
+      expect(await p.getByTestId('kpi-spend').textContent()).toBe('–');
+    } finally {
+      await own.close();
+    }
+  });
+
   it('logged no console errors, page errors or CSP violations', () => {
     // The only errors allowed are Chromium's notes on the 401s the wrong and rotated tokens got,
     // and on the 500 the failing events endpoint sent.
@@ -581,6 +785,7 @@ describe('the spend dashboard', () => {
       'wrong-token': /^console\.error: Failed to load resource: the server responded with a status of 401 \(Unauthorized\)$/,
       'token-rotated': /^console\.error: Failed to load resource: the server responded with a status of 401 \(Unauthorized\)$/,
       'partial-failure': /^console\.error: Failed to load resource: the server responded with a status of 500 \(Internal Server Error\)$/,
+      'usage-down': /^console\.error: Failed to load resource: the server responded with a status of 503 \(Service Unavailable\)$/,
     };
     const unexpected = problems.filter((p) => !allowed[p.phase]?.test(p.text));
     expect(unexpected).toEqual([]);
