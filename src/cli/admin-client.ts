@@ -81,7 +81,7 @@ export class AdminClient {
         redirect: 'manual',
       });
     } catch (err) {
-      throw this.connectionError(err);
+      throw this.connectionError(err, 'connect');
     }
     if (res.status >= 300 && res.status < 400) {
       const location = res.headers.get('location');
@@ -93,12 +93,12 @@ export class AdminClient {
     try {
       text = await res.text();
     } catch (err) {
-      throw this.connectionError(err);
+      throw this.connectionError(err, 'body');
     }
     let parsed: unknown;
     let isJson = true;
     try {
-      parsed = text ? JSON.parse(text) : undefined;
+      parsed = JSON.parse(text); // an empty body is not JSON either: every admin API answer has one
     } catch {
       isJson = false;
     }
@@ -111,41 +111,117 @@ export class AdminClient {
     return parsed as T;
   }
 
-  private connectionError(err: unknown): ConnectionError {
-    const e = err as { name?: string; message?: string; cause?: { code?: string; message?: string; errors?: { code?: string }[] } };
-    if (e?.name === 'TimeoutError') {
-      return new ConnectionError(`no answer from Tollgate at ${this.url} within ${Math.round(this.#timeoutMs / 1000)}s`);
-    }
-    const code = e?.cause?.code ?? e?.cause?.errors?.[0]?.code;
-    const reason =
-      code === 'ECONNREFUSED'
-        ? 'connection refused. Is the gateway running there? Set --url or TOLLGATE_URL to point elsewhere'
-        : code === 'ENOTFOUND' || code === 'EAI_AGAIN'
-          ? 'host not found'
-          : code === 'ECONNRESET'
-            ? 'connection reset'
-            : (code ?? e?.cause?.message ?? e?.message ?? 'unknown error');
-    return new ConnectionError(`cannot connect to Tollgate at ${this.url}: ${reason}`);
+  private connectionError(err: unknown, phase: 'connect' | 'body'): ConnectionError {
+    return new ConnectionError(describeNetworkError(err, this.url, phase, this.#timeoutMs));
   }
 
-  listKeys() {
-    return this.request<{ object: string; data: AdminKey[] }>('GET', '/admin/keys');
+  /** The answer of `method path` is not what the admin API returns there (e.g. `null`, `[]`, a string). */
+  private notTheApi(method: string, path: string): ConnectionError {
+    return new ConnectionError(`${this.url} answered ${method} ${path} with JSON that is not the admin API's answer: is it a Tollgate gateway? Check --url or TOLLGATE_URL`);
+  }
+
+  /** A key, as create, show, update and rotate return it: an object with a string id (more is not checked: fields may be missing). */
+  private async keyRequest(method: string, path: string, body?: unknown): Promise<AdminKey> {
+    const key = await this.request<unknown>(method, path, body);
+    if (!isObject(key) || typeof key.id !== 'string') throw this.notTheApi(method, path);
+    return key as AdminKey;
+  }
+
+  async listKeys(): Promise<{ object: string; data: AdminKey[] }> {
+    const res = await this.request<unknown>('GET', '/admin/keys');
+    if (!isObject(res) || !Array.isArray(res.data)) throw this.notTheApi('GET', '/admin/keys');
+    return res as { object: string; data: AdminKey[] };
   }
   getKey(id: string) {
-    return this.request<AdminKey>('GET', `/admin/keys/${encodeURIComponent(id)}`);
+    return this.keyRequest('GET', `/admin/keys/${encodeURIComponent(id)}`);
   }
   createKey(input: KeyInput) {
-    return this.request<AdminKey>('POST', '/admin/keys', input);
+    return this.keyRequest('POST', '/admin/keys', input);
   }
   updateKey(id: string, patch: KeyInput) {
-    return this.request<AdminKey>('PATCH', `/admin/keys/${encodeURIComponent(id)}`, patch);
+    return this.keyRequest('PATCH', `/admin/keys/${encodeURIComponent(id)}`, patch);
   }
-  revokeKey(id: string) {
-    return this.request<{ id: string; object: string; deleted: boolean }>('DELETE', `/admin/keys/${encodeURIComponent(id)}`);
+  async revokeKey(id: string): Promise<{ id: string; object: string; deleted: boolean }> {
+    const path = `/admin/keys/${encodeURIComponent(id)}`;
+    const res = await this.request<unknown>('DELETE', path);
+    if (!isObject(res) || typeof res.id !== 'string') throw this.notTheApi('DELETE', path);
+    return res as { id: string; object: string; deleted: boolean };
   }
   rotateKey(id: string) {
-    return this.request<AdminKey>('POST', `/admin/keys/${encodeURIComponent(id)}/rotate`);
+    return this.keyRequest('POST', `/admin/keys/${encodeURIComponent(id)}/rotate`);
   }
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Error codes of a failed fetch: undici puts them on `cause` (or on each of `cause.errors` when every address failed). */
+function errorCode(err: unknown): string | undefined {
+  const e = err as { code?: unknown; cause?: { code?: unknown; errors?: { code?: unknown }[]; cause?: { code?: unknown } } } | null;
+  const code = e?.cause?.code ?? e?.cause?.errors?.[0]?.code ?? e?.cause?.cause?.code ?? e?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/**
+ * A human message for a failed request to `url`, by undici's or the system's error code. `phase` says whether
+ * the answer had started (`body`: the status was received, the body was being read) or not (`connect`).
+ * The message names the URL only: never a header, so never the admin token.
+ */
+export function describeNetworkError(err: unknown, url: string, phase: 'connect' | 'body', timeoutMs: number): string {
+  const e = err as { name?: unknown; message?: unknown; cause?: { message?: unknown } } | null;
+  const seconds = `${Math.round(timeoutMs / 1000)}s`;
+  if (e?.name === 'TimeoutError') {
+    return phase === 'body'
+      ? `Tollgate at ${url} did not finish its answer within ${seconds}`
+      : `no answer from Tollgate at ${url} within ${seconds}`;
+  }
+  const code = errorCode(err);
+  const host = (() => {
+    try {
+      return new URL(url).hostname;
+    } catch {
+      return url;
+    }
+  })();
+  const unfinished = phase === 'body' ? 'before the answer was complete' : 'before answering';
+  switch (code) {
+    case 'ECONNREFUSED':
+      return `cannot connect to Tollgate at ${url}: connection refused. Is the gateway running there? Set --url or TOLLGATE_URL to point elsewhere`;
+    case 'ENOTFOUND':
+      return `cannot connect to Tollgate at ${url}: host '${host}' not found. Check --url or TOLLGATE_URL`;
+    case 'EAI_AGAIN':
+      return `cannot connect to Tollgate at ${url}: could not look up host '${host}' (DNS not answering). Try again, or check --url or TOLLGATE_URL`;
+    case 'UND_ERR_SOCKET':
+    case 'EPIPE':
+      return `the connection to ${url} was closed ${unfinished}`;
+    case 'ECONNRESET':
+      return `the connection to ${url} was reset ${unfinished}`;
+    case 'UND_ERR_HEADERS_TIMEOUT':
+      return `Tollgate at ${url} accepted the connection but sent no answer in time`;
+    case 'UND_ERR_BODY_TIMEOUT':
+      return `Tollgate at ${url} stopped sending its answer part-way (timed out waiting for the rest)`;
+    case 'UND_ERR_CONNECT_TIMEOUT':
+    case 'ETIMEDOUT':
+      return `cannot connect to Tollgate at ${url}: the connection timed out`;
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+      return `cannot connect to Tollgate at ${url}: the network cannot reach '${host}'`;
+    case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
+    case 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH':
+      return `the answer from ${url} was cut short or malformed (its length does not match Content-Length)`;
+    case 'HPE_INVALID_CONSTANT':
+    case 'HPE_INVALID_VERSION':
+    case 'EPROTO':
+    case 'ERR_SSL_WRONG_VERSION_NUMBER':
+      return `${url} did not answer in HTTP as expected: is it the gateway, and is the scheme (http:// or https://) right?`;
+    default:
+      break;
+  }
+  if (code?.startsWith('HPE_')) return `${url} sent an answer that is not valid HTTP (${code}): is it a Tollgate gateway?`;
+  if (code && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)) return `cannot connect to Tollgate at ${url}: its TLS certificate was refused (${code})`;
+  const detail = code ?? (typeof e?.cause?.message === 'string' ? e.cause.message : undefined) ?? (typeof e?.message === 'string' ? e.message : undefined) ?? 'unknown error';
+  return phase === 'body' ? `the answer from ${url} could not be read: ${detail}` : `cannot connect to Tollgate at ${url}: ${detail}`;
 }
 
 function apiErrorFields(body: unknown): { message: string; code: string | null } | undefined {

@@ -1,8 +1,21 @@
 // Plain-text layout for human output: aligned tables and key/value blocks. No colours, no trailing spaces.
 
-/** Makes a value safe to print on one terminal line: control characters (newlines, escape sequences) are shown escaped. */
+/**
+ * Characters that must not reach a terminal as they are: control characters (newlines, escape sequences),
+ * invisible format characters (bidi embeddings, overrides and isolates U+202A-U+202E and U+2066-U+2069,
+ * marks U+200E/U+200F/U+061C, zero-width characters, BOM, tags), line and paragraph separators, and lone
+ * surrogates. A bidi control in a key name could otherwise reorder what the terminal shows (Trojan Source).
+ */
+const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu;
+
+/** Makes a value safe to print on one terminal line: unsafe characters (see UNSAFE) are shown escaped (\x1b, \u202e). */
 export function clean(value: string): string {
-  return value.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return value.replace(UNSAFE, (c) => {
+    const code = c.codePointAt(0)!;
+    if (code <= 0xff) return `\\x${code.toString(16).padStart(2, '0')}`;
+    if (code <= 0xffff) return `\\u${code.toString(16).padStart(4, '0')}`;
+    return `\\u{${code.toString(16)}}`;
+  });
 }
 
 /** Shortens a string to `max` characters, marking the cut with `...`. */

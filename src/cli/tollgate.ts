@@ -189,13 +189,15 @@ async function dispatch(argv: string[], io: CliIO): Promise<number> {
       if (flagToken !== undefined && !flagToken.trim()) {
         throw new UsageError('--token cannot be empty: give the admin token, or leave --token out to use TOLLGATE_ADMIN_TOKEN or ADMIN_TOKEN', words);
       }
-      const token = (flagToken || io.env.TOLLGATE_ADMIN_TOKEN || io.env.ADMIN_TOKEN || '').trim();
+      // A blank variable counts as unset (as TOLLGATE_URL does): TOLLGATE_ADMIN_TOKEN=' ' falls back to ADMIN_TOKEN.
+      const token = flagToken?.trim() || io.env.TOLLGATE_ADMIN_TOKEN?.trim() || io.env.ADMIN_TOKEN?.trim() || '';
       if (!token) throw new UsageError('no admin token: set TOLLGATE_ADMIN_TOKEN (or ADMIN_TOKEN), or pass --token', words);
       if (!/^[\x21-\x7e]+$/.test(token)) throw new UsageError('the admin token contains characters that cannot be sent in a header', words);
       client = new AdminClient({ url, token });
       return client;
     },
-    out: (text) => void io.stdout(`${text}\n`),
+    // Human output: every line is made safe to print (control and bidi characters escaped), whichever command built it.
+    out: (text) => void io.stdout(`${text.split('\n').map(clean).join('\n')}\n`),
     printJson: (v) => void io.stdout(`${JSON.stringify(v, null, 2)}\n`),
   };
   const code = await node.run(ctx);

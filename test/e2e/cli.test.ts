@@ -4,8 +4,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { describeNetworkError } from '../../src/cli/admin-client.js';
 import { main } from '../../src/cli/tollgate.js';
 import { startGateway, ADMIN_TOKEN, type Gateway } from '../helpers/gateway.js';
 import { freePort } from '../helpers/redis-server.js';
@@ -240,6 +241,19 @@ describe('errors', () => {
     expect(none.stderr).toContain('error: no admin token');
   });
 
+  it('takes a blank TOLLGATE_ADMIN_TOKEN as unset and falls back to ADMIN_TOKEN', async () => {
+    const { id } = await gw.createKey({ name: 'blank-env' });
+    for (const blank of [' ', '', '\t \n']) {
+      const r = await cli(['keys', 'show', id], { TOLLGATE_URL: gw.url, TOLLGATE_ADMIN_TOKEN: blank, ADMIN_TOKEN });
+      expect(r.stderr, JSON.stringify(blank)).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^name\s+blank-env$/m);
+    }
+    const both = await cli(['keys', 'list'], { TOLLGATE_URL: gw.url, TOLLGATE_ADMIN_TOKEN: ' ', ADMIN_TOKEN: '  ' });
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain('error: no admin token');
+  });
+
   it('refuses an explicit empty --token (exit 2) instead of using the environment', async () => {
     for (const args of [['keys', 'list', '--token', ''], ['--token', '', 'keys', 'list'], ['keys', 'list', '--token=  '], ['keys', 'show', 'key_x', '--token=']]) {
       const r = await cli(args);
@@ -338,6 +352,7 @@ describe('help', () => {
     const update = await ok('keys', 'update', '--help');
     expect(update).toContain('Usage:\n  tollgate keys update ID [options]');
     expect(update).toContain('Limits are merged');
+    expect(update).toMatch(/^Not atomic: when two updates of one key's limits \(or metadata\) run at once, one's change can be lost\.$/m);
     expect(update).toContain('--clear-limits');
     expect(await ok('help', 'keys', 'create')).toMatch(/--tokens-per-day N\s+Tokens per day/);
     // Help wins over anything else on the line, and needs no gateway.
@@ -447,6 +462,197 @@ describe('show with a quota (stub admin API)', () => {
     const r = await stubCli('keys', 'show', 'key_html');
     expect(r.code).toBe(1);
     expect(r.stderr).toBe(`error: HTTP 502 Bad Gateway from ${stubUrl}\n`);
+  });
+});
+
+const BIDI = ['\u202a', '\u202b', '\u202c', '\u202d', '\u202e', '\u2066', '\u2067', '\u2068', '\u2069', '\u200e', '\u200f'];
+const INVISIBLE = [...BIDI, '\u200b', '\u2060', '\ufeff', '\u061c', '\u00ad', '\u2028', '\u{e0041}'];
+/** No bidi control, invisible format character or control character other than a newline. */
+const UNSAFE = /[\p{Cf}\p{Zl}\p{Zp}\p{Cs}\u0000-\u0009\u000b-\u001f\u007f-\u009f]/u;
+
+describe('names that could spoof the terminal (Trojan Source)', () => {
+  const spoof = `adm\u202ein\u2066x\u2069\u200fy\u200b\u{e0041}`;
+  const escaped = 'adm\\u202ein\\u2066x\\u2069\\u200fy\\u200b\\u{e0041}';
+
+  it('escapes bidi and invisible format characters in every human output of keys', async () => {
+    const created = await cli(['keys', 'create', '--name', spoof, '--metadata', `team=\u202ered`]);
+    expect(created.code).toBe(0);
+    const id = /^Created key (key_[\w-]+)\.$/m.exec(created.stdout)![1]!;
+    const outputs = [
+      created.stdout,
+      await ok('keys', 'list'),
+      await ok('keys', 'show', id),
+      await ok('keys', 'update', id, '--rpm', '5'),
+      await ok('keys', 'rotate', id),
+    ];
+    for (const stdout of outputs) {
+      expect(stdout).not.toMatch(UNSAFE);
+      expect(stdout).toContain(escaped);
+    }
+    expect(outputs[2]).toMatch(/^metadata\s+team=\\u202ered$/m);
+    expect(outputs[4]).toContain(`(${escaped})`);
+    // --json keeps the API's data as it is.
+    expect(JSON.parse(await ok('keys', 'show', id, '--json')).name).toBe(spoof);
+    // Every character of the list is escaped, each on its own.
+    for (const c of INVISIBLE) {
+      const code = c.codePointAt(0)!;
+      const want = code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : code <= 0xffff ? `\\u${code.toString(16).padStart(4, '0')}` : `\\u{${code.toString(16)}}`;
+      const { id: other } = await gw.createKey({ name: `n${c}m` });
+      const shown = await ok('keys', 'show', other);
+      expect(shown, want).not.toMatch(UNSAFE);
+      expect(shown).toMatch(new RegExp(`^name\\s+n${want.replace(/[\\{}]/g, '\\$&')}m$`, 'm'));
+    }
+  });
+
+  it('escapes them in the usage report too, title and table', async () => {
+    const stub = createServer((_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(
+        JSON.stringify({
+          object: 'usage',
+          from: '2026-11-01T00:00:00.000Z',
+          to: '2026-11-02T00:00:00.000Z',
+          groupBy: ['day', 'key'],
+          timeZone: `UTC\u202e\u001b[2J`,
+          data: [{ day: '2026-11-01', key: 'key_a', keyName: spoof, requests: 1, totalTokens: 10, costUsd: 0.01, cacheHits: 0, savedUsd: 0 }],
+          totals: { requests: 1, totalTokens: 10, costUsd: 0.01, cacheHits: 0, savedUsd: 0 },
+        }),
+      );
+    });
+    stub.listen(0, '127.0.0.1');
+    await once(stub, 'listening');
+    try {
+      const url = `http://127.0.0.1:${(stub.address() as AddressInfo).port}`;
+      const r = await cli(['usage', '--since', '2026-11-01', '--until', '2026-11-02', '--by', 'day,key'], { TOLLGATE_URL: url, TOLLGATE_ADMIN_TOKEN: ADMIN_TOKEN });
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout).not.toMatch(UNSAFE);
+      expect(r.stdout).toContain('(days in UTC\\u202e\\x1b[2J)');
+      expect(r.stdout).toContain(escaped);
+    } finally {
+      await new Promise<void>((resolve) => stub.close(() => resolve()));
+    }
+  });
+});
+
+describe('answers that are not the admin API', () => {
+  let stub: Server;
+  let stubUrl: string;
+  let answer = 'null';
+  beforeAll(async () => {
+    stub = createServer((_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(answer);
+    });
+    stub.listen(0, '127.0.0.1');
+    await once(stub, 'listening');
+    stubUrl = `http://127.0.0.1:${(stub.address() as AddressInfo).port}`;
+  });
+  afterAll(() => new Promise<void>((resolve) => stub.close(() => resolve())));
+
+  it('says the answer is not the admin API, naming the URL (exit 1), for every command', async () => {
+    const commands: [string[], string][] = [
+      [['keys', 'list'], 'GET /admin/keys'],
+      [['keys', 'show', 'key_a'], 'GET /admin/keys/key_a'],
+      [['keys', 'create', '--name', 'x'], 'POST /admin/keys'],
+      [['keys', 'update', 'key_a', '--name', 'x'], 'PATCH /admin/keys/key_a'],
+      [['keys', 'update', 'key_a', '--rpm', '5'], 'GET /admin/keys/key_a'],
+      [['keys', 'revoke', 'key_a'], 'DELETE /admin/keys/key_a'],
+      [['keys', 'rotate', 'key_a'], 'POST /admin/keys/key_a/rotate'],
+    ];
+    for (const body of ['null', '[]', '"a string"', '42', 'true', '{}', '{"id":7}', '{"data":{}}', '']) {
+      answer = body;
+      for (const [args, request] of commands) {
+        for (const json of [false, true]) {
+          const r = await cli(json ? [...args, '--json'] : args, { TOLLGATE_URL: stubUrl, TOLLGATE_ADMIN_TOKEN: ADMIN_TOKEN });
+          const what = `${body} ${args.join(' ')}${json ? ' --json' : ''}`;
+          expect(r.code, what).toBe(1);
+          expect(r.stdout, what).toBe('');
+          expect(r.stderr, what).toBe(
+            `error: ${stubUrl} answered ${request} with ${body === '' ? 'something other than JSON' : "JSON that is not the admin API's answer"}: is it a Tollgate gateway?${body === '' ? '' : ' Check --url or TOLLGATE_URL'}\n`,
+          );
+          expect(r.stderr).not.toContain('Cannot read properties');
+          expect(r.stderr).not.toContain(ADMIN_TOKEN);
+        }
+      }
+    }
+  });
+});
+
+describe('connections that fail', () => {
+  /** A raw TCP server: `onRequest` gets the socket once the request arrives. */
+  async function rawServer(onRequest: (socket: Socket) => void) {
+    const sockets = new Set<Socket>();
+    const server = createNetServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => {});
+      socket.once('data', () => onRequest(socket));
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const close = () => {
+      for (const s of sockets) s.destroy();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    };
+    return { url, close };
+  }
+  const partial = 'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"object":"list","da';
+
+  const esc = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  // A reset may reach the client as a reset or, when the partial answer was already read, as a close.
+  const cases: [string, (socket: Socket) => void, (url: string) => RegExp][] = [
+    ['closed mid-answer', (s) => s.write(partial, () => s.destroy()), (url) => new RegExp(`^error: the connection to ${esc(url)} was closed before the answer was complete\n$`)],
+    ['reset mid-answer', (s) => s.write(partial, () => setImmediate(() => s.resetAndDestroy())), (url) => new RegExp(`^error: the connection to ${esc(url)} was (reset|closed) before the answer was complete\n$`)],
+    ['closed without answering', (s) => s.destroy(), (url) => new RegExp(`^error: the connection to ${esc(url)} was closed before answering\n$`)],
+    ['reset without answering', (s) => s.resetAndDestroy(), (url) => new RegExp(`^error: the connection to ${esc(url)} was (reset|closed) before answering\n$`)],
+    ['answering something that is not HTTP', (s) => s.end('hello\r\n\r\n'), (url) => new RegExp(`^error: ${esc(url)} did not answer in HTTP as expected`)],
+  ];
+  for (const [name, behave, message] of cases) {
+    it(`says so in words when the connection is ${name} (exit 1)`, async () => {
+      const server = await rawServer(behave);
+      try {
+        for (const args of [['keys', 'list'], ['keys', 'show', 'key_a', '--json']]) {
+          const r = await cli(args, { TOLLGATE_URL: server.url, TOLLGATE_ADMIN_TOKEN: ADMIN_TOKEN });
+          expect(r.code, args.join(' ')).toBe(1);
+          expect(r.stdout).toBe('');
+          expect(r.stderr, args.join(' ')).toMatch(message(server.url));
+          expect(r.stderr).not.toMatch(/UND_ERR|ECONN|HPE_|terminated|fetch failed/);
+          expect(r.stderr).not.toContain(ADMIN_TOKEN);
+        }
+      } finally {
+        await server.close();
+      }
+    });
+  }
+
+  it('reads well for every error code the CLI can meet', () => {
+    const url = 'http://gateway.example:8080';
+    const failed = (code: string) => Object.assign(new TypeError('fetch failed'), { cause: Object.assign(new Error(code), { code }) });
+    const expected: [string, 'connect' | 'body', string][] = [
+      ['ECONNREFUSED', 'connect', `cannot connect to Tollgate at ${url}: connection refused. Is the gateway running there?`],
+      ['ENOTFOUND', 'connect', `cannot connect to Tollgate at ${url}: host 'gateway.example' not found. Check --url or TOLLGATE_URL`],
+      ['EAI_AGAIN', 'connect', `cannot connect to Tollgate at ${url}: could not look up host 'gateway.example'`],
+      ['ECONNRESET', 'connect', `the connection to ${url} was reset before answering`],
+      ['ECONNRESET', 'body', `the connection to ${url} was reset before the answer was complete`],
+      ['UND_ERR_SOCKET', 'body', `the connection to ${url} was closed before the answer was complete`],
+      ['UND_ERR_SOCKET', 'connect', `the connection to ${url} was closed before answering`],
+      ['UND_ERR_HEADERS_TIMEOUT', 'connect', `Tollgate at ${url} accepted the connection but sent no answer in time`],
+      ['UND_ERR_BODY_TIMEOUT', 'body', `Tollgate at ${url} stopped sending its answer part-way`],
+      ['UND_ERR_CONNECT_TIMEOUT', 'connect', `cannot connect to Tollgate at ${url}: the connection timed out`],
+      ['EHOSTUNREACH', 'connect', `cannot connect to Tollgate at ${url}: the network cannot reach 'gateway.example'`],
+      ['DEPTH_ZERO_SELF_SIGNED_CERT', 'connect', `cannot connect to Tollgate at ${url}: its TLS certificate was refused`],
+    ];
+    for (const [code, phase, message] of expected) {
+      const text = describeNetworkError(failed(code), url, phase, 30_000);
+      expect(text, `${code} ${phase}`).toContain(message);
+    }
+    // Every address refused (undici's AggregateError), and a timeout of our own.
+    const aggregate = Object.assign(new TypeError('fetch failed'), { cause: Object.assign(new AggregateError([]), { errors: [{ code: 'ECONNREFUSED' }] }) });
+    expect(describeNetworkError(aggregate, url, 'connect', 30_000)).toContain('connection refused');
+    const timeout = Object.assign(new Error('The operation was aborted due to timeout'), { name: 'TimeoutError' });
+    expect(describeNetworkError(timeout, url, 'connect', 30_000)).toBe(`no answer from Tollgate at ${url} within 30s`);
+    expect(describeNetworkError(timeout, url, 'body', 30_000)).toBe(`Tollgate at ${url} did not finish its answer within 30s`);
   });
 });
 

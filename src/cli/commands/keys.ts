@@ -175,6 +175,7 @@ key and applies the limit flags given to its current limits (--rpm 10 sets rpm a
 other limit). A limit flag set to 'none' removes that limit; --clear-limits removes them all.
 --metadata entries are merged into the current metadata the same way. --models replaces the
 list; --models all allows every model.
+Not atomic: when two updates of one key's limits (or metadata) run at once, one's change can be lost.
 
 Examples:
   tollgate keys update key_abc --rpm 10 --usd-per-day none
