@@ -101,7 +101,7 @@ export function decodeUsageEvent(json: string): UsageEvent | null {
 
 /** The UTC hour id (`YYYY-MM-DDTHH`) of an epoch ms. */
 export function hourId(ms: number): string {
-  return new Date(Math.floor(ms / HOUR_MS) * HOUR_MS).toISOString().slice(0, 13);
+  return new Date(startOfHour(ms)).toISOString().slice(0, 13);
 }
 
 /** Epoch ms at which an hour id begins; RangeError unless `id` is a real UTC hour as hourId writes it. */
@@ -319,9 +319,23 @@ export function checkEventsQuery(query: EventsQuery): StreamId | undefined {
  * boundary is not on a whole UTC hour (a local midnight in Asia/Kolkata is hh:30 UTC).
  */
 export function reportHours(fromMs: number, toMs: number): [first: string, last: string] | null {
-  const first = Math.ceil(fromMs / HOUR_MS) * HOUR_MS;
+  const span = reportSpan(fromMs, toMs);
+  return span ? [hourId(span[0]), hourId(span[1] - 1)] : null;
+}
+
+/** Epoch ms at which the UTC hour holding `ms` starts. */
+export function startOfHour(ms: number): number {
+  return Math.floor(ms / HOUR_MS) * HOUR_MS;
+}
+
+/**
+ * The whole hours a usage report over [fromMs, toMs) counts (see reportHours), as epoch ms
+ * [start of the first, end of the last), or null when no hour starts in the range.
+ */
+export function reportSpan(fromMs: number, toMs: number): [firstStart: number, lastEnd: number] | null {
+  const first = Math.ceil(fromMs / HOUR_MS) * HOUR_MS; // the first hour that starts at or after fromMs
   if (first >= toMs) return null;
-  return [hourId(first), hourId(toMs - 1)];
+  return [first, Math.ceil(toMs / HOUR_MS) * HOUR_MS];
 }
 
 /** Checks markOnce's arguments (both stores refuse the same ones). */

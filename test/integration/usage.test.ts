@@ -119,6 +119,35 @@ describe('exact accounting', () => {
     }
   });
 
+  // Date.parse read all of these as some time: 'foo 1' as 2001, '2026' as 2026 ms after 1970, a
+  // zoneless time in the server's zone, Feb 30 as March 2nd.
+  it('takes only strict ISO 8601 dates and zoned date-times, or epoch milliseconds, naming the parameter', async () => {
+    const bad = [
+      'foo%201', '-1', '1', '00', '2026', '99999999999', '20261201', '1764547200', '2026-02-30', '2025-02-29', '2026-13-01', '2026-12-00',
+      '2026-12-01T10:00:00', '2026-12-01T10:00', '2026-12-01T24:00:00Z', '2026-12-01T10:60Z', '2026-12-01T10:00:60Z',
+      '2026-12-01T10:00:00%2B25:00', '2026-12-01%2010:00:00Z', '2026-12-1', 'Tue%20Dec%2001%202026', '2026-12-01T10Z',
+      '1.7e12', '%201764547200000', '',
+    ];
+    for (const value of bad) {
+      for (const [path, param] of [['/admin/usage?from=', 'from'], ['/admin/usage?to=', 'to'], ['/admin/usage/events?since=', 'since']]) {
+        const res = await gw.admin('GET', `${path}${value}`);
+        expect(res.status, `${param}=${value}`).toBe(400);
+        expect(res.body, `${param}=${value}`).toEqual({
+          error: { message: expect.stringMatching(new RegExp(`^Invalid '${param}': expected an ISO 8601 date`)), type: 'invalid_request_error', param, code: 'invalid_value' },
+        });
+      }
+    }
+    const range = async (query: string) => {
+      const res = await gw.admin('GET', `/admin/usage?${query}`);
+      expect(res.status, query).toBe(200);
+      return [res.body.from, res.body.to];
+    };
+    expect(await range('from=2024-02-29&to=2024-03-01')).toEqual(['2024-02-29T00:00:00.000Z', '2024-03-01T00:00:00.000Z']);
+    expect(await range('from=2026-12-01T10:00Z&to=2026-12-01T12:30:15.5%2B01:00')).toEqual(['2026-12-01T10:00:00.000Z', '2026-12-01T11:30:15.500Z']);
+    expect(await range('from=2026-11-30T23:00:00-05:00&to=2026-12-01T05:00:00.123456789Z')).toEqual(['2026-12-01T04:00:00.000Z', '2026-12-01T05:00:00.123Z']);
+    expect(await range('from=1764547200000&to=1764550800000')).toEqual(['2025-12-01T00:00:00.000Z', '2025-12-01T01:00:00.000Z']);
+  });
+
   // Hour ids are YYYY-MM-DDTHH from 1970 on: a time outside that once got past the parser and came back as a 500.
   it('answers times before 1970 or after year 9999 with 400, naming the parameter and the range', async () => {
     const cases: [string, string][] = [
@@ -143,6 +172,7 @@ describe('exact accounting', () => {
       'from=1970-01-01T00:00:00Z&to=1970-01-02T00:00:00Z',
       'to=1970-01-02T00:00:00Z', // the default 'from', a week back, would be before 1970
       'from=0&to=0',
+      'from=000000000000&to=000000000000',
       'from=9999-12-31T00:00:00Z&to=9999-12-31T23:59:59.999Z',
     ];
     for (const q of edges) {
@@ -221,6 +251,23 @@ describe('raw events', () => {
     const lines = (await res.text()).trim().split('\n');
     expect(lines[0]).toMatch(/^id,time,requestId,keyId,keyName,endpoint,model/);
     expect(lines).toHaveLength(expectedRequests + 1);
+  });
+
+  it('has a CSV column for every field of an event, as NDJSON has', async () => {
+    const since = Date.now() - 600_000;
+    const get = (format: string) =>
+      fetch(`${gw.url}/admin/usage/events?since=${since}&limit=1&format=${format}`, { headers: { authorization: 'Bearer test-admin-token-0123456789' } });
+    const row = JSON.parse((await (await get('ndjson')).text()).trim()) as Record<string, unknown>;
+    const [header, first] = (await (await get('csv')).text()).trim().split('\n');
+    const columns = header!.split(',');
+    expect([...columns].sort()).toEqual(Object.keys(row).sort());
+    expect(columns).toContain('eventId');
+    expect(new Set(columns).size).toBe(columns.length);
+    // The cells are that event's, column by column (no cell of this event needs quoting).
+    const cells = first!.split(',');
+    expect(cells[columns.indexOf('eventId')]).toBe(row.eventId);
+    expect(cells[columns.indexOf('ts')]).toBe(String(row.ts));
+    expect(cells[columns.indexOf('id')]).toBe(row.id);
   });
 
   it('marks a stream the client abandoned as estimated', async () => {

@@ -2,6 +2,7 @@
 import { ApiError } from '../admin-client.js';
 import { UsageError, type Command, type CommandContext, type OptionSpecs } from '../command.js';
 import { formatTime } from '../format.js';
+import { reportSpan, startOfHour } from '../../store/usage-math.js';
 import { renderTable, truncate, type Align } from '../table.js';
 
 export const USAGE_GROUPS = ['model', 'key', 'day', 'hour'] as const;
@@ -41,7 +42,6 @@ const DEFAULT_SINCE = '7d';
 const DEFAULT_GROUP: UsageGroup = 'key';
 const UNIT_MS = { m: 60_000, h: 3_600_000, d: 86_400_000, w: 7 * 86_400_000 } as const;
 const DURATION = /^(\d{1,6})([mhdw])$/;
-const HOUR_MS = UNIT_MS.h;
 const DATE = /^(\d{4})-(\d{2})-(\d{2})$/;
 // A date-time must say its zone: a bare one would mean the local time of whoever runs the command.
 const DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?(?:Z|([+-])(\d{2}):?(\d{2}))$/i;
@@ -154,10 +154,10 @@ function countedHours(report: UsageReport): [string, string] | undefined {
   const from = typeof report.from === 'string' ? Date.parse(report.from) : NaN;
   const to = typeof report.to === 'string' ? Date.parse(report.to) : NaN;
   if (!Number.isFinite(from) || !Number.isFinite(to)) return undefined;
-  const first = Math.ceil(from / HOUR_MS) * HOUR_MS;
-  if (first >= to) return undefined;
+  const span = reportSpan(from, to);
+  if (!span) return undefined;
   const hour = (ms: number) => formatTime(new Date(ms).toISOString());
-  return [hour(first), hour(Math.ceil(to / HOUR_MS) * HOUR_MS)];
+  return [hour(span[0]), hour(span[1])];
 }
 
 /** The human report: a line naming the range, the table, and a totals row. */
@@ -208,7 +208,7 @@ Examples:
     if (asked >= to) throw new UsageError(`--since (${new Date(asked).toISOString()}) must be before --until (${new Date(to).toISOString()})`, ctx.path);
     // The API counts the hours that start in [from, to): back to the start of the hour --since falls
     // in, so that hour counts too (--since 30m always shows the current hour; 7d is the API's default).
-    const from = Math.floor(asked / HOUR_MS) * HOUR_MS;
+    const from = startOfHour(asked);
     const groups = parseGroups(ctx.string('by'), ctx.path);
     const query = new URLSearchParams({ from: new Date(from).toISOString(), to: new Date(to).toISOString(), groupBy: groups.join(',') });
     const keyId = filter(ctx, 'key');
