@@ -243,6 +243,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   // The raw bytes are kept so the body can be forwarded exactly as sent.
   const parseJson = app.getDefaultJsonParser('error', 'error');
   const keepRawAndParse: Parameters<typeof app.addContentTypeParser>[2] = (request, body, done) => {
+    // An empty body is no body (many clients send Content-Type: application/json on every call): a
+    // body-less route then works, and one that needs a body says so as it would without the header.
+    if ((body as Buffer).length === 0) return done(null, undefined);
     request.rawBody = body as Buffer;
     parseJson(request, (body as Buffer).toString('utf8'), done);
   };

@@ -12,6 +12,15 @@ const optionalString = z
   .optional()
   .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
 
+/**
+ * A bearer token is one word of an Authorization header: a space, a control character or a
+ * character outside ASCII (which clients send in differing encodings, or refuse) would make a
+ * token that can never authenticate. The message never includes the value.
+ */
+const headerSafeToken = (v: string | undefined) => v === undefined || /^[\x21-\x7e]+$/.test(v);
+const HEADER_SAFE_TOKEN =
+  'must be printable ASCII without spaces (letters, digits and punctuation: it is sent in an Authorization header), e.g. openssl rand -hex 24';
+
 const redisAddresses = z
   .string()
   .transform((v, ctx) => {
@@ -114,9 +123,9 @@ const envSchema = z.object({
   /** Usage events kept in memory while Redis is down, written in order when it is back; past this they are logged in full. */
   USAGE_BUFFER_MAX: int(0, 10_000_000).default(100_000),
 
-  ADMIN_TOKEN: optionalString.refine((v) => v === undefined || v.length >= 16, {
-    message: 'must be at least 16 characters',
-  }),
+  ADMIN_TOKEN: optionalString
+    .refine((v) => v === undefined || v.length >= 16, { message: 'must be at least 16 characters' })
+    .refine(headerSafeToken, { message: HEADER_SAFE_TOKEN }),
   /** How long an authenticated key is trusted without asking the store (pub/sub invalidates sooner). */
   AUTH_CACHE_TTL_MS: int(0, 60_000).default(5_000),
 
@@ -155,9 +164,9 @@ const envSchema = z.object({
   /** Budget alerts (50%, 80%, 100% of any budget) are POSTed here as JSON. Unset: no alerts. */
   ALERT_WEBHOOK_URL: z.url({ protocol: /^https?$/ }).optional(),
   /** When set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`. At least 16 characters, like ADMIN_TOKEN; the problem never prints the value. */
-  METRICS_TOKEN: optionalString.refine((v) => v === undefined || v.length >= 16, {
-    message: 'must be at least 16 characters (e.g. openssl rand -hex 24)',
-  }),
+  METRICS_TOKEN: optionalString
+    .refine((v) => v === undefined || v.length >= 16, { message: 'must be at least 16 characters (e.g. openssl rand -hex 24)' })
+    .refine(headerSafeToken, { message: HEADER_SAFE_TOKEN }),
 
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
   /** How long a client has to send a whole request, headers and body; then 408. 0: no limit. */

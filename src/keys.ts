@@ -7,22 +7,46 @@ export const KEY_PREFIX = 'tg-';
 
 const positiveInt = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
 // Spend is kept in millionths of a dollar: a smaller limit would round to 0, which means no limit.
-const usd = z.number().min(0.000001, 'must be at least 0.000001 (budgets are kept in millionths of a dollar)').max(1e9);
+// A finer amount would be shown as given but enforced rounded: refused instead.
+const storedUsd = z.number().min(0.000001, 'must be at least 0.000001 (budgets are kept in millionths of a dollar)').max(1e9);
+const usd = storedUsd.refine((v) => Math.round(v * 1e6) / 1e6 === v, 'must be a whole number of millionths of a dollar (at most 6 decimal places)');
 
-/** Per-key limits. Any subset may be set; an absent limit is not enforced. Enforced by the quota module. */
-export const limitsSchema = z.strictObject({
+const limitFields = (usdLimit: z.ZodType<number>) => ({
   rpm: positiveInt.optional(),
   tpm: positiveInt.optional(),
   tokensPerDay: positiveInt.optional(),
   tokensPerMonth: positiveInt.optional(),
-  usdPerDay: usd.optional(),
-  usdPerMonth: usd.optional(),
+  usdPerDay: usdLimit.optional(),
+  usdPerMonth: usdLimit.optional(),
   maxConcurrent: positiveInt.optional(),
 });
+
+/** Per-key limits. Any subset may be set; an absent limit is not enforced. Enforced by the quota module. */
+export const limitsSchema = z.strictObject(limitFields(usd));
 export type Limits = z.infer<typeof limitsSchema>;
 
-/** Model names or prefix patterns ending in `*` (e.g. `gpt-4o*`); null means every model. */
-export const modelsSchema = z.array(z.string().min(1).max(200)).max(1000).nullable();
+/**
+ * Limits as a stored key record may hold them: what earlier versions accepted too (USD amounts finer
+ * than a millionth), so reading records back after an upgrade loses no key.
+ */
+export const storedLimitsSchema = z.strictObject(limitFields(storedUsd));
+
+/**
+ * Model names or prefix patterns ending in `*` (e.g. `gpt-4o*`); null means every model, [] none.
+ * Entries are trimmed (a model name never begins or ends with a space); a `*` anywhere but at the
+ * end, or a second one, would never match and is refused.
+ */
+export const modelsSchema = z
+  .array(
+    z
+      .string()
+      .trim()
+      .min(1)
+      .max(200)
+      .refine((m) => !m.slice(0, -1).includes('*'), "'*' may appear only once, as the last character (a prefix pattern such as gpt-4o*)"),
+  )
+  .max(1000)
+  .nullable();
 
 /** Per-key cache settings: switch caching off, or keep this key's entries for another time. */
 export const keyCacheSchema = z.strictObject({

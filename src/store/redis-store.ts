@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ChainableCommander, Redis } from 'ioredis';
 import { z } from 'zod';
-import { limitsSchema, type KeyRecord } from '../keys.js';
+import { storedLimitsSchema, type KeyRecord } from '../keys.js';
 import { loadLua } from './lua.js';
 import { createRedisConnection, type RedisClient, type RedisConnection, type RedisConnectionOptions } from './redis-connection.js';
 import { CacheWaitList } from './cache-wait.js';
@@ -82,7 +82,7 @@ const storedKeyRecordSchema = z.looseObject({
   hash: z.string().min(1),
   hint: z.string(),
   models: z.array(z.string()).nullable(),
-  limits: limitsSchema.loose(),
+  limits: storedLimitsSchema.loose(),
   metadata: z.record(z.string(), z.union([z.string(), z.number(), z.boolean(), z.null()])),
   createdAt: z.string(),
   updatedAt: z.string(),

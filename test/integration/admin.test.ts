@@ -118,6 +118,43 @@ describe('keys', () => {
     expect((await gw.admin('GET', '/admin/keys/key_nope')).status).toBe(404);
   });
 
+  it('refuses usd limits finer than a micro-dollar, naming the limit, since they would be enforced rounded', async () => {
+    for (const [limits, param] of [
+      [{ usdPerDay: 0.0000015 }, 'limits.usdPerDay'],
+      [{ usdPerMonth: 20.1234567 }, 'limits.usdPerMonth'],
+    ] as const) {
+      const res = await gw.admin('POST', '/admin/keys', { name: 'x', limits });
+      expect(res.status, param).toBe(400);
+      expect(res.body.error, param).toMatchObject({ type: 'invalid_request_error', param });
+      expect(res.body.error.message, param).toContain(param);
+    }
+    const exact = await gw.admin('POST', '/admin/keys', { name: 'x', limits: { usdPerDay: 0.000002, usdPerMonth: 20.123456 } });
+    expect(exact.status).toBe(201);
+    expect(exact.body.limits).toEqual({ usdPerDay: 0.000002, usdPerMonth: 20.123456 });
+    const patched = await gw.admin('PATCH', `/admin/keys/${exact.body.id}`, { limits: { usdPerDay: 1.0000001 } });
+    expect(patched.status).toBe(400);
+    expect(patched.body.error.param).toBe('limits.usdPerDay');
+  });
+
+  it('refuses model patterns that can never match, naming models, and trims the spaces around an entry', async () => {
+    for (const models of [['gpt-*-mini'], ['gpt-4o**'], ['**'], ['gpt-4o', '*gpt']]) {
+      const res = await gw.admin('POST', '/admin/keys', { name: 'x', models });
+      expect(res.status, JSON.stringify(models)).toBe(400);
+      expect(res.body.error, JSON.stringify(models)).toMatchObject({ type: 'invalid_request_error', param: expect.stringMatching(/^models\[\d+\]$/) });
+      expect(res.body.error.message).toMatch(/^Invalid 'models\[\d+\]'.*'\*'/);
+    }
+    expect((await gw.admin('POST', '/admin/keys', { name: 'x', models: ['  '] })).status).toBe(400);
+    const created = await gw.admin('POST', '/admin/keys', { name: 'x', models: [' gpt-4o-mini ', 'text-embedding-3-*\t', '*'] });
+    expect(created.status).toBe(201);
+    expect(created.body.models).toEqual(['gpt-4o-mini', 'text-embedding-3-*', '*']);
+    const { id, key } = await gw.createKey({ name: 'spaced' });
+    const patched = await gw.admin('PATCH', `/admin/keys/${id}`, { models: [' gpt-4o-mini'] });
+    expect(patched.body.models).toEqual(['gpt-4o-mini']);
+    expect((await chatWith(gw.url, key)).status).toBe(200);
+    expect((await gw.admin('PATCH', `/admin/keys/${id}`, { models: ['gpt-*'] })).status).toBe(200);
+    expect((await gw.admin('PATCH', `/admin/keys/${id}`, { models: ['gpt-*-mini'] })).status).toBe(400);
+  });
+
   it('updates name, models and limits', async () => {
     const { id, key } = await gw.createKey({ name: 'before' });
     const res = await gw.admin('PATCH', `/admin/keys/${id}`, {

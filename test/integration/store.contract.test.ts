@@ -366,6 +366,15 @@ describe('Redis store only', () => {
     expect(JSON.stringify(log.error.mock.calls)).not.toContain(bad.hash);
   });
 
+  it('reads back records an earlier version accepted: a USD limit finer than a millionth, an old model pattern', async () => {
+    const prefix = uniquePrefix();
+    const store = await redisStore({ prefix });
+    const record = makeRecord({ limits: { usdPerDay: 0.0000015 }, models: ['gpt-*-mini'] });
+    await store.createKey(record);
+    expect(await store.getKeyById(record.id)).toEqual(record);
+    expect(await store.getKeyByHash(record.hash)).toEqual(record);
+  });
+
   it('a stale index entry (rotation cut short) does not let the old secret in', async () => {
     const prefix = uniquePrefix();
     const store = await redisStore({ prefix });

@@ -91,6 +91,45 @@ describe('content types', () => {
   });
 });
 
+describe('Content-Type: application/json with an empty body', () => {
+  const call = (method: string, path: string, headers: Record<string, string>, body?: string) =>
+    fetch(`${gw.url}${path}`, { method, headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...headers }, body });
+  const json = { 'content-type': 'application/json' };
+
+  // Many clients send the header on every call: an empty body is no body.
+  it('is no body on the routes that take none', async () => {
+    const k = await gw.createKey();
+    const rotate = await call('POST', `/admin/keys/${k.id}/rotate`, json, '');
+    expect(rotate.status).toBe(200);
+    expect(((await rotate.json()) as { key: string }).key).toMatch(/^tg-/);
+    expect((await call('DELETE', '/admin/cache', json, '')).status).toBe(200);
+    // fetch sends no Content-Length for a DELETE without a body: say it, as curl -X DELETE -H ... would.
+    expect((await call('DELETE', `/admin/keys/${k.id}`, { ...json, 'content-length': '0' }, '')).status).toBe(200);
+  });
+
+  it('is reported, where a body is needed, as no body at all, and a malformed one is still invalid JSON', async () => {
+    for (const [method, path, auth] of [
+      ['POST', '/admin/keys', ADMIN_TOKEN],
+      ['POST', '/v1/chat/completions', key],
+    ] as const) {
+      const headers = { authorization: `Bearer ${auth}` };
+      const bare = await fetch(`${gw.url}${path}`, { method, headers: { ...headers, 'content-length': '0' } });
+      const empty = await fetch(`${gw.url}${path}`, { method, headers: { ...headers, ...json }, body: '' });
+      expect(empty.status, path).toBe(400);
+      const [emptyBody, bareBody] = [await empty.text(), await bare.text()];
+      expectOpenAIError(emptyBody);
+      expect(JSON.parse(emptyBody), path).toEqual(JSON.parse(bareBody));
+      // What the empty body is refused for: no body (a /v1 route says it must be a JSON object), not bad JSON.
+      expect(JSON.parse(emptyBody).error.message, path).not.toMatch(/Unexpected end|empty|parse/i);
+      const broken = await fetch(`${gw.url}${path}`, { method, headers: { ...headers, ...json }, body: '{"name":' });
+      expect(broken.status, path).toBe(400);
+      expect(((await broken.json()) as { error: { code: string } }).error.code, path).toBe('invalid_json');
+    }
+    const broken = await call('POST', `/admin/keys/${(await gw.createKey()).id}/rotate`, json, '{');
+    expect(broken.status).toBe(400);
+  });
+});
+
 describe('X-Request-Id', () => {
   it('is echoed when it is an id, never when it is the admin or metrics token', async () => {
     const idOf = async (given: string) => (await fetch(`${gw.url}/healthz`, { headers: { 'x-request-id': given } })).headers.get('x-request-id');

@@ -96,6 +96,39 @@ describe('loadConfig', () => {
     expect(loadConfig({ OPENAI_API_KEY: 'sk-x' }).metricsToken).toBeUndefined();
   });
 
+  // The bearer parser takes one word of printable characters: such a token could never authenticate.
+  it('refuses an ADMIN_TOKEN or METRICS_TOKEN that cannot be sent as one bearer word, naming it, never printing it', () => {
+    const bad = [
+      'admin token with spaces 0123',
+      'admin-token-0123456789\tsecond-part',
+      'admin-token-0123456789\u00a0nbsp',
+      'admin-token-0123456789\u0007bell',
+      'admin-token-0123456789\u007fdel',
+      'admin-token-0123456789-caf\u00e9',
+      'admin-token-0123456789-\u20ac-euro',
+      'admin-token-0123456789-\u{1f511}',
+    ];
+    for (const name of ['ADMIN_TOKEN', 'METRICS_TOKEN']) {
+      for (const token of bad) {
+        let error: unknown;
+        try {
+          loadConfig({ OPENAI_API_KEY: 'sk-x', [name]: token });
+        } catch (err) {
+          error = err;
+        }
+        expect(error, `${name} ${JSON.stringify(token)}`).toBeInstanceOf(ConfigError);
+        const problems = (error as ConfigError).problems;
+        expect(problems, JSON.stringify(token)).toEqual([expect.stringMatching(new RegExp(`^${name}: must be printable ASCII without spaces`))]);
+        expect((error as Error).message).not.toContain(token);
+        expect((error as Error).message).not.toContain('admin-token-0123456789');
+      }
+      // Every printable ASCII character is fine, and blanks around the token are trimmed as before.
+      const printable = Array.from({ length: 94 }, (_, i) => String.fromCharCode(0x21 + i)).join('');
+      const ok = loadConfig({ OPENAI_API_KEY: 'sk-x', [name]: `  ${printable}\n` });
+      expect(name === 'ADMIN_TOKEN' ? ok.adminToken : ok.metricsToken).toBe(printable);
+    }
+  });
+
   it('requires OPENAI_API_KEY outside demo mode', () => {
     expect(() => loadConfig({})).toThrow(/OPENAI_API_KEY/);
     expect(loadConfig({}, ['--demo']).demo).toBe(true);
