@@ -2,6 +2,7 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import pino, { type DestinationStream } from 'pino';
 import { batchedStdout } from './log-destination.js';
 import type { Config } from './config.js';
@@ -289,6 +290,19 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   // (the 100 % alert). Not a request larger than the whole budget: smaller ones still pass. Cheap once sent.
   app.addHook('onError', async (request, _reply, err) => {
     if (err instanceof BudgetRefusal && !err.wholeBudget && request.gatewayKey) alerts.refused(request.gatewayKey, err.limit, err.wanted);
+  });
+  // Connections that never sent a request (a client pool's spare connection, a load balancer's
+  // pre-connect): Node's server.close() closes idle keep-alive connections, those that finished a
+  // request, but not these, so a close (a rolling restart) would wait for their clients until the
+  // shutdown deadline. Nothing was asked on them: they are closed as the close begins.
+  const silent = new Set<Socket>();
+  app.server.on('connection', (socket: Socket) => {
+    silent.add(socket);
+    socket.once('close', () => silent.delete(socket));
+  });
+  app.server.on('request', (req: IncomingMessage) => silent.delete(req.socket));
+  app.addHook('preClose', async () => {
+    for (const socket of silent) socket.destroy();
   });
   // An Expect header other than 100-continue: Node's own answer is a 417 with an empty body.
   app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {

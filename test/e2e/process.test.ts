@@ -117,6 +117,28 @@ describe('graceful shutdown', () => {
   });
 });
 
+describe('graceful shutdown with connections that never sent a request', () => {
+  it('closes them and exits 0 at once, rather than waiting for their clients until the deadline', async () => {
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}`;
+    // Exit 1 would mean the deadline cut them (the test's own timeout is longer than this).
+    const server = startServer({ PORT: String(port), OPENAI_API_KEY: 'sk-up', SHUTDOWN_TIMEOUT_MS: '10000' });
+    await waitUntilUp(base);
+    // A client pool's spare connection, a load balancer's pre-connect: open, silent.
+    const { connect } = await import('node:net');
+    const silent = connect(port, '127.0.0.1');
+    silent.on('error', () => undefined);
+    await once(silent, 'connect');
+    const closedByServer = once(silent, 'close');
+    const exited = once(server.proc, 'exit');
+    server.proc.kill('SIGTERM');
+    const [code] = await exited;
+    expect(code, server.output()).toBe(0);
+    expect(server.output()).toContain('shut down cleanly');
+    await closedByServer;
+  });
+});
+
 describe('graceful shutdown under load', () => {
   it('drops no accepted request and flushes their usage before exiting', async () => {
     fake = await startFakeOpenAI({ apiKey: 'sk-up', latencyMs: 400, streamChunkDelayMs: 30 });
