@@ -107,7 +107,7 @@ export class AdminClient {
       const message = error?.message ?? `HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''} from ${this.url}`;
       throw new ApiError(res.status, message, error?.code ?? null, parsed);
     }
-    if (!isJson) throw new ConnectionError(`${this.url} answered ${method} ${path} with something other than JSON: is it a Tollgate gateway?`);
+    if (!isJson) throw new ConnectionError(`${this.url} answered ${method} ${path.split('?')[0]} with something other than JSON: is it a Tollgate gateway?`);
     return parsed as T;
   }
 
@@ -149,6 +149,13 @@ export class AdminClient {
   }
   rotateKey(id: string) {
     return this.keyRequest('POST', `/admin/keys/${encodeURIComponent(id)}/rotate`);
+  }
+  /** GET /admin/usage?query: an object with a `data` array (its rows and the totals are read leniently). */
+  async usageReport<T>(query: URLSearchParams): Promise<T> {
+    const path = `/admin/usage?${query}`;
+    const res = await this.request<unknown>('GET', path);
+    if (!isObject(res) || !Array.isArray(res.data)) throw this.notTheApi('GET', '/admin/usage');
+    return res as T;
   }
 }
 

@@ -559,6 +559,7 @@ describe('answers that are not the admin API', () => {
       [['keys', 'update', 'key_a', '--rpm', '5'], 'GET /admin/keys/key_a'],
       [['keys', 'revoke', 'key_a'], 'DELETE /admin/keys/key_a'],
       [['keys', 'rotate', 'key_a'], 'POST /admin/keys/key_a/rotate'],
+      [['usage'], 'GET /admin/usage'],
     ];
     for (const body of ['null', '[]', '"a string"', '42', 'true', '{}', '{"id":7}', '{"data":{}}', '']) {
       answer = body;

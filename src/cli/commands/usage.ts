@@ -218,7 +218,7 @@ Examples:
 
     let report: UsageReport;
     try {
-      report = await ctx.client().request<UsageReport>('GET', `/admin/usage?${query}`);
+      report = await ctx.client().usageReport<UsageReport>(query);
     } catch (err) {
       // A gateway without this endpoint answers like one without an admin API: say which it may be.
       if (err instanceof ApiError && err.status === 404 && err.code === 'unknown_url') {
