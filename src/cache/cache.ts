@@ -34,6 +34,11 @@ export interface CachePlan {
   write: boolean;
   maxAgeMs?: number;
   ttlMs: number;
+  /**
+   * Whether this request waits for an identical one in flight instead of going upstream. Not a
+   * streamed request: its client would see nothing until the other's whole generation ended.
+   */
+  joinsInFlight: boolean;
   /** The cross-instance single-flight lead this request holds (its token), released in fill(). */
   leader: string | null;
   /** Ends this request's in-process lead (other local requests wait on it). */
@@ -130,7 +135,7 @@ export function createCache(opts: CacheOptions) {
     const pending = local.get(plan.name);
     if (pending) {
       const hit = await get(plan);
-      if (hit) return hit;
+      if (hit || !plan.joinsInFlight) return hit;
       await waitLocally(pending);
       return get(plan);
     }
@@ -144,7 +149,7 @@ export function createCache(opts: CacheOptions) {
     plan.leader = found.entry
       ? await safely('acquire', null, () => store.cacheAcquire(plan.name, opts.singleFlightWaitMs))
       : found.leader;
-    if (plan.leader !== null) return undefined;
+    if (plan.leader !== null || !plan.joinsInFlight) return undefined;
     return waitForLeader(plan);
   }
 
@@ -163,6 +168,7 @@ export function createCache(opts: CacheOptions) {
         write,
         maxAgeMs: control.maxAgeSeconds === undefined ? undefined : control.maxAgeSeconds * 1000,
         ttlMs: key.cache?.ttlSeconds !== undefined ? key.cache.ttlSeconds * 1000 : opts.defaultTtlMs,
+        joinsInFlight: !(endpoint.streamable && body.stream === true),
         leader: null,
         filled: false,
       };
@@ -189,6 +195,8 @@ export function createCache(opts: CacheOptions) {
         if (found.leader !== null) leadLocally(plan);
         return { admission: found.admission };
       }
+      // Another request leads: nothing was admitted; one that does not wait goes upstream, admitted by the caller.
+      if (!plan.joinsInFlight) return {};
       const pending = local.get(plan.name);
       if (!pending) return { entry: await waitForLeader(plan) };
       await waitLocally(pending);

@@ -349,6 +349,33 @@ describe('single-flight', () => {
     expect(statuses.filter((s) => s === 'HIT')).toHaveLength(19);
   });
 
+  it('a streamed request does not wait for an identical one in flight: its first token comes before that one ends', async () => {
+    const gw = await gateway();
+    const { key } = await gw.createKey();
+    gw.fake.reset();
+    gw.fake.setStreamChunkDelay(150); // about 1.5 s per stream
+    const body = { ...question, seed: 31, stream: true };
+    const first = await post(gw, key, body);
+    const firstReader = first.body!.getReader();
+    await firstReader.read(); // the first is under way, and leads its cache name
+    let firstEnded = false;
+    const firstDone = (async () => {
+      while (!(await firstReader.read()).done);
+      firstEnded = true;
+    })();
+    const second = await post(gw, key, body);
+    expect(second.headers.get('x-tollgate-cache')).toBe('MISS');
+    const secondReader = second.body!.getReader();
+    expect((await secondReader.read()).done).toBe(false);
+    expect(firstEnded).toBe(false);
+    while (!(await secondReader.read()).done);
+    await firstDone;
+    gw.fake.setStreamChunkDelay(0);
+    expect(upstreamCalls(gw)).toBe(2);
+    // Once filled, the entry answers the next one, streamed or not.
+    expect((await post(gw, key, body)).headers.get('x-tollgate-cache')).toBe('HIT');
+  });
+
   it('waiters stop waiting after CACHE_SINGLE_FLIGHT_WAIT_MS and go upstream themselves', async () => {
     const gw = await gateway({ CACHE_SINGLE_FLIGHT_WAIT_MS: '150' });
     const { key } = await gw.createKey();
