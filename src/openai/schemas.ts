@@ -35,14 +35,26 @@ const message = z.looseObject({
   role: z.string().min(1),
 });
 
-export const chatCompletionSchema = z.looseObject({
-  model,
-  messages: z.array(message).min(1),
-  ...sampling,
-  max_completion_tokens: opt(tokenCount),
-  logprobs: opt(z.boolean()),
-  top_logprobs: opt(z.number().int().min(0).max(20)),
-});
+/**
+ * OpenAI refuses `stream_options` on a request that does not stream (400). Checked here too: the
+ * cache name leaves both fields out, so a hit would otherwise answer 200 what a miss answers 400.
+ */
+const streamOptionsNeedStream = (body: { stream?: boolean | null; stream_options?: unknown }, ctx: z.RefinementCtx) => {
+  if (body.stream_options != null && body.stream !== true) {
+    ctx.addIssue({ code: 'custom', path: ['stream_options'], message: "only allowed when 'stream' is true" });
+  }
+};
+
+export const chatCompletionSchema = z
+  .looseObject({
+    model,
+    messages: z.array(message).min(1),
+    ...sampling,
+    max_completion_tokens: opt(tokenCount),
+    logprobs: opt(z.boolean()),
+    top_logprobs: opt(z.number().int().min(0).max(20)),
+  })
+  .superRefine(streamOptionsNeedStream);
 
 /**
  * The most inputs one request may batch: OpenAI documents 2048 for embeddings ("any array must be
@@ -85,7 +97,7 @@ export const completionSchema = z.looseObject({
   logprobs: opt(z.number().int().min(0).max(5)),
   echo: opt(z.boolean()),
   suffix: opt(z.string()),
-});
+}).superRefine(streamOptionsNeedStream);
 
 export const embeddingSchema = z.looseObject({
   model,

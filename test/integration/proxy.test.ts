@@ -41,6 +41,9 @@ describe('validation', () => {
     [{ ...chat, stream: 'yes' }, 'stream', 'invalid_type'],
     [{ ...chat, max_tokens: Number.MAX_SAFE_INTEGER, n: 2 }, 'max_tokens', 'value_above_maximum'],
     [{ ...chat, stream_options: { include_usage: 'yes' } }, 'stream_options.include_usage', 'invalid_type'],
+    // As OpenAI: stream_options only with stream (a cache hit would otherwise answer 200 what a miss answers 400).
+    [{ ...chat, stream_options: { include_usage: true } }, 'stream_options', 'invalid_value'],
+    [{ ...chat, stream: false, stream_options: { include_usage: true } }, 'stream_options', 'invalid_value'],
   ])('rejects %j naming %s', async (body, param, code) => {
     const res = await post('/v1/chat/completions', body);
     expect(res.status).toBe(400);
@@ -51,6 +54,10 @@ describe('validation', () => {
 
   it('validates completions and embeddings too', async () => {
     expect((await post('/v1/completions', { model: 'gpt-3.5-turbo-instruct', prompt: 42 })).status).toBe(400);
+    const unstreamed = await post('/v1/completions', { model: 'gpt-3.5-turbo-instruct', prompt: 'x', stream_options: { include_usage: true } });
+    expect(unstreamed.status).toBe(400);
+    expect(((await unstreamed.json()) as { error: { param: string } }).error.param).toBe('stream_options');
+    expect((await post('/v1/completions', { model: 'gpt-3.5-turbo-instruct', prompt: 'x', stream: true, stream_options: { include_usage: true } })).status).toBe(200);
     const res = await post('/v1/embeddings', { model: 'text-embedding-3-small', input: [] });
     expect(res.status).toBe(400);
     expect(((await res.json()) as { error: { param: string } }).error.param).toBe('input');
