@@ -58,6 +58,8 @@ export interface Endpoint {
   convert?: StreamConverter;
   /** The answers are objects upstream keeps (`id`): record which gateway key created each. */
   recordsOwner?: boolean;
+  /** Its stream's events are typed (`event:` lines, `type`, `sequence_number`): see RelayOptions.typedEvents. */
+  typedEvents?: boolean;
   /**
    * The most tokens upstream generates per choice when a request states no maximum, where the API
    * has a documented default (legacy completions: `max_tokens` defaults to 16), so quotas reserve
@@ -138,6 +140,7 @@ export const endpoints = {
       synthesize: (stored) => synthesizeResponseStream(stored),
     },
     recordsOwner: true,
+    typedEvents: true,
   },
   // OpenAI reports no usage for moderations (they are free): requests are counted, tokens are 0
   // unless a body ever carries a usage object.

@@ -37,6 +37,11 @@ export interface RelayOptions {
    * generated. A relay that bills nothing (a stored response's replay) need not hold them.
    */
   keepData?: boolean;
+  /**
+   * The stream's events are typed, as the Responses API's are (`event:` lines, data with `type` and
+   * `sequence_number`): the in-band error that ends an interrupted stream is then such an `error` event.
+   */
+  typedEvents?: boolean;
 }
 
 export interface RelayResult {
@@ -107,6 +112,23 @@ export function maskSseText(text: string, mask: NonNullable<RelayOptions['maskEr
     if (e.data !== before) changed = true;
   }
   return changed ? events.map(formatEvent).join('') : text;
+}
+
+const INTERRUPTED = 'The upstream stream was interrupted.';
+
+/**
+ * The in-band error that ends a stream upstream broke off, as OpenAI reports a mid-stream error: a
+ * chat-style `data: {"error": ...}`, or for typed streams (the Responses API) an `error` event with
+ * the next sequence_number after `lastData`'s.
+ */
+export function interruptionEvent(typed: boolean, lastData: string | undefined): SseEvent {
+  if (!typed) return { data: JSON.stringify(openAIErrorBody(INTERRUPTED, 'server_error', 'upstream_stream_error')) };
+  const last = /"sequence_number"\s*:\s*(\d+)/.exec(lastData ?? '')?.[1];
+  const sequenceNumber = last === undefined ? 0 : Number(last) + 1;
+  return {
+    event: 'error',
+    data: JSON.stringify({ type: 'error', code: 'upstream_stream_error', message: INTERRUPTED, param: null, sequence_number: sequenceNumber }),
+  };
 }
 
 const LF = 10;
@@ -251,6 +273,8 @@ class SseRelay extends Readable {
    * CPU profile). Pushed at the end of every drain, before any wait, and before the end.
    */
   private out = '';
+  /** The data of the last event read: an interruption's typed error event continues its sequence_number. */
+  private lastData: string | undefined;
 
   constructor(
     private readonly source: Readable,
@@ -306,6 +330,7 @@ class SseRelay extends Readable {
         const e = this.pending.shift();
         if (!e) break;
         if (options.maskError) maskEvent(e, options.maskError);
+        this.lastData = e.data;
         let seen: Promise<unknown> | void = undefined;
         if (e.data === '[DONE]') {
           result.completed = true;
@@ -419,7 +444,7 @@ class SseRelay extends Readable {
       this.flush();
       const tell = () => {
         if (this.destroyed) return; // the client left meanwhile
-        this.push(formatEvent({ data: JSON.stringify(openAIErrorBody('The upstream stream was interrupted.', 'server_error', 'upstream_stream_error')) }));
+        this.push(formatEvent(interruptionEvent(this.options.typedEvents === true, this.lastData)));
         this.push(null);
       };
       const gate = this.ending();

@@ -78,6 +78,7 @@ async function passThrough(
       readEvent: () => undefined,
       keepData: false,
       maskError: res.maskSecrets,
+      typedEvents: true,
       onFirstEvent: () => (request.trace.ttfbMs = reply.elapsedTime),
     });
     return reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no').send(stream);

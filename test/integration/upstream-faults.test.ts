@@ -62,6 +62,23 @@ describe('timeouts and retries (one key)', () => {
   afterAll(() => gw.close());
   afterEach(() => gw.fake.reset());
 
+  it('a Responses stream cut by the idle timeout ends with a typed error event, as OpenAI ends one', async () => {
+    gw.fake.setStreamChunkDelay(1000);
+    const res = await fetch(`${gw.url}/v1/responses`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', input: 'a long answer please', stream: true }),
+    });
+    expect(res.status).toBe(200);
+    const events = await sseEvents(res);
+    expect(events[0]).toMatch(/^event: response\.created\n/);
+    const last = events.at(-1)!;
+    expect(last).toMatch(/^event: error\ndata: /);
+    const data = JSON.parse(last.split('\ndata: ')[1]!) as Record<string, unknown>;
+    const previous = JSON.parse(events.at(-2)!.split('\ndata: ')[1]!) as { sequence_number: number };
+    expect(data).toEqual({ type: 'error', code: 'upstream_stream_error', message: 'The upstream stream was interrupted.', param: null, sequence_number: previous.sequence_number + 1 });
+  });
+
   it('first-byte (headers) timeout: 504 upstream_timeout, not retried (upstream may be working on it)', async () => {
     gw.fake.hangNext(1);
     const res = await post(gw, key);

@@ -98,6 +98,19 @@ describe('relaySse: behaviour', () => {
     expect(out).toContain('"upstream_stream_error"');
   });
 
+  it('a typed stream (the Responses API) that breaks off ends with an error event continuing its sequence_number', async () => {
+    const source = new Readable({ read() {} });
+    const { stream } = relaySse(source, { dropUsageChunk: false, readEvent: () => undefined, typedEvents: true });
+    const text = collect(stream);
+    source.push('event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":4,"delta":"Hi"}\n\n');
+    await sleep(5);
+    source.destroy(new Error('socket hang up'));
+    const events = (await text).trim().split('\n\n');
+    expect(events.at(-1)).toBe(
+      'event: error\ndata: {"type":"error","code":"upstream_stream_error","message":"The upstream stream was interrupted.","param":null,"sequence_number":5}',
+    );
+  });
+
   it('a client that leaves stops the relay at once and drops upstream, without waiting for its next chunk', async () => {
     const source = new Readable({ read() {} });
     const { stream, done } = relaySse(source, { dropUsageChunk: false });
