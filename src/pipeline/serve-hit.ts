@@ -37,9 +37,11 @@ export async function serveHit(
   const wantsStream = endpoint.streamable && body.stream === true;
   trace.ttfbMs = reply.elapsedTime;
   if (!wantsStream || !endpoint.convert) {
-    return reply.type('application/json').send(entry.body);
+    // As bytes: for a JSON string Fastify appends '; charset=utf-8', which OpenAI's answer (and a miss) does not have.
+    return reply.type('application/json').send(Buffer.from(entry.body));
   }
   let text = '';
   for (const event of endpoint.convert.synthesize(JSON.parse(entry.body) as Record<string, unknown>, body)) text += formatEvent(event);
-  return reply.type('text/event-stream').header('cache-control', 'no-cache').send(text);
+  // OpenAI's content type, as a streamed miss relays it.
+  return reply.type('text/event-stream; charset=utf-8').header('cache-control', 'no-cache').send(text);
 }

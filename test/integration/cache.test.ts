@@ -54,9 +54,14 @@ describe('exact, keyed on the canonical request', () => {
     const hit = await post(gw, key, question);
     expect(hit.status).toBe(200);
     expect(hit.headers.get('age')).toMatch(/^\d+$/);
-    expect(hit.headers.get('content-type')).toContain('application/json');
+    // The content type the miss had.
+    expect(hit.headers.get('content-type')).toBe(miss.headers.get('content-type'));
     expect(await hit.text()).toBe(missBody);
     expect(upstreamCalls(gw)).toBe(1);
+    const streamedHit = await post(gw, key, { ...question, stream: true });
+    expect(streamedHit.headers.get('x-tollgate-cache')).toBe('HIT');
+    expect(streamedHit.headers.get('content-type')).toBe('text/event-stream; charset=utf-8'); // as OpenAI's, and a streamed miss's
+    await streamedHit.text();
   });
 
   it('ignores field order, stream, stream_options and user; respects every other field', async () => {
