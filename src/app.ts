@@ -229,7 +229,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     quota.close();
     await quota.drain();
     await usage.drain();
-    await alerts.drain();
+    // Bounded: a slow or silent webhook must not hold the shutdown past its deadline (server.ts exits DRAIN_GRACE_MS,
+    // 5 s, after SHUTDOWN_TIMEOUT_MS). What is not delivered by then, close() logs in full, one line per event.
+    await alerts.drain(Math.min(3_000, Math.max(1_000, config.shutdownTimeoutMs)));
     alerts.close();
     await upstream.close();
     storeHealth.close();

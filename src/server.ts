@@ -68,10 +68,22 @@ async function main() {
     // usage events), so nothing accepted goes unrecorded. The drains get DRAIN_GRACE_MS more; past
     // that the process exits non-zero anyway.
     let forced = false;
+    /** Connections with a request in progress that the deadline cut (idle ones are closed first, not counted). */
+    let cut = 0;
     const deadline = setTimeout(() => {
       forced = true;
-      app.log.error('shutdown deadline passed; closing the connections still open and recording their usage');
-      app.server.closeAllConnections();
+      // Idle keep-alive connections are closed, not cut; destroying a socket unregisters it from the server at
+      // once, so what is counted next are the connections with a request still in progress.
+      app.server.closeIdleConnections();
+      app.server.getConnections((err, open) => {
+        cut = err ? 0 : open;
+        if (cut > 0) {
+          app.log.error({ connections: cut }, 'shutdown deadline passed; closing the connections still open and recording their usage');
+        } else {
+          app.log.error('shutdown deadline passed with no connection open; still waiting for the drains');
+        }
+        app.server.closeAllConnections();
+      });
       const last = setTimeout(() => {
         app.log.error({ graceMs: DRAIN_GRACE_MS }, 'shutdown drains did not finish in time; exiting');
         process.exit(1);
@@ -93,7 +105,11 @@ async function main() {
     clearInterval(sweeper);
     await fake?.close();
     if (forced) {
-      app.log.error('shut down after the deadline: connections still open were cut (their usage recorded as estimated)');
+      if (cut > 0) {
+        app.log.error({ connections: cut }, 'shut down after the deadline: connections still open were cut (their usage recorded as estimated)');
+      } else {
+        app.log.error('shut down after the deadline: no connection was cut, but the drains took longer than SHUTDOWN_TIMEOUT_MS');
+      }
       process.exit(1);
     }
     app.log.info('shut down cleanly');

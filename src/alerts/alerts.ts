@@ -77,9 +77,16 @@ export interface Alerts {
    * no store call.
    */
   refused(key: KeyRecord, limit: BudgetLimit, wanted: number): void;
-  /** Runs the coalesced checks now, and waits for them and for every queued event to be delivered or given up on. */
-  drain(): Promise<void>;
-  /** Stops timers and deliveries at once (call drain() first to deliver what is queued). */
+  /**
+   * Runs the coalesced checks now, and waits for them and for every queued event to be delivered or given up on;
+   * with `timeoutMs`, at most that long (a slow or silent webhook may take minutes: 6 attempts, 5 s each, backoff):
+   * what is not delivered by then is logged in full by close().
+   */
+  drain(timeoutMs?: number): Promise<void>;
+  /**
+   * Stops timers and deliveries at once (call drain() first to deliver what is queued). Every event not delivered
+   * (in flight, queued, or marked by a check still running) is logged at error level, one line each, in full.
+   */
   close(): void;
 }
 
@@ -236,7 +243,9 @@ export function createAlerts(opts: AlertsOptions): Alerts {
       const c = crossings[i]!;
       if (result.status === 'rejected') return logFailure(key.id, result.reason); // not remembered: tried again next check
       remember(c.name, c.endsAt, c.threshold === EXHAUSTED ? `${key.id} ${c.limit}` : undefined);
-      if (!result.value || closed) return; // another check (or instance) got there first
+      // Another check (or instance) got there first. Marked by this one: sent, or logged in full if closed meanwhile
+      // (the mark is set: no instance will send it again).
+      if (!result.value) return;
       sender.send({
         type: 'budget.threshold_crossed',
         id: randomUUID(),
@@ -328,26 +337,18 @@ export function createAlerts(opts: AlertsOptions): Alerts {
       }
     },
 
-    async drain() {
-      for (;;) {
-        // Coalesced checks would wait out their cooldown: run them now, the process is going away.
-        for (const state of states.values()) {
-          if (state.pending && !state.running && state.cooldown) {
-            clearTimeout(state.cooldown);
-            state.cooldown = undefined;
-            run(state);
-          }
+    async drain(timeoutMs) {
+      const work = drainAll();
+      if (timeoutMs === undefined) return work;
+      work.catch(() => undefined);
+      let timer: NodeJS.Timeout | undefined;
+      const bound = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), Math.max(0, timeoutMs))));
+      try {
+        if ((await Promise.race([work, bound])) === 'timeout' && !closed) {
+          logger.warn({ timeoutMs, undelivered: sender.size }, 'alerts not delivered in time; the undelivered ones are logged');
         }
-        const running = [...states.values()].flatMap((s) => (s.running ? [s.running] : []));
-        if (running.length > 0) {
-          await Promise.all(running);
-          continue;
-        }
-        if (sender.size > 0) {
-          await sender.drain();
-          continue;
-        }
-        return;
+      } finally {
+        clearTimeout(timer);
       }
     },
 
@@ -362,4 +363,29 @@ export function createAlerts(opts: AlertsOptions): Alerts {
       sender.close();
     },
   };
+
+  /** Runs the coalesced checks now and waits for them and for the deliveries, until none is left (or close()). */
+  async function drainAll(): Promise<void> {
+    for (;;) {
+      if (closed) return;
+      // Coalesced checks would wait out their cooldown: run them now, the process is going away.
+      for (const state of states.values()) {
+        if (state.pending && !state.running && state.cooldown) {
+          clearTimeout(state.cooldown);
+          state.cooldown = undefined;
+          run(state);
+        }
+      }
+      const running = [...states.values()].flatMap((s) => (s.running ? [s.running] : []));
+      if (running.length > 0) {
+        await Promise.all(running);
+        continue;
+      }
+      if (sender.size > 0) {
+        await sender.drain();
+        continue;
+      }
+      return;
+    }
+  }
 }

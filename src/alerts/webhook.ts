@@ -42,8 +42,45 @@ export function backoffMs(failedAttempts: number, baseDelayMs: number, maxDelayM
 
 type Attempt = { ok: true } | { ok: false; reason: string; status?: number; retryAfterMs?: number };
 
+/**
+ * An error message fit for the log: every URL in it cut to its origin (scheme, host, port: no credentials, no path,
+ * no query), and what could be a secret of `url` (its path and query, user, password) masked wherever it appears.
+ * fetch's messages may quote the whole URL (e.g. undici's "Request cannot be constructed from a URL that includes
+ * credentials: http://user:pass@host/hook/<token>").
+ */
+export function scrubUrl(message: string, url: string): string {
+  let text = message.replace(/\b[a-z][a-z0-9+.-]*:\/\/[^\s'"<>()[\]{}]+/gi, (found) => {
+    try {
+      const origin = new URL(found).origin;
+      return origin === 'null' ? '[url]' : origin;
+    } catch {
+      return '[url]';
+    }
+  });
+  let u: URL | undefined;
+  try {
+    u = new URL(url);
+  } catch {
+    u = undefined;
+  }
+  const secrets = [url, u && u.pathname + u.search + u.hash, u?.pathname, u?.search, u?.username, u?.password]
+    .flatMap((s) => (s ? [s, safeDecode(s)] : []))
+    .filter((s) => s.length >= 3 && s !== '/');
+  for (const secret of [...new Set(secrets)].sort((a, b) => b.length - a.length)) text = text.split(secret).join('***');
+  return text;
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
 export function createWebhookSender<E extends WebhookEvent>(opts: WebhookSenderOptions) {
   const { logger } = opts;
+  // Only the origin is ever logged (credentials, path and query may hold secrets), error messages scrubbed of the rest.
   const target = new URL(opts.url).origin;
   const queue: E[] = [];
   /** Aborts an attempt in flight when the sender is closed. */
@@ -92,7 +129,7 @@ export function createWebhookSender<E extends WebhookEvent>(opts: WebhookSenderO
     } catch (err) {
       const e = err as { name?: string; message?: string; cause?: { code?: string; message?: string } };
       const reason = e.name === 'TimeoutError' ? `no answer within ${opts.attemptTimeoutMs} ms` : (e.cause?.code ?? e.cause?.message ?? e.message ?? String(err));
-      return { ok: false, reason };
+      return { ok: false, reason: scrubUrl(String(reason), opts.url) };
     } finally {
       clearTimeout(timer);
       closing.signal.removeEventListener('abort', onClose);
@@ -177,9 +214,8 @@ export function createWebhookSender<E extends WebhookEvent>(opts: WebhookSenderO
       }
       const undelivered = current ? [current, ...queue] : [...queue];
       queue.length = 0;
-      if (undelivered.length > 0) {
-        logger.error({ events: undelivered, count: undelivered.length, webhook: target }, 'alerts dropped: closed before they were delivered');
-      }
+      // One line per event, whole (it carries no secret), so each can be replayed by hand.
+      for (const event of undelivered) logger.error({ event, webhook: target }, 'alert dropped: closed before it was delivered');
     },
   };
 }

@@ -263,6 +263,7 @@ describe('shutdown deadline', () => {
     expect(text.trim().endsWith('data: [DONE]')).toBe(false);
     const [code] = await exited;
     expect(code, server.output()).toBe(1);
+    expect(server.output()).toContain('connections still open were cut (their usage recorded as estimated)');
 
     const { events, used, reserved } = await recorded(prefix, id);
     const chat = events.filter((e) => e.endpoint === 'chat.completions');
@@ -271,6 +272,81 @@ describe('shutdown deadline', () => {
     expect(chat[0]!.totalTokens as number).toBeGreaterThan(0);
     expect(used).toBeGreaterThan(0);
     expect(reserved).toBe(0);
+  }, 60_000);
+
+  it('past the deadline with no connection open (only a hung alert webhook), logs the undelivered alert in full and cuts nothing', async () => {
+    // A webhook receiver that never answers.
+    const { createServer } = await import('node:http');
+    const held: import('node:http').ServerResponse[] = [];
+    const bodies: string[] = [];
+    const receiver = createServer((req, res) => {
+      let body = '';
+      req.on('data', (d: Buffer) => (body += d.toString()));
+      req.on('end', () => {
+        bodies.push(body);
+        held.push(res);
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    const hookPort = (receiver.address() as { port: number }).port;
+    try {
+      fake = await startFakeOpenAI({ apiKey: 'sk-up' });
+      const port = await freePort();
+      const base = `http://127.0.0.1:${port}`;
+      const server = startServer({
+        PORT: String(port),
+        OPENAI_API_KEY: 'sk-up',
+        OPENAI_BASE_URL: fake.url,
+        ADMIN_TOKEN: ADMIN,
+        SHUTDOWN_TIMEOUT_MS: '300',
+        ALERT_WEBHOOK_URL: `http://127.0.0.1:${hookPort}/hooks/secret-hook-path-0123456789`,
+      });
+      await waitUntilUp(base);
+      const admin = (method: string, path: string, body?: unknown) =>
+        fetch(base + path, {
+          method,
+          headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+          ...(body !== undefined && { body: JSON.stringify(body) }),
+        });
+      const { id, key } = await createKey(base, 'hung-webhook');
+      const res = await fetch(`${base}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      expect(res.status).toBe(200);
+      await res.text();
+      const usedNow = async () => {
+        const { quota } = (await (await admin('GET', `/admin/keys/${id}`)).json()) as { quota: { tokensPerDay: { used: number; reserved: number } } };
+        return quota.tokensPerDay;
+      };
+      await expect.poll(async () => (await usedNow()).reserved).toBe(0);
+      // A limit lowered to the usage: its alerts go out at once, and the receiver holds the first.
+      expect((await admin('PATCH', `/admin/keys/${id}`, { limits: { tokensPerDay: (await usedNow()).used } })).status).toBe(200);
+      await expect.poll(() => bodies.length, { timeout: 5000 }).toBe(1);
+
+      const exited = once(server.proc, 'exit');
+      server.proc.kill('SIGTERM');
+      const [code] = await exited;
+      const out = server.output();
+      // The deadline passed (the alerts waited longer than it), so non-zero; but nothing was cut.
+      expect(code, out).toBe(1);
+      expect(out).not.toContain('connections still open were cut');
+      expect(out).toContain('no connection was cut');
+      // The receiver still holds the first event: every event not delivered is logged in full, one line each.
+      expect(held.length).toBeGreaterThan(0);
+      const dropped = out
+        .split('\n')
+        .filter((l) => l.includes('alert dropped: closed before it was delivered'))
+        .map((l) => JSON.parse(l) as { level: number; event: { id: string; key: { id: string } } });
+      expect(dropped.length, out).toBe(3);
+      for (const line of dropped) expect(line).toMatchObject({ level: 50, event: { key: { id } } });
+      expect(dropped[0]!.event).toEqual(JSON.parse(bodies[0]!));
+      expect(out).not.toContain('secret-hook-path');
+    } finally {
+      receiver.closeAllConnections();
+      await new Promise((resolve) => receiver.close(resolve));
+    }
   }, 60_000);
 
   it('with SHUTDOWN_TIMEOUT_MS=0 still writes the usage buffered for finished requests', async () => {

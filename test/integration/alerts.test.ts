@@ -457,13 +457,95 @@ describe('delivery', () => {
     alerts.check(keyRecord({ usdPerDay: 10 }));
     await waitFor(() => receiver.requests.length === 1, 5000, 'first attempt');
     alerts.close();
-    const [dropped] = logs.withMsg('alerts dropped: closed before they were delivered');
-    expect(dropped).toMatchObject({ count: 3 });
+    const dropped = logs.withMsg('alert dropped: closed before it was delivered');
+    expect(dropped.map((l) => (l.event as BudgetAlertEvent).threshold)).toEqual([0.5, 0.8, 1]);
     await alerts.drain(); // resolves at once after close
     alerts.check(keyRecord({ usdPerDay: 10 }));
     await new Promise((r) => setTimeout(r, 50));
     expect(stub.view).toHaveBeenCalledTimes(1);
     expect(receiver.requests).toHaveLength(1);
+  });
+});
+
+describe('delivery at shutdown', () => {
+  it('drain(timeoutMs) returns while the webhook still hangs, and close() then logs every undelivered event in full, one line each', async () => {
+    const receiver = await startReceiver(0, '/hooks/secret-path-token-0123456789');
+    receiver.script.push(...Array.from({ length: 10 }, (): Behaviour => 'hold'));
+    const stub = stubQuota({ usdPerDay: 10 });
+    // Without a bound, drain() would wait out six attempts of a minute each.
+    const { alerts, logs } = setup({ webhookUrl: receiver.url, quota: stub.quota, attemptTimeoutMs: 60_000 });
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await waitFor(() => receiver.requests.length === 1, 5000, 'first attempt');
+    await alerts.drain(100);
+    // Returned, though the first event's attempt is still held by the receiver.
+    expect(receiver.requests).toHaveLength(1);
+    expect(receiver.delivered()).toHaveLength(0);
+    alerts.close();
+
+    const dropped = logs.withMsg('alert dropped: closed before it was delivered');
+    expect(dropped.map((l) => l.level)).toEqual([50, 50, 50]);
+    expect(dropped.map((l) => (l.event as BudgetAlertEvent).threshold)).toEqual([0.5, 0.8, 1]);
+    expect(dropped[0]).toMatchObject({ event: receiver.requests[0]!.body, webhook: new URL(receiver.url).origin });
+    expect(logs.text).not.toContain('secret-path-token');
+    receiver.release();
+  });
+
+  it('an event marked by a check still running when the alerts close is logged in full, not lost', async () => {
+    const receiver = await startReceiver();
+    const store = createMemoryStore();
+    cleanups.push(() => store.close());
+    let markNow: () => void = () => undefined;
+    const marking = new Promise<void>((resolve) => (markNow = resolve));
+    const markOnce = store.markOnce.bind(store);
+    vi.spyOn(store, 'markOnce').mockImplementation(async (...args) => {
+      await marking;
+      return markOnce(...args);
+    });
+    const { alerts, logs } = setup({ webhookUrl: receiver.url, quota: stubQuota({ usdPerDay: 6 }).quota }, store);
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await alerts.drain(50); // the check is still waiting for its mark
+    alerts.close();
+    markNow();
+    await waitFor(() => logs.withMsg('alert dropped: the alert sender is closed').length === 1, 5000, 'the dropped event');
+    expect(logs.withMsg('alert dropped: the alert sender is closed')[0]).toMatchObject({ level: 50, event: { threshold: 0.5, key: { id: 'key_alerts1' } } });
+    expect(receiver.requests).toHaveLength(0);
+  });
+
+  it('a gateway closing while the webhook hangs still closes, logging the undelivered event in full', async () => {
+    const receiver = await startReceiver(0, '/hooks/secret-path-token-0123456789');
+    receiver.script.push(...Array.from({ length: 10 }, (): Behaviour => 'hold'));
+    const gw = await startGateway({ env: { ALERT_WEBHOOK_URL: receiver.url, SHUTDOWN_TIMEOUT_MS: '0' } });
+    const { id, key } = await gw.createKey({ name: 'hung-webhook', limits: { tokensPerDay: 100_000 } });
+    const res = await chat(gw, key);
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    await expect.poll(async () => (await quotaOf(gw, id)).tokensPerDay!.reserved).toBe(0); // settled
+    const used = (await quotaOf(gw, id)).tokensPerDay!.used;
+    expect((await gw.admin('PATCH', `/admin/keys/${id}`, { limits: { tokensPerDay: used } })).status).toBe(200);
+    await waitFor(() => receiver.requests.length === 1, 5000, 'first attempt');
+    // Unbounded, close() would wait for six attempts of 5 s each on the held request.
+    await gw.close();
+    expect(receiver.requests).toHaveLength(1);
+    expect(receiver.delivered()).toHaveLength(0);
+    const dropped = gw.logs.lines.filter((l) => l.msg === 'alert dropped: closed before it was delivered');
+    expect(dropped.length).toBeGreaterThan(0);
+    for (const line of dropped) expect(line).toMatchObject({ level: 50, event: { type: 'budget.threshold_crossed', key: { id } } });
+    expect(dropped[0]!.event).toEqual(receiver.requests[0]!.body);
+    expect(gw.logs.text).not.toContain('secret-path-token');
+    receiver.release();
+  }, 20_000);
+
+  it('never logs the webhook URL past its origin, even when fetch quotes it whole in an error', async () => {
+    // fetch refuses a URL with credentials before sending, quoting it: "... credentials: http://u:pass@host/hook/..."
+    const url = 'http://alertuser:hunter2secret@127.0.0.1:9/hook/SECRETPATH0123?token=querysecret';
+    const { alerts, logs } = setup({ webhookUrl: url, quota: stubQuota({ usdPerDay: 6 }).quota, maxAttempts: 2, baseDelayMs: 1 });
+    alerts.check(keyRecord({ usdPerDay: 10 }));
+    await alerts.drain();
+    const failed = logs.withMsg('alert webhook attempt failed');
+    expect(failed).toHaveLength(1);
+    expect(failed[0]!.error).toContain('http://127.0.0.1:9');
+    expect(logs.withMsg('alert webhook delivery failed; giving up')[0]).toMatchObject({ webhook: 'http://127.0.0.1:9' });
+    for (const secret of ['alertuser', 'hunter2secret', 'SECRETPATH0123', 'querysecret', '/hook']) expect(logs.text).not.toContain(secret);
   });
 });
 

@@ -7,6 +7,8 @@ import { createMetrics, type BudgetGauge, type Metrics, type MetricsOptions } fr
 import { loadPriceTable } from '../../src/openai/prices.js';
 import { metricsRoutes } from '../../src/routes/metrics.js';
 import type { UsageEvent } from '../../src/usage/event.js';
+import { createMemoryStore } from '../../src/store/memory-store.js';
+import type { Store } from '../../src/store/store.js';
 import { startGateway, type Gateway } from '../helpers/gateway.js';
 
 const prices = loadPriceTable();
@@ -481,6 +483,41 @@ describe('metrics', () => {
     expect(find(samples, 'tollgate_budget_remaining_usd', { key: 'same-name' })).toHaveLength(2);
     // Ids, never the secrets.
     for (const secret of [first.key, second.key]) expect(text).not.toContain(secret);
+  });
+
+  it('through the gateway, fills the budget gauges of hundreds of keys though each store read is slow, reading keys concurrently', async () => {
+    // Each usage read waits 10 ms (a store a few milliseconds away, several round trips a read): 300 keys read one
+    // after another would take 3 s, past the 2 s the scrape waits for budgets, and the gauges would stay empty.
+    let slow = false;
+    const memory = createMemoryStore();
+    const store = new Proxy(memory, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof value !== 'function') return value;
+        const fn = value as (...args: unknown[]) => unknown;
+        if (prop !== 'quotaUsage') return fn.bind(target);
+        return async (...args: unknown[]) => {
+          if (slow) await new Promise((resolve) => setTimeout(resolve, 10));
+          return fn.apply(target, args);
+        };
+      },
+    }) as Store;
+    const gw = await startGateway({ store });
+    gateways.push(gw);
+    const keys = 300;
+    const ids = new Set<string>();
+    for (let i = 0; i < keys; i += 25) {
+      const batch = await Promise.all(
+        Array.from({ length: Math.min(25, keys - i) }, (_, j) => gw.createKey({ name: `many-${i + j}`, limits: { usdPerDay: 5 } })),
+      );
+      for (const k of batch) ids.add(k.id);
+    }
+    slow = true;
+    const samples = parseSamples(await (await fetch(`${gw.url}/metrics`)).text());
+    expect(value(samples, 'tollgate_budget_collect_failures_total')).toBe(0);
+    const ratios = find(samples, 'tollgate_budget_used_ratio', { limit: 'usdPerDay' });
+    expect(new Set(ratios.map((s) => s.labels.key_id))).toEqual(ids);
+    expect(find(samples, 'tollgate_budget_remaining_usd', { limit: 'usdPerDay' }).every((s) => s.value === 5)).toBe(true);
   });
 
   it('labels a key with its id in key_id whatever its name, and `none` before a key is known', async () => {
