@@ -3,6 +3,7 @@ import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { isOutageError, StoreUnavailableError } from './resilience/store-health.js';
+import { KeyedThrottledWarning } from './resilience/throttled-log.js';
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -150,6 +151,22 @@ function connectionGone(err: Error, request: FastifyRequest, reply: FastifyReply
   return socketError?.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'client_closed';
 }
 
+/** How often an expected 5xx (an outage's 503, an upstream's 502 or 504) is warned about, per error code. */
+const EXPECTED_5XX_WARN_INTERVAL_MS = 30_000;
+
+/**
+ * The throttled warnings of expected 5xx, one set per gateway (keyed by its HTTP server, which
+ * every encapsulated Fastify context shares), so that one gateway's outage never hides another's.
+ */
+const expected5xxWarnings = new WeakMap<object, KeyedThrottledWarning>();
+
+function expected5xxWarning(request: FastifyRequest): KeyedThrottledWarning {
+  const owner = (request.server?.server ?? request.server) as object;
+  let warning = expected5xxWarnings.get(owner);
+  if (!warning) expected5xxWarnings.set(owner, (warning = new KeyedThrottledWarning(request.log, EXPECTED_5XX_WARN_INTERVAL_MS)));
+  return warning;
+}
+
 /** The one error funnel: every error leaves the gateway in OpenAI's shape; 5xx never echo internals. */
 export function errorHandler(this: unknown, err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) {
   const gone = connectionGone(err, request, reply);
@@ -172,8 +189,19 @@ export function errorHandler(this: unknown, err: FastifyError | Error, request: 
   // An error body is JSON and must never be sniffed into something a browser would render.
   reply.header('x-content-type-options', 'nosniff');
   if (known) {
-    // An outage is expected trouble, already logged once by the health monitor: no stack trace.
-    if (known.status >= 500) request.log.warn({ code: known.code, ...(outage && { err: err.message }) }, known.message);
+    // Expected trouble (a store outage, an upstream that fails or does not answer): the request's own
+    // line says what the client got (status, errorCode); beyond it, at most one warning per error
+    // code per interval, with how many were left out, the cause, and the request id of the one
+    // logged. An outage is also logged once by the health monitor: never a stack trace.
+    if (known.status >= 500) {
+      const cause = outage ? err : known.cause;
+      expected5xxWarning(request).warn(
+        known.code ?? known.type,
+        { status: known.status, code: known.code, ...(cause instanceof Error && { err: cause.message }) },
+        known.message,
+        request.log,
+      );
+    }
     return reply.code(known.status).headers(known.headers).send(known.body());
   }
   request.log.error({ err }, 'unhandled error');
@@ -183,6 +211,8 @@ export function errorHandler(this: unknown, err: FastifyError | Error, request: 
 }
 
 export function notFoundHandler(request: FastifyRequest, reply: FastifyReply) {
+  // The code of the body sent, for the request's log line and usage event, as errorHandler sets it.
+  if (request.trace) request.trace.errorCode = 'unknown_url';
   return reply
     .code(404)
     .header('x-content-type-options', 'nosniff')

@@ -8,6 +8,7 @@ import type { CacheEntry, CacheLookup, JoinedLookup, Store } from '../store/stor
 import { exactSeedDigits } from '../openai/big-seed.js';
 import { canonicalJson } from './canonical.js';
 import { parseCacheControl } from './cache-control.js';
+import { ThrottledWarning } from '../resilience/throttled-log.js';
 
 export interface CacheOptions {
   store: Store;
@@ -59,12 +60,14 @@ export function createCache(opts: CacheOptions) {
   /** In-process single-flight: one request per name talks to Redis, the others on this instance wait on it. */
   const local = new Map<string, Promise<void>>();
 
+  /** While the store cannot serve the cache: one warning per interval (with how many were left out), not one per call. */
+  const unavailable = new ThrottledWarning(logger, 30_000);
   /** Cache trouble never fails a request: it becomes a miss (the stated policy when Redis is down). */
   async function safely<T>(what: string, fallback: T, fn: () => Promise<T>): Promise<T> {
     try {
       return await fn();
     } catch (err) {
-      logger.warn({ err: (err as Error).message, op: what }, 'cache unavailable: bypassed');
+      unavailable.warn({ err: (err as Error).message, op: what }, 'cache unavailable: bypassed');
       return fallback;
     }
   }

@@ -206,6 +206,7 @@ async function callUpstream(
       body: upstreamBody(request, endpoint, body, options),
       headers: clientHeadersForUpstream(request.headers),
       signal,
+      log: request.log,
     });
   } catch (err) {
     // Sent and then given up on (the client hung up, or the gateway's first-byte or total timeout

@@ -54,7 +54,7 @@ async function passThrough(
   const started = performance.now();
   let res;
   try {
-    res = await opts.upstream.send({ method, path, headers: clientHeadersForUpstream(request.headers), signal });
+    res = await opts.upstream.send({ method, path, headers: clientHeadersForUpstream(request.headers), signal, log: request.log });
   } catch (err) {
     if (signal.aborted) return clientClosed(reply);
     throw err;

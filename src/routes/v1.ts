@@ -44,8 +44,11 @@ export async function v1Routes(app: FastifyInstance, opts: V1Options) {
       try {
         key = await waitOnStore(request.trace, opts.keyResolver.lookup(hash));
       } catch (err) {
-        request.log.warn({ err: (err as Error).message }, 'key lookup failed');
-        throw serviceUnavailable('Authentication is temporarily unavailable. Please retry.', 'auth_unavailable');
+        // No line of its own: the request's line says auth_unavailable, and errorHandler warns
+        // (throttled, per error code) with this cause.
+        const unavailable = serviceUnavailable('Authentication is temporarily unavailable. Please retry.', 'auth_unavailable');
+        unavailable.cause = err;
+        throw unavailable;
       }
       if (!key) {
         await opts.authGuard.fail(request);
@@ -105,7 +108,7 @@ export async function v1Routes(app: FastifyInstance, opts: V1Options) {
 async function getUpstream(request: FastifyRequest, reply: FastifyReply, opts: V1Options, path: string) {
   const signal = clientGone(reply);
   try {
-    const res = await opts.upstream.send({ method: 'GET', path, signal });
+    const res = await opts.upstream.send({ method: 'GET', path, signal, log: request.log });
     request.trace.upstreamStatus = res.status;
     if (res.status === 401) {
       res.body.resume();

@@ -833,7 +833,10 @@ class OutageLog {
       this.#suppressed++;
       return;
     }
-    this.log.error({ err, connection, suppressed: this.#suppressed }, 'redis connection error');
+    // Expected trouble (a refused or reset connection while Redis is down): its message and code,
+    // never a stack trace.
+    const { message, code } = (err ?? {}) as { message?: unknown; code?: unknown };
+    this.log.error({ err: typeof message === 'string' ? message : String(err), code, connection, suppressed: this.#suppressed }, 'redis connection error');
     this.#lastLoggedAt = now;
     this.#suppressed = 0;
   }

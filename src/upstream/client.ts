@@ -5,6 +5,7 @@ import { pipeline, Transform, type Readable } from 'node:stream';
 import type { Config } from '../config.js';
 import { GatewayError, upstreamTimeout, upstreamUnreachable } from '../errors.js';
 import { createKeyPool, type KeyPoolLogger } from './key-pool.js';
+import { KeyedThrottledWarning } from '../resilience/throttled-log.js';
 import { createSecretMasker, type SecretMasker } from './redact.js';
 import { backoffMs, isRetryableError, isRetryableStatus, retryAfterMs, shouldRetryHeader, sleep } from './retry.js';
 
@@ -17,6 +18,14 @@ export interface UpstreamRequest {
   headers?: Record<string, string>;
   /** Aborted when the client goes away: the upstream request is cancelled at once, and never retried. */
   signal?: AbortSignal;
+  /** The request's logger (request.log): its retries are logged there, with its request id. */
+  log?: UpstreamRequestLogger;
+}
+
+/** What send() logs a request's retries to: each at debug, and a throttled warning per kind of failure. */
+export interface UpstreamRequestLogger {
+  debug(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
 }
 
 export interface UpstreamResponse {
@@ -99,6 +108,9 @@ function abandoned<E>(err: E): E {
 }
 
 const silent: KeyPoolLogger = { error() {}, warn() {} };
+
+/** How often a kind of upstream failure that is retried (a connection error code, an error status) is warned about. */
+const RETRY_WARN_INTERVAL_MS = 30_000;
 
 /** A response we will not pass on: read it off the socket (so the connection can be reused) or drop it. */
 async function discard(res: Dispatcher.ResponseData): Promise<void> {
@@ -193,6 +205,15 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
     logger: log,
   });
   const { maxRetries, retryBaseDelayMs, retryMaxDelayMs, retryAfterMaxMs } = upstream;
+  /**
+   * Retries are routine under upstream trouble: each is logged at debug on its request's logger;
+   * beyond that, one warning per kind of failure per interval (with how many were left out).
+   */
+  const retryWarning = new KeyedThrottledWarning(log, RETRY_WARN_INTERVAL_MS);
+  /** Logs one retry, with the request's id: as the throttled warning of its kind, or else at debug. */
+  function retrying(req: UpstreamRequest, kind: string, obj: object, msg: string) {
+    if (!retryWarning.warn(kind, obj, msg, req.log ?? log)) req.log?.debug(obj, msg);
+  }
   /** Masks every key of the pool (and anything key-shaped) in upstream error text. */
   const maskSecrets = createSecretMasker(keys);
 
@@ -282,7 +303,8 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         if (sent && failure.status === 504) throw abandoned(failure);
         if (exchange.timedOut || retries >= maxRetries || !isRetryableError(err)) throw failure;
         const wait = backoffMs(retries, retryBaseDelayMs, retryMaxDelayMs);
-        log.warn({ attempt, keyIndex: key.index, code: (err as { code?: string }).code, waitMs: Math.round(wait) }, 'upstream connection failed; retrying');
+        const code = (err as { code?: string }).code;
+        retrying(req, `connection:${code}`, { attempt, keyIndex: key.index, code, waitMs: Math.round(wait) }, 'upstream connection failed; retrying');
         if (!(await waitFor(wait))) {
           if (req.signal?.aborted) throw req.signal.reason;
           throw failure;
@@ -308,7 +330,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
       }
       // Only now is the response known to be dropped: nothing of it ever reaches the client.
       await discard(res);
-      log.warn({ attempt, keyIndex: key.index, status: res.statusCode, waitMs: Math.round(wait.ms) }, 'upstream answered an error; retrying');
+      retrying(req, `status:${res.statusCode}`, { attempt, keyIndex: key.index, status: res.statusCode, waitMs: Math.round(wait.ms) }, 'upstream answered an error; retrying');
       if (!(await waitFor(wait.ms))) {
         if (req.signal?.aborted) throw req.signal.reason;
         throw upstreamTimeout(); // the response is gone, and the time with it

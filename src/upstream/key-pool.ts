@@ -4,6 +4,8 @@ import { createHash } from 'node:crypto';
 export interface KeyPoolLogger {
   error(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
+  /** A key back in rotation is logged here, when the logger has it. */
+  info?(obj: object, msg?: string): void;
 }
 
 export interface KeyPoolOptions {
@@ -50,10 +52,24 @@ export function createKeyPool(keys: readonly string[], options: KeyPoolOptions) 
     id: keyId(key),
     coolingUntil: 0,
     reason: null as KeyStatus['reason'],
+    /** Whether the key's going out of rotation was logged and its coming back not yet. */
+    out: false,
   }));
   let cursor = 0;
 
   const isHealthy = (e: (typeof entries)[number], t: number) => e.coolingUntil <= t;
+
+  /**
+   * Logs, once, each key whose cooldown ended since it was logged out of rotation. Key state is
+   * logged per change (out, back), never per request that meets it.
+   */
+  function noteReturns(t: number) {
+    for (const e of entries) {
+      if (!e.out || !isHealthy(e, t)) continue;
+      e.out = false;
+      options.logger?.info?.({ keyIndex: e.index, keyId: e.id, after: e.reason }, 'upstream key back in rotation');
+    }
+  }
 
   /**
    * The next key in round robin among the healthy ones, preferring keys not in `avoid` (those this
@@ -61,6 +77,7 @@ export function createKeyPool(keys: readonly string[], options: KeyPoolOptions) 
    */
   function pick(avoid: ReadonlySet<number> = new Set()): PickedKey {
     const t = now();
+    noteReturns(t);
     for (const pass of [true, false]) {
       for (let i = 0; i < entries.length; i++) {
         const e = entries[(cursor + i) % entries.length]!;
@@ -82,23 +99,35 @@ export function createKeyPool(keys: readonly string[], options: KeyPoolOptions) 
 
   /** Upstream refused this key for its rate limits: out of rotation for `retryAfterMs`, or the default cooldown. */
   function rateLimited(index: number, retryAfterMs?: number) {
+    const t = now();
+    noteReturns(t);
     const e = entries[index]!;
-    const until = now() + (retryAfterMs ?? options.cooldownMs);
+    const until = t + (retryAfterMs ?? options.cooldownMs);
     if (e.reason === 'invalid' && e.coolingUntil > until) return; // already out for longer
+    // Logged when the key goes out (or out for another reason), not for each request that meets its
+    // 429 meanwhile (those in flight when it went out, those served by it while every key cools).
+    const change = !e.out || e.reason !== 'rate_limited';
     e.coolingUntil = Math.max(e.coolingUntil, until);
     e.reason = 'rate_limited';
-    options.logger?.warn({ keyIndex: index, keyId: e.id, coolingUntil: new Date(e.coolingUntil).toISOString() }, 'upstream key rate limited; out of rotation');
+    e.out = true;
+    if (change) options.logger?.warn({ keyIndex: index, keyId: e.id, coolingUntil: new Date(e.coolingUntil).toISOString() }, 'upstream key rate limited; out of rotation');
   }
 
-  /** Upstream says this key is invalid or revoked: out of rotation for a long while, loudly. */
+  /** Upstream says this key is invalid or revoked: out of rotation for a long while, loudly (once). */
   function invalid(index: number) {
+    const t = now();
+    noteReturns(t);
     const e = entries[index]!;
-    e.coolingUntil = Math.max(e.coolingUntil, now() + options.invalidCooldownMs);
+    const change = !e.out || e.reason !== 'invalid';
+    e.coolingUntil = Math.max(e.coolingUntil, t + options.invalidCooldownMs);
     e.reason = 'invalid';
-    options.logger?.error(
-      { keyIndex: index, keyId: e.id, coolingUntil: new Date(e.coolingUntil).toISOString() },
-      'upstream rejected a server-held OpenAI key (401): check or replace it; out of rotation',
-    );
+    e.out = true;
+    if (change) {
+      options.logger?.error(
+        { keyIndex: index, keyId: e.id, coolingUntil: new Date(e.coolingUntil).toISOString() },
+        'upstream rejected a server-held OpenAI key (401): check or replace it; out of rotation',
+      );
+    }
   }
 
   function status(): KeyStatus[] {

@@ -111,3 +111,21 @@ describe('storeMs', () => {
     }
   });
 });
+
+describe('an unknown route', () => {
+  it('is logged with the error code its client got (unknown_url), in the one line of the request', async () => {
+    const gw = await startGateway();
+    const { key } = await gw.createKey();
+    const res = await fetch(`${gw.url}/v1/nope`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: '{}',
+    });
+    expect(res.status).toBe(404);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('unknown_url');
+    await gw.close();
+    const lines = gw.logs.lines.filter((l) => l.reqId !== undefined && gw.logs.requests().some((r) => r.reqId === l.reqId && r.status === 404));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ msg: 'request', status: 404, errorCode: 'unknown_url' });
+  });
+});

@@ -343,6 +343,51 @@ describe('Redis outage', () => {
     // The key died with the old data: the grace does not outlive a store that answers again.
     expect((await c.models(key.key)).status).toBe(401);
   });
+  describe.each(['closed', 'open'] as const)('the log under a flood of requests while Redis is down (QUOTA_FAIL_MODE=%s)', (mode) => {
+    it('is one line per request plus a handful of throttled warnings, none with a stack', async () => {
+      const { gw, kill } = await outageSetup({ QUOTA_FAIL_MODE: mode, QUOTA_FAIL_OPEN_RPM: '1000', CACHE_ENABLED: 'true' });
+      const key = await gw.createKey({ name: `outage-flood-${mode}` });
+      const c = client(gw);
+      // Seen once before the outage: the key authenticates from the outage grace during it.
+      expect((await c.chat(key.key, 'before')).status).toBe(200);
+      await settled(gw, c.requests);
+
+      await kill();
+      const from = gw.logs.lines.length;
+      const FLOOD = 50;
+      const statuses: number[] = [];
+      for (let i = 0; i < FLOOD; i++) {
+        // Three in five with the known key (admitted or refused by the quota's outage policy, the
+        // cache bypassed), the rest with keys the store cannot vouch for (503 auth_unavailable).
+        const res = i % 5 < 3 ? await c.chat(key.key, `flood ${i}`) : await c.chat(`tg-unknown-during-outage-${i}`, 'who am i');
+        statuses.push(res.status);
+      }
+      // Closed: every request is a 503 (quota or auth unavailable); open: the known key's are served.
+      expect(statuses.filter((s) => s === 503)).toHaveLength(mode === 'closed' ? FLOOD : 20);
+      expect(statuses.filter((s) => s === 200)).toHaveLength(mode === 'closed' ? 0 : 30);
+
+      const lines = gw.logs.lines.slice(from);
+      const requests = lines.filter((l) => l.msg === 'request' && l.path === '/v1/chat/completions');
+      expect(requests).toHaveLength(FLOOD);
+      // The request lines say what each client got.
+      expect(requests.filter((l) => l.errorCode === 'auth_unavailable')).toHaveLength(20);
+      if (mode === 'closed') expect(requests.filter((l) => l.errorCode === 'quota_unavailable')).toHaveLength(30);
+      // Beyond them: the outage's own lines (health, connection, usage buffering) and at most one
+      // warning per distinct problem, not one or two more per request.
+      const others = lines.filter((l) => l.msg !== 'request');
+      expect(others.length, JSON.stringify(others.map((l) => l.msg))).toBeLessThanOrEqual(10);
+      const messages = others.map((l) => String(l.msg));
+      expect(new Set(messages).size, JSON.stringify(messages)).toBe(messages.length);
+      for (const line of others) expect(JSON.stringify(line)).not.toMatch(/stack|\\n    at /);
+      // The refused connection is logged by its message and code, not as an error object with a stack.
+      const connection = lines.filter((l) => l.msg === 'redis connection error');
+      for (const line of connection) {
+        expect(typeof line.err).toBe('string');
+        expect(line).not.toHaveProperty('err.stack');
+      }
+    });
+  });
+
   describe.each([
     ['killed (connections refused)', 'kill'],
     ['frozen with SIGSTOP (command timeouts)', 'freeze'],
@@ -406,8 +451,11 @@ describe('Redis outage', () => {
       const empty = await fetch(`${gw.url}/v1/responses/`, { headers: { authorization: `Bearer ${key.key}` } });
       expect(empty.status).toBe(404);
 
+      // Each request's own line says 503; beyond them, one throttled warning for the code.
+      const requestLines = gw.logs.requests().filter((l) => String(l.path).startsWith('/admin') && l.status === 503);
+      expect(requestLines.length).toBeGreaterThanOrEqual(calls.length);
       const adminLines = gw.logs.lines.filter((l) => l.code === 'store_unavailable');
-      expect(adminLines.length).toBeGreaterThanOrEqual(calls.length);
+      expect(adminLines).toHaveLength(1);
       for (const line of adminLines) {
         expect(line.level).toBe(40);
         expect(JSON.stringify(line)).not.toContain('stack');

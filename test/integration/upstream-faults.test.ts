@@ -328,7 +328,8 @@ describe('connection failures', () => {
     await probe.close();
     const gw = await startGateway({
       fake: probe,
-      env: { OPENAI_BASE_URL: url, UPSTREAM_MAX_RETRIES: '2', UPSTREAM_RETRY_BASE_DELAY_MS: '10' },
+      // At debug: past the first (a throttled warning), a request's retries are logged at debug.
+      env: { OPENAI_BASE_URL: url, UPSTREAM_MAX_RETRIES: '2', UPSTREAM_RETRY_BASE_DELAY_MS: '10', LOG_LEVEL: 'debug' },
     });
     try {
       const { key } = await gw.createKey();
@@ -474,6 +475,27 @@ describe('several server keys', () => {
     expect(gw.logs.text).not.toContain(KEY_B);
   });
 
+  it('a key going out of rotation and coming back is logged once each, not per request', async () => {
+    const gw = await startGateway({
+      fake,
+      env: { OPENAI_API_KEY: KEY_A, OPENAI_API_KEYS: `${KEY_A},${KEY_B}`, OPENAI_BASE_URL: fake.url, UPSTREAM_MAX_RETRIES: '0', UPSTREAM_KEY_COOLDOWN_MS: '300' },
+    });
+    open.push(gw);
+    const { key } = await gw.createKey();
+    fake.failNext(1, 429);
+    for (let i = 0; i < 3; i++) expect((await post(gw, key)).status).toBe(200);
+    const out = () => gw.logs.lines.filter((l) => l.msg === 'upstream key rate limited; out of rotation');
+    const back = () => gw.logs.lines.filter((l) => l.msg === 'upstream key back in rotation');
+    expect(out()).toHaveLength(1);
+    expect(back()).toHaveLength(0);
+    await expect.poll(async () => ((await (await fetch(`${gw.url}/readyz`)).json()) as any).upstreamKeys?.inRotation, { timeout: 5000, interval: 50 }).toBe(2);
+    for (let i = 0; i < 4; i++) expect((await post(gw, key)).status).toBe(200);
+    expect(back()).toHaveLength(1);
+    expect(back()[0]).toMatchObject({ level: 30, keyIndex: 0, keyId: keyId(KEY_A), after: 'rate_limited' });
+    expect(out()).toHaveLength(1);
+    expect(gw.logs.text).not.toContain(KEY_A);
+  });
+
   it('a 401 key stays out of rotation for UPSTREAM_KEY_INVALID_COOLDOWN_MS', async () => {
     const { gw, key, keyPool } = await pooled({ UPSTREAM_KEY_INVALID_COOLDOWN_MS: '600000' });
     fake.failNext(1, 401);
@@ -519,5 +541,64 @@ describe('several server keys', () => {
     fake.failNext(1, 500);
     expect((await post(gw, key)).status).toBe(200);
     expect(authOf(fake)).toEqual([`Bearer ${KEY_A}`, `Bearer ${KEY_B}`]);
+  });
+});
+
+describe('the log while upstream fails every request', () => {
+  const FLOOD = 20;
+  let gw: Gateway;
+  let key: string;
+  beforeAll(async () => {
+    gw = await startGateway({
+      env: { LOG_LEVEL: 'debug', UPSTREAM_MAX_RETRIES: '2', UPSTREAM_RETRY_BASE_DELAY_MS: '1', UPSTREAM_RETRY_MAX_DELAY_MS: '5' },
+    });
+    ({ key } = await gw.createKey({ name: 'upstream-flood' }));
+  });
+  afterAll(() => gw.close());
+  afterEach(() => gw.fake.reset());
+
+  /** The lines written while `run` ran. */
+  async function linesOf(run: () => Promise<void>) {
+    const from = gw.logs.lines.length;
+    await run();
+    return gw.logs.lines.slice(from);
+  }
+
+  for (const status of [500, 429]) {
+    it(`${status} to every attempt: each retry is a debug line of its request, warned about once`, async () => {
+      gw.fake.failNext(FLOOD * 3, status);
+      const lines = await linesOf(async () => {
+        for (let i = 0; i < FLOOD; i++) expect((await post(gw, key)).status).toBe(status);
+      });
+      const requests = lines.filter((l) => l.msg === 'request' && l.path === '/v1/chat/completions');
+      expect(requests).toHaveLength(FLOOD);
+      const reqIds = new Set(requests.map((l) => l.reqId));
+      const retries = lines.filter((l) => l.msg === 'upstream answered an error; retrying');
+      expect(retries).toHaveLength(FLOOD * 2); // two retries per request
+      // Each tied to its request, so a request's attempts can be read together.
+      for (const line of retries) expect(reqIds.has(line.reqId), JSON.stringify(line)).toBe(true);
+      // At most one warning for the kind of failure; the rest at debug, not a warning per request.
+      expect(retries.filter((l) => (l.level as number) >= 40)).toHaveLength(1);
+      expect(retries.filter((l) => l.level === 20)).toHaveLength(FLOOD * 2 - 1);
+      // The key's state changes once: out of rotation on the first 429, not again for each one after.
+      expect(lines.filter((l) => String(l.msg).includes('out of rotation'))).toHaveLength(status === 429 ? 1 : 0);
+      // Everything else is the request lines.
+      const others = lines.filter((l) => l.msg !== 'request' && !retries.includes(l));
+      expect(others.length, JSON.stringify(others.map((l) => l.msg))).toBeLessThanOrEqual(1);
+    });
+  }
+
+  it('401 for the only server key: logged at error once, not again while the key is out of rotation', async () => {
+    gw.fake.failNext(FLOOD, 401);
+    const lines = await linesOf(async () => {
+      for (let i = 0; i < FLOOD; i++) expect((await post(gw, key)).status).toBe(502);
+    });
+    expect(lines.filter((l) => l.msg === 'request' && l.errorCode === 'upstream_auth_failed')).toHaveLength(FLOOD);
+    const rejected = lines.filter((l) => String(l.msg).includes('(401)'));
+    expect(rejected).toHaveLength(1);
+    expect(rejected[0]).toMatchObject({ level: 50, keyIndex: 0 });
+    // The 502 upstream_auth_failed itself: one throttled warning, not one per request.
+    expect(lines.filter((l) => l.code === 'upstream_auth_failed')).toHaveLength(1);
+    expect(lines.filter((l) => l.msg !== 'request').length).toBeLessThanOrEqual(2);
   });
 });
