@@ -6,7 +6,17 @@ import { parseRedisAddresses, type RedisConnectionOptions } from './store/redis-
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no', ''])
   .transform((v) => v === 'true' || v === '1' || v === 'yes');
-const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+/**
+ * A whole number written in plain decimal digits. Number() would also read `0x1F90` as 8080, `1e3`
+ * as 1000 or `0b11` as 3: a typo or a copied expression, never what a setting means.
+ */
+const int = (min: number, max: number) =>
+  z
+    .string()
+    .trim()
+    .regex(/^\d+$/, { message: 'must be a whole number written in decimal digits only, e.g. 8080' })
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
 const optionalString = z
   .string()
   .optional()
@@ -55,6 +65,37 @@ function redisUrlProblem(v: string): string | undefined {
     return 'the path, if any, must be a database number, e.g. redis://host:6379/0';
   }
   return undefined;
+}
+
+/** Whether a URL (already known to parse) carries a user name or password. */
+function hasCredentials(v: string): boolean {
+  try {
+    const url = new URL(v);
+    return url.username !== '' || url.password !== '';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A CORS origin as browsers send it in the Origin header: scheme://host[:port], no path, query,
+ * fragment or credentials (a trailing slash is tolerated: the plugin drops it), or `*` for any.
+ * For http(s) it must be the URL's own origin, so an uppercase host or a default port, which no
+ * browser's Origin header would ever match, is refused too.
+ */
+function validOrigin(origin: string): boolean {
+  if (origin === '*') return true;
+  const bare = origin.replace(/\/+$/, '');
+  if (!/^[a-z][a-z\d+.-]*:\/\/[^/?#@\s]+$/i.test(bare)) return false;
+  let url: URL;
+  try {
+    url = new URL(bare);
+  } catch {
+    return false;
+  }
+  if (url.hostname === '') return false;
+  if (url.protocol === 'http:' || url.protocol === 'https:') return url.origin === bare;
+  return true;
 }
 
 const envSchema = z.object({
@@ -162,7 +203,13 @@ const envSchema = z.object({
   /** Usage events go to Redis in batches, one per this interval: reports lag by at most this much. */
   USAGE_FLUSH_MS: int(10, 10_000).default(250),
   /** Budget alerts (50%, 80%, 100% of any budget) are POSTed here as JSON. Unset: no alerts. */
-  ALERT_WEBHOOK_URL: z.url({ protocol: /^https?$/ }).optional(),
+  ALERT_WEBHOOK_URL: z
+    .url({ protocol: /^https?$/ })
+    // undici refuses a URL with credentials: every alert would fail. The message never prints the value.
+    .refine((v) => !hasCredentials(v), {
+      message: 'must not contain credentials (user:password@): the alerts could never be delivered; put a token in the path or query instead',
+    })
+    .optional(),
   /** When set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`. At least 16 characters, like ADMIN_TOKEN; the problem never prints the value. */
   METRICS_TOKEN: optionalString
     .refine((v) => v === undefined || v.length >= 16, { message: 'must be at least 16 characters (e.g. openssl rand -hex 24)' })
@@ -183,7 +230,14 @@ const envSchema = z.object({
   CORS_ORIGINS: z
     .string()
     .default('')
-    .transform((v) => v.split(',').map((o) => o.trim()).filter(Boolean)),
+    .transform((v) => v.split(',').map((o) => o.trim()).filter(Boolean))
+    .superRefine((origins, ctx) => {
+      for (const origin of origins) {
+        if (!validOrigin(origin)) {
+          ctx.addIssue({ code: 'custom', message: `"${origin}" is not an origin: each must be scheme://host[:port] as browsers send it (lowercase, no path, no default port), e.g. https://app.example.com, or *` });
+        }
+      }
+    }),
   /** Run with the built-in fake OpenAI upstream (also `--demo`); the store is memory unless REDIS_URL is set. */
   TOLLGATE_DEMO: bool.default(false),
 });
@@ -270,6 +324,34 @@ function upstreamKeys(e: Pick<Env, 'OPENAI_API_KEY' | 'OPENAI_API_KEYS'>): strin
   return [...new Set(all.filter((k) => k !== ''))];
 }
 
+/** Pairs of variables each valid alone whose values contradict each other. */
+function pairProblems(e: Env): string[] {
+  const problems: string[] = [];
+  if (e.UPSTREAM_RETRY_BASE_DELAY_MS > e.UPSTREAM_RETRY_MAX_DELAY_MS) {
+    problems.push(
+      `UPSTREAM_RETRY_BASE_DELAY_MS, UPSTREAM_RETRY_MAX_DELAY_MS: the base delay (${e.UPSTREAM_RETRY_BASE_DELAY_MS}) must not exceed the maximum delay (${e.UPSTREAM_RETRY_MAX_DELAY_MS}) it is capped at`,
+    );
+  }
+  return problems;
+}
+
+/**
+ * What is accepted but probably wrong: one line each, printed at start-up (the config still loads).
+ * OPENAI_BASE_URL: OpenAI's paths hang off /v1 and the gateway appends /chat/completions etc., so a
+ * base without it gets 404 for every request while /readyz says ready; some OpenAI-compatible
+ * proxies use other paths, so it is a warning, not an error. The value is not printed.
+ */
+function configWarnings(e: Env): string[] {
+  const warnings: string[] = [];
+  const path = new URL(e.OPENAI_BASE_URL).pathname.replace(/\/+$/, '');
+  if (!path.endsWith('/v1')) {
+    warnings.push(
+      'OPENAI_BASE_URL does not end in /v1 (expected e.g. https://api.openai.com/v1): requests go to its path + /chat/completions etc., which OpenAI answers with 404; ignore this only for a compatible server that uses another path',
+    );
+  }
+  return warnings;
+}
+
 /** The REDIS_* variables that only make sense together (each one alone is checked by the schema). */
 function redisProblems(e: Env): string[] {
   const problems: string[] = [];
@@ -305,7 +387,12 @@ function redisConfig(e: Env): Config['redis'] {
  * Validates the environment and returns the config, or throws one ConfigError naming every problem.
  * In demo mode OPENAI_API_KEY may be absent: the caller points the upstream at the built-in fake.
  */
-export function loadConfig(env: Record<string, string | undefined>, argv: string[] = []): Config {
+export function loadConfig(
+  env: Record<string, string | undefined>,
+  argv: string[] = [],
+  /** Where start-up warnings (accepted but probably wrong values) go, one line each: stderr by default. */
+  warn: (line: string) => void = (line) => console.warn(`Configuration warning: ${line}`),
+): Config {
   // An empty variable (`PORT=` in an env file) means unset, so it takes the default.
   const set = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v.trim() !== ''));
   const parsed = envSchema.safeParse(set);
@@ -316,10 +403,11 @@ export function loadConfig(env: Record<string, string | undefined>, argv: string
   if (parsed.success && !demo && upstreamKeys(parsed.data).length === 0) {
     problems.push('OPENAI_API_KEY: required, or OPENAI_API_KEYS (or run the demo: npm run demo)');
   }
-  if (parsed.success) problems.push(...redisProblems(parsed.data));
+  if (parsed.success) problems.push(...redisProblems(parsed.data), ...pairProblems(parsed.data));
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
 
   const e = parsed.data;
+  for (const line of configWarnings(e)) warn(line);
   return {
     port: e.PORT,
     host: e.HOST,

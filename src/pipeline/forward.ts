@@ -209,6 +209,9 @@ async function callUpstream(
       log: request.log,
     });
   } catch (err) {
+    // Failed or abandoned, it still went to upstream: the wait (attempts, backoff, a timeout) is
+    // upstream time, not the gateway's overhead.
+    trace.upstreamMs = performance.now() - started;
     // Sent and then given up on (the client hung up, or the gateway's first-byte or total timeout
     // fired while upstream worked on it): charged its prompt. Never sent (connection refused or
     // timed out, the client gone during a wait between attempts) or ended by upstream (a dropped
@@ -226,6 +229,7 @@ async function callUpstream(
   }
   trace.upstreamStatus = res.status;
   if (res.status === 401) {
+    trace.upstreamMs = performance.now() - started;
     // OpenAI refused the gateway's own key. Its message names that key (masked) and would make the
     // client think its gateway key is wrong: this is the gateway's failure, say so instead.
     res.body.resume();
@@ -383,6 +387,7 @@ export async function sendBuffered(
   try {
     bytes = await readBody(res);
   } catch (err) {
+    trace.upstreamMs = performance.now() - started; // the body was being read from upstream
     if (reply.raw.destroyed) {
       onBody?.(undefined, undefined, true);
       return clientClosed(reply);

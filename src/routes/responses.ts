@@ -56,6 +56,7 @@ async function passThrough(
   try {
     res = await opts.upstream.send({ method, path, headers: clientHeadersForUpstream(request.headers), signal, log: request.log });
   } catch (err) {
+    request.trace.upstreamMs = performance.now() - started; // upstream time, even when it failed
     if (signal.aborted) return clientClosed(reply);
     throw err;
   }
@@ -63,6 +64,7 @@ async function passThrough(
   // Deleted upstream: the id must not answer its owner again, nor its cached copy anyone.
   if (method === 'DELETE' && res.status >= 200 && res.status < 300) await opts.owners.forget(id);
   if (res.status === 401) {
+    request.trace.upstreamMs = performance.now() - started;
     res.body.resume();
     throw upstreamAuthFailed(); // the gateway's own key was refused: not the client's problem to see
   }

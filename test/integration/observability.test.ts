@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { startGateway, type Gateway } from '../helpers/gateway.js';
+import { startFakeOpenAI } from '../../src/fake-openai/server.js';
 
 const opened: { close(): Promise<void> }[] = [];
 afterAll(async () => {
@@ -75,4 +76,41 @@ describe('budget alerts', () => {
     await expect.poll(() => received.map((e) => e.threshold), { timeout: 5000 }).toEqual([0.5, 0.8]);
     expect(received[0]).toMatchObject({ type: 'budget.threshold_crossed', key: { name: 'alerting-app' }, limit: 'tokensPerDay', limitValue: 200 });
   }, 40_000);
+});
+
+describe('upstream time of failed requests', () => {
+  /** A series' value; `labels` empty for an unlabelled one. */
+  const series = (text: string, name: string, labels = '') => {
+    const line = text.split('\n').find((l) => l.startsWith(`${name}${labels} `));
+    return line === undefined ? undefined : Number(line.split(' ').at(-1));
+  };
+
+  it.each([
+    ['504 upstream_timeout (first-byte timeout)', 504, false],
+    ['502 upstream_unreachable after retries', 502, true],
+  ] as const)('%s: counted in tollgate_upstream_duration_seconds, not as gateway overhead', async (_name, status, unreachable) => {
+    let env: Record<string, string> = { UPSTREAM_HEADERS_TIMEOUT_MS: '400', UPSTREAM_TOTAL_TIMEOUT_MS: '5000' };
+    let fake: Gateway['fake'] | undefined;
+    if (unreachable) {
+      // A port that was free a moment ago: nothing listens there. Retried twice, with backoff.
+      fake = await startFakeOpenAI();
+      await fake.close();
+      env = { OPENAI_BASE_URL: fake.url, UPSTREAM_MAX_RETRIES: '2', UPSTREAM_RETRY_BASE_DELAY_MS: '200', UPSTREAM_RETRY_MAX_DELAY_MS: '400' };
+    }
+    const gw = await startGateway({ env, ...(fake && { fake }) });
+    opened.push(gw);
+    const { key } = await gw.createKey({ name: 'failing-upstream' });
+    if (!unreachable) gw.fake.hangNext(1);
+    const res = await chat(gw, key);
+    expect(res.status).toBe(status);
+    await res.text();
+    const read = async () => (await fetch(`${gw.url}/metrics`)).text();
+    await expect.poll(async () => series(await read(), 'tollgate_gateway_overhead_seconds_count')).toBe(1);
+    const text = await read();
+    expect(series(text, 'tollgate_upstream_duration_seconds_count', '{endpoint="chat.completions"}')).toBe(1);
+    const upstream = series(text, 'tollgate_upstream_duration_seconds_sum', '{endpoint="chat.completions"}')!;
+    const overhead = series(text, 'tollgate_gateway_overhead_seconds_sum')!;
+    expect(upstream).toBeGreaterThan(0);
+    expect(overhead).toBeLessThan(upstream);
+  });
 });

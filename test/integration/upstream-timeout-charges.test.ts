@@ -275,3 +275,68 @@ describe('a request that never reached upstream is charged nothing', () => {
     await expectNothingCharged(gw, id, 502, 'upstream_unreachable');
   });
 });
+
+/**
+ * A request that went to upstream and failed (or was abandoned) spent its wait on upstream: the
+ * usage event (and so the log line and the upstream/overhead histograms) records it as upstreamMs,
+ * leaving overheadMs the gateway's own time. Only relations are checked, never absolute timings.
+ */
+describe('the wait on a failed or abandoned upstream call is upstream time, not gateway overhead', () => {
+  const expectUpstreamTimed = async (gw: Gateway, keyId: string, status: number, errorCode: string) => {
+    const { event } = await accountingOf(gw, keyId);
+    const timed = event as unknown as UsageEvent & { latencyMs: number; upstreamMs: number | null; overheadMs: number };
+    expect(timed).toMatchObject({ status, errorCode });
+    expect(timed.upstreamMs).not.toBeNull();
+    expect(timed.upstreamMs!).toBeGreaterThan(0);
+    expect(timed.overheadMs).toBeLessThan(timed.upstreamMs!);
+    expect(timed.upstreamMs!).toBeLessThanOrEqual(timed.latencyMs);
+  };
+
+  it('504 upstream_timeout (first-byte timeout)', async () => {
+    const gw = await gateway({ UPSTREAM_HEADERS_TIMEOUT_MS: '400', UPSTREAM_TOTAL_TIMEOUT_MS: '5000' });
+    const { id, key } = await gw.createKey({ name: 'timed-headers-timeout', limits });
+    gw.fake.hangNext(1);
+    const res = await post(gw, key, '/v1/chat/completions', chat);
+    expect(res.status).toBe(504);
+    await expectUpstreamTimed(gw, id, 504, 'upstream_timeout');
+  });
+
+  it('502 upstream_unreachable after retries (their backoff counted, as for retried 5xx)', async () => {
+    const probe = await startFakeOpenAI();
+    const url = probe.url;
+    await probe.close();
+    const gw = await gateway(
+      { OPENAI_BASE_URL: url, UPSTREAM_MAX_RETRIES: '2', UPSTREAM_RETRY_BASE_DELAY_MS: '200', UPSTREAM_RETRY_MAX_DELAY_MS: '400' },
+      probe,
+    );
+    const { id, key } = await gw.createKey({ name: 'timed-refused', limits });
+    const res = await post(gw, key, '/v1/chat/completions', chat);
+    expect(res.status).toBe(502);
+    await expectUpstreamTimed(gw, id, 502, 'upstream_unreachable');
+  });
+
+  it('504 upstream_timeout while reading a 200 body (idle timeout)', async () => {
+    const upstream = await stallingUpstream();
+    opened.push(upstream);
+    const fake = await startFakeOpenAI();
+    opened.push(fake);
+    const gw = await gateway({ OPENAI_BASE_URL: upstream.url, UPSTREAM_IDLE_TIMEOUT_MS: '400', UPSTREAM_TOTAL_TIMEOUT_MS: '10000' }, fake);
+    const { id, key } = await gw.createKey({ name: 'timed-body-timeout', limits });
+    const res = await post(gw, key, '/v1/chat/completions', chat);
+    expect(res.status).toBe(504);
+    await expectUpstreamTimed(gw, id, 504, 'upstream_timeout');
+  });
+
+  it('499: the client left while upstream worked on the request', async () => {
+    const gw = await gateway({ UPSTREAM_HEADERS_TIMEOUT_MS: '10000', UPSTREAM_TOTAL_TIMEOUT_MS: '10000' });
+    const { id, key } = await gw.createKey({ name: 'timed-gone', limits });
+    gw.fake.setLatency(3000);
+    const controller = new AbortController();
+    const pending = post(gw, key, '/v1/chat/completions', chat, controller.signal).catch((err: Error) => err);
+    await expect.poll(() => gw.fake.requests.length).toBe(1);
+    await new Promise((r) => setTimeout(r, 300)); // upstream is working on it
+    controller.abort();
+    expect(await pending).toBeInstanceOf(Error);
+    await expectUpstreamTimed(gw, id, 499, 'client_closed_request');
+  });
+});

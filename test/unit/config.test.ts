@@ -162,3 +162,104 @@ describe('REDIS_URL validation', () => {
     },
   );
 });
+
+/** The ConfigError loadConfig throws for these variables (fails the test when it throws none). */
+function configError(env: Record<string, string>): string {
+  try {
+    loadConfig({ OPENAI_API_KEY: 'sk-x', ...env }, [], () => undefined);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as Error).message;
+  }
+  throw new Error(`accepted: ${JSON.stringify(env)}`);
+}
+
+describe('integers are plain decimal digits', () => {
+  it.each([
+    ['PORT', '0x1F90'],
+    ['PORT', '0b11'],
+    ['PORT', '0o17'],
+    ['SHUTDOWN_TIMEOUT_MS', '1e3'],
+    ['SHUTDOWN_TIMEOUT_MS', '1000.0'],
+    ['UPSTREAM_MAX_RETRIES', '+2'],
+    ['CACHE_TTL_SECONDS', 'Infinity'],
+  ])('refuses %s=%s, naming it', (name, value) => {
+    expect(configError({ [name]: value })).toContain(name);
+  });
+
+  it('reads decimal digits, blanks around them trimmed', () => {
+    const c = loadConfig({ OPENAI_API_KEY: 'sk-x', PORT: ' 9000 ', SHUTDOWN_TIMEOUT_MS: '1000', UPSTREAM_MAX_RETRIES: '0' });
+    expect(c.port).toBe(9000);
+    expect(c.shutdownTimeoutMs).toBe(1000);
+    expect(c.upstream.maxRetries).toBe(0);
+  });
+});
+
+describe('contradictory pairs', () => {
+  it('refuses a retry base delay above the maximum delay, naming both', () => {
+    const message = configError({ UPSTREAM_RETRY_BASE_DELAY_MS: '2000', UPSTREAM_RETRY_MAX_DELAY_MS: '1000' });
+    expect(message).toContain('UPSTREAM_RETRY_BASE_DELAY_MS');
+    expect(message).toContain('UPSTREAM_RETRY_MAX_DELAY_MS');
+    // Against the other's default too (base 500, max 8000).
+    expect(configError({ UPSTREAM_RETRY_MAX_DELAY_MS: '100' })).toContain('UPSTREAM_RETRY_BASE_DELAY_MS');
+    expect(configError({ UPSTREAM_RETRY_BASE_DELAY_MS: '9000' })).toContain('UPSTREAM_RETRY_MAX_DELAY_MS');
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', UPSTREAM_RETRY_BASE_DELAY_MS: '1000', UPSTREAM_RETRY_MAX_DELAY_MS: '1000' }).upstream).toMatchObject({
+      retryBaseDelayMs: 1000,
+      retryMaxDelayMs: 1000,
+    });
+  });
+});
+
+describe('ALERT_WEBHOOK_URL', () => {
+  it.each(['http://u:hooksecretpw@alerts.example/hook', 'https://:hooksecretpw@alerts.example/hook', 'https://hooksecretpw@alerts.example/hook'])(
+    'refuses credentials in the URL (undici cannot send it), naming the variable without printing the value: %s',
+    (url) => {
+      const message = configError({ ALERT_WEBHOOK_URL: url });
+      expect(message).toContain('ALERT_WEBHOOK_URL');
+      expect(message).not.toContain('hooksecretpw');
+    },
+  );
+
+  it('accepts a URL with a token in its path or query', () => {
+    const url = 'https://alerts.example/hook/abc123?token=xyz';
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', ALERT_WEBHOOK_URL: url }).alertWebhookUrl).toBe(url);
+  });
+});
+
+describe('CORS_ORIGINS', () => {
+  it.each(['bogus', 'https://app.example.com/path', 'app.example.com', 'https://app.example.com?x=1', 'https://u@app.example.com', 'https://App.example.com', 'https://app.example.com:443', 'https://a.example, nope'])(
+    'refuses %s, naming the variable',
+    (origins) => {
+      expect(configError({ CORS_ORIGINS: origins })).toContain('CORS_ORIGINS');
+    },
+  );
+
+  it('accepts origins (a trailing slash tolerated) and *', () => {
+    const origins = 'https://app.example.com, http://localhost:3000, https://app.example.com/, *, chrome-extension://abcdef';
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', CORS_ORIGINS: origins }).corsOrigins).toEqual([
+      'https://app.example.com',
+      'http://localhost:3000',
+      'https://app.example.com/',
+      '*',
+      'chrome-extension://abcdef',
+    ]);
+  });
+});
+
+describe('OPENAI_BASE_URL without /v1', () => {
+  it('is accepted with one start-up warning naming the variable and the expected form (some compatible servers use other paths)', () => {
+    const warnings: string[] = [];
+    const c = loadConfig({ OPENAI_API_KEY: 'sk-x', OPENAI_BASE_URL: 'http://127.0.0.1:19001' }, [], (line) => warnings.push(line));
+    expect(c.upstream.baseUrl).toBe('http://127.0.0.1:19001');
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain('OPENAI_BASE_URL');
+    expect(warnings[0]).toContain('/v1');
+    expect(warnings[0]).not.toContain('19001'); // the value is not printed
+  });
+
+  it.each(['https://api.openai.com/v1', 'http://localhost:1234/v1/', 'https://proxy.example/openai/v1'])('gives no warning for %s', (url) => {
+    const warnings: string[] = [];
+    loadConfig({ OPENAI_API_KEY: 'sk-x', OPENAI_BASE_URL: url }, [], (line) => warnings.push(line));
+    expect(warnings).toEqual([]);
+  });
+});
