@@ -115,7 +115,7 @@ export function createMetrics(opts: MetricsOptions) {
   });
   const upstreamDuration = new Histogram({
     name: 'tollgate_upstream_duration_seconds',
-    help: 'From sending a request upstream to its last byte.',
+    help: 'From sending a request upstream to its last byte, or to its failure (retries, backoff and timeouts included).',
     labelNames: ['endpoint'] as const,
     buckets: UPSTREAM_BUCKETS,
     registers,
