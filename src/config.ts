@@ -84,7 +84,8 @@ function hasCredentials(v: string): boolean {
  * browser's Origin header would ever match, is refused too.
  */
 function validOrigin(origin: string): boolean {
-  if (origin === '*') return true;
+  // `null`: what browsers send from file:// pages, sandboxed iframes and some desktop apps.
+  if (origin === '*' || origin === 'null') return true;
   const bare = origin.replace(/\/+$/, '');
   if (!/^[a-z][a-z\d+.-]*:\/\/[^/?#@\s]+$/i.test(bare)) return false;
   let url: URL;
@@ -324,17 +325,6 @@ function upstreamKeys(e: Pick<Env, 'OPENAI_API_KEY' | 'OPENAI_API_KEYS'>): strin
   return [...new Set(all.filter((k) => k !== ''))];
 }
 
-/** Pairs of variables each valid alone whose values contradict each other. */
-function pairProblems(e: Env): string[] {
-  const problems: string[] = [];
-  if (e.UPSTREAM_RETRY_BASE_DELAY_MS > e.UPSTREAM_RETRY_MAX_DELAY_MS) {
-    problems.push(
-      `UPSTREAM_RETRY_BASE_DELAY_MS, UPSTREAM_RETRY_MAX_DELAY_MS: the base delay (${e.UPSTREAM_RETRY_BASE_DELAY_MS}) must not exceed the maximum delay (${e.UPSTREAM_RETRY_MAX_DELAY_MS}) it is capped at`,
-    );
-  }
-  return problems;
-}
-
 /**
  * What is accepted but probably wrong: one line each, printed at start-up (the config still loads).
  * OPENAI_BASE_URL: OpenAI's paths hang off /v1 and the gateway appends /chat/completions etc., so a
@@ -403,7 +393,7 @@ export function loadConfig(
   if (parsed.success && !demo && upstreamKeys(parsed.data).length === 0) {
     problems.push('OPENAI_API_KEY: required, or OPENAI_API_KEYS (or run the demo: npm run demo)');
   }
-  if (parsed.success) problems.push(...redisProblems(parsed.data), ...pairProblems(parsed.data));
+  if (parsed.success) problems.push(...redisProblems(parsed.data));
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
 
   const e = parsed.data;
