@@ -297,13 +297,17 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   // pre-connect): Node's server.close() closes idle keep-alive connections, those that finished a
   // request, but not these, so a close (a rolling restart) would wait for their clients until the
   // shutdown deadline. Nothing was asked on them: they are closed as the close begins.
+  // One accepted after that (a load balancer pre-connects just then) is closed as it arrives.
   const silent = new Set<Socket>();
+  let closing = false;
   app.server.on('connection', (socket: Socket) => {
+    if (closing) return void socket.destroy();
     silent.add(socket);
     socket.once('close', () => silent.delete(socket));
   });
   app.server.on('request', (req: IncomingMessage) => silent.delete(req.socket));
   app.addHook('preClose', async () => {
+    closing = true;
     for (const socket of silent) socket.destroy();
   });
   // An Expect header other than 100-continue: Node's own answer is a 417 with an empty body.

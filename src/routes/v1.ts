@@ -10,6 +10,7 @@ import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
 import { clientClosed, invalidApiKey, modelNotFound, serviceUnavailable, upstreamAuthFailed, upstreamUnreachable } from '../errors.js';
 import { hashSecret, isModelAllowed } from '../keys.js';
 import { responseRoutes } from './responses.js';
+import { isOutageError } from '../resilience/store-health.js';
 
 export interface V1Options extends ForwardDeps {
   keyResolver: KeyResolver;
@@ -44,8 +45,10 @@ export async function v1Routes(app: FastifyInstance, opts: V1Options) {
       try {
         key = await waitOnStore(request.trace, opts.keyResolver.lookup(hash));
       } catch (err) {
-        // No line of its own: the request's line says auth_unavailable, and errorHandler warns
-        // (throttled, per error code) with this cause.
+        // An outage has no line of its own: the request's line says auth_unavailable, and
+        // errorHandler warns (throttled, per error code) with this cause. Anything else (a bug, a
+        // record the store cannot read) is logged each time: a throttle would hide it among outages.
+        if (!isOutageError(err)) request.log.error({ err }, 'key lookup failed');
         const unavailable = serviceUnavailable('Authentication is temporarily unavailable. Please retry.', 'auth_unavailable');
         unavailable.cause = err;
         throw unavailable;

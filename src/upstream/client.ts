@@ -74,10 +74,12 @@ const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEO
 /** Maps a failed exchange to what the client sees: 504 for a timeout, 502 for anything else. */
 export function upstreamFailure(err: unknown, timedOut: boolean): GatewayError {
   const code = (err as { code?: string })?.code;
-  if (timedOut || (code && TIMEOUT_CODES.has(code)) || err instanceof undiciErrors.HeadersTimeoutError) {
-    return upstreamTimeout();
-  }
-  return upstreamUnreachable();
+  const timeout = timedOut || (code && TIMEOUT_CODES.has(code)) || err instanceof undiciErrors.HeadersTimeoutError;
+  const failure = timeout ? upstreamTimeout() : upstreamUnreachable();
+  // Never sent to the client; the throttled warning about such 5xx names it (an expired certificate,
+  // a DNS failure: not all are worth retrying, and the log must say which it was).
+  failure.cause = err;
+  return failure;
 }
 
 /** Whether a response ended by one of the gateway's own timeouts: the total, or idle while its body was read. */

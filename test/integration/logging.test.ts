@@ -129,3 +129,29 @@ describe('an unknown route', () => {
     expect(lines[0]).toMatchObject({ msg: 'request', status: 404, errorCode: 'unknown_url' });
   });
 });
+
+describe('a key lookup that fails for another reason than an outage', () => {
+  it('is logged at error each time, not folded into the throttled outage warning', async () => {
+    const store = createMemoryStore();
+    const broken = new Proxy(store, {
+      get(target, prop, receiver) {
+        if (prop === 'getKeyByHash') return async () => Promise.reject(new Error('the key record could not be read'));
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    }) as Store;
+    const gw = await startGateway({ store: broken });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const res = await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer tg-unknown-key-${i}-0123456789abcdef` } });
+        expect(res.status).toBe(503);
+        await res.arrayBuffer();
+      }
+      const errors = gw.logs.lines.filter((l) => l.level === 50 && l.msg === 'key lookup failed');
+      expect(errors).toHaveLength(3);
+    } finally {
+      await gw.close();
+      await store.close();
+    }
+  });
+});

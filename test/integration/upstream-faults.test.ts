@@ -337,6 +337,9 @@ describe('connection failures', () => {
       expect(res.status).toBe(502);
       expect(await res.json()).toMatchObject({ error: { type: 'server_error', code: 'upstream_unreachable' } });
       expect(gw.logs.lines.filter((l) => l.msg === 'upstream connection failed; retrying')).toHaveLength(2);
+      // The 502's throttled warning names what failed (a refused connection), not only the code sent.
+      const warned = gw.logs.lines.find((l) => l.level === 40 && (l as { code?: unknown }).code === 'upstream_unreachable');
+      expect(String((warned as { err?: unknown } | undefined)?.err)).toMatch(/ECONNREFUSED|connect/i);
     } finally {
       await gw.close();
     }
