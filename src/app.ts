@@ -91,7 +91,8 @@ function logLine(request: FastifyRequest, reply: FastifyReply, event: UsageEvent
   // runs for every request.
   const line = Object.assign(
     {},
-    event ?? { keyId: request.gatewayKey?.id, status: reply.statusCode, latencyMs: Math.round(reply.elapsedTime * 100) / 100 },
+    // Admin, probes, the dashboard: no usage event, but an error says what the client was told, as on /v1.
+    event ?? { keyId: request.gatewayKey?.id, status: reply.statusCode, latencyMs: Math.round(reply.elapsedTime * 100) / 100, errorCode: t.errorCode },
     {
       method: request.method,
       path,

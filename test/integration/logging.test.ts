@@ -155,3 +155,18 @@ describe('a key lookup that fails for another reason than an outage', () => {
     }
   });
 });
+
+describe('admin request lines', () => {
+  it('carry the error code the client was told, as /v1 lines do', async () => {
+    const gw = await startGateway();
+    try {
+      const res = await gw.admin('GET', '/admin/keys/key_missing');
+      expect(res.status).toBe(404);
+      await expect
+        .poll(() => gw.logs.lines.find((l) => l.msg === 'request' && l.path === '/admin/keys/:id'))
+        .toMatchObject({ status: 404, errorCode: 'key_not_found' });
+    } finally {
+      await gw.close();
+    }
+  });
+});
