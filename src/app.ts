@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import pino, { type DestinationStream } from 'pino';
 import { batchedStdout } from './log-destination.js';
 import type { Config } from './config.js';
-import { clientErrorHandler, errorHandler, frameworkErrorHandler, invalidRequest, notFoundHandler, openAIErrorBody } from './errors.js';
+import { clientErrorHandler, errorHandler, frameworkErrorHandler, GatewayError, invalidRequest, notFoundHandler, openAIErrorBody } from './errors.js';
 import { corsPlugin } from './plugins/cors.js';
 import type { Store } from './store/store.js';
 import { createMemoryStore } from './store/memory-store.js';
@@ -133,7 +133,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     requestTimeout: config.clientRequestTimeoutMs,
     http: { requestTimeout: config.clientRequestTimeoutMs, connectionsCheckingInterval: 1000, requireHostHeader: false },
     trustProxy: config.trustProxy,
-    return503OnClosing: true,
+    // Requests that arrive while the server closes (on keep-alive connections still busy) are answered
+    // 503 by the onRequest hook below, in OpenAI's shape and logged, not by Fastify's own body.
+    return503OnClosing: false,
     // Requests Fastify rejects before any route (bad headers, methods, encodings) answer in OpenAI's shape too.
     clientErrorHandler,
     frameworkErrors: frameworkErrorHandler,
@@ -258,6 +260,24 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.removeContentTypeParser('text/plain');
   app.addContentTypeParser('*', { parseAs: 'buffer' }, keepRawAndParse);
 
+  // Connections that never sent a request (a client pool's spare connection, a load balancer's
+  // pre-connect): Node's server.close() closes idle keep-alive connections, those that finished a
+  // request, but not these, so a close (a rolling restart) would wait for their clients until the
+  // shutdown deadline. Nothing was asked on them: they are closed as the close begins.
+  // One accepted after that (a load balancer pre-connects just then) is closed as it arrives, and a
+  // request arriving meanwhile on a connection still busy gets a 503 (onRequest, below).
+  const silent = new Set<Socket>();
+  let closing = false;
+  app.server.on('connection', (socket: Socket) => {
+    if (closing) return void socket.destroy();
+    silent.add(socket);
+    socket.once('close', () => silent.delete(socket));
+  });
+  app.server.on('request', (req: IncomingMessage) => silent.delete(req.socket));
+  app.addHook('preClose', async () => {
+    closing = true;
+    for (const socket of silent) socket.destroy();
+  });
   app.addHook('onRequest', async (request, reply) => {
     request.trace = {};
     reply.header('x-request-id', request.id);
@@ -283,6 +303,10 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
           if (--unaccounted === 0) allAccounted?.();
         });
     });
+    if (closing) {
+      // Fastify already set Connection: close: the client's pool reconnects, to another instance.
+      throw new GatewayError(503, 'The gateway is shutting down. Please retry.', 'server_error', 'shutting_down', null, { 'retry-after': '1' });
+    }
     // HTTP/1.1 requires Host. Node's own check (off above) answers with an empty 400; this one in
     // OpenAI's shape, and the request is logged like any other.
     if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
@@ -293,23 +317,6 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   // (the 100 % alert). Not a request larger than the whole budget: smaller ones still pass. Cheap once sent.
   app.addHook('onError', async (request, _reply, err) => {
     if (err instanceof BudgetRefusal && !err.wholeBudget && request.gatewayKey) alerts.refused(request.gatewayKey, err.limit, err.wanted);
-  });
-  // Connections that never sent a request (a client pool's spare connection, a load balancer's
-  // pre-connect): Node's server.close() closes idle keep-alive connections, those that finished a
-  // request, but not these, so a close (a rolling restart) would wait for their clients until the
-  // shutdown deadline. Nothing was asked on them: they are closed as the close begins.
-  // One accepted after that (a load balancer pre-connects just then) is closed as it arrives.
-  const silent = new Set<Socket>();
-  let closing = false;
-  app.server.on('connection', (socket: Socket) => {
-    if (closing) return void socket.destroy();
-    silent.add(socket);
-    socket.once('close', () => silent.delete(socket));
-  });
-  app.server.on('request', (req: IncomingMessage) => silent.delete(req.socket));
-  app.addHook('preClose', async () => {
-    closing = true;
-    for (const socket of silent) socket.destroy();
   });
   // An Expect header other than 100-continue: Node's own answer is a 417 with an empty body.
   app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {

@@ -39,3 +39,38 @@ describe('health', () => {
     expect(await res.json()).toMatchObject({ error: { code: 'auth_unavailable' } });
   });
 });
+
+describe('a request that arrives while the gateway closes', () => {
+  it('gets an OpenAI-shaped 503 shutting_down with Connection: close, and is logged like any other', async () => {
+    const gw = await startGateway();
+    const { key } = await gw.createKey();
+    gw.fake.setLatency(500);
+    const { connect } = await import('node:net');
+    const socket = connect(Number(new URL(gw.url).port), '127.0.0.1');
+    await new Promise((resolve) => socket.once('connect', resolve));
+    let received = '';
+    socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
+    const ended = new Promise((resolve) => socket.once('close', resolve));
+    const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] });
+    const request = (id: string) =>
+      `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${key}\r\nContent-Type: application/json\r\n` +
+      `X-Request-Id: ${id}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+    socket.write(request('first-in-flight'));
+    await expect.poll(() => gw.fake.requests.length).toBe(1); // in flight upstream: its connection is busy
+    const closed = gw.close();
+    await new Promise((resolve) => setImmediate(resolve));
+    socket.write(request('second-during-close')); // pipelined: read once the first is answered
+    await ended;
+    await closed;
+    const responses = received.split(/(?=HTTP\/1\.1 )/);
+    expect(responses).toHaveLength(2);
+    expect(responses[0]).toMatch(/^HTTP\/1\.1 200 /);
+    expect(responses[1]).toMatch(/^HTTP\/1\.1 503 /);
+    expect(responses[1]).toMatch(/\r\nconnection: close\r\n/i);
+    expect(responses[1]).toMatch(/\r\nretry-after: 1\r\n/i);
+    const json = JSON.parse(responses[1]!.slice(responses[1]!.indexOf('\r\n\r\n') + 4)) as { error: Record<string, unknown> };
+    expect(json.error).toMatchObject({ type: 'server_error', code: 'shutting_down' });
+    const line = gw.logs.requests().find((l) => l.requestId === 'second-during-close');
+    expect(line).toMatchObject({ status: 503, errorCode: 'shutting_down' });
+  });
+});
