@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import pino, { type DestinationStream } from 'pino';
 import { batchedStdout } from './log-destination.js';
 import type { Config } from './config.js';
-import { clientErrorHandler, errorHandler, frameworkErrorHandler, GatewayError, invalidRequest, notFoundHandler, openAIErrorBody } from './errors.js';
+import { clientErrorHandler, CUT_AT_SHUTDOWN, errorHandler, frameworkErrorHandler, GatewayError, invalidRequest, notFoundHandler, openAIErrorBody } from './errors.js';
 import { corsPlugin } from './plugins/cors.js';
 import type { Store } from './store/store.js';
 import { createMemoryStore } from './store/memory-store.js';
@@ -101,7 +101,7 @@ function logLine(request: FastifyRequest, reply: FastifyReply, event: UsageEvent
       storeMs: t.storeMs === undefined ? undefined : Math.round(t.storeMs * 100) / 100,
       upstreamStatus: t.upstreamStatus,
       upstreamRequestId: t.upstreamRequestId,
-      clientAborted: !reply.raw.writableFinished || undefined,
+      clientAborted: (!reply.raw.writableFinished && t.errorCode !== CUT_AT_SHUTDOWN) || undefined,
       streamIncomplete: t.streamIncomplete || undefined,
       requestBody: t.requestBody,
       responseBody: t.responseBody,
@@ -278,6 +278,13 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     closing = true;
     for (const socket of silent) socket.destroy();
   });
+  // The shutdown deadline (server.ts): the connections still open are cut, and their requests are
+  // recorded as cut at shutdown (errorCode cut_at_shutdown), not as their clients hanging up.
+  let cutting = false;
+  app.decorate('cutOpenConnections', () => {
+    cutting = true;
+    app.server.closeAllConnections();
+  });
   app.addHook('onRequest', async (request, reply) => {
     request.trace = {};
     reply.header('x-request-id', request.id);
@@ -286,6 +293,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     const arrivedAt = clock();
     unaccounted++;
     reply.raw.once('close', () => {
+      // Cut by the shutdown deadline (cutOpenConnections): said so, rather than blamed on the client.
+      if (cutting && !reply.raw.writableFinished) request.trace.errorCode = CUT_AT_SHUTDOWN;
       const completion = (request.trace.completion ?? Promise.resolve()).catch((err: Error) => {
         // A bug in a stream's accounting must cost one log line, never the process.
         request.log.error({ err: err.message }, 'stream accounting failed');

@@ -124,6 +124,8 @@ function isStoreOutage(err: Error): boolean {
 
 /** The error code of a request whose client hung up (status 499, nginx's "client closed request"). */
 export const CLIENT_CLOSED = 'client_closed_request';
+/** The error code of a request whose connection the shutdown deadline cut: the gateway's doing, not its client's. */
+export const CUT_AT_SHUTDOWN = 'cut_at_shutdown';
 
 /** nginx's 499 "client closed request": only ever seen in our logs, since nobody is listening. */
 export function clientClosed(reply: FastifyReply) {

@@ -59,6 +59,10 @@ export async function waitOnStore<T>(trace: RequestTrace, call: Promise<T>): Pro
 }
 
 declare module 'fastify' {
+  interface FastifyInstance {
+    /** Cuts every connection still open (the shutdown deadline); their requests are recorded as cut at shutdown. */
+    cutOpenConnections(): void;
+  }
   interface FastifyRequest {
     /** The authenticated gateway key (set by the auth hook on /v1 routes). */
     gatewayKey: KeyRecord | null;

@@ -82,7 +82,7 @@ async function main() {
         } else {
           app.log.error('shutdown deadline passed with no connection open; still waiting for the drains');
         }
-        app.server.closeAllConnections();
+        app.cutOpenConnections();
       });
       const last = setTimeout(() => {
         app.log.error({ graceMs: DRAIN_GRACE_MS }, 'shutdown drains did not finish in time; exiting');

@@ -268,7 +268,15 @@ describe('shutdown deadline', () => {
     const { events, used, reserved } = await recorded(prefix, id);
     const chat = events.filter((e) => e.endpoint === 'chat.completions');
     expect(chat, server.output()).toHaveLength(1);
-    expect(chat[0]).toMatchObject({ keyId: id, stream: true, estimated: true });
+    // The gateway cut it, not the client: recorded as such, in the usage event and the log line.
+    expect(chat[0]).toMatchObject({ keyId: id, stream: true, estimated: true, errorCode: 'cut_at_shutdown' });
+    const line = server
+      .output()
+      .split('\n')
+      .filter((l) => l.startsWith('{') && l.includes('"msg":"request"') && l.includes('/v1/chat/completions'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>)[0];
+    expect(line).toMatchObject({ errorCode: 'cut_at_shutdown' });
+    expect(line!.clientAborted).toBeUndefined();
     expect(chat[0]!.totalTokens as number).toBeGreaterThan(0);
     expect(used).toBeGreaterThan(0);
     expect(reserved).toBe(0);
