@@ -674,7 +674,16 @@ export class RedisStore implements Store {
 
   /** On a cluster, every master must answer: with one down, the keys of its slots are unreachable. */
   async ping(): Promise<void> {
-    const replies = await Promise.all((await this.#conn.masters()).map((node) => node.ping()));
+    let replies: unknown[];
+    try {
+      replies = await Promise.all((await this.#conn.masters()).map((node) => node.ping()));
+    } catch (err) {
+      // While ioredis reconnects, a command waits in its queue and times out: the connection's own
+      // error (a refused connection, DNS) is what says why, for /readyz and the health monitor.
+      const cause = this.#outage.lastError;
+      const message = (err as Error)?.message;
+      throw cause !== undefined && cause !== message ? new Error(`${cause} (${message})`) : err;
+    }
     const bad = replies.find((reply) => reply !== 'PONG');
     if (bad !== undefined) throw new Error(`unexpected PING reply: ${String(bad)}`);
   }
@@ -823,11 +832,15 @@ class OutageLog {
   #lastLoggedAt = -Infinity;
   #suppressed = 0;
   #down = false;
+  /** The message of the last connection error while down: what a timed-out command was waiting on. */
+  lastError: string | undefined;
 
   constructor(private readonly log: RedisStoreLogger) {}
 
   error(connection: string, err: unknown) {
     this.#down = true;
+    const text = (err as { message?: unknown } | undefined)?.message;
+    this.lastError = typeof text === 'string' ? text : String(err);
     const now = Date.now();
     if (now - this.#lastLoggedAt < ERROR_LOG_INTERVAL_MS) {
       this.#suppressed++;
@@ -842,6 +855,7 @@ class OutageLog {
   }
 
   recovered(connection: string) {
+    this.lastError = undefined;
     if (!this.#down) return;
     this.#down = false;
     this.log.warn({ connection, suppressed: this.#suppressed }, 'redis connection restored');
