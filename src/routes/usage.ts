@@ -6,6 +6,7 @@ import type { Store } from '../store/store.js';
 import type { UsageEvent } from '../usage/event.js';
 import { buildReport, GROUPS, type Group } from '../usage/report.js';
 import { EVENT_ORDERS, reportHours, startOfHour } from '../store/usage-math.js';
+import { isoInstant } from '../usage/iso-instant.js';
 import { invalidRequest } from '../errors.js';
 import { paramPath } from '../openai/schemas.js';
 
@@ -20,9 +21,6 @@ const MAX_RANGE_MS = 400 * DAY_MS;
 /** The last millisecond of year 9999: the stores key usage by hour ids (YYYY-MM-DDTHH), from 1970 on. */
 const MAX_INSTANT_MS = Date.UTC(10_000, 0, 1) - 1;
 
-const ISO_DATE = /^(\d{4})-(\d{2})-(\d{2})$/;
-// A date-time must say its zone: a bare one would mean the server's local time. As the CLI's --since.
-const ISO_DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(?:Z|([+-])(\d{2}):?(\d{2}))$/i;
 /**
  * Epoch milliseconds: 0 (the start of 1970) or 12 digits or more (from 1973-03-03), so a number is
  * never a year (2026), a basic-format date (20261201) or epoch seconds (1764547200) read as milliseconds.
@@ -32,30 +30,13 @@ const INSTANT_FORMS =
   'expected an ISO 8601 date (2026-12-01, UTC midnight), a date-time with its zone (2026-12-01T10:00:00Z, ' +
   '2026-12-01T10:00+01:00) or epoch milliseconds (0, or 12 digits or more), from 1970-01-01T00:00:00Z up to the end of year 9999';
 
-/** Days in a month of the proleptic Gregorian calendar. */
-function daysInMonth(year: number, month: number): number {
-  return month === 2 ? (year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28) : [4, 6, 9, 11].includes(month) ? 30 : 31;
-}
-
 /**
- * The epoch ms of a strict ISO 8601 date or zoned date-time (NaN when the text is not one, or names
- * no real time: 2026-02-30, T24:00, an offset past 23:59), or of epoch milliseconds (EPOCH_MS).
- * Date.parse is not used: it reads `foo 1` as 2001, `2026` as a year or as ms, and a zoneless time as local.
+ * The epoch ms of a strict ISO 8601 date or zoned date-time (isoInstant), or of epoch milliseconds
+ * (EPOCH_MS); NaN when it is neither, or names no real time.
  */
-export function parseInstant(value: string): number {
+function parseInstant(value: string): number {
   if (EPOCH_MS.test(value)) return Number(value);
-  const m = ISO_DATE.exec(value) ?? ISO_DATE_TIME.exec(value);
-  if (!m) return NaN;
-  const [year, month, day, hour, minute, second] = [m[1], m[2], m[3], m[4] ?? '0', m[5] ?? '0', m[6] ?? '0'].map(Number) as [number, number, number, number, number, number];
-  const offsetH = Number(m[9] ?? 0);
-  const offsetM = Number(m[10] ?? 0);
-  if (month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month)) return NaN;
-  if (hour > 23 || minute > 59 || second > 59 || offsetH > 23 || offsetM > 59) return NaN;
-  // Date.UTC reads years 0-99 as 1900-1999: those are before 1970, out of range whatever the offset.
-  if (year < 100) return -Infinity;
-  const millis = Number((m[7] ?? '').padEnd(3, '0').slice(0, 3)); // finer digits are dropped
-  const offset = (m[8] === '-' ? -1 : 1) * (offsetH * 60 + offsetM) * 60_000;
-  return Date.UTC(year, month - 1, day, hour, minute, second, millis) - offset;
+  return isoInstant(value) ?? NaN;
 }
 
 /** An instant (parseInstant), within what the stores can look up. */

@@ -3,6 +3,7 @@ import { ApiError } from '../admin-client.js';
 import { UsageError, type Command, type CommandContext, type OptionSpecs } from '../command.js';
 import { formatTime } from '../format.js';
 import { reportSpan, startOfHour } from '../../store/usage-math.js';
+import { isoInstant } from '../../usage/iso-instant.js';
 import { renderTable, truncate, type Align } from '../table.js';
 
 export const USAGE_GROUPS = ['model', 'key', 'day', 'hour'] as const;
@@ -42,9 +43,6 @@ const DEFAULT_SINCE = '7d';
 const DEFAULT_GROUP: UsageGroup = 'key';
 const UNIT_MS = { m: 60_000, h: 3_600_000, d: 86_400_000, w: 7 * 86_400_000 } as const;
 const DURATION = /^(\d{1,6})([mhdw])$/;
-const DATE = /^(\d{4})-(\d{2})-(\d{2})$/;
-// A date-time must say its zone: a bare one would mean the local time of whoever runs the command.
-const DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?(?:Z|([+-])(\d{2}):?(\d{2}))$/i;
 
 const options: OptionSpecs = {
   since: {
@@ -62,34 +60,16 @@ const options: OptionSpecs = {
   model: { type: 'string', value: 'MODEL', description: 'Only the usage of this model' },
 };
 
-/**
- * The instant an ISO date (UTC midnight) or date-time means, or NaN when it names no real time. Date.parse
- * rolls impossible values over (2026-02-30 is March 2nd, T24:00 the next day): the parsed instant, read back
- * in the zone it was written in, must show the year, month, day, hour, minute and second that were typed.
- */
-function calendarInstant(value: string, date: RegExpExecArray | null, dateTime: RegExpExecArray | null): number {
-  const m = (date ?? dateTime)!;
-  const ms = Date.parse(date ? `${value}T00:00:00Z` : value);
-  if (!Number.isFinite(ms)) return NaN;
-  const offsetMin = dateTime?.[8] ? (dateTime[8] === '-' ? -1 : 1) * (Number(dateTime[9]) * 60 + Number(dateTime[10])) : 0;
-  const local = new Date(ms + offsetMin * 60_000);
-  const typed = [m[1], m[2], m[3], m[4] ?? '0', m[5] ?? '0', m[6] ?? '0'].map(Number);
-  const read = [local.getUTCFullYear(), local.getUTCMonth() + 1, local.getUTCDate(), local.getUTCHours(), local.getUTCMinutes(), local.getUTCSeconds()];
-  return typed.every((n, i) => n === read[i]) ? ms : NaN;
-}
-
 /** An instant from a command-line value: `now`, a duration before `now`, or an ISO date (UTC midnight) or date-time. */
 export function parseWhen(raw: string, now: number, flag: string, path: string[]): number {
   const value = raw.trim();
   if (value.toLowerCase() === 'now') return now;
   const duration = DURATION.exec(value);
   if (duration) return now - Number(duration[1]) * UNIT_MS[duration[2] as keyof typeof UNIT_MS];
-  const date = DATE.exec(value);
-  const dateTime = date ? null : DATE_TIME.exec(value);
-  if (date || dateTime) {
-    const ms = calendarInstant(value, date, dateTime);
+  const ms = isoInstant(value);
+  if (ms !== undefined) {
     if (Number.isFinite(ms)) return ms;
-    throw new UsageError(`--${flag}: ${value} is not a ${date ? 'date' : 'date-time'}`, path);
+    throw new UsageError(`--${flag}: ${value} is not a ${/t/i.test(value) ? 'date-time' : 'date'}`, path);
   }
   throw new UsageError(
     `--${flag} takes a time ago (30m, 24h, 7d, 2w), an ISO date (2026-11-01) or a date-time with its zone (2026-11-30T10:00:00Z) (got '${raw}')`,
