@@ -10,6 +10,7 @@ import type { UsageEvent } from '../../src/usage/event.js';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import type { Store } from '../../src/store/store.js';
 import { startGateway, type Gateway } from '../helpers/gateway.js';
+import { usageEvent } from '../helpers/usage-events.js';
 
 const prices = loadPriceTable();
 const opened: FastifyInstance[] = [];
@@ -30,34 +31,7 @@ async function buildMetricsApp(options: Partial<MetricsOptions> = {}, token?: st
 }
 
 function event(overrides: Partial<UsageEvent>): UsageEvent {
-  return {
-    ts: Date.now(),
-    eventId: 'evt_1',
-    requestId: 'req_1',
-    keyId: 'key_a',
-    keyName: 'billing-app',
-    endpoint: 'chat.completions',
-    model: 'gpt-4o-mini',
-    modelAnswered: null,
-    status: 200,
-    stream: false,
-    cache: null,
-    promptTokens: 0,
-    cachedPromptTokens: 0,
-    completionTokens: 0,
-    reasoningTokens: 0,
-    totalTokens: 0,
-    costMicros: 0,
-    savedTokens: 0,
-    savedMicros: 0,
-    estimated: false,
-    latencyMs: 1,
-    ttfbMs: null,
-    upstreamMs: null,
-    overheadMs: 1,
-    errorCode: null,
-    ...overrides,
-  };
+  return usageEvent({ eventId: 'evt_1', requestId: 'req_1', keyName: 'billing-app', overheadMs: 1, ...overrides });
 }
 
 // --- A small reader of the Prometheus text format ---------------------------------------------------

@@ -2,11 +2,10 @@
 // totals, the report API grouped every way, and the raw event export.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request as httpRequest } from 'node:http';
-import { randomUUID } from 'node:crypto';
 import { startGateway, type Gateway } from '../helpers/gateway.js';
+import { usageEvent } from '../helpers/usage-events.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 import { createMemoryStore } from '../../src/store/memory-store.js';
-import type { UsageEvent } from '../../src/usage/event.js';
 
 let gw: Gateway;
 let a: { id: string; key: string };
@@ -310,33 +309,8 @@ describe('raw events', () => {
 describe('report ranges', () => {
   const HOUR = 3_600_000;
   const at = (iso: string) => Date.parse(iso);
-  const event = (ts: number, requestId: string): UsageEvent => ({
-    ts,
-    eventId: randomUUID(),
-    requestId,
-    keyId: 'key_a',
-    keyName: 'app-a',
-    endpoint: 'chat.completions',
-    model: 'gpt-4o-mini',
-    modelAnswered: null,
-    status: 200,
-    stream: false,
-    cache: 'MISS',
-    promptTokens: 1,
-    cachedPromptTokens: 0,
-    completionTokens: 0,
-    reasoningTokens: 0,
-    totalTokens: 1,
-    costMicros: 1,
-    savedTokens: 0,
-    savedMicros: 0,
-    estimated: false,
-    latencyMs: 1,
-    ttfbMs: null,
-    upstreamMs: null,
-    overheadMs: 0,
-    errorCode: null,
-  });
+  const event = (ts: number, requestId: string) =>
+    usageEvent({ ts, requestId, cache: 'MISS', promptTokens: 1, totalTokens: 1, costMicros: 1 });
   const KEEP = { retentionMs: 400 * 24 * HOUR, maxEvents: 1000 };
 
   /** A gateway on a memory store holding events at the given times, its clock stopped at `now`. */
