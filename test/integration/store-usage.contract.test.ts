@@ -12,6 +12,7 @@ import { LIST_CHUNK_EVENTS } from '../../src/store/redis-store.js';
 import type { UsageEvent } from '../../src/usage/event.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 import { clusterStore, redisStore, track } from '../helpers/stores.js';
+import { usageEvent } from '../helpers/usage-events.js';
 
 
 const HOUR = 3_600_000;
@@ -21,34 +22,16 @@ const H = Date.parse('2026-11-18T12:00:00.000Z');
 const KEEP = { retentionMs: 30 * DAY, maxEvents: 10_000 };
 
 function makeEvent(o: Partial<UsageEvent> = {}): UsageEvent {
-  return {
+  return usageEvent({
     ts: H + 1000,
-    eventId: randomUUID(),
-    requestId: randomUUID(),
-    keyId: 'key_a',
-    keyName: 'app-a',
-    endpoint: 'chat.completions',
-    model: 'gpt-4o-mini',
     modelAnswered: 'gpt-4o-mini-2024-07-18',
-    status: 200,
-    stream: false,
     cache: 'MISS',
-    promptTokens: 0,
-    cachedPromptTokens: 0,
-    completionTokens: 0,
-    reasoningTokens: 0,
-    totalTokens: 0,
-    costMicros: 0,
-    savedTokens: 0,
-    savedMicros: 0,
-    estimated: false,
     latencyMs: 12.5,
     ttfbMs: 10,
     upstreamMs: 9.25,
     overheadMs: -0.25,
-    errorCode: null,
     ...o,
-  };
+  });
 }
 
 /** A row with every metric 0 but those given. */

@@ -1,6 +1,5 @@
 // The usage recorder sends events to the store in batches (one per flush interval, or when a batch
 // is full), not one call per request; what the store counts stays exact, outages included.
-import { randomUUID } from 'node:crypto';
 import pino from 'pino';
 import { describe, expect, it, vi } from 'vitest';
 import { createUsageRecorder } from '../../src/usage/recorder.js';
@@ -9,38 +8,24 @@ import type { Store } from '../../src/store/store.js';
 import type { UsageEvent } from '../../src/usage/event.js';
 import { hourId } from '../../src/store/usage-math.js';
 import { redisStore } from '../helpers/stores.js';
+import { usageEvent } from '../helpers/usage-events.js';
 
 const KEEP = { retentionMs: 86_400_000, maxEvents: 100_000 };
 const silent = pino({ level: 'silent' });
 
 function event(costMicros: number): UsageEvent {
-  return {
-    ts: Date.now(),
-    eventId: randomUUID(),
-    requestId: randomUUID(),
+  return usageEvent({
     keyId: 'key_batch',
     keyName: 'batch',
-    endpoint: 'chat.completions',
-    model: 'gpt-4o-mini',
     modelAnswered: 'gpt-4o-mini',
-    status: 200,
-    stream: false,
     cache: 'MISS',
     promptTokens: 3,
-    cachedPromptTokens: 0,
     completionTokens: 2,
-    reasoningTokens: 0,
     totalTokens: 5,
     costMicros,
-    savedTokens: 0,
-    savedMicros: 0,
-    estimated: false,
-    latencyMs: 1,
     ttfbMs: 1,
     upstreamMs: 1,
-    overheadMs: 0,
-    errorCode: null,
-  };
+  });
 }
 
 /** The real Redis store, with its recordUsage calls counted and, while `down`, refused as in an outage. */
