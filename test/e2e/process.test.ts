@@ -39,6 +39,24 @@ async function waitUntilUp(base: string) {
     .toBe(200);
 }
 
+/** The gateway process against the fake upstream and the test Redis (a prefix of its own), up and answering. */
+async function startAgainstFake(name: string, env: Record<string, string>) {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const prefix = `${name}${port}:`;
+  const server = startServer({
+    PORT: String(port),
+    OPENAI_API_KEY: 'sk-up',
+    OPENAI_BASE_URL: fake!.url,
+    ADMIN_TOKEN: ADMIN,
+    REDIS_URL: testRedisUrl(),
+    REDIS_PREFIX: prefix,
+    ...env,
+  });
+  await waitUntilUp(base);
+  return { server, base, prefix };
+}
+
 describe('demo mode', () => {
   it('starts with no Redis and no OpenAI key, and prints a key and a curl line that work', async () => {
     const port = await freePort();
@@ -77,18 +95,9 @@ describe('demo mode with a Redis that does not answer', () => {
 describe('graceful shutdown', () => {
   it('on SIGTERM stops accepting, finishes the stream in flight, closes Redis and exits 0', async () => {
     fake = await startFakeOpenAI({ apiKey: 'sk-up', streamChunkDelayMs: 40 });
-    const port = await freePort();
-    const base = `http://127.0.0.1:${port}`;
-    const server = startServer({
-      PORT: String(port),
-      OPENAI_API_KEY: 'sk-up',
-      OPENAI_BASE_URL: fake.url,
-      ADMIN_TOKEN: ADMIN,
-      REDIS_URL: testRedisUrl(),
-      REDIS_PREFIX: `shutdown${port}:`,
+    const { server, base } = await startAgainstFake('shutdown', {
       SHUTDOWN_TIMEOUT_MS: '10000',
     });
-    await waitUntilUp(base);
     const created = await fetch(`${base}/admin/keys`, {
       method: 'POST',
       headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
@@ -142,19 +151,9 @@ describe('graceful shutdown with connections that never sent a request', () => {
 describe('graceful shutdown under load', () => {
   it('drops no accepted request and flushes their usage before exiting', async () => {
     fake = await startFakeOpenAI({ apiKey: 'sk-up', latencyMs: 400, streamChunkDelayMs: 30 });
-    const port = await freePort();
-    const base = `http://127.0.0.1:${port}`;
-    const prefix = `load${port}:`;
-    const server = startServer({
-      PORT: String(port),
-      OPENAI_API_KEY: 'sk-up',
-      OPENAI_BASE_URL: fake.url,
-      ADMIN_TOKEN: ADMIN,
-      REDIS_URL: testRedisUrl(),
-      REDIS_PREFIX: prefix,
+    const { server, base, prefix } = await startAgainstFake('load', {
       SHUTDOWN_TIMEOUT_MS: '15000',
     });
-    await waitUntilUp(base);
     const created = await fetch(`${base}/admin/keys`, {
       method: 'POST',
       headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
@@ -230,19 +229,9 @@ describe('shutdown deadline', () => {
   it('cuts a stream still open at SHUTDOWN_TIMEOUT_MS, yet charges and records it (estimated), then exits non-zero', async () => {
     // A slow stream: far longer than the deadline.
     fake = await startFakeOpenAI({ apiKey: 'sk-up', streamChunkDelayMs: 1000 });
-    const port = await freePort();
-    const base = `http://127.0.0.1:${port}`;
-    const prefix = `deadline${port}:`;
-    const server = startServer({
-      PORT: String(port),
-      OPENAI_API_KEY: 'sk-up',
-      OPENAI_BASE_URL: fake.url,
-      ADMIN_TOKEN: ADMIN,
-      REDIS_URL: testRedisUrl(),
-      REDIS_PREFIX: prefix,
+    const { server, base, prefix } = await startAgainstFake('deadline', {
       SHUTDOWN_TIMEOUT_MS: '300',
     });
-    await waitUntilUp(base);
     const { id, key } = await createKey(base, 'deadline');
     const res = await fetch(`${base}/v1/chat/completions`, {
       method: 'POST',
@@ -359,21 +348,11 @@ describe('shutdown deadline', () => {
 
   it('with SHUTDOWN_TIMEOUT_MS=0 still writes the usage buffered for finished requests', async () => {
     fake = await startFakeOpenAI({ apiKey: 'sk-up' });
-    const port = await freePort();
-    const base = `http://127.0.0.1:${port}`;
-    const prefix = `deadline0-${port}:`;
-    const server = startServer({
-      PORT: String(port),
-      OPENAI_API_KEY: 'sk-up',
-      OPENAI_BASE_URL: fake.url,
-      ADMIN_TOKEN: ADMIN,
-      REDIS_URL: testRedisUrl(),
-      REDIS_PREFIX: prefix,
+    const { server, base, prefix } = await startAgainstFake('deadline0-', {
       SHUTDOWN_TIMEOUT_MS: '0',
       // The batch is still in memory at the signal.
       USAGE_FLUSH_MS: '10000',
     });
-    await waitUntilUp(base);
     const { id, key } = await createKey(base, 'deadline0');
     const res = await fetch(`${base}/v1/chat/completions`, {
       method: 'POST',
