@@ -120,11 +120,14 @@ export class AdminClient {
     return new ConnectionError(`${this.url} answered ${method} ${path} with JSON that is not the admin API's answer: is it a Tollgate gateway? Check --url or TOLLGATE_URL`);
   }
 
-  /** A key, as create, show, update and rotate return it: an object with a string id (more is not checked: fields may be missing). */
-  private async keyRequest(method: string, path: string, body?: unknown): Promise<AdminKey> {
+  /**
+   * An answer naming a key: a key as create, show, update and rotate return it, or revoke's receipt; an object
+   * with a string id (more is not checked: fields may be missing).
+   */
+  private async keyRequest<T = AdminKey>(method: string, path: string, body?: unknown): Promise<T> {
     const key = await this.request<unknown>(method, path, body);
     if (!isObject(key) || typeof key.id !== 'string') throw this.notTheApi(method, path);
-    return key as AdminKey;
+    return key as T;
   }
 
   async listKeys(): Promise<{ object: string; data: AdminKey[] }> {
@@ -141,11 +144,8 @@ export class AdminClient {
   updateKey(id: string, patch: KeyInput) {
     return this.keyRequest('PATCH', `/admin/keys/${encodeURIComponent(id)}`, patch);
   }
-  async revokeKey(id: string): Promise<{ id: string; object: string; deleted: boolean }> {
-    const path = `/admin/keys/${encodeURIComponent(id)}`;
-    const res = await this.request<unknown>('DELETE', path);
-    if (!isObject(res) || typeof res.id !== 'string') throw this.notTheApi('DELETE', path);
-    return res as { id: string; object: string; deleted: boolean };
+  revokeKey(id: string) {
+    return this.keyRequest<{ id: string; object: string; deleted: boolean }>('DELETE', `/admin/keys/${encodeURIComponent(id)}`);
   }
   rotateKey(id: string) {
     return this.keyRequest('POST', `/admin/keys/${encodeURIComponent(id)}/rotate`);
