@@ -2,7 +2,6 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
 import pino, { type DestinationStream } from 'pino';
 import { batchedStdout } from './log-destination.js';
 import type { Config } from './config.js';
@@ -25,6 +24,7 @@ import { metricsRoutes } from './routes/metrics.js';
 import { dashboardRoutes } from './dashboard/routes.js';
 import { createAlerts } from './alerts/alerts.js';
 import { BudgetRefusal } from './quota/errors.js';
+import { watchConnections } from './connections.js';
 import { loadPriceTable, priceFromUsdPerMillion } from './openai/prices.js';
 import { v1Routes } from './routes/v1.js';
 import { createResponseOwners } from './pipeline/response-owners.js';
@@ -260,31 +260,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.removeContentTypeParser('text/plain');
   app.addContentTypeParser('*', { parseAs: 'buffer' }, keepRawAndParse);
 
-  // Connections that never sent a request (a client pool's spare connection, a load balancer's
-  // pre-connect): Node's server.close() closes idle keep-alive connections, those that finished a
-  // request, but not these, so a close (a rolling restart) would wait for their clients until the
-  // shutdown deadline. Nothing was asked on them: they are closed as the close begins.
-  // One accepted after that (a load balancer pre-connects just then) is closed as it arrives, and a
-  // request arriving meanwhile on a connection still busy gets a 503 (onRequest, below).
-  const silent = new Set<Socket>();
-  let closing = false;
-  app.server.on('connection', (socket: Socket) => {
-    if (closing) return void socket.destroy();
-    silent.add(socket);
-    socket.once('close', () => silent.delete(socket));
-  });
-  app.server.on('request', (req: IncomingMessage) => silent.delete(req.socket));
-  app.addHook('preClose', async () => {
-    closing = true;
-    for (const socket of silent) socket.destroy();
-  });
-  // The shutdown deadline (server.ts): the connections still open are cut, and their requests are
-  // recorded as cut at shutdown (errorCode cut_at_shutdown), not as their clients hanging up.
-  let cutting = false;
-  app.decorate('cutOpenConnections', () => {
-    cutting = true;
-    app.server.closeAllConnections();
-  });
+  // Shutdown, per connection: silent ones closed, late requests refused, the deadline's cut said so.
+  const connections = watchConnections(app);
   app.addHook('onRequest', async (request, reply) => {
     request.trace = {};
     reply.header('x-request-id', request.id);
@@ -294,7 +271,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     unaccounted++;
     reply.raw.once('close', () => {
       // Cut by the shutdown deadline (cutOpenConnections): said so, rather than blamed on the client.
-      if (cutting && !reply.raw.writableFinished) request.trace.errorCode = CUT_AT_SHUTDOWN;
+      if (connections.cutting && !reply.raw.writableFinished) request.trace.errorCode = CUT_AT_SHUTDOWN;
       const completion = (request.trace.completion ?? Promise.resolve()).catch((err: Error) => {
         // A bug in a stream's accounting must cost one log line, never the process.
         request.log.error({ err: err.message }, 'stream accounting failed');
@@ -312,7 +289,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
           if (--unaccounted === 0) allAccounted?.();
         });
     });
-    if (closing) {
+    if (connections.closing) {
       // Fastify already set Connection: close: the client's pool reconnects, to another instance.
       throw new GatewayError(503, 'The gateway is shutting down. Please retry.', 'server_error', 'shutting_down', null, { 'retry-after': '1' });
     }
