@@ -111,6 +111,8 @@ async function handle(
   const plan = deps.cache.plan(request, key, endpoint, body);
   /** Made with the cache lookup when the two could go to the store together. */
   let admitted: Admission | undefined;
+  /** Counted against rpm already, by the free admission of an entry that could not answer it. */
+  let rpmCounted = false;
   if (plan) {
     trace.cache = plan.status;
     reply.header('x-tollgate-cache', plan.status);
@@ -126,9 +128,11 @@ async function handle(
       return serveHit(request, reply, endpoint, body, found.entry, deps, found.admission);
     }
     // An entry that cannot answer this request came with a hit's free admission, which cannot
-    // cover an upstream call: that request is admitted again, in full (rare: a stream asked of an
-    // answer that cannot be re-chunked, a stored response since deleted or another key's).
+    // cover an upstream call: that request is admitted again, in full, without counting it against
+    // rpm twice (rare: a stream asked of an answer that cannot be re-chunked, a stored response
+    // since deleted or another key's).
     if (!found.entry) admitted = found.admission;
+    else rpmCounted = found.admission !== undefined;
   } else if (endpoint.cacheable) {
     // A request of a cacheable endpoint that this endpoint never caches (state held upstream:
     // Responses with store or previous_response_id, chat with store: true) says so like any other.
@@ -136,7 +140,7 @@ async function handle(
     reply.header('x-tollgate-cache', 'BYPASS');
   }
   try {
-    return await callUpstream(request, reply, endpoint, body, deps, options, plan, admitted);
+    return await callUpstream(request, reply, endpoint, body, deps, options, plan, admitted ?? { rpmCounted });
   } catch (err) {
     // Whatever went wrong, identical requests waiting on this one must not wait for nothing.
     if (plan) void deps.cache.fill(plan, undefined);
@@ -152,10 +156,12 @@ async function callUpstream(
   deps: ForwardDeps,
   options: ForwardOptions,
   plan: CachePlan | undefined,
-  admitted: Admission | undefined,
+  /** The request's admission if made already, or how to make it. */
+  admitted: Admission | { rpmCounted: boolean },
 ) {
   const trace = request.trace;
-  const admission = admitted ?? (await waitOnStore(trace, deps.quota.admit(request.gatewayKey!, endpoint, body, body.model)));
+  const admission =
+    'settle' in admitted ? admitted : await waitOnStore(trace, deps.quota.admit(request.gatewayKey!, endpoint, body, body.model, admitted));
   reply.headers(admission.headers);
   /** The end of every admitted request, exactly once: settle the reservation, fill (or release) the cache. */
   const finish = (consumption: Consumption, entry?: NewCacheEntry) => {

@@ -388,9 +388,18 @@ export function createQuota(opts: QuotaOptions) {
   /**
    * Reserves the worst case of one request. Throws the client's 429 (with headers) when a limit
    * would be passed. The returned admission must be settled exactly once (later calls are no-ops).
+   * `free`: a cache hit's (count-only); `rpmCounted`: the request was counted against rpm already,
+   * by the free admission of a cache entry that then could not answer it.
    */
-  async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, mode: { free?: boolean } = {}) {
+  async function admit(
+    key: KeyRecord,
+    endpoint: Endpoint,
+    body: Record<string, unknown>,
+    model: string,
+    mode: { free?: boolean; rpmCounted?: boolean } = {},
+  ) {
     const planned = reservation(key, endpoint, body, model, mode.free === true);
+    if (mode.rpmCounted) planned.request.rpmCounted = true;
     let result: AdmissionResult;
     try {
       result = await store.admit(planned.request);

@@ -264,6 +264,7 @@ export class MemoryStore implements Store {
       now,
       inFlight: q.leases.size,
       countOnly: req.countOnly === true,
+      rpmCounted: req.rpmCounted === true,
       window,
       day: this.#budget(keyId, 'day', periods.day, now) ?? EMPTY_BUDGET,
       month: this.#budget(keyId, 'month', periods.month, now) ?? EMPTY_BUDGET,
@@ -274,7 +275,7 @@ export class MemoryStore implements Store {
     const oldest = oldestWindowSecond(now);
     for (const s of q.buckets.keys()) if (s < oldest) q.buckets.delete(s);
     const bucket = q.buckets.get(second) ?? { requests: 0, tokens: 0 };
-    bucket.requests += 1;
+    if (!req.rpmCounted) bucket.requests += 1;
     bucket.tokens += tokens;
     q.buckets.set(second, bucket);
     if (req.countOnly) return admissionResult(null, windowStates(windowBuckets(q.buckets, now), req.limits, now));

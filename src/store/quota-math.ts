@@ -124,7 +124,9 @@ export interface AdmissionInput {
   inFlight: number;
   /** A count-only request (a cache hit): it adds nothing to tpm or a budget, so only rpm and concurrency apply. */
   countOnly?: boolean;
-  /** In-window buckets, oldest first, without this request. */
+  /** Already in the window's requests (AdmissionRequest.rpmCounted): rpm is checked without adding it again. */
+  rpmCounted?: boolean;
+  /** In-window buckets, oldest first, without this request (but with it if rpmCounted). */
   window: [number, Bucket][];
   day: BudgetCounters;
   month: BudgetCounters;
@@ -137,8 +139,9 @@ export function firstBrokenLimit(input: AdmissionInput): { limit: LimitName; ret
   if (limits.maxConcurrent > 0 && input.inFlight + 1 > limits.maxConcurrent) {
     return { limit: 'maxConcurrent', retryAfterMs: CONCURRENCY_RETRY_MS };
   }
-  if (limits.rpm > 0 && totals.requests + 1 > limits.rpm) {
-    return { limit: 'rpm', retryAfterMs: msUntilFreed(window, 'requests', totals.requests + 1 - limits.rpm, now) };
+  const counting = input.rpmCounted ? 0 : 1;
+  if (limits.rpm > 0 && totals.requests + counting > limits.rpm) {
+    return { limit: 'rpm', retryAfterMs: msUntilFreed(window, 'requests', totals.requests + counting - limits.rpm, now) };
   }
   // Nothing for tpm or a budget to refuse: not at the limit, and not past it either (settled usage
   // can overshoot a budget), where `used + 0 > limit` alone would refuse it.
@@ -247,6 +250,7 @@ export function checkAdmission(req: AdmissionRequest) {
   nonNegativeInt(req.now, 'now');
   positiveInt(req.leaseTtlMs, 'leaseTtlMs');
   if (req.countOnly && (req.tokens > 0 || req.usdMicros > 0)) throw new RangeError('a countOnly admission reserves nothing: tokens and usdMicros must be 0');
+  if (req.countOnly && req.rpmCounted) throw new RangeError('a countOnly admission is the count: it cannot be rpmCounted too');
   for (const name of LIMIT_FIELDS) nonNegativeInt(req.limits[name], `limits.${name}`);
   checkPeriods(req.periods);
 }
@@ -257,6 +261,8 @@ export function checkAdmission(req: AdmissionRequest) {
  */
 export function checkJoinedLookup(req: AdmissionRequest, lookup: CacheLookup) {
   checkAdmission(req);
+  // A hit found by the lookup would not be counted at all.
+  if (req.rpmCounted) throw new RangeError('a joined admission counts its own request: it cannot be rpmCounted');
   const { scope } = cacheNameParts(lookup.name);
   if (scope !== req.keyId) throw new RangeError(`cache name ${JSON.stringify(lookup.name)} is not in the scope of key ${req.keyId}`);
   positiveInt(lookup.leadTtlMs, 'leadTtlMs');

@@ -299,9 +299,9 @@ export class RedisStore implements Store {
     if (found !== 1) return { lookup: 'miss', leader: found === 2 ? token : null, admission };
     const entry = this.#readEntry(entryKey, String(reply[10]));
     if (entry) return { lookup: 'hit', entry, admission };
-    // Corrupt: counted as a hit, which cannot cover an upstream call. Admit it in full as well (it
-    // counts twice against rpm) and let it go upstream without the lead; its fill overwrites the entry.
-    return { lookup: 'miss', leader: null, admission: admission.admitted ? await this.admit(req) : admission };
+    // Corrupt: admitted as a hit, which cannot cover an upstream call. Admit it in full as well
+    // (already counted against rpm) and let it go upstream without the lead; its fill overwrites the entry.
+    return { lookup: 'miss', leader: null, admission: admission.admitted ? await this.admit({ ...req, rpmCounted: true }) : admission };
   }
 
   /** admit.lua's declared keys: the key's quota state in its periods. */
@@ -334,7 +334,7 @@ export class RedisStore implements Store {
       limits.usdMicrosPerDay,
       limits.usdMicrosPerMonth,
       limits.maxConcurrent,
-      req.countOnly ? 1 : 0,
+      req.countOnly ? 1 : req.rpmCounted ? 2 : 0,
     ];
   }
 

@@ -253,6 +253,12 @@ export interface AdmissionRequest {
    * adds nothing to them. `tokens` and `usdMicros` must then be 0.
    */
   countOnly?: boolean;
+  /**
+   * The request was already counted against rpm, by a count-only admission (a cache hit whose entry
+   * then could not answer it, so it goes upstream and needs a full admission): rpm is checked with
+   * it already in the window, and it is not counted again. Not with countOnly.
+   */
+  rpmCounted?: boolean;
 }
 
 /** The cache name an admission is joined with (admitAndLookup), and how long its lead may last. */

@@ -322,6 +322,25 @@ describe('the cache', () => {
     expect(gw.fake.requests.length).toBe(before);
   });
 
+  it('a request whose cached stored response was deleted counts once against rpm, not as a hit and again as a miss', async () => {
+    const limited = await gw.createKey({ name: 'resp-rpm', limits: { rpm: 50 } });
+    const body = { model: 'gpt-4o-mini', input: `Count me once ${unique()}` };
+    const first = await gw.sdk(limited.key).responses.create(body);
+    let hit: Response;
+    await expect.poll(async () => (hit = await raw(limited.key, body)).headers.get('x-tollgate-cache')).toBe('HIT');
+    const remaining = () => Number(hit.headers.get('x-ratelimit-remaining-requests'));
+    const deleted = await fetch(`${gw.url}/v1/responses/${first.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${limited.key}` } });
+    expect(deleted.status).toBe(200);
+    const afterDelete = Number(deleted.headers.get('x-ratelimit-remaining-requests') ?? remaining());
+
+    const again = await raw(limited.key, body);
+    expect(again.status).toBe(200);
+    expect(again.headers.get('x-tollgate-cache')).toBe('MISS');
+    // Found in the cache (a hit's count), then sent upstream (a full admission): one request, one count.
+    expect(Number(again.headers.get('x-ratelimit-remaining-requests'))).toBe(afterDelete - 1);
+    expect((await gw.admin('GET', `/admin/keys/${limited.id}`)).body.quota.rpm.used).toBe(50 - afterDelete + 1);
+  });
+
   it('with CACHE_SCOPE=global, a stored response cached for one key is not handed to another', async () => {
     const shared = await startGateway({ env: { CACHE_ENABLED: 'true', CACHE_SCOPE: 'global', REDIS_URL: testRedisUrl(), REDIS_PREFIX: uniquePrefix() } });
     try {

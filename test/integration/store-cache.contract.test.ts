@@ -548,8 +548,8 @@ describe('Redis store cache only', () => {
       { name, leadTtlMs: 10_000 },
     );
     expect(found).toEqual({ lookup: 'miss', leader: null, admission: { admitted: true } });
-    // Held in full (it goes upstream), and counted twice against rpm: as the hit it seemed, then as a miss.
-    expect(await store.quotaUsage(keyId, periods, now)).toMatchObject({ minute: { requests: 2, tokens: 40 }, inFlight: 1, day: { tokens: { reserved: 40 } } });
+    // Held in full (it goes upstream), and counted once against rpm: as the hit it seemed, not again as a miss.
+    expect(await store.quotaUsage(keyId, periods, now)).toMatchObject({ minute: { requests: 1, tokens: 40 }, inFlight: 1, day: { tokens: { reserved: 40 } } });
   });
 
   it('a release message alone wakes waiters (no polling needed), and malformed ones are ignored', async () => {

@@ -112,6 +112,24 @@ describe.each([
     await expect(key.admit({ tokens: 5, usdMicros: 0, countOnly: true })).rejects.toThrow(RangeError);
   });
 
+  it('a full admission already counted against rpm (a hit whose entry could not answer it) is checked and recorded without a second count', async () => {
+    const key = forKey(await create(), { rpm: 2 });
+    expect((await key.admit({ tokens: 0, usdMicros: 0, countOnly: true })).admitted).toBe(true);
+    // The same request, now going upstream: rpm already holds it, so it passes at the limit's edge too.
+    const again = await key.admit({ rpmCounted: true, tokens: 30 });
+    expect(again).toMatchObject({ admitted: true, requests: { limit: 2, remaining: 1 } });
+    expect(await key.usage(T + 500)).toMatchObject({ minute: { requests: 1, tokens: 30 }, inFlight: 1, day: { tokens: { reserved: 30 } } });
+    // Its reservation is a full one: settled like any other.
+    expect((await key.admit()).admitted).toBe(true);
+    expect(await key.admit()).toMatchObject({ admitted: false, limit: 'rpm' });
+    // Still refused by rpm when the window is over it (the key's limit was lowered meanwhile).
+    const lowered = forKey(await create(), { rpm: 1 });
+    await lowered.reserve();
+    await lowered.reserve({ limits: { ...NO_LIMITS, rpm: 2 } });
+    expect(await lowered.admit({ rpmCounted: true })).toMatchObject({ admitted: false, limit: 'rpm' });
+    await expect(key.admit({ tokens: 0, usdMicros: 0, countOnly: true, rpmCounted: true })).rejects.toThrow(RangeError);
+  });
+
   // A hit adds nothing to tpm or a budget, so neither can refuse it: not at the limit (where any miss,
   // needing at least one token, is refused) and not past it either (settled usage can overshoot).
   it.each([

@@ -17,6 +17,9 @@
 --              usdMicrosPerMonth, maxConcurrent
 -- ARGV[19] 1: count only (a cache hit: checked against maxConcurrent and rpm and counted in rpm; tpm
 --          and the budgets do not apply; no reservation, lease or budget write)
+--          2: in full, but already counted in rpm (a hit whose entry could not answer it): rpm is
+--          checked with it already in the window, and it is not counted again
+--          0: in full
 --
 -- Joined with the cache lookup (Store.admitAndLookup, the command tollgateAdmitLookup declares two
 -- more keys, both tagged `{keyId}` like the rest: a cache name in the key's own scope):
@@ -50,6 +53,8 @@ local tokensPerDay, tokensPerMonth = tonumber(ARGV[14]), tonumber(ARGV[15])
 local usdPerDay, usdPerMonth = tonumber(ARGV[16]), tonumber(ARGV[17])
 local maxConcurrent = tonumber(ARGV[18])
 local countOnly = ARGV[19] == '1'
+-- What this request adds to the window's requests: nothing when it is already in it.
+local counting = ARGV[19] == '2' and 0 or 1
 
 if redis.call('HEXISTS', resvKey, rid) == 1 then
   return redis.error_reply('reservation ' .. rid .. ' already exists')
@@ -156,8 +161,8 @@ end
 local limit, retry = 0, -1
 if maxConcurrent > 0 and inFlight + 1 > maxConcurrent then
   limit, retry = 1, 1000 -- quota-math CONCURRENCY_RETRY_MS
-elseif rpm > 0 and totalReqs + 1 > rpm then
-  limit, retry = 2, freedIn(reqs, totalReqs + 1 - rpm)
+elseif rpm > 0 and totalReqs + counting > rpm then
+  limit, retry = 2, freedIn(reqs, totalReqs + counting - rpm)
 elseif countOnly then
   -- A count-only request (a cache hit) adds nothing to tpm or a budget: neither refuses it, at its
   -- limit or past it (settled usage can overshoot), where `used + 0 > limit` alone would refuse it.
@@ -183,7 +188,7 @@ end
 if limit == 0 then
   if #stale > 0 then redis.call('HDEL', winKey, unpack(stale)) end
   local secField = string.format('%d', sec)
-  redis.call('HINCRBY', winKey, 'r:' .. secField, 1)
+  if counting > 0 then redis.call('HINCRBY', winKey, 'r:' .. secField, counting) end
   redis.call('HINCRBY', winKey, 't:' .. secField, tokens)
   redis.call('PEXPIRE', winKey, 61000) -- quota-math WINDOW_TTL_MS
 
@@ -191,9 +196,9 @@ if limit == 0 then
     seconds[#seconds + 1] = sec
     table.sort(seconds)
   end
-  reqs[sec] = (reqs[sec] or 0) + 1
+  reqs[sec] = (reqs[sec] or 0) + counting
   toks[sec] = (toks[sec] or 0) + tokens
-  totalReqs = totalReqs + 1
+  totalReqs = totalReqs + counting
   totalToks = totalToks + tokens
 end
 -- A count-only request (a cache hit) is over once admitted: nothing to reserve, no lease to hold.
