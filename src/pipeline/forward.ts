@@ -91,6 +91,8 @@ async function handle(
   options: ForwardOptions,
 ) {
   const raw = request.body as Record<string, unknown> | undefined;
+  // Before validation: the body of a request refused as invalid is the one most worth reading.
+  if (deps.logBodies) request.trace.requestBody = raw;
   const withModel = options.model !== undefined && raw && typeof raw === 'object' ? { ...raw, model: options.model } : raw;
   const body = validateBody(endpoint.schema, withModel) as Body;
   const key = request.gatewayKey!;
@@ -98,7 +100,6 @@ async function handle(
   trace.endpoint = endpoint.name;
   trace.model = body.model;
   trace.stream = endpoint.streamable && body.stream === true;
-  if (deps.logBodies) trace.requestBody = request.body;
 
   if (!isModelAllowed(key.models, body.model)) throw modelNotFound(body.model);
   // A response may continue only a conversation its own key created: OpenAI sees one server key for

@@ -67,6 +67,21 @@ describe('LOG_BODIES', () => {
     expect(JSON.stringify(line.responseBody)).toContain('chat.completion');
     expect(gw.logs.text).not.toContain(key);
   });
+
+  it('logs the body of a request refused as invalid too: the one most worth reading', async () => {
+    const gw = await startGateway({ env: { LOG_BODIES: 'true' } });
+    const { key } = await gw.createKey();
+    const res = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: PROMPT }], temperature: 'warm' }),
+    });
+    expect(res.status).toBe(400);
+    await gw.close();
+    const line = gw.logs.requests().find((l) => l.status === 400)!;
+    expect(line.requestBody).toMatchObject({ temperature: 'warm' });
+    expect(JSON.stringify(line.requestBody)).toContain(PROMPT);
+  });
 });
 
 describe('storeMs', () => {
