@@ -40,10 +40,16 @@ const MODEL_ID = /^[\w.:/@+-]{1,100}$/;
 
 /** Overhead is the gateway's own work: auth cache, Redis round trip, JSON; sub-millisecond to tens of ms. */
 const OVERHEAD_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
-/** A call to OpenAI: an embedding in 50 ms to a long reasoning completion near the 120 s mark. */
-const UPSTREAM_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120];
-/** First byte: a cache hit or a refusal in a millisecond, a first streamed token in 0.2-2 s, a whole reply later. */
-const TTFB_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60];
+/**
+ * A call to OpenAI: an embedding in 50 ms to a long reasoning completion of minutes, up to
+ * UPSTREAM_TOTAL_TIMEOUT_MS's default (600 s), so the slowest calls still have a bucket below +Inf.
+ */
+const UPSTREAM_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600];
+/**
+ * First byte: a cache hit or a refusal in a millisecond, a first streamed token in 0.2-2 s, a whole
+ * non-streamed reply later, up to UPSTREAM_HEADERS_TIMEOUT_MS's default (300 s).
+ */
+const TTFB_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300];
 
 /**
  * The labels of a key: `key` is what ops read (its name if it has one, else its id) and `key_id` is

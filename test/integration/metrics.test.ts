@@ -219,6 +219,17 @@ describe('metrics', () => {
     expect(budgetCalls).toBe(2);
   });
 
+  it('gives calls as slow as the default upstream timeouts a bucket below +Inf', async () => {
+    const { app, metrics } = await buildMetricsApp();
+    // A long reasoning call: 9 minutes upstream (UPSTREAM_TOTAL_TIMEOUT_MS is 10), its first byte after 4 (headers: 5).
+    metrics.observe(event({ endpoint: 'chat.completions', stream: false, upstreamMs: 540_000, ttfbMs: 240_000 }));
+    const { samples } = await scrape(app);
+    expect(value(samples, 'tollgate_upstream_duration_seconds_bucket', { endpoint: 'chat.completions', le: '600' })).toBe(1);
+    expect(value(samples, 'tollgate_upstream_duration_seconds_bucket', { endpoint: 'chat.completions', le: '300' })).toBe(0);
+    expect(value(samples, 'tollgate_time_to_first_byte_seconds_bucket', { endpoint: 'chat.completions', stream: 'false', le: '300' })).toBe(1);
+    expect(value(samples, 'tollgate_time_to_first_byte_seconds_bucket', { endpoint: 'chat.completions', stream: 'false', le: '120' })).toBe(0);
+  });
+
   it('labels models from a bounded set', async () => {
     // Answered models outside the exact ids of the price table share the cap: one snapshot and two echoes.
     const { metrics } = await buildMetricsApp({ maxUnpricedModelLabels: 3 });
