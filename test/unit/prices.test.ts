@@ -80,6 +80,17 @@ describe('priceFor', () => {
   it('prefers an exact entry, even over a shorter prefix', () => {
     // The first gpt-4o snapshot kept its launch price.
     expect(shipped.priceFor('gpt-4o-2024-05-13')).toEqual({ input: 5_000_000, cachedInput: 5_000_000, output: 15_000_000 });
+    // Older gpt-3.5-turbo snapshots cost more than today's gpt-3.5-turbo (0125, $0.50 / $1.50).
+    expect(shipped.priceFor('gpt-3.5-turbo-0125')).toBe(price('gpt-3.5-turbo'));
+    expect(shipped.priceFor('gpt-3.5-turbo-1106')).toEqual({ input: 1_000_000, cachedInput: 1_000_000, output: 2_000_000 });
+    expect(shipped.priceFor('gpt-3.5-turbo-0613')).toEqual({ input: 1_500_000, cachedInput: 1_500_000, output: 2_000_000 });
+    expect(shipped.priceFor('gpt-3.5-turbo-16k-0613')).toEqual({ input: 3_000_000, cachedInput: 3_000_000, output: 4_000_000 });
+  });
+
+  it('prices every moderation model, at nothing: a key with a USD budget can moderate', () => {
+    for (const model of ['omni-moderation-latest', 'omni-moderation-2024-09-26', 'text-moderation-latest', 'text-moderation-stable', 'text-moderation-007']) {
+      expect(shipped.priceFor(model), model).toEqual({ input: 0, cachedInput: 0, output: 0 });
+    }
   });
 
   it('does not price other models as the one their name starts with', () => {
