@@ -18,6 +18,9 @@ export interface AdminKey {
   [field: string]: unknown;
 }
 
+/** The most keys the admin API lists per request (GET /admin/keys `limit`). */
+export const MAX_KEYS_PAGE = 1000;
+
 export interface KeyInput {
   name?: string;
   models?: string[] | null;
@@ -130,10 +133,30 @@ export class AdminClient {
     return key as T;
   }
 
-  async listKeys(): Promise<{ object: string; data: AdminKey[] }> {
-    const res = await this.request<unknown>('GET', '/admin/keys');
+  /**
+   * Every key, oldest first, in one list: follows the API's pages (has_more, last_id) to the last,
+   * asking for `pageSize` keys at a time.
+   */
+  async listKeys(pageSize = MAX_KEYS_PAGE): Promise<{ object: 'list'; data: AdminKey[] }> {
+    const data: AdminKey[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.keysPage(pageSize, after);
+      data.push(...page.data);
+      // A gateway from before pages says nothing of more: its one answer held every key.
+      if (page.has_more !== true) return { object: 'list', data };
+      // A cursor that does not move on would ask for the same page forever.
+      if (typeof page.last_id !== 'string' || page.last_id === after) throw this.notTheApi('GET', '/admin/keys');
+      after = page.last_id;
+    }
+  }
+
+  /** One page of GET /admin/keys: `limit` keys after the key `after` (from the first when none). */
+  private async keysPage(limit: number, after: string | undefined) {
+    const query = new URLSearchParams({ limit: String(limit), ...(after !== undefined && { after }) });
+    const res = await this.request<unknown>('GET', `/admin/keys?${query}`);
     if (!isObject(res) || !Array.isArray(res.data)) throw this.notTheApi('GET', '/admin/keys');
-    return res as { object: string; data: AdminKey[] };
+    return res as { data: AdminKey[]; has_more?: unknown; last_id?: unknown };
   }
   getKey(id: string) {
     return this.keyRequest('GET', `/admin/keys/${encodeURIComponent(id)}`);

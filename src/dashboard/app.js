@@ -305,6 +305,29 @@
 
   const getJson = (path) => call(path, 'json');
 
+  /** Keys asked for per request: the admin API's most, so the fewest requests list them all. */
+  const KEYS_PAGE = 1000;
+
+  /**
+   * Every key with its quota. The admin API lists keys a page at a time, so this follows the pages
+   * (has_more, last_id) to the last, each request with its own timeout; resolves as one answer with
+   * every key would: `{ object: 'list', data }`.
+   */
+  async function getAllKeys() {
+    const data = [];
+    let after = null;
+    for (;;) {
+      const query = new URLSearchParams({ include: 'quota', limit: String(KEYS_PAGE) });
+      if (after !== null) query.set('after', after);
+      const page = await getJson(`/admin/keys?${query}`);
+      if (Array.isArray(page?.data)) data.push(...page.data);
+      if (page?.has_more !== true) return { object: 'list', data };
+      // A cursor that does not move on would ask for the same page forever.
+      if (typeof page.last_id !== 'string' || page.last_id === after) throw new ApiError('/admin/keys', 0, 'The key list did not lead on to its next page.');
+      after = page.last_id;
+    }
+  }
+
   /** NDJSON: one event per line; a line that does not parse is skipped, not fatal. */
   async function getNdjson(path) {
     const text = await call(path, 'text');
@@ -346,7 +369,7 @@
     const since = new Date(Date.now() - HOUR).toISOString();
     byId('refresh').disabled = true;
 
-    const keysRequest = () => settle(getJson('/admin/keys?include=quota'));
+    const keysRequest = () => settle(getAllKeys());
     const others = () =>
       Promise.all(
         [
@@ -362,8 +385,8 @@
     let keys;
     let rest;
     if (verify) {
-      // One request first, which the page needs anyway: a wrong token then costs one failed attempt (the
-      // gateway locks an address out after a few dozen), not one per panel.
+      // The key list first, which the page needs anyway: a wrong token then costs one failed attempt (its
+      // first page's; the gateway locks an address out after a few dozen), not one per panel.
       keys = await keysRequest();
       if (generation !== state.generation) return; // logged out, or a newer load started
       if (keys.status === 'rejected' && keys.reason instanceof AuthError) {

@@ -88,6 +88,7 @@ export function guardStore(store: Store, health: StoreHealth, opts: GuardOptions
     getKeyById: guard(store.getKeyById),
     getKeyByHash: guard(store.getKeyByHash),
     listKeys: guard(store.listKeys),
+    listKeysPage: guard(store.listKeysPage),
     updateKey: guard(store.updateKey),
     onKeyChange: (listener) => store.onKeyChange(listener),
     admit: guard(store.admit),

@@ -1,6 +1,6 @@
 // The admin API: gateway keys. Registered only when ADMIN_TOKEN is set; every route needs that token.
 import type { FastifyInstance } from 'fastify';
-import type { KeyChange, Store } from '../store/store.js';
+import { KeyChangeConflictError, type KeyChange, type Store } from '../store/store.js';
 import type { Quota } from '../quota/quota.js';
 import type { Cache } from '../cache/cache.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
@@ -18,7 +18,8 @@ import {
   type KeyRecord,
 } from '../keys.js';
 import { paramPath } from '../openai/schemas.js';
-import type { z } from 'zod';
+import { MAX_KEY_PAGE } from '../store/key-page.js';
+import { z } from 'zod';
 
 export interface AdminOptions {
   adminToken: string;
@@ -33,13 +34,24 @@ export interface AdminOptions {
   onLimitsChanged?: (key: KeyRecord) => void;
 }
 
-function parse<T>(schema: z.ZodType<T>, body: unknown): T {
-  const result = schema.safeParse(body ?? {});
+/** `input` (a body, or a query string's parameters) as `schema` reads it, or a 400 naming what is wrong. */
+function parse<T>(schema: z.ZodType<T>, input: unknown, whole: 'body' | 'query' = 'body'): T {
+  const result = schema.safeParse(input ?? {});
   if (result.success) return result.data;
   const issue = result.error.issues[0]!;
   const param = paramPath(issue.path);
-  throw invalidRequest(`Invalid '${param ?? 'body'}': ${issue.message}.`, param, 'invalid_value');
+  throw invalidRequest(`Invalid '${param ?? whole}': ${issue.message}.`, param, 'invalid_value');
 }
+
+/** A key id as newKeyId makes them (with room for longer ones): anything else cannot name a key. */
+const KEY_ID = /^key_[A-Za-z0-9_-]{1,64}$/;
+
+/** GET /admin/keys: a page of keys, as OpenAI's list endpoints page (`limit`, `after`). */
+const listKeysQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(MAX_KEY_PAGE).default(100),
+  after: z.string().regex(KEY_ID, 'expected a key id (key_...)').optional(),
+  include: z.string().optional(),
+});
 
 export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
   const { store } = opts;
@@ -74,7 +86,13 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
 
   /** Changes a key atomically (Store.updateKey: overlapping admin calls never undo each other); 404 if none. */
   async function change(id: string, fn: KeyChange) {
-    const result = await store.updateKey(id, fn);
+    const result = await store.updateKey(id, fn).catch((err: unknown) => {
+      // Other writes to this key kept winning (a script looping over it?): nothing changed, retry.
+      if (!(err instanceof KeyChangeConflictError)) throw err;
+      throw new GatewayError(409, `Key '${id}' kept changing while this change was applied; nothing was changed. Please retry.`, 'invalid_request_error', 'key_changing', null, {
+        'retry-after': '1',
+      });
+    });
     if (!result) throw notFound(`No key with id '${id}'.`, 'key_not_found', 'id');
     return result;
   }
@@ -102,12 +120,17 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     return reply.code(201).send({ ...publicKey(record), key: secret });
   });
 
-  app.get<{ Querystring: { include?: string } }>('/keys', async (request) => {
-    const keys = await store.listKeys();
-    if (request.query.include !== 'quota') return { object: 'list', data: keys.map(publicKey) };
-    // For the dashboard's budget bars: every key with its quota usage, in one call.
-    const data = await Promise.all(keys.map(async (k) => ({ ...publicKey(k), quota: await opts.quota.view(k) })));
-    return { object: 'list', data };
+  app.get('/keys', async (request) => {
+    const { limit, after, include } = parse(listKeysQuery, request.query, 'query');
+    const page = await store.listKeysPage({ limit, after });
+    // Keys are never removed from the list, so an unknown cursor is a mistake (a typo, another
+    // gateway's key), not a key deleted between pages: say so rather than guess where to go on.
+    if (!page) throw invalidRequest(`No key with id '${after}' to list after.`, 'after', 'key_not_found');
+    // For the dashboard's budget bars: the page's keys with their quota usage, in one call.
+    const data = await Promise.all(
+      page.keys.map(async (k) => (include === 'quota' ? { ...publicKey(k), quota: await opts.quota.view(k) } : publicKey(k))),
+    );
+    return { object: 'list', data, first_id: data[0]?.id ?? null, last_id: page.lastId, has_more: page.hasMore };
   });
 
   app.get<{ Params: { id: string } }>('/keys/:id', async (request) => {

@@ -1,7 +1,7 @@
 // Reads the Redis Lua scripts that sit next to this module (src/store/lua/*.lua; dist/store/lua/ once built).
 import { readFileSync } from 'node:fs';
 
-export type ScriptName = 'admit' | 'settle' | 'hit' | 'lookup' | 'fill' | 'record' | 'list' | 'swap';
+export type ScriptName = 'admit' | 'settle' | 'hit' | 'lookup' | 'fill' | 'record' | 'list' | 'swap' | 'keypage';
 
 const cache = new Map<ScriptName, string>();
 

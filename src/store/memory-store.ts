@@ -23,6 +23,7 @@ import {
 } from './quota-math.js';
 import { cacheNameParts } from './redis-keys.js';
 import { CacheWaitList } from './cache-wait.js';
+import { checkKeyPageQuery, cutPage } from './key-page.js';
 import {
   checkEventsQuery,
   checkMark,
@@ -47,6 +48,8 @@ import type {
   EventsQuery,
   KeyChange,
   KeyChangeListener,
+  KeyPage,
+  KeyPageQuery,
   Periods,
   QuotaUsage,
   Settlement,
@@ -176,10 +179,24 @@ export class MemoryStore implements Store {
   }
 
   async listKeys(): Promise<KeyRecord[]> {
-    // Same order as the Redis ZSET: creation time, ties broken by id.
-    return [...this.#byId.values()]
-      .sort((a, b) => creationScore(a) - creationScore(b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-      .map((r) => structuredClone(r));
+    return this.#listOrder().map((r) => structuredClone(r));
+  }
+
+  async listKeysPage(query: KeyPageQuery): Promise<KeyPage | null> {
+    checkKeyPageQuery(query);
+    const { limit, after } = query;
+    // Sorts every key per page: the embedded store is for one instance and few keys, where that costs
+    // less than keeping a sorted index up to date.
+    const ordered = this.#listOrder();
+    const start = after === undefined ? 0 : ordered.findIndex((r) => r.id === after) + 1;
+    if (start === 0 && after !== undefined) return null;
+    const { ids, hasMore } = cutPage(ordered.slice(start, start + limit + 1).map((r) => r.id), limit);
+    return { keys: ids.map((id) => structuredClone(this.#byId.get(id)!)), hasMore, lastId: ids.at(-1) ?? null };
+  }
+
+  /** Every record (not copies), in the Redis ZSET's order: creation time, ties broken by id. */
+  #listOrder(): KeyRecord[] {
+    return [...this.#byId.values()].sort((a, b) => creationScore(a) - creationScore(b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
   async updateKey(id: string, change: KeyChange): Promise<{ record: KeyRecord; changed: boolean } | null> {

@@ -26,6 +26,7 @@ import {
   type BudgetCounters,
 } from './quota-math.js';
 import { redisKeys, type RedisKeys } from './redis-keys.js';
+import { checkKeyPageQuery, cutPage } from './key-page.js';
 import {
   checkEventsQuery,
   checkMark,
@@ -48,6 +49,8 @@ import type {
   EventsQuery,
   KeyChange,
   KeyChangeListener,
+  KeyPage,
+  KeyPageQuery,
   Periods,
   QuotaUsage,
   Settlement,
@@ -56,6 +59,7 @@ import type {
   UsageRow,
   WindowState,
 } from './store.js';
+import { KeyChangeConflictError } from './store.js';
 
 export interface RedisStoreLogger {
   warn(obj: object, msg?: string): void;
@@ -137,6 +141,7 @@ interface QuotaCommands {
   tollgateFill(...keysAndArgs: (string | number)[]): Promise<number>;
   tollgateRecord(...keysAndArgs: (string | number)[]): Promise<number>;
   tollgateSwap(key: string, expected: string, value: string): Promise<number>;
+  tollgateKeyPage(keyList: string, after: string, count: number): Promise<string[] | null>;
   tollgateList(numberOfKeys: number, ...keysAndArgs: (string | number)[]): Promise<number>;
 }
 
@@ -194,6 +199,7 @@ export class RedisStore implements Store {
     this.#redis.defineCommand('tollgateFill', { numberOfKeys: 3, lua: loadLua('fill') });
     this.#redis.defineCommand('tollgateRecord', { numberOfKeys: 2, lua: loadLua('record') });
     this.#redis.defineCommand('tollgateSwap', { numberOfKeys: 1, lua: loadLua('swap') });
+    this.#redis.defineCommand('tollgateKeyPage', { numberOfKeys: 1, lua: loadLua('keypage') });
     // One key per hour the batch spans, plus the stream: the caller passes the count first.
     this.#redis.defineCommand('tollgateList', { lua: loadLua('list') });
     this.#scripts = this.#redis as unknown as QuotaCommands;
@@ -232,7 +238,21 @@ export class RedisStore implements Store {
   }
 
   async listKeys(): Promise<KeyRecord[]> {
-    const ids = await this.#redis.zrange(this.#keys.keyList(), 0, '-1');
+    return this.#recordsOf(await this.#redis.zrange(this.#keys.keyList(), 0, '-1'));
+  }
+
+  async listKeysPage(query: KeyPageQuery): Promise<KeyPage | null> {
+    checkKeyPageQuery(query);
+    const { limit, after } = query;
+    // One id past the page: only there to say whether more follow.
+    const idsFromCursor = await this.#scripts.tollgateKeyPage(this.#keys.keyList(), after ?? '', limit + 1);
+    if (idsFromCursor === null) return null;
+    const { ids, hasMore } = cutPage(idsFromCursor, limit);
+    return { keys: await this.#recordsOf(ids), hasMore, lastId: ids.at(-1) ?? null };
+  }
+
+  /** The records of `ids`, in their order; those gone or unreadable are left out. */
+  async #recordsOf(ids: string[]): Promise<KeyRecord[]> {
     // One GET per record: they sit in different cluster slots, so no MGET.
     const records = await Promise.all(ids.map((id) => this.getKeyById(id)));
     return records.filter((r): r is KeyRecord => r !== null);
@@ -254,7 +274,7 @@ export class RedisStore implements Store {
       await this.#keyChanged(record, current.hash);
       return { record, changed: true };
     }
-    throw new Error(`key ${id}: still changing after ${MAX_KEY_UPDATE_ATTEMPTS} attempts; try again`);
+    throw new KeyChangeConflictError(id, MAX_KEY_UPDATE_ATTEMPTS);
   }
 
   /** After a key's record was rewritten: the hash index follows a rotation, and every instance hears of it. */

@@ -6,6 +6,38 @@ import type { EventsQuery } from './usage-math.js';
 
 export type { EventOrder, EventsQuery } from './usage-math.js';
 
+export interface KeyPageQuery {
+  limit: number;
+  /** The id of the key the page starts after; the first page when absent. */
+  after?: string;
+}
+
+export interface KeyPage {
+  keys: KeyRecord[];
+  /** More keys follow this page. */
+  hasMore: boolean;
+  /**
+   * The `after` of the next page: the page's last key's id, or null for an empty page. Only a
+   * record that cannot be read back (corrupt, so left out of `keys`) makes it differ from the last
+   * key's id: the cursor still moves past it.
+   */
+  lastId: string | null;
+}
+
+/**
+ * Store.updateKey lost its compare-and-set every time it tried: other writes to the same key kept
+ * landing between its read and its write. Nothing was changed; the caller may try again.
+ */
+export class KeyChangeConflictError extends Error {
+  constructor(
+    readonly keyId: string,
+    readonly attempts: number,
+  ) {
+    super(`key ${keyId}: still changing after ${attempts} attempts; try again`);
+    this.name = 'KeyChangeConflictError';
+  }
+}
+
 /** A change to a key record (Store.updateKey): the new record, or null for none. */
 export type KeyChange = (current: KeyRecord) => KeyRecord | null;
 
@@ -26,8 +58,20 @@ export interface Store {
   getKeyById(id: string): Promise<KeyRecord | null>;
   /** Looks a key up by the sha256 of its secret. Returns revoked keys too; callers decide. */
   getKeyByHash(hash: string): Promise<KeyRecord | null>;
-  /** All keys, revoked included, oldest first. */
+  /**
+   * All keys, revoked included, oldest first: for internal callers that need every one (budget
+   * metrics, report names). The admin API lists them a page at a time (listKeysPage).
+   */
   listKeys(): Promise<KeyRecord[]>;
+  /**
+   * One page of listKeys' order: at most `limit` keys, from the first or from the one just after
+   * the key `after`, and whether more follow. Costs O(page), not O(all keys). A page's last id,
+   * passed as `after`, gives the next page: no key is skipped or listed twice (keys are never
+   * removed from the list; one created with an earlier createdAt than the cursor's is not seen).
+   * null when `after` names no listed key. Throws a RangeError for a `limit` that is not an
+   * integer from 1 to MAX_KEY_PAGE (key-page.ts), or an empty `after`.
+   */
+  listKeysPage(query: KeyPageQuery): Promise<KeyPage | null>;
   /**
    * Changes a key atomically: `change` gets a copy of the current record and returns the new one,
    * or null to leave it as it is; what it throws, updateKey throws. If another write lands between

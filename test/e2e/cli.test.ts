@@ -115,6 +115,34 @@ describe('keys list and show', () => {
     expect(listed.key).toBeUndefined();
   });
 
+  it('lists every key however many pages the API answers in, each once, in the API order', async () => {
+    for (let i = 0; i < 5; i++) await ok('keys', 'create', '--name', `paged-${i}`);
+    const all = await gw.admin('GET', '/admin/keys?limit=1000');
+    const ids = (all.body.data as { id: string }[]).map((k) => k.id);
+    expect(ids.length).toBeGreaterThan(5);
+    const listRequests = () => gw.logs.requests().filter((l) => l.method === 'GET' && l.path === '/admin/keys').length;
+
+    const before = listRequests();
+    const stdout = await ok('keys', 'list', '--page-size', '2');
+    expect(listRequests() - before).toBe(Math.ceil(ids.length / 2));
+    expect(stdout.split('\n').filter((l) => l.startsWith('key_')).map((l) => l.split(' ')[0])).toEqual(ids);
+
+    const json = JSON.parse(await ok('keys', 'list', '--json', '--page-size', '1'));
+    expect(json).toEqual({ object: 'list', data: all.body.data });
+    // By default the API's largest page: one request for these few keys.
+    const beforeDefault = listRequests();
+    await ok('keys', 'list');
+    expect(listRequests() - beforeDefault).toBe(1);
+  });
+
+  it('refuses a page size the API does not take, before asking it anything', async () => {
+    for (const size of ['0', '1001', 'abc', '1.5', '-2', '']) {
+      const r = await cli(['keys', 'list', '--page-size', size]);
+      expect(r.code, size).toBe(2);
+      expect(r.stderr, size).toContain(`error: --page-size must be a whole number from 1 to 1000 (got '${size}')`);
+    }
+  });
+
   it('shows one key as a key/value block, and its JSON with --json', async () => {
     const created = JSON.parse(await ok('keys', 'create', '--json', '--name', 'shown', '--rpm', '30', '--metadata', 'owner=ops'));
     const stdout = await ok('keys', 'show', created.id);
@@ -576,6 +604,30 @@ describe('answers that are not the admin API', () => {
           expect(r.stderr).not.toContain(ADMIN_TOKEN);
         }
       }
+    }
+  });
+});
+
+describe('a key list whose pages do not move on', () => {
+  it('stops with an error instead of asking for the same page forever', async () => {
+    const pages: string[] = [];
+    const stub = createServer((req, res) => {
+      pages.push(req.url!);
+      res.setHeader('content-type', 'application/json');
+      // A page that says more follow, but names no key to go on after, or the one just asked after.
+      const after = new URL(req.url!, 'http://x').searchParams.get('after');
+      res.end(JSON.stringify({ object: 'list', data: [], has_more: true, last_id: pages.length === 1 ? 'key_a' : after }));
+    });
+    stub.listen(0, '127.0.0.1');
+    await once(stub, 'listening');
+    try {
+      const stubUrl = `http://127.0.0.1:${(stub.address() as AddressInfo).port}`;
+      const r = await cli(['keys', 'list'], { TOLLGATE_URL: stubUrl, TOLLGATE_ADMIN_TOKEN: ADMIN_TOKEN });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(`error: ${stubUrl} answered GET /admin/keys with JSON that is not the admin API's answer: is it a Tollgate gateway? Check --url or TOLLGATE_URL\n`);
+      expect(pages).toEqual(['/admin/keys?limit=1000', '/admin/keys?limit=1000&after=key_a']);
+    } finally {
+      await new Promise<void>((resolve) => stub.close(() => resolve()));
     }
   });
 });

@@ -191,6 +191,8 @@ interface Stub {
   usage: typeof KEY_USAGE;
   /** Replaces the keys /admin/keys lists. */
   keys: ((now: number) => unknown[]) | null;
+  /** The most keys one /admin/keys page holds, whatever `limit` asks for (the pages must be followed). */
+  keysPageSize: number;
   /** Query strings the page sent, per path. */
   calls: { path: string; query: Record<string, string>; auth: string | undefined }[];
 }
@@ -199,7 +201,7 @@ async function startStub(): Promise<Stub> {
   const app = Fastify();
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler(notFoundHandler);
-  const stub: Stub = { app, url: '', token: TOKEN, failEvents: false, failUsage: 0, usage: KEY_USAGE, keys: null, calls: [] };
+  const stub: Stub = { app, url: '', token: TOKEN, failEvents: false, failUsage: 0, usage: KEY_USAGE, keys: null, keysPageSize: 1000, calls: [] };
 
   await app.register(dashboardRoutes, { prefix: '/dashboard' });
   await app.register(
@@ -253,10 +255,18 @@ async function startStub(): Promise<Stub> {
         const lines = listed.slice(0, Number(limit)).map((e) => JSON.stringify(e));
         return reply.type('application/x-ndjson').send(lines.join('\n') + '\n');
       });
-      admin.get<{ Querystring: Record<string, string> }>('/keys', async (request) => {
-        const data = (stub.keys ?? keysWithQuota)(Date.now()) as ReturnType<typeof keysWithQuota>;
-        if (request.query.include !== 'quota') for (const k of data) delete (k as { quota?: unknown }).quota;
-        return { object: 'list', data };
+      admin.get<{ Querystring: Record<string, string> }>('/keys', async (request, reply) => {
+        const all = (stub.keys ?? keysWithQuota)(Date.now()) as ReturnType<typeof keysWithQuota>;
+        if (request.query.include !== 'quota') for (const k of all) delete (k as { quota?: unknown }).quota;
+        // A page as the gateway cuts it: `limit` keys (1..1000, 100 by default) after the key `after`.
+        const { limit = '100', after } = request.query;
+        const start = after === undefined ? 0 : all.findIndex((k) => k.id === after) + 1;
+        if (!/^[1-9]\d*$/.test(limit) || Number(limit) > 1000 || start === 0 && after !== undefined) {
+          return reply.code(400).send(openAIErrorBody('bad query', 'invalid_request_error', 'invalid_value'));
+        }
+        const data = all.slice(start, start + Math.min(Number(limit), stub.keysPageSize));
+        const hasMore = start + data.length < all.length;
+        return { object: 'list', data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: hasMore };
       });
     },
     { prefix: '/admin' },
@@ -310,6 +320,7 @@ describe('the spend dashboard', () => {
     stub.failUsage = 0;
     stub.usage = KEY_USAGE;
     stub.keys = null;
+    stub.keysPageSize = 1000;
   });
 
   afterAll(async () => {
@@ -432,7 +443,8 @@ describe('the spend dashboard', () => {
     expect(Number(eventsCall.query.limit)).toBeGreaterThanOrEqual(50);
     expect(Number(eventsCall.query.limit)).toBeLessThanOrEqual(51);
     expect(Math.abs(Date.now() - HOUR - Date.parse(eventsCall.query.since!))).toBeLessThan(60_000);
-    expect(stub.calls.find((c) => c.path === '/admin/keys')!.query.include).toBe('quota');
+    // Every key with its quota, in as few pages as the API allows: here one.
+    expect(stub.calls.filter((c) => c.path === '/admin/keys').map((c) => c.query)).toEqual([{ include: 'quota', limit: '1000' }]);
 
     // Headline numbers: the canned totals, as the page formats them.
     expect(TOTAL_COST).toBeCloseTo(19.7956, 6);
@@ -645,10 +657,13 @@ describe('the spend dashboard', () => {
     await page.waitForFunction(() => document.querySelector('[data-testid="top-key-name"]')?.textContent === 'billing-app');
   });
 
-  it('draws only the fullest budgets when there are many', async () => {
+  it('draws only the fullest budgets when there are many, from every page of the key list', async () => {
     phase = 'many-budgets';
     const resets = new Date(Date.now() + DAY).toISOString();
     // 55 keys with a daily and a monthly USD budget each: 110 budgets, key i at i% and (i/2)%; the 15 fullest are days 54% to 40%.
+    // Served 10 to a page, so the fullest (the last keys) are only on the last pages.
+    stub.keysPageSize = 10;
+    stub.calls.length = 0;
     stub.keys = () =>
       Array.from({ length: 55 }, (_, i) => ({
         id: `key_many${String(i).padStart(4, '0')}`,
@@ -668,6 +683,9 @@ describe('the spend dashboard', () => {
     expect(shown[0]).toBe('54.0%');
     expect(shown.at(-1)).toBe('40.0%');
     expect(await page.evaluate(() => document.documentElement.scrollHeight)).toBeLessThan(3_000);
+    // Six pages, each after the last key of the one before.
+    const pages = stub.calls.filter((c) => c.path === '/admin/keys').map((c) => c.query.after ?? null);
+    expect(pages).toEqual([null, 'key_many0009', 'key_many0019', 'key_many0029', 'key_many0039', 'key_many0049']);
 
     stub.keys = null;
     await page.getByTestId('refresh').click();

@@ -5,6 +5,8 @@ import { startGateway, ADMIN_TOKEN, type Gateway } from '../helpers/gateway.js';
 import { createRedisStore } from '../../src/store/redis-store.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 import type { Store } from '../../src/store/store.js';
+import { KeyChangeConflictError } from '../../src/store/store.js';
+import { createMemoryStore } from '../../src/store/memory-store.js';
 
 let gw: Gateway;
 beforeAll(async () => {
@@ -206,6 +208,108 @@ describe('keys', () => {
   });
 });
 
+describe('listing keys a page at a time', () => {
+  let paged: Gateway;
+  let store: Store;
+  /** Ids of the keys whose quota usage was read, in call order. */
+  const quotaReads: string[] = [];
+  /** Every key id, in the list's order (creation time, then id). */
+  let ids: string[];
+
+  beforeAll(async () => {
+    store = await createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix() });
+    // The real store, with its quota reads noted (a Proxy: its methods use private fields).
+    const observed = new Proxy(store, {
+      get(target, prop) {
+        if (prop === 'quotaUsage') {
+          return (...args: Parameters<Store['quotaUsage']>) => {
+            quotaReads.push(args[0]);
+            return target.quotaUsage(...args);
+          };
+        }
+        const value: unknown = Reflect.get(target, prop);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    paged = await startGateway({ store: observed });
+    for (let i = 0; i < 7; i++) await paged.createKey({ name: `app-${i}`, limits: { usdPerDay: 5 } });
+    await paged.admin('DELETE', `/admin/keys/${(await store.listKeys())[3]!.id}`);
+    ids = (await store.listKeys()).map((k) => k.id);
+  });
+  afterAll(async () => {
+    await paged.close();
+    await store.close();
+  });
+
+  const list = async (query = '') => {
+    const res = await paged.admin('GET', `/admin/keys${query}`);
+    return { status: res.status, body: res.body, ids: (res.body.data as { id: string }[] | undefined)?.map((k) => k.id) };
+  };
+
+  it('answers a page in OpenAI list shape: 100 keys by default, revoked ones included, without secrets', async () => {
+    const { status, body } = await list();
+    expect(status).toBe(200);
+    expect(body).toEqual({ object: 'list', data: expect.any(Array), first_id: ids[0], last_id: ids[6], has_more: false });
+    expect(body.data.map((k: { id: string }) => k.id)).toEqual(ids);
+    expect(body.data[3].revokedAt).toEqual(expect.any(String));
+    expect(body.data.every((k: Record<string, unknown>) => k.hash === undefined && k.key === undefined && k.quota === undefined)).toBe(true);
+  });
+
+  it('follows limit and after page by page, each key once, has_more false on the last page', async () => {
+    const first = await list('?limit=3');
+    expect(first.ids).toEqual(ids.slice(0, 3));
+    expect(first.body).toMatchObject({ first_id: ids[0], last_id: ids[2], has_more: true });
+    const second = await list(`?limit=3&after=${first.body.last_id}`);
+    expect(second.ids).toEqual(ids.slice(3, 6));
+    expect(second.body).toMatchObject({ first_id: ids[3], last_id: ids[5], has_more: true });
+    const last = await list(`?limit=3&after=${second.body.last_id}`);
+    expect(last.ids).toEqual(ids.slice(6));
+    expect(last.body).toMatchObject({ first_id: ids[6], last_id: ids[6], has_more: false });
+    // A limit the keys fill exactly, and a page after the last key.
+    expect((await list('?limit=7')).body).toMatchObject({ last_id: ids[6], has_more: false });
+    expect((await list(`?after=${ids[6]}`)).body).toEqual({ object: 'list', data: [], first_id: null, last_id: null, has_more: false });
+    expect((await list('?limit=1000')).ids).toEqual(ids);
+  });
+
+  it('with include=quota, reads the quota of the page\'s keys only', async () => {
+    quotaReads.length = 0;
+    const { body } = await list(`?include=quota&limit=2&after=${ids[1]}`);
+    expect(body.data.map((k: { id: string }) => k.id)).toEqual([ids[2], ids[3]]);
+    for (const key of body.data) expect(key.quota.usdPerDay).toMatchObject({ limit: 5, used: 0, reserved: 0 });
+    expect(body).toMatchObject({ first_id: ids[2], last_id: ids[3], has_more: true });
+    expect(quotaReads.sort()).toEqual([ids[2]!, ids[3]!].sort());
+  });
+
+  it('refuses a bad limit or a malformed after with a 400 naming it', async () => {
+    const cases: [string, string][] = [
+      ['?limit=0', 'limit'],
+      ['?limit=1001', 'limit'],
+      ['?limit=abc', 'limit'],
+      ['?limit=1.5', 'limit'],
+      ['?limit=', 'limit'],
+      ['?limit=-5', 'limit'],
+      ['?limit=2&limit=3', 'limit'],
+      ['?after=', 'after'],
+      ['?after=not-a-key-id', 'after'],
+      ['?after=key_%7Bx%7D', 'after'],
+      [`?after=key_${'a'.repeat(65)}`, 'after'],
+    ];
+    for (const [query, param] of cases) {
+      const { status, body } = await list(query);
+      expect(status, query).toBe(400);
+      expect(body.error, query).toMatchObject({ type: 'invalid_request_error', param, code: 'invalid_value' });
+      expect(body.error.message, query).toContain(`'${param}'`);
+    }
+  });
+
+  it('refuses an after that names no key (keys are never removed from the list) with a 400 naming after', async () => {
+    const { status, body } = await list('?after=key_AAAAAAAAAAAAAAAAAAAAAA');
+    expect(status).toBe(400);
+    expect(body.error).toMatchObject({ type: 'invalid_request_error', param: 'after', code: 'key_not_found' });
+    expect(body.error.message).toBe("No key with id 'key_AAAAAAAAAAAAAAAAAAAAAA' to list after.");
+  });
+});
+
 describe('two instances on one Redis', () => {
   let a: Gateway;
   let b: Gateway;
@@ -272,5 +376,35 @@ describe('two instances on one Redis', () => {
     const rotated = await a.admin('POST', `/admin/keys/${id}/rotate`);
     await expect.poll(async () => (await chatWith(b.url, key)).status, { timeout: 1000, interval: 50 }).toBe(401);
     expect((await chatWith(b.url, rotated.body.key)).status).toBe(200);
+  });
+});
+
+describe('a key change that keeps losing its compare-and-set', () => {
+  it('is a 409 to retry, not a 500, and changes nothing', async () => {
+    const memory = createMemoryStore();
+    // Every write of this store loses, as when other writes to the key keep landing in between.
+    const contended = new Proxy(memory, {
+      get(target, prop) {
+        if (prop === 'updateKey') return async (id: string) => Promise.reject(new KeyChangeConflictError(id, 10));
+        const value: unknown = Reflect.get(target, prop);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const gw = await startGateway({ store: contended });
+    try {
+      const { id } = await gw.createKey({ name: 'busy' });
+      for (const [method, path, body] of [
+        ['PATCH', `/admin/keys/${id}`, { name: 'renamed' }],
+        ['POST', `/admin/keys/${id}/rotate`, undefined],
+        ['DELETE', `/admin/keys/${id}`, undefined],
+      ] as const) {
+        const res = await gw.admin(method, path, body);
+        expect(res.status, `${method} ${path}`).toBe(409);
+        expect(res.body.error).toMatchObject({ type: 'invalid_request_error', code: 'key_changing' });
+      }
+      expect((await gw.admin('GET', `/admin/keys/${id}`)).body).toMatchObject({ name: 'busy', revokedAt: null });
+    } finally {
+      await gw.close();
+    }
   });
 });

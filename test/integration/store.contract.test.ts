@@ -5,7 +5,7 @@ import { hashSecret, newKeyId, newSecret, secretHint, type KeyRecord } from '../
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import { redisKeys } from '../../src/store/redis-keys.js';
 import { createRedisStore } from '../../src/store/redis-store.js';
-import type { Store } from '../../src/store/store.js';
+import { KeyChangeConflictError, type Store } from '../../src/store/store.js';
 import { freePort, startRedisServer } from '../helpers/redis-server.js';
 import { clusterAddresses } from '../helpers/redis-cluster.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
@@ -73,6 +73,84 @@ describe.each([
 
   it('lists nothing when empty', async () => {
     expect(await (await create()).listKeys()).toEqual([]);
+  });
+
+  /** Every page of the key list, `limit` keys each, following each page's lastId. */
+  async function allPages(store: Store, limit: number) {
+    const pages: { ids: string[]; hasMore: boolean; lastId: string | null }[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await store.listKeysPage({ limit, after });
+      if (!page) throw new Error(`no page after ${after}`);
+      pages.push({ ids: page.keys.map((k) => k.id), hasMore: page.hasMore, lastId: page.lastId });
+      if (!page.hasMore) return pages;
+      after = page.lastId!;
+    }
+  }
+
+  it('pages through the keys in the order listKeys gives them, each key once, even where creation times tie', async () => {
+    const store = await create();
+    // Seven keys over three creation times (ties are ordered by id), created out of order.
+    const at = (ms: number) => new Date(Date.parse('2026-06-01T00:00:00.000Z') + ms).toISOString();
+    const records = [0, 0, 0, 5, 5, 9, 9].map((ms) => makeRecord({ createdAt: at(ms) }));
+    for (const r of [...records].reverse()) await store.createKey(r);
+    const listed = (await store.listKeys()).map((r) => r.id);
+    expect(listed).toHaveLength(7);
+
+    const pages = await allPages(store, 3);
+    expect(pages.map((p) => p.ids.length)).toEqual([3, 3, 1]);
+    expect(pages.map((p) => p.hasMore)).toEqual([true, true, false]);
+    expect(pages.flatMap((p) => p.ids)).toEqual(listed);
+    expect(pages.map((p) => p.lastId)).toEqual([listed[2], listed[5], listed[6]]);
+
+    // A limit the keys fill exactly: the last full page says no more follow.
+    expect((await allPages(store, 7)).map((p) => [p.ids.length, p.hasMore])).toEqual([[7, false]]);
+    expect((await allPages(store, 1000)).flatMap((p) => p.ids)).toEqual(listed);
+    // After the last key: an empty page.
+    expect(await store.listKeysPage({ limit: 3, after: listed[6] })).toEqual({ keys: [], hasMore: false, lastId: null });
+  });
+
+  it('a page holds the records, revoked ones included, as copies', async () => {
+    const store = await create();
+    const [a, b] = [makeRecord(), makeRecord()] as [KeyRecord, KeyRecord];
+    await store.createKey(a);
+    await store.createKey(b);
+    const revoked = { ...b, revokedAt: '2026-12-01T00:00:00.000Z' };
+    await store.updateKey(b.id, () => revoked);
+    const page = await store.listKeysPage({ limit: 10 });
+    expect(page).toEqual({ keys: [a, revoked], hasMore: false, lastId: b.id });
+    page!.keys[0]!.name = 'mutated output';
+    expect(await store.getKeyById(a.id)).toEqual(a);
+  });
+
+  it('a page after a key that is not listed is null; an empty store gives an empty first page', async () => {
+    const store = await create();
+    expect(await store.listKeysPage({ limit: 100 })).toEqual({ keys: [], hasMore: false, lastId: null });
+    const record = makeRecord();
+    await store.createKey(record);
+    expect(await store.listKeysPage({ limit: 100, after: newKeyId() })).toBeNull();
+    expect(await store.listKeysPage({ limit: 100, after: record.id })).toEqual({ keys: [], hasMore: false, lastId: null });
+  });
+
+  it('a key created between pages shows up on a later page, and none is listed twice', async () => {
+    const store = await create();
+    const first = [makeRecord(), makeRecord(), makeRecord()];
+    for (const r of first) await store.createKey(r);
+    const page1 = await store.listKeysPage({ limit: 2 });
+    const later = makeRecord();
+    await store.createKey(later);
+    const page2 = await store.listKeysPage({ limit: 2, after: page1!.lastId! });
+    expect([...page1!.keys, ...page2!.keys].map((k) => k.id)).toEqual([...first, later].map((r) => r.id));
+    expect(page2!.hasMore).toBe(false);
+  });
+
+  it('refuses a limit outside 1..1000 or that is no integer, and an empty cursor', async () => {
+    const store = await create();
+    for (const limit of [0, -1, 1001, 1.5, Number.NaN]) {
+      await expect(store.listKeysPage({ limit }), String(limit)).rejects.toThrow(RangeError);
+    }
+    await expect(store.listKeysPage({ limit: 10, after: '' })).rejects.toThrow(RangeError);
+    expect(await store.listKeysPage({ limit: 1000 })).toEqual({ keys: [], hasMore: false, lastId: null });
   });
 
   it('updates a key in place', async () => {
@@ -266,6 +344,27 @@ describe('Redis store only', () => {
     );
   });
 
+  it('gives up on a key change whose compare-and-set keeps losing, with KeyChangeConflictError, changing nothing itself', async () => {
+    const prefix = uniquePrefix();
+    const store = await redisStore({ prefix });
+    const record = makeRecord();
+    await store.createKey(record);
+    const key = redisKeys(prefix).keyRecord(record.id);
+    await raw.ping(); // connected: its writes go out as soon as they are made
+    let rounds = 0;
+    // Each round another writer changes the key between this change's read and its write (the
+    // other connection's SET goes out at once; the store's own commands wait for the next turn).
+    const change = (current: KeyRecord) => {
+      void raw.set(key, JSON.stringify({ ...current, name: `other-${++rounds}` }));
+      return { ...current, name: 'mine' };
+    };
+    const failure = await store.updateKey(record.id, change).catch((e: unknown) => e);
+    expect(failure).toBeInstanceOf(KeyChangeConflictError);
+    expect(failure).toMatchObject({ keyId: record.id, attempts: 10 });
+    expect(rounds).toBe(10);
+    expect((await store.getKeyById(record.id))!.name).toBe('other-10');
+  });
+
   it('two instances on one Redis hear each other’s changes within a second', async () => {
     const prefix = uniquePrefix();
     const a = await redisStore({ prefix });
@@ -341,6 +440,34 @@ describe('Redis store only', () => {
     }
   });
 
+  it('a page reads only its own records and a slice of the list, however many keys there are', async () => {
+    // A server of its own: its command counts are this test's alone.
+    const server = await startRedisServer();
+    const counter = new Redis(server.url, { maxRetriesPerRequest: 1, commandTimeout: 2000 });
+    try {
+      const store = await redisStore({ url: server.url });
+      const records = Array.from({ length: 300 }, () => makeRecord());
+      for (const r of records) await store.createKey(r);
+      /** Calls of each command since the last reset (commands run by scripts included). */
+      const calls = async () => {
+        const info = await counter.info('commandstats');
+        return Object.fromEntries([...info.matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)].map((m) => [m[1], Number(m[2])]));
+      };
+      await counter.config('RESETSTAT');
+      const page = await store.listKeysPage({ limit: 10, after: records[149]!.id });
+      expect(page!.keys.map((k) => k.id)).toEqual(records.slice(150, 160).map((r) => r.id));
+      const counts = await calls();
+      expect(counts.get).toBe(10);
+      // One ZRANK and one ZRANGE by rank (inside the script), never a read of the whole list.
+      expect(counts).toMatchObject({ zrank: 1, zrange: 1 });
+      expect(counts.zrangebyscore ?? 0).toBe(0);
+    } finally {
+      await closeTracked();
+      await counter.quit();
+      await server.stop();
+    }
+  });
+
   it('treats a corrupt record as missing, logs it, and keeps serving the rest', async () => {
     const prefix = uniquePrefix();
     const log = logger();
@@ -355,6 +482,10 @@ describe('Redis store only', () => {
     expect(await store.getKeyById(bad.id)).toBeNull();
     expect(await store.getKeyByHash(bad.hash)).toBeNull();
     expect(await store.listKeys()).toEqual([good]);
+    // Left out of its page, but the cursor still moves past it: a page of only that key is empty yet
+    // leads on, so a client following lastId neither stops nor loops.
+    expect(await store.listKeysPage({ limit: 2 })).toEqual({ keys: [good], hasMore: false, lastId: bad.id });
+    expect(await store.listKeysPage({ limit: 1, after: good.id })).toEqual({ keys: [], hasMore: false, lastId: bad.id });
 
     await raw.set(keys.keyRecord(bad.id), JSON.stringify({ ...bad, models: 'all' }));
     expect(await store.getKeyById(bad.id)).toBeNull();

@@ -1,6 +1,6 @@
 // `tollgate keys ...`: create, list, show, update, revoke and rotate gateway keys through the admin API.
 import { UsageError, type Command, type CommandContext, type OptionSpecs } from '../command.js';
-import type { AdminKey, KeyInput } from '../admin-client.js';
+import { MAX_KEYS_PAGE, type AdminKey, type KeyInput } from '../admin-client.js';
 import { LIMIT_FIELDS, keyDetails, keysTable } from '../format.js';
 import { clean } from '../table.js';
 
@@ -134,13 +134,34 @@ Example:
   },
 };
 
+const listOptions: OptionSpecs = {
+  'page-size': {
+    type: 'string',
+    value: 'N',
+    description: `Keys asked for per request, 1 to ${MAX_KEYS_PAGE} (the default: ${MAX_KEYS_PAGE}). Every key is listed either way`,
+  },
+};
+
+/** --page-size: how many keys each GET /admin/keys asks for. */
+function pageSize(ctx: CommandContext): number {
+  const raw = ctx.string('page-size')?.trim();
+  if (raw === undefined) return MAX_KEYS_PAGE;
+  const value = Number(raw.replaceAll('_', ''));
+  if (!COUNT.test(raw) || value < 1 || value > MAX_KEYS_PAGE) {
+    throw new UsageError(`--page-size must be a whole number from 1 to ${MAX_KEYS_PAGE} (got '${raw}')`, ctx.path);
+  }
+  return value;
+}
+
 const list: Command = {
   name: 'list',
   summary: 'List every key, revoked ones included',
   usage: '[options]',
-  description: 'Lists every key, oldest first, without secrets. --json prints the API answer: {"object":"list","data":[...]}.',
+  description: `Lists every key, oldest first, without secrets. The API answers a page of keys at a time;
+this follows the pages to the last. --json prints them all as one list: {"object":"list","data":[...]}.`,
+  options: listOptions,
   async run(ctx) {
-    const res = await ctx.client().listKeys();
+    const res = await ctx.client().listKeys(pageSize(ctx));
     if (ctx.json) return ctx.printJson(res);
     const keys = Array.isArray(res?.data) ? [...res.data] : [];
     if (keys.length === 0) return ctx.out('No keys.');
