@@ -7,7 +7,7 @@ import { validateBody } from '../openai/endpoints.js';
 import { maskSseText, relaySse, type RelayResult } from '../openai/sse.js';
 import type { Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
-import type { Admission, Consumption, Quota } from '../quota/quota.js';
+import type { Admission, AdmitMode, Consumption, Quota } from '../quota/quota.js';
 import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
@@ -104,9 +104,15 @@ async function handle(
   if (!isModelAllowed(key.models, body.model)) throw modelNotFound(body.model);
   // A response may continue only a conversation its own key created: OpenAI sees one server key for
   // everybody, so without this check any key could read another's stored conversation back.
+  // It also sends that conversation to OpenAI again, billed as input: its tokens join the estimate.
   const previous = body.previous_response_id;
-  if (endpoint.recordsOwner && typeof previous === 'string' && (await waitOnStore(trace, deps.owners.ownerOf(previous))) !== key.id) {
-    throw notFound(`Previous response with id '${previous}' not found.`, 'previous_response_not_found', 'previous_response_id');
+  let carriedTokens = 0;
+  if (endpoint.recordsOwner && typeof previous === 'string') {
+    const owner = await waitOnStore(trace, deps.owners.ownerOf(previous));
+    if (owner?.keyId !== key.id) {
+      throw notFound(`Previous response with id '${previous}' not found.`, 'previous_response_not_found', 'previous_response_id');
+    }
+    carriedTokens = owner.contextTokens;
   }
 
   const plan = deps.cache.plan(request, key, endpoint, body);
@@ -141,7 +147,7 @@ async function handle(
     reply.header('x-tollgate-cache', 'BYPASS');
   }
   try {
-    return await callUpstream(request, reply, endpoint, body, deps, options, plan, admitted ?? { rpmCounted });
+    return await callUpstream(request, reply, endpoint, body, deps, options, plan, admitted ?? { rpmCounted, carriedTokens });
   } catch (err) {
     // Whatever went wrong, identical requests waiting on this one must not wait for nothing.
     if (plan) void deps.cache.fill(plan, undefined);
@@ -158,7 +164,7 @@ async function callUpstream(
   options: ForwardOptions,
   plan: CachePlan | undefined,
   /** The request's admission if made already, or how to make it. */
-  admitted: Admission | { rpmCounted: boolean },
+  admitted: Admission | AdmitMode,
 ) {
   const trace = request.trace;
   const admission =

@@ -1,6 +1,6 @@
 // Which gateway key created each Responses API object, so only that key may read, delete or cancel it.
 import type { FastifyBaseLogger } from 'fastify';
-import type { Store } from '../store/store.js';
+import type { ResponseOwner, Store } from '../store/store.js';
 import { storeUnavailable } from '../errors.js';
 
 /** OpenAI keeps stored responses 30 days: the owner is remembered as long. */
@@ -11,18 +11,36 @@ export type ResponseOwners = ReturnType<typeof createResponseOwners>;
 type Json = Record<string, unknown>;
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 
+/**
+ * A response's input plus output tokens, from its usage (0 before it has any): what a request that
+ * continues it sends again. Output includes reasoning, which OpenAI may not carry into the next
+ * turn; counting it errs towards reserving too much, never too little.
+ */
+function contextTokensOf(response: Json): number {
+  const usage = response.usage;
+  if (!isObject(usage)) return 0;
+  const count = (v: unknown) => (Number.isSafeInteger(v) && (v as number) > 0 ? (v as number) : 0);
+  return count(usage.input_tokens) + count(usage.output_tokens);
+}
+
+/** The stream events whose response is recorded: its creation (the id, at once) and its end (with usage). */
+const RECORDED_EVENTS = new Set(['response.created', 'response.completed', 'response.incomplete']);
+/** Tells those events from the many deltas without parsing each one. */
+const RECORDED_TYPE = /"type"\s*:\s*"response\.(?:created|completed|incomplete)"/;
+
 export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLogger; ttlMs?: number }) {
   const ttlMs = opts.ttlMs ?? RESPONSE_OWNER_TTL_MS;
 
   /**
-   * Records the owner of a response object. A response created with `store: false` cannot be
-   * fetched later, so it costs no write. A failed write is logged, not thrown: the answer is already
-   * paid for and must reach the client; its creator then gets 404 when fetching it later.
+   * Records the owner of a response object, with its context tokens. A response created with
+   * `store: false` cannot be fetched or continued later, so it costs no write. A failed write is
+   * logged, not thrown: the answer is already paid for and must reach the client; its creator then
+   * gets 404 when fetching it later.
    */
   async function record(response: unknown, keyId: string): Promise<void> {
     if (!isObject(response) || typeof response.id !== 'string' || response.id === '' || response.store === false) return;
     try {
-      await opts.store.setResponseOwner(response.id, keyId, ttlMs);
+      await opts.store.setResponseOwner(response.id, keyId, ttlMs, contextTokensOf(response));
     } catch (err) {
       opts.logger.warn({ err: (err as Error).message, responseId: response.id, keyId }, 'response owner not recorded');
     }
@@ -32,17 +50,21 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
     /** From a non-streamed 200 body (the response object itself). */
     recordFromBody: (json: unknown, keyId: string) => record(json, keyId),
 
-    /** From a streamed event: only `response.created` (the first event) names the id. */
+    /**
+     * From a streamed event: `response.created` (the first event) names the id, recorded at once so
+     * the client may use it while the stream runs; the terminal `response.completed` or
+     * `response.incomplete` records it again with its usage, before the client sees that event.
+     */
     recordFromEvent(data: string, event: string | undefined, keyId: string): Promise<void> | undefined {
-      if (event !== undefined && event !== '' && event !== 'response.created') return undefined;
-      if (!data.includes('"response.created"')) return undefined;
+      if (event !== undefined && event !== '' && !RECORDED_EVENTS.has(event)) return undefined;
+      if (!RECORDED_TYPE.test(data)) return undefined;
       let parsed: unknown;
       try {
         parsed = JSON.parse(data);
       } catch {
         return undefined;
       }
-      if (!isObject(parsed) || parsed.type !== 'response.created') return undefined;
+      if (!isObject(parsed) || typeof parsed.type !== 'string' || !RECORDED_EVENTS.has(parsed.type)) return undefined;
       return record(parsed.response, keyId);
     },
 
@@ -75,18 +97,18 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
       }
       if (!isObject(cached) || cached.store === false || typeof cached.id !== 'string' || cached.id === '') return true;
       try {
-        return (await opts.store.getResponseOwner(cached.id)) === keyId;
+        return (await opts.store.getResponseOwner(cached.id))?.keyId === keyId;
       } catch {
         return false; // the store cannot say: upstream answers instead
       }
     },
 
     /**
-     * The key id that created `responseId`, or null. An id no response can have (empty: a route's
-     * `/responses/` or `"previous_response_id": ""`) has no owner: the caller's 404, as for any
-     * unknown id, without asking the store. Throws 503 only when the store cannot say.
+     * Who created `responseId` (and its context tokens), or null. An id no response can have
+     * (empty: a route's `/responses/` or `"previous_response_id": ""`) has no owner: the caller's
+     * 404, as for any unknown id, without asking the store. Throws 503 only when the store cannot say.
      */
-    async ownerOf(responseId: string): Promise<string | null> {
+    async ownerOf(responseId: string): Promise<ResponseOwner | null> {
       if (typeof responseId !== 'string' || responseId === '') return null;
       try {
         return await opts.store.getResponseOwner(responseId);

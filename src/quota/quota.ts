@@ -18,6 +18,19 @@ import { isOutageError, StoreUnavailableError } from '../resilience/store-health
 import { createLocalLimiter } from '../resilience/local-limiter.js';
 import { ThrottledWarning } from '../resilience/throttled-log.js';
 
+/** How quota.admit() admits a request. */
+export interface AdmitMode {
+  /** A cache hit: count-only (rpm and maxConcurrent), nothing reserved. */
+  free?: boolean;
+  /** Counted against rpm already, by the free admission of a cache entry that then could not answer it. */
+  rpmCounted?: boolean;
+  /**
+   * Input tokens the request sends besides its own body: the stored conversation it continues
+   * (previous_response_id), which OpenAI bills again as input. Added to its prompt estimate.
+   */
+  carriedTokens?: number;
+}
+
 export interface QuotaOptions {
   store: Store;
   prices: PriceTable;
@@ -388,17 +401,11 @@ export function createQuota(opts: QuotaOptions) {
   /**
    * Reserves the worst case of one request. Throws the client's 429 (with headers) when a limit
    * would be passed. The returned admission must be settled exactly once (later calls are no-ops).
-   * `free`: a cache hit's (count-only); `rpmCounted`: the request was counted against rpm already,
-   * by the free admission of a cache entry that then could not answer it.
    */
-  async function admit(
-    key: KeyRecord,
-    endpoint: Endpoint,
-    body: Record<string, unknown>,
-    model: string,
-    mode: { free?: boolean; rpmCounted?: boolean } = {},
-  ) {
-    const planned = reservation(key, endpoint, body, model, mode.free === true);
+  async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, mode: AdmitMode = {}) {
+    const carried = mode.free ? 0 : (mode.carriedTokens ?? 0);
+    const estimate = carried > 0 ? estimatePromptTokens(endpoint.name, body, model) + carried : undefined;
+    const planned = reservation(key, endpoint, body, model, mode.free === true, estimate);
     if (mode.rpmCounted) planned.request.rpmCounted = true;
     let result: AdmissionResult;
     try {

@@ -46,7 +46,7 @@ async function passThrough(
   const { id } = request.params;
   request.trace.endpoint = name;
   const owner = await opts.owners.ownerOf(id);
-  if (owner !== request.gatewayKey!.id) throw noSuchResponse(id);
+  if (owner?.keyId !== request.gatewayKey!.id) throw noSuchResponse(id);
 
   const query = request.url.indexOf('?');
   const path = `/responses/${encodeURIComponent(id)}${suffix}${query >= 0 ? request.url.slice(query) : ''}`;

@@ -57,6 +57,7 @@ import type {
   Store,
   UsageRow,
 } from './store.js';
+import type { ResponseOwner } from './store.js';
 
 export interface MemoryStoreOptions {
   /**
@@ -144,7 +145,7 @@ export class MemoryStore implements Store {
   /** The last id handed out: ids never go back, even if the clock does (as in Redis). */
   #lastEventId: StreamId = { ms: 0, seq: 0 };
   /** Responses API object id -> its creator's key id and expiry (clock ms). */
-  readonly #responseOwners = new Map<string, { keyId: string; expiresAt: number }>();
+  readonly #responseOwners = new Map<string, { keyId: string; contextTokens: number; expiresAt: number }>();
   /** markOnce name -> expiry (clock ms). */
   readonly #marks = new Map<string, number>();
   #lastUsageSweep = -Infinity;
@@ -557,17 +558,17 @@ export class MemoryStore implements Store {
     return true;
   }
 
-  async setResponseOwner(responseId: string, keyId: string, ttlMs: number): Promise<void> {
-    checkResponseOwner(responseId, keyId, ttlMs);
+  async setResponseOwner(responseId: string, keyId: string, ttlMs: number, contextTokens = 0): Promise<void> {
+    checkResponseOwner(responseId, keyId, ttlMs, contextTokens);
     const now = this.#clock();
     // Expired owners are dropped as new ones arrive, so the map stays as big as the live set.
     if (this.#responseOwners.size > 0 && this.#responseOwners.size % 1024 === 0) {
       for (const [id, owner] of this.#responseOwners) if (owner.expiresAt <= now) this.#responseOwners.delete(id);
     }
-    this.#responseOwners.set(responseId, { keyId, expiresAt: now + ttlMs });
+    this.#responseOwners.set(responseId, { keyId, contextTokens, expiresAt: now + ttlMs });
   }
 
-  async getResponseOwner(responseId: string): Promise<string | null> {
+  async getResponseOwner(responseId: string): Promise<ResponseOwner | null> {
     checkResponseOwner(responseId);
     const owner = this.#responseOwners.get(responseId);
     if (!owner) return null;
@@ -575,7 +576,7 @@ export class MemoryStore implements Store {
       this.#responseOwners.delete(responseId);
       return null;
     }
-    return owner.keyId;
+    return { keyId: owner.keyId, contextTokens: owner.contextTokens };
   }
 
   async deleteResponseOwner(responseId: string): Promise<void> {

@@ -31,6 +31,8 @@ import {
   checkEventsQuery,
   checkMark,
   checkResponseOwner,
+  decodeResponseOwner,
+  encodeResponseOwner,
   checkUsage,
   decodeUsageEvent,
   hourId,
@@ -59,7 +61,7 @@ import type {
   UsageRow,
   WindowState,
 } from './store.js';
-import { KeyChangeConflictError } from './store.js';
+import { KeyChangeConflictError, type ResponseOwner } from './store.js';
 
 export interface RedisStoreLogger {
   warn(obj: object, msg?: string): void;
@@ -677,14 +679,15 @@ export class RedisStore implements Store {
     return (await this.#redis.set(this.#keys.mark(name), '1', 'PX', ttlMs, 'NX')) === 'OK';
   }
 
-  async setResponseOwner(responseId: string, keyId: string, ttlMs: number): Promise<void> {
-    checkResponseOwner(responseId, keyId, ttlMs);
-    await this.#redis.set(this.#keys.responseOwner(responseId), keyId, 'PX', ttlMs);
+  async setResponseOwner(responseId: string, keyId: string, ttlMs: number, contextTokens = 0): Promise<void> {
+    checkResponseOwner(responseId, keyId, ttlMs, contextTokens);
+    await this.#redis.set(this.#keys.responseOwner(responseId), encodeResponseOwner({ keyId, contextTokens }), 'PX', ttlMs);
   }
 
-  async getResponseOwner(responseId: string): Promise<string | null> {
+  async getResponseOwner(responseId: string): Promise<ResponseOwner | null> {
     checkResponseOwner(responseId);
-    return this.#redis.get(this.#keys.responseOwner(responseId));
+    const value = await this.#redis.get(this.#keys.responseOwner(responseId));
+    return value === null ? null : decodeResponseOwner(value);
   }
 
   async deleteResponseOwner(responseId: string): Promise<void> {

@@ -38,6 +38,17 @@ export class KeyChangeConflictError extends Error {
   }
 }
 
+/** A stored Responses API object, as the gateway knows it (Store.getResponseOwner). */
+export interface ResponseOwner {
+  /** The gateway key that created it: the only one that may read, delete or continue it. */
+  keyId: string;
+  /**
+   * Its input plus output tokens: what a request continuing it (previous_response_id) sends
+   * OpenAI again, billed as input. 0 when not known (not yet completed, or recorded before this).
+   */
+  contextTokens: number;
+}
+
 /** A change to a key record (Store.updateKey): the new record, or null for none. */
 export type KeyChange = (current: KeyRecord) => KeyRecord | null;
 
@@ -241,13 +252,14 @@ export interface Store {
   markOnce(name: string, ttlMs: number): Promise<boolean>;
 
   /**
-   * Records which gateway key created a Responses API object (`resp_...`), for ttlMs (overwrites).
-   * Throws a RangeError, writing nothing, for an empty responseId or keyId, or a ttlMs that is not
-   * a positive integer.
+   * Records which gateway key created a Responses API object (`resp_...`), for ttlMs (overwrites),
+   * and the tokens of its conversation so far (ResponseOwner.contextTokens; 0 while unknown).
+   * Throws a RangeError, writing nothing, for an empty responseId or keyId, a ttlMs that is not a
+   * positive integer or contextTokens that are not a non-negative integer.
    */
-  setResponseOwner(responseId: string, keyId: string, ttlMs: number): Promise<void>;
-  /** The gateway key id that created `responseId`, or null (never recorded, expired or deleted). */
-  getResponseOwner(responseId: string): Promise<string | null>;
+  setResponseOwner(responseId: string, keyId: string, ttlMs: number, contextTokens?: number): Promise<void>;
+  /** Who created `responseId` and what continuing it carries, or null (never recorded, expired or deleted). */
+  getResponseOwner(responseId: string): Promise<ResponseOwner | null>;
   /** Forgets the owner of `responseId` (the response was deleted). Throws a RangeError for an empty id. */
   deleteResponseOwner(responseId: string): Promise<void>;
 

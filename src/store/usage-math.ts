@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import type { UsageEvent } from '../usage/event.js';
-import type { UsageRow } from './store.js';
+import type { ResponseOwner, UsageRow } from './store.js';
 
 const HOUR_MS = 3_600_000;
 /** First ms of year 10000: beyond it an hour id would no longer be `YYYY-MM-DDTHH`. */
@@ -171,7 +171,9 @@ export function usageField(keyId: string | null, model: string | null, metric: U
 export function usageIncrements(e: UsageEvent): [field: string, by: number][] {
   const amounts: Record<UsageMetric, number> = {
     requests: 1,
-    errors: e.status >= 400 ? 1 : 0,
+    // An error status, or a 200 that did not end normally (a stream upstream broke, cut or timed
+    // out, or left by its client): its status was sent before the trouble, its error code says it.
+    errors: e.status >= 400 || e.errorCode !== null ? 1 : 0,
     cacheHits: e.cache === 'HIT' ? 1 : 0,
     promptTokens: e.promptTokens,
     cachedPromptTokens: e.cachedPromptTokens,
@@ -344,11 +346,26 @@ export function checkMark(name: string, ttlMs: number) {
   positiveInt(ttlMs, 'ttlMs');
 }
 
-export function checkResponseOwner(responseId: string, keyId?: string, ttlMs?: number) {
+export function checkResponseOwner(responseId: string, keyId?: string, ttlMs?: number, contextTokens = 0) {
   if (typeof responseId !== 'string' || responseId.length === 0) throw new RangeError('responseId must be a non-empty string');
   if (keyId === undefined) return;
-  if (typeof keyId !== 'string' || keyId.length === 0) throw new RangeError('keyId must be a non-empty string');
+  // '|' separates the key id from the context tokens in the Redis value (key ids never hold one).
+  if (typeof keyId !== 'string' || keyId.length === 0 || keyId.includes('|')) throw new RangeError("keyId must be a non-empty string without '|'");
   positiveInt(ttlMs, 'ttlMs');
+  if (!Number.isSafeInteger(contextTokens) || contextTokens < 0) throw new RangeError(`contextTokens must be a non-negative integer, got ${String(contextTokens)}`);
+}
+
+/** A response owner as the Redis store keeps it: `keyId|contextTokens`. */
+export function encodeResponseOwner(owner: ResponseOwner): string {
+  return `${owner.keyId}|${owner.contextTokens}`;
+}
+
+/** The owner of encodeResponseOwner's value; a bare key id (written before context tokens were kept) has 0. */
+export function decodeResponseOwner(value: string): ResponseOwner {
+  const bar = value.indexOf('|');
+  if (bar === -1) return { keyId: value, contextTokens: 0 };
+  const tokens = Number(value.slice(bar + 1));
+  return { keyId: value.slice(0, bar), contextTokens: Number.isSafeInteger(tokens) && tokens > 0 ? tokens : 0 };
 }
 
 function positiveInt(value: number | undefined, name: string) {

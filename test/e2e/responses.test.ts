@@ -103,6 +103,32 @@ describe('creating responses', () => {
   });
 });
 
+describe('continuing a stored response (previous_response_id)', () => {
+  // OpenAI bills the whole conversation again as input: a continuation is reserved with it, or a
+  // key whose budget fits only the new message could run far past it (a probe settled 5,115 of 1,000).
+  it.each([{ stream: false }, { stream: true }])('reserves the conversation it carries, refusing what the budget cannot hold (stream: $stream)', async ({ stream }) => {
+    const key = await gw.createKey({ name: `carry-${String(stream)}`, limits: { tokensPerDay: 1_000 } });
+    const sdk = gw.sdk(key.key);
+    const long = { model: 'gpt-4o-mini', input: `${unique()} ${'context '.repeat(580)}`, max_output_tokens: 50 };
+    const first = stream ? await sdk.responses.stream(long).finalResponse() : await sdk.responses.create(long);
+    const context = first.usage!.input_tokens + first.usage!.output_tokens;
+    expect(context).toBeGreaterThan(550);
+    const calls = upstreamCalls();
+    // Its own body is ~5 tokens + 100 out: it fits what is left (~370) only if the ~600 carried are forgotten.
+    const err = await sdk.responses
+      .create({ model: 'gpt-4o-mini', input: 'And then?', previous_response_id: first.id, max_output_tokens: 100 })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.RateLimitError);
+    expect((err as { code?: string }).code).toBe('insufficient_quota');
+    expect(upstreamCalls()).toBe(calls);
+    // A key with room continues it as usual.
+    const roomy = await gw.createKey({ name: `carry-roomy-${String(stream)}`, limits: { tokensPerDay: 100_000 } });
+    const base = await gw.sdk(roomy.key).responses.create(long);
+    const next = await gw.sdk(roomy.key).responses.create({ model: 'gpt-4o-mini', input: 'And then?', previous_response_id: base.id, max_output_tokens: 100 });
+    expect(next.status).toBe('completed');
+  });
+});
+
 describe('stored responses belong to the key that created them', () => {
   it('lets the owner retrieve, list input items and delete; other keys get 404 without an upstream call', async () => {
     const created = await client.responses.create({ model: 'gpt-4o-mini', input: `Keep me ${unique()}` });

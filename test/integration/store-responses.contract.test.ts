@@ -4,7 +4,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it, vi } from 'vitest';
 import { createMemoryStore } from '../../src/store/memory-store.js';
 import type { Store } from '../../src/store/store.js';
+import { Redis } from 'ioredis';
+import { redisKeys } from '../../src/store/redis-keys.js';
 import { clusterStore, redisStore, track } from '../helpers/stores.js';
+import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 
 interface Harness {
   store: Store;
@@ -41,9 +44,17 @@ describe.each([
     // Many ids, so on a cluster they land in different slots.
     const ids = Array.from({ length: 20 }, (_, i) => `resp_${i.toString(16).padStart(48, '0')}`);
     await Promise.all(ids.map((id, i) => store.setResponseOwner(id, `key_${i % 3}`, 60_000)));
-    expect(await Promise.all(ids.map((id) => store.getResponseOwner(id)))).toEqual(ids.map((_, i) => `key_${i % 3}`));
+    expect(await Promise.all(ids.map((id) => store.getResponseOwner(id)))).toEqual(ids.map((_, i) => ({ keyId: `key_${i % 3}`, contextTokens: 0 })));
     await store.setResponseOwner(ids[0]!, 'key_other', 60_000);
-    expect(await store.getResponseOwner(ids[0]!)).toBe('key_other');
+    expect(await store.getResponseOwner(ids[0]!)).toEqual({ keyId: 'key_other', contextTokens: 0 });
+  });
+
+  it('keeps the context tokens of a response (what continuing it sends again), updated as it completes', async () => {
+    const { store } = await make();
+    await store.setResponseOwner('resp_ctx', 'key_a', 60_000); // created: no usage yet
+    expect(await store.getResponseOwner('resp_ctx')).toEqual({ keyId: 'key_a', contextTokens: 0 });
+    await store.setResponseOwner('resp_ctx', 'key_a', 60_000, 5_115); // completed
+    expect(await store.getResponseOwner('resp_ctx')).toEqual({ keyId: 'key_a', contextTokens: 5_115 });
   });
 
   it('forgets the owner of a deleted response, and only that one', async () => {
@@ -52,7 +63,7 @@ describe.each([
     await store.setResponseOwner('resp_kept', 'key_a', 60_000);
     await store.deleteResponseOwner('resp_deleted');
     expect(await store.getResponseOwner('resp_deleted')).toBeNull();
-    expect(await store.getResponseOwner('resp_kept')).toBe('key_a');
+    expect(await store.getResponseOwner('resp_kept')).toMatchObject({ keyId: 'key_a' });
     await store.deleteResponseOwner('resp_never_recorded'); // a no-op, not an error
     await expect(store.deleteResponseOwner('')).rejects.toThrow(RangeError);
   });
@@ -60,7 +71,7 @@ describe.each([
   it('expires an owner after its ttl', async () => {
     const { store, advance } = await make();
     await store.setResponseOwner('resp_short', 'key_a', 150);
-    expect(await store.getResponseOwner('resp_short')).toBe('key_a');
+    expect(await store.getResponseOwner('resp_short')).toMatchObject({ keyId: 'key_a' });
     await advance(200);
     await vi.waitFor(async () => expect(await store.getResponseOwner('resp_short')).toBeNull(), { timeout: 3000, interval: 25 });
   });
@@ -71,7 +82,24 @@ describe.each([
     await expect(store.setResponseOwner('resp_x', '', 1000)).rejects.toThrow(RangeError);
     await expect(store.setResponseOwner('resp_x', 'key_a', 0)).rejects.toThrow(RangeError);
     await expect(store.setResponseOwner('resp_x', 'key_a', 1.5)).rejects.toThrow(RangeError);
+    await expect(store.setResponseOwner('resp_x', 'key|a', 1000)).rejects.toThrow(RangeError);
+    await expect(store.setResponseOwner('resp_x', 'key_a', 1000, -1)).rejects.toThrow(RangeError);
+    await expect(store.setResponseOwner('resp_x', 'key_a', 1000, 2.5)).rejects.toThrow(RangeError);
     await expect(store.getResponseOwner('')).rejects.toThrow(RangeError);
     expect(await store.getResponseOwner('resp_x')).toBeNull();
+  });
+});
+
+describe('Redis response owners written before context tokens were kept', () => {
+  it('reads a bare key id as that owner with no known context', async () => {
+    const prefix = uniquePrefix();
+    const store = await redisStore({ prefix });
+    const raw = new Redis(testRedisUrl());
+    try {
+      await raw.set(redisKeys(prefix).responseOwner('resp_old'), 'key_old', 'PX', 60_000);
+      expect(await store.getResponseOwner('resp_old')).toEqual({ keyId: 'key_old', contextTokens: 0 });
+    } finally {
+      raw.disconnect();
+    }
   });
 });
