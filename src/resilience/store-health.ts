@@ -28,7 +28,7 @@ export class StoreUnavailableError extends Error {
 // connection, the retry limit of a command queued while disconnected, or a server that is up but
 // not serving (loading its data set, busy with a script, out of memory, a read-only replica...).
 const OUTAGE_MESSAGE =
-  /timed out|connection is closed|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|isn't writeable|cluster is not ready|refresh slots|sentinels|^LOADING|^BUSY|^MASTERDOWN|^CLUSTERDOWN|^TRYAGAIN|^READONLY|^OOM/i;
+  /timed out|connection is closed|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|isn't writeable|cluster is not ready|refresh slots|Too many Cluster redirections|sentinels|^LOADING|^BUSY|^MASTERDOWN|^CLUSTERDOWN|^TRYAGAIN|^READONLY|^OOM/i;
 
 /** True when an error means "the store could not answer", not "the store said no" (a RangeError, a conflict). */
 export function isOutageError(err: unknown): boolean {
