@@ -38,8 +38,20 @@ export interface RedisConnection {
    * stays unreachable: open another then, which goes to the next node.
    */
   subscriber(): Redis;
-  /** The servers holding the keys, for SCAN and readiness: every master of a cluster, or the one server. */
+  /** The servers holding the keys, for SCAN: every master of a cluster, or the one server. */
   masters(): Promise<Redis[]>;
+  /**
+   * Resolves when every key can be served now (readiness, and the health probe that ends degraded
+   * mode); throws what is wrong otherwise. Each command is bounded by the command timeout.
+   */
+  serving(): Promise<void>;
+}
+
+/** Throws unless every reply is PONG. */
+async function pingAll(servers: Redis[]): Promise<void> {
+  const replies = await Promise.all(servers.map((server) => server.ping()));
+  const bad = replies.find((reply) => reply !== 'PONG');
+  if (bad !== undefined) throw new Error(`unexpected PING reply: ${String(bad)}`);
 }
 
 /** Reconnect backoff: 100 ms doubling to this cap, plus jitter so instances do not reconnect in step. */
@@ -119,7 +131,21 @@ export function createRedisConnection(opts: RedisConnectionOptions): RedisConnec
     // Same server (or the same Sentinel-named master, followed through failovers).
     subscriber: () => client.duplicate({ autoResubscribe: false, connectionName: 'tollgate:sub' }),
     masters: async () => [client],
+    serving: () => pingAll([client]),
   };
+}
+
+/** Reloads the cluster's slot map (CLUSTER SLOTS from a node that answers), bounded by `timeoutMs`. */
+function refreshSlotMap(cluster: Cluster, timeoutMs: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    // ioredis tries node after node, each within its slotsRefreshTimeout: bound the whole of it.
+    const timer = setTimeout(() => reject(new Error('cluster slot map refresh timed out')), timeoutMs);
+    cluster.refreshSlotsCache((err) => {
+      clearTimeout(timer);
+      if (err) reject(err);
+      else resolve();
+    });
+  });
 }
 
 function clusterConnection(seeds: RedisAddress[], common: RedisOptions, commandTimeout: number): RedisConnection {
@@ -164,12 +190,30 @@ function clusterConnection(seeds: RedisAddress[], common: RedisOptions, commandT
         retryStrategy: (times) => (times > SUBSCRIBER_NODE_ATTEMPTS ? null : reconnectDelay(times)),
       });
     },
-    async masters() {
-      // Until the slot map is loaded the node list is empty: a PING waits for it (or times out).
-      if (cluster.status !== 'ready') await cluster.ping();
-      const masters = cluster.nodes('master');
-      if (masters.length === 0) throw new Error('redis cluster: no master known');
-      return masters;
+    masters,
+    async serving() {
+      if (cluster.status === 'ready') {
+        // ioredis learns of a failover when a command is redirected, and none are sent while the
+        // gateway fails fast: without a fresh map it would ping a failed (or frozen) master for as
+        // long as that one stays down, though a replica has taken its slots.
+        await refreshSlotMap(cluster, 2 * commandTimeout);
+      }
+      const nodes = await masters();
+      await pingAll(nodes);
+      // A master that went away (no replica to take over) is not in that list at all: the cluster's
+      // own verdict says whether every slot is served. With cluster-require-full-coverage (the
+      // default) Redis refuses every command while it is 'fail'.
+      const info = String(await nodes[0]!.call('CLUSTER', 'INFO'));
+      const state = /cluster_state:(\w+)/.exec(info)?.[1];
+      if (state !== 'ok') throw new Error(`redis cluster_state is ${state ?? 'unknown'}: some slots are not served (a master is down and no replica took over)`);
     },
   };
+
+  async function masters() {
+    // Until the slot map is loaded the node list is empty: a PING waits for it (or times out).
+    if (cluster.status !== 'ready') await cluster.ping();
+    const nodes = cluster.nodes('master');
+    if (nodes.length === 0) throw new Error('redis cluster: no master known');
+    return nodes;
+  }
 }

@@ -133,6 +133,8 @@ export const ENDED_LEASE_OFFSET = 1e15;
 export const LIST_CHUNK_EVENTS = 64;
 /** Compare-and-set rounds an updateKey tries before giving up: each lost round means another write won. */
 const MAX_KEY_UPDATE_ATTEMPTS = 10;
+/** How old a connection error may be and still explain a failed ping (see ping()). */
+const RECENT_CONNECTION_ERROR_MS = 5_000;
 /** The commands `defineCommand` adds (ioredis cannot type them): keys first, then arguments. */
 interface QuotaCommands {
   tollgateAdmit(...keysAndArgs: (string | number)[]): Promise<(number | string)[]>;
@@ -697,18 +699,18 @@ export class RedisStore implements Store {
 
   /** On a cluster, every master must answer: with one down, the keys of its slots are unreachable. */
   async ping(): Promise<void> {
-    let replies: unknown[];
+    const started = Date.now();
     try {
-      replies = await Promise.all((await this.#conn.masters()).map((node) => node.ping()));
+      await this.#conn.serving();
     } catch (err) {
       // While ioredis reconnects, a command waits in its queue and times out: the connection's own
       // error (a refused connection, DNS) is what says why, for /readyz and the health monitor.
-      const cause = this.#outage.lastError;
+      // Only a recent one: while down, ioredis fails a reconnect at least every ~2.1 s (its backoff's
+      // cap); an older error (another node, minutes ago) would name the wrong fault.
+      const cause = this.#outage.errorSince(started - RECENT_CONNECTION_ERROR_MS);
       const message = (err as Error)?.message;
       throw cause !== undefined && cause !== message ? new Error(`${cause} (${message})`) : err;
     }
-    const bad = replies.find((reply) => reply !== 'PONG');
-    if (bad !== undefined) throw new Error(`unexpected PING reply: ${String(bad)}`);
   }
 
   async close(): Promise<void> {
@@ -856,15 +858,17 @@ class OutageLog {
   #suppressed = 0;
   #down = false;
   /** The message of the last connection error while down: what a timed-out command was waiting on. */
-  lastError: string | undefined;
+  #lastError: string | undefined;
+  #lastErrorAt = 0;
 
   constructor(private readonly log: RedisStoreLogger) {}
 
   error(connection: string, err: unknown) {
     this.#down = true;
     const text = (err as { message?: unknown } | undefined)?.message;
-    this.lastError = typeof text === 'string' ? text : String(err);
     const now = Date.now();
+    this.#lastError = typeof text === 'string' ? text : String(err);
+    this.#lastErrorAt = now;
     if (now - this.#lastLoggedAt < ERROR_LOG_INTERVAL_MS) {
       this.#suppressed++;
       return;
@@ -877,8 +881,13 @@ class OutageLog {
     this.#suppressed = 0;
   }
 
+  /** The last connection error if it came at `since` (epoch ms) or later. */
+  errorSince(since: number): string | undefined {
+    return this.#lastErrorAt >= since ? this.#lastError : undefined;
+  }
+
   recovered(connection: string) {
-    this.lastError = undefined;
+    this.#lastError = undefined;
     if (!this.#down) return;
     this.#down = false;
     this.log.warn({ connection, suppressed: this.#suppressed }, 'redis connection restored');
