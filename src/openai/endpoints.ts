@@ -3,11 +3,13 @@ import type { z } from 'zod';
 import { invalidRequest } from '../errors.js';
 import { chatCompletionSchema, completionSchema, embeddingSchema, moderationSchema, paramPath, responseSchema } from './schemas.js';
 import {
+  answerText,
   generatedText,
   readChunkUsage,
   readResponsesEventUsage,
   readResponsesUsage,
   readUsage,
+  responsesAnswerText,
   responsesGeneratedText,
   type StreamEventInfo,
   type Usage,
@@ -25,6 +27,8 @@ export interface UsageReader {
   event(data: string, event: string | undefined): StreamEventInfo | undefined;
   /** The text a stream generated so far, to bill a stream cut short before its usage. */
   generatedText(data: readonly string[]): string;
+  /** The text a non-streamed 200 body generated, to bill one that reports no usage. */
+  answerText(json: unknown): string;
   /**
    * Chat and completions report usage in a stream only when asked (`stream_options.include_usage`),
    * so the gateway asks and hides the chunk from clients that did not; the Responses API always does.
@@ -72,6 +76,7 @@ const chatLikeUsage: UsageReader = {
   body: readUsage,
   event: (data) => readChunkUsage(data),
   generatedText,
+  answerText,
   askInStream: true,
 };
 
@@ -133,7 +138,13 @@ export const endpoints = {
     streamable: true,
     cacheable: true,
     cacheableRequest: responseIsCacheable,
-    usage: { body: readResponsesUsage, event: readResponsesEventUsage, generatedText: responsesGeneratedText, askInStream: false },
+    usage: {
+      body: readResponsesUsage,
+      event: readResponsesEventUsage,
+      generatedText: responsesGeneratedText,
+      answerText: responsesAnswerText,
+      askInStream: false,
+    },
     convert: {
       assemble: assembleResponse,
       canSynthesize: canSynthesizeResponse,

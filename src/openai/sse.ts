@@ -52,8 +52,13 @@ export interface RelayResult {
   model?: string;
   /** The stream ended early: client gone, upstream error or timeout. */
   error?: unknown;
-  /** Number of events relayed, to tell "cut short" from "never started". */
+  /**
+   * Number of events relayed, in-band errors excepted: what upstream generated, to tell "cut short"
+   * from "never started" (a stream whose only event is an error upstream refused it with).
+   */
   events: number;
+  /** Upstream sent an in-band error event (it broke the stream off, or refused it). */
+  upstreamError?: boolean;
   /**
    * The data of every event upstream sent (except [DONE]). Kept so that a stream cut short before
    * its usage chunk can still be billed from a local count of what it generated.
@@ -87,12 +92,20 @@ const readChatChunk = (data: string): StreamEventInfo | undefined => readChunkUs
  * whose `error` is set). Checking an ordinary chunk is one native search for `"error"`.
  */
 function isErrorEvent(e: SseEvent): boolean {
-  return e.event === 'error' || e.event === 'response.failed' || carriesError(e.data);
+  return e.event === 'response.failed' || isInBandError(e);
+}
+
+/**
+ * An in-band error that breaks a stream off (a typed `error` event, or data that carries an error):
+ * not output. Unlike `response.failed`, a terminal event that carries the response and its usage.
+ */
+function isInBandError(e: SseEvent): boolean {
+  return e.event === 'error' || carriesError(e.data);
 }
 
 /** Masks one event's data as the relay does: all of an error event, only server keys elsewhere. */
-function maskEvent(e: SseEvent, mask: NonNullable<RelayOptions['maskError']>): void {
-  if (isErrorEvent(e)) e.data = mask(e.data);
+function maskEvent(e: SseEvent, mask: NonNullable<RelayOptions['maskError']>, isError = isErrorEvent(e)): void {
+  if (isError) e.data = mask(e.data);
   else if (mask.hasServerKey?.(e.data)) e.data = mask.maskServerKeys!(e.data);
 }
 
@@ -262,6 +275,8 @@ class SseRelay extends Readable {
   private full = false;
   private sourceEnded = false;
   private firstChunk = true;
+  /** An event (of any kind) has been handed to the client: onFirstEvent has been called. */
+  private relayedAny = false;
   /**
    * beforeEnd: undefined until it is called, then its pending promise (which the terminal event,
    * the end and the error event wait for), null once there is nothing (more) to wait for.
@@ -329,7 +344,10 @@ class SseRelay extends Readable {
       while (!this.waiting && !this.stopped) {
         const e = this.pending.shift();
         if (!e) break;
-        if (options.maskError) maskEvent(e, options.maskError);
+        // Checked before masking, which may rewrite the data (one native search for "error" per event).
+        const inBandError = e.data !== '[DONE]' && isInBandError(e);
+        if (inBandError) result.upstreamError = true;
+        if (options.maskError) maskEvent(e, options.maskError, inBandError || e.event === 'response.failed');
         this.lastData = e.data;
         let seen: Promise<unknown> | void = undefined;
         if (e.data === '[DONE]') {
@@ -359,7 +377,7 @@ class SseRelay extends Readable {
               this.waiting = false;
               if (this.stopped) return;
               try {
-                this.relay(e);
+                this.relay(e, inBandError);
               } catch (err) {
                 this.stop(err);
                 return;
@@ -370,7 +388,7 @@ class SseRelay extends Readable {
           );
           return;
         }
-        this.relay(e);
+        this.relay(e, inBandError);
       }
     } catch (err) {
       this.stop(err);
@@ -382,8 +400,12 @@ class SseRelay extends Readable {
     else if (!this.full) this.source.resume();
   }
 
-  private relay(e: SseEvent): void {
-    if (this.result.events++ === 0) this.options.onFirstEvent?.();
+  private relay(e: SseEvent, inBandError: boolean): void {
+    if (!this.relayedAny) {
+      this.relayedAny = true;
+      this.options.onFirstEvent?.();
+    }
+    if (!inBandError) this.result.events++; // an error is not output
     this.out += formatEvent(e);
   }
 

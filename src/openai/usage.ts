@@ -82,19 +82,30 @@ export function generatedText(chunks: readonly string[]): string {
     } catch {
       continue;
     }
-    const choices = (chunk as { choices?: unknown }).choices;
-    if (!Array.isArray(choices)) continue;
-    for (const choice of choices as Record<string, any>[]) {
-      if (typeof choice?.text === 'string') text += choice.text;
-      const delta = choice?.delta;
-      if (typeof delta !== 'object' || delta === null) continue;
-      if (typeof delta.content === 'string') text += delta.content;
-      if (typeof delta.refusal === 'string') text += delta.refusal;
-      if (Array.isArray(delta.tool_calls)) {
-        for (const call of delta.tool_calls) {
-          if (typeof call?.function?.name === 'string') text += call.function.name;
-          if (typeof call?.function?.arguments === 'string') text += call.function.arguments;
-        }
+    text += answerText(chunk);
+  }
+  return text;
+}
+
+/**
+ * The text of a chat/completions answer (a non-streamed body, or one streamed chunk): each choice's
+ * legacy text, and its message's (or delta's) content, refusal and tool calls. Used to bill a 200
+ * that reports no usage; an answer without choices (embeddings) generated none.
+ */
+export function answerText(answer: unknown): string {
+  const choices = (answer as { choices?: unknown } | null | undefined)?.choices;
+  if (!Array.isArray(choices)) return '';
+  let text = '';
+  for (const choice of choices as Record<string, any>[]) {
+    if (typeof choice?.text === 'string') text += choice.text;
+    const part = choice?.delta ?? choice?.message;
+    if (typeof part !== 'object' || part === null) continue;
+    if (typeof part.content === 'string') text += part.content;
+    if (typeof part.refusal === 'string') text += part.refusal;
+    if (Array.isArray(part.tool_calls)) {
+      for (const call of part.tool_calls) {
+        if (typeof call?.function?.name === 'string') text += call.function.name;
+        if (typeof call?.function?.arguments === 'string') text += call.function.arguments;
       }
     }
   }
@@ -159,6 +170,31 @@ export function responsesGeneratedText(events: readonly string[]): string {
     if (type === 'response.output_text.delta' || type === 'response.refusal.delta' || type === 'response.function_call_arguments.delta' || type.startsWith('response.reasoning')) {
       text += delta;
     }
+  }
+  return text;
+}
+
+/**
+ * The text of a non-streamed Responses answer (a `response` object), what its stream's deltas carry:
+ * output text, refusals, function-call arguments and reasoning text. Used to bill a 200 that reports
+ * no usage.
+ */
+export function responsesAnswerText(response: unknown): string {
+  const output = (response as { output?: unknown } | null | undefined)?.output;
+  if (!Array.isArray(output)) return '';
+  let text = '';
+  const parts = (list: unknown) => {
+    if (!Array.isArray(list)) return;
+    for (const part of list as Record<string, unknown>[]) {
+      if (typeof part?.text === 'string') text += part.text;
+      if (typeof part?.refusal === 'string') text += part.refusal;
+    }
+  };
+  for (const item of output as Record<string, unknown>[]) {
+    if (typeof item !== 'object' || item === null) continue;
+    if (typeof item.arguments === 'string') text += item.arguments;
+    parts(item.content);
+    parts(item.summary);
   }
   return text;
 }

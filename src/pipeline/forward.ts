@@ -196,11 +196,11 @@ async function callUpstream(
 
   /**
    * A 200 whose body never arrived whole (the gateway's idle or total timeout, the client gone, or
-   * the connection lost mid-body): upstream had answered, i.e. generated the completion (a
-   * non-streamed answer's headers come once it is done), and bills all of it, though its size never
-   * arrived. It is charged the reservation's worst case, the prompt estimate plus the most output
-   * the request allowed (estimated): charging less would make a slow read or a hang-up a way around
-   * the budget.
+   * the connection lost mid-body), or arrived as something that is not JSON and reports no usage:
+   * upstream had answered, i.e. generated the completion (a non-streamed answer's headers come once
+   * it is done), and bills all of it, though its size never arrived. It is charged the
+   * reservation's worst case, the prompt estimate plus the most output the request allowed
+   * (estimated): charging less would make a slow read or a hang-up a way around the budget.
    */
   const finishCutAnswer = () => {
     const prompt = admission.promptTokens;
@@ -276,10 +276,13 @@ async function callUpstream(
       trace.upstreamMs = performance.now() - started;
       // Closed from this side (the client left, or the gateway's idle or total timeout): upstream
       // has read the prompt, and bills it as a hang-up.
-      const closedHere = signal.aborted || endedByTimeout(res, result.error);
+      const timedOut = endedByTimeout(res, result.error);
+      const closedHere = signal.aborted || timedOut;
+      trace.errorCode ??= streamErrorCode(result, signal.aborted, timedOut);
       trace.usage = result.usage ?? estimateCutShort(endpoint, result, admission, body.model, closedHere);
       trace.modelAnswered = result.model;
-      finish({ usage: trace.usage, estimated: result.usage === undefined }, streamEntry(endpoint, result, body.model));
+      // Estimated when the gateway counted it; a stream released in full (nothing generated) was not.
+      finish({ usage: trace.usage, estimated: result.usage === undefined && trace.usage !== undefined }, streamEntry(endpoint, result, body.model));
     });
     reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
     return reply.send(stream);
@@ -294,8 +297,16 @@ async function callUpstream(
       if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
       // Upstream answered, and its body never arrived whole (cut from either side).
       if (cut) return finishCutAnswer();
-      const usage = trace.usage ?? (endpoint.usage.optional ? NO_USAGE : undefined);
-      finish({ usage: trace.usage, estimated: false }, jsonEntry(json, text, usage));
+      if (trace.usage || endpoint.usage.optional) {
+        return finish({ usage: trace.usage, estimated: false }, jsonEntry(json, text, trace.usage ?? NO_USAGE));
+      }
+      // A 200 that reports no usage (a misbehaving upstream or proxy): billed by upstream all the
+      // same, so estimated as a stream that ended without usage is, from the answer's text; a body
+      // that is not JSON at all says nothing of its size, and is charged the worst case. Never
+      // cached (an entry needs upstream's usage).
+      if (text === undefined) return finishCutAnswer();
+      trace.usage = estimatedUsage(admission, endpoint.usage.answerText(json), body.model);
+      finish({ usage: trace.usage, estimated: true });
     },
     {
       readUsage: endpoint.usage.body,
@@ -352,12 +363,32 @@ function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): Ne
  * prompt as estimated at admission plus a local count of what was generated, as OpenAI bills it.
  */
 function estimateCutShort(endpoint: Endpoint, result: RelayResult, admission: Admission, model: string, closedHere: boolean): Usage | undefined {
-  // Nothing generated. If upstream broke, release everything; if the connection was closed from
-  // this side (the client hung up, or a gateway timeout), upstream has read the prompt and bills
-  // it, as for a non-streamed hang-up (or leaving before the first token would be a way around
-  // the budget).
-  if (result.events === 0 && !closedHere) return undefined;
-  const completionTokens = countCompletionTokens(endpoint.usage.generatedText(result.data), model);
+  // Nothing generated (an in-band error is not output). If upstream broke or refused the stream,
+  // release everything; if the connection was closed from this side (the client hung up, or a
+  // gateway timeout), upstream has read the prompt and bills it, as for a non-streamed hang-up (or
+  // leaving before the first token would be a way around the budget).
+  if (result.events === 0 && (!closedHere || result.upstreamError)) return undefined;
+  return estimatedUsage(admission, endpoint.usage.generatedText(result.data), model);
+}
+
+/**
+ * Why a stream did not end normally, for its usage event and log line: upstream broke it off with
+ * an in-band error event, the gateway's own idle or total timeout ended it, or upstream's
+ * connection ended before its terminal event. Nothing when it completed, or when this side closed it
+ * (the client left, or the shutdown deadline cut it: those codes are recorded when the response closes).
+ */
+function streamErrorCode(result: RelayResult, clientGone: boolean, timedOut: boolean): string | undefined {
+  if (result.upstreamError) return 'upstream_stream_error';
+  if (clientGone || result.completed) return undefined;
+  return timedOut ? 'upstream_timeout' : 'upstream_stream_cut';
+}
+
+/**
+ * Usage the gateway counts itself for an answer upstream reported none for: the prompt as estimated
+ * at admission plus a local count of the text generated.
+ */
+function estimatedUsage(admission: Admission, generated: string, model: string): Usage {
+  const completionTokens = countCompletionTokens(generated, model);
   return {
     promptTokens: admission.promptTokens,
     completionTokens,

@@ -411,7 +411,7 @@ export interface UsageRow {
   keyId: string; // '' for requests refused before a key was known
   model: string; // '' when the request named none
   requests: number;
-  errors: number; // status >= 400
+  errors: number; // status >= 400, or an errorCode (a stream that broke, a hang-up, ...)
   cacheHits: number;
   promptTokens: number;
   cachedPromptTokens: number;

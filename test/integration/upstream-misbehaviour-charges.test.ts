@@ -1,0 +1,300 @@
+// What an upstream (or a proxy in front of it) that misbehaves after its 200 is charged and recorded
+// as, over real HTTP and real Redis: a non-streamed 200 without usage is estimated as a stream that
+// ended without usage is (prompt estimate + a count of the answer's text; the worst case when the
+// body is not JSON) and never cached; a stream upstream breaks (an in-band error event, the
+// connection lost) carries an error code in its usage event, log line and /admin/usage's errors;
+// a stream whose first event is an error generated nothing and is released.
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { UsageEvent } from '../../src/usage/event.js';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { ADMIN_TOKEN, startGateway, type Gateway } from '../helpers/gateway.js';
+import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
+import { createRedisStore } from '../../src/store/redis-store.js';
+import { startFakeOpenAI } from '../../src/fake-openai/server.js';
+import { countCompletionTokens, estimatePromptTokens } from '../../src/openai/tokens.js';
+import type { Endpoint } from '../../src/openai/endpoints.js';
+import type { Store } from '../../src/store/store.js';
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+/** An upstream whose every answer is `handler`'s, set per test. */
+async function scriptedUpstream(): Promise<{ url: string; requests: () => number; set(h: Handler): void; close(): Promise<void> }> {
+  let requests = 0;
+  let handler: Handler = (_req, res) => res.writeHead(500).end();
+  const server: Server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      requests++;
+      handler(req, res);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}/v1`,
+    requests: () => requests,
+    set: (h) => (handler = h),
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+const json = (body: unknown, type = 'application/json'): Handler => (_req, res) => {
+  res.writeHead(200, { 'content-type': type });
+  res.end(typeof body === 'string' ? body : JSON.stringify(body));
+};
+
+/** A stream of `events` (already formatted); `then`: end the response, or destroy the socket. */
+const sse = (events: string[], then: 'end' | 'drop' = 'end'): Handler => (_req, res) => {
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  res.write(events.join(''), () => {
+    if (then === 'end') res.end();
+    else setTimeout(() => res.socket?.destroy(), 30);
+  });
+};
+const data = (d: unknown) => `data: ${JSON.stringify(d)}\n\n`;
+const typed = (d: { type: string } & Record<string, unknown>) => `event: ${d.type}\ndata: ${JSON.stringify(d)}\n\n`;
+
+const chat = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Tell me about toll gates. '.repeat(20) }], max_tokens: 60 };
+const completion = { model: 'gpt-3.5-turbo-instruct', prompt: 'Toll gates are '.repeat(20), max_tokens: 40 };
+const responses = { model: 'gpt-4o-mini', input: 'Write about toll gates. '.repeat(20), max_output_tokens: 70 };
+const embeddings = { model: 'text-embedding-3-small', input: 'A text to embed, about toll gates. '.repeat(20) };
+const ANSWER = 'A toll gate is a barrier where a fee is collected before passage is allowed.';
+
+const estimate = (endpoint: Endpoint['name'], body: { model: string }) => estimatePromptTokens(endpoint, body, body.model);
+const counted = (text: string, model: string) => countCompletionTokens(text, model);
+
+const opened: { close(): Promise<void> }[] = [];
+let gw: Gateway;
+let upstream: Awaited<ReturnType<typeof scriptedUpstream>>;
+
+beforeAll(async () => {
+  upstream = await scriptedUpstream();
+  opened.push(upstream);
+  const fake = await startFakeOpenAI();
+  opened.push(fake);
+  const store: Store = await createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix() });
+  opened.push(store);
+  gw = await startGateway({ store, fake, env: { OPENAI_BASE_URL: upstream.url, USAGE_FLUSH_MS: '50', CACHE_ENABLED: 'true' } });
+  opened.push(gw);
+});
+afterAll(async () => {
+  for (const r of opened.reverse()) await r.close();
+});
+
+let keyId: string;
+let key: string;
+beforeEach(async () => {
+  ({ id: keyId, key } = await gw.createKey({ name: 'misbehaviour', limits: { tokensPerDay: 1_000_000 } }));
+});
+
+function post(path: string, body: unknown) {
+  return fetch(`${gw.url}${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+}
+
+/** The key's usage events once there are `n`, its day's token quota once settled, and its line(s) in the log. */
+async function accounting(n = 1) {
+  const events = async () => {
+    const raw = await fetch(`${gw.url}/admin/usage/events?since=2000-01-01T00:00:00Z`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    return (await raw.text()).split('\n').filter(Boolean).map((l) => JSON.parse(l) as UsageEvent).filter((e) => e.keyId === keyId);
+  };
+  await expect.poll(async () => (await events()).length, { timeout: 5000 }).toBe(n);
+  const quota = async () => (await gw.admin('GET', `/admin/keys/${keyId}`)).body.quota.tokensPerDay as { used: number; reserved: number };
+  await expect.poll(async () => (await quota()).reserved, { timeout: 5000 }).toBe(0);
+  const lines = gw.logs.requests().filter((l) => l.keyId === keyId);
+  return { events: await events(), used: (await quota()).used, lines };
+}
+
+/** The key's error count in /admin/usage (its aggregates). */
+async function reportedErrors(): Promise<{ requests: number; errors: number }> {
+  const report = async () => (await gw.admin('GET', `/admin/usage?keyId=${keyId}`)).body.totals as { requests: number; errors: number };
+  await expect.poll(async () => (await report()).requests, { timeout: 5000 }).toBeGreaterThan(0);
+  return report();
+}
+
+describe('a non-streamed 200 without usage is charged an estimate, marked estimated, and never cached', () => {
+  it.each([
+    [
+      'chat: prompt + the message text',
+      '/v1/chat/completions',
+      chat,
+      'chat.completions',
+      { id: 'chatcmpl-1', object: 'chat.completion', model: 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: ANSWER }, finish_reason: 'stop' }] },
+      counted(ANSWER, chat.model),
+    ],
+    [
+      'chat with a tool call: prompt + its name and arguments',
+      '/v1/chat/completions',
+      chat,
+      'chat.completions',
+      {
+        id: 'chatcmpl-2',
+        object: 'chat.completion',
+        model: 'gpt-4o-mini',
+        choices: [{ index: 0, message: { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'lookup_toll', arguments: '{"gate":"A4"}' } }] }, finish_reason: 'tool_calls' }],
+      },
+      counted('lookup_toll{"gate":"A4"}', chat.model),
+    ],
+    [
+      'legacy completions: prompt + the text',
+      '/v1/completions',
+      completion,
+      'completions',
+      { id: 'cmpl-1', object: 'text_completion', model: completion.model, choices: [{ index: 0, text: ANSWER, finish_reason: 'stop' }] },
+      counted(ANSWER, completion.model),
+    ],
+    [
+      'responses: prompt + the output text',
+      '/v1/responses',
+      responses,
+      'responses',
+      {
+        id: 'resp_nousage1',
+        object: 'response',
+        status: 'completed',
+        model: 'gpt-4o-mini',
+        error: null,
+        output: [{ id: 'msg_1', type: 'message', role: 'assistant', content: [{ type: 'output_text', text: ANSWER, annotations: [] }] }],
+      },
+      counted(ANSWER, responses.model),
+    ],
+    [
+      'embeddings: the prompt only',
+      '/v1/embeddings',
+      embeddings,
+      'embeddings',
+      { object: 'list', model: embeddings.model, data: [{ object: 'embedding', index: 0, embedding: [0.1, 0.2] }] },
+      0,
+    ],
+  ] as const)('%s', async (_name, path, body, endpoint, answer, completionTokens) => {
+    upstream.set(json(answer));
+    const before = upstream.requests();
+    const res = await post(path, body);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual(answer); // the client's bytes as they came
+    const prompt = estimate(endpoint, body);
+    expect(completionTokens === 0 || completionTokens > 5).toBe(true);
+    const first = await accounting(1);
+    expect(first.events[0]).toMatchObject({ status: 200, errorCode: null, promptTokens: prompt, completionTokens, totalTokens: prompt + completionTokens, estimated: true });
+    expect(first.events[0]!.costMicros).toBeGreaterThan(0);
+    expect(first.used).toBe(prompt + completionTokens);
+    expect(first.lines.at(-1)).toMatchObject({ estimated: true, promptTokens: prompt, completionTokens });
+    // Not stored: the same request goes upstream again.
+    const again = await post(path, body);
+    expect(again.headers.get('x-tollgate-cache')).toBe('MISS');
+    await again.text();
+    expect(upstream.requests()).toBe(before + 2);
+    await accounting(2);
+  });
+
+  it('a body that is not JSON: the worst case (prompt + the most output allowed), estimated', async () => {
+    upstream.set(json('<html>oops</html>', 'text/html'));
+    const res = await post('/v1/chat/completions', chat);
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe('<html>oops</html>');
+    const prompt = estimate('chat.completions', chat);
+    const { events, used } = await accounting(1);
+    expect(events[0]).toMatchObject({ status: 200, promptTokens: prompt, completionTokens: chat.max_tokens, estimated: true });
+    expect(used).toBe(prompt + chat.max_tokens);
+  });
+
+  it('a 200 with usage is still charged exactly (not estimated) and cached', async () => {
+    const answer = {
+      id: 'chatcmpl-3',
+      object: 'chat.completion',
+      model: 'gpt-4o-mini',
+      choices: [{ index: 0, message: { role: 'assistant', content: ANSWER }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 11, completion_tokens: 7, total_tokens: 18 },
+    };
+    upstream.set(json(answer));
+    const body = { ...chat, messages: [{ role: 'user', content: 'A cacheable question about toll gates.' }] };
+    await (await post('/v1/chat/completions', body)).text();
+    const { events, used } = await accounting(1);
+    expect(events[0]).toMatchObject({ promptTokens: 11, completionTokens: 7, estimated: false });
+    expect(used).toBe(18);
+    const hit = await post('/v1/chat/completions', body);
+    expect(hit.headers.get('x-tollgate-cache')).toBe('HIT');
+    await hit.text();
+  });
+});
+
+const chunk = (content: string) => data({ id: 'chatcmpl-s', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [{ index: 0, delta: { content }, finish_reason: null }] });
+const chatError = data({ error: { message: 'The server had an error while processing your request.', type: 'server_error', param: null, code: null } });
+const created = typed({ type: 'response.created', sequence_number: 0, response: { id: 'resp_stream1', object: 'response', status: 'in_progress', model: 'gpt-4o-mini', output: [] } });
+const delta = (text: string, n: number) => typed({ type: 'response.output_text.delta', sequence_number: n, item_id: 'msg_1', output_index: 0, content_index: 0, delta: text });
+const chatStream = { ...chat, stream: true };
+const responsesError = (n: number) => typed({ type: 'error', code: 'server_error', message: 'The server had an error.', param: null, sequence_number: n });
+
+describe('a stream upstream breaks carries an error code (usage event, log line, /admin/usage errors)', () => {
+  it('chat: an in-band error event mid-stream: upstream_stream_error, charged prompt + what was generated', async () => {
+    const events = [chunk('A toll gate '), chunk('is a barrier.'), chatError];
+    upstream.set(sse(events));
+    const res = await post('/v1/chat/completions', { ...chat, stream: true });
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe(events.join('')); // unchanged
+    const prompt = estimate('chat.completions', chatStream);
+    const completion = counted('A toll gate is a barrier.', chat.model);
+    const { events: recorded, used, lines } = await accounting(1);
+    expect(recorded[0]).toMatchObject({ status: 200, errorCode: 'upstream_stream_error', promptTokens: prompt, completionTokens: completion, estimated: true });
+    expect(used).toBe(prompt + completion);
+    expect(lines.at(-1)).toMatchObject({ status: 200, errorCode: 'upstream_stream_error', streamIncomplete: true });
+    expect(await reportedErrors()).toMatchObject({ requests: 1, errors: 1 });
+  });
+
+  it('chat: the connection lost mid-stream: upstream_stream_cut; the client still gets the in-band error', async () => {
+    upstream.set(sse([chunk('A toll gate '), chunk('is a barrier.')], 'drop'));
+    const res = await post('/v1/chat/completions', { ...chat, stream: true });
+    const text = await res.text();
+    expect(text.startsWith(chunk('A toll gate ') + chunk('is a barrier.'))).toBe(true);
+    expect(text).toContain('"upstream_stream_error"');
+    const prompt = estimate('chat.completions', chatStream);
+    const completion = counted('A toll gate is a barrier.', chat.model);
+    const { events, lines } = await accounting(1);
+    expect(events[0]).toMatchObject({ status: 200, errorCode: 'upstream_stream_cut', promptTokens: prompt, completionTokens: completion, estimated: true });
+    expect(lines.at(-1)).toMatchObject({ errorCode: 'upstream_stream_cut', streamIncomplete: true });
+    expect(await reportedErrors()).toMatchObject({ requests: 1, errors: 1 });
+  });
+
+  it('responses: a typed error event mid-stream: upstream_stream_error', async () => {
+    const events = [created, delta('A toll gate ', 1), delta('is a barrier.', 2), responsesError(3)];
+    upstream.set(sse(events));
+    const body = { ...responses, stream: true };
+    const res = await post('/v1/responses', body);
+    expect(await res.text()).toBe(events.join(''));
+    const prompt = estimate('responses', body);
+    const completion = counted('A toll gate is a barrier.', responses.model);
+    const { events: recorded } = await accounting(1);
+    expect(recorded[0]).toMatchObject({ status: 200, errorCode: 'upstream_stream_error', promptTokens: prompt, completionTokens: completion, estimated: true });
+    expect(await reportedErrors()).toMatchObject({ requests: 1, errors: 1 });
+  });
+
+  it('a stream that completes normally has no error code and counts no error', async () => {
+    upstream.set(sse([chunk('Fine.'), data({ id: 'chatcmpl-s', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [], usage: { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11 } }), 'data: [DONE]\n\n']));
+    await (await post('/v1/chat/completions', { ...chat, stream: true })).text();
+    const { events } = await accounting(1);
+    expect(events[0]).toMatchObject({ status: 200, errorCode: null, promptTokens: 9, completionTokens: 2, estimated: false });
+    expect(await reportedErrors()).toMatchObject({ requests: 1, errors: 0 });
+  });
+});
+
+describe('a stream whose first event is an error (upstream refused it before generating anything) is released', () => {
+  it.each([
+    ['chat', '/v1/chat/completions', { ...chat, stream: true }, [chatError]],
+    ['responses', '/v1/responses', { ...responses, stream: true }, [responsesError(0)]],
+  ] as const)('%s: nothing charged, not estimated, upstream_stream_error', async (_name, path, body, events) => {
+    upstream.set(sse([...events]));
+    const res = await post(path, body);
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe(events.join(''));
+    const { events: recorded, used } = await accounting(1);
+    expect(recorded[0]).toMatchObject({ status: 200, errorCode: 'upstream_stream_error', promptTokens: 0, completionTokens: 0, costMicros: 0, estimated: false });
+    expect(used).toBe(0);
+  });
+});
