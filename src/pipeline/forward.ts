@@ -173,7 +173,7 @@ async function callUpstream(
   /** The end of every admitted request, exactly once: settle the reservation, fill (or release) the cache. */
   const finish = (consumption: Consumption, entry?: NewCacheEntry) => {
     try {
-      const charge = admission.settle(consumption);
+      const charge = admission.settle({ ...consumption, model: trace.modelAnswered });
       trace.costMicros = charge.costMicros;
       trace.estimated = charge.estimated || undefined;
     } finally {

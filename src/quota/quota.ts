@@ -60,6 +60,12 @@ export interface Consumption {
   usage?: Usage;
   /** The counts are the gateway's own estimate (a stream cut short before upstream's usage). */
   estimated: boolean;
+  /**
+   * The model that answered, as upstream named it. OpenAI bills that one: an alias may answer with
+   * a snapshot priced apart (gpt-4o with gpt-4o-2024-05-13). Priced as itself when the price table
+   * knows it; otherwise (absent, or a name the table does not know) as the model asked for.
+   */
+  model?: string;
 }
 
 export interface Settled {
@@ -375,10 +381,12 @@ export function createQuota(opts: QuotaOptions) {
         live.delete(reservationId);
         releaseLocal?.();
         const usage = consumption.usage;
+        // A free request (a cache hit) stays free whatever model its entry names.
+        const charged = !free && consumption.model !== undefined ? (opts.prices.priceFor(consumption.model) ?? price) : price;
         settled = {
           totalTokens: usage?.totalTokens ?? 0,
           // The exact cost, its fraction of a micro-dollar carried over to the key's next request.
-          costMicros: usage ? recordedCost(key.id, price, usage) : 0,
+          costMicros: usage ? recordedCost(key.id, charged, usage) : 0,
           estimated: consumption.estimated,
         };
         if (free) return settled; // nothing was reserved

@@ -225,6 +225,31 @@ describe('a non-streamed 200 without usage is charged an estimate, marked estima
   });
 });
 
+describe('priced as the model that answered, which OpenAI bills', () => {
+  const MILLION = 1_000_000;
+  const answer = (model: string) => ({
+    id: 'chatcmpl-4',
+    object: 'chat.completion',
+    model,
+    choices: [{ index: 0, message: { role: 'assistant', content: ANSWER }, finish_reason: 'stop' }],
+    usage: { prompt_tokens: MILLION, completion_tokens: MILLION, total_tokens: 2 * MILLION },
+  });
+
+  it.each([
+    // gpt-4o asked, its first snapshot answered: $5 / $15 per 1M, not gpt-4o's $2.50 / $10.
+    ['a snapshot with its own price', 'gpt-4o-2024-05-13', 20_000_000],
+    // A dated snapshot without an entry of its own is priced as its model.
+    ['a snapshot priced as its model', 'gpt-4o-2024-08-06', 12_500_000],
+    // A name the price table does not know (a deployment name from a proxy): the model asked for.
+    ['a name the price table does not know', 'my-gpt4o-deployment', 12_500_000],
+  ])('%s', async (_what, answered, costMicros) => {
+    upstream.set(json(answer(answered)));
+    await (await post('/v1/chat/completions', { ...chat, model: 'gpt-4o', messages: [{ role: 'user', content: `Priced ${answered}` }] })).text();
+    const { events } = await accounting(1);
+    expect(events[0]).toMatchObject({ model: 'gpt-4o', modelAnswered: answered, costMicros });
+  });
+});
+
 const chunk = (content: string) => data({ id: 'chatcmpl-s', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [{ index: 0, delta: { content }, finish_reason: null }] });
 const chatError = data({ error: { message: 'The server had an error while processing your request.', type: 'server_error', param: null, code: null } });
 const created = typed({ type: 'response.created', sequence_number: 0, response: { id: 'resp_stream1', object: 'response', status: 'in_progress', model: 'gpt-4o-mini', output: [] } });
