@@ -103,10 +103,16 @@ function isInBandError(e: SseEvent): boolean {
   return e.event === 'error' || carriesError(e.data);
 }
 
-/** Masks one event's data as the relay does: all of an error event, only server keys elsewhere. */
+/**
+ * Masks one event as the relay does: all of an error event's data, only server keys in other data.
+ * Its `event` and `id` fields are never model output, so anything key-shaped in them is masked
+ * (an upstream that echoes the Authorization header there would hand the server key out).
+ */
 function maskEvent(e: SseEvent, mask: NonNullable<RelayOptions['maskError']>, isError = isErrorEvent(e)): void {
   if (isError) e.data = mask(e.data);
   else if (mask.hasServerKey?.(e.data)) e.data = mask.maskServerKeys!(e.data);
+  if (e.id !== undefined) e.id = mask(e.id);
+  if (e.event !== undefined) e.event = mask(e.event);
 }
 
 /**

@@ -28,9 +28,12 @@ export interface UpstreamRequestLogger {
   warn(obj: object, msg?: string): void;
 }
 
+type UpstreamHeaders = Record<string, string | string[] | undefined>;
+
 export interface UpstreamResponse {
   status: number;
-  headers: Record<string, string | string[] | undefined>;
+  /** Upstream's headers, with anything key-shaped in their values masked. */
+  headers: UpstreamHeaders;
   body: Readable;
   /** True once the total timeout fired: a body error after that is a 504, not a 502. */
   timedOut(): boolean;
@@ -128,6 +131,25 @@ async function discard(res: Dispatcher.ResponseData): Promise<void> {
  * and a key cut across two chunks must still be found), then passed on as one chunk. Errors and
  * the consumer's destroy cross the pipe both ways, so timeouts and aborts behave as on the raw body.
  */
+/**
+ * Upstream's headers with every value masked that holds a server key or anything key-shaped: some
+ * pass to the client (x-request-id as x-upstream-request-id, openai-model...) and into the log, and
+ * an upstream (or a proxy in front of it) that echoes the Authorization header would hand it out.
+ * A native search per value; a header holds a key only when something misbehaves.
+ */
+function maskedHeaders(headers: UpstreamHeaders, mask: SecretMasker): UpstreamHeaders {
+  let out: UpstreamHeaders | undefined;
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined) continue;
+    const values = Array.isArray(value) ? value : [value];
+    if (!values.some((v) => v.includes('sk-') || mask.hasServerKey(v))) continue;
+    out ??= { ...headers };
+    out[name] = Array.isArray(value) ? value.map((v) => mask(v)) : mask(value);
+  }
+  return out ?? headers;
+}
+
 function maskedBody(body: Readable, mask: SecretMasker): Readable {
   const chunks: Buffer[] = [];
   const masked = new Transform({
@@ -322,7 +344,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         const body = res.statusCode >= 300 ? maskedBody(res.body, maskSecrets) : res.body;
         return {
           status: res.statusCode,
-          headers: res.headers,
+          headers: maskedHeaders(res.headers, maskSecrets),
           body,
           timedOut: exchange.isTimedOut,
           attempts: attempt,

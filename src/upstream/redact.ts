@@ -3,7 +3,8 @@
 // Why: OpenAI echoes the caller's key in some errors ("Incorrect API key provided: sk-proj-***abcd"),
 // and a proxy in front of it may echo it whole; the caller is the gateway, so that key is a server
 // key. The gateway relays upstream errors to its clients (and reads them for its logs), so every
-// such text goes through here first: in `send()` for any non-2xx body; for a 2xx body or event
+// such text goes through here first: in `send()` for any non-2xx body and every header value (a
+// request id or model name that echoes the key); an SSE event's `id` and `event` fields; for a 2xx body or event
 // that carries an error (a Responses object with `status: "failed"` and its `error`, an SSE error
 // event, a chunk that is an error body) wherever it is relayed. Only error text pays the full mask:
 // ordinary 2xx bodies and stream events are only searched (natively, no copy) for the exact server

@@ -264,6 +264,28 @@ describe('upstream errors never show a server key', () => {
   });
 
   // Last in this block: it closes the gateway, so every log line of the tests above is written.
+  it('headers upstream echoes a key in (its request id, openai-model...) reach neither the client nor the log with it', async () => {
+    const answer = { id: 'chatcmpl-h', object: 'chat.completion', created: 1, model: 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }], usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } };
+    const echoing = { 'x-request-id': `req_Bearer ${POOL[0]}`, 'openai-model': `m-${POOL[2]}`, 'openai-processing-ms': `Bearer ${STRAY}` };
+    for (const [status, body] of [[200, answer], [400, echoError()]] as const) {
+      fake.failNext(1, status, body, echoing);
+      const res = await call(gw, key, '/v1/chat/completions', chat({ messages: [{ role: 'user', content: `headers ${status}` }] }));
+      expect(res.status).toBe(status);
+      expectNoSecret(res.all, `headers of a ${status}`);
+      expect(res.all).toContain(`x-upstream-request-id: req_Bearer ${MASKED_KEY}`);
+    }
+  });
+
+  it('a stream event whose id or event field echoes a key shows no key', async () => {
+    const chunk = { id: 'chatcmpl-i', object: 'chat.completion.chunk', created: 1, model: 'gpt-4o-mini', choices: [{ index: 0, delta: { content: 'hi' }, finish_reason: null }] };
+    const sse = `event: ping\nid: Bearer ${POOL[0]}\ndata: {}\n\nevent: ${POOL[2]}\ndata: ${JSON.stringify(chunk)}\n\ndata: [DONE]\n\n`;
+    fake.failNext(1, 200, sse, { 'content-type': 'text/event-stream; charset=utf-8' });
+    const res = await call(gw, key, '/v1/chat/completions', chat({ stream: true }));
+    expect(res.status).toBe(200);
+    expectNoSecret(res.all, 'event fields');
+    expect(res.body).toContain(`id: Bearer ${MASKED_KEY}`);
+  });
+
   it('the log (LOG_LEVEL=trace, LOG_BODIES=true) holds no key after all the errors above', async () => {
     await gw.close();
     expect(gw.logs.lines.length).toBeGreaterThan(10);
