@@ -12,7 +12,7 @@ import { createMemoryStore } from './store/memory-store.js';
 import { createRedisStore } from './store/redis-store.js';
 import { createUpstreamClient, type UpstreamClient } from './upstream/client.js';
 import { createKeyResolver } from './auth/key-resolver.js';
-import { createFailedAuthGuard } from './auth/failed-auth-guard.js';
+import { createFailedAuthGuards } from './auth/failed-auth-guard.js';
 import { createQuota } from './quota/quota.js';
 import { createCache } from './cache/cache.js';
 import { createUsageRecorder } from './usage/recorder.js';
@@ -214,7 +214,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     void quota.flushQueued();
     void usage.flush();
   });
-  const authGuard = await createFailedAuthGuard(app, {
+  const authGuards = await createFailedAuthGuards(app, {
     store,
     maxFailures: config.authFailuresPerMinute,
     windowMs: 60_000,
@@ -321,9 +321,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     modes: () => modes(),
     upstreamKeys: () => upstream.keyPool.status(),
   });
-  await app.register(metricsRoutes, { metrics, token: config.metricsToken, authGuard });
+  await app.register(metricsRoutes, { metrics, token: config.metricsToken, authGuard: authGuards.operators });
   const owners = createResponseOwners({ store, logger: app.log });
-  await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, owners, keyResolver, authGuard, logBodies: config.logBodies });
+  await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, owners, keyResolver, authGuard: authGuards.keys, logBodies: config.logBodies });
   if (config.adminToken) {
     // The page itself holds no data; it needs the admin token to show any, so it exists only with one.
     await app.register(dashboardRoutes, { prefix: '/dashboard' });
@@ -333,7 +333,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       store,
       quota,
       cache,
-      authGuard,
+      authGuard: authGuards.operators,
       clock,
       timeZone: config.quota.timeZone,
       // Lowered limits may put a key at or past a threshold with no request left to notice it.

@@ -1,4 +1,5 @@
 // The environment, validated once at boot. Nothing else in Tollgate reads process.env.
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { validTimeZone } from './quota/periods.js';
 import { parseRedisAddresses, type RedisConnectionOptions } from './store/redis-connection.js';
@@ -83,6 +84,44 @@ function hasCredentials(v: string): boolean {
  * For http(s) it must be the URL's own origin, so an uppercase host or a default port, which no
  * browser's Origin header would ever match, is refused too.
  */
+/** Names @fastify/proxy-addr knows for address ranges: 127.0.0.0/8 and ::1, link-local, private (10/8, 172.16/12, 192.168/16, fc00::/7). */
+const PROXY_RANGE_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
+
+/** A proxy address as TRUST_PROXY lists them: an IP, an IP/prefix (CIDR), or one of PROXY_RANGE_NAMES. */
+function validProxyAddress(entry: string): boolean {
+  if (PROXY_RANGE_NAMES.has(entry)) return true;
+  const [ip, prefix, ...rest] = entry.split('/');
+  const family = isIP(ip ?? '');
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
+}
+
+/**
+ * TRUST_PROXY: false (the default: the peer's address is the client's), true (every hop of
+ * X-Forwarded-For is trusted: its leftmost entry, which the client itself can write, becomes the
+ * address), or the proxies' addresses: the client's is then the rightmost one that is not a proxy,
+ * which a client cannot choose.
+ */
+const trustProxy = z
+  .string()
+  .default('false')
+  .transform((v, ctx): boolean | string[] => {
+    const value = v.trim();
+    if (['', 'false', '0', 'no'].includes(value)) return false;
+    if (['true', '1', 'yes'].includes(value)) return true;
+    const entries = value.split(',').map((s) => s.trim()).filter(Boolean);
+    for (const entry of entries) {
+      if (!validProxyAddress(entry)) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `"${entry}" is not a proxy address: give true, false, or your proxies' addresses, comma-separated: IPs, CIDR ranges (10.0.0.0/8) or loopback, linklocal, uniquelocal`,
+        });
+      }
+    }
+    return entries;
+  });
+
 function validOrigin(origin: string): boolean {
   // `null`: what browsers send from file:// pages, sandboxed iframes and some desktop apps.
   if (origin === '*' || origin === 'null') return true;
@@ -226,7 +265,7 @@ const envSchema = z.object({
   /** glibc's freed native memory is given back to the OS this often (malloc_trim); 0: never (src/native-memory.ts). */
   MEMORY_TRIM_INTERVAL_MS: int(0, 3_600_000).default(1000),
   SHUTDOWN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
-  TRUST_PROXY: bool.default(false),
+  TRUST_PROXY: trustProxy,
   /** Browser origins allowed to call the API (CORS), comma-separated; empty: CORS off. */
   CORS_ORIGINS: z
     .string()
@@ -308,7 +347,8 @@ export interface Config {
   /** How often freed native memory is given back to the OS, ms; 0: never (src/native-memory.ts). */
   memoryTrimIntervalMs: number;
   shutdownTimeoutMs: number;
-  trustProxy: boolean;
+  /** Fastify's trustProxy: false, true (every hop), or the proxies' addresses and ranges. */
+  trustProxy: boolean | string[];
   corsOrigins: string[];
 }
 
@@ -333,6 +373,11 @@ function upstreamKeys(e: Pick<Env, 'OPENAI_API_KEY' | 'OPENAI_API_KEYS'>): strin
  */
 function configWarnings(e: Env): string[] {
   const warnings: string[] = [];
+  if (e.TRUST_PROXY === true) {
+    warnings.push(
+      "TRUST_PROXY=true trusts every X-Forwarded-For entry, so a client can choose the address it is counted under (AUTH_FAILURES_PER_MINUTE: dodge the limit, or lock another address out); give your proxies' addresses instead, e.g. TRUST_PROXY=10.0.0.0/8 or TRUST_PROXY=loopback",
+    );
+  }
   const path = new URL(e.OPENAI_BASE_URL).pathname.replace(/\/+$/, '');
   if (!path.endsWith('/v1')) {
     warnings.push(

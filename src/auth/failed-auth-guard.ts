@@ -1,5 +1,13 @@
-// Slows down key guessing: counts failed authentications per client IP (shared through the Store
-// by @fastify/rate-limit) and refuses further attempts from an IP that failed too often.
+// Slows down credential guessing: counts failed authentications per client IP (shared through the
+// Store by @fastify/rate-limit) and refuses further attempts from an IP that failed too often.
+// Two guards, counted apart, so that one kind of failure never locks out the other kind of user:
+// - `keys` (/v1, gateway keys): an app with a stale key retrying in a loop, or anyone sharing an
+//   address with the apps (a NAT, a proxy, a node), must not lock the apps there out. A valid key
+//   is never refused; wrong keys from an address over the limit get 429. Keys are 256 random bits:
+//   the limit slows the testing of leaked lists and spares the store, it is not what stops guessing.
+// - `operators` (admin API, dashboard, /metrics): tokens an operator chose, at least 16
+//   characters; an address over the limit is refused before its token is even compared, the right
+//   one included, so guessing cannot go on there.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
 import type { Store } from '../store/store.js';
@@ -13,7 +21,19 @@ export interface FailedAuthGuardOptions {
   now?: () => number;
 }
 
-export type FailedAuthGuard = Awaited<ReturnType<typeof createFailedAuthGuard>>;
+export interface FailedAuthGuard {
+  /** Throws 429 if this IP is refused. Call before comparing a credential. */
+  check(request: FastifyRequest): void;
+  /** Counts a failed attempt; throws 429 once the IP is over the limit. */
+  fail(request: FastifyRequest): Promise<void>;
+}
+
+export interface FailedAuthGuards {
+  /** Gateway keys (/v1). */
+  keys: FailedAuthGuard;
+  /** The admin and metrics tokens. */
+  operators: FailedAuthGuard;
+}
 
 /** @fastify/rate-limit's store contract, backed by our Store's fixed-window counter (Redis or memory). */
 function storeAdapter(store: Store, windowMs: number) {
@@ -41,20 +61,24 @@ const tooManyFailures = (retryAfterSeconds: number) =>
     { 'retry-after': String(Math.max(1, retryAfterSeconds)), 'x-should-retry': 'false' },
   );
 
-export async function createFailedAuthGuard(app: FastifyInstance, opts: FailedAuthGuardOptions) {
-  const now = opts.now ?? Date.now;
+export async function createFailedAuthGuards(app: FastifyInstance, opts: FailedAuthGuardOptions): Promise<FailedAuthGuards> {
   await app.register(rateLimit, {
     global: false,
     store: storeAdapter(opts.store, opts.windowMs),
     // A Redis outage must not lock everybody out: the guard then only works per instance (below).
     skipOnError: true,
   });
-  const limiter = app.createRateLimit({ max: opts.maxFailures, timeWindow: opts.windowMs, keyGenerator: (req) => req.ip });
+  return { keys: guard(app, opts, 'keys'), operators: guard(app, opts, 'operators') };
+}
+
+/** One guard: its own count per IP (the store key names the kind) and its own blocked list. */
+function guard(app: FastifyInstance, opts: FailedAuthGuardOptions, kind: string): FailedAuthGuard {
+  const now = opts.now ?? Date.now;
+  const limiter = app.createRateLimit({ max: opts.maxFailures, timeWindow: opts.windowMs, keyGenerator: (req) => `${kind}:${req.ip}` });
   /** IPs this instance has seen exceed the limit, until when. Checked before any lookup, costs nothing. */
   const blocked = new Map<string, number>();
 
   return {
-    /** Throws 429 if this IP is refused. Call before looking a credential up. */
     check(request: FastifyRequest) {
       if (opts.maxFailures === 0) return;
       const until = blocked.get(request.ip);
@@ -62,7 +86,6 @@ export async function createFailedAuthGuard(app: FastifyInstance, opts: FailedAu
       if (until > now()) throw tooManyFailures(Math.ceil((until - now()) / 1000));
       blocked.delete(request.ip);
     },
-    /** Counts a failed attempt; throws 429 once the IP is over the limit. */
     async fail(request: FastifyRequest) {
       if (opts.maxFailures === 0) return;
       const result = await limiter(request);

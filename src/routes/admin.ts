@@ -58,8 +58,8 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
   const now = () => new Date(opts.clock()).toISOString();
 
   app.addHook('onRequest', async (request) => {
-    // Wrong tokens count against the same per-IP failure limit as wrong gateway keys; an address
-    // over it is refused before its token is even compared, so guessing cannot go on.
+    // Wrong tokens count against the operators' per-IP failure limit (wrong gateway keys have their
+    // own); an address over it is refused before its token is even compared, so guessing cannot go on.
     opts.authGuard.check(request);
     const token = bearerToken(request.headers.authorization);
     if (token && safeEqual(token, opts.adminToken)) return;

@@ -167,11 +167,42 @@ describe('failed authentication limits', () => {
     expect((await chat(gw, key, { 'x-forwarded-for': '198.51.100.9' })).status).toBe(200);
   });
 
+  it("with TRUST_PROXY listing the proxies, the client's address is the last hop they saw: a written one buys nothing", async () => {
+    // The test's connections come from loopback: loopback is the proxy, which appends the address it saw.
+    const gw = await gateway({ AUTH_FAILURES_PER_MINUTE: '3', TRUST_PROXY: 'loopback' });
+    const statuses: number[] = [];
+    for (let i = 1; i <= 5; i++) statuses.push((await chat(gw, `tg-guess-${i}`, { 'x-forwarded-for': `10.9.9.${i}, 198.51.100.7` })).status);
+    expect(statuses).toEqual([401, 401, 401, 429, 429]);
+    // Nor can a written entry lock out the address it names: 198.51.100.8 itself is untouched.
+    expect((await adminCall(gw, ADMIN_TOKEN, { 'x-forwarded-for': '198.51.100.8' })).status).toBe(200);
+    for (let i = 0; i < 4; i++) await adminCall(gw, `guess-admin-${i}-0123456789`, { 'x-forwarded-for': '198.51.100.8, 198.51.100.9' });
+    expect((await adminCall(gw, ADMIN_TOKEN, { 'x-forwarded-for': '198.51.100.8' })).status).toBe(200);
+    expect((await adminCall(gw, ADMIN_TOKEN, { 'x-forwarded-for': '198.51.100.9' })).status).toBe(429);
+  });
+
   it('without TRUST_PROXY, a spoofed x-forwarded-for does not buy new attempts', async () => {
     const gw = await gateway({ AUTH_FAILURES_PER_MINUTE: '3' });
     for (let i = 0; i < 3; i++) expect((await chat(gw, `tg-guess-${i}`, { 'x-forwarded-for': `192.0.2.${i}` })).status).toBe(401);
     expect((await chat(gw, 'tg-guess-3', { 'x-forwarded-for': '192.0.2.200' })).status).toBe(429);
-    expect((await adminCall(gw, 'wrong-admin-token-000', { 'x-forwarded-for': '192.0.2.201' })).status).toBe(429);
+    for (let i = 0; i < 3; i++) expect((await adminCall(gw, `wrong-admin-token-00${i}`, { 'x-forwarded-for': `192.0.2.${i}` })).status).toBe(401);
+    expect((await adminCall(gw, 'wrong-admin-token-003', { 'x-forwarded-for': '192.0.2.201' })).status).toBe(429);
+  });
+
+  it('apps and operators sharing an address cannot lock each other out', async () => {
+    // One address for everyone, as behind a NAT or a proxy without TRUST_PROXY.
+    const gw = await gateway({ AUTH_FAILURES_PER_MINUTE: '3' });
+    const { key } = await gw.createKey();
+    // An app retrying with a revoked key: its wrong keys are refused with 429 once over the limit...
+    const statuses: number[] = [];
+    for (let i = 0; i < 5; i++) statuses.push((await chat(gw, 'tg-revoked-key-retried-in-a-loop')).status);
+    expect(statuses).toEqual([401, 401, 401, 429, 429]);
+    // ...but the other apps' valid keys and the operators' token still work from there.
+    expect((await chat(gw, key)).status).toBe(200);
+    expect((await adminCall(gw, ADMIN_TOKEN)).status).toBe(200);
+    // Someone guessing the admin token locks the operators' token out there (guessing stops), not the apps.
+    for (let i = 0; i < 4; i++) await adminCall(gw, `guess-admin-${i}-0123456789`);
+    expect((await adminCall(gw, ADMIN_TOKEN)).status).toBe(429);
+    expect((await chat(gw, key)).status).toBe(200);
   });
 });
 

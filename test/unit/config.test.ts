@@ -239,6 +239,31 @@ describe('CORS_ORIGINS', () => {
   });
 });
 
+describe('TRUST_PROXY', () => {
+  it.each([
+    ['false', false],
+    ['', false],
+    ['0', false],
+    ['loopback', ['loopback']],
+    ['10.0.0.0/8, 192.168.1.7, ::1, fd00::/8, uniquelocal', ['10.0.0.0/8', '192.168.1.7', '::1', 'fd00::/8', 'uniquelocal']],
+  ] as const)('reads %j', (value, expected) => {
+    const warnings: string[] = [];
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', TRUST_PROXY: value }, [], (l) => warnings.push(l)).trustProxy).toEqual(expected);
+    expect(warnings).toEqual([]);
+  });
+
+  it('takes true (every hop), with a warning that clients can then choose their address', () => {
+    const warnings: string[] = [];
+    expect(loadConfig({ OPENAI_API_KEY: 'sk-x', TRUST_PROXY: 'true' }, [], (l) => warnings.push(l)).trustProxy).toBe(true);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain('TRUST_PROXY');
+  });
+
+  it.each(['nope', '10.0.0.0/33', '10.0.0/8', '::1/129', '10.0.0.1/8/1', 'proxy.example.com', '2'])('refuses %s, naming the variable', (value) => {
+    expect(configError({ TRUST_PROXY: value })).toContain('TRUST_PROXY');
+  });
+});
+
 describe('OPENAI_BASE_URL without /v1', () => {
   it('is accepted with one start-up warning naming the variable and the expected form (some compatible servers use other paths)', () => {
     const warnings: string[] = [];
