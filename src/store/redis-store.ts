@@ -168,6 +168,7 @@ export class RedisStore implements Store {
   readonly #outage: OutageLog;
   /** Corrupt cache entries and malformed fill messages: logged at most once per interval each. */
   readonly #corruptEntryLog: ThrottledLog;
+  readonly #missingRecordLog: ThrottledLog;
   readonly #badFillLog: ThrottledLog;
   /** Corrupt usage stream entries and aggregate fields: skipped, logged at most once per interval each. */
   readonly #corruptEventLog: ThrottledLog;
@@ -184,6 +185,10 @@ export class RedisStore implements Store {
     this.#timeoutMs = opts.commandTimeoutMs ?? 1000;
     this.#outage = new OutageLog(this.#log);
     this.#corruptEntryLog = new ThrottledLog(this.#log, 'corrupt cache entry in redis; treating it as a miss');
+    this.#missingRecordLog = new ThrottledLog(
+      this.#log,
+      'the key list names keys whose records are missing or unreadable in redis (data lost? their secrets now get 401); listing the others',
+    );
     this.#badFillLog = new ThrottledLog(this.#log, 'ignoring malformed cache-fill message');
     this.#corruptEventLog = new ThrottledLog(this.#log, 'corrupt usage event in redis; skipping it');
     this.#corruptUsageFieldLog = new ThrottledLog(this.#log, 'malformed usage aggregate field in redis; skipping it');
@@ -259,7 +264,15 @@ export class RedisStore implements Store {
   async #recordsOf(ids: string[]): Promise<KeyRecord[]> {
     // One GET per record: they sit in different cluster slots, so no MGET.
     const records = await Promise.all(ids.map((id) => this.getKeyById(id)));
-    return records.filter((r): r is KeyRecord => r !== null);
+    const listed = records.filter((r): r is KeyRecord => r !== null);
+    if (listed.length < ids.length) {
+      // Keys are never taken off the list (a revoked key keeps its record): a listed id without a
+      // record means Redis lost data (a restart without persistence, a FLUSHALL, a failed master
+      // with no replica) or someone deleted it by hand. (An unreadable record is logged by #parseRecord.)
+      const gone = ids.filter((_, i) => records[i] === null);
+      this.#missingRecordLog.warn({ count: gone.length, keyIds: gone.slice(0, 20) });
+    }
+    return listed;
   }
 
   async updateKey(id: string, change: KeyChange): Promise<{ record: KeyRecord; changed: boolean } | null> {

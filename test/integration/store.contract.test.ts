@@ -365,6 +365,21 @@ describe('Redis store only', () => {
     expect((await store.getKeyById(record.id))!.name).toBe('other-10');
   });
 
+  it('says so (throttled) when listed keys have lost their records, and lists the others', async () => {
+    const prefix = uniquePrefix();
+    const log = logger();
+    const store = await redisStore({ prefix, logger: log });
+    const [kept, lost] = [makeRecord(), makeRecord()];
+    await store.createKey(kept);
+    await store.createKey(lost);
+    await raw.del(redisKeys(prefix).keyRecord(lost.id)); // as a Redis that lost data would
+    expect(await store.listKeys()).toEqual([kept]);
+    expect((await store.listKeysPage({ limit: 10 }))!.keys).toEqual([kept]);
+    expect(log.warn).toHaveBeenCalledTimes(1); // the second listing within the minute is counted, not logged
+    expect(log.warn.mock.calls[0]![0]).toMatchObject({ count: 1, keyIds: [lost.id] });
+    expect(String(log.warn.mock.calls[0]![1])).toContain('missing');
+  });
+
   it('two instances on one Redis hear each other’s changes within a second', async () => {
     const prefix = uniquePrefix();
     const a = await redisStore({ prefix });
