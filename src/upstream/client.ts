@@ -325,7 +325,11 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         // The gateway's own first-byte or total timeout gave up on a request upstream had read (a
         // connect timeout never sent it): never retried, and upstream bills it as a hang-up.
         if (sent && failure.status === 504) throw abandoned(failure);
-        if (exchange.timedOut || retries >= maxRetries || !isRetryableError(err)) throw failure;
+        if (exchange.timedOut || retries >= maxRetries || !isRetryableError(err)) {
+          // Retried here already: the client's SDK retrying too would multiply the attempts.
+          if (retries > 0) failure.headers['x-should-retry'] = 'false';
+          throw failure;
+        }
         const wait = backoffMs(retries, retryBaseDelayMs, retryMaxDelayMs);
         const code = (err as { code?: string }).code;
         retrying(req, `connection:${code}`, { attempt, keyIndex: key.index, code, waitMs: Math.round(wait) }, 'upstream connection failed; retrying');

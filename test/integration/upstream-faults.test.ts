@@ -181,6 +181,34 @@ describe('timeouts and retries (one key)', () => {
     expect(gw.fake.requests).toHaveLength(1);
   });
 
+  it('an error the gateway retried itself is passed on with x-should-retry: false: the SDK does not multiply the attempts', async () => {
+    gw.fake.failNext(3, 500);
+    let attempts = 0;
+    const client = gw.sdk(key, { maxRetries: 2, fetch: (url, init) => (attempts++, fetch(url, init)) });
+    const err = await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.InternalServerError);
+    expect(attempts).toBe(1); // was 3, and upstream saw 9
+    expect(gw.fake.requests).toHaveLength(3);
+    // Connections failing every time: the 502 after the gateway's retries says so too.
+    gw.fake.dropNext(3);
+    const unreachable = await post(gw, key);
+    expect(unreachable.status).toBe(502);
+    expect(unreachable.headers.get('x-should-retry')).toBe('false');
+  });
+
+  it('an error answered at the first attempt leaves retrying to the client, as OpenAI does', async () => {
+    const once = await startGateway({ env: { UPSTREAM_MAX_RETRIES: '0' } });
+    try {
+      const { key: k } = await once.createKey();
+      once.fake.failNext(1, 500);
+      const res = await post(once, k);
+      expect(res.status).toBe(500);
+      expect(res.headers.get('x-should-retry')).toBeNull();
+    } finally {
+      await once.close();
+    }
+  });
+
   it('a dropped connection is retried', async () => {
     gw.fake.dropNext(1);
     const res = await post(gw, key);
