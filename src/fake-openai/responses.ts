@@ -169,7 +169,11 @@ export function createFakeResponses() {
     }
     if (action === '/input_items' && method === 'GET') {
       const params = new URL(url, 'http://fake').searchParams;
-      const items = params.get('order') === 'asc' ? [...get(id).inputItems] : [...get(id).inputItems].reverse();
+      const ordered = params.get('order') === 'asc' ? [...get(id).inputItems] : [...get(id).inputItems].reverse();
+      // A page starts after the item named by `after` (as OpenAI pages): the SDKs' auto-paging follows last_id.
+      const after = params.get('after');
+      const from = after === null ? 0 : ordered.findIndex((item) => item.id === after) + 1;
+      const items = from > 0 || after === null ? ordered.slice(from) : [];
       const limit = Number(params.get('limit') ?? 20);
       const data = items.slice(0, limit);
       return {

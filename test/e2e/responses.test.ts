@@ -130,6 +130,17 @@ describe('continuing a stored response (previous_response_id)', () => {
 });
 
 describe('stored responses belong to the key that created them', () => {
+  it("pages through input items with the SDK's auto-paging (the query passes through; the demo's fake pages too)", async () => {
+    const input = ['one', 'two', 'three'].map((word) => ({ role: 'user' as const, content: `${word} ${unique()}` }));
+    const created = await client.responses.create({ model: 'gpt-4o-mini', input });
+    const seen: string[] = [];
+    for await (const item of client.responses.inputItems.list(created.id, { limit: 1, order: 'asc' })) {
+      seen.push(((item as { content: { text: string }[] }).content[0]!.text));
+      if (seen.length > 10) break; // it used to page forever
+    }
+    expect(seen).toEqual(input.map((m) => m.content));
+  });
+
   it('lets the owner retrieve, list input items and delete; other keys get 404 without an upstream call', async () => {
     const created = await client.responses.create({ model: 'gpt-4o-mini', input: `Keep me ${unique()}` });
     const streamed = await client.responses.stream({ model: 'gpt-4o-mini', input: `Keep me too ${unique()}` }).finalResponse();
