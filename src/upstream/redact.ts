@@ -21,7 +21,17 @@ export const MASKED_KEY = 'sk-...****';
  */
 const OPENAI_KEY_LIKE = /(?<![A-Za-z0-9])sk-[A-Za-z0-9_*-]{8,}/g;
 
-/** Masks error text: every server key, and anything key-shaped. */
+/**
+ * The company's OpenAI organization and project ids, which OpenAI writes into some errors ("Rate
+ * limit reached for gpt-4o in organization org-... on tokens per min"): not secrets, but they name
+ * the account behind the gateway, as the openai-organization header (never passed on) does. Random
+ * ids hold a digit somewhere: words such as org-restructuring stay.
+ */
+const OPENAI_ACCOUNT_ID = /(?<![A-Za-z0-9])(org|proj)([-_])(?=[A-Za-z]*[0-9])[A-Za-z0-9]{8,}/g;
+/** What an organization or project id becomes: its kind, nothing of the id. */
+const maskAccountId = (_id: string, kind: string, separator: string) => `${kind}${separator}****`;
+
+/** Masks error text: every server key, anything key-shaped, and the account's organization and project ids. */
 export interface SecretMasker {
   (text: string): string;
   /** Whether the text or bytes hold one of the server keys itself (a native search, nothing copied). */
@@ -40,8 +50,10 @@ export function createSecretMasker(keys: readonly string[]): SecretMasker {
     return out;
   };
   const maskSecrets = (text: string): string => {
-    const out = maskServerKeys(text);
-    return out.includes('sk-') ? out.replace(OPENAI_KEY_LIKE, MASKED_KEY) : out;
+    let out = maskServerKeys(text);
+    if (out.includes('sk-')) out = out.replace(OPENAI_KEY_LIKE, MASKED_KEY);
+    if (out.includes('org-') || out.includes('proj_')) out = out.replace(OPENAI_ACCOUNT_ID, maskAccountId);
+    return out;
   };
   const hasServerKey = (data: string | Buffer): boolean => {
     for (const secret of secrets) if (data.includes(secret)) return true;

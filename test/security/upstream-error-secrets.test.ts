@@ -376,6 +376,13 @@ describe('createSecretMasker', () => {
     );
   });
 
+  it("masks the account's organization and project ids in error text, not in model output", () => {
+    const limit = 'Rate limit reached for gpt-4o in organization org-AbCdEf0123456789xyZ on tokens per min (TPM); project proj_Z9y8X7w6V5u4T3 (org-short and org-restructuring stay)';
+    expect(mask(limit)).toBe('Rate limit reached for gpt-4o in organization org-**** on tokens per min (TPM); project proj_**** (org-short and org-restructuring stay)');
+    expect(mask(mask(limit))).toBe(mask(limit));
+    expect(mask.maskServerKeys(limit)).toBe(limit);
+  });
+
   it('leaves other text alone, returns it as it came when there is nothing to mask, and is idempotent', () => {
     const text = 'task-force-members ask-me-anything sk-short sk-';
     expect(mask(text)).toBe(text);
