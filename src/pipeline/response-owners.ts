@@ -20,7 +20,8 @@ function contextTokensOf(response: Json): number {
   const usage = response.usage;
   if (!isObject(usage)) return 0;
   const count = (v: unknown) => (Number.isSafeInteger(v) && (v as number) > 0 ? (v as number) : 0);
-  return count(usage.input_tokens) + count(usage.output_tokens);
+  // Bounded, or bogus usage would make the record unwritable (its creator would then get 404).
+  return Math.min(count(usage.input_tokens) + count(usage.output_tokens), Number.MAX_SAFE_INTEGER);
 }
 
 /** The stream events whose response is recorded: its creation (the id, at once) and its end (with usage). */

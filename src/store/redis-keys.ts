@@ -148,6 +148,8 @@ export function redisKeys(prefix: string) {
     usageListed: (hour: string) => `${prefix}usage:listedcount:{${prefix}usage:events}:${hour}`,
     /** STRING: the gateway key id that created a Responses API object, PX ttl. Its own slot. */
     responseOwner: (responseId: string) => `${prefix}respowner:${responseId}`,
+    /** A response's context tokens, apart from its owner so that the owner's value stays the bare key id older instances read. */
+    responseContext: (responseId: string) => `${prefix}respctx:${responseId}`,
     /** STRING set once (SET NX PX) by markOnce. Its own slot. */
     mark: (name: string) => `${prefix}mark:${name}`,
   } as const;

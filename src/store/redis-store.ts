@@ -31,8 +31,7 @@ import {
   checkEventsQuery,
   checkMark,
   checkResponseOwner,
-  decodeResponseOwner,
-  encodeResponseOwner,
+  contextTokensOf,
   checkUsage,
   decodeUsageEvent,
   hourId,
@@ -694,20 +693,32 @@ export class RedisStore implements Store {
     return (await this.#redis.set(this.#keys.mark(name), '1', 'PX', ttlMs, 'NX')) === 'OK';
   }
 
+  // The owner's value stays the bare key id (what instances of an earlier version read during a
+  // rolling upgrade or after a rollback); the context tokens have a key of their own, written and
+  // read in the same round trip.
   async setResponseOwner(responseId: string, keyId: string, ttlMs: number, contextTokens = 0): Promise<void> {
     checkResponseOwner(responseId, keyId, ttlMs, contextTokens);
-    await this.#redis.set(this.#keys.responseOwner(responseId), encodeResponseOwner({ keyId, contextTokens }), 'PX', ttlMs);
+    const k = this.#keys;
+    await this.#perKey([
+      (p) => p.set(k.responseOwner(responseId), keyId, 'PX', ttlMs),
+      (p) => (contextTokens > 0 ? p.set(k.responseContext(responseId), contextTokens, 'PX', ttlMs) : p.del(k.responseContext(responseId))),
+    ]);
   }
 
   async getResponseOwner(responseId: string): Promise<ResponseOwner | null> {
     checkResponseOwner(responseId);
-    const value = await this.#redis.get(this.#keys.responseOwner(responseId));
-    return value === null ? null : decodeResponseOwner(value);
+    const k = this.#keys;
+    const [keyId, tokens] = (await this.#perKey([(p) => p.get(k.responseOwner(responseId)), (p) => p.get(k.responseContext(responseId))])) as [
+      string | null,
+      string | null,
+    ];
+    return keyId === null ? null : { keyId, contextTokens: contextTokensOf(tokens) };
   }
 
   async deleteResponseOwner(responseId: string): Promise<void> {
     checkResponseOwner(responseId);
-    await this.#redis.del(this.#keys.responseOwner(responseId));
+    const k = this.#keys;
+    await this.#perKey([(p) => p.del(k.responseOwner(responseId)), (p) => p.del(k.responseContext(responseId))]);
   }
 
   /** On a cluster, every master must answer: with one down, the keys of its slots are unreachable. */

@@ -44,7 +44,8 @@ export interface ResponseOwner {
   keyId: string;
   /**
    * Its input plus output tokens: what a request continuing it (previous_response_id) sends
-   * OpenAI again, billed as input. 0 when not known (not yet completed, or recorded before this).
+   * OpenAI again, billed as input. 0 when not known: not completed through the gateway (a
+   * background response, a stream cut before its end) or recorded by an earlier version.
    */
   contextTokens: number;
 }

@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import type { UsageEvent } from '../usage/event.js';
-import type { ResponseOwner, UsageRow } from './store.js';
+import type { UsageRow } from './store.js';
 
 const HOUR_MS = 3_600_000;
 /** First ms of year 10000: beyond it an hour id would no longer be `YYYY-MM-DDTHH`. */
@@ -349,23 +349,15 @@ export function checkMark(name: string, ttlMs: number) {
 export function checkResponseOwner(responseId: string, keyId?: string, ttlMs?: number, contextTokens = 0) {
   if (typeof responseId !== 'string' || responseId.length === 0) throw new RangeError('responseId must be a non-empty string');
   if (keyId === undefined) return;
-  // '|' separates the key id from the context tokens in the Redis value (key ids never hold one).
-  if (typeof keyId !== 'string' || keyId.length === 0 || keyId.includes('|')) throw new RangeError("keyId must be a non-empty string without '|'");
+  if (typeof keyId !== 'string' || keyId.length === 0) throw new RangeError('keyId must be a non-empty string');
   positiveInt(ttlMs, 'ttlMs');
   if (!Number.isSafeInteger(contextTokens) || contextTokens < 0) throw new RangeError(`contextTokens must be a non-negative integer, got ${String(contextTokens)}`);
 }
 
-/** A response owner as the Redis store keeps it: `keyId|contextTokens`. */
-export function encodeResponseOwner(owner: ResponseOwner): string {
-  return `${owner.keyId}|${owner.contextTokens}`;
-}
-
-/** The owner of encodeResponseOwner's value; a bare key id (written before context tokens were kept) has 0. */
-export function decodeResponseOwner(value: string): ResponseOwner {
-  const bar = value.indexOf('|');
-  if (bar === -1) return { keyId: value, contextTokens: 0 };
-  const tokens = Number(value.slice(bar + 1));
-  return { keyId: value.slice(0, bar), contextTokens: Number.isSafeInteger(tokens) && tokens > 0 ? tokens : 0 };
+/** Context tokens as stored (a decimal string, or null when none were recorded): 0 unless a positive safe integer. */
+export function contextTokensOf(value: string | null): number {
+  const tokens = Number(value);
+  return Number.isSafeInteger(tokens) && tokens > 0 ? tokens : 0;
 }
 
 function positiveInt(value: number | undefined, name: string) {
