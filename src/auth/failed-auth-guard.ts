@@ -3,8 +3,10 @@
 // Two guards, counted apart, so that one kind of failure never locks out the other kind of user:
 // - `keys` (/v1, gateway keys): an app with a stale key retrying in a loop, or anyone sharing an
 //   address with the apps (a NAT, a proxy, a node), must not lock the apps there out. A valid key
-//   is never refused; wrong keys from an address over the limit get 429. Keys are 256 random bits:
-//   the limit slows the testing of leaked lists and spares the store, it is not what stops guessing.
+//   is never refused; wrong keys from an address over the limit get 429, not counted again. Each
+//   distinct wrong key still costs one store read (the same one again is remembered as unknown:
+//   key-resolver.ts), and such an address learns at full speed whether a key is valid: keys are
+//   256 random bits, so this limit is not what stops guessing; leaked keys must be revoked.
 // - `operators` (admin API, dashboard, /metrics): tokens an operator chose, at least 16
 //   characters; an address over the limit is refused before its token is even compared, the right
 //   one included, so guessing cannot go on there.
@@ -75,19 +77,23 @@ export async function createFailedAuthGuards(app: FastifyInstance, opts: FailedA
 function guard(app: FastifyInstance, opts: FailedAuthGuardOptions, kind: string): FailedAuthGuard {
   const now = opts.now ?? Date.now;
   const limiter = app.createRateLimit({ max: opts.maxFailures, timeWindow: opts.windowMs, keyGenerator: (req) => `${kind}:${req.ip}` });
-  /** IPs this instance has seen exceed the limit, until when. Checked before any lookup, costs nothing. */
+  /** IPs this instance has seen exceed the limit, until when: checked without any store call. */
   const blocked = new Map<string, number>();
 
+  function check(request: FastifyRequest) {
+    if (opts.maxFailures === 0) return;
+    const until = blocked.get(request.ip);
+    if (until === undefined) return;
+    if (until > now()) throw tooManyFailures(Math.ceil((until - now()) / 1000));
+    blocked.delete(request.ip);
+  }
+
   return {
-    check(request: FastifyRequest) {
-      if (opts.maxFailures === 0) return;
-      const until = blocked.get(request.ip);
-      if (until === undefined) return;
-      if (until > now()) throw tooManyFailures(Math.ceil((until - now()) / 1000));
-      blocked.delete(request.ip);
-    },
+    check,
     async fail(request: FastifyRequest) {
       if (opts.maxFailures === 0) return;
+      // Already over the limit here: refused without counting again (no store call).
+      check(request);
       const result = await limiter(request);
       if (result.isAllowed || !result.isExceeded) return;
       if (blocked.size > 100_000) blocked.clear(); // bounded memory under a spray of addresses

@@ -18,9 +18,17 @@ export interface KeyResolverGrace {
 
 // Bounds the grace list to real keys: only successful lookups enter it, and it never grows past this.
 const MAX_GRACE_ENTRIES = 100_000;
+// Bounds the list of hashes the store just said it does not know (a spray of distinct wrong keys).
+const MAX_MISSES = 10_000;
 
 export function createKeyResolver(store: Store, ttlMs: number, now: () => number = Date.now, grace: KeyResolverGrace = { graceMs: 0 }) {
   const cache = new Map<string, { record: KeyRecord; expires: number }>();
+  /**
+   * Hashes the store did not know, until when (as long as a key is cached): an app retrying with a
+   * revoked or mistyped key, or a blocked address trying the same ones, costs the store nothing more.
+   * A key created later has a new random secret, so no live key's hash is ever in here.
+   */
+  const misses = new Map<string, number>();
   /** Every key looked up successfully within graceMs, with when: used only when the store cannot answer. */
   const lastGood = new Map<string, { record: KeyRecord; verifiedAt: number }>();
   let servedFromGrace = 0;
@@ -37,10 +45,12 @@ export function createKeyResolver(store: Store, ttlMs: number, now: () => number
     if (hash === '*') {
       cache.clear();
       lastGood.clear();
+      misses.clear();
     } else {
       // A change or revocation drops the key at once from both, so it holds through an outage.
       cache.delete(hash);
       lastGood.delete(hash);
+      misses.delete(hash);
     }
   });
 
@@ -70,6 +80,11 @@ export function createKeyResolver(store: Store, ttlMs: number, now: () => number
      * included); otherwise this throws, and the caller answers 503.
      */
     async lookup(hash: string): Promise<KeyRecord | null> {
+      const missedUntil = misses.get(hash);
+      if (missedUntil !== undefined) {
+        if (missedUntil > now()) return null;
+        misses.delete(hash);
+      }
       let record: KeyRecord | null;
       const changesBefore = changes;
       try {
@@ -87,6 +102,10 @@ export function createKeyResolver(store: Store, ttlMs: number, now: () => number
       if (!record || record.revokedAt !== null || record.hash !== hash) {
         cache.delete(hash);
         lastGood.delete(hash);
+        if (ttlMs > 0 && changes === changesBefore) {
+          if (misses.size >= MAX_MISSES) misses.delete(misses.keys().next().value!);
+          misses.set(hash, now() + ttlMs);
+        }
         return null;
       }
       // A key change arrived meanwhile: this answer may predate it, so serve it once, keep nothing.
@@ -99,6 +118,7 @@ export function createKeyResolver(store: Store, ttlMs: number, now: () => number
     clear: () => {
       cache.clear();
       lastGood.clear();
+      misses.clear();
     },
 
     /** For /readyz and metrics: keys the grace could serve now, and how many requests it served. */

@@ -1,7 +1,7 @@
 // Calendar windows on an injected clock (UTC and another time zone), limit changes seen by every
 // instance at once, and the failed-authentication limit per client address.
 import { afterAll, describe, expect, it } from 'vitest';
-import { startGateway, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
+import { ADMIN_TOKEN, startGateway, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
 import { createRedisStore } from '../../src/store/redis-store.js';
 import { startFakeOpenAI } from '../../src/fake-openai/server.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
@@ -110,7 +110,7 @@ describe('limit changes', () => {
 
 describe('failed authentication', () => {
   it('wrong keys are limited per client address; a valid key still works from there, and operators are counted apart', async () => {
-    const { gw } = await gatewayAt('2026-11-30T10:00:00Z', { AUTH_FAILURES_PER_MINUTE: '3', TRUST_PROXY: 'true' });
+    const { gw, setTime } = await gatewayAt('2026-11-30T10:00:00Z', { AUTH_FAILURES_PER_MINUTE: '3', TRUST_PROXY: 'true' });
     const { key } = await gw.createKey();
     const attacker = { 'x-forwarded-for': '203.0.113.7' };
     for (let i = 0; i < 3; i++) expect((await chat(gw, `tg-guess-${i}`, 10, attacker)).status).toBe(401);
@@ -125,5 +125,11 @@ describe('failed authentication', () => {
     const admin = await fetch(`${gw.url}/admin/keys`, { headers: { authorization: 'Bearer not-the-admin-token', ...attacker } });
     expect(admin.status).toBe(401);
     expect((await gw.admin('GET', '/admin/keys')).status).toBe(200);
+    // Operators over their limit: refused there, the right token included, until the minute is over.
+    const adminFrom = (token: string) => fetch(`${gw.url}/admin/keys`, { headers: { authorization: `Bearer ${token}`, ...attacker } });
+    for (let i = 0; i < 3; i++) await adminFrom(`not-the-admin-token-${i}`);
+    expect((await adminFrom(ADMIN_TOKEN)).status).toBe(429);
+    setTime('2026-11-30T10:01:05Z');
+    expect((await adminFrom(ADMIN_TOKEN)).status).toBe(200);
   });
 });

@@ -8,6 +8,7 @@ import { clientErrorHandler, errorHandler, frameworkErrorHandler, notFoundHandle
 import { ADMIN_TOKEN, startGateway, type Gateway } from '../helpers/gateway.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 import { expectOpenAIError, rawRequest } from './raw-http.js';
+import { createMemoryStore } from '../../src/store/memory-store.js';
 
 const opened: { close(): Promise<void> }[] = [];
 afterAll(async () => {
@@ -165,6 +166,34 @@ describe('failed authentication limits', () => {
     }
     expect((await chat(gw, 'tg-guess-x', { 'x-forwarded-for': '198.51.100.1' })).status).toBe(429);
     expect((await chat(gw, key, { 'x-forwarded-for': '198.51.100.9' })).status).toBe(200);
+  });
+
+  it('wrong keys from an address over the limit cost the store nothing more, but a read per distinct key', async () => {
+    const store = createMemoryStore();
+    const calls = { getKeyByHash: 0, hit: 0 };
+    const counted = new Proxy(store, {
+      get(target, prop) {
+        const value: unknown = Reflect.get(target, prop);
+        if (typeof value !== 'function') return value;
+        if (prop === 'getKeyByHash' || prop === 'hit') {
+          return (...args: unknown[]) => {
+            calls[prop]++;
+            return (value as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        }
+        return value.bind(target);
+      },
+    });
+    const gw = await startGateway({ store: counted, env: { AUTH_FAILURES_PER_MINUTE: '3' } });
+    opened.push(gw);
+    const { key } = await gw.createKey();
+    // The same revoked key, retried in a loop: looked up once, counted until over the limit, then refused here.
+    for (let i = 0; i < 20; i++) await chat(gw, 'tg-revoked-key-retried-in-a-loop');
+    expect(calls).toEqual({ getKeyByHash: 1, hit: 4 });
+    // Distinct wrong keys from there: one read each, no more counting; a valid key still passes.
+    for (let i = 0; i < 10; i++) expect((await chat(gw, `tg-sprayed-${i}`)).status).toBe(429);
+    expect(calls).toEqual({ getKeyByHash: 11, hit: 4 });
+    expect((await chat(gw, key)).status).toBe(200);
   });
 
   it("with TRUST_PROXY listing the proxies, the client's address is the last hop they saw: a written one buys nothing", async () => {
