@@ -48,6 +48,16 @@ export interface PriceTable {
  */
 const SNAPSHOT_SUFFIX = /-(\d{4}-\d{2}-\d{2}|\d{4}|latest|stable)$/;
 
+/**
+ * Whether `answered` is `asked` itself or one of its dated snapshots (gpt-4o-2024-05-13 of gpt-4o):
+ * the same model, so what OpenAI bills for it is its own price. Another model is never taken for it.
+ */
+export function isSnapshotOf(answered: string, asked: string): boolean {
+  if (answered === asked) return true;
+  const snapshot = SNAPSHOT_SUFFIX.exec(answered);
+  return snapshot !== null && answered.slice(0, snapshot.index) === asked;
+}
+
 const MICROS_PER_USD = 1_000_000;
 const TOKENS_PER_PRICE_UNIT = 1_000_000;
 /**

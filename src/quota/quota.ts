@@ -5,7 +5,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { KeyRecord, Limits } from '../keys.js';
 import type { Endpoint } from '../openai/endpoints.js';
 import type { Usage } from '../openai/usage.js';
-import { costMicros, microsToUsd, usdToMicros, type Price, type PriceTable } from '../openai/prices.js';
+import { costMicros, isSnapshotOf, microsToUsd, usdToMicros, type Price, type PriceTable } from '../openai/prices.js';
 import { estimatePromptTokens } from '../openai/tokens.js';
 import { periodsAt } from './periods.js';
 import type { AdmissionRequest, AdmissionResult, CacheLookup, JoinedLookup, Periods, Store, StoreLimits } from '../store/store.js';
@@ -62,8 +62,8 @@ export interface Consumption {
   estimated: boolean;
   /**
    * The model that answered, as upstream named it. OpenAI bills that one: an alias may answer with
-   * a snapshot priced apart (gpt-4o with gpt-4o-2024-05-13). Priced as itself when the price table
-   * knows it; otherwise (absent, or a name the table does not know) as the model asked for.
+   * a snapshot priced apart (gpt-4o with gpt-4o-2024-05-13). Priced as itself when it is the model
+   * asked for or one of its snapshots and the price table knows it; otherwise as the model asked for.
    */
   model?: string;
 }
@@ -314,7 +314,7 @@ export function createQuota(opts: QuotaOptions) {
       leaseTtlMs: opts.leaseTtlMs,
       countOnly: free,
     };
-    return { price, promptTokens, request };
+    return { price, promptTokens, request, model };
   }
 
   type Reservation = ReturnType<typeof reservation>;
@@ -323,7 +323,7 @@ export function createQuota(opts: QuotaOptions) {
    * The store's answer as the request's admission: throws the client's 429 (with headers) when a
    * limit would be passed. `releaseLocal` is set when admitted locally (store down, fail-open).
    */
-  function admission(key: KeyRecord, { price, promptTokens, request }: Reservation, result: AdmissionResult, releaseLocal?: () => void) {
+  function admission(key: KeyRecord, { price, promptTokens, request, model }: Reservation, result: AdmissionResult, releaseLocal?: () => void) {
     const { tokens, usdMicros, now, reservationId } = request;
     const free = request.countOnly === true;
     const headers = rateLimitHeaders(result);
@@ -381,8 +381,10 @@ export function createQuota(opts: QuotaOptions) {
         live.delete(reservationId);
         releaseLocal?.();
         const usage = consumption.usage;
-        // A free request (a cache hit) stays free whatever model its entry names.
-        const charged = !free && consumption.model !== undefined ? (opts.prices.priceFor(consumption.model) ?? price) : price;
+        // The answering model's own price when it is the one asked for or a snapshot of it (a cache
+        // hit stays free): another model's name (a proxy's fallback, a renaming) changes nothing.
+        const answered = consumption.model;
+        const charged = !free && answered !== undefined && isSnapshotOf(answered, model) ? (opts.prices.priceFor(answered) ?? price) : price;
         settled = {
           totalTokens: usage?.totalTokens ?? 0,
           // The exact cost, its fraction of a micro-dollar carried over to the key's next request.
@@ -449,7 +451,7 @@ export function createQuota(opts: QuotaOptions) {
     if (found.lookup === 'miss') return { lookup: 'miss', leader: found.leader, admission: admission(key, planned, found.admission) };
     rememberHit(lookup.name, planned.promptTokens);
     // The store admitted the hit count-only: its admission is a free one's.
-    const free: Reservation = { price: ZERO_PRICE, promptTokens: 0, request: { ...planned.request, tokens: 0, usdMicros: 0, countOnly: true } };
+    const free: Reservation = { ...planned, price: ZERO_PRICE, promptTokens: 0, request: { ...planned.request, tokens: 0, usdMicros: 0, countOnly: true } };
     return { lookup: 'hit', entry: found.entry, admission: admission(key, free, found.admission) };
   }
 

@@ -242,6 +242,9 @@ describe('priced as the model that answered, which OpenAI bills', () => {
     ['a snapshot priced as its model', 'gpt-4o-2024-08-06', 12_500_000],
     // A name the price table does not know (a deployment name from a proxy): the model asked for.
     ['a name the price table does not know', 'my-gpt4o-deployment', 12_500_000],
+    // Another model (a proxy's fallback, a renaming): the model asked for, never the other's price.
+    ['another, cheaper model', 'gpt-4o-mini', 12_500_000],
+    ['another, dearer model', 'o1', 12_500_000],
   ])('%s', async (_what, answered, costMicros) => {
     upstream.set(json(answer(answered)));
     await (await post('/v1/chat/completions', { ...chat, model: 'gpt-4o', messages: [{ role: 'user', content: `Priced ${answered}` }] })).text();

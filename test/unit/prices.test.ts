@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import {
   costMicros,
   createPriceTable,
+  isSnapshotOf,
   loadPriceTable,
   microsToUsd,
   priceFromUsdPerMillion,
@@ -58,6 +59,18 @@ describe('shipped table', () => {
     expect(price('text-embedding-3-large').input).toBe(130_000);
     expect(price('text-embedding-ada-002').input).toBe(100_000);
     expect(price('text-davinci-003')).toEqual({ input: 20_000_000, cachedInput: 20_000_000, output: 20_000_000 });
+  });
+});
+
+describe('isSnapshotOf', () => {
+  it('takes the model itself and its dated snapshots, never another model', () => {
+    expect(isSnapshotOf('gpt-4o', 'gpt-4o')).toBe(true);
+    expect(isSnapshotOf('gpt-4o-2024-05-13', 'gpt-4o')).toBe(true);
+    expect(isSnapshotOf('gpt-4-0613', 'gpt-4')).toBe(true);
+    expect(isSnapshotOf('gpt-4o-mini', 'gpt-4o')).toBe(false);
+    expect(isSnapshotOf('gpt-4o-mini-2024-07-18', 'gpt-4o')).toBe(false);
+    expect(isSnapshotOf('gpt-4o', 'gpt-4o-2024-05-13')).toBe(false);
+    expect(isSnapshotOf('o1-pro', 'o1')).toBe(false);
   });
 });
 
