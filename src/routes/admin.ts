@@ -1,6 +1,6 @@
 // The admin API: gateway keys. Registered only when ADMIN_TOKEN is set; every route needs that token.
 import type { FastifyInstance } from 'fastify';
-import { KeyChangeConflictError, type KeyChange, type Store } from '../store/store.js';
+import { KeyChangeConflictError, type KeyChange, type KeyPage, type Store } from '../store/store.js';
 import type { Quota } from '../quota/quota.js';
 import type { Cache } from '../cache/cache.js';
 import type { FailedAuthGuard } from '../auth/failed-auth-guard.js';
@@ -46,12 +46,24 @@ function parse<T>(schema: z.ZodType<T>, input: unknown, whole: 'body' | 'query' 
 /** A key id as newKeyId makes them (with room for longer ones): anything else cannot name a key. */
 const KEY_ID = /^key_[A-Za-z0-9_-]{1,64}$/;
 
-/** GET /admin/keys: a page of keys, as OpenAI's list endpoints page (`limit`, `after`). */
+/**
+ * GET /admin/keys: a page of keys, as OpenAI's list endpoints page (`limit`, `after`). Without a
+ * limit, every key (from `after` on): what this route answered before it paged, so a script
+ * written then is not cut short at a first page it does not know about.
+ */
 const listKeysQuery = z.object({
-  limit: z.coerce.number().int().min(1).max(MAX_KEY_PAGE).default(100),
+  limit: z.coerce.number().int().min(1).max(MAX_KEY_PAGE).optional(),
   after: z.string().regex(KEY_ID, 'expected a key id (key_...)').optional(),
   include: z.string().optional(),
 });
+
+/** Every key after `after` (all without it), as one last page; null when `after` names none of them. */
+function everyKeyAfter(keys: KeyRecord[], after: string | undefined): KeyPage | null {
+  const from = after === undefined ? 0 : keys.findIndex((k) => k.id === after) + 1;
+  if (from === 0 && after !== undefined) return null;
+  const rest = keys.slice(from);
+  return { keys: rest, hasMore: false, lastId: rest.at(-1)?.id ?? null };
+}
 
 export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
   const { store } = opts;
@@ -122,7 +134,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
 
   app.get('/keys', async (request) => {
     const { limit, after, include } = parse(listKeysQuery, request.query, 'query');
-    const page = await store.listKeysPage({ limit, after });
+    const page = limit === undefined ? everyKeyAfter(await store.listKeys(), after) : await store.listKeysPage({ limit, after });
     // Keys are never removed from the list, so an unknown cursor is a mistake (a typo, another
     // gateway's key), not a key deleted between pages: say so rather than guess where to go on.
     if (!page) throw invalidRequest(`No key with id '${after}' to list after.`, 'after', 'key_not_found');

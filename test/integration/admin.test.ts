@@ -246,7 +246,7 @@ describe('listing keys a page at a time', () => {
     return { status: res.status, body: res.body, ids: (res.body.data as { id: string }[] | undefined)?.map((k) => k.id) };
   };
 
-  it('answers a page in OpenAI list shape: 100 keys by default, revoked ones included, without secrets', async () => {
+  it('answers in OpenAI list shape, revoked keys included, without secrets: every key when no limit is given (as before paging)', async () => {
     const { status, body } = await list();
     expect(status).toBe(200);
     expect(body).toEqual({ object: 'list', data: expect.any(Array), first_id: ids[0], last_id: ids[6], has_more: false });
@@ -376,6 +376,25 @@ describe('two instances on one Redis', () => {
     const rotated = await a.admin('POST', `/admin/keys/${id}/rotate`);
     await expect.poll(async () => (await chatWith(b.url, key)).status, { timeout: 1000, interval: 50 }).toBe(401);
     expect((await chatWith(b.url, rotated.body.key)).status).toBe(200);
+  });
+});
+
+describe('listing keys without a limit', () => {
+  it('answers every key, past any page size, as before paging: a script written then is not cut short', async () => {
+    const many = await startGateway();
+    try {
+      for (let i = 0; i < 101; i++) await many.createKey({ name: `k${i}` });
+      const all = await many.admin('GET', '/admin/keys');
+      expect(all.body.data).toHaveLength(101);
+      expect(all.body).toMatchObject({ has_more: false, last_id: all.body.data[100].id });
+      const after = await many.admin('GET', `/admin/keys?after=${all.body.data[49].id}`);
+      expect(after.body.data).toHaveLength(51);
+      const paged = await many.admin('GET', '/admin/keys?limit=100');
+      expect(paged.body.data).toHaveLength(100);
+      expect(paged.body.has_more).toBe(true);
+    } finally {
+      await many.close();
+    }
   });
 });
 
