@@ -78,12 +78,6 @@ function hasCredentials(v: string): boolean {
   }
 }
 
-/**
- * A CORS origin as browsers send it in the Origin header: scheme://host[:port], no path, query,
- * fragment or credentials (a trailing slash is tolerated: the plugin drops it), or `*` for any.
- * For http(s) it must be the URL's own origin, so an uppercase host or a default port, which no
- * browser's Origin header would ever match, is refused too.
- */
 /** Names @fastify/proxy-addr knows for address ranges: 127.0.0.0/8 and ::1, link-local, private (10/8, 172.16/12, 192.168/16, fc00::/7). */
 const PROXY_RANGE_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
 
@@ -122,6 +116,12 @@ const trustProxy = z
     return entries;
   });
 
+/**
+ * A CORS origin as browsers send it in the Origin header: scheme://host[:port], no path, query,
+ * fragment or credentials (a trailing slash is tolerated: the plugin drops it), or `*` for any.
+ * For http(s) it must be the URL's own origin, so an uppercase host or a default port, which no
+ * browser's Origin header would ever match, is refused too.
+ */
 function validOrigin(origin: string): boolean {
   // `null`: what browsers send from file:// pages, sandboxed iframes and some desktop apps.
   if (origin === '*' || origin === 'null') return true;

@@ -1,4 +1,5 @@
 // A small client for Tollgate's admin API (global fetch). It never puts the admin token in an error or a message.
+import { MAX_KEY_PAGE } from '../store/key-page.js';
 
 /** The admin API's view of a key (no secret; `key` only on create and rotate). Loosely typed: the CLI tolerates new fields. */
 export interface AdminKey {
@@ -18,8 +19,8 @@ export interface AdminKey {
   [field: string]: unknown;
 }
 
-/** The most keys the admin API lists per request (GET /admin/keys `limit`). */
-export const MAX_KEYS_PAGE = 1000;
+/** The most keys the admin API lists per request (GET /admin/keys `limit`): the store's page bound. */
+export const MAX_KEYS_PAGE = MAX_KEY_PAGE;
 
 export interface KeyInput {
   name?: string;
