@@ -174,6 +174,8 @@ function clusterConnection(seeds: RedisAddress[], common: RedisOptions, commandT
   cluster.on('+node', (node: Redis) => coalesceWrites(node));
 
   let next = 0;
+  /** The last serving() failed: the next one reloads the slot map first. */
+  let lastCheckFailed = false;
   return {
     mode: 'cluster',
     client: cluster,
@@ -192,20 +194,23 @@ function clusterConnection(seeds: RedisAddress[], common: RedisOptions, commandT
     },
     masters,
     async serving() {
-      if (cluster.status === 'ready') {
+      if (lastCheckFailed && cluster.status === 'ready') {
         // ioredis learns of a failover when a command is redirected, and none are sent while the
         // gateway fails fast: without a fresh map it would ping a failed (or frozen) master for as
-        // long as that one stays down, though a replica has taken its slots.
+        // long as that one stays down, though a replica has taken its slots. Only after a failed
+        // check: a healthy cluster's readiness costs no CLUSTER SLOTS.
         await refreshSlotMap(cluster, 2 * commandTimeout);
       }
+      lastCheckFailed = true;
       const nodes = await masters();
       await pingAll(nodes);
-      // A master that went away (no replica to take over) is not in that list at all: the cluster's
-      // own verdict says whether every slot is served. With cluster-require-full-coverage (the
-      // default) Redis refuses every command while it is 'fail'.
+      // A master that went away (no replica to take over) may no longer be in that list: the
+      // cluster's own verdict says whether every slot is served. With cluster-require-full-coverage
+      // (the default) Redis refuses every command while it is 'fail'.
       const info = String(await nodes[0]!.call('CLUSTER', 'INFO'));
       const state = /cluster_state:(\w+)/.exec(info)?.[1];
       if (state !== 'ok') throw new Error(`redis cluster_state is ${state ?? 'unknown'}: some slots are not served (a master is down and no replica took over)`);
+      lastCheckFailed = false;
     },
   };
 
