@@ -110,7 +110,7 @@ describe('limit changes', () => {
 
 describe('failed authentication', () => {
   it('wrong keys are limited per client address; a valid key still works from there, and operators are counted apart', async () => {
-    const { gw, setTime } = await gatewayAt('2026-11-30T10:00:00Z', { AUTH_FAILURES_PER_MINUTE: '3', TRUST_PROXY: 'true' });
+    const { gw, setTime } = await gatewayAt('2026-11-30T10:00:00Z', { AUTH_FAILURES_PER_MINUTE: '3', TRUST_PROXY: 'loopback' });
     const { key } = await gw.createKey();
     const attacker = { 'x-forwarded-for': '203.0.113.7' };
     for (let i = 0; i < 3; i++) expect((await chat(gw, `tg-guess-${i}`, 10, attacker)).status).toBe(401);

@@ -140,7 +140,7 @@ describe('failed authentication limits', () => {
     fetch(`${gw.url}/admin/keys`, { headers: { authorization: `Bearer ${token}`, ...headers } });
 
   it('wrong admin tokens are limited per address; then even the right token is refused there, not elsewhere', async () => {
-    const gw = await gateway({ AUTH_FAILURES_PER_MINUTE: '3', TRUST_PROXY: 'true' });
+    const gw = await gateway({ AUTH_FAILURES_PER_MINUTE: '3', TRUST_PROXY: 'loopback' });
     const a = { 'x-forwarded-for': '203.0.113.10' };
     const b = { 'x-forwarded-for': '203.0.113.11' };
     for (let i = 0; i < 3; i++) expect((await adminCall(gw, `guess-${i}-0123456789`, a)).status).toBe(401);
@@ -157,7 +157,7 @@ describe('failed authentication limits', () => {
   });
 
   it('with TRUST_PROXY, distinct client addresses are counted apart', async () => {
-    const gw = await gateway({ AUTH_FAILURES_PER_MINUTE: '3', TRUST_PROXY: 'true' });
+    const gw = await gateway({ AUTH_FAILURES_PER_MINUTE: '3', TRUST_PROXY: 'loopback' });
     const { key } = await gw.createKey();
     for (let ip = 1; ip <= 5; ip++) {
       const from = { 'x-forwarded-for': `198.51.100.${ip}` };
