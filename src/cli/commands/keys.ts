@@ -157,8 +157,8 @@ const list: Command = {
   name: 'list',
   summary: 'List every key, revoked ones included',
   usage: '[options]',
-  description: `Lists every key, oldest first, without secrets. The API answers a page of keys at a time;
-this follows the pages to the last. --json prints them all as one list: {"object":"list","data":[...]}.`,
+  description: `Lists every key, oldest first, without secrets. This asks the API for --page-size keys at a
+time and follows the pages to the last. --json prints them all as one list: {"object":"list","data":[...]}.`,
   options: listOptions,
   async run(ctx) {
     const res = await ctx.client().listKeys(pageSize(ctx));
