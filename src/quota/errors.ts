@@ -108,6 +108,19 @@ export const unpricedModel = (model: string) =>
   );
 
 /**
+ * OpenAI bills the priority tier above the standard prices the gateway knows, so a USD budget would
+ * hold such a request at less than it costs.
+ */
+export const priorityTierNotPriced = () =>
+  new GatewayError(
+    400,
+    "This gateway key has a USD limit, and the gateway's prices are the standard tier's: 'service_tier': 'priority' costs more than it could hold against the budget. Send the request without it (or with 'auto', 'default' or 'flex'), or ask your gateway administrator for a key without USD limits.",
+    'invalid_request_error',
+    'service_tier_not_priced',
+    'service_tier',
+  );
+
+/**
  * A background response's usage never passes through the gateway (OpenAI bills it when it finishes,
  * after the create call was answered), so nothing could hold it against a token or USD limit.
  */

@@ -390,6 +390,17 @@ describe('prices', () => {
     expect(gw.fake.requests).toHaveLength(0);
   });
 
+  it("refuses service_tier 'priority' (dearer than the standard prices it knows) for a key with a USD budget, and only that", async () => {
+    const dollars = await gw.createKey({ limits: { usdPerDay: 1 } });
+    const res = await chat(gw, dollars.key, { service_tier: 'priority' });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ error: { code: 'service_tier_not_priced', param: 'service_tier', type: 'invalid_request_error' } });
+    expect(gw.fake.requests).toHaveLength(0);
+    for (const tier of ['auto', 'default', 'flex']) expect((await chat(gw, dollars.key, { service_tier: tier })).status, tier).toBe(200);
+    const tokens = await gw.createKey({ limits: { tokensPerDay: 100_000 } });
+    expect((await chat(gw, tokens.key, { service_tier: 'priority' })).status).toBe(200);
+  });
+
   it('records cheap requests at their exact cost, not each rounded up to a micro-dollar', async () => {
     // text-embedding-3-small: $0.02 per 1M tokens, 0.02 micro-dollars a token. Rounded up per
     // request, 100 tiny embeddings were recorded as 100 micro-dollars, and a $0.00005 budget
