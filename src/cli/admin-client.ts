@@ -69,7 +69,13 @@ export class AdminClient {
   }
 
   /** Calls the API and returns its parsed JSON body. Throws ApiError for an error status, ConnectionError otherwise. */
-  async request<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
+  async request<T = unknown>(method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<T> {
+    const { parsed } = await this.exchange<T>(method, path, body, contentType);
+    return parsed;
+  }
+
+  /** request(), with the answer's headers. */
+  private async exchange<T>(method: string, path: string, body: unknown, contentType: string): Promise<{ parsed: T; headers: Headers }> {
     let res: Response;
     try {
       res = await fetch(this.url + path, {
@@ -77,7 +83,7 @@ export class AdminClient {
         headers: {
           authorization: `Bearer ${this.#token}`,
           accept: 'application/json',
-          ...(body !== undefined && { 'content-type': 'application/json' }),
+          ...(body !== undefined && { 'content-type': contentType }),
         },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.timeout(this.#timeoutMs),
@@ -112,7 +118,7 @@ export class AdminClient {
       throw new ApiError(res.status, message, error?.code ?? null, parsed);
     }
     if (!isJson) throw new ConnectionError(`${this.url} answered ${method} ${path.split('?')[0]} with something other than JSON: is it a Tollgate gateway?`);
-    return parsed as T;
+    return { parsed: parsed as T, headers: res.headers };
   }
 
   private connectionError(err: unknown, phase: 'connect' | 'body'): ConnectionError {
@@ -128,8 +134,8 @@ export class AdminClient {
    * An answer naming a key: a key as create, show, update and rotate return it, or revoke's receipt; an object
    * with a string id (more is not checked: fields may be missing).
    */
-  private async keyRequest<T = AdminKey>(method: string, path: string, body?: unknown): Promise<T> {
-    const key = await this.request<unknown>(method, path, body);
+  private async keyRequest<T = AdminKey>(method: string, path: string, body?: unknown, contentType?: string): Promise<T> {
+    const key = await this.request<unknown>(method, path, body, contentType);
     if (!isObject(key) || typeof key.id !== 'string') throw this.notTheApi(method, path);
     return key as T;
   }
@@ -161,6 +167,18 @@ export class AdminClient {
   }
   getKey(id: string) {
     return this.keyRequest('GET', `/admin/keys/${encodeURIComponent(id)}`);
+  }
+  /** The key, and whether its gateway takes merge patches (RFC 7396; its Accept-Patch says so). */
+  async getKeyForUpdate(id: string): Promise<{ key: AdminKey; takesMergePatch: boolean }> {
+    const path = `/admin/keys/${encodeURIComponent(id)}`;
+    const { parsed, headers } = await this.exchange<unknown>('GET', path, undefined, 'application/json');
+    if (!isObject(parsed) || typeof parsed.id !== 'string') throw this.notTheApi('GET', path);
+    const formats = (headers.get('accept-patch') ?? '').split(',').map((f) => f.trim().toLowerCase());
+    return { key: parsed as AdminKey, takesMergePatch: formats.includes('application/merge-patch+json') };
+  }
+  /** PATCH as a JSON merge patch: limits and metadata merged into the key's own by the gateway, atomically. */
+  mergeKey(id: string, patch: Record<string, unknown>) {
+    return this.keyRequest('PATCH', `/admin/keys/${encodeURIComponent(id)}`, patch, 'application/merge-patch+json');
   }
   createKey(input: KeyInput) {
     return this.keyRequest('POST', '/admin/keys', input);

@@ -57,6 +57,41 @@ const listKeysQuery = z.object({
   include: z.string().optional(),
 });
 
+const isJsonObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** The PATCH formats of /admin/keys/{id}, as its GET announces them (Accept-Patch). */
+const ACCEPT_PATCH = 'application/merge-patch+json, application/json';
+
+/** Whether a request's body is a JSON merge patch (RFC 7396), by its content type. */
+function isMergePatch(contentType: string | undefined): boolean {
+  return contentType?.split(';')[0]!.trim().toLowerCase() === 'application/merge-patch+json';
+}
+
+/** RFC 7396: `patch` applied to `target` (objects merged member by member, null removes a member). */
+function mergePatch(target: unknown, patch: unknown): unknown {
+  if (!isJsonObject(patch)) return patch;
+  const out: Record<string, unknown> = isJsonObject(target) ? { ...target } : {};
+  for (const [name, value] of Object.entries(patch)) {
+    if (value === null) delete out[name];
+    else out[name] = mergePatch(out[name], value);
+  }
+  return out;
+}
+
+/**
+ * The fields a merge patch names, as they are once merged into the key (to validate as a PATCH
+ * body): limits, cache and metadata merged, a removed one empty; name and models as given (null
+ * models: every model, as when it is absent); any other member as given, for the schema to refuse.
+ */
+function mergedFields(current: KeyRecord, patch: Record<string, unknown>): Record<string, unknown> {
+  const editable: Record<string, unknown> = { limits: current.limits, cache: current.cache ?? {}, metadata: current.metadata };
+  const fields: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(patch)) {
+    fields[name] = Object.hasOwn(editable, name) ? (mergePatch(editable[name], value) ?? {}) : value;
+  }
+  return fields;
+}
+
 /** Every key after `after` (all without it), as one last page; null when `after` names none of them. */
 function everyKeyAfter(keys: KeyRecord[], after: string | undefined): KeyPage | null {
   const from = after === undefined ? 0 : keys.findIndex((k) => k.id === after) + 1;
@@ -145,24 +180,38 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     return { object: 'list', data, first_id: data[0]?.id ?? null, last_id: page.lastId, has_more: page.hasMore };
   });
 
-  app.get<{ Params: { id: string } }>('/keys/:id', async (request) => {
+  app.get<{ Params: { id: string } }>('/keys/:id', async (request, reply) => {
     const record = await load(request.params.id);
+    // RFC 5789: the formats PATCH takes here. The CLI sends a merge patch only when it sees this
+    // (a gateway from before would read one as a whole-field replacement and drop the other limits).
+    reply.header('accept-patch', ACCEPT_PATCH);
     return { ...publicKey(record), quota: await opts.quota.view(record) };
   });
 
   app.patch<{ Params: { id: string } }>('/keys/:id', async (request) => {
-    const input = parse(updateKeySchema, request.body);
-    const { record: updated } = await change(request.params.id, (current) => ({
-      ...current,
-      ...(input.name !== undefined && { name: input.name }),
-      ...(input.models !== undefined && { models: input.models }),
-      ...(input.limits !== undefined && { limits: input.limits }),
-      ...(input.cache !== undefined && { cache: input.cache }),
-      ...(input.metadata !== undefined && { metadata: input.metadata }),
-      updatedAt: now(),
-    }));
+    // application/merge-patch+json (RFC 7396): limits, cache and metadata are merged into the key's
+    // own, member by member (null removes one), inside the same compare-and-set as the write, so
+    // two changes of different limits made at once both hold. Otherwise each given field is
+    // replaced as a whole.
+    const merge = isMergePatch(request.headers['content-type']);
+    if (merge && !isJsonObject(request.body)) throw invalidRequest('A merge patch must be a JSON object.', null, 'invalid_value');
+    const replacing = merge ? undefined : parse(updateKeySchema, request.body);
+    let limitsGiven = replacing?.limits !== undefined;
+    const { record: updated } = await change(request.params.id, (current) => {
+      const input = replacing ?? parse(updateKeySchema, mergedFields(current, request.body as Record<string, unknown>));
+      limitsGiven = input.limits !== undefined;
+      return {
+        ...current,
+        ...(input.name !== undefined && { name: input.name }),
+        ...(input.models !== undefined && { models: input.models }),
+        ...(input.limits !== undefined && { limits: input.limits }),
+        ...(input.cache !== undefined && { cache: input.cache }),
+        ...(input.metadata !== undefined && { metadata: input.metadata }),
+        updatedAt: now(),
+      };
+    });
     request.log.info({ keyId: updated.id }, 'key updated');
-    if (input.limits !== undefined && updated.revokedAt === null) opts.onLimitsChanged?.(updated);
+    if (limitsGiven && updated.revokedAt === null) opts.onLimitsChanged?.(updated);
     return publicKey(updated);
   });
 

@@ -200,6 +200,38 @@ describe('keys update', () => {
     expect((await apiKey(id)).limits).toEqual({ rpm: 1000, usdPerMonth: 1000.5 });
   });
 
+  it('updates of different limits run at once all hold: the gateway merges each into the key as it stands', async () => {
+    const { id } = await gw.createKey({ name: 'concurrent', metadata: { keep: 'me' } });
+    const flags = [['--rpm', '1'], ['--tpm', '2'], ['--tokens-per-day', '3'], ['--max-concurrent', '4'], ['--metadata', 'a=1'], ['--metadata', 'b=2']];
+    await Promise.all(flags.map((f) => ok('keys', 'update', id, ...f)));
+    const key = await apiKey(id);
+    expect(key.limits).toEqual({ rpm: 1, tpm: 2, tokensPerDay: 3, maxConcurrent: 4 });
+    expect(key.metadata).toEqual({ keep: 'me', a: '1', b: '2' });
+  });
+
+  it('against a gateway that takes no merge patch (no Accept-Patch), sends the merged limits whole', async () => {
+    const patches: { type: string | undefined; body: Record<string, unknown> }[] = [];
+    const key = { id: 'key_old1', name: 'old', models: null, limits: { rpm: 60, usdPerDay: 5 }, metadata: { team: 'a' }, revokedAt: null };
+    const older = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        if (req.method === 'PATCH') patches.push({ type: req.headers['content-type'], body: JSON.parse(body) as Record<string, unknown> });
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(key));
+      });
+    });
+    older.listen(0, '127.0.0.1');
+    await once(older, 'listening');
+    try {
+      const env = { TOLLGATE_URL: `http://127.0.0.1:${(older.address() as AddressInfo).port}`, TOLLGATE_ADMIN_TOKEN: ADMIN_TOKEN };
+      const r = await cli(['keys', 'update', 'key_old1', '--rpm', '10', '--metadata', 'env=prod'], env);
+      expect(r.code, r.stderr).toBe(0);
+      expect(patches).toEqual([{ type: 'application/json', body: { limits: { rpm: 10, usdPerDay: 5 }, metadata: { team: 'a', env: 'prod' } } }]);
+    } finally {
+      await new Promise<void>((resolve) => older.close(() => resolve()));
+    }
+  });
+
   it('refuses an update with nothing to change (exit 2)', async () => {
     const { id } = await gw.createKey();
     const r = await cli(['keys', 'update', id]);
@@ -380,7 +412,7 @@ describe('help', () => {
     const update = await ok('keys', 'update', '--help');
     expect(update).toContain('Usage:\n  tollgate keys update ID [options]');
     expect(update).toContain('Limits are merged');
-    expect(update).toMatch(/^Not atomic: when two updates of one key's limits \(or metadata\) run at once, one's change can be lost\.$/m);
+    expect(update).toMatch(/^The gateway merges them itself \(a JSON merge patch\), so two updates of one key run at once both$/m);
     expect(update).toContain('--clear-limits');
     expect(await ok('help', 'keys', 'create')).toMatch(/--tokens-per-day N\s+Tokens per day/);
     // Help wins over anything else on the line, and needs no gateway.

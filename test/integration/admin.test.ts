@@ -379,6 +379,51 @@ describe('two instances on one Redis', () => {
   });
 });
 
+describe('PATCH with a JSON merge patch (application/merge-patch+json)', () => {
+  const mergePatch = (gw: Gateway, id: string, body: unknown) =>
+    fetch(`${gw.url}/admin/keys/${id}`, {
+      method: 'PATCH',
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/merge-patch+json' },
+      body: JSON.stringify(body),
+    }).then(async (res) => ({ status: res.status, body: (await res.json()) as Record<string, any> }));
+
+  it('merges limits, cache and metadata member by member (null removes one); other fields are replaced', async () => {
+    const { id } = await gw.createKey({ name: 'merge-me', limits: { rpm: 10, tpm: 1000 }, metadata: { team: 'a', env: 'dev' } });
+    const merged = await mergePatch(gw, id, { name: 'merged', limits: { rpm: 20, usdPerDay: 5 }, metadata: { env: 'prod' } });
+    expect(merged.status).toBe(200);
+    expect(merged.body).toMatchObject({ name: 'merged', limits: { rpm: 20, tpm: 1000, usdPerDay: 5 }, metadata: { team: 'a', env: 'prod' } });
+    const removed = await mergePatch(gw, id, { limits: { tpm: null }, metadata: { team: null }, cache: { ttlSeconds: 60 } });
+    expect(removed.body).toMatchObject({ limits: { rpm: 20, usdPerDay: 5 }, metadata: { env: 'prod' }, cache: { ttlSeconds: 60 } });
+    expect(removed.body.limits.tpm).toBeUndefined();
+    expect((await mergePatch(gw, id, { limits: null, models: ['gpt-4o*'] })).body).toMatchObject({ limits: {}, models: ['gpt-4o*'] });
+  });
+
+  it('refuses what the merged key would break, in OpenAI shape, changing nothing', async () => {
+    const { id } = await gw.createKey({ name: 'strict', limits: { rpm: 10 } });
+    for (const body of [{ limits: { rpm: -1 } }, { limits: { bogus: 1 } }, { limits: 5 }, { name: null }, { color: 'red' }, [1, 2]]) {
+      const res = await mergePatch(gw, id, body);
+      expect(res.status, JSON.stringify(body)).toBe(400);
+      expect(res.body.error.type).toBe('invalid_request_error');
+    }
+    expect((await gw.admin('GET', `/admin/keys/${id}`)).body).toMatchObject({ name: 'strict', limits: { rpm: 10 } });
+  });
+
+  it('keeps every one of several concurrent merges of different limits, on Redis', async () => {
+    const store = await createRedisStore({ url: testRedisUrl(), prefix: uniquePrefix() });
+    const onRedis = await startGateway({ store });
+    try {
+      const { id } = await onRedis.createKey({ name: 'busy' });
+      const changes = [{ rpm: 1 }, { tpm: 2 }, { tokensPerDay: 3 }, { tokensPerMonth: 4 }, { usdPerDay: 5 }, { usdPerMonth: 6 }, { maxConcurrent: 7 }];
+      const answers = await Promise.all(changes.map((limits) => mergePatch(onRedis, id, { limits })));
+      expect(answers.map((a) => a.status)).toEqual(changes.map(() => 200));
+      expect((await onRedis.admin('GET', `/admin/keys/${id}`)).body.limits).toEqual(Object.assign({}, ...changes));
+    } finally {
+      await onRedis.close();
+      await store.close();
+    }
+  });
+});
+
 describe('listing keys without a limit', () => {
   it('answers every key, past any page size, as before paging: a script written then is not cut short', async () => {
     const many = await startGateway();

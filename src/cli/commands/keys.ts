@@ -1,6 +1,6 @@
 // `tollgate keys ...`: create, list, show, update, revoke and rotate gateway keys through the admin API.
 import { UsageError, type Command, type CommandContext, type OptionSpecs } from '../command.js';
-import { MAX_KEYS_PAGE, type AdminKey, type KeyInput } from '../admin-client.js';
+import { MAX_KEYS_PAGE, type AdminClient, type AdminKey, type KeyInput } from '../admin-client.js';
 import { LIMIT_FIELDS, keyDetails, keysTable } from '../format.js';
 import { clean } from '../table.js';
 
@@ -89,6 +89,52 @@ function applyLimits(base: Record<string, number>, changes: Map<string, number |
     else limits[field] = value;
   }
   return limits;
+}
+
+interface MergeChanges {
+  limitChanges: Map<string, number | null>;
+  clearLimits: boolean;
+  metadataChanges: Metadata;
+  clearMetadata: boolean;
+}
+
+/**
+ * Limits and metadata merged into the key's own. By the gateway when it takes a merge patch (it
+ * applies the changes to the key as it stands when it writes: concurrent updates all hold); else
+ * here, from the key as read, sent whole.
+ */
+async function mergeUpdate(client: AdminClient, id: string, patch: KeyInput, c: MergeChanges): Promise<AdminKey> {
+  const changesLimits = c.limitChanges.size > 0 || c.clearLimits;
+  const changesMetadata = c.clearMetadata || Object.keys(c.metadataChanges).length > 0;
+  const { key: current, takesMergePatch } = await client.getKeyForUpdate(id);
+  if (takesMergePatch) {
+    const merge: Record<string, unknown> = { ...patch };
+    if (changesLimits) merge.limits = limitsMerge(c.limitChanges, c.clearLimits);
+    if (changesMetadata) merge.metadata = metadataMerge(c.metadataChanges, c.clearMetadata, current.metadata ?? {});
+    return client.mergeKey(id, merge);
+  }
+  const whole: KeyInput = { ...patch };
+  if (changesLimits) whole.limits = applyLimits(c.clearLimits ? {} : { ...(current.limits ?? {}) }, c.limitChanges);
+  if (changesMetadata) whole.metadata = { ...(c.clearMetadata ? {} : (current.metadata ?? {})), ...c.metadataChanges };
+  return client.updateKey(id, whole);
+}
+
+/** The limits member of a merge patch: each limit flag given (null removes it), every other limit null when clearing. */
+function limitsMerge(changes: Map<string, number | null>, clear: boolean): Record<string, number | null> {
+  const merge: Record<string, number | null> = {};
+  if (clear) for (const l of LIMIT_FIELDS) merge[l.field] = null;
+  for (const [field, value] of changes) merge[field] = value;
+  return merge;
+}
+
+/**
+ * The metadata member of a merge patch: the entries given, and when clearing, null for every entry
+ * the key had (read just before: an entry added in between survives the clearing).
+ */
+function metadataMerge(changes: Metadata, clear: boolean, current: Record<string, unknown>): Record<string, unknown> {
+  const merge: Record<string, unknown> = {};
+  if (clear) for (const name of Object.keys(current)) merge[name] = null;
+  return Object.assign(merge, changes);
 }
 
 function printSecret(ctx: CommandContext, key: AdminKey) {
@@ -191,12 +237,12 @@ const update: Command = {
   args: ['ID'],
   description: `Changes only what is given.
 
-Limits are merged: the API replaces a key's limits as a whole, so this command first reads the
-key and applies the limit flags given to its current limits (--rpm 10 sets rpm and keeps every
-other limit). A limit flag set to 'none' removes that limit; --clear-limits removes them all.
---metadata entries are merged into the current metadata the same way. --models replaces the
-list; --models all allows every model.
-Not atomic: when two updates of one key's limits (or metadata) run at once, one's change can be lost.
+Limits are merged: --rpm 10 sets rpm and keeps every other limit. A limit flag set to 'none'
+removes that limit; --clear-limits removes them all. --metadata entries are merged into the
+current metadata the same way. --models replaces the list; --models all allows every model.
+The gateway merges them itself (a JSON merge patch), so two updates of one key run at once both
+hold; against a gateway that does not take merge patches, this reads the key and sends the
+merged result, and then one of two such updates run at once can be lost.
 
 Examples:
   tollgate keys update key_abc --rpm 10 --usd-per-day none
@@ -222,16 +268,11 @@ Examples:
     }
 
     const client = ctx.client();
-    const needsCurrent = (limitChanges.size > 0 && !clearLimits) || (Object.keys(metadataChanges).length > 0 && !clearMetadata);
-    const current = needsCurrent ? await client.getKey(id) : undefined;
-    if (limitChanges.size > 0 || clearLimits) {
-      patch.limits = applyLimits(clearLimits ? {} : { ...(current?.limits ?? {}) }, limitChanges);
-    }
-    if (changesMetadata) {
-      patch.metadata = { ...(clearMetadata ? {} : (current?.metadata ?? {})), ...metadataChanges };
-    }
-
-    const updated = await client.updateKey(id, patch);
+    // Name and models are replaced whole: only limits and metadata need merging.
+    const updated =
+      limitChanges.size > 0 || clearLimits || changesMetadata
+        ? await mergeUpdate(client, id, patch, { limitChanges, clearLimits, metadataChanges, clearMetadata })
+        : await client.updateKey(id, patch);
     if (ctx.json) return ctx.printJson(updated);
     ctx.out(`Updated key ${clean(String(updated.id ?? id))}.\n`);
     ctx.out(keyDetails(updated));
