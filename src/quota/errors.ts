@@ -121,6 +121,20 @@ export const priorityTierNotPriced = () =>
   );
 
 /**
+ * A Responses request in a conversation (the Conversations API, which the gateway does not route)
+ * sends that conversation's items again as input: the gateway cannot see how many tokens they hold,
+ * so it could not reserve them against a token or USD limit.
+ */
+export const conversationNotMetered = () =>
+  new GatewayError(
+    400,
+    "This gateway key has a token or USD limit, and a 'conversation' carries input the gateway cannot count, so it could not hold it to the limit. Continue with 'previous_response_id' instead (its size is known), or ask your gateway administrator for a key without token or USD limits.",
+    'invalid_request_error',
+    'conversation_not_metered',
+    'conversation',
+  );
+
+/**
  * A background response's usage never passes through the gateway (OpenAI bills it when it finishes,
  * after the create call was answered), so nothing could hold it against a token or USD limit.
  */

@@ -9,7 +9,7 @@ import { costMicros, isSnapshotOf, microsToUsd, usdToMicros, type Price, type Pr
 import { estimatePromptTokens } from '../openai/tokens.js';
 import { periodsAt } from './periods.js';
 import type { AdmissionRequest, AdmissionResult, CacheLookup, JoinedLookup, Periods, Store, StoreLimits } from '../store/store.js';
-import { backgroundNotMetered, priorityTierNotPriced, quotaExceeded, requestTooLarge, unpricedModel } from './errors.js';
+import { backgroundNotMetered, conversationNotMetered, priorityTierNotPriced, quotaExceeded, requestTooLarge, unpricedModel } from './errors.js';
 import { createReplayQueue } from '../resilience/replay-queue.js';
 import { createCostCarry } from './cost-carry.js';
 import { rateLimitHeaders } from './headers.js';
@@ -296,6 +296,7 @@ export function createQuota(opts: QuotaOptions) {
     // (tpm and the budgets do not apply: it adds nothing to them), but it is over once admitted: the
     // store records no reservation or lease, and settling it writes nothing.
     if (!free && endpoint.name === 'responses' && body.background === true && limitsTokensOrSpend(key.limits)) throw backgroundNotMetered();
+    if (!free && endpoint.name === 'responses' && body.conversation != null && limitsTokensOrSpend(key.limits)) throw conversationNotMetered();
     if (!free && body.service_tier === 'priority' && (key.limits.usdPerDay !== undefined || key.limits.usdPerMonth !== undefined)) throw priorityTierNotPriced();
     const price = free ? ZERO_PRICE : priceOf(key, model);
     const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model));

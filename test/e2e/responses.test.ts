@@ -247,6 +247,29 @@ describe('background responses and budgets', () => {
     expect(fg.status).toBe('completed');
   });
 
+  it('refuses a conversation (its input cannot be counted) for a key with a token or USD limit, before upstream', async () => {
+    const metered = await gw.createKey({ name: 'conv-metered', limits: { tokensPerDay: 100_000 } });
+    const calls = upstreamCalls();
+    for (const conversation of ['conv_abc123', { id: 'conv_abc123' }]) {
+      const err = await gw
+        .sdk(metered.key)
+        .responses.create({ model: 'gpt-4o-mini', input: 'And then?', conversation } as never)
+        .catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+      expect(err).toMatchObject({ status: 400, code: 'conversation_not_metered', param: 'conversation' });
+    }
+    expect(upstreamCalls()).toBe(calls);
+    // A key counting only requests is not held to tokens or dollars: it passes (upstream has the final word).
+    const requestsOnly = await gw.createKey({ name: 'conv-requests-only', limits: { rpm: 100 } });
+    const res = await fetch(`${gw.url}/v1/responses`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${requestsOnly.key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', input: 'And then?', conversation: 'conv_abc123' }),
+    });
+    expect(res.status).not.toBe(400);
+    await res.arrayBuffer();
+  });
+
   it('allows background: true for a key whose limits count only requests (rpm, maxConcurrent)', async () => {
     const key = await gw.createKey({ name: 'bg-requests-only', limits: { rpm: 100, maxConcurrent: 5 } });
     const queued = await gw.sdk(key.key).responses.create({ model: 'gpt-4o-mini', input: `Later ${unique()}`, background: true });
