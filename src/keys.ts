@@ -77,6 +77,13 @@ export const updateKeySchema = z.strictObject({
 });
 export type UpdateKeyInput = z.infer<typeof updateKeySchema>;
 
+/**
+ * A key's fields once a merge patch is merged into them: limits as stored records may hold them
+ * (an untouched limit an earlier version accepted must not make an unrelated change fail; the
+ * limits a patch sets are checked with limitsSchema first).
+ */
+export const mergedKeySchema = updateKeySchema.extend({ limits: storedLimitsSchema.optional() });
+
 /** What the store keeps. The secret itself is never stored: only its sha256 (`hash`). */
 export interface KeyRecord {
   id: string;

@@ -10,6 +10,7 @@ import { GatewayError, notFound, invalidRequest, notFoundHandler } from '../erro
 import {
   createKeySchema,
   updateKeySchema,
+  mergedKeySchema,
   hashSecret,
   newKeyId,
   newSecret,
@@ -83,10 +84,28 @@ function mergePatch(target: unknown, patch: unknown): unknown {
  * body): limits, cache and metadata merged, a removed one empty; name and models as given (null
  * models: every model, as when it is absent); any other member as given, for the schema to refuse.
  */
+/**
+ * A merge patch without its optional `merge: true`: a client that may reach a gateway from before
+ * merge patches (a rolling upgrade) sends it, so that such a gateway refuses the patch (an unknown
+ * field) rather than reading it as whole fields. Anything but true there is refused here too.
+ */
+function withoutMergeMarker(patch: Record<string, unknown>): Record<string, unknown> {
+  if (!Object.hasOwn(patch, 'merge')) return patch;
+  if (patch.merge !== true) throw invalidRequest("Invalid 'merge': a merge patch's marker is true, or absent.", 'merge', 'invalid_value');
+  const { merge: _marker, ...rest } = patch;
+  return rest;
+}
+
+/** An object's members that are not null (a merge patch's nulls remove; the rest is what it sets). */
+function withoutNulls(o: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== null));
+}
+
 function mergedFields(current: KeyRecord, patch: Record<string, unknown>): Record<string, unknown> {
   const editable: Record<string, unknown> = { limits: current.limits, cache: current.cache ?? {}, metadata: current.metadata };
   const fields: Record<string, unknown> = {};
   for (const [name, value] of Object.entries(patch)) {
+    if (name === 'cache' && value === null) continue; // removed whole: see the PATCH route
     fields[name] = Object.hasOwn(editable, name) ? (mergePatch(editable[name], value) ?? {}) : value;
   }
   return fields;
@@ -197,10 +216,13 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     if (merge && !isJsonObject(request.body)) throw invalidRequest('A merge patch must be a JSON object.', null, 'invalid_value');
     const replacing = merge ? undefined : parse(updateKeySchema, request.body);
     let limitsGiven = replacing?.limits !== undefined;
+    const patch = merge ? withoutMergeMarker(request.body as Record<string, unknown>) : undefined;
+    // The limits a merge patch sets are checked as strictly as a replacement's.
+    if (patch && isJsonObject(patch.limits)) parse(updateKeySchema, { limits: withoutNulls(patch.limits) });
     const { record: updated } = await change(request.params.id, (current) => {
-      const input = replacing ?? parse(updateKeySchema, mergedFields(current, request.body as Record<string, unknown>));
+      const input = replacing ?? parse(mergedKeySchema, mergedFields(current, patch!));
       limitsGiven = input.limits !== undefined;
-      return {
+      const next: KeyRecord = {
         ...current,
         ...(input.name !== undefined && { name: input.name }),
         ...(input.models !== undefined && { models: input.models }),
@@ -209,6 +231,9 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
         ...(input.metadata !== undefined && { metadata: input.metadata }),
         updatedAt: now(),
       };
+      // Removed by the merge patch: the gateway's cache defaults again.
+      if (patch?.cache === null) delete next.cache;
+      return next;
     });
     request.log.info({ keyId: updated.id }, 'key updated');
     if (limitsGiven && updated.revokedAt === null) opts.onLimitsChanged?.(updated);

@@ -232,6 +232,38 @@ describe('keys update', () => {
     }
   });
 
+  it("in a rolling upgrade, a merge patch reaching an older instance is refused there, not misread: the whole fields follow", async () => {
+    // The GET reached an instance that takes merge patches; the PATCH reaches an older one, which
+    // reads every body as whole fields and refuses unknown fields (as this gateway's versions before did).
+    const patches: { type: string | undefined; body: Record<string, any> }[] = [];
+    const key = { id: 'key_mixed1', name: 'mixed', models: null, limits: { rpm: 60, usdPerDay: 5 }, metadata: {}, revokedAt: null };
+    const mixed = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        if (req.method === 'GET') return res.writeHead(200, { 'content-type': 'application/json', 'accept-patch': 'application/merge-patch+json, application/json' }).end(JSON.stringify(key));
+        const parsed = JSON.parse(body) as Record<string, any>;
+        patches.push({ type: req.headers['content-type'], body: parsed });
+        if ('merge' in parsed) {
+          return res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { message: 'Invalid \'body\': Unrecognized key: "merge".', type: 'invalid_request_error', param: null, code: 'invalid_value' } }));
+        }
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ ...key, ...parsed }));
+      });
+    });
+    mixed.listen(0, '127.0.0.1');
+    await once(mixed, 'listening');
+    try {
+      const env = { TOLLGATE_URL: `http://127.0.0.1:${(mixed.address() as AddressInfo).port}`, TOLLGATE_ADMIN_TOKEN: ADMIN_TOKEN };
+      const r = await cli(['keys', 'update', 'key_mixed1', '--rpm', '10'], env);
+      expect(r.code, r.stderr).toBe(0);
+      expect(patches.map((p) => p.type)).toEqual(['application/merge-patch+json', 'application/json']);
+      // The older instance kept the key's USD limit: it got the whole, merged limits.
+      expect(patches[1]!.body).toEqual({ limits: { rpm: 10, usdPerDay: 5 } });
+    } finally {
+      await new Promise<void>((resolve) => mixed.close(() => resolve()));
+    }
+  });
+
   it('refuses an update with nothing to change (exit 2)', async () => {
     const { id } = await gw.createKey();
     const r = await cli(['keys', 'update', id]);

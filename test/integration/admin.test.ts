@@ -396,6 +396,13 @@ describe('PATCH with a JSON merge patch (application/merge-patch+json)', () => {
     expect(removed.body).toMatchObject({ limits: { rpm: 20, usdPerDay: 5 }, metadata: { env: 'prod' }, cache: { ttlSeconds: 60 } });
     expect(removed.body.limits.tpm).toBeUndefined();
     expect((await mergePatch(gw, id, { limits: null, models: ['gpt-4o*'] })).body).toMatchObject({ limits: {}, models: ['gpt-4o*'] });
+    // `merge: true` (for gateways from before merge patches to refuse, rather than misread) is accepted and not kept.
+    const marked = await mergePatch(gw, id, { merge: true, limits: { rpm: 7 } });
+    expect(marked.body).toMatchObject({ limits: { rpm: 7 } });
+    expect(marked.body.merge).toBeUndefined();
+    expect((await mergePatch(gw, id, { merge: false, limits: { rpm: 8 } })).status).toBe(400);
+    // A plain PATCH (whole fields) refuses it, as gateways from before do.
+    expect((await gw.admin('PATCH', `/admin/keys/${id}`, { merge: true, limits: { rpm: 9 } })).status).toBe(400);
   });
 
   it('refuses what the merged key would break, in OpenAI shape, changing nothing', async () => {
@@ -406,6 +413,24 @@ describe('PATCH with a JSON merge patch (application/merge-patch+json)', () => {
       expect(res.body.error.type).toBe('invalid_request_error');
     }
     expect((await gw.admin('GET', `/admin/keys/${id}`)).body).toMatchObject({ name: 'strict', limits: { rpm: 10 } });
+  });
+
+  it('leaves limits it does not name alone, even one an earlier version stored finer than today allows; cache null removes it', async () => {
+    const store = createMemoryStore();
+    const legacy = await startGateway({ store });
+    try {
+      const at = new Date().toISOString();
+      // Earlier versions took USD limits finer than a micro-dollar; such records still load.
+      await store.createKey({ id: 'key_legacy1', name: 'legacy', hash: 'a'.repeat(64), hint: 'tg-aaaa...', models: null, limits: { usdPerDay: 0.0000015 }, metadata: {}, cache: { ttlSeconds: 60 }, createdAt: at, updatedAt: at, revokedAt: null });
+      const res = await mergePatch(legacy, 'key_legacy1', { limits: { rpm: 12 }, cache: null });
+      expect(res.status, JSON.stringify(res.body)).toBe(200);
+      expect(res.body.limits).toEqual({ usdPerDay: 0.0000015, rpm: 12 });
+      expect(res.body.cache).toBeUndefined();
+      // What the patch itself sets is checked as strictly as ever.
+      expect((await mergePatch(legacy, 'key_legacy1', { limits: { usdPerMonth: 0.0000015 } })).status).toBe(400);
+    } finally {
+      await legacy.close();
+    }
   });
 
   it('keeps every one of several concurrent merges of different limits, on Redis', async () => {

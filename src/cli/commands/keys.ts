@@ -1,6 +1,6 @@
 // `tollgate keys ...`: create, list, show, update, revoke and rotate gateway keys through the admin API.
 import { UsageError, type Command, type CommandContext, type OptionSpecs } from '../command.js';
-import { MAX_KEYS_PAGE, type AdminClient, type AdminKey, type KeyInput } from '../admin-client.js';
+import { ApiError, MAX_KEYS_PAGE, type AdminClient, type AdminKey, type KeyInput } from '../admin-client.js';
 import { LIMIT_FIELDS, keyDetails, keysTable } from '../format.js';
 import { clean } from '../table.js';
 
@@ -108,10 +108,19 @@ async function mergeUpdate(client: AdminClient, id: string, patch: KeyInput, c: 
   const changesMetadata = c.clearMetadata || Object.keys(c.metadataChanges).length > 0;
   const { key: current, takesMergePatch } = await client.getKeyForUpdate(id);
   if (takesMergePatch) {
-    const merge: Record<string, unknown> = { ...patch };
+    // `merge: true`: behind a load balancer in a rolling upgrade the PATCH may reach an older
+    // instance than the GET did, which would read the patch as whole fields and drop the key's
+    // other limits; it refuses an unknown field instead (400), and the whole fields follow.
+    const merge: Record<string, unknown> = { ...patch, merge: true };
     if (changesLimits) merge.limits = limitsMerge(c.limitChanges, c.clearLimits);
     if (changesMetadata) merge.metadata = metadataMerge(c.metadataChanges, c.clearMetadata, current.metadata ?? {});
-    return client.mergeKey(id, merge);
+    try {
+      return await client.mergeKey(id, merge);
+    } catch (err) {
+      // Refused: an older instance (above), or a value it would refuse anyway, which the whole
+      // fields below are refused for too, with the same message.
+      if (!(err instanceof ApiError) || err.status !== 400) throw err;
+    }
   }
   const whole: KeyInput = { ...patch };
   if (changesLimits) whole.limits = applyLimits(c.clearLimits ? {} : { ...(current.limits ?? {}) }, c.limitChanges);
