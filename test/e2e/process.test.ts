@@ -66,11 +66,7 @@ describe('demo mode', () => {
     await expect.poll(() => server.output(), { timeout: 5000 }).toContain('curl ');
     const key = /gateway key:\s+(tg-\S+)/.exec(server.output())![1]!;
     expect(server.output()).toContain(`curl ${base}/v1/chat/completions`);
-    const res = await fetch(`${base}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello!' }] }),
-    });
+    const res = await chat(base, key, 'Hello!');
     expect(res.status).toBe(200);
     expect(((await res.json()) as { object: string }).object).toBe('chat.completion');
     expect(server.output()).toContain('in-memory store');
@@ -105,11 +101,7 @@ describe('graceful shutdown', () => {
     });
     const { key } = (await created.json()) as { key: string };
 
-    const res = await fetch(`${base}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'a long story please' }], stream: true }),
-    });
+    const res = await chat(base, key, 'a long story please', { stream: true });
     const reader = res.body!.getReader();
     let text = new TextDecoder().decode((await reader.read()).value);
     const exited = once(server.proc, 'exit');
@@ -162,11 +154,7 @@ describe('graceful shutdown under load', () => {
     const { id, key } = (await created.json()) as { id: string; key: string };
 
     const inFlight = Array.from({ length: 40 }, (_, i) =>
-      fetch(`${base}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: `load ${i}` }], stream: i % 4 === 0 }),
-      }).then(async (res) => ({ status: res.status, body: await res.text() })),
+      chat(base, key, `load ${i}`, { stream: i % 4 === 0 }).then(async (res) => ({ status: res.status, body: await res.text() })),
     );
     // Every request has reached upstream, so every one was accepted before the signal.
     await expect.poll(() => fake!.requests.length, { timeout: 10_000 }).toBe(40);
@@ -198,6 +186,15 @@ describe('graceful shutdown under load', () => {
     }
   }, 60_000);
 });
+
+/** One chat completion through the process at `base`, with its gateway key. */
+function chat(base: string, key: string, content: string, extra: Record<string, unknown> = {}) {
+  return fetch(`${base}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content }], ...extra }),
+  });
+}
 
 /** A key created through the admin API of the process at `base`. */
 async function createKey(base: string, name: string) {
@@ -233,11 +230,7 @@ describe('shutdown deadline', () => {
       SHUTDOWN_TIMEOUT_MS: '300',
     });
     const { id, key } = await createKey(base, 'deadline');
-    const res = await fetch(`${base}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'a long story please' }], stream: true }),
-    });
+    const res = await chat(base, key, 'a long story please', { stream: true });
     const reader = res.body!.getReader();
     await reader.read();
     const exited = once(server.proc, 'exit');
@@ -255,10 +248,10 @@ describe('shutdown deadline', () => {
     expect(server.output()).toContain('connections still open were cut (their usage recorded as estimated)');
 
     const { events, used, reserved } = await recorded(prefix, id);
-    const chat = events.filter((e) => e.endpoint === 'chat.completions');
-    expect(chat, server.output()).toHaveLength(1);
+    const chatEvents = events.filter((e) => e.endpoint === 'chat.completions');
+    expect(chatEvents, server.output()).toHaveLength(1);
     // The gateway cut it, not the client: recorded as such, in the usage event and the log line.
-    expect(chat[0]).toMatchObject({ keyId: id, stream: true, estimated: true, errorCode: 'cut_at_shutdown' });
+    expect(chatEvents[0]).toMatchObject({ keyId: id, stream: true, estimated: true, errorCode: 'cut_at_shutdown' });
     const line = server
       .output()
       .split('\n')
@@ -266,7 +259,7 @@ describe('shutdown deadline', () => {
       .map((l) => JSON.parse(l) as Record<string, unknown>)[0];
     expect(line).toMatchObject({ errorCode: 'cut_at_shutdown' });
     expect(line!.clientAborted).toBeUndefined();
-    expect(chat[0]!.totalTokens as number).toBeGreaterThan(0);
+    expect(chatEvents[0]!.totalTokens as number).toBeGreaterThan(0);
     expect(used).toBeGreaterThan(0);
     expect(reserved).toBe(0);
   }, 60_000);
@@ -306,11 +299,7 @@ describe('shutdown deadline', () => {
           ...(body !== undefined && { body: JSON.stringify(body) }),
         });
       const { id, key } = await createKey(base, 'hung-webhook');
-      const res = await fetch(`${base}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }),
-      });
+      const res = await chat(base, key, 'hi');
       expect(res.status).toBe(200);
       await res.text();
       const usedNow = async () => {
@@ -354,11 +343,7 @@ describe('shutdown deadline', () => {
       USAGE_FLUSH_MS: '10000',
     });
     const { id, key } = await createKey(base, 'deadline0');
-    const res = await fetch(`${base}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }),
-    });
+    const res = await chat(base, key, 'hi');
     expect(res.status).toBe(200);
     await res.text();
     // Let its 'close' handler queue the usage event.
@@ -368,9 +353,9 @@ describe('shutdown deadline', () => {
     await exited;
 
     const { events, used } = await recorded(prefix, id);
-    const chat = events.filter((e) => e.endpoint === 'chat.completions');
-    expect(chat, server.output()).toHaveLength(1);
-    expect(chat[0]).toMatchObject({ keyId: id, estimated: false, totalTokens: fake.usageTotals().total_tokens });
+    const chatEvents = events.filter((e) => e.endpoint === 'chat.completions');
+    expect(chatEvents, server.output()).toHaveLength(1);
+    expect(chatEvents[0]).toMatchObject({ keyId: id, estimated: false, totalTokens: fake.usageTotals().total_tokens });
     expect(used).toBe(fake.usageTotals().total_tokens);
   }, 60_000);
 });
