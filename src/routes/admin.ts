@@ -18,7 +18,7 @@ import {
   secretHint,
   type KeyRecord,
 } from '../keys.js';
-import { paramPath } from '../openai/schemas.js';
+import { parseInput } from './parse-input.js';
 import { MAX_KEY_PAGE } from '../store/key-page.js';
 import { z } from 'zod';
 
@@ -35,14 +35,6 @@ export interface AdminOptions {
   onLimitsChanged?: (key: KeyRecord) => void;
 }
 
-/** `input` (a body, or a query string's parameters) as `schema` reads it, or a 400 naming what is wrong. */
-function parse<T>(schema: z.ZodType<T>, input: unknown, whole: 'body' | 'query' = 'body'): T {
-  const result = schema.safeParse(input ?? {});
-  if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
-  const param = paramPath(issue.path);
-  throw invalidRequest(`Invalid '${param ?? whole}': ${issue.message}.`, param, 'invalid_value');
-}
 
 /** A key id as newKeyId makes them (with room for longer ones): anything else cannot name a key. */
 const KEY_ID = /^key_[A-Za-z0-9_-]{1,64}$/;
@@ -80,11 +72,6 @@ function mergePatch(target: unknown, patch: unknown): unknown {
 }
 
 /**
- * The fields a merge patch names, as they are once merged into the key (to validate as a PATCH
- * body): limits, cache and metadata merged, a removed one empty; name and models as given (null
- * models: every model, as when it is absent); any other member as given, for the schema to refuse.
- */
-/**
  * A merge patch without its optional `merge: true`: a client that may reach a gateway from before
  * merge patches (a rolling upgrade) sends it, so that such a gateway refuses the patch (an unknown
  * field) rather than reading it as whole fields. Anything but true there is refused here too.
@@ -101,6 +88,11 @@ function withoutNulls(o: Record<string, unknown>): Record<string, unknown> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== null));
 }
 
+/**
+ * The fields a merge patch names, as they are once merged into the key (to validate as a PATCH
+ * body): limits, cache and metadata merged, a removed one empty (cache: left out, the route drops it); name and models as given (null
+ * models: every model, as when it is absent); any other member as given, for the schema to refuse.
+ */
 function mergedFields(current: KeyRecord, patch: Record<string, unknown>): Record<string, unknown> {
   const editable: Record<string, unknown> = { limits: current.limits, cache: current.cache ?? {}, metadata: current.metadata };
   const fields: Record<string, unknown> = {};
@@ -164,7 +156,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
   }
 
   app.post('/keys', async (request, reply) => {
-    const input = parse(createKeySchema, request.body);
+    const input = parseInput(createKeySchema, request.body);
     const secret = newSecret();
     const at = now();
     const record: KeyRecord = {
@@ -187,7 +179,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
   });
 
   app.get('/keys', async (request) => {
-    const { limit, after, include } = parse(listKeysQuery, request.query, 'query');
+    const { limit, after, include } = parseInput(listKeysQuery, request.query, 'query');
     const page = limit === undefined ? everyKeyAfter(await store.listKeys(), after) : await store.listKeysPage({ limit, after });
     // Keys are never removed from the list, so an unknown cursor is a mistake (a typo, another
     // gateway's key), not a key deleted between pages: say so rather than guess where to go on.
@@ -214,13 +206,13 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
     // replaced as a whole.
     const merge = isMergePatch(request.headers['content-type']);
     if (merge && !isJsonObject(request.body)) throw invalidRequest('A merge patch must be a JSON object.', null, 'invalid_value');
-    const replacing = merge ? undefined : parse(updateKeySchema, request.body);
-    let limitsGiven = replacing?.limits !== undefined;
+    const replacing = merge ? undefined : parseInput(updateKeySchema, request.body);
+    let limitsGiven = false;
     const patch = merge ? withoutMergeMarker(request.body as Record<string, unknown>) : undefined;
     // The limits a merge patch sets are checked as strictly as a replacement's.
-    if (patch && isJsonObject(patch.limits)) parse(updateKeySchema, { limits: withoutNulls(patch.limits) });
+    if (patch && isJsonObject(patch.limits)) parseInput(updateKeySchema, { limits: withoutNulls(patch.limits) });
     const { record: updated } = await change(request.params.id, (current) => {
-      const input = replacing ?? parse(mergedKeySchema, mergedFields(current, patch!));
+      const input = replacing ?? parseInput(mergedKeySchema, mergedFields(current, patch!));
       limitsGiven = input.limits !== undefined;
       const next: KeyRecord = {
         ...current,

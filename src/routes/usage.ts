@@ -8,7 +8,7 @@ import { buildReport, GROUPS, type Group } from '../usage/report.js';
 import { EVENT_ORDERS, reportHours, startOfHour } from '../store/usage-math.js';
 import { isoInstant } from '../usage/iso-instant.js';
 import { invalidRequest } from '../errors.js';
-import { paramPath } from '../openai/schemas.js';
+import { parseInput } from './parse-input.js';
 
 export interface UsageRouteOptions {
   store: Store;
@@ -88,14 +88,6 @@ const eventsQuery = z.object({
   order: z.enum(EVENT_ORDERS).default('asc'),
 });
 
-function parse<T>(schema: z.ZodType<T>, query: unknown): T {
-  const result = schema.safeParse(query);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
-  const param = paramPath(issue.path);
-  throw invalidRequest(`Invalid '${param ?? 'query'}': ${issue.message}.`, param, 'invalid_value');
-}
-
 /**
  * Columns of the CSV export: every field of the event (and `time`, its ts as ISO 8601), in a fixed
  * order; fields added later go at the end, so the columns a spreadsheet reads stay where they were.
@@ -122,7 +114,7 @@ export async function usageRoutes(app: FastifyInstance, opts: UsageRouteOptions)
   const { store } = opts;
 
   app.get('/usage', async (request) => {
-    const q = parse(reportQuery, request.query);
+    const q = parseInput(reportQuery, request.query, 'query');
     const toMs = q.to ?? opts.clock();
     // A week back from the start of that hour (as the CLI's `--since 7d`), so the week's first hour
     // is counted; not before 1970 (a 'to' in the first week of 1970).
@@ -137,7 +129,7 @@ export async function usageRoutes(app: FastifyInstance, opts: UsageRouteOptions)
   });
 
   app.get('/usage/events', async (request, reply) => {
-    const q = parse(eventsQuery, request.query);
+    const q = parseInput(eventsQuery, request.query, 'query');
     const sinceMs = q.since ?? opts.clock() - 3_600_000;
     const PAGE = 1000;
     const nextPage = (after: string | undefined, sent: number) =>

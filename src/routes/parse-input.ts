@@ -1,0 +1,13 @@
+// Admin API input (a body, or a query string's parameters) read with a zod schema.
+import type { z } from 'zod';
+import { invalidRequest } from '../errors.js';
+import { paramPath } from '../openai/schemas.js';
+
+/** `input` as `schema` reads it, or an OpenAI-shaped 400 naming the first thing wrong (the parameter, else the whole). */
+export function parseInput<T>(schema: z.ZodType<T>, input: unknown, whole: 'body' | 'query' = 'body'): T {
+  const result = schema.safeParse(input ?? {});
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const param = paramPath(issue.path);
+  throw invalidRequest(`Invalid '${param ?? whole}': ${issue.message}.`, param, 'invalid_value');
+}
