@@ -17,7 +17,6 @@ import { abandonedAfterSending, endedByTimeout, upstreamFailure } from '../upstr
 import { carriesError } from '../upstream/redact.js';
 import { exactSeedDigits, stringifyWithSeed } from '../openai/big-seed.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
-import { isRetryableStatus } from '../upstream/retry.js';
 import { serveHit } from './serve-hit.js';
 import type { ResponseOwners } from './response-owners.js';
 import { waitOnStore } from '../request-context.js';
@@ -253,9 +252,6 @@ async function callUpstream(
   }
   const headers = upstreamHeadersForClient(res.headers);
   trace.upstreamRequestId = headers['x-upstream-request-id'];
-  // Retried here already, with backoff: the client's SDK retrying the same answer again multiplies
-  // the calls on the shared server key (the openai SDKs' 3 attempts x the gateway's 3 = 9).
-  if ((res.attempts ?? 1) > 1 && isRetryableStatus(res.status)) headers['x-should-retry'] ??= 'false';
   reply.code(res.status).headers(headers);
 
   const isSse = String(res.headers['content-type'] ?? '').startsWith('text/event-stream');

@@ -150,6 +150,16 @@ function maskedHeaders(headers: UpstreamHeaders, mask: SecretMasker): UpstreamHe
   return out ?? headers;
 }
 
+/**
+ * An error answer after this client's own retries says `x-should-retry: false` (unless upstream said
+ * otherwise), as the errors it throws then do: the client's SDK retrying the same answer again
+ * would multiply the calls on the shared server key (the openai SDKs' 3 attempts x 3 here = 9).
+ */
+function retriedHere(headers: UpstreamHeaders, status: number, attempts: number): UpstreamHeaders {
+  if (attempts <= 1 || !isRetryableStatus(status) || headers['x-should-retry'] !== undefined) return headers;
+  return { ...headers, 'x-should-retry': 'false' };
+}
+
 function maskedBody(body: Readable, mask: SecretMasker): Readable {
   const chunks: Buffer[] = [];
   const masked = new Transform({
@@ -348,7 +358,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         const body = res.statusCode >= 300 ? maskedBody(res.body, maskSecrets) : res.body;
         return {
           status: res.statusCode,
-          headers: maskedHeaders(res.headers, maskSecrets),
+          headers: retriedHere(maskedHeaders(res.headers, maskSecrets), res.statusCode, attempt),
           body,
           timedOut: exchange.isTimedOut,
           attempts: attempt,
