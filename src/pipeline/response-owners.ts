@@ -2,6 +2,7 @@
 import type { FastifyBaseLogger } from 'fastify';
 import type { ResponseOwner, Store } from '../store/store.js';
 import { storeUnavailable } from '../errors.js';
+import { readResponsesUsage } from '../openai/usage.js';
 
 /** OpenAI keeps stored responses 30 days: the owner is remembered as long. */
 export const RESPONSE_OWNER_TTL_MS = 30 * 86_400_000;
@@ -16,12 +17,11 @@ const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null 
  * continues it sends again. Output includes reasoning, which OpenAI may not carry into the next
  * turn; counting it errs towards reserving too much, never too little.
  */
-function contextTokensOf(response: Json): number {
-  const usage = response.usage;
-  if (!isObject(usage)) return 0;
-  const count = (v: unknown) => (Number.isSafeInteger(v) && (v as number) > 0 ? (v as number) : 0);
+function conversationTokens(response: Json): number {
+  const usage = readResponsesUsage(response);
+  if (!usage) return 0;
   // Bounded, or bogus usage would make the record unwritable (its creator would then get 404).
-  return Math.min(count(usage.input_tokens) + count(usage.output_tokens), Number.MAX_SAFE_INTEGER);
+  return Math.min(usage.promptTokens + usage.completionTokens, Number.MAX_SAFE_INTEGER);
 }
 
 /** The stream events whose response is recorded: its creation (the id, at once) and its end (with usage). */
@@ -41,7 +41,7 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
   async function record(response: unknown, keyId: string): Promise<void> {
     if (!isObject(response) || typeof response.id !== 'string' || response.id === '' || response.store === false) return;
     try {
-      await opts.store.setResponseOwner(response.id, keyId, ttlMs, contextTokensOf(response));
+      await opts.store.setResponseOwner(response.id, keyId, ttlMs, conversationTokens(response));
     } catch (err) {
       opts.logger.warn({ err: (err as Error).message, responseId: response.id, keyId }, 'response owner not recorded');
     }

@@ -291,7 +291,7 @@ export function createQuota(opts: QuotaOptions) {
   }
 
   /** A request's worst case, priced, and the admission request that reserves it. */
-  function reservation(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, free: boolean, estimate?: number) {
+  function reservation(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, free: boolean, estimate?: number, carried = 0) {
     // A free request (a cache hit) is checked against maxConcurrent and rpm and counts against rpm
     // (tpm and the budgets do not apply: it adds nothing to them), but it is over once admitted: the
     // store records no reservation or lease, and settling it writes nothing.
@@ -299,7 +299,8 @@ export function createQuota(opts: QuotaOptions) {
     if (!free && endpoint.name === 'responses' && body.conversation != null && limitsTokensOrSpend(key.limits)) throw conversationNotMetered();
     if (!free && body.service_tier === 'priority' && (key.limits.usdPerDay !== undefined || key.limits.usdPerMonth !== undefined)) throw priorityTierNotPriced();
     const price = free ? ZERO_PRICE : priceOf(key, model);
-    const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model));
+    // `carried`: input sent besides the body (AdmitMode.carriedTokens).
+    const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model)) + carried;
     const outputTokens = free ? 0 : maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);
     const tokens = promptTokens + outputTokens;
     // Before pricing: past this bound tokens x price would leave the safe integers (a 500 otherwise).
@@ -415,9 +416,7 @@ export function createQuota(opts: QuotaOptions) {
    * would be passed. The returned admission must be settled exactly once (later calls are no-ops).
    */
   async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, mode: AdmitMode = {}) {
-    const carried = mode.free ? 0 : (mode.carriedTokens ?? 0);
-    const estimate = carried > 0 ? estimatePromptTokens(endpoint.name, body, model) + carried : undefined;
-    const planned = reservation(key, endpoint, body, model, mode.free === true, estimate);
+    const planned = reservation(key, endpoint, body, model, mode.free === true, undefined, mode.carriedTokens);
     if (mode.rpmCounted) planned.request.rpmCounted = true;
     let result: AdmissionResult;
     try {
