@@ -5,12 +5,32 @@ import { z } from 'zod';
 // Python clients send explicit nulls for unset arguments (openai 0.x sends `stop: null`): accept them.
 const opt = <T extends z.ZodType>(schema: T) => schema.nullish();
 
+/** OpenAI's words for a list past its bound (its code is array_above_max_length). */
+function arrayTooLong(max: number, length: number): string {
+  return `array too long. Expected an array with maximum length ${max}, but got an array with length ${length} instead`;
+}
+
+/** An array of at most `max` items, refused in OpenAI's words. */
+const boundedArray = <T extends z.ZodType>(item: T, max: number) =>
+  z.array(item).max(max, { error: (issue) => arrayTooLong(max, Array.isArray(issue.input) ? issue.input.length : max + 1) });
+
+/**
+ * A union with an array among its forms, whose array may hold at most `max` items: checked after
+ * the union, so the 400 names the bound instead of the union's "Invalid input". `counted` says
+ * which arrays are lists (one array of numbers is a single prompt of token ids, not a batch).
+ */
+const unionWithBoundedArray = <T extends z.ZodType>(union: T, max: number, counted: (value: unknown[]) => boolean = () => true) =>
+  union.superRefine((value, ctx) => {
+    if (!Array.isArray(value) || value.length <= max || !counted(value)) return;
+    ctx.addIssue({ code: 'too_big', origin: 'array', maximum: max, inclusive: true, input: value, message: arrayTooLong(max, value.length) });
+  });
+
 const model = z.string().min(1).max(256);
 // Bounded: no model generates 2^31 tokens, and an unbounded count times n would overflow the
 // integer arithmetic of the reservation (a 500 for a request that is only silly).
 const tokenCount = z.number().int().positive().max(2 ** 31 - 1);
 
-const stop = z.union([z.string(), z.array(z.string()).max(4)]);
+const stop = unionWithBoundedArray(z.union([z.string(), z.array(z.string())]), 4);
 const streamOptions = z.looseObject({ include_usage: opt(z.boolean()) });
 
 /** Sampling fields shared by chat and legacy completions, with OpenAI's documented ranges. */
@@ -36,6 +56,14 @@ const message = z.looseObject({
 });
 
 /**
+ * OpenAI's bounds on a chat request's lists (its 400s say so). They also bound the work done
+ * synchronously on a body before it goes upstream (validation, cache name, token count): a 10 MB
+ * body of 200,000 one-word messages held the event loop ~0.4 s.
+ */
+export const MAX_CHAT_MESSAGES = 2048;
+export const MAX_TOOLS = 128;
+
+/**
  * OpenAI refuses `stream_options` on a request that does not stream (400). Checked here too: the
  * cache name leaves both fields out, so a hit would otherwise answer 200 what a miss answers 400.
  */
@@ -48,7 +76,8 @@ const streamOptionsNeedStream = (body: { stream?: boolean | null; stream_options
 export const chatCompletionSchema = z
   .looseObject({
     model,
-    messages: z.array(message).min(1),
+    messages: boundedArray(message, MAX_CHAT_MESSAGES).min(1),
+    tools: opt(boundedArray(z.unknown(), MAX_TOOLS)),
     ...sampling,
     max_completion_tokens: opt(tokenCount),
     logprobs: opt(z.boolean()),
@@ -66,25 +95,11 @@ export const MAX_BATCH_INPUTS = 2048;
 
 const tokenIds = z.array(z.number().int().nonnegative());
 
-/**
- * A batch (an array of strings or of token arrays) of at most MAX_BATCH_INPUTS, checked after the
- * union so the 400 names the bound instead of the union's "Invalid input". One array of numbers is
- * a single input, as token ids, and is not a batch.
- */
-const batchOf = <T extends z.ZodType>(schema: T, noun: string) =>
-  schema.superRefine((value, ctx) => {
-    if (!Array.isArray(value) || value.length <= MAX_BATCH_INPUTS || value.every((item) => typeof item === 'number')) return;
-    ctx.addIssue({
-      code: 'too_big',
-      origin: 'array',
-      maximum: MAX_BATCH_INPUTS,
-      inclusive: true,
-      input: value,
-      message: `at most ${MAX_BATCH_INPUTS} ${noun} in one request, got ${value.length}`,
-    });
-  });
+/** A batch (an array of strings or of token arrays) of at most MAX_BATCH_INPUTS. */
+const batchOf = <T extends z.ZodType>(schema: T) =>
+  unionWithBoundedArray(schema, MAX_BATCH_INPUTS, (value) => !value.every((item) => typeof item === 'number'));
 
-const promptLike = batchOf(z.union([z.string(), z.array(z.string()), tokenIds, z.array(tokenIds)]), 'prompts');
+const promptLike = batchOf(z.union([z.string(), z.array(z.string()), tokenIds, z.array(tokenIds)]));
 
 export const completionSchema = z.looseObject({
   model,
@@ -101,7 +116,7 @@ export const completionSchema = z.looseObject({
 
 export const embeddingSchema = z.looseObject({
   model,
-  input: batchOf(z.union([z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds).min(1)]), 'inputs'),
+  input: batchOf(z.union([z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds).min(1)])),
   encoding_format: opt(z.enum(['float', 'base64'])),
   dimensions: opt(z.number().int().positive().max(100_000)),
   user: opt(z.string()),

@@ -44,6 +44,8 @@ describe('validation', () => {
     // As OpenAI: stream_options only with stream (a cache hit would otherwise answer 200 what a miss answers 400).
     [{ ...chat, stream_options: { include_usage: true } }, 'stream_options', 'invalid_value'],
     [{ ...chat, stream: false, stream_options: { include_usage: true } }, 'stream_options', 'invalid_value'],
+    [{ ...chat, stop: ['a', 'b', 'c', 'd', 'e'] }, 'stop', 'array_above_max_length'],
+    [{ ...chat, tools: { type: 'function' } }, 'tools', 'invalid_type'],
   ])('rejects %j naming %s', async (body, param, code) => {
     const res = await post('/v1/chat/completions', body);
     expect(res.status).toBe(400);

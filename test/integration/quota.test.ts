@@ -286,7 +286,12 @@ describe('request sizes and defaults', () => {
       // max_tokens x n is within the schema's bounds; x 40,000 prompts it overflowed the cost arithmetic.
       const res = await post(key, path, { model: instruct, prompt: Array(40_000).fill(''), n: 128, max_tokens: 2 ** 31 - 1 });
       expect(res.status).toBe(400);
-      expect(await errorOf(res)).toMatchObject({ type: 'invalid_request_error', param: 'prompt', code: 'value_above_maximum' });
+      expect(await errorOf(res)).toMatchObject({
+        type: 'invalid_request_error',
+        param: 'prompt',
+        code: 'array_above_max_length',
+        message: "Invalid 'prompt': array too long. Expected an array with maximum length 2048, but got an array with length 40000 instead.",
+      });
     }
     expect(gw.fake.requests.length).toBe(before);
     expect(gw.logs.lines.filter((l) => (l.level as number) >= 50)).toEqual([]);
@@ -317,7 +322,7 @@ describe('request sizes and defaults', () => {
     const { key } = await gw.createKey({ name: 'embed-batch' });
     const over = await post(key, '/v1/embeddings', { model: 'text-embedding-3-small', input: Array(2049).fill('hello') });
     expect(over.status).toBe(400);
-    expect(await errorOf(over)).toMatchObject({ param: 'input', code: 'value_above_maximum' });
+    expect(await errorOf(over)).toMatchObject({ param: 'input', code: 'array_above_max_length' });
     const tokenBatch = await post(key, '/v1/embeddings', { model: 'text-embedding-3-small', input: Array(2049).fill([1, 2]) });
     expect(tokenBatch.status).toBe(400);
     const full = await post(key, '/v1/embeddings', { model: 'text-embedding-3-small', input: Array(2048).fill('hello') });

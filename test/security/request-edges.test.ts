@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_TOKEN, startGateway, type Gateway } from '../helpers/gateway.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 import { expectOpenAIError, rawRequest } from './raw-http.js';
+import { MAX_BODY_NODES } from '../../src/openai/endpoints.js';
 
 let gw: Gateway;
 let key: string;
@@ -18,6 +19,60 @@ beforeAll(async () => {
 afterAll(() => gw.close());
 
 const chat = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello edges' }] };
+
+function post(path: string, body: unknown) {
+  return fetch(`${gw.url}${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+}
+
+describe('large bodies', () => {
+  it("holds OpenAI's bounds on a chat request's lists, in OpenAI's words: 2048 messages, 128 tools, 4 stop sequences", async () => {
+    const before = gw.fake.requests.length;
+    const message = { role: 'user', content: 'hi' };
+    const tool = { type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } };
+    for (const [body, param, max, length] of [
+      [{ ...chat, messages: Array(2049).fill(message) }, 'messages', 2048, 2049],
+      [{ ...chat, tools: Array(129).fill(tool) }, 'tools', 128, 129],
+      [{ ...chat, stop: ['a', 'b', 'c', 'd', 'e', 'f'] }, 'stop', 4, 6],
+    ] as const) {
+      const res = await post('/v1/chat/completions', body);
+      expect(res.status, param).toBe(400);
+      expect(((await res.json()) as { error: unknown }).error).toEqual({
+        type: 'invalid_request_error',
+        param,
+        code: 'array_above_max_length',
+        message: `Invalid '${param}': array too long. Expected an array with maximum length ${max}, but got an array with length ${length} instead.`,
+      });
+    }
+    expect(gw.fake.requests.length).toBe(before);
+    const full = await post('/v1/chat/completions', { ...chat, max_tokens: 3, messages: Array(2048).fill(message), tools: Array(128).fill(tool), stop: ['a', 'b', 'c', 'd'] });
+    expect(full.status).toBe(200);
+  });
+
+  it('refuses a body of more objects, arrays and fields than any real request holds, before the work they would cost', async () => {
+    // 120,000 small objects in a pass-through field (~1.6 MB): each would cost validation, the
+    // cache name and the log's walk, with every other request waiting.
+    const res = await post('/v1/chat/completions', { ...chat, metadata_blob: Array.from({ length: 120_000 }, (_, i) => ({ i })) });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: unknown }).error).toMatchObject({
+      type: 'invalid_request_error',
+      code: 'invalid_value',
+      message: `The request body holds too many objects, arrays and fields (at most ${MAX_BODY_NODES}).`,
+    });
+    // Long lists of numbers are not counted: token ids (500,000 here) are real inputs.
+    const tokens = await post('/v1/embeddings', { model: 'text-embedding-3-small', input: Array.from({ length: 1000 }, () => Array(500).fill(1)) });
+    expect(tokens.status).toBe(200);
+    // A large but real request passes: 2048 messages with a tool call each, and 128 tools.
+    const call = { role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: '{}' } }] };
+    const tool = { type: 'function', function: { name: 'f', parameters: { type: 'object', properties: { a: { type: 'string' } }, required: ['a'] } } };
+    const big = await post('/v1/chat/completions', { ...chat, max_tokens: 3, messages: [...Array(2047).fill(call), chat.messages[0]], tools: Array(128).fill(tool) });
+    expect(big.status).toBe(200);
+  });
+
+});
 
 describe('a client that stops sending its request', () => {
   it('gets 408 in OpenAI shape and its connection closed, after CLIENT_REQUEST_TIMEOUT_MS', async () => {
