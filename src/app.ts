@@ -190,6 +190,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     budgets: () => budgetGauges(store, quota),
     onBudgetsError: (err) => logger.warn({ err: err.message }, 'budget gauges unavailable'),
     degraded: () => modes(),
+    upstreamConnections: upstream.connections,
   });
   const alerts = createAlerts({ webhookUrl: config.alertWebhookUrl, store, quota, clock, timeZone: config.quota.timeZone, logger });
   const usage = createUsageRecorder({

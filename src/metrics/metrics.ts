@@ -27,6 +27,8 @@ export interface MetricsOptions {
   onBudgetsError?: (err: Error) => void;
   /** The outage modes (store down), read at scrape time: tollgate_degraded and its companions. */
   degraded?: () => DegradedModes;
+  /** Requests holding an upstream connection and requests waiting for one, read at scrape time. */
+  upstreamConnections?: () => { held: number; waiting: number };
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
@@ -142,6 +144,21 @@ export function createMetrics(opts: MetricsOptions) {
       await budgetsOnce();
     },
   });
+
+  const upstreamConnections = opts.upstreamConnections;
+  if (upstreamConnections) {
+    new Gauge({
+      name: 'tollgate_upstream_connections',
+      help: 'Requests holding one of the UPSTREAM_MAX_CONNECTIONS connections to upstream (busy), and requests waiting for one (waiting).',
+      labelNames: ['state'] as const,
+      registers,
+      collect() {
+        const { held, waiting } = upstreamConnections();
+        this.set({ state: 'busy' }, held);
+        this.set({ state: 'waiting' }, waiting);
+      },
+    });
+  }
 
   // --- Degraded mode (store down), read at scrape time ---------------------------------------------
   // A gauge per feature, 1 while it runs in its outage mode, so an alert can fire on any of them;

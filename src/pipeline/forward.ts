@@ -220,6 +220,7 @@ async function callUpstream(
       headers: clientHeadersForUpstream(request.headers),
       signal,
       log: request.log,
+      tenant: request.gatewayKey!.id,
     });
   } catch (err) {
     // Failed or abandoned, it still went to upstream: the wait (attempts, backoff, a timeout) is

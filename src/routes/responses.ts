@@ -54,7 +54,14 @@ async function passThrough(
   const started = performance.now();
   let res;
   try {
-    res = await opts.upstream.send({ method, path, headers: clientHeadersForUpstream(request.headers), signal, log: request.log });
+    res = await opts.upstream.send({
+      method,
+      path,
+      headers: clientHeadersForUpstream(request.headers),
+      signal,
+      log: request.log,
+      tenant: request.gatewayKey?.id,
+    });
   } catch (err) {
     request.trace.upstreamMs = performance.now() - started; // upstream time, even when it failed
     if (signal.aborted) return clientClosed(reply);

@@ -111,7 +111,7 @@ export async function v1Routes(app: FastifyInstance, opts: V1Options) {
 async function getUpstream(request: FastifyRequest, reply: FastifyReply, opts: V1Options, path: string) {
   const signal = clientGone(reply);
   try {
-    const res = await opts.upstream.send({ method: 'GET', path, signal, log: request.log });
+    const res = await opts.upstream.send({ method: 'GET', path, signal, log: request.log, tenant: request.gatewayKey?.id });
     request.trace.upstreamStatus = res.status;
     if (res.status === 401) {
       res.body.resume();

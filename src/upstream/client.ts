@@ -5,6 +5,7 @@ import { pipeline, Transform, type Readable } from 'node:stream';
 import type { Config } from '../config.js';
 import { GatewayError, upstreamTimeout, upstreamUnreachable } from '../errors.js';
 import { createKeyPool, type KeyPoolLogger } from './key-pool.js';
+import { createFairShare, type Release } from './fair-share.js';
 import { KeyedThrottledWarning } from '../resilience/throttled-log.js';
 import { createSecretMasker, type SecretMasker } from './redact.js';
 import { backoffMs, isRetryableError, isRetryableStatus, retryAfterMs, shouldRetryHeader, sleep } from './retry.js';
@@ -20,6 +21,11 @@ export interface UpstreamRequest {
   signal?: AbortSignal;
   /** The request's logger (request.log): its retries are logged there, with its request id. */
   log?: UpstreamRequestLogger;
+  /**
+   * Whose request it is (the gateway key's id): when every upstream connection is busy, the next
+   * free one goes to the waiting key holding the fewest (fair-share.ts).
+   */
+  tenant?: string;
 }
 
 /** What send() logs a request's retries to: each at debug, and a throttled warning per kind of failure. */
@@ -232,6 +238,9 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
     bodyTimeout: upstream.idleTimeoutMs,
     keepAliveTimeout: 30_000,
   });
+  // No request is handed to the pool while all its connections are busy: undici would queue it
+  // first come, first served, behind every other key's backlog.
+  const connections = createFairShare(upstream.maxConnections);
   const keys = upstream.apiKeys.length > 0 ? upstream.apiKeys : [upstream.apiKey];
   const keyPool = createKeyPool(keys, {
     cooldownMs: upstream.keyCooldownMs,
@@ -310,7 +319,11 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
       let res: Dispatcher.ResponseData;
       /** Set once this attempt is written to the socket whole: from then on upstream may be working on it. */
       let sent = false;
+      /** This attempt's hold on one of the pool's connections: until its answer's body closes. */
+      let release: Release | undefined;
       try {
+        const turn = connections.acquire(req.tenant ?? '', signal);
+        release = typeof turn === 'function' ? turn : await turn;
         res = await requestApi.call(
           {
             dispatch(opts, handler) {
@@ -329,6 +342,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
           },
         );
       } catch (err) {
+        release?.();
         // The client left; nobody is waiting for an answer.
         if (req.signal?.aborted) throw sent ? abandoned(err) : err;
         const failure = upstreamFailure(err, exchange.timedOut);
@@ -350,6 +364,9 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         retries++;
         continue;
       }
+      // undici keeps the connection until the body is read whole or destroyed.
+      if (res.body.destroyed) release();
+      else res.body.once('close', release);
 
       const wait = nextWait(res, key.index);
       if (wait === undefined) {
@@ -404,5 +421,5 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
     }
   }
 
-  return { send, keyPool, maskSecrets, close: () => pool.close() };
+  return { send, keyPool, maskSecrets, connections: connections.stats, close: () => pool.close() };
 }

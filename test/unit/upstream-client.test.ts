@@ -158,7 +158,7 @@ describe('a failed exchange says whether upstream was left holding the request',
       const gone = new AbortController();
       const queued = client.send({ method: 'POST', path: '/chat/completions', body: chat(), signal: gone.signal }).catch((e: unknown) => e);
       await sleep(50);
-      gone.abort(); // undici drops a queued request once a connection is free for it
+      gone.abort(); // it gives up its place in the queue for a connection
       holder.abort();
       expect(abandonedAfterSending(await queued)).toBe(false);
       expect(abandonedAfterSending(await holding)).toBe(true); // this one upstream had
@@ -192,5 +192,56 @@ describe('a failed exchange says whether upstream was left holding the request',
     expect(err).toMatchObject({ status: 502, code: 'upstream_unreachable' });
     expect(abandonedAfterSending(err)).toBe(false);
     await client.close();
+  });
+});
+
+describe('connections shared among keys', () => {
+  const tagged = (who: string) => JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: who }] });
+  const whoSent = (r: { body: unknown }) => (r.body as { messages: { content: string }[] }).messages[0]!.content;
+
+  it("a quiet key's request takes the next free connection, not a place behind a busy key's backlog", async () => {
+    fake.setLatency(100);
+    const before = fake.requests.length;
+    const client = createUpstreamClient(upstream({ maxConnections: 2 }));
+    try {
+      const read = async (res: Promise<{ body: AsyncIterable<unknown> }>) => {
+        for await (const _ of (await res).body) void _;
+      };
+      const busy = Array.from({ length: 12 }, () => read(client.send({ method: 'POST', path: '/chat/completions', body: tagged('busy'), tenant: 'busy' })));
+      await sleep(20);
+      const quiet = read(client.send({ method: 'POST', path: '/chat/completions', body: tagged('quiet'), tenant: 'quiet' }));
+      await Promise.all([...busy, quiet]);
+      const order = fake.requests.slice(before).map(whoSent);
+      // First come, first served (undici's own queue) sent it 13th, after all twelve.
+      expect(order.indexOf('quiet')).toBe(2);
+      expect(client.connections()).toEqual({ held: 0, waiting: 0 });
+    } finally {
+      fake.setLatency(0);
+      await client.close();
+    }
+  });
+
+  it('an attempt that failed, was retried or was dropped gives its connection back', async () => {
+    const client = createUpstreamClient(upstream({ maxConnections: 1, maxRetries: 1 }));
+    try {
+      fake.failNext(1, 500);
+      const retried = await client.send({ method: 'POST', path: '/chat/completions', body: chat(), tenant: 'a' });
+      for await (const _ of retried.body) void _;
+      fake.failNext(1, 400);
+      const refused = await client.send({ method: 'POST', path: '/chat/completions', body: chat(), tenant: 'a' });
+      refused.body.destroy();
+      await sleep(10);
+      fake.dropNext(2);
+      const dropped = await client.send({ method: 'POST', path: '/chat/completions', body: chat(), tenant: 'a' }).catch((e: unknown) => e);
+      expect(dropped).toMatchObject({ status: 502 });
+      expect(client.connections()).toEqual({ held: 0, waiting: 0 });
+      // And the one connection still serves.
+      const ok = await client.send({ method: 'POST', path: '/chat/completions', body: chat(), tenant: 'b' });
+      expect(ok.status).toBe(200);
+      for await (const _ of ok.body) void _;
+    } finally {
+      fake.reset();
+      await client.close();
+    }
   });
 });
