@@ -121,8 +121,6 @@ async function handle(
   /** Counted against rpm already, by the free admission of an entry that could not answer it. */
   let rpmCounted = false;
   if (plan) {
-    trace.cache = plan.status;
-    reply.header('x-tollgate-cache', plan.status);
     const found = await waitOnStore(
       trace,
       deps.cache.lookupAndAdmit(plan, (lookup) => deps.quota.admitAndLookup(key, endpoint, body, body.model, lookup)),
@@ -140,11 +138,6 @@ async function handle(
     // since deleted or another key's).
     if (!found.entry) admitted = found.admission;
     else rpmCounted = found.admission !== undefined;
-  } else if (endpoint.cacheable) {
-    // A request of a cacheable endpoint that this endpoint never caches (state held upstream:
-    // Responses with store or previous_response_id, chat with store: true) says so like any other.
-    trace.cache = 'BYPASS';
-    reply.header('x-tollgate-cache', 'BYPASS');
   }
   try {
     return await callUpstream(request, reply, endpoint, body, deps, options, plan, admitted ?? { rpmCounted, carriedTokens });
@@ -170,6 +163,15 @@ async function callUpstream(
   const admission =
     'settle' in admitted ? admitted : await waitOnStore(trace, deps.quota.admit(request.gatewayKey!, endpoint, body, body.model, admitted));
   reply.headers(admission.headers);
+  // Said only of a request that goes upstream: a refused one (429, 400) was neither a hit nor a
+  // miss, and counting it as one would skew every hit ratio. A request of a cacheable endpoint
+  // that it never caches (state held upstream: Responses with store or previous_response_id, chat
+  // with store: true) says BYPASS like any other.
+  const cacheStatus = plan ? plan.status : endpoint.cacheable ? 'BYPASS' : undefined;
+  if (cacheStatus) {
+    trace.cache = cacheStatus;
+    reply.header('x-tollgate-cache', cacheStatus);
+  }
   /** The end of every admitted request, exactly once: settle the reservation, fill (or release) the cache. */
   const finish = (consumption: Consumption, entry?: NewCacheEntry) => {
     try {

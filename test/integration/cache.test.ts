@@ -276,11 +276,20 @@ describe('accounting', () => {
     expect((await post(gw, key, question)).status).toBe(200);
     const refused = await post(gw, key, question);
     expect(refused.status).toBe(429);
+    // Neither a hit nor a miss: it was answered by neither the cache nor upstream.
+    expect(refused.headers.get('x-tollgate-cache')).toBeNull();
+    const bypassing = await post(gw, key, question, { 'cache-control': 'no-store' });
+    expect(bypassing.status).toBe(429);
+    expect(bypassing.headers.get('x-tollgate-cache')).toBeNull();
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(metrics).toMatch(/tollgate_requests_total\{[^}]*status="429",cache="none"\} 2/);
+    expect(metrics).not.toMatch(/status="429",cache="(MISS|HIT|BYPASS)"/);
     await expect.poll(async () => (await quota()).tokensPerDay.reserved).toBe(0);
     expect((await quota()).tokensPerDay.used).toBe(spent);
     await gw.close();
     const hits = gw.logs.requests().filter((l) => l.cache === 'HIT');
     expect(hits.length).toBe(2);
+    expect(gw.logs.requests().filter((l) => l.status === 429).map((l) => l.cache)).toEqual([null, null]);
     expect(hits[0]).toMatchObject({ costUsd: 0 });
     expect(hits[0]!.savedUsd as number).toBeGreaterThan(0);
   });
