@@ -43,7 +43,14 @@ function synthesisProblem(body: unknown): string | undefined {
       if (!Array.isArray(item.content)) return 'a message without content';
       for (const part of item.content as unknown[]) {
         if (!isObject(part)) return 'a malformed content part';
-        if (part.type === 'output_text' && typeof part.text === 'string') continue;
+        if (part.type === 'output_text' && typeof part.text === 'string') {
+          // A stream carries these in events of their own (each delta's logprobs, one
+          // output_text.annotation.added per citation) that a stored answer cannot place: such a
+          // request goes upstream, as a chat stream with logprobs does.
+          if (Array.isArray(part.logprobs) && part.logprobs.length > 0) return 'output text with logprobs';
+          if (Array.isArray(part.annotations) && part.annotations.length > 0) return 'output text with annotations';
+          continue;
+        }
         if (part.type === 'refusal' && typeof part.refusal === 'string') continue;
         return `a ${String(part.type)} content part`;
       }

@@ -77,6 +77,11 @@ describe('conversion', () => {
     expect(canSynthesizeResponse({ ...body, status: 'incomplete' })).toBe(false);
     expect(canSynthesizeResponse({ ...body, output: [{ id: 'ws_1', type: 'web_search_call', status: 'completed' }] })).toBe(false);
     expect(canSynthesizeResponse({ ...body, output: [{ id: 'fc_1', type: 'function_call', call_id: 'c', name: 'f', arguments: '{"a":1}' }] })).toBe(true);
+    // Text whose stream would carry logprobs in every delta, or citations in events of their own.
+    const message = (part: Record<string, unknown>) => ({ ...body, output: [{ id: 'msg_1', type: 'message', role: 'assistant', status: 'completed', content: [{ type: 'output_text', text: 'Hi there', ...part }] }] });
+    expect(canSynthesizeResponse(message({ annotations: [], logprobs: [] }))).toBe(true);
+    expect(canSynthesizeResponse(message({ annotations: [], logprobs: [{ token: 'Hi', logprob: -0.1, bytes: [72, 105], top_logprobs: [] }] }))).toBe(false);
+    expect(canSynthesizeResponse(message({ annotations: [{ type: 'url_citation', url: 'https://example.com', title: 'x', start_index: 0, end_index: 2 }] }))).toBe(false);
   });
 
   it('caches only requests that cannot depend on state held upstream', () => {
