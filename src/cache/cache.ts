@@ -26,6 +26,15 @@ export interface CacheOptions {
 /** Fields that cannot change the output: left out of the cache name, so they never split entries. */
 const IGNORED_FIELDS = new Set(['stream', 'stream_options', 'user']);
 
+/**
+ * Fields that hold JSON schemas (a tool's or function's `parameters`; `schema` of a structured
+ * output format, chat's response_format.json_schema and Responses' text.format): their keys keep
+ * the order they were sent in within the cache name. The model writes an object's properties in
+ * its schema's order (reasoning before answer, or after), so two schemas that differ only in that
+ * order are different requests. The order of every other object's keys means nothing.
+ */
+const ORDERED_FIELDS: ReadonlySet<string> = new Set(['parameters', 'schema']);
+
 /** What one request may do with the cache, decided before anything else happens. */
 export interface CachePlan {
   name: string;
@@ -78,7 +87,7 @@ export function createCache(opts: CacheOptions) {
     for (const [field, value] of Object.entries(body)) if (!IGNORED_FIELDS.has(field)) significant[field] = value;
     // As a string: no valid request has a string seed, so it cannot meet another request's name.
     if (seedDigits !== undefined) significant.seed = seedDigits;
-    const digest = createHash('sha256').update(canonicalJson({ endpoint: endpoint.name, body: significant })).digest('hex');
+    const digest = createHash('sha256').update(canonicalJson({ endpoint: endpoint.name, body: significant }, ORDERED_FIELDS)).digest('hex');
     return `${opts.scope === 'global' ? 'global' : key.id}:${digest}`;
   }
 

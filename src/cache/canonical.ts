@@ -1,18 +1,20 @@
 // Canonical JSON: the same value always serialises to the same string, whatever its key order.
 
 /**
- * JSON with object keys sorted at every depth; arrays keep their order (it is meaningful).
+ * JSON with object keys sorted at every depth; arrays keep their order (it is meaningful). The
+ * value of a field named in `verbatim` is written as it is, its keys in their order: where that
+ * order means something (a JSON schema's properties are generated in that order).
  * Built with one string and plain loops: it runs on every cacheable request, and the
  * map/filter/join version cost twice as much (most of it garbage).
  */
-export function canonicalJson(value: unknown): string {
+export function canonicalJson(value: unknown, verbatim?: ReadonlySet<string>): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';
   if (Array.isArray(value)) {
     // Numbers, strings, booleans and nulls alone (token ids, stop lists) are canonical as JSON
     // writes them, and the engine writes them in one call: 2.5M numbers took ~300 ms one by one.
     if (allPrimitive(value)) return JSON.stringify(value);
     let out = '[';
-    for (let i = 0; i < value.length; i++) out += (i === 0 ? '' : ',') + canonicalJson(value[i]);
+    for (let i = 0; i < value.length; i++) out += (i === 0 ? '' : ',') + canonicalJson(value[i], verbatim);
     return out + ']';
   }
   const object = value as Record<string, unknown>;
@@ -21,7 +23,7 @@ export function canonicalJson(value: unknown): string {
   for (const key of keys) {
     const field = object[key];
     if (field === undefined) continue;
-    out += (out.length === 1 ? '' : ',') + JSON.stringify(key) + ':' + canonicalJson(field);
+    out += (out.length === 1 ? '' : ',') + JSON.stringify(key) + ':' + (verbatim?.has(key) ? JSON.stringify(field) : canonicalJson(field, verbatim));
   }
   return out + '}';
 }

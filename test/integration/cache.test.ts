@@ -74,6 +74,31 @@ describe('exact, keyed on the canonical request', () => {
     }
   });
 
+  it("keeps a JSON schema's property order in the name: the model writes the properties in that order", async () => {
+    // `required` the same list: only the properties' order differs.
+    const schema = (properties: Record<string, unknown>) => ({ type: 'object', properties, required: ['answer', 'reasoning'], additionalProperties: false });
+    const structured = (properties: Record<string, unknown>) => ({
+      ...question,
+      response_format: { type: 'json_schema', json_schema: { name: 'out', strict: true, schema: schema(properties) } },
+    });
+    const withTool = (properties: Record<string, unknown>) => ({ ...question, tools: [{ type: 'function', function: { name: 'f', parameters: schema(properties) } }] });
+    const reasoningFirst = { reasoning: { type: 'string' }, answer: { type: 'string' } };
+    const answerFirst = { answer: { type: 'string' }, reasoning: { type: 'string' } };
+    for (const [make, path] of [[structured, '/v1/chat/completions'], [withTool, '/v1/chat/completions']] as const) {
+      await post(gw, key, make(reasoningFirst), {}, path);
+      await expect.poll(async () => (await post(gw, key, make(reasoningFirst), {}, path)).headers.get('x-tollgate-cache')).toBe('HIT');
+      expect((await post(gw, key, make(answerFirst), {}, path)).headers.get('x-tollgate-cache')).toBe('MISS');
+    }
+    // Responses: text.format carries the schema.
+    const format = (properties: Record<string, unknown>) => ({ model: 'gpt-4o-mini', input: 'Why?', store: false, text: { format: { type: 'json_schema', name: 'out', strict: true, schema: schema(properties) } } });
+    await post(gw, key, format(reasoningFirst), {}, '/v1/responses');
+    await expect.poll(async () => (await post(gw, key, format(reasoningFirst), {}, '/v1/responses')).headers.get('x-tollgate-cache')).toBe('HIT');
+    expect((await post(gw, key, format(answerFirst), {}, '/v1/responses')).headers.get('x-tollgate-cache')).toBe('MISS');
+    // Around the schema, key order still means nothing.
+    const reordered = { ...question, response_format: { json_schema: { strict: true, schema: schema(reasoningFirst), name: 'out' }, type: 'json_schema' } };
+    expect((await post(gw, key, reordered)).headers.get('x-tollgate-cache')).toBe('HIT');
+  });
+
   it('tells apart 64-bit seeds that JSON.parse rounds to the same number', async () => {
     // 2^64 - 1 and 2^64 - 2 both parse to 18446744073709551616.
     const withSeed = (seed: string) => `${JSON.stringify(question).slice(0, -1)},"seed":${seed}}`;
