@@ -324,7 +324,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   });
   await app.register(metricsRoutes, { metrics, token: config.metricsToken, authGuard: authGuards.operators });
   const owners = createResponseOwners({ store, logger: app.log });
-  await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, owners, keyResolver, authGuard: authGuards.keys, logBodies: config.logBodies });
+  await app.register(v1Routes, { prefix: '/v1', upstream, quota, cache, owners, keyResolver, authGuard: authGuards.keys, logBodies: config.logBodies, maxBodyNodes: config.bodyMaxNodes });
   if (config.adminToken) {
     // The page itself holds no data; it needs the admin token to show any, so it exists only with one.
     await app.register(dashboardRoutes, { prefix: '/dashboard' });

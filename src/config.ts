@@ -256,6 +256,8 @@ const envSchema = z.object({
     .refine(headerSafeToken, { message: HEADER_SAFE_TOKEN }),
 
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
+  /** The most objects, arrays and object fields a request body may hold (src/openai/endpoints.ts). */
+  BODY_MAX_NODES: int(1000, 100_000_000).default(100_000),
   /** How long a client has to send a whole request, headers and body; then 408. 0: no limit. */
   CLIENT_REQUEST_TIMEOUT_MS: int(0, 3_600_000).default(60_000),
   /** Size the V8 young generation is held at (MB per semi-space, it has two); 0 or 16: V8's default (src/heap.ts). */
@@ -340,6 +342,8 @@ export interface Config {
   metricsToken?: string;
   cache: { enabled: boolean; scope: 'key' | 'global'; ttlMs: number; maxEntryBytes: number; singleFlightWaitMs: number };
   bodyLimitBytes: number;
+  /** The most objects, arrays and object fields a request body may hold. */
+  bodyMaxNodes: number;
   /** How long a client has to send a whole request, ms; 0: no limit. */
   clientRequestTimeoutMs: number;
   /** V8 heap sizing (src/heap.ts). */
@@ -498,6 +502,7 @@ export function loadConfig(
       singleFlightWaitMs: e.CACHE_SINGLE_FLIGHT_WAIT_MS,
     },
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    bodyMaxNodes: e.BODY_MAX_NODES,
     clientRequestTimeoutMs: e.CLIENT_REQUEST_TIMEOUT_MS,
     heap: { maxSemiSpaceMb: e.V8_MAX_SEMI_SPACE_MB, growingPercent: e.V8_HEAP_GROWING_PERCENT },
     memoryTrimIntervalMs: e.MEMORY_TRIM_INTERVAL_MS,

@@ -181,25 +181,26 @@ const ISSUE_CODES: Record<string, string> = {
 export const MAX_BODY_DEPTH = 128;
 
 /**
- * The most objects, arrays and object members a body may hold. Real requests stay far below (2048
- * messages with tool calls, plus 128 tools with their schemas: ~40,000); each one costs
- * synchronous work before the request goes upstream (parse, validation, cache name, token count)
- * while every other request waits, and pass-through fields have no other bound: a 7.8 MB body of
- * 200,000 small objects held the event loop ~0.4 s.
+ * The most objects, arrays and object fields a body may hold by default (BODY_MAX_NODES). Most
+ * requests stay far below (2048 messages with a tool call each, plus 128 tools: ~40,000); each
+ * node costs synchronous work before the request goes upstream (parse, validation, cache name,
+ * token count) while every other request waits, and pass-through fields have no other bound: a
+ * 7 MB body of 200,000 small objects held the event loop ~0.65 s.
  */
-export const MAX_BODY_NODES = 100_000;
+export const DEFAULT_MAX_BODY_NODES = 100_000;
 
 /** What is wrong with the shape of `body` (too deep, too many nodes), or null. Iterative: it must not overflow itself. */
-function shapeProblem(body: object): string | null {
+function shapeProblem(body: object, maxNodes: number): string | null {
   const stack: [unknown, number][] = [[body, 1]];
   let nodes = 0;
   while (stack.length > 0) {
     const [v, depth] = stack.pop()!;
     if (depth > MAX_BODY_DEPTH) return `The request body is nested too deeply (at most ${MAX_BODY_DEPTH} levels).`;
     const children = Array.isArray(v) ? v : Object.values(v as object);
-    // An array's numbers and strings are not counted: token-id inputs are long lists of numbers.
+    // An array's numbers and strings are not counted (token-id inputs are long lists of numbers):
+    // they cost little more than their parse.
     nodes += Array.isArray(v) ? 1 : 1 + children.length;
-    if (nodes > MAX_BODY_NODES) return `The request body holds too many objects, arrays and fields (at most ${MAX_BODY_NODES}).`;
+    if (nodes > maxNodes) return `The request body holds too many objects, arrays and fields (at most ${maxNodes}).`;
     for (const child of children) {
       if (child !== null && typeof child === 'object') stack.push([child, depth + 1]);
     }
@@ -208,11 +209,11 @@ function shapeProblem(body: object): string | null {
 }
 
 /** Validates a request body against the endpoint's schema; throws OpenAI's 400 naming the first bad field. */
-export function validateBody<T>(schema: z.ZodType<T>, body: unknown): T {
+export function validateBody<T>(schema: z.ZodType<T>, body: unknown, maxNodes = DEFAULT_MAX_BODY_NODES): T {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw invalidRequest('The request body must be a JSON object.', null, 'invalid_json');
   }
-  const problem = shapeProblem(body);
+  const problem = shapeProblem(body, maxNodes);
   if (problem) throw invalidRequest(problem, null, 'invalid_value');
   const result = schema.safeParse(body, { reportInput: true });
   if (result.success) return result.data;

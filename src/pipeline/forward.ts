@@ -28,6 +28,8 @@ export interface ForwardDeps {
   /** Who created each Responses API object (endpoints with `recordsOwner`). */
   owners: ResponseOwners;
   logBodies: boolean;
+  /** The most objects, arrays and object fields a body may hold (BODY_MAX_NODES). */
+  maxBodyNodes: number;
 }
 
 export interface ForwardOptions {
@@ -94,7 +96,7 @@ async function handle(
   // Before validation: the body of a request refused as invalid is the one most worth reading.
   if (deps.logBodies) request.trace.requestBody = raw;
   const withModel = options.model !== undefined && raw && typeof raw === 'object' ? { ...raw, model: options.model } : raw;
-  const body = validateBody(endpoint.schema, withModel) as Body;
+  const body = validateBody(endpoint.schema, withModel, deps.maxBodyNodes) as Body;
   const key = request.gatewayKey!;
   const trace = request.trace;
   trace.endpoint = endpoint.name;

@@ -1,7 +1,6 @@
 // The upstream pool shared among gateway keys: one app's backlog does not stand in front of another's
 // request (src/upstream/fair-share.ts), end to end through the gateway.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { startGateway, type Gateway } from '../helpers/gateway.js';
 
 let gw: Gateway;
@@ -24,13 +23,11 @@ describe('upstream connections shared among keys', () => {
   it("one key's backlog waits for its own turns; another key's request takes the next free connection", async () => {
     const busy = await gw.createKey({ name: 'batch-job' });
     const quiet = await gw.createKey({ name: 'chat-app' });
-    gw.fake.setLatency(150);
+    gw.fake.setLatency(400);
     try {
       const backlog = Array.from({ length: 10 }, (_, i) => send(busy.key, `busy ${i}`));
-      await sleep(50);
-      const metrics = await scrape();
-      expect(metrics).toMatch(/tollgate_upstream_connections\{state="busy"\} 2/);
-      expect(metrics).toMatch(/tollgate_upstream_connections\{state="waiting"\} 8/);
+      await expect.poll(scrape).toMatch(/tollgate_upstream_connections\{state="waiting"\} 8/);
+      expect(await scrape()).toMatch(/tollgate_upstream_connections\{state="busy"\} 2/);
       const answered = await send(quiet.key, 'quiet');
       expect(answered.status).toBe(200);
       expect((await Promise.all(backlog)).map((r) => r.status)).toEqual(Array(10).fill(200));

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_TOKEN, startGateway, type Gateway } from '../helpers/gateway.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 import { expectOpenAIError, rawRequest } from './raw-http.js';
-import { MAX_BODY_NODES } from '../../src/openai/endpoints.js';
+import { DEFAULT_MAX_BODY_NODES } from '../../src/openai/endpoints.js';
 
 let gw: Gateway;
 let key: string;
@@ -60,7 +60,7 @@ describe('large bodies', () => {
     expect(((await res.json()) as { error: unknown }).error).toMatchObject({
       type: 'invalid_request_error',
       code: 'invalid_value',
-      message: `The request body holds too many objects, arrays and fields (at most ${MAX_BODY_NODES}).`,
+      message: `The request body holds too many objects, arrays and fields (at most ${DEFAULT_MAX_BODY_NODES}).`,
     });
     // Long lists of numbers are not counted: token ids (500,000 here) are real inputs.
     const tokens = await post('/v1/embeddings', { model: 'text-embedding-3-small', input: Array.from({ length: 1000 }, () => Array(500).fill(1)) });
@@ -70,6 +70,22 @@ describe('large bodies', () => {
     const tool = { type: 'function', function: { name: 'f', parameters: { type: 'object', properties: { a: { type: 'string' } }, required: ['a'] } } };
     const big = await post('/v1/chat/completions', { ...chat, max_tokens: 3, messages: [...Array(2047).fill(call), chat.messages[0]], tools: Array(128).fill(tool) });
     expect(big.status).toBe(200);
+  });
+
+  it('BODY_MAX_NODES sets the bound: larger for very large tool schemas, smaller for a tighter budget of work', async () => {
+    const tight = await startGateway({ env: { BODY_MAX_NODES: '1000' } });
+    try {
+      const { key: tightKey } = await tight.createKey();
+      const body = { ...chat, max_tokens: 3, messages: Array(400).fill(chat.messages[0]) }; // 1,203 nodes
+      const send = (url: string, bearer: string) =>
+        fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      const refused = await send(tight.url, tightKey);
+      expect(refused.status).toBe(400);
+      expect(((await refused.json()) as { error: { message: string } }).error.message).toBe('The request body holds too many objects, arrays and fields (at most 1000).');
+      expect((await send(gw.url, key)).status).toBe(200);
+    } finally {
+      await tight.close();
+    }
   });
 
 });
