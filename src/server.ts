@@ -26,6 +26,8 @@ async function main() {
   }
 
   let fake: FakeOpenAI | undefined;
+  /** The demo's own throwaway admin token, printable; an operator's ADMIN_TOKEN never is. */
+  const demoAdminToken = config.demo && config.adminToken === undefined;
   if (config.demo) {
     // Demo: a built-in fake OpenAI on loopback, so the gateway runs without a real key.
     fake = await startFakeOpenAI({ apiKey: 'sk-demo-upstream' });
@@ -56,7 +58,7 @@ async function main() {
   const memoryTrim = startMemoryTrimmer(config.memoryTrimIntervalMs).status;
   app.log.info({ heap, memoryTrim }, 'memory configured');
 
-  if (config.demo) await printDemoBanner(app, config, address);
+  if (config.demo) await printDemoBanner(app, config, address, demoAdminToken ? config.adminToken! : '$ADMIN_TOKEN');
 
   let closing = false;
   const shutdown = async (signal: string) => {
@@ -154,8 +156,12 @@ function redisUrlSecrets(url: string | undefined): string[] {
   }
 }
 
-/** Creates a demo key through the admin API (the real code path) and prints how to use it. */
-async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config: Config, address: string) {
+/**
+ * Creates a demo key through the admin API (the real code path) and prints how to use it, with
+ * `shownAdminToken` where the admin token goes: the demo's own, or `$ADMIN_TOKEN` when the operator
+ * set one (a real secret, never printed).
+ */
+async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config: Config, address: string, shownAdminToken: string) {
   const res = await app.inject({
     method: 'POST',
     url: '/admin/keys',
@@ -170,7 +176,7 @@ async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config
     process.stdout.write(
       `\nTollgate demo is running (fake OpenAI upstream, ${store} store), but no demo key could be created: ${error}` +
         `\nCheck that the Redis at REDIS_URL answers (or unset REDIS_URL for the in-memory store), then create one:` +
-        `\n  curl -X POST ${base}/admin/keys -H "Authorization: Bearer ${config.adminToken}" -H "Content-Type: application/json" -d '{"name":"demo"}'\n\n`,
+        `\n  curl -X POST ${base}/admin/keys -H "Authorization: Bearer ${shownAdminToken}" -H "Content-Type: application/json" -d '{"name":"demo"}'\n\n`,
     );
     return;
   }
@@ -181,12 +187,12 @@ async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config
       '',
       `Tollgate demo is running (fake OpenAI upstream, ${store} store).`,
       `  gateway key:  ${key}`,
-      `  admin token:  ${config.adminToken}`,
+      `  admin token:  ${shownAdminToken === '$ADMIN_TOKEN' ? 'yours (ADMIN_TOKEN)' : shownAdminToken}`,
       '',
       'Try it:',
       `  curl ${base}/v1/chat/completions -H "Authorization: Bearer ${key}" -H "Content-Type: application/json" \\`,
       `    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'`,
-      `  curl ${base}/admin/keys -H "Authorization: Bearer ${config.adminToken}"`,
+      `  curl ${base}/admin/keys -H "Authorization: Bearer ${shownAdminToken}"`,
       '',
     ].join('\n') + '\n',
   );

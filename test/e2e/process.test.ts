@@ -76,6 +76,20 @@ describe('demo mode', () => {
   });
 });
 
+describe('demo mode with an ADMIN_TOKEN of the operator', () => {
+  it('never prints it: the banner says $ADMIN_TOKEN, and the token works', async () => {
+    const port = await freePort();
+    const secret = 'operator-admin-token-0123456789abcdef';
+    const server = startServer({ PORT: String(port), ADMIN_TOKEN: secret }, ['--demo']);
+    const base = `http://127.0.0.1:${port}`;
+    await waitUntilUp(base);
+    await expect.poll(() => server.output(), { timeout: 5000 }).toContain(`curl ${base}/admin/keys -H "Authorization: Bearer $ADMIN_TOKEN"`);
+    expect(server.output()).toContain('admin token:  yours (ADMIN_TOKEN)');
+    expect(server.output()).not.toContain(secret);
+    expect((await fetch(`${base}/admin/keys`, { headers: { authorization: `Bearer ${secret}` } })).status).toBe(200);
+  });
+});
+
 describe('demo mode with a Redis that does not answer', () => {
   it('says no demo key could be created instead of printing `undefined` as one', async () => {
     const port = await freePort();
