@@ -18,7 +18,8 @@
 // objects survive a smaller young generation), i.e. ~25% / ~45% more. With 1,000 slow streams GC
 // is a smaller share (~5% more CPU per stream). So the young generation is the trade: the 4 MB
 // default meets the memory target; V8_MAX_SEMI_SPACE_MB=0 gives the CPU back for ~30 MB more at
-// the peak. V8 flags given on the command line or in NODE_OPTIONS always win.
+// the peak. V8 flags given at start-up always win (--heap-growing-percent only on the command line:
+// Node refuses it in NODE_OPTIONS).
 //
 // How: --heap-growing-percent can be set at run time. The semi-space size cannot (V8 fixes its
 // maximum when the heap is created, before any JS runs, and Node reads NODE_OPTIONS only then), but

@@ -44,11 +44,14 @@ const KEY_ID = /^key_[A-Za-z0-9_-]{1,64}$/;
  * limit, every key (from `after` on): what this route answered before it paged, so a script
  * written then is not cut short at a first page it does not know about.
  */
-const listKeysQuery = z.object({
+const listKeysQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(MAX_KEY_PAGE).optional(),
   after: z.string().regex(KEY_ID, 'expected a key id (key_...)').optional(),
-  include: z.string().optional(),
+  include: z.literal('quota').optional(),
 });
+
+/** DELETE /admin/cache: everything, or one key's entries. */
+const purgeQuery = z.strictObject({ keyId: z.string().min(1).max(200).optional() });
 
 const isJsonObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
@@ -136,9 +139,10 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
   // first): without it, a 401 for routes that exist and a 404 for the rest would map the API.
   app.setNotFoundHandler(notFoundHandler);
 
-  async function load(id: string): Promise<KeyRecord> {
+  /** The key `id`, or a 404 naming the parameter that gave the id. */
+  async function load(id: string, param: 'id' | 'keyId' = 'id'): Promise<KeyRecord> {
     const record = await store.getKeyById(id);
-    if (!record) throw notFound(`No key with id '${id}'.`, 'key_not_found', 'id');
+    if (!record) throw notFound(`No key with id '${id}'.`, 'key_not_found', param);
     return record;
   }
 
@@ -257,13 +261,13 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions) {
 
   await app.register(usageRoutes, { store, clock: opts.clock, timeZone: opts.timeZone });
 
-  app.delete<{ Querystring: { keyId?: string } }>('/cache', async (request) => {
-    const keyId = request.query.keyId;
+  app.delete('/cache', async (request) => {
+    const { keyId } = parseInput(purgeQuery, request.query, 'query');
     if (keyId !== undefined) {
       if (opts.cache.scope === 'global') {
         throw invalidRequest('With CACHE_SCOPE=global, entries are shared and belong to no key: purge them all instead.', 'keyId', 'invalid_value');
       }
-      await load(keyId);
+      await load(keyId, 'keyId');
     }
     const deleted = await opts.cache.purge(keyId);
     request.log.info({ keyId, deleted }, 'cache purged');

@@ -28,7 +28,7 @@ const MAX_INSTANT_MS = Date.UTC(10_000, 0, 1) - 1;
 const EPOCH_MS = /^(?:0|\d{12,})$/;
 const INSTANT_FORMS =
   'expected an ISO 8601 date (2026-12-01, UTC midnight), a date-time with its zone (2026-12-01T10:00:00Z, ' +
-  '2026-12-01T10:00+01:00) or epoch milliseconds (0, or 12 digits or more), from 1970-01-01T00:00:00Z up to the end of year 9999';
+  '2026-12-01T10:00%2B01:00: in a URL, + is written %2B) or epoch milliseconds (0, or 12 digits or more), from 1970-01-01T00:00:00Z up to the end of year 9999';
 
 /**
  * The epoch ms of a strict ISO 8601 date or zoned date-time (isoInstant), or of epoch milliseconds
@@ -56,7 +56,7 @@ const instant = z
     return ms;
   });
 
-const reportQuery = z.object({
+const reportQuery = z.strictObject({
   from: instant.optional(),
   to: instant.optional(),
   keyId: z.string().min(1).max(200).optional(),
@@ -80,7 +80,7 @@ const reportQuery = z.object({
     }),
 });
 
-const eventsQuery = z.object({
+const eventsQuery = z.strictObject({
   since: instant.optional(),
   format: z.enum(['ndjson', 'csv']).default('ndjson'),
   limit: z.coerce.number().int().min(1).max(1_000_000).default(100_000),
@@ -120,7 +120,9 @@ export async function usageRoutes(app: FastifyInstance, opts: UsageRouteOptions)
     // is counted; not before 1970 (a 'to' in the first week of 1970).
     const fromMs = q.from ?? Math.max(0, startOfHour(toMs - 7 * DAY_MS));
     if (fromMs > toMs) throw invalidRequest("'from' must not be after 'to'.", 'from', 'invalid_value');
-    if (toMs - fromMs > MAX_RANGE_MS) throw invalidRequest('The range may span at most 400 days.', 'from', 'invalid_value');
+    if (toMs - fromMs > MAX_RANGE_MS) {
+      throw invalidRequest('The range may span at most 400 days: ask for a longer one in parts.', 'from', 'invalid_value');
+    }
     // [from, to): the hours that start in it, each counted whole (reportHours).
     const hours = reportHours(fromMs, toMs);
     const [rows, keys] = await Promise.all([hours ? store.usageRows(hours[0], hours[1]) : [], store.listKeys()]);

@@ -293,12 +293,27 @@ describe('listing keys a page at a time', () => {
       ['?after=not-a-key-id', 'after'],
       ['?after=key_%7Bx%7D', 'after'],
       [`?after=key_${'a'.repeat(65)}`, 'after'],
+      ['?include=bogus', 'include'],
     ];
     for (const [query, param] of cases) {
       const { status, body } = await list(query);
       expect(status, query).toBe(400);
       expect(body.error, query).toMatchObject({ type: 'invalid_request_error', param, code: 'invalid_value' });
       expect(body.error.message, query).toContain(`'${param}'`);
+    }
+  });
+
+  it('refuses a query parameter it does not know, naming it, rather than answer as if it were not there', async () => {
+    for (const [path, param] of [
+      ['/admin/keys?limit=2&lmit=3', 'lmit'],
+      ['/admin/usage?form=2026-11-01', 'form'],
+      ['/admin/usage?format=csv', 'format'],
+      ['/admin/usage/events?after=1-0', 'after'],
+      ['/admin/cache?key=key_x', 'key'],
+    ] as const) {
+      const { status, body } = await gw.admin(path.startsWith('/admin/cache') ? 'DELETE' : 'GET', path);
+      expect(status, path).toBe(400);
+      expect(body.error, path).toEqual({ type: 'invalid_request_error', param, code: 'unknown_parameter', message: `Unrecognized query parameter: '${param}'.` });
     }
   });
 

@@ -283,7 +283,9 @@ describe('scope, controls and switches', () => {
     const all = await gw.admin('DELETE', '/admin/cache');
     expect(all.body.deleted).toBeGreaterThanOrEqual(1);
     expect((await post(gw, b.key, question)).headers.get('x-tollgate-cache')).toBe('MISS');
-    expect((await gw.admin('DELETE', '/admin/cache?keyId=key_nope')).status).toBe(404);
+    const unknown = await gw.admin('DELETE', '/admin/cache?keyId=key_nope');
+    expect(unknown.status).toBe(404);
+    expect(unknown.body.error).toMatchObject({ code: 'key_not_found', param: 'keyId' });
   });
 });
 

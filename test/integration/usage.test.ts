@@ -145,6 +145,13 @@ describe('exact accounting', () => {
     expect(await range('from=2026-12-01T10:00Z&to=2026-12-01T12:30:15.5%2B01:00')).toEqual(['2026-12-01T10:00:00.000Z', '2026-12-01T11:30:15.500Z']);
     expect(await range('from=2026-11-30T23:00:00-05:00&to=2026-12-01T05:00:00.123456789Z')).toEqual(['2026-12-01T04:00:00.000Z', '2026-12-01T05:00:00.123Z']);
     expect(await range('from=1764547200000&to=1764550800000')).toEqual(['2025-12-01T00:00:00.000Z', '2025-12-01T01:00:00.000Z']);
+    // A + typed into a URL arrives as a space: the message shows how to write it.
+    const plus = await gw.admin('GET', '/admin/usage?from=2026-12-01T10:00+01:00');
+    expect(plus.status).toBe(400);
+    expect(plus.body.error.message).toContain('in a URL, + is written %2B');
+    const long = await gw.admin('GET', '/admin/usage?from=2025-01-01&to=2026-12-01');
+    expect(long.status).toBe(400);
+    expect(long.body.error).toMatchObject({ param: 'from', message: 'The range may span at most 400 days: ask for a longer one in parts.' });
   });
 
   // Hour ids are YYYY-MM-DDTHH from 1970 on: a time outside that once got past the parser and came back as a 500.
