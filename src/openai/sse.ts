@@ -108,6 +108,22 @@ function isInBandError(e: SseEvent): boolean {
  * Its `event` and `id` fields are never model output, so anything key-shaped in them is masked
  * (an upstream that echoes the Authorization header there would hand the server key out).
  */
+const NULL_USAGE = '"usage":null';
+
+/**
+ * A chunk without the `"usage":null` that OpenAI writes into every chunk only when usage was asked
+ * for: a client that did not ask (the gateway did, for it) gets chunks as OpenAI would have sent
+ * them. The key with its quotes cannot occur inside a JSON string (its quotes would be escaped), and
+ * OpenAI writes it last, at the top level: the last occurrence, with its comma, is that field.
+ */
+function withoutNullUsage(data: string): string {
+  const at = data.lastIndexOf(NULL_USAGE);
+  if (at < 0) return data;
+  if (data[at - 1] === ',') return data.slice(0, at - 1) + data.slice(at + NULL_USAGE.length);
+  if (data[at + NULL_USAGE.length] === ',') return data.slice(0, at) + data.slice(at + NULL_USAGE.length + 1);
+  return data;
+}
+
 function maskEvent(e: SseEvent, mask: NonNullable<RelayOptions['maskError']>, isError = isErrorEvent(e)): void {
   if (isError) e.data = mask(e.data);
   else if (mask.hasServerKey?.(e.data)) e.data = mask.maskServerKeys!(e.data);
@@ -368,6 +384,7 @@ class SseRelay extends Readable {
             if (found.final) result.completed = true;
             if (found.usageOnly && options.dropUsageChunk) continue;
           }
+          if (options.dropUsageChunk) e.data = withoutNullUsage(e.data);
           seen = options.onEvent?.(e.data, e.event);
           if (found?.final) {
             const ending = this.ending();

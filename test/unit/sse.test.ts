@@ -54,6 +54,24 @@ describe('relaySse: behaviour', () => {
     expect(firsts).toBe(1);
   });
 
+  it('takes "usage":null out of the chunks of a client that did not ask for usage, as OpenAI sends them then', async () => {
+    const withNull = (content: string) => chunk(content).replace('}]}\n\n', '}],"usage":null}\n\n');
+    const first = 'data: {"usage":null,"object":"chat.completion.chunk","choices":[]}\n\n';
+    const text = 'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"say \\"usage\\":null"}}],"usage":null}\n\n';
+    const events = [first, withNull('Hel'), text, withNull('lo') + usageChunk, 'data: [DONE]\n\n'];
+    const unasked = relaySse(Readable.from(events.map((e) => Buffer.from(e))), { dropUsageChunk: true });
+    expect(await collect(unasked.stream)).toBe(
+      'data: {"object":"chat.completion.chunk","choices":[]}\n\n' +
+        chunk('Hel') +
+        'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"say \\"usage\\":null"}}]}\n\n' +
+        chunk('lo') +
+        'data: [DONE]\n\n',
+    );
+    // A client that asked for usage gets every chunk as it came.
+    const asked = relaySse(Readable.from(events.map((e) => Buffer.from(e))), { dropUsageChunk: false });
+    expect(await collect(asked.stream)).toBe(events.join(''));
+  });
+
   it('writes the events of one upstream chunk in one piece, and those of a later chunk in another', async () => {
     const source = new Readable({ read() {} });
     const { stream, done } = relaySse(source, { dropUsageChunk: false });
