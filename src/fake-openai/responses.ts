@@ -9,8 +9,7 @@ import { estimatePromptTokens } from '../openai/tokens.js';
 /** OpenAI's object ids: a prefix, an underscore and 48 hex digits. */
 const objectId = (prefix: string) => `${prefix}_${randomBytes(24).toString('hex')}`;
 
-const notFound = (id: string) =>
-  new FakeHttpError(404, errorBody(`No response found with id '${id}'.`, 'invalid_request_error', null, 'not_found'));
+const notFound = (id: string) => new FakeHttpError(404, errorBody(`Response with id '${id}' not found.`, 'invalid_request_error', null, null));
 
 interface Stored {
   response: JsonObject;
@@ -64,7 +63,7 @@ export function createFakeResponses() {
     if (background && !store) throw badRequest('Background responses require store=true.', 'store', 'invalid_value');
     const previous = typeof body.previous_response_id === 'string' ? body.previous_response_id : null;
     if (previous !== null && !stored.has(previous)) {
-      throw new FakeHttpError(404, errorBody(`Previous response with id '${previous}' not found.`, 'invalid_request_error', 'previous_response_id', 'previous_response_not_found'));
+      throw new FakeHttpError(400, errorBody(`Previous response with id '${previous}' not found.`, 'invalid_request_error', 'previous_response_id', 'previous_response_not_found'));
     }
 
     const items = Array.isArray(input) ? (input as JsonObject[]) : [];

@@ -11,7 +11,7 @@ import type { Admission, AdmitMode, Consumption, Quota } from '../quota/quota.js
 import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
-import { clientClosed, modelNotFound, notFound, openAIErrorBody, upstreamAuthFailed, type OpenAIErrorBody } from '../errors.js';
+import { clientClosed, invalidRequest, modelNotFound, openAIErrorBody, upstreamAuthFailed, type OpenAIErrorBody } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { abandonedAfterSending, endedByTimeout, upstreamFailure } from '../upstream/client.js';
 import { carriesError } from '../upstream/redact.js';
@@ -111,8 +111,10 @@ async function handle(
   let carriedTokens = 0;
   if (endpoint.recordsOwner && typeof previous === 'string') {
     const owner = await waitOnStore(trace, deps.owners.ownerOf(previous));
+    // OpenAI's answer, a 400: apps that resend the whole transcript when a stored response has
+    // expired catch it as a bad request.
     if (owner?.keyId !== key.id) {
-      throw notFound(`Previous response with id '${previous}' not found.`, 'previous_response_not_found', 'previous_response_id');
+      throw invalidRequest(`Previous response with id '${previous}' not found.`, 'previous_response_id', 'previous_response_not_found');
     }
     carriedTokens = owner.contextTokens;
   }

@@ -17,7 +17,7 @@ export interface ResponseRoutesOptions {
 type IdRequest = FastifyRequest<{ Params: { id: string } }>;
 
 /** OpenAI's answer for an id it does not know: the same for another key's response, so no oracle. */
-const noSuchResponse = (id: string) => notFound(`No response found with id '${id}'.`, 'not_found');
+const noSuchResponse = (id: string) => notFound(`Response with id '${id}' not found.`, null);
 
 export async function responseRoutes(app: FastifyInstance, opts: ResponseRoutesOptions) {
   const routes: { method: 'GET' | 'DELETE' | 'POST'; url: string; name: string; suffix: string }[] = [

@@ -155,7 +155,7 @@ describe('stored responses belong to the key that created them', () => {
       const notFound = async (p: Promise<unknown>) => {
         const err = await p.catch((e: unknown) => e);
         expect(err).toBeInstanceOf(OpenAI.NotFoundError);
-        expect((err as Error).message).toContain(`No response found with id '${id}'`);
+        expect((err as Error).message).toContain(`Response with id '${id}' not found.`);
       };
       await notFound(otherClient.responses.retrieve(id));
       await notFound(otherClient.responses.delete(id));
@@ -173,6 +173,8 @@ describe('stored responses belong to the key that created them', () => {
     const unknown = await fetch(`${gw.url}/v1/responses/resp_never_made`, { headers });
     expect(unknown.status).toBe(404);
     const unknownError = ((await unknown.json()) as { error: Record<string, unknown> }).error;
+    // OpenAI's words and shape for an id it does not know.
+    expect(unknownError).toEqual({ message: "Response with id 'resp_never_made' not found.", type: 'invalid_request_error', param: null, code: null });
     const before = gw.fake.requests.length;
     for (const [method, path] of [
       ['GET', '/v1/responses/'],
@@ -184,7 +186,7 @@ describe('stored responses belong to the key that created them', () => {
       expect(res.status, `${method} ${path}`).toBe(404);
       // The same answer as for an id that does not exist (or is another key's), its id aside.
       expect(await res.json(), `${method} ${path}`).toEqual({
-        error: { ...unknownError, message: "No response found with id ''." },
+        error: { ...unknownError, message: "Response with id '' not found." },
       });
     }
     // The pipeline's answer for a previous response this key did not create.
@@ -193,7 +195,7 @@ describe('stored responses belong to the key that created them', () => {
       headers: { ...headers, 'content-type': 'application/json' },
       body: JSON.stringify({ model: 'gpt-4o-mini', input: 'Go on', previous_response_id: '' }),
     });
-    expect(previous.status).toBe(404);
+    expect(previous.status).toBe(400);
     expect(await previous.json()).toEqual({
       error: {
         message: "Previous response with id '' not found.",
@@ -202,11 +204,11 @@ describe('stored responses belong to the key that created them', () => {
         code: 'previous_response_not_found',
       },
     });
-    // Through the SDK as well: a NotFoundError, not an InternalServerError to retry.
+    // Through the SDK as well: a BadRequestError, as OpenAI's own (apps resend the transcript on it).
     const err = await client.responses
       .create({ model: 'gpt-4o-mini', input: 'Go on', previous_response_id: '' })
       .catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
     expect(gw.fake.requests.length).toBe(before);
     expect(gw.logs.lines.filter((l) => l.msg === 'response owner lookup failed')).toEqual([]);
   });
@@ -353,7 +355,7 @@ describe('the cache', () => {
     const err = await otherClient.responses
       .create({ model: 'gpt-4o-mini', input: 'What did I say before?', previous_response_id: base.id })
       .catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
     expect((err as { code?: string }).code).toBe('previous_response_not_found');
     expect(upstreamCalls()).toBe(calls);
     const own = await client.responses.create({ model: 'gpt-4o-mini', input: 'And then?', previous_response_id: base.id });
