@@ -89,15 +89,25 @@ const chatLikeConverter = (endpoint: ConvertibleEndpoint): StreamConverter => ({
   },
 });
 
+/** Tools the client runs itself: their definitions are all the answer depends on. */
+const CLIENT_TOOLS = new Set(['function', 'custom']);
+
 /**
  * A Responses request may be answered from the cache only when its answer cannot depend on state
  * held at OpenAI: no previous_response_id, no conversation, not in the background, and `store`
  * false or absent (as issue 8 states, although OpenAI's default for `store` is true: an absent
- * `store` still stores the original answer upstream, and a hit returns that answer's id).
+ * `store` still stores the original answer upstream, and a hit returns that answer's id). Nor a
+ * stored prompt (`prompt`: its latest version can change), an input item that references a stored
+ * item (`item_reference`), or a hosted tool (file search over a vector store that may have changed,
+ * web search, a remote MCP server, a code interpreter's container...): what those read is not in
+ * the request.
  */
 export function responseIsCacheable(body: Json): boolean {
   const absent = (v: unknown) => v === undefined || v === null;
-  return absent(body.previous_response_id) && absent(body.conversation) && body.background !== true && body.store !== true;
+  if (!absent(body.previous_response_id) || !absent(body.conversation) || body.background === true || body.store === true) return false;
+  if (!absent(body.prompt)) return false;
+  if (Array.isArray(body.tools) && body.tools.some((tool) => !CLIENT_TOOLS.has((tool as { type?: unknown } | null)?.type as string))) return false;
+  return !(Array.isArray(body.input) && body.input.some((item) => (item as { type?: unknown } | null)?.type === 'item_reference'));
 }
 
 export const endpoints = {
