@@ -43,9 +43,18 @@ type Body = Record<string, unknown> & {
   stream_options?: { include_usage?: boolean | null } | null;
 };
 
-/** An AbortSignal that fires when the client goes away before its response is complete. */
+/**
+ * An AbortSignal that fires when the client goes away before its response is complete, or has
+ * fired already if it left while the request waited (on the store's admission, or on an identical
+ * request in flight): its 'close' event is gone by then, and without this check the request went
+ * upstream all the same, billed and recorded as a 200 nobody received.
+ */
 export function clientGone(reply: FastifyReply): AbortSignal {
   const controller = new AbortController();
+  if (reply.raw.destroyed) {
+    if (!reply.raw.writableFinished) controller.abort();
+    return controller.signal;
+  }
   reply.raw.once('close', () => {
     if (!reply.raw.writableFinished) controller.abort();
   });

@@ -441,4 +441,34 @@ describe('single-flight', () => {
     expect(responses.filter((r) => r.status === 500)).toHaveLength(1);
     expect(responses.filter((r) => r.status === 200)).toHaveLength(4);
   });
+
+  it('a waiter whose client left during the wait does not go upstream when the one in flight fails', async () => {
+    const gw = await gateway();
+    const { id, key } = await gw.createKey({ limits: { tokensPerDay: 100_000 } });
+    gw.fake.failNext(1, 500);
+    gw.fake.setLatency(600);
+    try {
+      const body = { ...question, seed: 9 };
+      const leader = post(gw, key, body);
+      await new Promise((r) => setTimeout(r, 100));
+      const gone = new AbortController();
+      const follower = fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+        signal: gone.signal,
+      }).catch((e: unknown) => e);
+      setTimeout(() => gone.abort(), 200);
+      expect((await leader).status).toBe(500);
+      await follower;
+      // Its request line is written once it is settled: a 499 that cost nothing, and upstream saw only the leader.
+      await expect.poll(() => gw.logs.requests().filter((l) => l.status === 499)).toHaveLength(1);
+      expect(gw.fake.requests.filter((r) => r.method === 'POST')).toHaveLength(1);
+      expect(gw.logs.requests().find((l) => l.status === 499)).toMatchObject({ errorCode: 'client_closed_request' });
+      const quota = (await gw.admin('GET', `/admin/keys/${id}`)).body.quota;
+      expect(quota.tokensPerDay).toMatchObject({ used: 0, reserved: 0 });
+    } finally {
+      gw.fake.setLatency(0);
+    }
+  });
 });
