@@ -6,6 +6,7 @@ import type { Admission, Quota } from '../quota/quota.js';
 import type { Cache } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
 import { waitOnStore } from '../request-context.js';
+import { clientClosed } from '../errors.js';
 
 export async function serveHit(
   request: FastifyRequest,
@@ -21,6 +22,9 @@ export async function serveHit(
   // A hit still counts against rpm and concurrency, but costs no tokens or dollars.
   const admission = admitted ?? (await waitOnStore(trace, quota.admit(request.gatewayKey!, endpoint, body, body.model, { free: true })));
   admission.settle({ estimated: false });
+  // A client that left while it waited (on an identical request in flight, or on the store) gets
+  // nothing: a 499 as on the upstream path, not a 200 HIT written to a closed socket.
+  if (reply.raw.destroyed) return clientClosed(reply);
   const saved = { promptTokens: entry.promptTokens, cachedPromptTokens: entry.cachedPromptTokens, completionTokens: entry.completionTokens };
   trace.cache = 'HIT';
   // A hit spends no tokens: it records what it saved instead, so token sums match what upstream billed.

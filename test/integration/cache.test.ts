@@ -442,6 +442,32 @@ describe('single-flight', () => {
     expect(responses.filter((r) => r.status === 200)).toHaveLength(4);
   });
 
+  it('a waiter whose client left during the wait is recorded as a 499, not a HIT, when the one in flight succeeds', async () => {
+    const gw = await gateway();
+    const { key } = await gw.createKey();
+    gw.fake.setLatency(500);
+    try {
+      const body = { ...question, seed: 10 };
+      const leader = post(gw, key, body);
+      await new Promise((r) => setTimeout(r, 100));
+      const gone = new AbortController();
+      const follower = fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+        signal: gone.signal,
+      }).catch((e: unknown) => e);
+      setTimeout(() => gone.abort(), 200);
+      expect((await leader).status).toBe(200);
+      await follower;
+      await expect.poll(() => gw.logs.requests().filter((l) => l.status === 499)).toHaveLength(1);
+      expect(gw.logs.requests().filter((l) => l.cache === 'HIT')).toHaveLength(0);
+      expect(gw.fake.requests.filter((r) => r.method === 'POST')).toHaveLength(1);
+    } finally {
+      gw.fake.setLatency(0);
+    }
+  });
+
   it('a waiter whose client left during the wait does not go upstream when the one in flight fails', async () => {
     const gw = await gateway();
     const { id, key } = await gw.createKey({ limits: { tokensPerDay: 100_000 } });
