@@ -89,8 +89,8 @@ const chatLikeConverter = (endpoint: ConvertibleEndpoint): StreamConverter => ({
   },
 });
 
-/** Tools the client runs itself: their definitions are all the answer depends on. */
-const CLIENT_TOOLS = new Set(['function', 'custom']);
+/** Tools the client runs itself (their results come back in the input): the answer depends on the request alone. */
+const CLIENT_TOOLS = new Set(['function', 'custom', 'local_shell', 'shell', 'apply_patch', 'computer_use_preview']);
 
 /**
  * A Responses request may be answered from the cache only when its answer cannot depend on state
@@ -118,7 +118,9 @@ export const endpoints = {
     streamable: true,
     cacheable: true,
     // `store: true` asks OpenAI to keep this completion (evals, distillation): a hit would keep none.
-    cacheableRequest: (body: Json) => body.store !== true,
+    // store: OpenAI is asked to keep each one. web_search_options: the answer reads the live web,
+    // as a Responses web_search tool does (not cached either).
+    cacheableRequest: (body: Json) => body.store !== true && (body.web_search_options === undefined || body.web_search_options === null),
     usage: chatLikeUsage,
     convert: chatLikeConverter('chat.completions'),
   },

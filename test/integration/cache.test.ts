@@ -117,6 +117,13 @@ describe('exact, keyed on the canonical request', () => {
     await expect.poll(async () => (await post(gw, key, { ...stored, store: false })).headers.get('x-tollgate-cache')).toBe('HIT');
   });
 
+  it('does not answer a chat request with web_search_options from the cache (it reads the live web)', async () => {
+    const searching = { ...question, model: 'gpt-4o-mini-search-preview', web_search_options: {} };
+    const before = upstreamCalls(gw);
+    for (let i = 0; i < 2; i++) expect((await post(gw, key, searching)).headers.get('x-tollgate-cache')).toBe('BYPASS');
+    expect(upstreamCalls(gw)).toBe(before + 2);
+  });
+
   it('caches embeddings (the SDK default base64 form too) and the legacy engines path', async () => {
     const emb = { model: 'text-embedding-3-small', input: ['a', 'b'], encoding_format: 'base64' };
     await post(gw, key, emb, {}, '/v1/embeddings');

@@ -94,10 +94,11 @@ describe('conversion', () => {
     // A stored prompt, a stored item, a hosted tool: what they read is not in the request.
     expect(responseIsCacheable({ model: 'm', store: false, prompt: { id: 'pmpt_1', variables: { city: 'Paris' } } })).toBe(false);
     expect(responseIsCacheable({ model: 'm', store: false, input: [{ type: 'item_reference', id: 'msg_1' }] })).toBe(false);
-    for (const type of ['file_search', 'web_search', 'web_search_preview', 'mcp', 'code_interpreter', 'computer_use_preview', 'image_generation']) {
+    for (const type of ['file_search', 'web_search', 'web_search_preview', 'mcp', 'code_interpreter', 'image_generation']) {
       expect(responseIsCacheable({ model: 'm', input: 'x', store: false, tools: [{ type: 'function', name: 'f' }, { type }] }), type).toBe(false);
     }
     // Tools the client runs are part of the request.
     expect(responseIsCacheable({ model: 'm', input: [{ role: 'user', content: 'x' }], store: false, tools: [{ type: 'function', name: 'f' }, { type: 'custom', name: 'g' }] })).toBe(true);
+    expect(responseIsCacheable({ model: 'm', input: 'x', store: false, tools: [{ type: 'local_shell' }, { type: 'computer_use_preview', display_width: 1024 }] })).toBe(true);
   });
 });
