@@ -27,14 +27,15 @@ async function main() {
 
   let fake: FakeOpenAI | undefined;
   /** The demo's own throwaway admin token, printable; an operator's ADMIN_TOKEN never is. */
-  const demoAdminToken = config.demo && config.adminToken === undefined;
+  let demoAdminToken: string | undefined;
   if (config.demo) {
+    if (config.adminToken === undefined) demoAdminToken = `demo-admin-${randomBytes(12).toString('hex')}`;
     // Demo: a built-in fake OpenAI on loopback, so the gateway runs without a real key.
     fake = await startFakeOpenAI({ apiKey: 'sk-demo-upstream' });
     config = {
       ...config,
       upstream: { ...config.upstream, baseUrl: fake.url, apiKey: 'sk-demo-upstream', apiKeys: ['sk-demo-upstream'] },
-      adminToken: config.adminToken ?? `demo-admin-${randomBytes(12).toString('hex')}`,
+      adminToken: config.adminToken ?? demoAdminToken,
     };
   }
 
@@ -58,7 +59,7 @@ async function main() {
   const memoryTrim = startMemoryTrimmer(config.memoryTrimIntervalMs).status;
   app.log.info({ heap, memoryTrim }, 'memory configured');
 
-  if (config.demo) await printDemoBanner(app, config, address, demoAdminToken ? config.adminToken! : '$ADMIN_TOKEN');
+  if (config.demo) await printDemoBanner(app, config, address, demoAdminToken);
 
   let closing = false;
   const shutdown = async (signal: string) => {
@@ -157,42 +158,48 @@ function redisUrlSecrets(url: string | undefined): string[] {
 }
 
 /**
- * Creates a demo key through the admin API (the real code path) and prints how to use it, with
- * `shownAdminToken` where the admin token goes: the demo's own, or `$ADMIN_TOKEN` when the operator
- * set one (a real secret, never printed).
+ * Creates a demo key through the admin API (the real code path) and prints how to use it. The admin
+ * token is printed only when the demo made it (`demoAdminToken`); an operator's ADMIN_TOKEN is a
+ * real secret, shown as $ADMIN_TOKEN. With a Redis store no key is made: it would outlive the demo
+ * and authenticate on every instance sharing that Redis, against the real OpenAI there.
  */
-async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config: Config, address: string, shownAdminToken: string) {
+async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config: Config, address: string, demoAdminToken: string | undefined) {
+  const base = address.replace('0.0.0.0', '127.0.0.1').replace('[::]', '127.0.0.1');
+  const adminToken = demoAdminToken ?? '$ADMIN_TOKEN';
+  const createKey = `  curl -X POST ${base}/admin/keys -H "Authorization: Bearer ${adminToken}" -H "Content-Type: application/json" -d '{"name":"demo"}'`;
+  if (config.redis) {
+    process.stdout.write(
+      `\nTollgate demo is running (fake OpenAI upstream, Redis store). It makes no demo key in Redis, where one would` +
+        `\noutlive the demo and work on any instance sharing that Redis (against real OpenAI there). Create one:\n${createKey}\n\n`,
+    );
+    return;
+  }
   const res = await app.inject({
     method: 'POST',
     url: '/admin/keys',
     headers: { authorization: `Bearer ${config.adminToken}` },
     payload: { name: 'demo' },
   });
-  const base = address.replace('0.0.0.0', '127.0.0.1').replace('[::]', '127.0.0.1');
-  const store = config.redis ? 'Redis' : 'in-memory';
   if (res.statusCode !== 201) {
-    // E.g. REDIS_URL names a Redis that does not answer: say so rather than print `undefined` as a key.
+    // Say so rather than print `undefined` as a key.
     const error = (res.json() as { error?: { message?: string } }).error?.message ?? `HTTP ${res.statusCode}`;
-    process.stdout.write(
-      `\nTollgate demo is running (fake OpenAI upstream, ${store} store), but no demo key could be created: ${error}` +
-        `\nCheck that the Redis at REDIS_URL answers (or unset REDIS_URL for the in-memory store), then create one:` +
-        `\n  curl -X POST ${base}/admin/keys -H "Authorization: Bearer ${shownAdminToken}" -H "Content-Type: application/json" -d '{"name":"demo"}'\n\n`,
-    );
+    process.stdout.write(`\nTollgate demo is running (fake OpenAI upstream, in-memory store), but no demo key could be created: ${error}\n${createKey}\n\n`);
     return;
   }
   const { key } = res.json() as { key: string };
-  // Written to stdout on purpose, outside the JSON log: these are throwaway demo secrets.
+  // Written to stdout on purpose, outside the JSON log: a throwaway key of an in-memory store, and
+  // the demo's own admin token.
   process.stdout.write(
     [
       '',
-      `Tollgate demo is running (fake OpenAI upstream, ${store} store).`,
+      'Tollgate demo is running (fake OpenAI upstream, in-memory store).',
       `  gateway key:  ${key}`,
-      `  admin token:  ${shownAdminToken === '$ADMIN_TOKEN' ? 'yours (ADMIN_TOKEN)' : shownAdminToken}`,
+      `  admin token:  ${demoAdminToken ?? 'yours (ADMIN_TOKEN)'}`,
       '',
       'Try it:',
       `  curl ${base}/v1/chat/completions -H "Authorization: Bearer ${key}" -H "Content-Type: application/json" \\`,
       `    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'`,
-      `  curl ${base}/admin/keys -H "Authorization: Bearer ${shownAdminToken}"`,
+      `  curl ${base}/admin/keys -H "Authorization: Bearer ${adminToken}"`,
       '',
     ].join('\n') + '\n',
   );

@@ -90,13 +90,14 @@ describe('demo mode with an ADMIN_TOKEN of the operator', () => {
   });
 });
 
-describe('demo mode with a Redis that does not answer', () => {
-  it('says no demo key could be created instead of printing `undefined` as one', async () => {
+describe('demo mode with REDIS_URL', () => {
+  it('makes no key in Redis (it would outlive the demo, on every instance sharing it) and prints how to make one', async () => {
     const port = await freePort();
+    // A Redis that does not even answer: nothing is asked of it.
     const server = startServer({ PORT: String(port), REDIS_URL: `redis://127.0.0.1:${await freePort()}` }, ['--demo']);
     await waitUntilUp(`http://127.0.0.1:${port}`);
-    await expect.poll(() => server.output(), { timeout: 15_000 }).toContain('no demo key could be created');
-    expect(server.output()).toContain('Check that the Redis at REDIS_URL answers');
+    await expect.poll(() => server.output(), { timeout: 15_000 }).toContain('It makes no demo key in Redis');
+    expect(server.output()).toMatch(/curl -X POST http:\/\/127\.0\.0\.1:\d+\/admin\/keys -H "Authorization: Bearer demo-admin-[0-9a-f]{24}"/);
     expect(server.output()).not.toContain('undefined');
     expect(server.output()).not.toContain('gateway key:');
   });
