@@ -317,7 +317,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
     };
 
     for (let attempt = 1; ; attempt++) {
-      const key = keyPool.pick(refused);
+      let key = keyPool.pick(refused);
       let res: Dispatcher.ResponseData;
       /** Set once this attempt is written to the socket whole: from then on upstream may be working on it. */
       let sent = false;
@@ -325,7 +325,12 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
       let release: Release | undefined;
       try {
         const turn = connections.acquire(req.tenant ?? '', signal);
-        release = typeof turn === 'function' ? turn : await turn;
+        if (typeof turn === 'function') release = turn;
+        else {
+          release = await turn;
+          // After a wait for a connection: the key picked may have gone into a cooldown meanwhile.
+          key = keyPool.pick(refused);
+        }
         res = await requestApi.call(
           {
             dispatch(opts, handler) {
