@@ -256,7 +256,7 @@ const envSchema = z.object({
     .refine(headerSafeToken, { message: HEADER_SAFE_TOKEN }),
 
   BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(10 * 1024 * 1024),
-  /** The most objects, arrays and object fields a request body may hold (src/openai/endpoints.ts). */
+  /** The most objects, arrays and object fields a request body may hold (DEFAULT_MAX_BODY_NODES, src/openai/endpoints.ts). */
   BODY_MAX_NODES: int(1000, 100_000_000).default(100_000),
   /** How long a client has to send a whole request, headers and body; then 408. 0: no limit. */
   CLIENT_REQUEST_TIMEOUT_MS: int(0, 3_600_000).default(60_000),

@@ -31,7 +31,9 @@ const IGNORED_FIELDS = new Set(['stream', 'stream_options', 'user']);
  * output format, chat's response_format.json_schema and Responses' text.format): their keys keep
  * the order they were sent in within the cache name. The model writes an object's properties in
  * its schema's order (reasoning before answer, or after), so two schemas that differ only in that
- * order are different requests. The order of every other object's keys means nothing.
+ * order are different requests. The order of every other object's keys means nothing. (Integer-like
+ * property names, "1" and "2", come out of JSON.parse in numeric order whatever their order in the
+ * body: such schemas that differ only in that order share a name. Rare enough to leave.)
  */
 const ORDERED_FIELDS: ReadonlySet<string> = new Set(['parameters', 'schema']);
 

@@ -2,19 +2,19 @@
 
 /**
  * JSON with object keys sorted at every depth; arrays keep their order (it is meaningful). The
- * value of a field named in `verbatim` is written as it is, its keys in their order: where that
- * order means something (a JSON schema's properties are generated in that order).
+ * value of a field named in `orderedFields` is written as it is, its keys in their order: where
+ * that order means something (a JSON schema's properties are generated in that order).
  * Built with one string and plain loops: it runs on every cacheable request, and the
  * map/filter/join version cost twice as much (most of it garbage).
  */
-export function canonicalJson(value: unknown, verbatim?: ReadonlySet<string>): string {
+export function canonicalJson(value: unknown, orderedFields?: ReadonlySet<string>): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';
   if (Array.isArray(value)) {
     // Numbers, strings, booleans and nulls alone (token ids, stop lists) are canonical as JSON
     // writes them, and the engine writes them in one call: 2.5M numbers took ~300 ms one by one.
     if (allPrimitive(value)) return JSON.stringify(value);
     let out = '[';
-    for (let i = 0; i < value.length; i++) out += (i === 0 ? '' : ',') + canonicalJson(value[i], verbatim);
+    for (let i = 0; i < value.length; i++) out += (i === 0 ? '' : ',') + canonicalJson(value[i], orderedFields);
     return out + ']';
   }
   const object = value as Record<string, unknown>;
@@ -23,7 +23,7 @@ export function canonicalJson(value: unknown, verbatim?: ReadonlySet<string>): s
   for (const key of keys) {
     const field = object[key];
     if (field === undefined) continue;
-    out += (out.length === 1 ? '' : ',') + JSON.stringify(key) + ':' + (verbatim?.has(key) ? JSON.stringify(field) : canonicalJson(field, verbatim));
+    out += (out.length === 1 ? '' : ',') + JSON.stringify(key) + ':' + (orderedFields?.has(key) ? JSON.stringify(field) : canonicalJson(field, orderedFields));
   }
   return out + '}';
 }

@@ -103,18 +103,14 @@ function isInBandError(e: SseEvent): boolean {
   return e.event === 'error' || carriesError(e.data);
 }
 
-/**
- * Masks one event as the relay does: all of an error event's data, only server keys in other data.
- * Its `event` and `id` fields are never model output, so anything key-shaped in them is masked
- * (an upstream that echoes the Authorization header there would hand the server key out).
- */
 const NULL_USAGE = '"usage":null';
 
 /**
  * A chunk without the `"usage":null` that OpenAI writes into every chunk only when usage was asked
  * for: a client that did not ask (the gateway did, for it) gets chunks as OpenAI would have sent
  * them. The key with its quotes cannot occur inside a JSON string (its quotes would be escaped), and
- * OpenAI writes it last, at the top level: the last occurrence, with its comma, is that field.
+ * OpenAI writes it last, at the top level: the last occurrence, with its comma, is that field. Other
+ * spellings (`"usage": null` from an upstream that spaces its JSON) are left as they came.
  */
 function withoutNullUsage(data: string): string {
   const at = data.lastIndexOf(NULL_USAGE);
@@ -124,6 +120,11 @@ function withoutNullUsage(data: string): string {
   return data;
 }
 
+/**
+ * Masks one event as the relay does: all of an error event's data, only server keys in other data.
+ * Its `event` and `id` fields are never model output, so anything key-shaped in them is masked
+ * (an upstream that echoes the Authorization header there would hand the server key out).
+ */
 function maskEvent(e: SseEvent, mask: NonNullable<RelayOptions['maskError']>, isError = isErrorEvent(e)): void {
   if (isError) e.data = mask(e.data);
   else if (mask.hasServerKey?.(e.data)) e.data = mask.maskServerKeys!(e.data);

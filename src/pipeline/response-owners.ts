@@ -107,7 +107,7 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
     /**
      * Who created `responseId` (and its context tokens), or null. An id no response can have
      * (empty: a route's `/responses/` or `"previous_response_id": ""`) has no owner: the caller's
-     * 404, as for any unknown id, without asking the store. Throws 503 only when the store cannot say.
+     * answer for any unknown id (a route's 404, a continuation's 400), without asking the store. Throws 503 only when the store cannot say.
      */
     async ownerOf(responseId: string): Promise<ResponseOwner | null> {
       if (typeof responseId !== 'string' || responseId === '') return null;

@@ -62,10 +62,10 @@ describe('canonicalJson', () => {
     expect(json).toBe(reference(many));
   });
 
-  it('writes the fields named verbatim as they are, keys in their order, at any depth', () => {
-    const verbatim = new Set(['schema']);
+  it('writes the ordered fields as they are, keys in their order, at any depth', () => {
+    const ordered = new Set(['schema']);
     const value = { b: { schema: { z: 1, a: { y: 2, x: 3 } } }, a: [{ schema: { q: 1, p: 2 }, d: 1, c: 2 }] };
-    expect(canonicalJson(value, verbatim)).toBe('{"a":[{"c":2,"d":1,"schema":{"q":1,"p":2}}],"b":{"schema":{"z":1,"a":{"y":2,"x":3}}}}');
+    expect(canonicalJson(value, ordered)).toBe('{"a":[{"c":2,"d":1,"schema":{"q":1,"p":2}}],"b":{"schema":{"z":1,"a":{"y":2,"x":3}}}}');
     expect(canonicalJson(value)).toBe(reference(value));
   });
 
