@@ -8,10 +8,10 @@ export function parseInput<T>(schema: z.ZodType<T>, input: unknown, whole: 'body
   const result = schema.safeParse(input ?? {});
   if (result.success) return result.data;
   const issue = result.error.issues[0]!;
-  if (issue.code === 'unrecognized_keys') {
+  if (issue.code === 'unrecognized_keys' && whole === 'query') {
     // A mistyped parameter (from= as form=) is refused, not quietly left at its default.
     const name = paramPath([...issue.path, issue.keys[0]!]);
-    throw invalidRequest(`Unrecognized ${whole === 'query' ? 'query parameter' : 'field'}: '${name}'.`, name, 'unknown_parameter');
+    throw invalidRequest(`Unrecognized query parameter: '${name}'.`, name, 'unknown_parameter');
   }
   const param = paramPath(issue.path);
   throw invalidRequest(`Invalid '${param ?? whole}': ${issue.message}.`, param, 'invalid_value');
