@@ -815,10 +815,25 @@
     if (!Object.hasOwn(PERIODS, period)) return;
     state.period = period;
     for (const button of document.querySelectorAll('[data-period]')) {
-      button.setAttribute('aria-checked', String(button.dataset.period === period));
+      const checked = button.dataset.period === period;
+      button.setAttribute('aria-checked', String(checked));
+      // A radio group is one Tab stop, its checked radio; the arrow keys move within it.
+      button.tabIndex = checked ? 0 : -1;
     }
     history.replaceState(null, '', `#${period}`);
     if (reload) void load();
+  }
+
+  /** Arrow keys, Home and End in the period radio group, as in any radio group: select and focus. */
+  function onPeriodKey(event) {
+    const buttons = [...document.querySelectorAll('[data-period]')];
+    const at = buttons.findIndex((b) => b.dataset.period === state.period);
+    const to = { ArrowRight: at + 1, ArrowDown: at + 1, ArrowLeft: at - 1, ArrowUp: at - 1, Home: 0, End: buttons.length - 1 }[event.key];
+    if (to === undefined) return;
+    event.preventDefault();
+    const next = buttons[(to + buttons.length) % buttons.length];
+    next.focus();
+    if (next.dataset.period !== state.period) selectPeriod(next.dataset.period, true);
   }
 
   function start() {
@@ -847,6 +862,12 @@
     for (const button of document.querySelectorAll('[data-period]')) {
       button.addEventListener('click', () => selectPeriod(button.dataset.period, true));
     }
+    testId('period').addEventListener('keydown', onPeriodKey);
+    // A link or a typed address that changes #24h / #7d / #30d changes the view, not just the URL.
+    window.addEventListener('hashchange', () => {
+      const period = location.hash.slice(1);
+      if (Object.hasOwn(PERIODS, period) && period !== state.period) selectPeriod(period, Boolean(sessionStorage.getItem(TOKEN_KEY)));
+    });
 
     if (window.Chart) {
       const font = getComputedStyle(document.body).fontFamily;

@@ -582,6 +582,27 @@ describe('the spend dashboard', () => {
     await page.waitForFunction(() => (window as unknown as { Chart: { getChart(id: string): any } }).Chart.getChart('chart-keys')?.data.labels.length === 7);
   });
 
+  it('works the period radio group from the keyboard, and follows the #period of the address', async () => {
+    const labels = () => page.evaluate(() => (window as unknown as { Chart: { getChart(id: string): any } }).Chart.getChart('chart-keys')?.data.labels.length);
+    const checked = () => page.getAttribute('[role=radio][aria-checked=true]', 'data-period');
+    // One Tab stop: the checked radio.
+    expect(await page.$$eval('[data-period]', (buttons) => buttons.map((b) => (b as HTMLElement).tabIndex))).toEqual([-1, 0, -1]);
+    await page.getByRole('radio', { name: '7 d' }).focus();
+    await page.keyboard.press('ArrowRight');
+    await page.waitForFunction(() => (window as unknown as { Chart: { getChart(id: string): any } }).Chart.getChart('chart-keys')?.data.labels.length === 30);
+    expect(await checked()).toBe('30d');
+    expect(await page.evaluate(() => (document.activeElement as HTMLElement).dataset.period)).toBe('30d');
+    await page.keyboard.press('ArrowRight'); // wraps to the first
+    await page.waitForFunction(() => (window as unknown as { Chart: { getChart(id: string): any } }).Chart.getChart('chart-keys')?.data.labels.length === 24);
+    expect(await checked()).toBe('24h');
+    expect(new URL(page.url()).hash).toBe('#24h');
+    // The address's #period, changed without a reload, changes the view too.
+    await page.evaluate(() => (window.location.hash = '#7d'));
+    await page.waitForFunction(() => (window as unknown as { Chart: { getChart(id: string): any } }).Chart.getChart('chart-keys')?.data.labels.length === 7);
+    expect(await checked()).toBe('7d');
+    expect(await labels()).toBe(7);
+  });
+
   it('shows dashes, not zeros, and keeps the time of the last good refresh when the usage cannot be loaded', async () => {
     phase = 'usage-down';
     const before = await text('updated');
