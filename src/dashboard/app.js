@@ -555,7 +555,8 @@
     for (const entry of meta.values()) names.set(entry.label, (names.get(entry.label) || 0) + 1);
     for (const [id, entry] of meta) if (id && names.get(entry.label) > 1) entry.label = `${entry.label} (…${String(id).slice(-6)})`;
 
-    const ranked = [...meta.entries()].sort((a, b) => b[1].total - a[1].total);
+    // A series that spent nothing (only refusals, or a free endpoint) has no bar: no legend entry either.
+    const ranked = [...meta.entries()].filter(([, entry]) => entry.total > 0).sort((a, b) => b[1].total - a[1].total);
     const kept = ranked.length > MAX_SERIES ? ranked.slice(0, MAX_SERIES - 1) : ranked;
     const keptIds = new Set(kept.map(([id]) => id));
     const index = new Map(buckets.map((b, i) => [b, i]));

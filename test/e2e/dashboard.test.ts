@@ -37,6 +37,8 @@ const MODEL_SHARES: [string, number][] = [
   ['gpt-4o', 0.35],
   ['text-embedding-3-small', 0.1],
   ['o3-mini', 0.05],
+  // Requests that cost nothing (refused, or a free endpoint): in the tables, not in a spend chart's legend.
+  ['omni-moderation-latest', 0],
 ];
 
 type Row = Record<string, string | number>;
