@@ -44,6 +44,8 @@ export interface BuildOptions {
   upstream?: UpstreamClient;
   /** Epoch ms; tests inject one to cross day and month boundaries. */
   clock?: () => number;
+  /** How long a revoked key's metric series stay (default 10 minutes); tests shorten it. */
+  retiredSeriesGraceMs?: number;
 }
 
 // A client's x-request-id is echoed only if it is short and plain: no header or log injection.
@@ -191,7 +193,10 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     onBudgetsError: (err) => logger.warn({ err: err.message }, 'budget gauges unavailable'),
     degraded: () => modes(),
     upstreamConnections: upstream.connections,
+    keyRecord: (id) => store.getKeyById(id),
+    retiredSeriesGraceMs: options.retiredSeriesGraceMs,
   });
+  store.onKeyChange(({ id }) => metrics.keyChanged(id));
   const alerts = createAlerts({ webhookUrl: config.alertWebhookUrl, store, quota, clock, timeZone: config.quota.timeZone, logger });
   const usage = createUsageRecorder({
     store,

@@ -362,6 +362,34 @@ describe('metrics', () => {
     expect([...models]).toEqual(['gpt-4o']);
   });
 
+  it("drops a revoked key's series, and a renamed key's series under its old name, after the grace", async () => {
+    const gw = await startGateway({ retiredSeriesGraceMs: 200 });
+    gateways.push(gw);
+    const chat = (key: string) =>
+      fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'gpt-4o-mini', max_tokens: 3, messages: [{ role: 'user', content: 'hi' }] }),
+      }).then((res) => res.arrayBuffer());
+    const gone = await gw.createKey({ name: 'one-job' });
+    const renamed = await gw.createKey({ name: 'old-name' });
+    await chat(gone.key);
+    await chat(renamed.key);
+    const read = async () => parseSamples(await (await fetch(`${gw.url}/metrics`)).text());
+    const seriesOf = async (labels: Record<string, string>) =>
+      (await read()).filter((s) => s.name.startsWith('tollgate_') && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).length;
+    await expect.poll(() => seriesOf({ key_id: gone.id })).toBeGreaterThanOrEqual(4); // requests, tokens x2, cost
+    await expect.poll(() => seriesOf({ key: 'old-name' })).toBeGreaterThanOrEqual(4);
+
+    expect((await gw.admin('DELETE', `/admin/keys/${gone.id}`)).status).toBe(200);
+    expect((await gw.admin('PATCH', `/admin/keys/${renamed.id}`, { name: 'new-name' })).status).toBe(200);
+    await chat(renamed.key);
+    await expect.poll(() => seriesOf({ key_id: gone.id })).toBe(0);
+    await expect.poll(() => seriesOf({ key: 'old-name' })).toBe(0);
+    // The live key keeps its series under its current name.
+    expect(await seriesOf({ key_id: renamed.id, key: 'new-name' })).toBeGreaterThanOrEqual(4);
+  });
+
   it('counts wrong metrics tokens against the failed-auth guard', async () => {
     const gw = await startGateway({ env: { METRICS_TOKEN: 'metrics-token-0123456789', AUTH_FAILURES_PER_MINUTE: '3' } });
     gateways.push(gw);
