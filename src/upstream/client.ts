@@ -4,7 +4,7 @@ import { createRequire } from 'node:module';
 import { pipeline, Transform, type Readable } from 'node:stream';
 import type { Config } from '../config.js';
 import { GatewayError, upstreamTimeout, upstreamUnreachable } from '../errors.js';
-import { createKeyPool, type KeyPoolLogger } from './key-pool.js';
+import { createKeyPool, type KeyPoolLogger, type PickedKey } from './key-pool.js';
 import { createFairShare, type Release } from './fair-share.js';
 import { KeyedThrottledWarning } from '../resilience/throttled-log.js';
 import { createSecretMasker, type SecretMasker } from './redact.js';
@@ -317,20 +317,17 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
     };
 
     for (let attempt = 1; ; attempt++) {
-      let key = keyPool.pick(refused);
       let res: Dispatcher.ResponseData;
       /** Set once this attempt is written to the socket whole: from then on upstream may be working on it. */
       let sent = false;
       /** This attempt's hold on one of the pool's connections: until its answer's body closes. */
       let release: Release | undefined;
+      /** Picked once a connection is granted: a key picked before a wait may be cooling down by then. */
+      let key: PickedKey | undefined;
       try {
         const turn = connections.acquire(req.tenant ?? '', signal);
-        if (typeof turn === 'function') release = turn;
-        else {
-          release = await turn;
-          // After a wait for a connection: the key picked may have gone into a cooldown meanwhile.
-          key = keyPool.pick(refused);
-        }
+        release = typeof turn === 'function' ? turn : await turn;
+        key = keyPool.pick(refused);
         res = await requestApi.call(
           {
             dispatch(opts, handler) {
@@ -363,7 +360,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         }
         const wait = backoffMs(retries, retryBaseDelayMs, retryMaxDelayMs);
         const code = (err as { code?: string }).code;
-        retrying(req, `connection:${code}`, { attempt, keyIndex: key.index, code, waitMs: Math.round(wait) }, 'upstream connection failed; retrying');
+        retrying(req, `connection:${code}`, { attempt, keyIndex: key?.index, code, waitMs: Math.round(wait) }, 'upstream connection failed; retrying');
         if (!(await waitFor(wait))) {
           if (req.signal?.aborted) throw req.signal.reason;
           throw failure;

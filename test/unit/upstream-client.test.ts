@@ -221,6 +221,29 @@ describe('connections shared among keys', () => {
     }
   });
 
+  it('spreads requests over the server keys while they wait for connections', async () => {
+    const open = await startFakeOpenAI();
+    const client = createUpstreamClient(upstream({ baseUrl: open.url, apiKey: 'sk-a', apiKeys: ['sk-a', 'sk-b'], maxConnections: 1 }));
+    try {
+      // Three callers, each sending its next request as soon as its last is answered: the pool is
+      // always full, and a request is granted a connection as another arrives to wait for one.
+      const caller = async () => {
+        for (let i = 0; i < 10; i++) {
+          const res = await client.send({ method: 'POST', path: '/chat/completions', body: chat(), tenant: 'a' });
+          for await (const _ of res.body) void _;
+        }
+      };
+      await Promise.all([caller(), caller(), caller()]);
+      const used = { a: 0, b: 0 };
+      for (const r of open.requests) used[r.headers.authorization === 'Bearer sk-a' ? 'a' : 'b']++;
+      expect(used.a + used.b).toBe(30);
+      expect(Math.abs(used.a - used.b)).toBeLessThanOrEqual(2);
+    } finally {
+      await client.close();
+      await open.close();
+    }
+  });
+
   it('an attempt that failed, was retried or was dropped gives its connection back', async () => {
     const client = createUpstreamClient(upstream({ maxConnections: 1, maxRetries: 1 }));
     try {
