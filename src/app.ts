@@ -44,7 +44,7 @@ export interface BuildOptions {
   upstream?: UpstreamClient;
   /** Epoch ms; tests inject one to cross day and month boundaries. */
   clock?: () => number;
-  /** How long a revoked key's metric series stay (default 10 minutes); tests shorten it. */
+  /** How long a revoked key's metric series stay (default UPSTREAM_TOTAL_TIMEOUT_MS + 5 minutes); tests shorten it. */
   retiredSeriesGraceMs?: number;
 }
 
@@ -194,7 +194,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     degraded: () => modes(),
     upstreamConnections: upstream.connections,
     keyRecord: (id) => store.getKeyById(id),
-    retiredSeriesGraceMs: options.retiredSeriesGraceMs,
+    // Past the longest request in flight at the change (UPSTREAM_TOTAL_TIMEOUT_MS), plus scrapes.
+    retiredSeriesGraceMs: options.retiredSeriesGraceMs ?? config.upstream.totalTimeoutMs + 5 * 60_000,
   });
   store.onKeyChange(({ id }) => metrics.keyChanged(id));
   const alerts = createAlerts({ webhookUrl: config.alertWebhookUrl, store, quota, clock, timeZone: config.quota.timeZone, logger });

@@ -32,8 +32,8 @@ export interface MetricsOptions {
   /** A key as it is now (null: no such key), read when its retired series are dropped (keyChanged). */
   keyRecord?: (keyId: string) => Promise<{ name: string; revokedAt: string | null } | null>;
   /**
-   * How long the series of a revoked key (or of a key's old name) stay after the change, so the
-   * last values are scraped before they go. Default 10 minutes.
+   * How long the series of a revoked key (or of a key's old name) stay after the change: the last
+   * values are scraped, and requests in flight at the change end first. Default 15 minutes.
    */
   retiredSeriesGraceMs?: number;
 }
@@ -351,27 +351,54 @@ export function createMetrics(opts: MetricsOptions) {
   // ~1.3 KB and each scrape ~600 bytes per key ever used (a soak probe: 33,000 series for 6,700
   // keys). A revoked key's series, and a renamed key's series under its old name, are dropped
   // once the grace has let the last values be scraped (Prometheus reads a counter that stops as
-  // ended; rate() and increase() over it are unaffected).
+  // ended; rate() and increase() over it are unaffected). The grace must outlast any request in
+  // flight at the change: one that ends after the sweep writes its series again, for good.
   const perKeyCounters: Counter<string>[] = [requests, tokens, cost, cacheHits, cacheSavedUsd, cacheSavedTokens];
-  const graceMs = opts.retiredSeriesGraceMs ?? 10 * 60_000;
+  const graceMs = opts.retiredSeriesGraceMs ?? 15 * 60_000;
+  /** Keys changed, and when their sweep is due: one sweep, one pass over the series, for all that are due. */
+  const retiring = new Map<string, number>();
+  let sweepTimer: NodeJS.Timeout | undefined;
 
-  /** Drops the key's series but those under its current name (all of them once it is revoked). */
-  async function dropRetiredSeries(keyId: string): Promise<void> {
-    // Read now, not when the change was heard: a key renamed and renamed back keeps its series.
-    const record = await opts.keyRecord!(keyId);
-    const keep = record && record.revokedAt === null ? keyLabels(keyId, record.name).key : null;
-    for (const counter of perKeyCounters) {
-      for (const { labels } of (await counter.get()).values) {
-        if (labels.key_id === keyId && labels.key !== keep) counter.remove(labels as Record<string, string>);
-      }
-    }
+  function scheduleSweep(): void {
+    if (sweepTimer || retiring.size === 0) return;
+    let due = Infinity;
+    for (const at of retiring.values()) due = Math.min(due, at);
+    sweepTimer = setTimeout(() => void sweep(), Math.max(0, due - Date.now()));
+    sweepTimer.unref();
   }
 
-  /** A key changed (Store.onKeyChange: revoked, renamed, rotated, its limits...): its retired series go after the grace. */
+  async function sweep(): Promise<void> {
+    const now = Date.now();
+    /** Key id -> the key label its series keep (null: none, it is revoked or gone). */
+    const keep = new Map<string, string | null>();
+    for (const [keyId, due] of retiring) {
+      if (due > now) continue;
+      retiring.delete(keyId);
+      // Read now, not when the change was heard: a key renamed and renamed back keeps its series.
+      // The store may be down: that key's series stay until its next change.
+      const record = await opts.keyRecord!(keyId).catch(() => undefined);
+      if (record !== undefined) keep.set(keyId, record && record.revokedAt === null ? keyLabels(keyId, record.name).key : null);
+    }
+    if (keep.size > 0) {
+      for (const counter of perKeyCounters) {
+        for (const { labels } of (await counter.get()).values) {
+          const id = labels.key_id as string;
+          if (keep.has(id) && labels.key !== keep.get(id)) counter.remove(labels as Record<string, string>);
+        }
+      }
+    }
+    sweepTimer = undefined;
+    scheduleSweep();
+  }
+
+  /**
+   * A key changed (Store.onKeyChange: revoked, renamed, rotated, its limits...): its retired series
+   * go after the grace. '*' (the change feed may have missed messages) names no key: nothing to do.
+   */
   function keyChanged(keyId: string): void {
-    if (!opts.keyRecord) return;
-    // The store may be down then: the series stay until the key's next change.
-    setTimeout(() => void dropRetiredSeries(keyId).catch(() => undefined), graceMs).unref();
+    if (!opts.keyRecord || keyId === '*') return;
+    retiring.set(keyId, Date.now() + graceMs);
+    scheduleSweep();
   }
 
   return { registry, observe, modelLabel, keyChanged };
