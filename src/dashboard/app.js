@@ -827,6 +827,8 @@
 
   /** Arrow keys, Home and End in the period radio group, as in any radio group: select and focus. */
   function onPeriodKey(event) {
+    // Alt+Left is the browser's Back, Ctrl+Home its own: only bare keys move in the group.
+    if (event.altKey || event.ctrlKey || event.metaKey) return;
     const buttons = [...document.querySelectorAll('[data-period]')];
     const at = buttons.findIndex((b) => b.dataset.period === state.period);
     const to = { ArrowRight: at + 1, ArrowDown: at + 1, ArrowLeft: at - 1, ArrowUp: at - 1, Home: 0, End: buttons.length - 1 }[event.key];
@@ -867,7 +869,8 @@
     // A link or a typed address that changes #24h / #7d / #30d changes the view, not just the URL.
     window.addEventListener('hashchange', () => {
       const period = location.hash.slice(1);
-      if (Object.hasOwn(PERIODS, period) && period !== state.period) selectPeriod(period, Boolean(sessionStorage.getItem(TOKEN_KEY)));
+      // Reloaded only once signed in: a load in flight from the sign-in form is still checking the token.
+      if (Object.hasOwn(PERIODS, period) && period !== state.period) selectPeriod(period, state.signedIn);
     });
 
     if (window.Chart) {

@@ -598,6 +598,11 @@ describe('the spend dashboard', () => {
     await page.waitForFunction(() => (window as unknown as { Chart: { getChart(id: string): any } }).Chart.getChart('chart-keys')?.data.labels.length === 24);
     expect(await checked()).toBe('24h');
     expect(new URL(page.url()).hash).toBe('#24h');
+    // With a modifier it is the browser's key (Alt+Left: Back, Ctrl+End), not the group's.
+    await page.keyboard.press('Control+End');
+    await page.waitForTimeout(100);
+    await page.evaluate(() => window.scrollTo(0, 0)); // Ctrl+End scrolled the page down
+    expect(await checked()).toBe('24h');
     // The address's #period, changed without a reload, changes the view too.
     await page.evaluate(() => (window.location.hash = '#7d'));
     await page.waitForFunction(() => (window as unknown as { Chart: { getChart(id: string): any } }).Chart.getChart('chart-keys')?.data.labels.length === 7);
