@@ -170,7 +170,8 @@ async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config
   if (config.redis) {
     process.stdout.write(
       `\nTollgate demo is running (fake OpenAI upstream, Redis store). It makes no demo key in Redis, where one would` +
-        `\noutlive the demo and work on any instance sharing that Redis (against real OpenAI there). Create one:\n${createKey}\n\n`,
+        `\noutlive the demo and work on any instance sharing that Redis (against real OpenAI there). Create one, and revoke it` +
+        ` when done (DELETE /admin/keys/{id}):\n${createKey}\n\n`,
     );
     return;
   }
