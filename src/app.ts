@@ -259,6 +259,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     // An empty body is no body (many clients send Content-Type: application/json on every call): a
     // body-less route then works, and one that needs a body says so as it would without the header.
     if ((body as Buffer).length === 0) return done(null, undefined);
+    // A route that does not exist (Fastify reads the body before its 404 handler) is a 404, as
+    // OpenAI answers: not a 400 for a body that was never JSON (a multipart upload to /v1/files).
+    if (request.is404) return done(null, undefined);
     request.rawBody = body as Buffer;
     parseJson(request, (body as Buffer).toString('utf8'), done);
   };

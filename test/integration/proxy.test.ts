@@ -86,6 +86,17 @@ describe('validation', () => {
     const res = await post('/v1/no/such/thing', chat);
     expect(res.status).toBe(404);
     expect(await res.json()).toMatchObject({ error: { type: 'invalid_request_error', code: 'unknown_url', param: null } });
+    // Whatever its body: an upload to an endpoint the gateway does not route is a 404, not a 400 for bad JSON.
+    const form = new FormData();
+    form.append('purpose', 'batch');
+    form.append('file', new Blob(['{}']), 'a.jsonl');
+    for (const path of ['/v1/files', '/v1/audio/transcriptions']) {
+      const upload = await fetch(`${gw.url}${path}`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: form });
+      expect(upload.status, path).toBe(404);
+      expect(((await upload.json()) as { error: { message: string } }).error.message).toBe(`Invalid URL (POST ${path})`);
+    }
+    const broken = await post('/v1/files', '{"not json');
+    expect(broken.status).toBe(404);
   });
 
   it('accepts JSON sent without a JSON content type (curl -d)', async () => {
