@@ -1,7 +1,8 @@
 // The endpoint table: each OpenAI endpoint Tollgate serves is a row of data, not a code path.
 import type { z } from 'zod';
 import { invalidRequest } from '../errors.js';
-import { chatCompletionSchema, completionSchema, embeddingSchema, moderationSchema, paramPath, responseSchema } from './schemas.js';
+import { chatCompletionSchema, completionSchema, embeddingSchema, moderationSchema, responseSchema } from './schemas.js';
+import { fieldError } from './field-errors.js';
 import {
   answerText,
   generatedText,
@@ -177,14 +178,6 @@ export const endpoints = {
   },
 } satisfies Record<string, Endpoint>;
 
-const ISSUE_CODES: Record<string, string> = {
-  invalid_type: 'invalid_type',
-  too_big: 'value_above_maximum',
-  too_small: 'value_below_minimum',
-  invalid_value: 'invalid_value',
-  invalid_union: 'invalid_type',
-};
-
 /**
  * The deepest nesting a body may have (the body itself is level 1). Real requests, tool schemas
  * included, stay far below; a deeper one (`[[[[...]]]]` 10,000 levels down in a pass-through field)
@@ -227,14 +220,7 @@ export function validateBody<T>(schema: z.ZodType<T>, body: unknown, maxNodes = 
   }
   const problem = shapeProblem(body, maxNodes);
   if (problem) throw invalidRequest(problem, null, 'invalid_value');
-  const result = schema.safeParse(body, { reportInput: true });
+  const result = schema.safeParse(body);
   if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
-  const param = paramPath(issue.path);
-  const missing = issue.code === 'invalid_type' && issue.input === undefined;
-  if (missing) {
-    throw invalidRequest(`Missing required parameter: '${param}'.`, param, 'missing_required_parameter');
-  }
-  const code = issue.code === 'too_big' && issue.origin === 'array' ? 'array_above_max_length' : ISSUE_CODES[issue.code];
-  throw invalidRequest(`Invalid '${param ?? 'body'}': ${issue.message}.`, param, code ?? 'invalid_value');
+  throw fieldError(result.error.issues[0]!, body);
 }

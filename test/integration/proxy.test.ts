@@ -33,13 +33,15 @@ describe('validation', () => {
     [{ messages: chat.messages }, 'model', 'missing_required_parameter'],
     [{ model: 'gpt-4o-mini' }, 'messages', 'missing_required_parameter'],
     [{ ...chat, messages: [{ content: 'no role' }] }, 'messages[0].role', 'missing_required_parameter'],
-    [{ ...chat, temperature: 2.5 }, 'temperature', 'value_above_maximum'],
-    [{ ...chat, top_p: -1 }, 'top_p', 'value_below_minimum'],
-    [{ ...chat, n: 0 }, 'n', 'value_below_minimum'],
+    [{ ...chat, temperature: 2.5 }, 'temperature', 'decimal_above_max_value'],
+    [{ ...chat, top_p: -1 }, 'top_p', 'decimal_below_min_value'],
+    [{ ...chat, n: 0 }, 'n', 'integer_below_min_value'],
     [{ ...chat, max_tokens: 'many' }, 'max_tokens', 'invalid_type'],
     [{ ...chat, max_completion_tokens: 1.5 }, 'max_completion_tokens', 'invalid_type'],
     [{ ...chat, stream: 'yes' }, 'stream', 'invalid_type'],
-    [{ ...chat, max_tokens: Number.MAX_SAFE_INTEGER, n: 2 }, 'max_tokens', 'value_above_maximum'],
+    [{ ...chat, max_tokens: Number.MAX_SAFE_INTEGER, n: 2 }, 'max_tokens', 'integer_above_max_value'],
+    [{ ...chat, messages: [] }, 'messages', 'empty_array'],
+    [{ ...chat, model: '' }, 'model', 'empty_string'],
     [{ ...chat, stream_options: { include_usage: 'yes' } }, 'stream_options.include_usage', 'invalid_type'],
     // As OpenAI: stream_options only with stream (a cache hit would otherwise answer 200 what a miss answers 400).
     [{ ...chat, stream_options: { include_usage: true } }, 'stream_options', 'invalid_value'],
@@ -52,6 +54,25 @@ describe('validation', () => {
     const json = (await res.json()) as { error: Record<string, unknown> };
     expect(json.error).toMatchObject({ type: 'invalid_request_error', param, code });
     expect(typeof json.error.message).toBe('string');
+  });
+
+  it("words a refused field as OpenAI does, not as the validator does", async () => {
+    const cases: [unknown, string, string, string][] = [
+      [{ ...chat, temperature: 3 }, 'temperature', 'decimal_above_max_value', "Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but got 3 instead."],
+      [{ ...chat, n: 0 }, 'n', 'integer_below_min_value', "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0 instead."],
+      [{ ...chat, max_tokens: 0 }, 'max_tokens', 'integer_below_min_value', "Invalid 'max_tokens': integer below minimum value. Expected a value >= 1, but got 0 instead."],
+      [{ ...chat, n: '2' }, 'n', 'invalid_type', "Invalid type for 'n': expected an integer, but got a string instead."],
+      [{ ...chat, messages: [] }, 'messages', 'empty_array', "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead."],
+      [{ model: 'gpt-3.5-turbo-instruct' }, 'prompt', 'missing_required_parameter', "Missing required parameter: 'prompt'."],
+    ];
+    for (const [body, param, code, message] of cases) {
+      const path = (body as { prompt?: unknown; messages?: unknown }).messages === undefined ? '/v1/completions' : '/v1/chat/completions';
+      const res = await post(path, body);
+      expect(res.status, message).toBe(400);
+      expect(((await res.json()) as { error: unknown }).error).toEqual({ type: 'invalid_request_error', param, code, message });
+    }
+    const embedding = await post('/v1/embeddings', { model: 'text-embedding-3-small' });
+    expect(((await embedding.json()) as { error: unknown }).error).toMatchObject({ param: 'input', code: 'missing_required_parameter' });
   });
 
   it('validates completions and embeddings too', async () => {
@@ -229,7 +250,7 @@ describe('forwarding', () => {
 
     const chatZero = await post('/v1/chat/completions', { ...chat, max_tokens: 0 });
     expect(chatZero.status).toBe(400);
-    expect(await chatZero.json()).toMatchObject({ error: { type: 'invalid_request_error', param: 'max_tokens', code: 'value_below_minimum' } });
+    expect(await chatZero.json()).toMatchObject({ error: { type: 'invalid_request_error', param: 'max_tokens', code: 'integer_below_min_value' } });
     expect(gw.fake.requests).toHaveLength(2);
   });
 });
