@@ -108,7 +108,14 @@ export function responseIsCacheable(body: Json): boolean {
   if (!absent(body.previous_response_id) || !absent(body.conversation) || body.background === true || body.store === true) return false;
   if (!absent(body.prompt)) return false;
   if (Array.isArray(body.tools) && body.tools.some((tool) => !CLIENT_TOOLS.has((tool as { type?: unknown } | null)?.type as string))) return false;
-  return !(Array.isArray(body.input) && body.input.some((item) => (item as { type?: unknown } | null)?.type === 'item_reference'));
+  return !(Array.isArray(body.input) && body.input.some(isItemReference));
+}
+
+/** An input item that names a stored item: `type: 'item_reference'`, or (type left out, as OpenAI allows) an id alone. */
+function isItemReference(item: unknown): boolean {
+  if (item === null || typeof item !== 'object') return false;
+  const { type, id, role, content } = item as Record<string, unknown>;
+  return type === 'item_reference' || ((type === undefined || type === null) && typeof id === 'string' && role === undefined && content === undefined);
 }
 
 export const endpoints = {

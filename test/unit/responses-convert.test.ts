@@ -94,6 +94,8 @@ describe('conversion', () => {
     // A stored prompt, a stored item, a hosted tool: what they read is not in the request.
     expect(responseIsCacheable({ model: 'm', store: false, prompt: { id: 'pmpt_1', variables: { city: 'Paris' } } })).toBe(false);
     expect(responseIsCacheable({ model: 'm', store: false, input: [{ type: 'item_reference', id: 'msg_1' }] })).toBe(false);
+    expect(responseIsCacheable({ model: 'm', store: false, input: [{ id: 'msg_1' }] })).toBe(false); // the type may be left out
+    expect(responseIsCacheable({ model: 'm', store: false, input: [{ id: 'msg_1', role: 'user', content: 'x' }] })).toBe(true); // a message with its id
     for (const type of ['file_search', 'web_search', 'web_search_preview', 'mcp', 'code_interpreter', 'image_generation']) {
       expect(responseIsCacheable({ model: 'm', input: 'x', store: false, tools: [{ type: 'function', name: 'f' }, { type }] }), type).toBe(false);
     }
