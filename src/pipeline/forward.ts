@@ -181,7 +181,8 @@ async function callUpstream(
   // that it never caches (state held upstream: Responses with store or previous_response_id, chat
   // with store: true) says BYPASS like any other.
   const cacheStatus = plan ? plan.status : endpoint.cacheable ? 'BYPASS' : undefined;
-  if (cacheStatus) {
+  // Not for a client that left while it waited: it goes nowhere (clientGone below), a 499.
+  if (cacheStatus && !reply.raw.destroyed) {
     trace.cache = cacheStatus;
     reply.header('x-tollgate-cache', cacheStatus);
   }

@@ -497,7 +497,8 @@ describe('single-flight', () => {
       // Its request line is written once it is settled: a 499 that cost nothing, and upstream saw only the leader.
       await expect.poll(() => gw.logs.requests().filter((l) => l.status === 499)).toHaveLength(1);
       expect(gw.fake.requests.filter((r) => r.method === 'POST')).toHaveLength(1);
-      expect(gw.logs.requests().find((l) => l.status === 499)).toMatchObject({ errorCode: 'client_closed_request' });
+      // Neither a hit nor a miss: it was answered by neither.
+      expect(gw.logs.requests().find((l) => l.status === 499)).toMatchObject({ errorCode: 'client_closed_request', cache: null });
       const quota = (await gw.admin('GET', `/admin/keys/${id}`)).body.quota;
       expect(quota.tokensPerDay).toMatchObject({ used: 0, reserved: 0 });
     } finally {
