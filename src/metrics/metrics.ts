@@ -369,6 +369,17 @@ export function createMetrics(opts: MetricsOptions) {
 
   async function sweep(): Promise<void> {
     const now = Date.now();
+    // '*' (the change feed may have missed messages): every key with series is looked at.
+    const everyKey = retiring.get('*');
+    if (everyKey !== undefined && everyKey <= now) {
+      retiring.delete('*');
+      for (const counter of perKeyCounters) {
+        for (const { labels } of (await counter.get()).values) {
+          const id = labels.key_id as string;
+          if (id !== NONE && !retiring.has(id)) retiring.set(id, now);
+        }
+      }
+    }
     /** Key id -> the key label its series keep (null: none, it is revoked or gone). */
     const keep = new Map<string, string | null>();
     for (const [keyId, due] of retiring) {
@@ -393,10 +404,11 @@ export function createMetrics(opts: MetricsOptions) {
 
   /**
    * A key changed (Store.onKeyChange: revoked, renamed, rotated, its limits...): its retired series
-   * go after the grace. '*' (the change feed may have missed messages) names no key: nothing to do.
+   * go after the grace. '*' (the change feed may have missed messages, after a reconnect) stands
+   * for every key: the sweep then looks at every key that has series.
    */
   function keyChanged(keyId: string): void {
-    if (!opts.keyRecord || keyId === '*') return;
+    if (!opts.keyRecord) return;
     retiring.set(keyId, Date.now() + graceMs);
     scheduleSweep();
   }

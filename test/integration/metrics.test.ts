@@ -393,6 +393,21 @@ describe('metrics', () => {
     expect(await seriesOf({ key_id: renamed.id, key: 'new-name' })).toBeGreaterThanOrEqual(4);
   });
 
+  it("after the change feed's '*' (messages maybe missed), looks at every key with series", async () => {
+    const records: Record<string, { name: string; revokedAt: string | null }> = {
+      key_live: { name: 'live', revokedAt: null },
+      key_gone: { name: 'gone', revokedAt: '2026-12-01T00:00:00.000Z' },
+    };
+    const { metrics } = await buildMetricsApp({ keyRecord: async (id) => records[id] ?? null, retiredSeriesGraceMs: 50 });
+    metrics.observe(event({ keyId: 'key_live', keyName: 'live' }));
+    metrics.observe(event({ keyId: 'key_gone', keyName: 'gone' }));
+    metrics.observe(event({ keyId: null, keyName: null, status: 401 }));
+    const ids = async () => new Set(parseSamples(await metrics.registry.metrics()).filter((s) => s.name === 'tollgate_requests_total').map((s) => s.labels.key_id));
+    expect(await ids()).toEqual(new Set(['key_live', 'key_gone', 'none']));
+    metrics.keyChanged('*');
+    await expect.poll(ids).toEqual(new Set(['key_live', 'none']));
+  });
+
   it('counts wrong metrics tokens against the failed-auth guard', async () => {
     const gw = await startGateway({ env: { METRICS_TOKEN: 'metrics-token-0123456789', AUTH_FAILURES_PER_MINUTE: '3' } });
     gateways.push(gw);
