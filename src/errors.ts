@@ -218,7 +218,8 @@ export function notFoundHandler(request: FastifyRequest, reply: FastifyReply) {
   return reply
     .code(404)
     .header('x-content-type-options', 'nosniff')
-    .send(openAIErrorBody(`Invalid URL (${request.method} ${request.url.split("?")[0]!.slice(0, 200)})`, 'invalid_request_error', 'unknown_url'));
+    // OpenAI's body has code null; the log line and usage event keep the reason (unknown_url).
+    .send(openAIErrorBody(`Invalid URL (${request.method} ${request.url.split("?")[0]!.slice(0, 200)})`, 'invalid_request_error', null));
 }
 
 

@@ -40,6 +40,14 @@ export class ApiError extends Error {
     super(message);
     this.name = 'ApiError';
   }
+
+  /**
+   * A route the gateway does not serve: OpenAI's 404 'Invalid URL (GET /admin/...)' (code null), or
+   * the code unknown_url that gateways before it sent.
+   */
+  get unknownRoute(): boolean {
+    return this.status === 404 && (this.code === 'unknown_url' || /^Invalid URL \(/.test(this.message));
+  }
 }
 
 /** The gateway could not be reached, or did not answer in time, or answered something that is not its API. */

@@ -242,7 +242,7 @@ export async function main(argv: string[], io: CliIO): Promise<number> {
     if (err instanceof ApiError) {
       let hint: string | undefined;
       if (err.status === 401) hint = 'hint: check the admin token (--token, TOLLGATE_ADMIN_TOKEN or ADMIN_TOKEN).';
-      if (err.status === 404 && err.code === 'unknown_url') hint = 'hint: is the admin API on? The gateway serves /admin only when its ADMIN_TOKEN is set.';
+      if (err.unknownRoute) hint = 'hint: is the admin API on? The gateway serves /admin only when its ADMIN_TOKEN is set.';
       fail(err.message, hint);
       return EXIT_ERROR;
     }

@@ -360,6 +360,11 @@ describe('API errors', () => {
   it('explains a gateway without the usage endpoint', async () => {
     const r = await cli(['usage'], { TOLLGATE_URL: `${url}/older`, TOLLGATE_ADMIN_TOKEN: TOKEN });
     expect(r.code).toBe(1);
+    // A gateway of today answers an unknown route as OpenAI does (code null): the same explanation.
+    override = { status: 404, body: { error: { message: 'Invalid URL (GET /admin/usage)', type: 'invalid_request_error', param: null, code: null } } };
+    const today = await cli(['usage'], { TOLLGATE_URL: url, TOLLGATE_ADMIN_TOKEN: TOKEN });
+    override = undefined;
+    expect(today.stderr).toContain('this gateway has no usage report');
     expect(r.stderr).toBe(
       'error: this gateway has no usage report (GET /admin/usage): it is older than this CLI, or its admin API is off (ADMIN_TOKEN unset)\n',
     );

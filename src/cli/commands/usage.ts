@@ -201,7 +201,7 @@ Examples:
       report = await ctx.client().usageReport<UsageReport>(query);
     } catch (err) {
       // A gateway without this endpoint answers like one without an admin API: say which it may be.
-      if (err instanceof ApiError && err.status === 404 && err.code === 'unknown_url') {
+      if (err instanceof ApiError && err.unknownRoute) {
         throw new ApiError(
           404,
           'this gateway has no usage report (GET /admin/usage): it is older than this CLI, or its admin API is off (ADMIN_TOKEN unset)',
