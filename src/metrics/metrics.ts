@@ -367,18 +367,22 @@ export function createMetrics(opts: MetricsOptions) {
     sweepTimer.unref();
   }
 
+  /** Calls `visit` with the labels of every per-key series, and the counter that holds it. */
+  async function eachSeries(visit: (labels: Record<string, string>, counter: Counter<string>) => void): Promise<void> {
+    for (const counter of perKeyCounters) {
+      for (const { labels } of (await counter.get()).values) visit(labels as Record<string, string>, counter);
+    }
+  }
+
   async function sweep(): Promise<void> {
     const now = Date.now();
     // '*' (the change feed may have missed messages): every key with series is looked at.
     const everyKey = retiring.get('*');
     if (everyKey !== undefined && everyKey <= now) {
       retiring.delete('*');
-      for (const counter of perKeyCounters) {
-        for (const { labels } of (await counter.get()).values) {
-          const id = labels.key_id as string;
-          if (id !== NONE && !retiring.has(id)) retiring.set(id, now);
-        }
-      }
+      await eachSeries(({ key_id: id }) => {
+        if (id && id !== NONE && !retiring.has(id)) retiring.set(id, now);
+      });
     }
     /** Key id -> the key label its series keep (null: none, it is revoked or gone). */
     const keep = new Map<string, string | null>();
@@ -391,12 +395,9 @@ export function createMetrics(opts: MetricsOptions) {
       if (record !== undefined) keep.set(keyId, record && record.revokedAt === null ? keyLabels(keyId, record.name).key : null);
     }
     if (keep.size > 0) {
-      for (const counter of perKeyCounters) {
-        for (const { labels } of (await counter.get()).values) {
-          const id = labels.key_id as string;
-          if (keep.has(id) && labels.key !== keep.get(id)) counter.remove(labels as Record<string, string>);
-        }
-      }
+      await eachSeries((labels, counter) => {
+        if (keep.has(labels.key_id!) && labels.key !== keep.get(labels.key_id!)) counter.remove(labels);
+      });
     }
     sweepTimer = undefined;
     scheduleSweep();

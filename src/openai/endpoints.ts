@@ -90,6 +90,8 @@ const chatLikeConverter = (endpoint: ConvertibleEndpoint): StreamConverter => ({
   },
 });
 
+const absent = (v: unknown) => v === undefined || v === null;
+
 /** Tools the client runs itself (their results come back in the input): the answer depends on the request alone. */
 const CLIENT_TOOLS = new Set(['function', 'custom', 'local_shell', 'shell', 'apply_patch', 'computer_use_preview']);
 
@@ -104,7 +106,6 @@ const CLIENT_TOOLS = new Set(['function', 'custom', 'local_shell', 'shell', 'app
  * the request.
  */
 export function responseIsCacheable(body: Json): boolean {
-  const absent = (v: unknown) => v === undefined || v === null;
   if (!absent(body.previous_response_id) || !absent(body.conversation) || body.background === true || body.store === true) return false;
   if (!absent(body.prompt)) return false;
   if (Array.isArray(body.tools) && body.tools.some((tool) => !CLIENT_TOOLS.has((tool as { type?: unknown } | null)?.type as string))) return false;
@@ -115,7 +116,7 @@ export function responseIsCacheable(body: Json): boolean {
 function isItemReference(item: unknown): boolean {
   if (item === null || typeof item !== 'object') return false;
   const { type, id, role, content } = item as Record<string, unknown>;
-  return type === 'item_reference' || ((type === undefined || type === null) && typeof id === 'string' && role === undefined && content === undefined);
+  return type === 'item_reference' || (absent(type) && typeof id === 'string' && role === undefined && content === undefined);
 }
 
 export const endpoints = {
@@ -128,7 +129,7 @@ export const endpoints = {
     // `store: true` asks OpenAI to keep this completion (evals, distillation): a hit would keep none.
     // store: OpenAI is asked to keep each one. web_search_options: the answer reads the live web,
     // as a Responses web_search tool does (not cached either).
-    cacheableRequest: (body: Json) => body.store !== true && (body.web_search_options === undefined || body.web_search_options === null),
+    cacheableRequest: (body: Json) => body.store !== true && absent(body.web_search_options),
     usage: chatLikeUsage,
     convert: chatLikeConverter('chat.completions'),
   },

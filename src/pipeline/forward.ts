@@ -51,13 +51,11 @@ type Body = Record<string, unknown> & {
  */
 export function clientGone(reply: FastifyReply): AbortSignal {
   const controller = new AbortController();
-  if (reply.raw.destroyed) {
+  const gone = () => {
     if (!reply.raw.writableFinished) controller.abort();
-    return controller.signal;
-  }
-  reply.raw.once('close', () => {
-    if (!reply.raw.writableFinished) controller.abort();
-  });
+  };
+  if (reply.raw.destroyed) gone();
+  else reply.raw.once('close', gone);
   return controller.signal;
 }
 

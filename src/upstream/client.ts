@@ -133,11 +133,6 @@ async function discard(res: Dispatcher.ResponseData): Promise<void> {
 }
 
 /**
- * An error body with every server key masked (see redact.ts): read whole (error bodies are small,
- * and a key cut across two chunks must still be found), then passed on as one chunk. Errors and
- * the consumer's destroy cross the pipe both ways, so timeouts and aborts behave as on the raw body.
- */
-/**
  * Upstream's headers with every value masked that holds a server key or anything key-shaped: some
  * pass to the client (x-request-id as x-upstream-request-id, openai-model...) and into the log, and
  * an upstream (or a proxy in front of it) that echoes the Authorization header would hand it out.
@@ -166,6 +161,11 @@ function retriedHere(headers: UpstreamHeaders, status: number, attempts: number)
   return { ...headers, 'x-should-retry': 'false' };
 }
 
+/**
+ * An error body with every server key masked (see redact.ts): read whole (error bodies are small,
+ * and a key cut across two chunks must still be found), then passed on as one chunk. Errors and
+ * the consumer's destroy cross the pipe both ways, so timeouts and aborts behave as on the raw body.
+ */
 function maskedBody(body: Readable, mask: SecretMasker): Readable {
   const chunks: Buffer[] = [];
   const masked = new Transform({

@@ -27,6 +27,24 @@ function post(gw: Gateway, key: string, body: unknown, headers: Record<string, s
   });
 }
 
+/**
+ * A request (the leader), then 100 ms later an identical one (a follower, which waits on it) whose
+ * client leaves 200 ms after sending it.
+ */
+async function leaderAndLeavingFollower(gw: Gateway, key: string, body: unknown) {
+  const leader = post(gw, key, body);
+  await new Promise((r) => setTimeout(r, 100));
+  const gone = new AbortController();
+  const follower = fetch(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+    signal: gone.signal,
+  }).catch((e: unknown) => e);
+  setTimeout(() => gone.abort(), 200);
+  return { leader, follower };
+}
+
 const upstreamCalls = (gw: Gateway) => gw.fake.requests.filter((r) => r.method === 'POST').length;
 
 async function sse(res: Response): Promise<string[]> {
@@ -454,17 +472,7 @@ describe('single-flight', () => {
     const { key } = await gw.createKey();
     gw.fake.setLatency(500);
     try {
-      const body = { ...question, seed: 10 };
-      const leader = post(gw, key, body);
-      await new Promise((r) => setTimeout(r, 100));
-      const gone = new AbortController();
-      const follower = fetch(`${gw.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-        signal: gone.signal,
-      }).catch((e: unknown) => e);
-      setTimeout(() => gone.abort(), 200);
+      const { leader, follower } = await leaderAndLeavingFollower(gw, key, { ...question, seed: 10 });
       expect((await leader).status).toBe(200);
       await follower;
       await expect.poll(() => gw.logs.requests().filter((l) => l.status === 499)).toHaveLength(1);
@@ -481,17 +489,7 @@ describe('single-flight', () => {
     gw.fake.failNext(1, 500);
     gw.fake.setLatency(600);
     try {
-      const body = { ...question, seed: 9 };
-      const leader = post(gw, key, body);
-      await new Promise((r) => setTimeout(r, 100));
-      const gone = new AbortController();
-      const follower = fetch(`${gw.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-        signal: gone.signal,
-      }).catch((e: unknown) => e);
-      setTimeout(() => gone.abort(), 200);
+      const { leader, follower } = await leaderAndLeavingFollower(gw, key, { ...question, seed: 9 });
       expect((await leader).status).toBe(500);
       await follower;
       // Its request line is written once it is settled: a 499 that cost nothing, and upstream saw only the leader.
