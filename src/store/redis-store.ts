@@ -77,6 +77,11 @@ export interface RedisStoreOptions extends RedisConnectionOptions {
 
 /** How often a persisting Redis outage is logged again. */
 const ERROR_LOG_INTERVAL_MS = 30_000;
+/**
+ * How often the subscriber's connection is checked with a PING. A subscriber only listens, so a
+ * node that froze (or a connection cut without a reset) would go unnoticed: no error, no messages.
+ */
+const SUBSCRIBER_PING_INTERVAL_MS = 5_000;
 const WILDCARD = { id: '*', hash: '*' } as const;
 
 // Checks the shape the gateway relies on. Loose objects keep fields a newer version may have
@@ -177,6 +182,8 @@ export class RedisStore implements Store {
   readonly #instanceId = randomBytes(8).toString('hex');
   #leads = 0;
   #closed = false;
+  readonly #subscriberCheck: NodeJS.Timeout;
+  #subscriberPing: Promise<void> | undefined;
 
   constructor(opts: RedisStoreOptions) {
     this.#keys = redisKeys(opts.prefix ?? 'tg:');
@@ -217,6 +224,7 @@ export class RedisStore implements Store {
     if (this.#cluster) this.#redis.on('node error', (err: unknown) => this.#outage.error('command', err));
     this.#redis.on('ready', () => this.#outage.recovered('command'));
     this.#sub = this.#openSubscriber();
+    this.#subscriberCheck = setInterval(() => this.#checkSubscriber(), SUBSCRIBER_PING_INTERVAL_MS).unref();
   }
 
   async createKey(record: KeyRecord): Promise<void> {
@@ -740,6 +748,7 @@ export class RedisStore implements Store {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#subscriberCheck);
     this.#listeners.clear();
     // Nobody will hear a release any more: waiters are told 'failed' now rather than at their timeout.
     this.#waits.close();
@@ -765,6 +774,30 @@ export class RedisStore implements Store {
       if (!this.#closed && sub === this.#sub) this.#sub = this.#openSubscriber();
     });
     return sub;
+  }
+
+  /**
+   * PINGs the subscriber (bounded by the command timeout, as every command). When it gets no answer
+   * the connection is dropped: 'end' then opens another, on a cluster on the next node (any node
+   * hears every PUBLISH), and the new subscription tells listeners that changes may have been missed.
+   */
+  #checkSubscriber() {
+    const sub = this.#sub;
+    // While it reconnects, ioredis is already on it; one PING at a time.
+    if (this.#closed || sub.status !== 'ready' || this.#subscriberPing) return;
+    this.#subscriberPing = sub
+      .ping()
+      .then(
+        () => {},
+        (err: unknown) => {
+          if (this.#closed || sub !== this.#sub) return;
+          this.#outage.error('subscriber', err);
+          sub.disconnect();
+        },
+      )
+      .finally(() => {
+        this.#subscriberPing = undefined;
+      });
   }
 
   async #subscribe(sub: Redis): Promise<void> {
