@@ -48,7 +48,8 @@ interface Context {
 /**
  * Rate limits (rpm, tpm, concurrency) are worth retrying: 429 `rate_limit_exceeded` with retry-after.
  * Budgets are not, until the period ends: 429 `insufficient_quota` with x-should-retry: false, which
- * the openai SDKs read to skip their retries.
+ * the openai SDKs read to skip their retries; unless only requests in flight hold what is left of
+ * one (the store gives a retry hint then): `rate_limit_exceeded` of type `tokens` or `usd`.
  */
 export function quotaExceeded(result: Extract<AdmissionResult, { admitted: false }>, limits: Limits, ctx: Context): GatewayError {
   const headers = { ...ctx.headers };
@@ -69,13 +70,23 @@ export function quotaExceeded(result: Extract<AdmissionResult, { admitted: false
     return new GatewayError(429, message, limit === 'tpm' ? 'tokens' : 'requests', 'rate_limit_exceeded', null, headers);
   }
   const [wording, period, unit] = BUDGET_WORDING[limit];
+  const value = limits[limit];
+  const budget = unit === 'usd' ? `$${value}` : `${value} tokens`;
+  const request = unit === 'usd' ? `may cost up to $${microsToUsd(ctx.usdMicros)}` : `may use up to ${ctx.tokens} tokens`;
+  if (result.retryAfterMs !== undefined) {
+    // What is left of the budget covers the request, but requests in flight hold it (each reserved
+    // the most it may use, and gives back what it did not use when it ends): worth retrying soon,
+    // so not insufficient_quota, which apps take as "spent until the reset".
+    const seconds = Math.max(1, Math.ceil(result.retryAfterMs / 1000));
+    headers['retry-after'] = String(seconds);
+    headers['retry-after-ms'] = String(Math.ceil(result.retryAfterMs));
+    const message = `This request ${request}. What is left of this gateway key's ${wording} of ${budget} covers it, but requests in flight hold it until they end. Please try again in ${seconds}s.`;
+    return new GatewayError(429, message, unit, 'rate_limit_exceeded', null, headers);
+  }
   const p = periodsAt(ctx.now, ctx.timeZone);
   const resetsAt = new Date(period === 'day' ? p.dayEndsAt : p.monthEndsAt).toISOString();
   // The store says only which limit refused the request, not how much of it is spent: the request
   // may be larger than what is left, or than the whole budget (then no reset lets it through).
-  const value = limits[limit];
-  const budget = unit === 'usd' ? `$${value}` : `${value} tokens`;
-  const request = unit === 'usd' ? `may cost up to $${microsToUsd(ctx.usdMicros)}` : `may use up to ${ctx.tokens} tokens`;
   const wholeBudget = value !== undefined && (unit === 'usd' ? ctx.usdMicros > usdToMicros(value) : ctx.tokens > value);
   const message = wholeBudget
     ? `This request ${request}, more than this gateway key's whole ${wording} of ${budget}, so it cannot be served under this budget. Lower max_tokens (or n, or the number of prompts) or the prompt.`

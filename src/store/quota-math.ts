@@ -18,6 +18,11 @@ export const WINDOW_SECONDS = 60;
 export const WINDOW_TTL_MS = 61_000;
 /** retryAfterMs hint when maxConcurrent is full: a slot frees whenever a request ends, not at a known time. */
 export const CONCURRENCY_RETRY_MS = 1000;
+/**
+ * retryAfterMs hint when a budget has room for the request but requests in flight hold it: each
+ * settles at what it used, often far below the worst case it reserved, when it ends.
+ */
+export const BUDGET_HELD_RETRY_MS = 1000;
 /** How long a settled reservation id is remembered, so a repeated settle changes nothing. */
 export const SETTLED_RETENTION_MS = 2 * 86_400_000;
 
@@ -151,15 +156,19 @@ export function firstBrokenLimit(input: AdmissionInput): { limit: LimitName; ret
     const retryAfterMs = tokens > limits.tpm ? undefined : msUntilFreed(window, 'tokens', totals.tokens + tokens - limits.tpm, now);
     return { limit: 'tpm', retryAfterMs };
   }
-  const budgets: [LimitName, number, number][] = [
-    ['tokensPerDay', limits.tokensPerDay, day.tokensUsed + day.tokensReserved + tokens],
-    ['tokensPerMonth', limits.tokensPerMonth, month.tokensUsed + month.tokensReserved + tokens],
-    ['usdPerDay', limits.usdMicrosPerDay, day.usdUsed + day.usdReserved + usdMicros],
-    ['usdPerMonth', limits.usdMicrosPerMonth, month.usdUsed + month.usdReserved + usdMicros],
+  // [limit, its value, settled use plus this request, reserved by requests in flight]
+  const budgets: [LimitName, number, number, number][] = [
+    ['tokensPerDay', limits.tokensPerDay, day.tokensUsed + tokens, day.tokensReserved],
+    ['tokensPerMonth', limits.tokensPerMonth, month.tokensUsed + tokens, month.tokensReserved],
+    ['usdPerDay', limits.usdMicrosPerDay, day.usdUsed + usdMicros, day.usdReserved],
+    ['usdPerMonth', limits.usdMicrosPerMonth, month.usdUsed + usdMicros, month.usdReserved],
   ];
-  for (const [limit, max, wanted] of budgets) {
-    // Waiting within the period does not help; the gateway knows when the period resets.
-    if (max > 0 && wanted > max) return { limit, retryAfterMs: undefined };
+  for (const [limit, max, wanted, reserved] of budgets) {
+    if (max > 0 && wanted + reserved > max) {
+      // Past what is left of the budget: waiting within the period does not help (the gateway
+      // knows when it resets). Within it, only requests in flight stand in the way.
+      return { limit, retryAfterMs: wanted > max ? undefined : BUDGET_HELD_RETRY_MS };
+    }
   }
   return null;
 }

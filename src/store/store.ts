@@ -359,8 +359,10 @@ export type AdmissionResult =
       /**
        * ms until the request could pass the limit that failed: rpm / tpm, until enough of the oldest
        * buckets have left the window for it to fit; maxConcurrent, a fixed 1000 ms hint (a slot frees
-       * when some request ends). Undefined when waiting cannot help: a day or month budget (the
-       * gateway computes the period reset), or more tokens than the whole tpm limit.
+       * when some request ends); a day or month budget whose settled use leaves room for the request
+       * but whose reservations (requests in flight) do not, the same 1000 ms hint (they settle at what
+       * they used when they end). Undefined when waiting cannot help: a budget with no room left for
+       * the request (the gateway computes the period reset), or more tokens than the whole tpm limit.
        */
       retryAfterMs?: number;
       requests?: WindowState;

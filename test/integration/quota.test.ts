@@ -12,6 +12,8 @@ afterAll(async () => {
   for (const r of opened.reverse()) await r.close();
 });
 
+const errorOf = async (res: Response) => ((await res.json()) as { error: Record<string, unknown> }).error;
+
 /** The tokens one chatBody() request reserves, read from a key with a tokensPerDay limit. */
 async function reservationSize(gw: Gateway) {
   const { id, key } = await gw.createKey({ name: 'probe', limits: { maxConcurrent: 1, tokensPerDay: 1_000_000 } });
@@ -156,6 +158,33 @@ describe('what clients see', () => {
     await expect.poll(() => gw.logs.requests().length).toBe(seen + 1); // one attempt, no retries
   });
 
+  it('budget held by requests in flight: 429 rate_limit_exceeded with retry-after 1, and the SDK gets through once they end', async () => {
+    const { key } = await gw.createKey({ limits: { tokensPerDay: 1000 } });
+    // Each reserves its prompt plus 400 tokens; two hold 800+ of the 1000, using a few dozen.
+    gw.fake.setLatency(800);
+    try {
+      const inFlight = [chat(gw, key, { max_tokens: 400 }), chat(gw, key, { max_tokens: 400 })];
+      await new Promise((r) => setTimeout(r, 200));
+      const held = await chat(gw, key, { max_tokens: 400 });
+      expect(held.status).toBe(429);
+      expect(held.headers.get('retry-after')).toBe('1');
+      expect(held.headers.get('retry-after-ms')).toBe('1000');
+      expect(held.headers.get('x-should-retry')).toBeNull();
+      const error = await errorOf(held);
+      expect(error).toMatchObject({ type: 'tokens', code: 'rate_limit_exceeded' });
+      expect(error.message).toMatch(/covers it, but requests in flight hold it until they end\. Please try again in 1s\.$/);
+
+      // Sent while the two are still in flight: refused, then retried by the SDK after 1 s, by
+      // when they have settled for what they used.
+      const sdk = gw.sdk(key, { maxRetries: 2 });
+      const done = await sdk.chat.completions.create(chatBody({ max_tokens: 400 }) as never);
+      expect(done.choices).toHaveLength(1);
+      expect((await Promise.all(inFlight)).map((r) => r.status)).toEqual([200, 200]);
+    } finally {
+      gw.fake.setLatency(0);
+    }
+  });
+
   it('shows used, reserved and reset times per limit', async () => {
     const { id, key } = await gw.createKey({ limits: { rpm: 10, tokensPerDay: 10_000, usdPerMonth: 1, maxConcurrent: 5 } });
     const res = await chat(gw, key);
@@ -277,7 +306,6 @@ describe('request sizes and defaults', () => {
     });
   const instruct = 'gpt-3.5-turbo-instruct';
   const paths = ['/v1/completions', `/v1/engines/${instruct}/completions`];
-  const errorOf = async (res: Response) => ((await res.json()) as { error: Record<string, unknown> }).error;
 
   it('refuses a batch of more than 2048 prompts with a 400 naming prompt, on both completions paths, never a 500', async () => {
     const { key } = await gw.createKey({ name: 'huge-batch' });

@@ -168,10 +168,11 @@ describe.each([
     { limit: 'usdPerDay', limits: { usdMicrosPerDay: 2500 } },
     { limit: 'usdPerMonth', limits: { usdMicrosPerMonth: 2500 } },
   ] as const)('$limit rejects the request that does not fit, and records nothing', async ({ limit, limits, ...expected }) => {
-    // Each request: 10 tokens, 1000 micros. Two fit, the third does not.
+    // Each request: 10 tokens, 1000 micros. Two fit, the third does not. For a budget the two are
+    // settled in full: one refused by what is used has no retry hint (reservations: the next test).
     const key = forKey(await create(), limits);
-    await key.reserve();
-    await key.reserve();
+    const held = [await key.reserve(), await key.reserve()];
+    if (limit !== 'maxConcurrent') for (const id of held) await key.settle(id, { tokens: 10, usdMicros: 1000 });
     const before = await key.usage();
     const rejected = await key.admit();
     expect(rejected).toMatchObject({ admitted: false, limit });
@@ -181,6 +182,30 @@ describe.each([
     // A smaller request still fits the budgets (not maxConcurrent or rpm).
     const small = await key.admit({ tokens: 5, usdMicros: 500 });
     expect(small.admitted).toBe(!['maxConcurrent', 'rpm'].includes(limit));
+  });
+
+  it.each([
+    { limit: 'tokensPerDay', limits: { tokensPerDay: 25 } },
+    { limit: 'tokensPerMonth', limits: { tokensPerMonth: 25 } },
+    { limit: 'usdPerDay', limits: { usdMicrosPerDay: 2500 } },
+    { limit: 'usdPerMonth', limits: { usdMicrosPerMonth: 2500 } },
+  ] as const)('$limit held by requests in flight: a 1000 ms retry hint while what is used leaves room', async ({ limit, limits }) => {
+    const key = forKey(await create(), limits);
+    const [first, second] = [await key.reserve(), await key.reserve()];
+    // 20 of 25 reserved, none used: the third fits what is left once they settle for less.
+    expect(await key.admit()).toEqual({ admitted: false, limit, retryAfterMs: 1000 });
+    await key.settle(first, { tokens: 10, usdMicros: 1000 });
+    expect(await key.admit()).toEqual({ admitted: false, limit, retryAfterMs: 1000 });
+    // 20 used: the third no longer fits, whatever the one in flight settles for.
+    await key.settle(second, { tokens: 10, usdMicros: 1000 });
+    expect(await key.admit()).toEqual({ admitted: false, limit });
+    // Used 10, reserved 10: a request of 10 fits what is used, not what is held.
+    const other = forKey(await create(), limits);
+    const used = await other.reserve();
+    await other.settle(used, { tokens: 10, usdMicros: 1000 });
+    await other.reserve();
+    expect(await other.admit()).toEqual({ admitted: false, limit, retryAfterMs: 1000 });
+    expect(await other.admit({ tokens: 20, usdMicros: 2000 })).toEqual({ admitted: false, limit });
   });
 
   it('is all or nothing: a request failing tpm leaves the rpm and budget counters alone', async () => {
@@ -427,15 +452,17 @@ describe.each([
   it('usd budgets in integer micro-dollars, per day and per month', async () => {
     const key = forKey(await create(), { usdMicrosPerDay: 1_000_000, usdMicrosPerMonth: 1_500_000 });
     const id = await key.reserve({ usdMicros: 600_000 });
-    expect(await key.admit({ usdMicros: 400_001 })).toEqual({ admitted: false, limit: 'usdPerDay' });
+    // Held by the reservation, not used: worth a retry once it settles.
+    expect(await key.admit({ usdMicros: 400_001 })).toEqual({ admitted: false, limit: 'usdPerDay', retryAfterMs: 1000 });
+    expect(await key.admit({ usdMicros: 1_000_001 })).toEqual({ admitted: false, limit: 'usdPerDay' });
     await key.reserve({ usdMicros: 400_000 });
-    expect(await key.admit({ usdMicros: 1 })).toEqual({ admitted: false, limit: 'usdPerDay' });
+    expect(await key.admit({ usdMicros: 1 })).toEqual({ admitted: false, limit: 'usdPerDay', retryAfterMs: 1000 });
     // Settling for less frees the difference at once.
     expect(await key.settle(id, { usdMicros: 100_000 })).toBe('settled');
     await key.reserve({ usdMicros: 500_000 });
     // Next day: the day budget is fresh, the month has 1_000_000 of 1_500_000.
     const tomorrow = periods('2026-11-19');
-    expect(await key.admit({ usdMicros: 500_001, periods: tomorrow })).toEqual({ admitted: false, limit: 'usdPerMonth' });
+    expect(await key.admit({ usdMicros: 500_001, periods: tomorrow })).toEqual({ admitted: false, limit: 'usdPerMonth', retryAfterMs: 1000 });
     await key.reserve({ usdMicros: 500_000, periods: tomorrow });
     expect((await key.usage(T, tomorrow)).month.usdMicros).toEqual({ used: 100_000, reserved: 1_400_000 });
   });

@@ -173,14 +173,21 @@ elseif tpm > 0 and totalToks + tokens > tpm then
 else
   local dtu, dtr, duu, dur = budget(dayKey)
   local mtu, mtr, muu, mur = budget(monthKey)
-  if tokensPerDay > 0 and dtu + dtr + tokens > tokensPerDay then
-    limit = 4
-  elseif tokensPerMonth > 0 and mtu + mtr + tokens > tokensPerMonth then
-    limit = 5
-  elseif usdPerDay > 0 and duu + dur + usd > usdPerDay then
-    limit = 6
-  elseif usdPerMonth > 0 and muu + mur + usd > usdPerMonth then
-    limit = 7
+  -- {limit code, its value, settled use plus this request, reserved by requests in flight}
+  local budgets = {
+    {4, tokensPerDay, dtu + tokens, dtr},
+    {5, tokensPerMonth, mtu + tokens, mtr},
+    {6, usdPerDay, duu + usd, dur},
+    {7, usdPerMonth, muu + usd, mur},
+  }
+  for _, b in ipairs(budgets) do
+    if b[2] > 0 and b[3] + b[4] > b[2] then
+      -- Past what is left of the budget: no retry hint. Within it, only requests in flight stand in
+      -- the way: quota-math BUDGET_HELD_RETRY_MS.
+      limit = b[1]
+      if b[3] <= b[2] then retry = 1000 end
+      break
+    end
   end
 end
 
