@@ -169,7 +169,7 @@ const envSchema = z.object({
   UPSTREAM_RETRY_AFTER_MAX_MS: int(0, 600_000).default(20_000),
   /** A key answered 429 without retry-after: out of rotation this long. */
   UPSTREAM_KEY_COOLDOWN_MS: int(0, 3_600_000).default(30_000),
-  /** A key answered 401 (revoked or invalid): out of rotation this long. */
+  /** A key answered 401 (revoked or invalid) or 429 insufficient_quota (its OpenAI quota spent): out of rotation this long. */
   UPSTREAM_KEY_INVALID_COOLDOWN_MS: int(0, 86_400_000).default(600_000),
 
   // Where Redis is: one of REDIS_URL (one server), REDIS_CLUSTER_NODES (a cluster), REDIS_SENTINELS (Sentinel).

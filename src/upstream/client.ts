@@ -1,7 +1,7 @@
 // The client that talks to OpenAI: one pooled undici dispatcher, the server-held keys, timeouts, retries, abort.
 import type { Dispatcher, Pool as UndiciPool, errors as UndiciErrors } from 'undici';
 import { createRequire } from 'node:module';
-import { pipeline, Transform, type Readable } from 'node:stream';
+import { pipeline, Readable, Transform } from 'node:stream';
 import type { Config } from '../config.js';
 import { GatewayError, upstreamTimeout, upstreamUnreachable } from '../errors.js';
 import { createKeyPool, type KeyPoolLogger, type PickedKey } from './key-pool.js';
@@ -152,13 +152,50 @@ function maskedHeaders(headers: UpstreamHeaders, mask: SecretMasker): UpstreamHe
 }
 
 /**
- * An error answer after this client's own retries says `x-should-retry: false` (unless upstream said
- * otherwise), as the errors it throws then do: the client's SDK retrying the same answer again
- * would multiply the calls on the shared server key (the openai SDKs' 3 attempts x 3 here = 9).
+ * An error answer this client gave up retrying says `x-should-retry: false` (unless upstream said
+ * otherwise), as the errors it throws then do: once its own retries are used up, the client's SDK
+ * retrying the same answer again would multiply the calls on the shared server key (the openai
+ * SDKs' 3 attempts x 3 here = 9); and a spent quota comes back with no retry. Not when it declined
+ * a wait longer than it takes (the client may wait), nor after free moves to another key.
  */
-function retriedHere(headers: UpstreamHeaders, status: number, attempts: number): UpstreamHeaders {
-  if (attempts <= 1 || !isRetryableStatus(status) || headers['x-should-retry'] !== undefined) return headers;
+function noRetryAfter(headers: UpstreamHeaders, status: number, doNotRetry: boolean): UpstreamHeaders {
+  if (!doNotRetry || !isRetryableStatus(status) || headers['x-should-retry'] !== undefined) return headers;
   return { ...headers, 'x-should-retry': 'false' };
+}
+
+/** Error bodies are small; past this a 429's body is not read to find its code. */
+const ERROR_BODY_READ_LIMIT = 64 * 1024;
+
+/**
+ * The body of a 429, read whole (OpenAI says in it whether the key's quota is spent, which no wait
+ * mends), and a stream of the same bytes to pass on; one that fails to arrive passes its error on.
+ */
+async function readRateLimitBody(body: Readable): Promise<{ code: unknown; body: Readable }> {
+  try {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of body) {
+      chunks.push(chunk as Buffer);
+      size += (chunk as Buffer).length;
+      if (size > ERROR_BODY_READ_LIMIT) throw new Error('upstream 429 body too large');
+    }
+    const bytes = Buffer.concat(chunks);
+    let code: unknown;
+    try {
+      code = (JSON.parse(bytes.toString('utf8')) as { error?: { code?: unknown } } | null)?.error?.code;
+    } catch {
+      // not JSON: no code
+    }
+    return { code, body: Readable.from([bytes]) };
+  } catch (err) {
+    // Fails once read, so whoever relays it has its error listener on by then.
+    const failed = new Readable({
+      read() {
+        this.destroy(err as Error);
+      },
+    });
+    return { code: undefined, body: failed };
+  }
 }
 
 /**
@@ -279,7 +316,8 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
    * and connection errors, with jittered exponential backoff or upstream's retry-after, within the
    * total timeout (which covers every attempt and keeps running while the caller reads the body).
    * A 401 or 429 takes that key out of rotation and, when another key is healthy, the request
-   * moves to it at once (at most once per key, apart from UPSTREAM_MAX_RETRIES).
+   * moves to it at once (at most once per key, apart from UPSTREAM_MAX_RETRIES). A 429
+   * insufficient_quota (the key's OpenAI quota is spent) is never retried on the same key.
    */
   async function send(req: UpstreamRequest): Promise<UpstreamResponse> {
     const deadline = performance.now() + upstream.totalTimeoutMs;
@@ -372,15 +410,21 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
       if (res.body.destroyed) release();
       else res.body.once('close', release);
 
-      const wait = nextWait(res, key.index);
+      let body: Readable = res.body;
+      let quotaSpent = false;
+      if (res.statusCode === 429) {
+        const read = await readRateLimitBody(res.body);
+        body = read.body;
+        quotaSpent = read.code === 'insufficient_quota';
+      }
+      const wait = nextWait(res, key.index, quotaSpent);
       if (wait === undefined) {
-        // Only error answers pay for the masking here; a 2xx body streams through untouched, and
-        // whoever relays it masks what in it carries an error (maskSecrets, below).
-        const body = res.statusCode >= 300 ? maskedBody(res.body, maskSecrets) : res.body;
         return {
           status: res.statusCode,
-          headers: retriedHere(maskedHeaders(res.headers, maskSecrets), res.statusCode, attempt),
-          body,
+          headers: noRetryAfter(maskedHeaders(res.headers, maskSecrets), res.statusCode, quotaSpent || (retries > 0 && retries >= maxRetries)),
+          // Only error answers pay for the masking here; a 2xx body streams through untouched, and
+          // whoever relays it masks what in it carries an error (maskSecrets, below).
+          body: res.statusCode >= 300 ? maskedBody(body, maskSecrets) : body,
           timedOut: exchange.isTimedOut,
           attempts: attempt,
           keyIndex: key.index,
@@ -388,7 +432,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         };
       }
       // Only now is the response known to be dropped: nothing of it ever reaches the client.
-      await discard(res);
+      if (body === res.body) await discard(res);
       retrying(req, `status:${res.statusCode}`, { attempt, keyIndex: key.index, status: res.statusCode, waitMs: Math.round(wait.ms) }, 'upstream answered an error; retrying');
       if (!(await waitFor(wait.ms))) {
         if (req.signal?.aborted) throw req.signal.reason;
@@ -401,10 +445,11 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
      * How long to wait before trying again after this response, and whether that uses up a retry;
      * undefined: pass the response on. Also updates the key pool.
      */
-    function nextWait(res: Dispatcher.ResponseData, keyIndex: number): { ms: number; counts: boolean } | undefined {
+    function nextWait(res: Dispatcher.ResponseData, keyIndex: number, quotaSpent: boolean): { ms: number; counts: boolean } | undefined {
       const status = res.statusCode;
-      if (status === 401) {
-        keyPool.invalid(keyIndex);
+      if (status === 401 || quotaSpent) {
+        if (quotaSpent) keyPool.quotaSpent(keyIndex);
+        else keyPool.invalid(keyIndex);
         refused.add(keyIndex);
         // Another key may work; this one will not, so never the same key again.
         return keyPool.hasHealthyOther(refused) ? { ms: 0, counts: false } : undefined;

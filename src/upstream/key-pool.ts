@@ -11,7 +11,7 @@ export interface KeyPoolLogger {
 export interface KeyPoolOptions {
   /** A key answered 429 without retry-after: out of rotation this long. */
   cooldownMs: number;
-  /** A key answered 401: out of rotation this long. */
+  /** A key answered 401, or 429 insufficient_quota (its billing quota is spent): out of rotation this long. */
   invalidCooldownMs: number;
   logger?: KeyPoolLogger;
   now?: () => number;
@@ -26,7 +26,7 @@ export interface KeyStatus {
   /** Epoch ms until which the key is out of rotation; null when healthy. */
   coolingUntil: number | null;
   /** Why it is cooling down. */
-  reason: 'rate_limited' | 'invalid' | null;
+  reason: 'rate_limited' | 'invalid' | 'insufficient_quota' | null;
 }
 
 export interface PickedKey {
@@ -103,7 +103,7 @@ export function createKeyPool(keys: readonly string[], options: KeyPoolOptions) 
     noteReturns(t);
     const e = entries[index]!;
     const until = t + (retryAfterMs ?? options.cooldownMs);
-    if (e.reason === 'invalid' && e.coolingUntil > until) return; // already out for longer
+    if (e.reason !== 'rate_limited' && e.coolingUntil > until) return; // already out for longer
     // Logged when the key goes out (or out for another reason), not for each request that meets its
     // 429 meanwhile (those in flight when it went out, those served by it while every key cools).
     const change = !e.out || e.reason !== 'rate_limited';
@@ -113,21 +113,26 @@ export function createKeyPool(keys: readonly string[], options: KeyPoolOptions) 
     if (change) options.logger?.warn({ keyIndex: index, keyId: e.id, coolingUntil: new Date(e.coolingUntil).toISOString() }, 'upstream key rate limited; out of rotation');
   }
 
-  /** Upstream says this key is invalid or revoked: out of rotation for a long while, loudly (once). */
-  function invalid(index: number) {
+  /** Out of rotation for a long while, for something only an operator can mend: logged loudly (once). */
+  function broken(index: number, reason: 'invalid' | 'insufficient_quota', message: string) {
     const t = now();
     noteReturns(t);
     const e = entries[index]!;
-    const change = !e.out || e.reason !== 'invalid';
+    const change = !e.out || e.reason !== reason;
     e.coolingUntil = Math.max(e.coolingUntil, t + options.invalidCooldownMs);
-    e.reason = 'invalid';
+    e.reason = reason;
     e.out = true;
-    if (change) {
-      options.logger?.error(
-        { keyIndex: index, keyId: e.id, coolingUntil: new Date(e.coolingUntil).toISOString() },
-        'upstream rejected a server-held OpenAI key (401): check or replace it; out of rotation',
-      );
-    }
+    if (change) options.logger?.error({ keyIndex: index, keyId: e.id, coolingUntil: new Date(e.coolingUntil).toISOString() }, message);
+  }
+
+  /** Upstream says this key is invalid or revoked. */
+  function invalid(index: number) {
+    broken(index, 'invalid', 'upstream rejected a server-held OpenAI key (401): check or replace it; out of rotation');
+  }
+
+  /** Upstream says this key's billing quota is spent (429 insufficient_quota): no wait brings it back. */
+  function quotaSpent(index: number) {
+    broken(index, 'insufficient_quota', "upstream says a server-held OpenAI key's quota is spent (429 insufficient_quota): check its plan and billing; out of rotation");
   }
 
   function status(): KeyStatus[] {
@@ -138,5 +143,5 @@ export function createKeyPool(keys: readonly string[], options: KeyPoolOptions) 
     });
   }
 
-  return { size: entries.length, pick, hasHealthyOther, rateLimited, invalid, status };
+  return { size: entries.length, pick, hasHealthyOther, rateLimited, invalid, quotaSpent, status };
 }

@@ -196,6 +196,26 @@ describe('timeouts and retries (one key)', () => {
     expect(unreachable.headers.get('x-should-retry')).toBe('false');
   });
 
+  it('a 429 whose long retry-after the gateway declines after a retry leaves the wait to the client', async () => {
+    gw.fake.failNext(1, 500);
+    gw.fake.failNext(1, 429, undefined, { 'retry-after': '60' });
+    const res = await post(gw, key);
+    expect(res.status).toBe(429);
+    expect(res.headers.get('retry-after')).toBe('60');
+    expect(res.headers.get('x-should-retry')).toBeNull(); // was false: the SDK never waited the 60 s
+    expect(gw.fake.requests).toHaveLength(2);
+  });
+
+  it("upstream's insufficient_quota is not retried, and is passed on with x-should-retry: false", async () => {
+    const body = { error: { message: 'You exceeded your current quota.', type: 'insufficient_quota', param: null, code: 'insufficient_quota' } };
+    gw.fake.failNext(1, 429, body);
+    const res = await post(gw, key);
+    expect(res.status).toBe(429);
+    expect(res.headers.get('x-should-retry')).toBe('false');
+    expect(await res.json()).toEqual(body);
+    expect(gw.fake.requests).toHaveLength(1); // was 3: retried as a rate limit that passes
+  });
+
   it('an error answered at the first attempt leaves retrying to the client, as OpenAI does', async () => {
     const once = await startGateway({ env: { UPSTREAM_MAX_RETRIES: '0' } });
     try {
@@ -504,6 +524,31 @@ describe('several server keys', () => {
     expect(line).toMatchObject({ level: 50, keyIndex: 0, keyId: keyId(KEY_A) });
     expect(gw.logs.text).not.toContain(KEY_A);
     expect(gw.logs.text).not.toContain(KEY_B);
+  });
+
+  it('a key whose quota is spent (429 insufficient_quota) is taken out for long, logged at error level; the request moves on', async () => {
+    const gw = await startGateway({
+      fake,
+      env: { OPENAI_API_KEY: KEY_A, OPENAI_API_KEYS: `${KEY_A},${KEY_B}`, OPENAI_BASE_URL: fake.url, UPSTREAM_MAX_RETRIES: '0' },
+    });
+    open.push(gw);
+    const { key } = await gw.createKey();
+    fake.failNext(1, 429, { error: { message: 'You exceeded your current quota.', type: 'insufficient_quota', param: null, code: 'insufficient_quota' } });
+    // As after a 401: another key may work, this one will not for long (was a 30 s cooldown).
+    expect((await post(gw, key)).status).toBe(200);
+    for (let i = 0; i < 3; i++) expect((await post(gw, key)).status).toBe(200);
+    expect(authOf(fake)).toEqual([`Bearer ${KEY_A}`, ...Array(4).fill(`Bearer ${KEY_B}`)]);
+    expect(gw.logs.lines.find((l) => String(l.msg).includes('insufficient_quota'))).toMatchObject({ level: 50, keyIndex: 0, keyId: keyId(KEY_A) });
+  });
+
+  it('every key 429 with a retry-after longer than the gateway waits: the client may wait, no x-should-retry', async () => {
+    const { gw, key } = await pooled({ UPSTREAM_MAX_RETRIES: '0' });
+    fake.failNext(2, 429, undefined, { 'retry-after': '30' });
+    const res = await post(gw, key);
+    expect(res.status).toBe(429);
+    expect(res.headers.get('retry-after')).toBe('30');
+    expect(res.headers.get('x-should-retry')).toBeNull(); // moving to the other key was no retry of the gateway's
+    expect(fake.requests).toHaveLength(2);
   });
 
   it('a key going out of rotation and coming back is logged once each, not per request', async () => {
