@@ -13,6 +13,8 @@ const EXPOSED = [
   'x-upstream-request-id',
   'x-tollgate-cache',
   'retry-after',
+  // The openai SDK reads this first: without it a browser client waits the rounded-up seconds.
+  'retry-after-ms',
   'x-should-retry',
   'x-ratelimit-limit-requests',
   'x-ratelimit-remaining-requests',
