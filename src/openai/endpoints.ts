@@ -37,6 +37,11 @@ export interface UsageReader {
   askInStream: boolean;
   /** A 200 body without usage is still complete (moderations: OpenAI reports none): cacheable, 0 tokens. */
   optional?: boolean;
+  /**
+   * A 200 body of work that is not done, whose usage OpenAI reports (and bills) later, elsewhere: a
+   * background response's create call (`queued` or `in_progress`). 0 tokens, not cached.
+   */
+  unfinished?(json: unknown): boolean;
 }
 
 /** Turns a complete stream into the stored (non-streamed) body and a stored body into a stream. */
@@ -165,6 +170,10 @@ export const endpoints = {
       generatedText: responsesGeneratedText,
       answerText: responsesAnswerText,
       askInStream: false,
+      unfinished: (json) => {
+        const status = (json as { status?: unknown } | null)?.status;
+        return status === 'queued' || status === 'in_progress';
+      },
     },
     convert: {
       assemble: assembleResponse,

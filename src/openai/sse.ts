@@ -53,8 +53,8 @@ export interface RelayResult {
   /** The stream ended early: client gone, upstream error or timeout. */
   error?: unknown;
   /**
-   * Number of events relayed, in-band errors excepted: what upstream generated, to tell "cut short"
-   * from "never started" (a stream whose only event is an error upstream refused it with).
+   * Number of events relayed, in-band errors excepted. Not a measure of output: a role chunk or
+   * response.created carries no token (the usage estimate of a cut stream reads `data`).
    */
   events: number;
   /** Upstream sent an in-band error event (it broke the stream off, or refused it). */

@@ -8,6 +8,7 @@ import { maskSseText, relaySse, type RelayResult } from '../openai/sse.js';
 import type { Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
 import type { Admission, AdmitMode, Consumption, Quota } from '../quota/quota.js';
+import { maxOutputTokens } from '../quota/quota.js';
 import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
@@ -294,7 +295,7 @@ async function callUpstream(
       const timedOut = endedByTimeout(res, result.error);
       const closedHere = signal.aborted || timedOut;
       trace.errorCode ??= streamErrorCode(result, signal.aborted, timedOut);
-      trace.usage = result.usage ?? estimateCutShort(endpoint, result, admission, body.model, closedHere);
+      trace.usage = result.usage ?? estimateCutShort(endpoint, body, result, admission, closedHere);
       trace.modelAnswered = result.model;
       // Estimated when the gateway counted it; a stream released in full (nothing generated) was not.
       finish({ usage: trace.usage, estimated: result.usage === undefined && trace.usage !== undefined }, streamEntry(endpoint, result, body.model));
@@ -312,6 +313,9 @@ async function callUpstream(
       if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
       // Upstream answered, and its body never arrived whole (cut from either side).
       if (cut) return finishCutAnswer();
+      // A background response's create call: OpenAI bills the run when it finishes, never through
+      // the gateway (keys with token or USD limits may not start one). 0 tokens, not an estimate.
+      if (!trace.usage && endpoint.usage.unfinished?.(json)) return finish({ estimated: false });
       if (trace.usage || endpoint.usage.optional) {
         return finish({ usage: trace.usage, estimated: false }, jsonEntry(json, text, trace.usage ?? NO_USAGE));
       }
@@ -320,7 +324,7 @@ async function callUpstream(
       // that is not JSON at all says nothing of its size, and is charged the worst case. Never
       // cached (an entry needs upstream's usage).
       if (text === undefined) return finishCutAnswer();
-      trace.usage = estimatedUsage(admission, endpoint.usage.answerText(json), body.model);
+      trace.usage = estimatedUsage(endpoint, body, admission, endpoint.usage.answerText(json));
       finish({ usage: trace.usage, estimated: true });
     },
     {
@@ -377,13 +381,15 @@ function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): Ne
  * Usage of a stream that ended before upstream's usage chunk (client left, upstream broke): the
  * prompt as estimated at admission plus a local count of what was generated, as OpenAI bills it.
  */
-function estimateCutShort(endpoint: Endpoint, result: RelayResult, admission: Admission, model: string, closedHere: boolean): Usage | undefined {
-  // Nothing generated (an in-band error is not output). If upstream broke or refused the stream,
-  // release everything; if the connection was closed from this side (the client hung up, or a
-  // gateway timeout), upstream has read the prompt and bills it, as for a non-streamed hang-up (or
-  // leaving before the first token would be a way around the budget).
-  if (result.events === 0 && (!closedHere || result.upstreamError)) return undefined;
-  return estimatedUsage(admission, endpoint.usage.generatedText(result.data), model);
+function estimateCutShort(endpoint: Endpoint, body: Body, result: RelayResult, admission: Admission, closedHere: boolean): Usage | undefined {
+  const generated = endpoint.usage.generatedText(result.data);
+  // Nothing generated (events without output, a role chunk or response.created, are no token; an
+  // in-band error is not output). If upstream broke or refused the stream, release everything; if
+  // the connection was closed from this side (the client hung up, or a gateway timeout), upstream
+  // has read the prompt and bills it, as for a non-streamed hang-up (or leaving before the first
+  // token would be a way around the budget).
+  if (generated === '' && (!closedHere || result.upstreamError)) return undefined;
+  return estimatedUsage(endpoint, body, admission, generated);
 }
 
 /**
@@ -402,8 +408,10 @@ function streamErrorCode(result: RelayResult, clientGone: boolean, timedOut: boo
  * Usage the gateway counts itself for an answer upstream reported none for: the prompt as estimated
  * at admission plus a local count of the text generated.
  */
-function estimatedUsage(admission: Admission, generated: string, model: string): Usage {
-  const completionTokens = countCompletionTokens(generated, model);
+function estimatedUsage(endpoint: Endpoint, body: Body, admission: Admission, generated: string): Usage {
+  // Never past the most the request let upstream generate, when it says (or the endpoint's default
+  // does): a legacy completion with `echo` has its prompt in the text too.
+  const completionTokens = Math.min(countCompletionTokens(generated, body.model), maxOutputTokens(endpoint, body, Infinity));
   return {
     promptTokens: admission.promptTokens,
     completionTokens,

@@ -99,12 +99,15 @@ function post(path: string, body: unknown) {
   });
 }
 
+/** The usage events of the key `id` so far. */
+async function usageEvents(id: string): Promise<UsageEvent[]> {
+  const raw = await fetch(`${gw.url}/admin/usage/events?since=2000-01-01T00:00:00Z`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  return (await raw.text()).split('\n').filter(Boolean).map((l) => JSON.parse(l) as UsageEvent).filter((e) => e.keyId === id);
+}
+
 /** The key's usage events once there are `n`, its day's token quota once settled, and its line(s) in the log. */
 async function accounting(n = 1) {
-  const events = async () => {
-    const raw = await fetch(`${gw.url}/admin/usage/events?since=2000-01-01T00:00:00Z`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
-    return (await raw.text()).split('\n').filter(Boolean).map((l) => JSON.parse(l) as UsageEvent).filter((e) => e.keyId === keyId);
-  };
+  const events = () => usageEvents(keyId);
   await expect.poll(async () => (await events()).length, { timeout: 5000 }).toBe(n);
   const quota = async () => (await gw.admin('GET', `/admin/keys/${keyId}`)).body.quota.tokensPerDay as { used: number; reserved: number };
   await expect.poll(async () => (await quota()).reserved, { timeout: 5000 }).toBe(0);
@@ -192,6 +195,27 @@ describe('a non-streamed 200 without usage is charged an estimate, marked estima
     await again.text();
     expect(upstream.requests()).toBe(before + 2);
     await accounting(2);
+  });
+
+  it('the estimate never passes the most output the request allowed (a legacy echo has its prompt in the text)', async () => {
+    const body = { ...completion, echo: true, max_tokens: 5 };
+    upstream.set(json({ id: 'cmpl-echo', object: 'text_completion', model: completion.model, choices: [{ index: 0, text: `${body.prompt} Yes.`, finish_reason: 'stop' }] }));
+    await (await post('/v1/completions', body)).text();
+    const prompt = estimate('completions', body);
+    expect(counted(`${body.prompt} Yes.`, completion.model)).toBeGreaterThan(40); // was charged as output
+    const { events } = await accounting(1);
+    expect(events[0]).toMatchObject({ promptTokens: prompt, completionTokens: 5, estimated: true });
+  });
+
+  it('a background response created (queued, usage to come at OpenAI) is recorded at 0 tokens, not estimated', async () => {
+    upstream.set(
+      json({ id: 'resp_bg1', object: 'response', status: 'queued', background: true, model: 'gpt-4o-mini', error: null, output: [], usage: null }),
+    );
+    // A key with a token or USD limit may not start one (400 background_not_metered).
+    ({ key, id: keyId } = await gw.createKey({ name: 'background', limits: { rpm: 100 } }));
+    await (await post('/v1/responses', { ...responses, background: true, store: true })).text();
+    await expect.poll(async () => (await usageEvents(keyId)).length, { timeout: 5000 }).toBe(1);
+    expect((await usageEvents(keyId))[0]).toMatchObject({ status: 200, promptTokens: 0, completionTokens: 0, costMicros: 0, estimated: false });
   });
 
   it('a body that is not JSON: the worst case (prompt + the most output allowed), estimated', async () => {
@@ -313,6 +337,17 @@ describe('a stream upstream breaks carries an error code (usage event, log line,
 });
 
 describe('a stream whose first event is an error (upstream refused it before generating anything) is released', () => {
+  it.each([
+    ['chat, after its role chunk', '/v1/chat/completions', { ...chat, stream: true }, [data({ id: 'chatcmpl-s', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] })]],
+    ['responses, after response.created', '/v1/responses', { ...responses, stream: true }, [created]],
+  ] as const)('%s: cut by upstream before any token, it is released too', async (_name, path, body, events) => {
+    upstream.set(sse([...events], 'drop'));
+    await (await post(path, body)).text();
+    const { events: recorded, used } = await accounting(1);
+    expect(recorded[0]).toMatchObject({ status: 200, errorCode: 'upstream_stream_cut', promptTokens: 0, completionTokens: 0, estimated: false });
+    expect(used).toBe(0);
+  });
+
   it.each([
     ['chat', '/v1/chat/completions', { ...chat, stream: true }, [chatError]],
     ['responses', '/v1/responses', { ...responses, stream: true }, [responsesError(0)]],
