@@ -273,11 +273,10 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   // Shutdown, per connection: silent ones closed, late requests refused, the deadline's cut said so.
   const connections = watchConnections(app);
   app.addHook('onRequest', async (request, reply) => {
-    request.trace = {};
+    request.trace = { arrivedAt: clock() };
     reply.header('x-request-id', request.id);
     // 'close' fires for every response, finished or abandoned by the client (onResponse misses
     // the latter). A stream's accounting may finish just after: its line waits for it.
-    const arrivedAt = clock();
     unaccounted++;
     reply.raw.once('close', () => {
       // Cut by the shutdown deadline (cutOpenConnections): said so, rather than blamed on the client.
@@ -288,7 +287,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       });
       void completion
         .then(() => {
-          const event = isMetered(request) ? usageEventOf(request, reply, arrivedAt) : undefined;
+          const event = isMetered(request) ? usageEventOf(request, reply) : undefined;
           logLine(request, reply, event);
           if (!event) return;
           usage.record(event);

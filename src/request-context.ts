@@ -3,6 +3,8 @@ import type { KeyRecord } from './keys.js';
 import type { Usage } from './openai/usage.js';
 
 export interface RequestTrace {
+  /** When the request arrived (the gateway's clock, epoch ms): its usage event's time, and its budgets' day. */
+  arrivedAt: number;
   endpoint?: string;
   model?: string;
   stream?: boolean;

@@ -135,7 +135,7 @@ async function handle(
   if (plan) {
     const found = await waitOnStore(
       trace,
-      deps.cache.lookupAndAdmit(plan, (lookup) => deps.quota.admitAndLookup(key, endpoint, body, body.model, lookup)),
+      deps.cache.lookupAndAdmit(plan, (lookup) => deps.quota.admitAndLookup(key, endpoint, body, body.model, lookup, { arrivedAt: trace.arrivedAt })),
     );
     if (
       found.entry &&
@@ -152,7 +152,7 @@ async function handle(
     else rpmCounted = found.admission !== undefined;
   }
   try {
-    return await callUpstream(request, reply, endpoint, body, deps, options, plan, admitted ?? { rpmCounted, carriedTokens });
+    return await callUpstream(request, reply, endpoint, body, deps, options, plan, admitted ?? { rpmCounted, carriedTokens, arrivedAt: trace.arrivedAt });
   } catch (err) {
     // Whatever went wrong, identical requests waiting on this one must not wait for nothing.
     if (plan) void deps.cache.fill(plan, undefined);

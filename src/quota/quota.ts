@@ -29,6 +29,12 @@ export interface AdmitMode {
    * (previous_response_id), which OpenAI bills again as input. Added to its prompt estimate.
    */
   carriedTokens?: number;
+  /**
+   * When the request arrived (epoch ms; default: now). Its day and month budgets are that instant's,
+   * as its usage event's time is: a request that arrives before midnight and is admitted after it
+   * (a slow upload, a single-flight wait) counts on one day in both the budget and the report.
+   */
+  arrivedAt?: number;
 }
 
 export interface QuotaOptions {
@@ -163,8 +169,9 @@ export function createQuota(opts: QuotaOptions) {
   /** Settlement writes not yet finished: shutdown waits for them. */
   const pending = new Set<Promise<unknown>>();
 
-  const periods = (now: number): Periods => {
-    const p = periodsAt(now, opts.timeZone);
+  /** The periods `at` falls in, their TTLs counted from `now`. */
+  const periods = (now: number, at = now): Periods => {
+    const p = periodsAt(at, opts.timeZone);
     return {
       day: p.day,
       month: p.month,
@@ -291,7 +298,7 @@ export function createQuota(opts: QuotaOptions) {
   }
 
   /** A request's worst case, priced, and the admission request that reserves it. */
-  function reservation(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, free: boolean, estimate?: number, carried = 0) {
+  function reservation(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, free: boolean, estimate?: number, mode: AdmitMode = {}) {
     // A free request (a cache hit) is checked against maxConcurrent and rpm and counts against rpm
     // (tpm and the budgets do not apply: it adds nothing to them), but it is over once admitted: the
     // store records no reservation or lease, and settling it writes nothing.
@@ -300,7 +307,7 @@ export function createQuota(opts: QuotaOptions) {
     if (!free && body.service_tier === 'priority' && (key.limits.usdPerDay !== undefined || key.limits.usdPerMonth !== undefined)) throw priorityTierNotPriced();
     const price = free ? ZERO_PRICE : priceOf(key, model);
     // `carried`: input sent besides the body (AdmitMode.carriedTokens).
-    const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model)) + carried;
+    const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model)) + (mode.carriedTokens ?? 0);
     const outputTokens = free ? 0 : maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);
     const tokens = promptTokens + outputTokens;
     // Before pricing: past this bound tokens x price would leave the safe integers (a 500 otherwise).
@@ -313,7 +320,7 @@ export function createQuota(opts: QuotaOptions) {
       tokens,
       usdMicros: costMicros(price, { promptTokens, cachedPromptTokens: 0, completionTokens: outputTokens }),
       now,
-      periods: periods(now),
+      periods: periods(now, Math.min(mode.arrivedAt ?? now, now)),
       leaseTtlMs: opts.leaseTtlMs,
       countOnly: free,
     };
@@ -416,7 +423,7 @@ export function createQuota(opts: QuotaOptions) {
    * would be passed. The returned admission must be settled exactly once (later calls are no-ops).
    */
   async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, mode: AdmitMode = {}) {
-    const planned = reservation(key, endpoint, body, model, mode.free === true, undefined, mode.carriedTokens);
+    const planned = reservation(key, endpoint, body, model, mode.free === true, undefined, mode);
     if (mode.rpmCounted) planned.request.rpmCounted = true;
     let result: AdmissionResult;
     try {
@@ -440,8 +447,9 @@ export function createQuota(opts: QuotaOptions) {
     body: Record<string, unknown>,
     model: string,
     lookup: CacheLookup,
+    mode: Pick<AdmitMode, 'arrivedAt'> = {},
   ): Promise<JoinedLookup<Admission>> {
-    const planned = reservation(key, endpoint, body, model, false, hitEstimates.get(lookup.name));
+    const planned = reservation(key, endpoint, body, model, false, hitEstimates.get(lookup.name), mode);
     let found: JoinedLookup;
     try {
       found = await store.admitAndLookup(planned.request, lookup);

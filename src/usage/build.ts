@@ -14,14 +14,14 @@ export function isMetered(request: FastifyRequest): boolean {
   return request.method !== 'OPTIONS' && (request.url.startsWith('/v1/') || request.url === '/v1');
 }
 
-export function usageEventOf(request: FastifyRequest, reply: FastifyReply, arrivedAt: number): UsageEvent {
+export function usageEventOf(request: FastifyRequest, reply: FastifyReply): UsageEvent {
   const t = request.trace;
   const u = t.usage;
   const latencyMs = round(reply.elapsedTime);
   const upstreamMs = t.upstreamMs === undefined ? null : round(t.upstreamMs);
   const wroteSomething = reply.raw.headersSent;
   return {
-    ts: arrivedAt,
+    ts: t.arrivedAt,
     eventId: randomUUID(),
     requestId: request.id,
     keyId: request.gatewayKey?.id ?? null,

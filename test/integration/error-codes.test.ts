@@ -120,7 +120,7 @@ describe('errorHandler', () => {
     app.decorateRequest('trace', null as never);
     app.setErrorHandler(errorHandler);
     app.addHook('onRequest', async (request, reply) => {
-      request.trace = {};
+      request.trace = { arrivedAt: Date.now() };
       reply.header('x-request-id', request.id);
       reply.raw.once('close', () => recorded.set(request.id, request.trace.errorCode));
     });

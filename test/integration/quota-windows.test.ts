@@ -1,6 +1,7 @@
 // Calendar windows on an injected clock (UTC and another time zone), limit changes seen by every
 // instance at once, and the failed-authentication limit per client address.
 import { afterAll, describe, expect, it } from 'vitest';
+import { request as httpRequest } from 'node:http';
 import { ADMIN_TOKEN, startGateway, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
 import { createRedisStore } from '../../src/store/redis-store.js';
 import { startFakeOpenAI } from '../../src/fake-openai/server.js';
@@ -63,6 +64,36 @@ describe('calendar windows', () => {
     const body = (await last.json()) as { error: { message: string } };
     expect(body.error.message).toMatch(/monthly token budget/);
     expect(body.error.message).toContain('2027-01-01T00:00:00.000Z');
+  });
+
+  it('a request counts on the day it arrived, in its budget and in the usage report, though admitted after midnight', async () => {
+    const { gw, setTime } = await gatewayAt('2026-11-30T23:59:59.500Z', { USAGE_FLUSH_MS: '50' });
+    const { id, key } = await gw.createKey({ limits: { tokensPerDay: 100_000 } });
+    // The body is still arriving at midnight (a slow upload): admitted at 00:00:01.
+    const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], max_tokens: 10 });
+    const res = await new Promise<number>((resolve, reject) => {
+      const req = httpRequest(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      });
+      req.on('response', (r) => (r.resume(), r.on('end', () => resolve(r.statusCode!))));
+      req.on('error', reject);
+      req.write(body.slice(0, 10));
+      setTimeout(() => {
+        setTime('2026-12-01T00:00:01Z');
+        req.end(body.slice(10));
+      }, 200);
+    });
+    expect(res).toBe(200);
+    const report = async () => (await gw.admin('GET', `/admin/usage?groupBy=day&keyId=${id}&from=2026-11-30T00:00:00Z&to=2026-12-02T00:00:00Z`)).body.data as { day: string; totalTokens: number }[];
+    await expect.poll(report).toHaveLength(1);
+    const [row] = await report();
+    expect(row!.day).toBe('2026-11-30');
+    // Today's budget (Dec 1) has none of it; Nov 30's has all of it (was the other way round).
+    const used = async () => ((await gw.admin('GET', `/admin/keys/${id}`)).body.quota.tokensPerDay as { used: number }).used;
+    expect(await used()).toBe(0);
+    setTime('2026-11-30T23:59:59.900Z');
+    expect(await used()).toBe(row!.totalTokens);
   });
 
   it('follows the configured time zone', async () => {
