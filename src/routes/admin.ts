@@ -63,13 +63,21 @@ function isMergePatch(contentType: string | undefined): boolean {
   return contentType?.split(';')[0]!.trim().toLowerCase() === 'application/merge-patch+json';
 }
 
+/**
+ * How deep a merge patch is merged into a key's limits, cache or metadata. None of them holds an
+ * object (their members are numbers, strings, booleans), so a value deeper down replaces whatever
+ * was there, and the schema refuses it: the merge never recurses on a patch nested thousands of
+ * levels deep (a 500 once, the stack exhausted).
+ */
+const MERGE_DEPTH = 2;
+
 /** RFC 7396: `patch` applied to `target` (objects merged member by member, null removes a member). */
-function mergePatch(target: unknown, patch: unknown): unknown {
-  if (!isJsonObject(patch)) return patch;
+function mergePatch(target: unknown, patch: unknown, depth = 1): unknown {
+  if (!isJsonObject(patch) || depth > MERGE_DEPTH) return patch;
   const out: Record<string, unknown> = isJsonObject(target) ? { ...target } : {};
   for (const [name, value] of Object.entries(patch)) {
     if (value === null) delete out[name];
-    else out[name] = mergePatch(out[name], value);
+    else out[name] = mergePatch(out[name], value, depth + 1);
   }
   return out;
 }

@@ -422,6 +422,14 @@ describe('PATCH with a JSON merge patch (application/merge-patch+json)', () => {
 
   it('refuses what the merged key would break, in OpenAI shape, changing nothing', async () => {
     const { id } = await gw.createKey({ name: 'strict', limits: { rpm: 10 } });
+    // Metadata nested 10,000 levels deep: a 500 once (the merge exhausted the stack).
+    const deep = await fetch(`${gw.url}/admin/keys/${id}`, {
+      method: 'PATCH',
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/merge-patch+json' },
+      body: `{"metadata":${'{"a":'.repeat(10_000)}1${'}'.repeat(10_000)}}`,
+    });
+    expect(deep.status).toBe(400);
+    expect(((await deep.json()) as { error: { type: string } }).error.type).toBe('invalid_request_error');
     for (const body of [{ limits: { rpm: -1 } }, { limits: { bogus: 1 } }, { limits: 5 }, { name: null }, { color: 'red' }, [1, 2]]) {
       const res = await mergePatch(gw, id, body);
       expect(res.status, JSON.stringify(body)).toBe(400);
