@@ -108,10 +108,13 @@ async function handle(
   const key = request.gatewayKey!;
   const trace = request.trace;
   trace.endpoint = endpoint.name;
-  trace.model = body.model;
   trace.stream = endpoint.streamable && body.stream === true;
 
-  if (!isModelAllowed(key.models, body.model)) throw modelNotFound(body.model);
+  if (!isModelAllowed(key.models, body.model)) {
+    trace.modelNotAllowed = body.model;
+    throw modelNotFound(body.model);
+  }
+  trace.model = body.model;
   // A response may continue only a conversation its own key created: OpenAI sees one server key for
   // everybody, so without this check any key could read another's stored conversation back.
   // It also sends that conversation to OpenAI again, billed as input: its tokens join the estimate.

@@ -111,6 +111,17 @@ describe('exact accounting', () => {
     expect(past.totals.requests).toBe(0);
   });
 
+  it("records no model for a request refused a model its key may not use: a client cannot fill the report with names", async () => {
+    const narrow = await gw.createKey({ name: 'narrow', models: ['gpt-4o-mini'] });
+    for (const name of ['spam-1', 'spam-2', '</script>']) expect((await post(narrow.key, chat('x', { model: name }))).status).toBe(404);
+    await expect.poll(async () => (await report(`groupBy=model&keyId=${narrow.id}`)).totals.requests).toBe(3);
+    // Was one row per name (each kept 90 days in the hour's aggregate hash).
+    expect((await report(`groupBy=model&keyId=${narrow.id}`)).data).toEqual([expect.objectContaining({ model: null, requests: 3, errors: 3 })]);
+    // The log line still says what was asked.
+    const refused = gw.logs.requests().filter((l) => l.keyId === narrow.id);
+    expect(refused.map((l) => [l.model, l.modelNotAllowed])).toEqual([[null, 'spam-1'], [null, 'spam-2'], [null, '</script>']]);
+  });
+
   it('answers bad report queries with 400', async () => {
     for (const q of ['groupBy=colour', 'from=yesterday', 'from=2026-12-01T00:00:00Z&to=2026-11-01T00:00:00Z', 'groupBy=day,hour']) {
       const res = await gw.admin('GET', `/admin/usage?${q}`);
