@@ -48,18 +48,33 @@
   const byId = (id) => document.getElementById(id);
   const testId = (id) => document.querySelector(`[data-testid="${id}"]`);
 
+  /**
+   * Characters shown escaped (\u202e), as the CLI shows them (src/cli/table.ts): control and
+   * invisible format characters, line separators, lone surrogates. A bidi override in a key or
+   * model name would otherwise reorder what the page shows ("\u202eevil" read as "live").
+   */
+  const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu;
+  function shown(value) {
+    return String(value).replace(UNSAFE, (c) => {
+      const code = c.codePointAt(0);
+      if (code <= 0xff) return `\\x${code.toString(16).padStart(2, '0')}`;
+      if (code <= 0xffff) return `\\u${code.toString(16).padStart(4, '0')}`;
+      return `\\u{${code.toString(16)}}`;
+    });
+  }
+
   /** Builds an element; children are nodes or strings (strings become text, never markup). */
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [name, value] of Object.entries(attrs || {})) {
       if (value === undefined || value === null || value === false) continue;
       if (name === 'class') node.className = value;
-      else if (name === 'text') node.textContent = String(value);
-      else node.setAttribute(name, String(value));
+      else if (name === 'text') node.textContent = shown(value);
+      else node.setAttribute(name, name === 'title' ? shown(value) : String(value));
     }
     for (const child of children) {
       if (child === null || child === undefined) continue;
-      node.append(typeof child === 'string' ? document.createTextNode(child) : child);
+      node.append(typeof child === 'string' ? document.createTextNode(shown(child)) : child);
     }
     return node;
   }
@@ -67,8 +82,8 @@
   function setText(id, text, title) {
     const node = testId(id);
     if (!node) return;
-    node.textContent = text;
-    if (title) node.title = title;
+    node.textContent = shown(text);
+    if (title) node.title = shown(title);
     else node.removeAttribute('title');
   }
 
@@ -546,7 +561,7 @@
     const meta = new Map(); // series id -> { label, total }
     for (const row of rows) {
       const id = row[field] ?? null;
-      const entry = meta.get(id) || { label: field === 'key' ? keyLabel(id, row.keyName) : id || '(unknown model)', total: 0 };
+      const entry = meta.get(id) || { label: shown(field === 'key' ? keyLabel(id, row.keyName) : id || '(unknown model)'), total: 0 };
       entry.total += Number(row.costUsd) || 0;
       meta.set(id, entry);
     }

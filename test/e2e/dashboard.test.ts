@@ -23,11 +23,15 @@ const DAY = 86_400_000;
 // ------------------------------------------------------------------ canned data
 
 const XSS_NAME = '<img src=x onerror="window.__xss=1">search';
+/** A right-to-left override and an isolate: shown as they are, the page would read "tob-troppus". */
+const BIDI_NAME = 'support-\u202ebot\u2066';
+/** How the page (and the CLI) show it: the invisible characters escaped. */
+const BIDI_SHOWN = 'support-\\u202ebot\\u2066';
 
 /** Per key over the period. Totals: $19.7956, 2,500 requests, 1,234,567 tokens, 625 hits, $3.21 saved. */
 const KEY_USAGE = [
   // Deliberately not in spend order: the page sorts.
-  { key: 'key_support0003', keyName: 'support-bot', costUsd: 2.5, requests: 400, errors: 0, cacheHits: 75, promptTokens: 40_000, completionTokens: 10_000, savedUsd: 0.2 },
+  { key: 'key_support0003', keyName: BIDI_NAME, costUsd: 2.5, requests: 400, errors: 0, cacheHits: 75, promptTokens: 40_000, completionTokens: 10_000, savedUsd: 0.2 },
   { key: 'key_billing0001', keyName: 'billing-app', costUsd: 12.3456, requests: 1200, errors: 12, cacheHits: 300, promptTokens: 700_000, completionTokens: 200_000, savedUsd: 2 },
   { key: 'key_batch000004', keyName: 'batch-jobs', costUsd: 0.75, requests: 100, errors: 5, cacheHits: 0, promptTokens: 4_000, completionTokens: 567, savedUsd: 0.01 },
   { key: 'key_search00002', keyName: XSS_NAME, costUsd: 4.2, requests: 800, errors: 3, cacheHits: 250, promptTokens: 200_000, completionTokens: 80_000, savedUsd: 1 },
@@ -127,7 +131,7 @@ function keysWithQuota(now: number) {
   const support = { rpm: 60 };
   const retired = { usdPerDay: 5 };
   return [
-    { ...base, id: 'key_support0003', name: 'support-bot', limits: support, quota: quota(support, {}) },
+    { ...base, id: 'key_support0003', name: BIDI_NAME, limits: support, quota: quota(support, {}) },
     { ...base, id: 'key_billing0001', name: 'billing-app', limits: billing, quota: quota(billing, { usdPerDay: [15.5, 0.5], usdPerMonth: [123, 0] }) },
     { ...base, id: 'key_search00002', name: XSS_NAME, limits: search, quota: quota(search, { tokensPerDay: [950_000, 20_000] }) },
     // Revoked: its budget no longer matters, so it gets no bar.
@@ -460,7 +464,7 @@ describe('the spend dashboard', () => {
     expect(await text('kpi-saved')).toBe('$3.21');
 
     // Top keys, in spend order, names shown as text (one is an HTML payload).
-    expect(await texts('top-key-name')).toEqual(['billing-app', XSS_NAME, 'support-bot', 'batch-jobs']);
+    expect(await texts('top-key-name')).toEqual(['billing-app', XSS_NAME, BIDI_SHOWN, 'batch-jobs']);
     expect(await texts('top-key-spend')).toEqual(['$12.35', '$4.20', '$2.50', '$0.75']);
     expect(await texts('top-key-share')).toEqual(['62.4%', '21.2%', '12.6%', '3.8%']);
     expect(await texts('top-key-requests')).toEqual(['1,200', '800', '400', '100']);
@@ -543,7 +547,7 @@ describe('the spend dashboard', () => {
       expect(chart.sum).toBeCloseTo(TOTAL_COST, 6);
       expect(chart.stacked).toBe(true);
     }
-    expect(charts[0]!.series).toEqual(['billing-app', XSS_NAME, 'support-bot', 'batch-jobs']);
+    expect(charts[0]!.series).toEqual(['billing-app', XSS_NAME, BIDI_SHOWN, 'batch-jobs']);
     expect(charts[1]!.series).toEqual(['gpt-4o-mini', 'gpt-4o', 'text-embedding-3-small', 'o3-mini']);
     expect(charts[0]!.labels.at(-1)).toBe(new Date().toLocaleDateString('en-US', { month: 'short', day: 'numeric', timeZone: 'UTC' }));
     await expect(page.getByTestId('chart-keys-empty').isVisible()).resolves.toBe(false);
