@@ -59,6 +59,8 @@ export interface RelayResult {
   events: number;
   /** Upstream sent an in-band error event (it broke the stream off, or refused it). */
   upstreamError?: boolean;
+  /** The stream ended saying the work failed (StreamEventInfo.failure): that error's code. */
+  failure?: string;
   /**
    * The data of every event upstream sent (except [DONE]). Kept so that a stream cut short before
    * its usage chunk can still be billed from a local count of what it generated.
@@ -383,6 +385,7 @@ class SseRelay extends Readable {
             if (found.usage) result.usage = found.usage;
             if (found.model) result.model = found.model;
             if (found.final) result.completed = true;
+            if (found.failure) result.failure = found.failure;
             if (found.usageOnly && options.dropUsageChunk) continue;
           }
           if (options.dropUsageChunk) e.data = withoutNullUsage(e.data);

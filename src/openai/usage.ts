@@ -136,6 +136,14 @@ export interface StreamEventInfo {
   model?: string;
   /** The stream's protocol-level end (a Responses terminal event; chat and completions end with [DONE]). */
   final?: boolean;
+  /** The end says the work failed (`response.failed`): its error's code, or `response_failed`. */
+  failure?: string;
+}
+
+/** The code of an error object as OpenAI writes one (`code`, else `type`), or `fallback`. */
+export function errorCodeOf(error: unknown, fallback: string): string {
+  const { code, type } = (error ?? {}) as { code?: unknown; type?: unknown };
+  return typeof code === 'string' ? code : typeof type === 'string' ? type : fallback;
 }
 
 /** Usage (and the end) of a Responses stream, from its terminal event; undefined for every other event. */
@@ -148,10 +156,12 @@ export function readResponsesEventUsage(data: string, event?: string): StreamEve
   } catch {
     return undefined;
   }
-  const { type, response } = (parsed ?? {}) as { type?: unknown; response?: { model?: unknown } };
+  const { type, response } = (parsed ?? {}) as { type?: unknown; response?: { model?: unknown; error?: unknown } };
   if (typeof type !== 'string' || !RESPONSES_TERMINAL_EVENTS.has(type)) return undefined;
   const model = typeof response?.model === 'string' ? response.model : undefined;
-  return { usage: readResponsesUsage(response), model, final: true };
+  const info: StreamEventInfo = { usage: readResponsesUsage(response), model, final: true };
+  if (type === 'response.failed') info.failure = errorCodeOf(response?.error, 'response_failed');
+  return info;
 }
 
 /** The text a Responses stream generated (output text, refusal and function-call argument deltas). */

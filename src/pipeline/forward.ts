@@ -5,7 +5,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { validateBody } from '../openai/endpoints.js';
 import { maskSseText, relaySse, type RelayResult } from '../openai/sse.js';
-import type { Usage } from '../openai/usage.js';
+import { errorCodeOf, type Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
 import type { Admission, AdmitMode, Consumption, Quota } from '../quota/quota.js';
 import { maxOutputTokens } from '../quota/quota.js';
@@ -297,7 +297,7 @@ async function callUpstream(
       // has read the prompt, and bills it as a hang-up.
       const timedOut = endedByTimeout(res, result.error);
       const closedHere = signal.aborted || timedOut;
-      trace.errorCode ??= streamErrorCode(result, signal.aborted, timedOut);
+      trace.errorCode ??= result.failure ?? streamErrorCode(result, signal.aborted, timedOut);
       trace.usage = result.usage ?? estimateCutShort(endpoint, body, result, admission, closedHere);
       trace.modelAnswered = result.model;
       // Estimated when the gateway counted it; a stream released in full (nothing generated) was not.
@@ -484,14 +484,17 @@ export async function sendBuffered(
   else reply.send(bytes);
   if (!beforeSend && !isError) body = readJsonBody(res, bytes);
   const json = body?.json;
+  const error = (json as { error?: unknown } | undefined)?.error;
   if (res.status === 200) {
     if (read.readUsage) trace.usage = read.readUsage(json);
     const model = (json as { model?: unknown } | undefined)?.model;
     if (typeof model === 'string') trace.modelAnswered = model;
     if (logBodies) trace.responseBody = json;
+    // A 200 that reports an error (a Responses object that failed): an error in the log, the usage
+    // report and the metrics, though it is billed like any answer.
+    if (error != null) trace.errorCode = errorCodeOf(error, 'response_failed');
   } else {
-    const code = (json as { error?: { code?: unknown; type?: unknown } } | undefined)?.error;
-    trace.errorCode = typeof code?.code === 'string' ? code.code : typeof code?.type === 'string' ? code.type : `upstream_${res.status}`;
+    trace.errorCode = errorCodeOf(error, `upstream_${res.status}`);
   }
   // Settling and filling the cache come after the answer is on its way: the client never waits for
   // them (the request's log line and usage event are written on 'close', after this has run).

@@ -327,6 +327,27 @@ describe('a stream upstream breaks carries an error code (usage event, log line,
     expect(await reportedErrors()).toMatchObject({ requests: 1, errors: 1 });
   });
 
+  it('responses that failed (response.failed, or a 200 whose error is set): billed, and counted as errors with their code', async () => {
+    const failedResponse = {
+      id: 'resp_failed1',
+      object: 'response',
+      status: 'failed',
+      model: 'gpt-4o-mini',
+      error: { code: 'server_error', message: 'The model failed to generate a response.' },
+      output: [],
+      usage: { input_tokens: 40, output_tokens: 3, total_tokens: 43 },
+    };
+    const body = { ...responses, stream: true };
+    upstream.set(sse([created, delta('A toll', 1), typed({ type: 'response.failed', sequence_number: 2, response: failedResponse })]));
+    await (await post('/v1/responses', body)).text();
+    upstream.set(json(failedResponse));
+    await (await post('/v1/responses', responses)).text();
+    const { events: recorded } = await accounting(2);
+    for (const e of recorded) expect(e).toMatchObject({ status: 200, errorCode: 'server_error', promptTokens: 40, completionTokens: 3, estimated: false });
+    // Was 0: a failed response counted as a success.
+    expect(await reportedErrors()).toMatchObject({ requests: 2, errors: 2 });
+  });
+
   it('a stream that completes normally has no error code and counts no error', async () => {
     upstream.set(sse([chunk('Fine.'), data({ id: 'chatcmpl-s', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [], usage: { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11 } }), 'data: [DONE]\n\n']));
     await (await post('/v1/chat/completions', { ...chat, stream: true })).text();
