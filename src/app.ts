@@ -5,7 +5,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import pino, { type DestinationStream } from 'pino';
 import { batchedStdout } from './log-destination.js';
 import type { Config } from './config.js';
-import { clientErrorHandler, CUT_AT_SHUTDOWN, errorHandler, frameworkErrorHandler, GatewayError, invalidRequest, notFoundHandler, openAIErrorBody } from './errors.js';
+import { clientErrorHandler, CUT_AT_SHUTDOWN, errorHandler, frameworkErrorHandler, GatewayError, invalidRequest, notFoundHandler, openAIErrorBody, unsupportedContentEncoding } from './errors.js';
 import { corsPlugin } from './plugins/cors.js';
 import type { Store } from './store/store.js';
 import { createMemoryStore } from './store/memory-store.js';
@@ -263,6 +263,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     // A route that does not exist (Fastify reads the body before its 404 handler) is a 404, as
     // OpenAI answers: not a 400 for a body that was never JSON (a multipart upload to /v1/files).
     if (request.is404) return done(null, undefined);
+    // A compressed body would be read as broken JSON; say what is wrong instead.
+    const encoding = request.headers['content-encoding'];
+    if (encoding !== undefined && encoding.trim().toLowerCase() !== 'identity') return done(unsupportedContentEncoding(encoding), undefined);
     request.rawBody = body as Buffer;
     parseJson(request, (body as Buffer).toString('utf8'), done);
   };

@@ -68,6 +68,15 @@ export const upstreamTimeout = () =>
 export const serviceUnavailable = (message: string, code = 'service_unavailable') =>
   new GatewayError(503, message, 'server_error', code);
 
+/** A request body sent compressed (Content-Encoding gzip, br...): the gateway reads JSON as sent. */
+export const unsupportedContentEncoding = (encoding: string) =>
+  new GatewayError(
+    415,
+    `Content-Encoding '${encoding.slice(0, 40)}' is not supported: send the request body uncompressed.`,
+    'invalid_request_error',
+    'unsupported_content_encoding',
+  );
+
 /** Fastify's own errors, mapped to what a client of OpenAI expects. */
 function fromFastifyError(err: FastifyError): GatewayError | undefined {
   switch (err.code) {

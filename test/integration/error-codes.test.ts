@@ -108,6 +108,27 @@ describe('a request body that does not arrive whole, or is not JSON', () => {
       .poll(async () => (await eventsOf(key.id)).find((e) => e.requestId === requestId))
       .toMatchObject({ status: 400, errorCode: body.error.code });
   });
+
+  it('a compressed body is a 415 that says so, not a 400 for broken JSON', async () => {
+    const { gzipSync } = await import('node:zlib');
+    const res = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key.key}`, 'content-type': 'application/json', 'content-encoding': 'gzip' },
+      body: gzipSync(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] })),
+    });
+    expect(res.status).toBe(415);
+    expect(((await res.json()) as { error: unknown }).error).toMatchObject({
+      type: 'invalid_request_error',
+      code: 'unsupported_content_encoding',
+      message: "Content-Encoding 'gzip' is not supported: send the request body uncompressed.",
+    });
+    const plain = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key.key}`, 'content-type': 'application/json', 'content-encoding': 'identity' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    expect(plain.status).toBe(200);
+  });
 });
 
 describe('errorHandler', () => {
