@@ -168,6 +168,9 @@ export function createCache(opts: CacheOptions) {
   }
 
   return {
+    /** The largest answer stored (CACHE_MAX_ENTRY_BYTES): a larger one is not kept. */
+    maxEntryBytes: opts.maxEntryBytes,
+
     /** The plan for a request, or undefined when its endpoint (or this request of it) is not cacheable. */
     plan(request: FastifyRequest, key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>): CachePlan | undefined {
       if (!endpoint.cacheable || endpoint.cacheableRequest?.(body) === false) return undefined;

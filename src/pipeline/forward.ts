@@ -332,6 +332,8 @@ async function callUpstream(
     },
     {
       readUsage: endpoint.usage.body,
+      // A large answer's text is kept only if the cache may store it.
+      keepTextUpTo: plan ? deps.cache.maxEntryBytes : 0,
       // Recorded before the body (and its id) reaches the client.
       beforeSend: endpoint.recordsOwner ? (json) => deps.owners.recordFromBody(json, request.gatewayKey!.id) : undefined,
       // As for a stream: the concurrency lease is given back before the client has the answer.
@@ -450,6 +452,11 @@ export async function sendBuffered(
      * anything; a returned promise is awaited (alongside beforeSend's) first. It must not reject.
      */
     beforeEnd?: () => Promise<void> | undefined;
+    /**
+     * A 2xx body larger than WHOLE_PARSE_MAX_BYTES is read from its last members (lastMembers); its
+     * text is kept (for the cache) only up to this size. Default 0.
+     */
+    keepTextUpTo?: number;
   } = {},
 ) {
   const trace = reply.request.trace;
@@ -476,13 +483,13 @@ export async function sendBuffered(
   // errors: rare, and one that is not JSON is replaced below).
   // Started first, so its store round trip overlaps beforeSend's (both leave in one write).
   const ending = read.beforeEnd?.();
-  let body = beforeSend || isError ? readJsonBody(res, bytes) : undefined;
+  let body: { text: string | undefined; json: unknown } | undefined = beforeSend || isError ? readJsonBody(res, bytes) : undefined;
   if (beforeSend) await beforeSend(body?.json);
   if (ending) await ending;
   trace.ttfbMs = reply.elapsedTime;
   if (isError && body === undefined) reply.type('application/json; charset=utf-8').send(unreadableUpstreamError(res));
   else reply.send(bytes);
-  if (!beforeSend && !isError) body = readJsonBody(res, bytes);
+  if (!beforeSend && !isError) body = bytes.length > WHOLE_PARSE_MAX_BYTES ? readLargeJsonBody(res, bytes, read.keepTextUpTo ?? 0) : readJsonBody(res, bytes);
   const json = body?.json;
   const error = (json as { error?: unknown } | undefined)?.error;
   if (res.status === 200) {
@@ -514,6 +521,49 @@ function unreadableUpstreamError(res: UpstreamResponse): OpenAIErrorBody {
     res.status >= 500 ? 'server_error' : 'invalid_request_error',
     'upstream_error',
   );
+}
+
+/**
+ * Above this size an answer (an embeddings batch: 2,048 inputs of 3,072 floats are ~85 MB of JSON)
+ * is not parsed whole: JSON.parse held the event loop ~0.9 s for one such body, every other request
+ * waiting, and its numbers took several times its size in heap.
+ */
+const WHOLE_PARSE_MAX_BYTES = 1024 * 1024;
+/** How far from its end a large answer is searched for its last members. */
+const LAST_MEMBERS_BYTES = 64 * 1024;
+
+/**
+ * A large JSON answer read from its last top-level members (OpenAI writes `model` and `usage` after
+ * `data` and `choices`): what the gateway reads of an answer, without parsing the rest. Its text only
+ * up to `keepTextUpTo` bytes. When no `usage` member is found there, it is parsed whole after all.
+ */
+function readLargeJsonBody(res: UpstreamResponse, bytes: Buffer, keepTextUpTo: number): { text: string | undefined; json: unknown } | undefined {
+  if (!String(res.headers['content-type'] ?? '').includes('json')) return undefined;
+  const json = lastMembers(bytes);
+  if (json === undefined) return readJsonBody(res, bytes);
+  return { text: bytes.length <= keepTextUpTo ? bytes.toString('utf8') : undefined, json };
+}
+
+/**
+ * The members of a JSON object from its `model` (when that comes after the bulk) or its `usage` to
+ * its end, as an object; undefined when they are not found in its last LAST_MEMBERS_BYTES. A slice
+ * that parses as `{` + slice can only start at a member of the outermost object: one starting inside
+ * a nested object would close it before the end, leaving text after the parsed object.
+ */
+function lastMembers(bytes: Buffer): Record<string, unknown> | undefined {
+  const tail = bytes.toString('utf8', Math.max(0, bytes.length - LAST_MEMBERS_BYTES));
+  const usageAt = tail.lastIndexOf('"usage"');
+  if (usageAt < 0) return undefined;
+  const modelAt = tail.lastIndexOf('"model"', usageAt);
+  for (const at of modelAt >= 0 ? [modelAt, usageAt] : [usageAt]) {
+    try {
+      const members = JSON.parse(`{${tail.slice(at)}`) as unknown;
+      if (typeof members === 'object' && members !== null && 'usage' in members) return members as Record<string, unknown>;
+    } catch {
+      // not a member of the outermost object: try the next
+    }
+  }
+  return undefined;
 }
 
 /** A JSON answer's text and parsed body; undefined when it is not JSON (not ours to judge: it passes as it came). */

@@ -284,6 +284,68 @@ const delta = (text: string, n: number) => typed({ type: 'response.output_text.d
 const chatStream = { ...chat, stream: true };
 const responsesError = (n: number) => typed({ type: 'error', code: 'server_error', message: 'The server had an error.', param: null, sequence_number: n });
 
+describe('a large answer (an embeddings batch) is not parsed whole', () => {
+  it('its usage and model are read from its last members; the client gets it byte for byte', async () => {
+    const vector = Array.from({ length: 3072 }, (_, i) => Math.sin(i) / 7);
+    const answer = {
+      object: 'list',
+      data: Array.from({ length: 200 }, (_, index) => ({ object: 'embedding', index, embedding: vector })),
+      model: 'text-embedding-3-small',
+      usage: { prompt_tokens: 4321, total_tokens: 4321 },
+    };
+    const text = JSON.stringify(answer);
+    expect(text.length).toBeGreaterThan(8_000_000);
+    upstream.set(json(text));
+    const parse = JSON.parse;
+    let largest = 0;
+    JSON.parse = ((source: string, reviver?: Parameters<typeof parse>[1]) => {
+      largest = Math.max(largest, source.length);
+      return parse(source, reviver);
+    }) as typeof JSON.parse;
+    let received: string;
+    try {
+      const res = await post('/v1/embeddings', embeddings);
+      received = await res.text();
+    } finally {
+      JSON.parse = parse;
+    }
+    expect(received === text).toBe(true);
+    const { events } = await accounting(1);
+    expect(events[0]).toMatchObject({ status: 200, promptTokens: 4321, totalTokens: 4321, modelAnswered: 'text-embedding-3-small', estimated: false });
+    // Was the whole answer (a ~0.9 s stall of the event loop for 85 MB).
+    expect(largest).toBeLessThan(100_000);
+  });
+
+  it('is still cached when CACHE_MAX_ENTRY_BYTES lets it be', async () => {
+    const roomy = await startGateway({ env: { OPENAI_BASE_URL: upstream.url, CACHE_ENABLED: 'true', CACHE_MAX_ENTRY_BYTES: String(20 * 1024 * 1024) } });
+    try {
+      const { key: k } = await roomy.createKey({ name: 'roomy' });
+      const answer = { object: 'list', data: [{ object: 'embedding', index: 0, embedding: Array(300_000).fill(0.25) }], model: 'text-embedding-3-small', usage: { prompt_tokens: 7, total_tokens: 7 } };
+      upstream.set(json(answer));
+      const ask = () =>
+        fetch(`${roomy.url}/v1/embeddings`, { method: 'POST', headers: { authorization: `Bearer ${k}`, 'content-type': 'application/json' }, body: JSON.stringify(embeddings) });
+      const first = await ask();
+      expect(first.headers.get('x-tollgate-cache')).toBe('MISS');
+      const body = await first.text();
+      expect(body.length).toBeGreaterThan(1024 * 1024);
+      await expect.poll(async () => {
+        const again = await ask();
+        return [again.headers.get('x-tollgate-cache'), (await again.text()) === body];
+      }).toEqual(['HIT', true]);
+    } finally {
+      await roomy.close();
+    }
+  });
+
+  it('one whose last members hold no usage is parsed whole after all, and estimated as before', async () => {
+    const answer = { object: 'list', data: Array.from({ length: 50 }, (_, index) => ({ object: 'embedding', index, embedding: Array(3072).fill(0.5) })), model: 'text-embedding-3-small' };
+    upstream.set(json(answer));
+    await (await post('/v1/embeddings', embeddings)).text();
+    const { events } = await accounting(1);
+    expect(events[0]).toMatchObject({ status: 200, promptTokens: estimate('embeddings', embeddings), completionTokens: 0, estimated: true });
+  });
+});
+
 describe('a stream upstream breaks carries an error code (usage event, log line, /admin/usage errors)', () => {
   it('chat: an in-band error event mid-stream: upstream_stream_error, charged prompt + what was generated', async () => {
     const events = [chunk('A toll gate '), chunk('is a barrier.'), chatError];
