@@ -100,7 +100,7 @@ function logLine(request: FastifyRequest, reply: FastifyReply, event: UsageEvent
       path,
       costUsd: event ? event.costMicros / 1e6 : undefined,
       savedUsd: event?.savedMicros ? event.savedMicros / 1e6 : undefined,
-      modelNotAllowed: t.modelNotAllowed,
+      modelRefused: t.modelRefused,
       storeMs: t.storeMs === undefined ? undefined : Math.round(t.storeMs * 100) / 100,
       upstreamStatus: t.upstreamStatus,
       upstreamRequestId: t.upstreamRequestId,

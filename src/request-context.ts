@@ -6,13 +6,14 @@ export interface RequestTrace {
   /** When the request arrived (the gateway's clock, epoch ms): its usage event's time, and its budgets' day. */
   arrivedAt: number;
   endpoint?: string;
-  /** The model asked for, once the key may use it. */
+  /** The model asked for, once the key may use it (and unless upstream said it does not exist). */
   model?: string;
   /**
-   * One the key may not use, for the log line only: usage and metrics record no model for it, or
-   * a client could write any number of model names into the usage aggregates (kept 90 days).
+   * One the key may not use, or upstream does not know (404 model_not_found), for the log line
+   * only: usage and metrics record no model for it, or a client could write any number of model
+   * names into the usage aggregates (kept 90 days).
    */
-  modelNotAllowed?: string;
+  modelRefused?: string;
   stream?: boolean;
   upstreamStatus?: number;
   /** Upstream time from sending the request to its last byte. */

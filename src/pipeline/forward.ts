@@ -111,7 +111,7 @@ async function handle(
   trace.stream = endpoint.streamable && body.stream === true;
 
   if (!isModelAllowed(key.models, body.model)) {
-    trace.modelNotAllowed = body.model;
+    trace.modelRefused = body.model;
     throw modelNotFound(body.model);
   }
   trace.model = body.model;
@@ -502,6 +502,11 @@ export async function sendBuffered(
     if (error != null) trace.errorCode = errorCodeOf(error, 'response_failed');
   } else {
     trace.errorCode = errorCodeOf(error, `upstream_${res.status}`);
+    // A name upstream does not know is recorded as no model, as one the key may not use is.
+    if (trace.errorCode === 'model_not_found' && trace.model !== undefined) {
+      trace.modelRefused = trace.model;
+      trace.model = undefined;
+    }
   }
   // Settling and filling the cache come after the answer is on its way: the client never waits for
   // them (the request's log line and usage event are written on 'close', after this has run).

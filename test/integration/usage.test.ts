@@ -111,15 +111,21 @@ describe('exact accounting', () => {
     expect(past.totals.requests).toBe(0);
   });
 
-  it("records no model for a request refused a model its key may not use: a client cannot fill the report with names", async () => {
+  it('records no model for a model its key may not use or upstream does not know: a client cannot fill the report with names', async () => {
     const narrow = await gw.createKey({ name: 'narrow', models: ['gpt-4o-mini'] });
     for (const name of ['spam-1', 'spam-2', '</script>']) expect((await post(narrow.key, chat('x', { model: name }))).status).toBe(404);
-    await expect.poll(async () => (await report(`groupBy=model&keyId=${narrow.id}`)).totals.requests).toBe(3);
+    expectedRequests++;
+    const retrieve = await fetch(`${gw.url}/v1/models/spam-3`, { headers: { authorization: `Bearer ${narrow.key}` } });
+    expect(retrieve.status).toBe(404);
+    await expect.poll(async () => (await report(`groupBy=model&keyId=${narrow.id}`)).totals.requests).toBe(4);
     // Was one row per name (each kept 90 days in the hour's aggregate hash).
-    expect((await report(`groupBy=model&keyId=${narrow.id}`)).data).toEqual([expect.objectContaining({ model: null, requests: 3, errors: 3 })]);
+    expect((await report(`groupBy=model&keyId=${narrow.id}`)).data).toEqual([expect.objectContaining({ model: null, requests: 4, errors: 4 })]);
     // The log line still says what was asked.
     const refused = gw.logs.requests().filter((l) => l.keyId === narrow.id);
-    expect(refused.map((l) => [l.model, l.modelNotAllowed])).toEqual([[null, 'spam-1'], [null, 'spam-2'], [null, '</script>']]);
+    expect(refused.map((l) => [l.model, l.modelRefused])).toEqual([[null, 'spam-1'], [null, 'spam-2'], [null, '</script>'], [null, 'spam-3']]);
+    // A key that may use every model: a name upstream answers 404 model_not_found for is no row either.
+    expect((await report(`groupBy=model&keyId=${a.id}`)).data.map((r) => r.model)).not.toContain('gpt-nonexistent');
+    expect(gw.logs.requests().find((l) => l.modelRefused === 'gpt-nonexistent')).toMatchObject({ keyId: a.id, status: 404, errorCode: 'model_not_found' });
   });
 
   it('answers bad report queries with 400', async () => {
