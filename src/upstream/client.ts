@@ -152,32 +152,39 @@ function maskedHeaders(headers: UpstreamHeaders, mask: SecretMasker): UpstreamHe
 }
 
 /**
- * An error answer this client gave up retrying says `x-should-retry: false` (unless upstream said
- * otherwise), as the errors it throws then do: once its own retries are used up, the client's SDK
- * retrying the same answer again would multiply the calls on the shared server key (the openai
- * SDKs' 3 attempts x 3 here = 9); and a spent quota comes back with no retry. Not when it declined
- * a wait longer than it takes (the client may wait), nor after free moves to another key.
+ * An error answer after this client's own retries says `x-should-retry: false` (unless upstream
+ * said otherwise), as the errors it throws then do: the client's SDK retrying the same answer
+ * again would multiply the calls on the shared server key (the openai SDKs' 3 attempts x 3 here =
+ * 9); and a spent quota comes back with no retry. Not when the last answer asked for a wait longer
+ * than this client takes (the client may wait it out), nor after mere moves to another key.
  */
-function noRetryAfter(headers: UpstreamHeaders, status: number, doNotRetry: boolean): UpstreamHeaders {
+function markNoRetry(headers: UpstreamHeaders, status: number, doNotRetry: boolean): UpstreamHeaders {
   if (!doNotRetry || !isRetryableStatus(status) || headers['x-should-retry'] !== undefined) return headers;
   return { ...headers, 'x-should-retry': 'false' };
 }
 
-/** Error bodies are small; past this a 429's body is not read to find its code. */
+/** Error bodies are small; past this a 429's body is passed on without looking for its code. */
 const ERROR_BODY_READ_LIMIT = 64 * 1024;
 
 /**
  * The body of a 429, read whole (OpenAI says in it whether the key's quota is spent, which no wait
  * mends), and a stream of the same bytes to pass on; one that fails to arrive passes its error on.
+ * Past ERROR_BODY_READ_LIMIT it is not OpenAI's: what was read and the rest pass on as they come.
  */
 async function readRateLimitBody(body: Readable): Promise<{ code: unknown; body: Readable }> {
   try {
     const chunks: Buffer[] = [];
     let size = 0;
-    for await (const chunk of body) {
+    for await (const chunk of body.iterator({ destroyOnReturn: false })) {
       chunks.push(chunk as Buffer);
       size += (chunk as Buffer).length;
-      if (size > ERROR_BODY_READ_LIMIT) throw new Error('upstream 429 body too large');
+      if (size > ERROR_BODY_READ_LIMIT) {
+        const rest = async function* () {
+          yield* chunks;
+          yield* body;
+        };
+        return { code: undefined, body: Readable.from(rest(), { objectMode: false }) };
+      }
     }
     const bytes = Buffer.concat(chunks);
     let code: unknown;
@@ -346,6 +353,8 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
     /** Keys that failed on their own account (401, 429) during this request. */
     const refused = new Set<number>();
     let retries = 0;
+    /** The last answer's retry-after was longer than this client waits: waiting is the client's. */
+    let leftToClient = false;
 
     /** Waits before the next attempt, if it fits in the total timeout; false: give up instead. */
     const waitFor = async (ms: number): Promise<boolean> => {
@@ -421,7 +430,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
       if (wait === undefined) {
         return {
           status: res.statusCode,
-          headers: noRetryAfter(maskedHeaders(res.headers, maskSecrets), res.statusCode, quotaSpent || (retries > 0 && retries >= maxRetries)),
+          headers: markNoRetry(maskedHeaders(res.headers, maskSecrets), res.statusCode, quotaSpent || (retries > 0 && !leftToClient)),
           // Only error answers pay for the masking here; a 2xx body streams through untouched, and
           // whoever relays it masks what in it carries an error (maskSecrets, below).
           body: res.statusCode >= 300 ? maskedBody(body, maskSecrets) : body,
@@ -463,7 +472,10 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         if (keyPool.hasHealthyOther(refused)) return { ms: 0, counts: false };
       }
       if (shouldRetryHeader(res.headers) === false || retries >= maxRetries) return undefined;
-      if (requested !== undefined && requested > retryAfterMaxMs) return undefined; // the client may wait, not us
+      if (requested !== undefined && requested > retryAfterMaxMs) {
+        leftToClient = true; // the client may wait, not us
+        return undefined;
+      }
       const ms = requested ?? backoffMs(retries, retryBaseDelayMs, retryMaxDelayMs);
       if (performance.now() + ms >= deadline - 50) return undefined; // would outlast the total timeout: answer now
       return { ms, counts: true };

@@ -206,6 +206,15 @@ describe('timeouts and retries (one key)', () => {
     expect(gw.fake.requests).toHaveLength(2);
   });
 
+  it('a 429 with a body too large to read for its code still reaches the client whole', async () => {
+    const body = { error: { message: `Rate limit reached. ${'x'.repeat(100_000)}`, type: 'requests', param: null, code: 'rate_limit_exceeded' } };
+    gw.fake.failNext(1, 429, body, { 'retry-after': '60' });
+    const res = await post(gw, key);
+    expect(res.status).toBe(429); // was a 502 once the 64 KB read limit was passed
+    expect(res.headers.get('retry-after')).toBe('60');
+    expect(await res.json()).toEqual(body);
+  });
+
   it("upstream's insufficient_quota is not retried, and is passed on with x-should-retry: false", async () => {
     const body = { error: { message: 'You exceeded your current quota.', type: 'insufficient_quota', param: null, code: 'insufficient_quota' } };
     gw.fake.failNext(1, 429, body);
@@ -365,6 +374,9 @@ describe('total timeout', () => {
     expect(res.status).toBe(503);
     expect(ms).toBeLessThan(1500);
     expect(gw.fake.requests).toHaveLength(2); // 400 ms fits once in 700, not twice
+    // Retried here, and stopped short of UPSTREAM_MAX_RETRIES only by the total timeout: the SDK
+    // retrying too would multiply the calls again.
+    expect(res.headers.get('x-should-retry')).toBe('false');
   });
 });
 
