@@ -163,12 +163,14 @@ export function firstBrokenLimit(input: AdmissionInput): { limit: LimitName; ret
     ['usdPerDay', limits.usdMicrosPerDay, day.usdUsed + usdMicros, day.usdReserved],
     ['usdPerMonth', limits.usdMicrosPerMonth, month.usdUsed + usdMicros, month.usdReserved],
   ];
+  // Past what is left of a budget: waiting within the period does not help (the gateway knows when
+  // it resets). Every budget is asked this first: one merely held must not hide one that is spent.
+  for (const [limit, max, wanted] of budgets) {
+    if (max > 0 && wanted > max) return { limit, retryAfterMs: undefined };
+  }
+  // Within what is left of each, only requests in flight stand in the way.
   for (const [limit, max, wanted, reserved] of budgets) {
-    if (max > 0 && wanted + reserved > max) {
-      // Past what is left of the budget: waiting within the period does not help (the gateway
-      // knows when it resets). Within it, only requests in flight stand in the way.
-      return { limit, retryAfterMs: wanted > max ? undefined : BUDGET_HELD_RETRY_MS };
-    }
+    if (max > 0 && wanted + reserved > max) return { limit, retryAfterMs: BUDGET_HELD_RETRY_MS };
   }
   return null;
 }

@@ -354,7 +354,11 @@ export type AdmissionResult =
   | { admitted: true; requests?: WindowState; tokens?: WindowState }
   | {
       admitted: false;
-      /** The first limit that failed, in the order maxConcurrent, rpm, tpm, tokens/day, tokens/month, usd/day, usd/month. */
+      /**
+       * The first limit that failed, in the order maxConcurrent, rpm, tpm, tokens/day, tokens/month,
+       * usd/day, usd/month; among the budgets, one spent (no room left for the request) before one
+       * only held by requests in flight.
+       */
       limit: LimitName;
       /**
        * ms until the request could pass the limit that failed: rpm / tpm, until enough of the oldest

@@ -208,6 +208,17 @@ describe.each([
     expect(await other.admit({ tokens: 20, usdMicros: 2000 })).toEqual({ admitted: false, limit });
   });
 
+  it('a budget that is spent is named before one merely held, whatever their order, so the answer is not a retry', async () => {
+    // The day (checked first) is held by a reservation; the month is spent by settled use.
+    const key = forKey(await create(), { tokensPerDay: 100, usdMicrosPerMonth: 5000 });
+    const old = await key.reserve({ tokens: 10, usdMicros: 5000, periods: periods('2026-11-17') });
+    await key.settle(old, { tokens: 10, usdMicros: 5000 });
+    await key.reserve({ tokens: 95, usdMicros: 0 });
+    expect(await key.admit({ tokens: 10, usdMicros: 1 })).toEqual({ admitted: false, limit: 'usdPerMonth' });
+    // Without the spent month, the day is what refuses, with a retry hint.
+    expect(await key.admit({ tokens: 10, usdMicros: 0 })).toEqual({ admitted: false, limit: 'tokensPerDay', retryAfterMs: 1000 });
+  });
+
   it('is all or nothing: a request failing tpm leaves the rpm and budget counters alone', async () => {
     const key = forKey(await create(), { rpm: 10, tpm: 100, tokensPerDay: 1000, usdMicrosPerDay: 1_000_000 });
     await key.reserve({ tokens: 80, usdMicros: 8000 });

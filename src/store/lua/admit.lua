@@ -180,13 +180,22 @@ else
     {6, usdPerDay, duu + usd, dur},
     {7, usdPerMonth, muu + usd, mur},
   }
+  -- Past what is left of a budget: no retry hint. Every budget is asked this first: one merely
+  -- held must not hide one that is spent.
   for _, b in ipairs(budgets) do
-    if b[2] > 0 and b[3] + b[4] > b[2] then
-      -- Past what is left of the budget: no retry hint. Within it, only requests in flight stand in
-      -- the way: quota-math BUDGET_HELD_RETRY_MS.
+    if b[2] > 0 and b[3] > b[2] then
       limit = b[1]
-      if b[3] <= b[2] then retry = 1000 end
       break
+    end
+  end
+  -- Within what is left of each, only requests in flight stand in the way: quota-math
+  -- BUDGET_HELD_RETRY_MS.
+  if limit == 0 then
+    for _, b in ipairs(budgets) do
+      if b[2] > 0 and b[3] + b[4] > b[2] then
+        limit, retry = b[1], 1000
+        break
+      end
     end
   end
 end
