@@ -388,12 +388,14 @@ function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): Ne
  */
 function estimateCutShort(endpoint: Endpoint, body: Body, result: RelayResult, admission: Admission, closedHere: boolean): Usage | undefined {
   const generated = endpoint.usage.generatedText(result.data);
-  // Nothing generated (events without output, a role chunk or response.created, are no token; an
-  // in-band error is not output). If upstream broke or refused the stream, release everything; if
-  // the connection was closed from this side (the client hung up, or a gateway timeout), upstream
-  // has read the prompt and bills it, as for a non-streamed hang-up (or leaving before the first
-  // token would be a way around the budget).
-  if (generated === '' && (!closedHere || result.upstreamError)) return undefined;
+  // Nothing generated that shows (events without output, a role chunk or response.created, are no
+  // token; an in-band error is not output). If upstream broke or refused the stream, release
+  // everything. If the connection was closed from this side (the client hung up, or a gateway
+  // timeout), upstream has read the prompt and bills it, as for a non-streamed hang-up (or leaving
+  // before the first token would be a way around the budget); and a stream that ended normally
+  // without usage was served (a reasoning model may spend all it may on reasoning, unseen).
+  const brokenByUpstream = result.upstreamError === true || (!result.completed && !closedHere);
+  if (generated === '' && brokenByUpstream) return undefined;
   return estimatedUsage(endpoint, body, admission, generated);
 }
 

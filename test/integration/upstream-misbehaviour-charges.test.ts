@@ -419,6 +419,18 @@ describe('a stream upstream breaks carries an error code (usage event, log line,
   });
 });
 
+describe('a stream that ends normally without usage or visible output is still charged its prompt', () => {
+  it('chat: a role chunk, then [DONE] (a proxy dropped the usage; the output was all reasoning)', async () => {
+    const role = data({ id: 'chatcmpl-s', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] });
+    upstream.set(sse([role, 'data: [DONE]\n\n']));
+    const body = { ...chat, stream: true };
+    await (await post('/v1/chat/completions', body)).text();
+    const { events: recorded } = await accounting(1);
+    // Served, so billed (13999eb released it in full: no output shown).
+    expect(recorded[0]).toMatchObject({ status: 200, errorCode: null, promptTokens: estimate('chat.completions', body), completionTokens: 0, estimated: true });
+  });
+});
+
 describe('a stream whose first event is an error (upstream refused it before generating anything) is released', () => {
   it.each([
     ['chat, after its role chunk', '/v1/chat/completions', { ...chat, stream: true }, [data({ id: 'chatcmpl-s', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] })]],
