@@ -154,8 +154,13 @@ interface PendingSettlement {
   reservationId: string;
   tokens: number;
   usdMicros: number;
-  /** When the request ended: a late write still counts in the periods it belongs to. */
+  /** When the request ended. */
   now: number;
+  /**
+   * The instant whose periods its usage counts in (its arrival), should its reservation be gone
+   * (expired, released): a late write still counts in the day and month it belongs to.
+   */
+  countsAt: number;
 }
 
 export function createQuota(opts: QuotaOptions) {
@@ -203,7 +208,7 @@ export function createQuota(opts: QuotaOptions) {
     return opts.unpricedModelPrice;
   }
 
-  const writeSettlement = (s: PendingSettlement) => store.settle({ ...s, fallbackPeriods: periods(s.now) });
+  const writeSettlement = ({ countsAt, ...s }: PendingSettlement) => store.settle({ ...s, fallbackPeriods: periods(s.now, countsAt) });
 
   /** Logged in full, so the spend can be replayed by hand: it is never silently lost. */
   function logSettlement(s: PendingSettlement, err: string, why: string) {
@@ -252,7 +257,7 @@ export function createQuota(opts: QuotaOptions) {
       // until LEASE_TTL_MS. A release (settled at nothing, idempotent, a no-op if it never landed)
       // goes with the settlements written when the store answers again. One refused by the guard
       // (StoreUnavailableError) was never sent: nothing to release, and nothing to fill the queue with.
-      if (!(err instanceof StoreUnavailableError)) enqueue({ keyId: key.id, reservationId, tokens: 0, usdMicros: 0, now: clock() }, err);
+      if (!(err instanceof StoreUnavailableError)) enqueue({ keyId: key.id, reservationId, tokens: 0, usdMicros: 0, now: clock(), countsAt: clock() }, err);
       const seconds = String(opts.unavailableRetryAfterSeconds ?? 1);
       throw new GatewayError(
         503,
@@ -313,6 +318,8 @@ export function createQuota(opts: QuotaOptions) {
     // Before pricing: past this bound tokens x price would leave the safe integers (a 500 otherwise).
     if (tokens > MAX_RESERVED_TOKENS) throw requestTooLarge(tokens, MAX_RESERVED_TOKENS, outputParam(endpoint, body));
     const now = clock();
+    /** The instant whose day and month the request counts in: its arrival (AdmitMode.arrivedAt). */
+    const countsAt = Math.min(mode.arrivedAt ?? now, now);
     const request: AdmissionRequest = {
       keyId: key.id,
       reservationId: randomUUID(),
@@ -320,11 +327,11 @@ export function createQuota(opts: QuotaOptions) {
       tokens,
       usdMicros: costMicros(price, { promptTokens, cachedPromptTokens: 0, completionTokens: outputTokens }),
       now,
-      periods: periods(now, Math.min(mode.arrivedAt ?? now, now)),
+      periods: periods(now, countsAt),
       leaseTtlMs: opts.leaseTtlMs,
       countOnly: free,
     };
-    return { price, promptTokens, request, model };
+    return { price, promptTokens, request, model, countsAt };
   }
 
   type Reservation = ReturnType<typeof reservation>;
@@ -333,14 +340,15 @@ export function createQuota(opts: QuotaOptions) {
    * The store's answer as the request's admission: throws the client's 429 (with headers) when a
    * limit would be passed. `releaseLocal` is set when admitted locally (store down, fail-open).
    */
-  function admission(key: KeyRecord, { price, promptTokens, request, model }: Reservation, result: AdmissionResult, releaseLocal?: () => void) {
-    const { tokens, usdMicros, now, reservationId } = request;
+  function admission(key: KeyRecord, { price, promptTokens, request, model, countsAt }: Reservation, result: AdmissionResult, releaseLocal?: () => void) {
+    const { tokens, usdMicros, reservationId } = request;
     const free = request.countOnly === true;
     const headers = rateLimitHeaders(result);
     // Tells the client (and whoever reads its logs) that this admission skipped the shared limits.
     if (releaseLocal) headers['x-tollgate-degraded'] = 'quota-open';
     if (!result.admitted) {
-      throw quotaExceeded(result, key.limits, { tokens, usdMicros, headers, now, timeZone: opts.timeZone });
+      // A budget's reset is that of the period the request counts in.
+      throw quotaExceeded(result, key.limits, { tokens, usdMicros, headers, now: countsAt, timeZone: opts.timeZone });
     }
     // A lease exists only for an admission the store recorded.
     if (!releaseLocal && !free) live.set(reservationId, { keyId: key.id, reservationId });
@@ -402,7 +410,7 @@ export function createQuota(opts: QuotaOptions) {
           estimated: consumption.estimated,
         };
         if (free) return settled; // nothing was reserved
-        const write = settleWithRetry({ keyId: key.id, reservationId, tokens: settled.totalTokens, usdMicros: settled.costMicros, now: clock() });
+        const write = settleWithRetry({ keyId: key.id, reservationId, tokens: settled.totalTokens, usdMicros: settled.costMicros, now: clock(), countsAt });
         pending.add(write);
         void write.finally(() => pending.delete(write));
         return settled;

@@ -27,6 +27,28 @@ async function gatewayAt(start: string, env: Record<string, string> = {}) {
   return { gw, setTime: (iso: string) => (now = Date.parse(iso)) };
 }
 
+/** A chat whose body is still arriving when `meanwhile` runs (a slow upload across midnight, say). */
+function uploadedPastMidnight(gw: Gateway, key: string, maxTokens: number, meanwhile: () => void): Promise<{ status: number; text: string }> {
+  const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], max_tokens: maxTokens });
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+    });
+    req.on('response', (r) => {
+      let text = '';
+      r.on('data', (d: Buffer) => (text += d));
+      r.on('end', () => resolve({ status: r.statusCode!, text }));
+    });
+    req.on('error', reject);
+    req.write(body.slice(0, 10));
+    setTimeout(() => {
+      meanwhile();
+      req.end(body.slice(10));
+    }, 200);
+  });
+}
+
 async function spendUntilRefused(gw: Gateway, key: string) {
   for (let i = 0; i < 50; i++) {
     const res = await chat(gw, key);
@@ -70,21 +92,8 @@ describe('calendar windows', () => {
     const { gw, setTime } = await gatewayAt('2026-11-30T23:59:59.500Z', { USAGE_FLUSH_MS: '50' });
     const { id, key } = await gw.createKey({ limits: { tokensPerDay: 100_000 } });
     // The body is still arriving at midnight (a slow upload): admitted at 00:00:01.
-    const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], max_tokens: 10 });
-    const res = await new Promise<number>((resolve, reject) => {
-      const req = httpRequest(`${gw.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-      });
-      req.on('response', (r) => (r.resume(), r.on('end', () => resolve(r.statusCode!))));
-      req.on('error', reject);
-      req.write(body.slice(0, 10));
-      setTimeout(() => {
-        setTime('2026-12-01T00:00:01Z');
-        req.end(body.slice(10));
-      }, 200);
-    });
-    expect(res).toBe(200);
+    const res = await uploadedPastMidnight(gw, key, 10, () => setTime('2026-12-01T00:00:01Z'));
+    expect(res.status).toBe(200);
     const report = async () => (await gw.admin('GET', `/admin/usage?groupBy=day&keyId=${id}&from=2026-11-30T00:00:00Z&to=2026-12-02T00:00:00Z`)).body.data as { day: string; totalTokens: number }[];
     await expect.poll(report).toHaveLength(1);
     const [row] = await report();
@@ -94,6 +103,17 @@ describe('calendar windows', () => {
     expect(await used()).toBe(0);
     setTime('2026-11-30T23:59:59.900Z');
     expect(await used()).toBe(row!.totalTokens);
+  });
+
+  it("a budget refusal of such a request names the reset of the day it arrived", async () => {
+    const { gw, setTime } = await gatewayAt('2026-11-30T23:59:59.000Z');
+    const { key } = await gw.createKey({ limits: { tokensPerDay: 100 } });
+    expect((await chat(gw, key, 10)).status).toBe(200);
+    setTime('2026-11-30T23:59:59.500Z');
+    const refused = await uploadedPastMidnight(gw, key, 90, () => setTime('2026-12-01T00:00:01Z'));
+    expect(refused.status).toBe(429);
+    // Was 2026-12-02: the reset of the day it was admitted in, not of the budget that refused it.
+    expect(refused.text).toContain('It resets at 2026-12-01T00:00:00.000Z');
   });
 
   it('follows the configured time zone', async () => {
