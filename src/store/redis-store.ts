@@ -73,6 +73,8 @@ export interface RedisStoreOptions extends RedisConnectionOptions {
   prefix?: string;
   /** Defaults to silence; the gateway passes its pino logger. */
   logger?: RedisStoreLogger;
+  /** How often the subscriber is checked; default SUBSCRIBER_PING_INTERVAL_MS (tests shorten it). */
+  subscriberCheckIntervalMs?: number;
 }
 
 /** How often a persisting Redis outage is logged again. */
@@ -82,6 +84,8 @@ const ERROR_LOG_INTERVAL_MS = 30_000;
  * node that froze (or a connection cut without a reset) would go unnoticed: no error, no messages.
  */
 const SUBSCRIBER_PING_INTERVAL_MS = 5_000;
+/** PINGs in a row, each bounded by the command timeout, that must go unanswered to drop the subscriber. */
+const SUBSCRIBER_PING_ATTEMPTS = 2;
 const WILDCARD = { id: '*', hash: '*' } as const;
 
 // Checks the shape the gateway relies on. Loose objects keep fields a newer version may have
@@ -224,7 +228,7 @@ export class RedisStore implements Store {
     if (this.#cluster) this.#redis.on('node error', (err: unknown) => this.#outage.error('command', err));
     this.#redis.on('ready', () => this.#outage.recovered('command'));
     this.#sub = this.#openSubscriber();
-    this.#subscriberCheck = setInterval(() => this.#checkSubscriber(), SUBSCRIBER_PING_INTERVAL_MS).unref();
+    this.#subscriberCheck = setInterval(() => this.#checkSubscriber(), opts.subscriberCheckIntervalMs ?? SUBSCRIBER_PING_INTERVAL_MS).unref();
   }
 
   async createKey(record: KeyRecord): Promise<void> {
@@ -782,22 +786,28 @@ export class RedisStore implements Store {
    * hears every PUBLISH), and the new subscription tells listeners that changes may have been missed.
    */
   #checkSubscriber() {
-    const sub = this.#sub;
-    // While it reconnects, ioredis is already on it; one PING at a time.
-    if (this.#closed || sub.status !== 'ready' || this.#subscriberPing) return;
-    this.#subscriberPing = sub
-      .ping()
-      .then(
-        () => {},
-        (err: unknown) => {
-          if (this.#closed || sub !== this.#sub) return;
-          this.#outage.error('subscriber', err);
-          sub.disconnect();
-        },
-      )
-      .finally(() => {
-        this.#subscriberPing = undefined;
-      });
+    // While it reconnects, ioredis is already on it; one check at a time.
+    if (this.#closed || this.#sub.status !== 'ready' || this.#subscriberPing) return;
+    this.#subscriberPing = this.#pingSubscriber(this.#sub).finally(() => {
+      this.#subscriberPing = undefined;
+    });
+  }
+
+  async #pingSubscriber(sub: Redis): Promise<void> {
+    let lastError: unknown;
+    // One slow answer is not a dead node (a busy Redis, or this process stalled past the timeout):
+    // dropping the subscription then would only make every instance forget its keys (the '*').
+    for (let attempt = 0; attempt < SUBSCRIBER_PING_ATTEMPTS; attempt++) {
+      try {
+        await sub.ping();
+        return;
+      } catch (err) {
+        lastError = err;
+        if (this.#closed || sub !== this.#sub || sub.status !== 'ready') return;
+      }
+    }
+    this.#outage.error('subscriber', lastError);
+    sub.disconnect();
   }
 
   async #subscribe(sub: Redis): Promise<void> {

@@ -541,3 +541,37 @@ describe('Usage recording across a Redis stall', () => {
     expect(await usageTotals(gw)).toMatchObject({ requests: c.requests });
   });
 });
+
+describe("the change feed's subscriber check", () => {
+  it('keeps the subscription through single slow answers: a Redis that stalls now and then is not a dead one', async () => {
+    const server = await startRedisServer();
+    cleanups.push(() => server.stop());
+    const probe = new Redis(server.url);
+    const pid = Number(/process_id:(\d+)/.exec(await probe.info('server'))![1]);
+    probe.disconnect();
+    // Checked every 300 ms, each PING bounded by 500 ms: the time scale of production's 5 s and 1 s, shrunk.
+    const store = await createRedisStore({ url: server.url, prefix: `tg-${randomUUID()}:`, commandTimeoutMs: 500, subscriberCheckIntervalMs: 300 });
+    cleanups.push(() => store.close());
+    const heard: string[] = [];
+    store.onKeyChange((change) => heard.push(change.id));
+    await store.ping();
+    await sleep(300); // subscribed: its '*' heard
+    const before = heard.length;
+    // Stalls of 700 ms: a PING sent early in one times out, the one sent after it is answered.
+    const until = Date.now() + 6000;
+    try {
+      while (Date.now() < until) {
+        process.kill(pid, 'SIGSTOP');
+        await sleep(700);
+        process.kill(pid, 'SIGCONT');
+        await sleep(100);
+      }
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    // Had it been dropped, it would be subscribed again by now, saying so ('*': every instance
+    // forgets its keys).
+    await sleep(1500);
+    expect(heard.slice(before)).toEqual([]);
+  }, 30_000);
+});
