@@ -70,7 +70,7 @@
       if (value === undefined || value === null || value === false) continue;
       if (name === 'class') node.className = value;
       else if (name === 'text') node.textContent = shown(value);
-      else node.setAttribute(name, name === 'title' ? shown(value) : String(value));
+      else node.setAttribute(name, name === 'title' || name === 'aria-label' ? shown(value) : String(value));
     }
     for (const child of children) {
       if (child === null || child === undefined) continue;

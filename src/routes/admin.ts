@@ -64,12 +64,12 @@ function isMergePatch(contentType: string | undefined): boolean {
 }
 
 /**
- * How deep a merge patch is merged into a key's limits, cache or metadata. None of them holds an
- * object (their members are numbers, strings, booleans), so a value deeper down replaces whatever
- * was there, and the schema refuses it: the merge never recurses on a patch nested thousands of
- * levels deep (a 500 once, the stack exhausted).
+ * How deep a merge patch is merged into a key's limits, cache or metadata: their members only. None
+ * of those members is an object (numbers, strings, booleans), so a member's value replaces whatever
+ * was there (an object is then the schema's to refuse): the merge never recurses on a patch nested
+ * thousands of levels deep (a 500 once, the stack exhausted).
  */
-const MERGE_DEPTH = 2;
+const MERGE_DEPTH = 1;
 
 /** RFC 7396: `patch` applied to `target` (objects merged member by member, null removes a member). */
 function mergePatch(target: unknown, patch: unknown, depth = 1): unknown {

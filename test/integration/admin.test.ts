@@ -407,6 +407,9 @@ describe('PATCH with a JSON merge patch (application/merge-patch+json)', () => {
     const merged = await mergePatch(gw, id, { name: 'merged', limits: { rpm: 20, usdPerDay: 5 }, metadata: { env: 'prod' } });
     expect(merged.status).toBe(200);
     expect(merged.body).toMatchObject({ name: 'merged', limits: { rpm: 20, tpm: 1000, usdPerDay: 5 }, metadata: { team: 'a', env: 'prod' } });
+    // RFC 7396 within a field: null removes a member, others are set, the rest stay.
+    expect((await mergePatch(gw, id, { metadata: { team: null, owner: 'x' } })).body.metadata).toEqual({ env: 'prod', owner: 'x' });
+    await mergePatch(gw, id, { metadata: { team: 'a', owner: null } });
     const removed = await mergePatch(gw, id, { limits: { tpm: null }, metadata: { team: null }, cache: { ttlSeconds: 60 } });
     expect(removed.body).toMatchObject({ limits: { rpm: 20, usdPerDay: 5 }, metadata: { env: 'prod' }, cache: { ttlSeconds: 60 } });
     expect(removed.body.limits.tpm).toBeUndefined();

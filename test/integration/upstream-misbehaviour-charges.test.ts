@@ -207,10 +207,8 @@ describe('a non-streamed 200 without usage is charged an estimate, marked estima
     expect(events[0]).toMatchObject({ promptTokens: prompt, completionTokens: 5, estimated: true });
   });
 
-  it('a background response created (queued, usage to come at OpenAI) is recorded at 0 tokens, not estimated', async () => {
-    upstream.set(
-      json({ id: 'resp_bg1', object: 'response', status: 'queued', background: true, model: 'gpt-4o-mini', error: null, output: [], usage: null }),
-    );
+  it.each(['queued', 'in_progress'])('a background response created (%s, usage to come at OpenAI) is recorded at 0 tokens, not estimated', async (status) => {
+    upstream.set(json({ id: 'resp_bg1', object: 'response', status, background: true, model: 'gpt-4o-mini', error: null, output: [], usage: null }));
     // A key with a token or USD limit may not start one (400 background_not_metered).
     ({ key, id: keyId } = await gw.createKey({ name: 'background', limits: { rpm: 100 } }));
     await (await post('/v1/responses', { ...responses, background: true, store: true })).text();
