@@ -169,7 +169,10 @@ const ERROR_BODY_READ_LIMIT = 64 * 1024;
 /**
  * The body of a 429, read whole (OpenAI says in it whether the key's quota is spent, which no wait
  * mends), and a stream of the same bytes to pass on; one that fails to arrive passes its error on.
- * Past ERROR_BODY_READ_LIMIT it is not OpenAI's: what was read and the rest pass on as they come.
+ * Past ERROR_BODY_READ_LIMIT it is not OpenAI's: it passes on without its code, what was read and
+ * then the rest of `body` (maskedBody buffers it all again, as any error body: this bounds only
+ * what is read here). Whoever drops the returned stream (a retry, the client gone) ends `body` too,
+ * which gives its connection back.
  */
 async function readRateLimitBody(body: Readable): Promise<{ code: unknown; body: Readable }> {
   try {
@@ -183,7 +186,14 @@ async function readRateLimitBody(body: Readable): Promise<{ code: unknown; body:
           yield* chunks;
           yield* body;
         };
-        return { code: undefined, body: Readable.from(rest(), { objectMode: false }) };
+        const passed = Readable.from(rest(), { objectMode: false });
+        // Dropped before or while it reads the rest: `body` ends with it (a generator never started
+        // runs no `finally`). Until then an error of `body` is the passed stream's to report.
+        body.on('error', () => {});
+        passed.once('close', () => {
+          if (!body.readableEnded) body.destroy();
+        });
+        return { code: undefined, body: passed };
       }
     }
     const bytes = Buffer.concat(chunks);
@@ -410,6 +420,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         retrying(req, `connection:${code}`, { attempt, keyIndex: key?.index, code, waitMs: Math.round(wait) }, 'upstream connection failed; retrying');
         if (!(await waitFor(wait))) {
           if (req.signal?.aborted) throw req.signal.reason;
+          if (retries > 0) failure.headers['x-should-retry'] = 'false';
           throw failure;
         }
         retries++;
@@ -442,6 +453,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
       }
       // Only now is the response known to be dropped: nothing of it ever reaches the client.
       if (body === res.body) await discard(res);
+      else body.destroy(); // read in part or whole (a 429): its end gives the connection back
       retrying(req, `status:${res.statusCode}`, { attempt, keyIndex: key.index, status: res.statusCode, waitMs: Math.round(wait.ms) }, 'upstream answered an error; retrying');
       if (!(await waitFor(wait.ms))) {
         if (req.signal?.aborted) throw req.signal.reason;
@@ -471,11 +483,12 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         // Upstream's wait is this key's; a healthy other key can take the request now.
         if (keyPool.hasHealthyOther(refused)) return { ms: 0, counts: false };
       }
-      if (shouldRetryHeader(res.headers) === false || retries >= maxRetries) return undefined;
+      if (shouldRetryHeader(res.headers) === false) return undefined;
       if (requested !== undefined && requested > retryAfterMaxMs) {
         leftToClient = true; // the client may wait, not us
         return undefined;
       }
+      if (retries >= maxRetries) return undefined;
       const ms = requested ?? backoffMs(retries, retryBaseDelayMs, retryMaxDelayMs);
       if (performance.now() + ms >= deadline - 50) return undefined; // would outlast the total timeout: answer now
       return { ms, counts: true };

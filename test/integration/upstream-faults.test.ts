@@ -204,6 +204,14 @@ describe('timeouts and retries (one key)', () => {
     expect(res.headers.get('retry-after')).toBe('60');
     expect(res.headers.get('x-should-retry')).toBeNull(); // was false: the SDK never waited the 60 s
     expect(gw.fake.requests).toHaveLength(2);
+    // The same after every retry was used: the wait is still the client's to take.
+    gw.fake.reset();
+    gw.fake.failNext(2, 500);
+    gw.fake.failNext(1, 429, undefined, { 'retry-after': '60' });
+    const last = await post(gw, key);
+    expect(last.status).toBe(429);
+    expect(last.headers.get('x-should-retry')).toBeNull();
+    expect(gw.fake.requests).toHaveLength(3);
   });
 
   it('a 429 with a body too large to read for its code still reaches the client whole', async () => {

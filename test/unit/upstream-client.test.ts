@@ -267,4 +267,29 @@ describe('connections shared among keys', () => {
       await client.close();
     }
   });
+
+  it('a 429 read for its code (whole, or past the read limit) gives its connection back, retried or passed on', async () => {
+    const client = createUpstreamClient(upstream({ maxConnections: 1, maxRetries: 1 }));
+    const big = { error: { message: `Slow down. ${'x'.repeat(300_000)}`, type: 'requests', param: null, code: 'rate_limit_exceeded' } };
+    try {
+      for (const body of [big, undefined]) {
+        fake.failNext(1, 429, body, { 'retry-after': '0' });
+        const retried = await client.send({ method: 'POST', path: '/chat/completions', body: chat(), tenant: 'a' });
+        expect(retried.status).toBe(200);
+        for await (const _ of retried.body) void _;
+        await sleep(10);
+        expect(client.connections()).toEqual({ held: 0, waiting: 0 }); // was held: 1 for the big one, for good
+        // Passed on (no retries left) and dropped before it is read.
+        fake.failNext(2, 429, body, { 'retry-after': '0' });
+        const passed = await client.send({ method: 'POST', path: '/chat/completions', body: chat(), tenant: 'a' });
+        expect(passed.status).toBe(429);
+        passed.body.destroy();
+        await sleep(10);
+        expect(client.connections()).toEqual({ held: 0, waiting: 0 });
+      }
+    } finally {
+      fake.reset();
+      await client.close();
+    }
+  });
 });
