@@ -15,7 +15,7 @@ import { isModelAllowed } from '../keys.js';
 import { clientClosed, invalidRequest, modelNotFound, openAIErrorBody, upstreamAuthFailed, type OpenAIErrorBody } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { abandonedAfterSending, endedByTimeout, upstreamFailure } from '../upstream/client.js';
-import { carriesError } from '../upstream/redact.js';
+import { carriesError, depthAt } from '../upstream/redact.js';
 import { exactSeedDigits, stringifyWithSeed } from '../openai/big-seed.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
 import { serveHit } from './serve-hit.js';
@@ -455,8 +455,8 @@ export async function sendBuffered(
      */
     beforeEnd?: () => Promise<void> | undefined;
     /**
-     * A 2xx body larger than WHOLE_PARSE_MAX_BYTES is read from its last members (lastMembers); its
-     * text is kept (for the cache) only up to this size. Default 0.
+     * A 2xx body larger than WHOLE_PARSE_MAX_BYTES and than this (the cache's largest entry, when it
+     * may store the answer; default 0) is not parsed whole, nor its text kept: see readLargeJsonBody.
      */
     keepTextUpTo?: number;
   } = {},
@@ -491,7 +491,11 @@ export async function sendBuffered(
   trace.ttfbMs = reply.elapsedTime;
   if (isError && body === undefined) reply.type('application/json; charset=utf-8').send(unreadableUpstreamError(res));
   else reply.send(bytes);
-  if (!beforeSend && !isError) body = bytes.length > WHOLE_PARSE_MAX_BYTES ? readLargeJsonBody(res, bytes, read.keepTextUpTo ?? 0) : readJsonBody(res, bytes);
+  if (!beforeSend && !isError) {
+    // A large answer the cache may store is parsed whole: its entry is the whole text, so it must be JSON.
+    const large = bytes.length > Math.max(WHOLE_PARSE_MAX_BYTES, read.keepTextUpTo ?? 0);
+    body = large ? readLargeJsonBody(res, bytes, read.readUsage) : readJsonBody(res, bytes);
+  }
   const json = body?.json;
   const error = (json as { error?: unknown } | undefined)?.error;
   if (res.status === 200) {
@@ -539,23 +543,33 @@ const WHOLE_PARSE_MAX_BYTES = 1024 * 1024;
 /** How far from its end a large answer is searched for its last members. */
 const LAST_MEMBERS_BYTES = 64 * 1024;
 
+/** How far from its start a large answer is searched for its `model` (chat and completions write it first). */
+const HEAD_BYTES = 4 * 1024;
+
 /**
- * A large JSON answer read from its last top-level members (OpenAI writes `model` and `usage` after
- * `data` and `choices`): what the gateway reads of an answer, without parsing the rest. Its text only
- * up to `keepTextUpTo` bytes. When no `usage` member is found there, it is parsed whole after all.
+ * A large JSON answer, too large to be cached, read from its last top-level members (OpenAI writes
+ * `usage` after `data` and `choices`) and its `model` (after `data` in embeddings, before `choices`
+ * in chat and completions), without parsing the rest. Parsed whole after all when no usage that
+ * `readUsage` takes is found there (none, null, malformed): estimates need the whole answer.
  */
-function readLargeJsonBody(res: UpstreamResponse, bytes: Buffer, keepTextUpTo: number): { text: string | undefined; json: unknown } | undefined {
+function readLargeJsonBody(res: UpstreamResponse, bytes: Buffer, readUsage: ((json: unknown) => Usage | undefined) | undefined): { text: undefined; json: unknown } | ReturnType<typeof readJsonBody> {
   if (!String(res.headers['content-type'] ?? '').includes('json')) return undefined;
-  const json = lastMembers(bytes);
-  if (json === undefined) return readJsonBody(res, bytes);
-  return { text: bytes.length <= keepTextUpTo ? bytes.toString('utf8') : undefined, json };
+  const members = lastMembers(bytes);
+  const usable = members && (readUsage ? readUsage(members) !== undefined : typeof members.usage === 'object' && members.usage !== null);
+  if (!usable) return readJsonBody(res, bytes);
+  if (members.model === undefined) {
+    const model = headModel(bytes);
+    if (model !== undefined) members.model = model;
+  }
+  return { text: undefined, json: members };
 }
 
 /**
  * The members of a JSON object from its `model` (when that comes after the bulk) or its `usage` to
  * its end, as an object; undefined when they are not found in its last LAST_MEMBERS_BYTES. A slice
- * that parses as `{` + slice can only start at a member of the outermost object: one starting inside
- * a nested object would close it before the end, leaving text after the parsed object.
+ * that parses as `{` + slice, starting at a member name that follows a comma, is the outermost
+ * object's last members: one starting inside a nested object would close it before the end, leaving
+ * text after the parsed object. (An answer broken before the slice is not seen to be broken.)
  */
 function lastMembers(bytes: Buffer): Record<string, unknown> | undefined {
   const tail = bytes.toString('utf8', Math.max(0, bytes.length - LAST_MEMBERS_BYTES));
@@ -563,11 +577,27 @@ function lastMembers(bytes: Buffer): Record<string, unknown> | undefined {
   if (usageAt < 0) return undefined;
   const modelAt = tail.lastIndexOf('"model"', usageAt);
   for (const at of modelAt >= 0 ? [modelAt, usageAt] : [usageAt]) {
+    if (!/,\s*$/.test(tail.slice(Math.max(0, at - 64), at))) continue; // a name after a comma, not `\"usage"` in a string
     try {
       const members = JSON.parse(`{${tail.slice(at)}`) as unknown;
       if (typeof members === 'object' && members !== null && 'usage' in members) return members as Record<string, unknown>;
     } catch {
       // not a member of the outermost object: try the next
+    }
+  }
+  return undefined;
+}
+
+/** The string value of the outermost object's `model` member in the first HEAD_BYTES, if there. */
+function headModel(bytes: Buffer): string | undefined {
+  const head = bytes.toString('utf8', 0, Math.min(bytes.length, HEAD_BYTES));
+  const member = /"model"\s*:\s*("(?:[^"\\]|\\.)*")/g;
+  for (let m = member.exec(head); m !== null; m = member.exec(head)) {
+    if (depthAt(head, m.index) !== 1) continue;
+    try {
+      return JSON.parse(m[1]!) as string;
+    } catch {
+      return undefined;
     }
   }
   return undefined;

@@ -96,7 +96,7 @@ const QUOTE = 34;
 const BACKSLASH = 92;
 
 /** How deep in objects and arrays position `end` of JSON text is (1: a member of the top-level object). */
-function depthAt(data: string | Buffer, end: number): number {
+export function depthAt(data: string | Buffer, end: number): number {
   let depth = 0;
   let inString = false;
   for (let i = 0; i < end; i++) {

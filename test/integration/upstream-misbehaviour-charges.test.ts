@@ -314,6 +314,28 @@ describe('a large answer (an embeddings batch) is not parsed whole', () => {
     expect(largest).toBeLessThan(100_000);
   });
 
+  it("a large chat answer (logprobs) is read the same way, its model from its head, where chat writes it", async () => {
+    const logprobs = { content: Array.from({ length: 6000 }, (_, i) => ({ token: `t${i}`, logprob: -0.5, bytes: [116], top_logprobs: Array.from({ length: 5 }, () => ({ token: 'x', logprob: -1.25, bytes: [120] })) })) };
+    const answer = (usage: unknown) => ({
+      id: 'chatcmpl-big',
+      object: 'chat.completion',
+      created: 1,
+      model: 'gpt-4o-mini-2024-07-18',
+      choices: [{ index: 0, message: { role: 'assistant', content: 'Yes.' }, logprobs, finish_reason: 'stop' }],
+      usage,
+    });
+    upstream.set(json(answer({ prompt_tokens: 30, completion_tokens: 6000, total_tokens: 6030 })));
+    expect(JSON.stringify(answer(null)).length).toBeGreaterThan(1024 * 1024);
+    await (await post('/v1/chat/completions', chat)).text();
+    const first = await accounting(1);
+    expect(first.events[0]).toMatchObject({ promptTokens: 30, completionTokens: 6000, modelAnswered: 'gpt-4o-mini-2024-07-18', estimated: false });
+    // usage null: not usable, so parsed whole and estimated from the answer's text, as a small one is.
+    upstream.set(json(answer(null)));
+    await (await post('/v1/chat/completions', chat)).text();
+    const second = await accounting(2);
+    expect(second.events.at(-1)).toMatchObject({ promptTokens: estimate('chat.completions', chat), completionTokens: counted('Yes.', chat.model), estimated: true });
+  });
+
   it('is still cached when CACHE_MAX_ENTRY_BYTES lets it be', async () => {
     const roomy = await startGateway({ env: { OPENAI_BASE_URL: upstream.url, CACHE_ENABLED: 'true', CACHE_MAX_ENTRY_BYTES: String(20 * 1024 * 1024) } });
     try {
