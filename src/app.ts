@@ -34,6 +34,7 @@ import { createStoreHealth } from './resilience/store-health.js';
 import { guardStore } from './resilience/guarded-store.js';
 import { degradedModes } from './resilience/modes.js';
 import { ThrottledWarning } from './resilience/throttled-log.js';
+import type { RequestTrace } from './request-context.js';
 import './request-context.js';
 
 export interface BuildOptions {
@@ -274,6 +275,18 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.removeContentTypeParser('text/plain');
   app.addContentTypeParser('*', { parseAs: 'buffer' }, keepRawAndParse);
 
+  /**
+   * The model of a request that was not served is a name the client chose: recorded only when the
+   * price table lists it exactly, else kept for the log line alone (modelRefused). Otherwise any
+   * refusal before upstream (a 400 model_price_unknown, a 429, a hang-up) would write any number of
+   * names into the usage aggregates, kept 90 days.
+   */
+  function unvouchedModelRefused(trace: RequestTrace, status: number) {
+    if (trace.model === undefined || status < 400 || prices.pricedAs(trace.model) === trace.model) return;
+    trace.modelRefused ??= trace.model;
+    trace.model = undefined;
+  }
+
   // Shutdown, per connection: silent ones closed, late requests refused, the deadline's cut said so.
   const connections = watchConnections(app);
   app.addHook('onRequest', async (request, reply) => {
@@ -291,6 +304,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       });
       void completion
         .then(() => {
+          unvouchedModelRefused(request.trace, reply.statusCode);
           const event = isMetered(request) ? usageEventOf(request, reply) : undefined;
           logLine(request, reply, event);
           if (!event) return;

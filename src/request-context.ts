@@ -9,9 +9,10 @@ export interface RequestTrace {
   /** The model asked for, once the key may use it (and unless upstream said it does not exist). */
   model?: string;
   /**
-   * One the key may not use, or upstream does not know (404 model_not_found), for the log line
-   * only: usage and metrics record no model for it, or a client could write any number of model
-   * names into the usage aggregates (kept 90 days).
+   * One the key may not use, or upstream does not know (404 model_not_found), or of a request not
+   * served that the price table does not list exactly: for the log line only. Usage and metrics
+   * record no model for it, or a client could write any number of model names into the usage
+   * aggregates (kept 90 days).
    */
   modelRefused?: string;
   stream?: boolean;

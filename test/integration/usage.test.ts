@@ -123,6 +123,12 @@ describe('exact accounting', () => {
     // The log line still says what was asked.
     const refused = gw.logs.requests().filter((l) => l.keyId === narrow.id);
     expect(refused.map((l) => [l.model, l.modelRefused])).toEqual([[null, 'spam-1'], [null, 'spam-2'], [null, '</script>'], [null, 'spam-3']]);
+    // Nor any other refusal of a name the price table does not list (400 model_price_unknown here).
+    const budgeted = await gw.createKey({ name: 'budgeted', limits: { usdPerDay: 5 } });
+    for (const name of ['spam-a', 'spam-b']) expect((await post(budgeted.key, chat('x', { model: name }))).status).toBe(400);
+    expect((await post(budgeted.key, chat('x'))).status).toBe(200);
+    await expect.poll(async () => (await report(`groupBy=model&keyId=${budgeted.id}`)).totals.requests).toBe(3);
+    expect((await report(`groupBy=model&keyId=${budgeted.id}`)).data.map((r) => r.model).sort()).toEqual(['gpt-4o-mini', null]);
     // A key that may use every model: a name upstream answers 404 model_not_found for is no row either.
     expect((await report(`groupBy=model&keyId=${a.id}`)).data.map((r) => r.model)).not.toContain('gpt-nonexistent');
     expect(gw.logs.requests().find((l) => l.modelRefused === 'gpt-nonexistent')).toMatchObject({ keyId: a.id, status: 404, errorCode: 'model_not_found' });
