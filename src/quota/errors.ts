@@ -42,6 +42,8 @@ interface Context {
   usdMicros: number;
   headers: Record<string, string>;
   now: number;
+  /** The instant whose day and month the request counts in (its arrival); default `now`. */
+  countsAt?: number;
   timeZone: string;
 }
 
@@ -83,11 +85,20 @@ export function quotaExceeded(result: Extract<AdmissionResult, { admitted: false
     const message = `This request ${request}. What is left of this gateway key's ${wording} of ${budget} covers it, but requests in flight hold it until they end. Please try again in ${seconds}s.`;
     return new GatewayError(429, message, unit, 'rate_limit_exceeded', null, headers);
   }
-  const p = periodsAt(ctx.now, ctx.timeZone);
-  const resetsAt = new Date(period === 'day' ? p.dayEndsAt : p.monthEndsAt).toISOString();
+  const p = periodsAt(ctx.countsAt ?? ctx.now, ctx.timeZone);
+  const endsAt = period === 'day' ? p.dayEndsAt : p.monthEndsAt;
+  const resetsAt = new Date(endsAt).toISOString();
   // The store says only which limit refused the request, not how much of it is spent: the request
   // may be larger than what is left, or than the whole budget (then no reset lets it through).
   const wholeBudget = value !== undefined && (unit === 'usd' ? ctx.usdMicros > usdToMicros(value) : ctx.tokens > value);
+  if (!wholeBudget && endsAt <= ctx.now) {
+    // It arrived before the period's end and was refused after it (a slow upload): sent again now,
+    // it counts in the new period.
+    headers['retry-after'] = '1';
+    headers['retry-after-ms'] = '1000';
+    const message = `This request ${request}, more than was left of this gateway key's ${wording} of ${budget} when it arrived. It has reset since, at ${resetsAt}. Please try again in 1s.`;
+    return new GatewayError(429, message, unit, 'rate_limit_exceeded', null, headers);
+  }
   const message = wholeBudget
     ? `This request ${request}, more than this gateway key's whole ${wording} of ${budget}, so it cannot be served under this budget. Lower max_tokens (or n, or the number of prompts) or the prompt.`
     : `This request ${request}, more than is left of this gateway key's ${wording} of ${budget}. It resets at ${resetsAt}.`;

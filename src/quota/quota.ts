@@ -348,7 +348,7 @@ export function createQuota(opts: QuotaOptions) {
     if (releaseLocal) headers['x-tollgate-degraded'] = 'quota-open';
     if (!result.admitted) {
       // A budget's reset is that of the period the request counts in.
-      throw quotaExceeded(result, key.limits, { tokens, usdMicros, headers, now: countsAt, timeZone: opts.timeZone });
+      throw quotaExceeded(result, key.limits, { tokens, usdMicros, headers, now: request.now, countsAt, timeZone: opts.timeZone });
     }
     // A lease exists only for an admission the store recorded.
     if (!releaseLocal && !free) live.set(reservationId, { keyId: key.id, reservationId });

@@ -105,7 +105,7 @@ describe('calendar windows', () => {
     expect(await used()).toBe(row!.totalTokens);
   });
 
-  it("a budget refusal of such a request names the reset of the day it arrived", async () => {
+  it("a budget refusal of such a request names the reset of the day it arrived, and says to retry: it has passed", async () => {
     const { gw, setTime } = await gatewayAt('2026-11-30T23:59:59.000Z');
     const { key } = await gw.createKey({ limits: { tokensPerDay: 100 } });
     expect((await chat(gw, key, 10)).status).toBe(200);
@@ -113,7 +113,8 @@ describe('calendar windows', () => {
     const refused = await uploadedPastMidnight(gw, key, 90, () => setTime('2026-12-01T00:00:01Z'));
     expect(refused.status).toBe(429);
     // Was 2026-12-02: the reset of the day it was admitted in, not of the budget that refused it.
-    expect(refused.text).toContain('It resets at 2026-12-01T00:00:00.000Z');
+    expect(refused.text).toContain('It has reset since, at 2026-12-01T00:00:00.000Z. Please try again in 1s.');
+    expect(refused.text).toContain('"code":"rate_limit_exceeded"');
   });
 
   it('follows the configured time zone', async () => {
