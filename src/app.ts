@@ -276,15 +276,20 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.addContentTypeParser('*', { parseAs: 'buffer' }, keepRawAndParse);
 
   /**
-   * The model of a request that was not served is a name the client chose: recorded only when the
-   * price table lists it exactly, else kept for the log line alone (modelRefused). Otherwise any
-   * refusal before upstream (a 400 model_price_unknown, a 429, a hang-up) would write any number of
-   * names into the usage aggregates, kept 90 days.
+   * The model of a request that was neither served nor charged is a name the client chose: recorded
+   * as the price table's id it is priced as (itself, or a dated snapshot's model, as metrics label
+   * it), else as none, the name kept for the log line alone (modelRefused). Otherwise any refusal
+   * before upstream (a 400 model_price_unknown, a 429) would write any number of names into the
+   * usage aggregates, kept 90 days. A charged request (a hang-up after sending, a cut answer)
+   * passed admission and keeps its model.
    */
   function unvouchedModelRefused(trace: RequestTrace, status: number) {
-    if (trace.model === undefined || status < 400 || prices.pricedAs(trace.model) === trace.model) return;
+    if (trace.model === undefined || status < 400) return;
+    if ((trace.costMicros ?? 0) > 0 || (trace.usage?.totalTokens ?? 0) > 0) return;
+    const priced = prices.pricedAs(trace.model);
+    if (priced === trace.model) return;
     trace.modelRefused ??= trace.model;
-    trace.model = undefined;
+    trace.model = priced;
   }
 
   // Shutdown, per connection: silent ones closed, late requests refused, the deadline's cut said so.

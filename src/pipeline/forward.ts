@@ -554,9 +554,9 @@ const HEAD_BYTES = 4 * 1024;
  */
 function readLargeJsonBody(res: UpstreamResponse, bytes: Buffer, readUsage: ((json: unknown) => Usage | undefined) | undefined): { text: undefined; json: unknown } | ReturnType<typeof readJsonBody> {
   if (!String(res.headers['content-type'] ?? '').includes('json')) return undefined;
-  const members = lastMembers(bytes);
-  const usable = members && (readUsage ? readUsage(members) !== undefined : typeof members.usage === 'object' && members.usage !== null);
-  if (!usable) return readJsonBody(res, bytes);
+  // Without a usage reader (a stored response read back, the model list) nothing says what to read.
+  const members = readUsage ? lastMembers(bytes) : undefined;
+  if (!members || readUsage?.(members) === undefined) return readJsonBody(res, bytes);
   if (members.model === undefined) {
     const model = headModel(bytes);
     if (model !== undefined) members.model = model;

@@ -182,17 +182,24 @@ async function readRateLimitBody(body: Readable): Promise<{ code: unknown; body:
       chunks.push(chunk as Buffer);
       size += (chunk as Buffer).length;
       if (size > ERROR_BODY_READ_LIMIT) {
-        const rest = async function* () {
-          yield* chunks;
-          yield* body;
-        };
-        const passed = Readable.from(rest(), { objectMode: false });
-        // Dropped before or while it reads the rest: `body` ends with it (a generator never started
-        // runs no `finally`). Until then an error of `body` is the passed stream's to report.
-        body.on('error', () => {});
-        passed.once('close', () => {
-          if (!body.readableEnded) body.destroy();
+        // What was read, then the rest of `body` with its back-pressure; dropped (a retry, the
+        // client gone), it ends `body` at once, even while upstream stalls mid-body.
+        const passed = new Readable({
+          read() {
+            body.resume();
+          },
+          destroy(err, done) {
+            if (!body.readableEnded) body.destroy();
+            done(err);
+          },
         });
+        for (const chunk of chunks) passed.push(chunk);
+        body.on('data', (chunk: Buffer) => {
+          if (!passed.push(chunk)) body.pause();
+        });
+        if (body.readableEnded) passed.push(null);
+        else body.once('end', () => passed.push(null));
+        body.on('error', (err) => passed.destroy(err));
         return { code: undefined, body: passed };
       }
     }

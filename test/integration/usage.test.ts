@@ -129,6 +129,11 @@ describe('exact accounting', () => {
     expect((await post(budgeted.key, chat('x'))).status).toBe(200);
     await expect.poll(async () => (await report(`groupBy=model&keyId=${budgeted.id}`)).totals.requests).toBe(3);
     expect((await report(`groupBy=model&keyId=${budgeted.id}`)).data.map((r) => r.model).sort()).toEqual(['gpt-4o-mini', null]);
+    // A dated snapshot refused (429 here) counts as the table's model it is priced as, as metrics label it.
+    const pinned = await gw.createKey({ name: 'pinned', limits: { rpm: 1 } });
+    for (const status of [200, 429]) expect((await post(pinned.key, chat('x', { model: 'gpt-4o-mini-2024-07-18' }))).status).toBe(status);
+    await expect.poll(async () => (await report(`groupBy=model&keyId=${pinned.id}`)).totals.requests).toBe(2);
+    expect((await report(`groupBy=model&keyId=${pinned.id}`)).data.map((r) => r.model).sort()).toEqual(['gpt-4o-mini', 'gpt-4o-mini-2024-07-18']);
     // A key that may use every model: a name upstream answers 404 model_not_found for is no row either.
     expect((await report(`groupBy=model&keyId=${a.id}`)).data.map((r) => r.model)).not.toContain('gpt-nonexistent');
     expect(gw.logs.requests().find((l) => l.modelRefused === 'gpt-nonexistent')).toMatchObject({ keyId: a.id, status: 404, errorCode: 'model_not_found' });

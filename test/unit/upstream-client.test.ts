@@ -268,6 +268,30 @@ describe('connections shared among keys', () => {
     }
   });
 
+  it('a large 429 passed on and dropped while upstream stalls mid-body gives its connection back at once', async () => {
+    const { createServer } = await import('node:http');
+    const stalling = createServer((_req, res) => {
+      res.writeHead(429, { 'content-type': 'application/json' });
+      res.write(`{"error":{"message":"${'x'.repeat(100_000)}`); // and never more
+    });
+    await new Promise<void>((resolve) => stalling.listen(0, '127.0.0.1', resolve));
+    const port = (stalling.address() as { port: number }).port;
+    const client = createUpstreamClient(upstream({ baseUrl: `http://127.0.0.1:${port}/v1`, maxConnections: 1, idleTimeoutMs: 10_000 }));
+    try {
+      const res = await client.send({ method: 'POST', path: '/chat/completions', body: chat(), tenant: 'a' });
+      expect(res.status).toBe(429);
+      await sleep(100); // what upstream sent is read; the rest never comes
+      expect(client.connections()).toEqual({ held: 1, waiting: 0 });
+      res.body.destroy();
+      await sleep(100);
+      expect(client.connections()).toEqual({ held: 0, waiting: 0 }); // was held until the idle timeout
+    } finally {
+      stalling.closeAllConnections();
+      stalling.close();
+      await client.close();
+    }
+  });
+
   it('a 429 read for its code (whole, or past the read limit) gives its connection back, retried or passed on', async () => {
     const client = createUpstreamClient(upstream({ maxConnections: 1, maxRetries: 1 }));
     const big = { error: { message: `Slow down. ${'x'.repeat(300_000)}`, type: 'requests', param: null, code: 'rate_limit_exceeded' } };
