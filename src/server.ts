@@ -59,7 +59,7 @@ async function main() {
   const memoryTrim = startMemoryTrimmer(config.memoryTrimIntervalMs).status;
   app.log.info({ heap, memoryTrim }, 'memory configured');
 
-  if (config.demo) await printDemoBanner(app, config, address, demoAdminToken);
+  if (config.demo) await printDemoBanner(config, address, demoAdminToken);
 
   let closing = false;
   const shutdown = async (signal: string) => {
@@ -163,7 +163,7 @@ function redisUrlSecrets(url: string | undefined): string[] {
  * real secret, shown as $ADMIN_TOKEN. With a Redis store no key is made: it would outlive the demo
  * and authenticate on every instance sharing that Redis, against the real OpenAI there.
  */
-async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config: Config, address: string, demoAdminToken: string | undefined) {
+async function printDemoBanner(config: Config, address: string, demoAdminToken: string | undefined) {
   const base = address.replace('0.0.0.0', '127.0.0.1').replace('[::]', '127.0.0.1');
   const adminToken = demoAdminToken ?? '$ADMIN_TOKEN';
   const createKey = `  curl -X POST ${base}/admin/keys -H "Authorization: Bearer ${adminToken}" -H "Content-Type: application/json" -d '{"name":"demo"}'`;
@@ -175,19 +175,20 @@ async function printDemoBanner(app: Awaited<ReturnType<typeof buildApp>>, config
     );
     return;
   }
-  const res = await app.inject({
+  // Over HTTP, as any client: an injected request has no socket, and its log line said the client left.
+  const res = await fetch(`${base}/admin/keys`, {
     method: 'POST',
-    url: '/admin/keys',
-    headers: { authorization: `Bearer ${config.adminToken}` },
-    payload: { name: 'demo' },
+    headers: { authorization: `Bearer ${config.adminToken}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'demo' }),
   });
-  if (res.statusCode !== 201) {
+  const answer = (await res.json().catch(() => ({}))) as { key?: string; error?: { message?: string } };
+  if (res.status !== 201 || answer.key === undefined) {
     // Say so rather than print `undefined` as a key.
-    const error = (res.json() as { error?: { message?: string } }).error?.message ?? `HTTP ${res.statusCode}`;
+    const error = answer.error?.message ?? `HTTP ${res.status}`;
     process.stdout.write(`\nTollgate demo is running (fake OpenAI upstream, in-memory store), but no demo key could be created: ${error}\n${createKey}\n\n`);
     return;
   }
-  const { key } = res.json() as { key: string };
+  const { key } = answer;
   // Written to stdout on purpose, outside the JSON log: a throwaway key of an in-memory store, and
   // the demo's own admin token.
   process.stdout.write(

@@ -70,6 +70,11 @@ describe('demo mode', () => {
     expect(res.status).toBe(200);
     expect(((await res.json()) as { object: string }).object).toBe('chat.completion');
     expect(server.output()).toContain('in-memory store');
+    // The demo key is made over HTTP: its log line is a request's like any other (an injected one
+    // said the client had left).
+    await expect.poll(() => server.output()).toMatch(/"status":201[^\n]*"path":"\/admin\/keys"/);
+    const created = server.output().split('\n').find((l) => l.includes('"path":"/admin/keys"'))!;
+    expect(created).not.toContain('clientAborted');
     // The start-up log says whether freed native memory is given back (src/native-memory.ts).
     // Logs are written in batches, so poll rather than read once.
     if (onLinuxGlibc) await expect.poll(() => server.output()).toContain('"memoryTrim":{"trimming":true,"intervalMs":1000}');
