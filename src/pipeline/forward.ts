@@ -15,7 +15,8 @@ import { isModelAllowed } from '../keys.js';
 import { clientClosed, invalidRequest, modelNotFound, openAIErrorBody, upstreamAuthFailed, type OpenAIErrorBody } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
 import { abandonedAfterSending, endedByTimeout, upstreamFailure } from '../upstream/client.js';
-import { carriesError, depthAt } from '../upstream/redact.js';
+import { carriesError } from '../upstream/redact.js';
+import { headModel, lastMembers } from '../openai/large-json.js';
 import { exactSeedDigits, stringifyWithSeed } from '../openai/big-seed.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js';
 import { serveHit } from './serve-hit.js';
@@ -540,12 +541,6 @@ function unreadableUpstreamError(res: UpstreamResponse): OpenAIErrorBody {
  * waiting, and its numbers took several times its size in heap.
  */
 const WHOLE_PARSE_MAX_BYTES = 1024 * 1024;
-/** How far from its end a large answer is searched for its last members. */
-const LAST_MEMBERS_BYTES = 64 * 1024;
-
-/** How far from its start a large answer is searched for its `model` (chat and completions write it first). */
-const HEAD_BYTES = 4 * 1024;
-
 /**
  * A large JSON answer, too large to be cached, read from its last top-level members (OpenAI writes
  * `usage` after `data` and `choices`) and its `model` (after `data` in embeddings, before `choices`
@@ -562,45 +557,6 @@ function readLargeJsonBody(res: UpstreamResponse, bytes: Buffer, readUsage: ((js
     if (model !== undefined) members.model = model;
   }
   return { text: undefined, json: members };
-}
-
-/**
- * The members of a JSON object from its `model` (when that comes after the bulk) or its `usage` to
- * its end, as an object; undefined when they are not found in its last LAST_MEMBERS_BYTES. A slice
- * that parses as `{` + slice, starting at a member name that follows a comma, is the outermost
- * object's last members: one starting inside a nested object would close it before the end, leaving
- * text after the parsed object. (An answer broken before the slice is not seen to be broken.)
- */
-function lastMembers(bytes: Buffer): Record<string, unknown> | undefined {
-  const tail = bytes.toString('utf8', Math.max(0, bytes.length - LAST_MEMBERS_BYTES));
-  const usageAt = tail.lastIndexOf('"usage"');
-  if (usageAt < 0) return undefined;
-  const modelAt = tail.lastIndexOf('"model"', usageAt);
-  for (const at of modelAt >= 0 ? [modelAt, usageAt] : [usageAt]) {
-    if (!/,\s*$/.test(tail.slice(Math.max(0, at - 64), at))) continue; // a name after a comma, not `\"usage"` in a string
-    try {
-      const members = JSON.parse(`{${tail.slice(at)}`) as unknown;
-      if (typeof members === 'object' && members !== null && 'usage' in members) return members as Record<string, unknown>;
-    } catch {
-      // not a member of the outermost object: try the next
-    }
-  }
-  return undefined;
-}
-
-/** The string value of the outermost object's `model` member in the first HEAD_BYTES, if there. */
-function headModel(bytes: Buffer): string | undefined {
-  const head = bytes.toString('utf8', 0, Math.min(bytes.length, HEAD_BYTES));
-  const member = /"model"\s*:\s*("(?:[^"\\]|\\.)*")/g;
-  for (let m = member.exec(head); m !== null; m = member.exec(head)) {
-    if (depthAt(head, m.index) !== 1) continue;
-    try {
-      return JSON.parse(m[1]!) as string;
-    } catch {
-      return undefined;
-    }
-  }
-  return undefined;
 }
 
 /** A JSON answer's text and parsed body; undefined when it is not JSON (not ours to judge: it passes as it came). */
