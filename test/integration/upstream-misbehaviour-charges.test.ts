@@ -216,6 +216,19 @@ describe('a non-streamed 200 without usage is charged an estimate, marked estima
     expect((await usageEvents(keyId))[0]).toMatchObject({ status: 200, promptTokens: 0, completionTokens: 0, costMicros: 0, estimated: false });
   });
 
+  it('a charged request that ends in an error keeps the model it asked for (a dated snapshot here)', async () => {
+    // Upstream answers 200, then its connection is lost mid-body: a 502, charged the worst case.
+    upstream.set((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.write('{"id":"chatcmpl-cut","object":"chat.completion","model":"gpt-4o-mini-2024-07-18","choices":[', () => setTimeout(() => res.socket?.destroy(), 30));
+    });
+    const body = { ...chat, model: 'gpt-4o-mini-2024-07-18' };
+    expect((await post('/v1/chat/completions', body)).status).toBe(502);
+    const { events } = await accounting(1);
+    expect(events[0]).toMatchObject({ status: 502, model: 'gpt-4o-mini-2024-07-18', estimated: true });
+    expect(events[0]!.costMicros).toBeGreaterThan(0);
+  });
+
   it('a body that is not JSON: the worst case (prompt + the most output allowed), estimated', async () => {
     upstream.set(json('<html>oops</html>', 'text/html'));
     const res = await post('/v1/chat/completions', chat);
