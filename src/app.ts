@@ -278,17 +278,18 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   /**
    * The model of a request that was neither served nor charged is a name the client chose: recorded
    * as the price table's id it is priced as (itself, or a dated snapshot's model, as metrics label
-   * it), else as none, the name kept for the log line alone (modelRefused). Otherwise any refusal
-   * before upstream (a 400 model_price_unknown, a 429) would write any number of names into the
-   * usage aggregates, kept 90 days. A charged request (a hang-up after sending, a cut answer)
-   * passed admission and keeps its model.
+   * it), else as none, the name kept for the log line alone (modelRefused); none too when it was
+   * refused as a model the key may not use or upstream does not know (model_not_found). Otherwise
+   * any refusal (a 404 for a made-up name, a 400 model_price_unknown, a 429) would write any number
+   * of names into the usage aggregates, kept 90 days. A charged request (a hang-up after sending, a
+   * cut answer) passed admission and keeps its model.
    */
   function unvouchedModelRefused(trace: RequestTrace, status: number) {
     if (trace.model === undefined || status < 400) return;
     if ((trace.costMicros ?? 0) > 0 || (trace.usage?.totalTokens ?? 0) > 0) return;
-    const priced = prices.pricedAs(trace.model);
+    const priced = trace.errorCode === 'model_not_found' ? undefined : prices.pricedAs(trace.model);
     if (priced === trace.model) return;
-    trace.modelRefused ??= trace.model;
+    trace.modelRefused = trace.model;
     trace.model = priced;
   }
 

@@ -6,13 +6,13 @@ export interface RequestTrace {
   /** When the request arrived (the gateway's clock, epoch ms): its usage event's time, and its budgets' day. */
   arrivedAt: number;
   endpoint?: string;
-  /** The model asked for, once the key may use it (and unless upstream said it does not exist). */
+  /** The model asked for (see app.ts unvouchedModelRefused for what is recorded of a refused one). */
   model?: string;
   /**
-   * One the key may not use, or upstream does not know (404 model_not_found), or of a request not
-   * served that the price table does not list exactly: for the log line only. Usage and metrics
-   * record no model for it, or a client could write any number of model names into the usage
-   * aggregates (kept 90 days).
+   * The model asked for by a request refused it (404 model_not_found: the key may not use it, or
+   * upstream does not know it), or neither served nor charged and not in the price table as it is
+   * named: for the log line only, so a client cannot write any number of names into the usage
+   * aggregates (kept 90 days) or metrics.
    */
   modelRefused?: string;
   stream?: boolean;

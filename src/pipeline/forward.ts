@@ -109,13 +109,10 @@ async function handle(
   const key = request.gatewayKey!;
   const trace = request.trace;
   trace.endpoint = endpoint.name;
+  trace.model = body.model;
   trace.stream = endpoint.streamable && body.stream === true;
 
-  if (!isModelAllowed(key.models, body.model)) {
-    trace.modelRefused = body.model;
-    throw modelNotFound(body.model);
-  }
-  trace.model = body.model;
+  if (!isModelAllowed(key.models, body.model)) throw modelNotFound(body.model);
   // A response may continue only a conversation its own key created: OpenAI sees one server key for
   // everybody, so without this check any key could read another's stored conversation back.
   // It also sends that conversation to OpenAI again, billed as input: its tokens join the estimate.
@@ -509,11 +506,6 @@ export async function sendBuffered(
     if (error != null) trace.errorCode = errorCodeOf(error, 'response_failed');
   } else {
     trace.errorCode = errorCodeOf(error, `upstream_${res.status}`);
-    // A name upstream does not know is recorded as no model, as one the key may not use is.
-    if (trace.errorCode === 'model_not_found' && trace.model !== undefined) {
-      trace.modelRefused = trace.model;
-      trace.model = undefined;
-    }
   }
   // Settling and filling the cache come after the answer is on its way: the client never waits for
   // them (the request's log line and usage event are written on 'close', after this has run).

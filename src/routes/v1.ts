@@ -100,11 +100,8 @@ export async function v1Routes(app: FastifyInstance, opts: V1Options) {
   app.get<{ Params: { id: string } }>('/models/:id', async (request, reply) => {
     const { id } = request.params;
     request.trace.endpoint = 'models.retrieve';
-    if (!isModelAllowed(request.gatewayKey!.models, id)) {
-      request.trace.modelRefused = id;
-      throw modelNotFound(id);
-    }
     request.trace.model = id;
+    if (!isModelAllowed(request.gatewayKey!.models, id)) throw modelNotFound(id);
     const res = await getUpstream(request, reply, opts, `/models/${encodeURIComponent(id)}`);
     if (!res) return clientClosed(reply);
     return sendBuffered(reply, res, performance.now(), false);
