@@ -47,6 +47,14 @@ interface Context {
   timeZone: string;
 }
 
+/** Sets retry-after (whole seconds, at least 1) and retry-after-ms, which the SDKs honour; returns the seconds. */
+function retryAfter(headers: Record<string, string>, ms: number): number {
+  const seconds = Math.max(1, Math.ceil(ms / 1000));
+  headers['retry-after'] = String(seconds);
+  headers['retry-after-ms'] = String(Math.ceil(ms));
+  return seconds;
+}
+
 /**
  * Rate limits (rpm, tpm, concurrency) are worth retrying: 429 `rate_limit_exceeded` with retry-after.
  * Budgets are not, until the period ends: 429 `insufficient_quota` with x-should-retry: false, which
@@ -64,10 +72,7 @@ export function quotaExceeded(result: Extract<AdmissionResult, { admitted: false
       message = `Request too large for this gateway key on ${RATE_WORDING[limit]}: limit ${value}, requested ${ctx.tokens}. Reduce the prompt or max_tokens.`;
       headers['x-should-retry'] = 'false';
     } else {
-      const seconds = Math.max(1, Math.ceil(result.retryAfterMs / 1000));
-      headers['retry-after'] = String(seconds);
-      headers['retry-after-ms'] = String(Math.ceil(result.retryAfterMs));
-      message += ` Please try again in ${seconds}s.`;
+      message += ` Please try again in ${retryAfter(headers, result.retryAfterMs)}s.`;
     }
     return new GatewayError(429, message, limit === 'tpm' ? 'tokens' : 'requests', 'rate_limit_exceeded', null, headers);
   }
@@ -79,9 +84,7 @@ export function quotaExceeded(result: Extract<AdmissionResult, { admitted: false
     // What is left of the budget covers the request, but requests in flight hold it (each reserved
     // the most it may use, and gives back what it did not use when it ends): worth retrying soon,
     // so not insufficient_quota, which apps take as "spent until the reset".
-    const seconds = Math.max(1, Math.ceil(result.retryAfterMs / 1000));
-    headers['retry-after'] = String(seconds);
-    headers['retry-after-ms'] = String(Math.ceil(result.retryAfterMs));
+    const seconds = retryAfter(headers, result.retryAfterMs);
     const message = `This request ${request}. What is left of this gateway key's ${wording} of ${budget} covers it, but requests in flight hold it until they end. Please try again in ${seconds}s.`;
     return new GatewayError(429, message, unit, 'rate_limit_exceeded', null, headers);
   }
@@ -94,9 +97,8 @@ export function quotaExceeded(result: Extract<AdmissionResult, { admitted: false
   if (!wholeBudget && endsAt <= ctx.now) {
     // It arrived before the period's end and was refused after it (a slow upload): sent again now,
     // it counts in the new period.
-    headers['retry-after'] = '1';
-    headers['retry-after-ms'] = '1000';
-    const message = `This request ${request}, more than was left of this gateway key's ${wording} of ${budget} when it arrived. It has reset since, at ${resetsAt}. Please try again in 1s.`;
+    const seconds = retryAfter(headers, 1000);
+    const message = `This request ${request}, more than was left of this gateway key's ${wording} of ${budget} when it arrived. It has reset since, at ${resetsAt}. Please try again in ${seconds}s.`;
     return new GatewayError(429, message, unit, 'rate_limit_exceeded', null, headers);
   }
   const message = wholeBudget

@@ -487,6 +487,17 @@ describe('several server keys', () => {
     return { gw, key, keyPool: upstream.keyPool };
   }
 
+  /** A gateway with both keys and no retries, whose key pool logs through the gateway's logger. */
+  async function loggingPool() {
+    const gw = await startGateway({
+      fake,
+      env: { OPENAI_API_KEY: KEY_A, OPENAI_API_KEYS: `${KEY_A},${KEY_B}`, OPENAI_BASE_URL: fake.url, UPSTREAM_MAX_RETRIES: '0' },
+    });
+    open.push(gw);
+    const { key } = await gw.createKey();
+    return { gw, key };
+  }
+
   it('de-duplicates OPENAI_API_KEY and OPENAI_API_KEYS', () => {
     const c = loadConfig({ OPENAI_API_KEY: KEY_A, OPENAI_API_KEYS: ` ${KEY_B},${KEY_A},, ` });
     expect(c.upstream.apiKeys).toEqual([KEY_A, KEY_B]);
@@ -529,12 +540,7 @@ describe('several server keys', () => {
   });
 
   it('a key answering 401 is taken out for long and logged at error level, without the key', async () => {
-    const gw = await startGateway({
-      fake,
-      env: { OPENAI_API_KEY: KEY_A, OPENAI_API_KEYS: `${KEY_A},${KEY_B}`, OPENAI_BASE_URL: fake.url, UPSTREAM_MAX_RETRIES: '0' },
-    });
-    open.push(gw);
-    const { key } = await gw.createKey();
+    const { gw, key } = await loggingPool();
     fake.failNext(1, 401);
     // Moving to the other key after a 401 is not a retry of the same call: it happens even with retries off.
     expect((await post(gw, key)).status).toBe(200);
@@ -547,12 +553,7 @@ describe('several server keys', () => {
   });
 
   it('a key whose quota is spent (429 insufficient_quota) is taken out for long, logged at error level; the request moves on', async () => {
-    const gw = await startGateway({
-      fake,
-      env: { OPENAI_API_KEY: KEY_A, OPENAI_API_KEYS: `${KEY_A},${KEY_B}`, OPENAI_BASE_URL: fake.url, UPSTREAM_MAX_RETRIES: '0' },
-    });
-    open.push(gw);
-    const { key } = await gw.createKey();
+    const { gw, key } = await loggingPool();
     fake.failNext(1, 429, { error: { message: 'You exceeded your current quota.', type: 'insufficient_quota', param: null, code: 'insufficient_quota' } });
     // As after a 401: another key may work, this one will not for long (was a 30 s cooldown).
     expect((await post(gw, key)).status).toBe(200);
