@@ -156,12 +156,14 @@ export function firstBrokenLimit(input: AdmissionInput): { limit: LimitName; ret
     const retryAfterMs = tokens > limits.tpm ? undefined : msUntilFreed(window, 'tokens', totals.tokens + tokens - limits.tpm, now);
     return { limit: 'tpm', retryAfterMs };
   }
-  // [limit, its value, settled use plus this request, reserved by requests in flight]
+  // [limit, its value, settled use plus this request, reserved by requests in flight]; the months
+  // first: a spent month outlasts a spent day, and naming the day would send the client back at
+  // midnight (or at once, when the day it arrived in has ended since) to be refused again.
   const budgets: [LimitName, number, number, number][] = [
-    ['tokensPerDay', limits.tokensPerDay, day.tokensUsed + tokens, day.tokensReserved],
     ['tokensPerMonth', limits.tokensPerMonth, month.tokensUsed + tokens, month.tokensReserved],
-    ['usdPerDay', limits.usdMicrosPerDay, day.usdUsed + usdMicros, day.usdReserved],
     ['usdPerMonth', limits.usdMicrosPerMonth, month.usdUsed + usdMicros, month.usdReserved],
+    ['tokensPerDay', limits.tokensPerDay, day.tokensUsed + tokens, day.tokensReserved],
+    ['usdPerDay', limits.usdMicrosPerDay, day.usdUsed + usdMicros, day.usdReserved],
   ];
   // Past what is left of a budget: waiting within the period does not help (the gateway knows when
   // it resets). Every budget is asked this first: one merely held must not hide one that is spent.

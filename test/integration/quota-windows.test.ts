@@ -28,7 +28,7 @@ async function gatewayAt(start: string, env: Record<string, string> = {}) {
 }
 
 /** A chat whose body is still arriving when `meanwhile` runs (a slow upload across midnight, say). */
-function uploadedPastMidnight(gw: Gateway, key: string, maxTokens: number, meanwhile: () => void): Promise<{ status: number; text: string }> {
+function uploadedPastMidnight(gw: Gateway, key: string, maxTokens: number, meanwhile: () => void): Promise<{ status: number; text: string; headers: NodeJS.Dict<string | string[]> }> {
   const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], max_tokens: maxTokens });
   return new Promise((resolve, reject) => {
     const req = httpRequest(`${gw.url}/v1/chat/completions`, {
@@ -38,7 +38,7 @@ function uploadedPastMidnight(gw: Gateway, key: string, maxTokens: number, meanw
     req.on('response', (r) => {
       let text = '';
       r.on('data', (d: Buffer) => (text += d));
-      r.on('end', () => resolve({ status: r.statusCode!, text }));
+      r.on('end', () => resolve({ status: r.statusCode!, text, headers: r.headers }));
     });
     req.on('error', reject);
     req.write(body.slice(0, 10));
@@ -115,6 +115,19 @@ describe('calendar windows', () => {
     // Was 2026-12-02: the reset of the day it was admitted in, not of the budget that refused it.
     expect(refused.text).toContain('It has reset since, at 2026-12-01T00:00:00.000Z. Please try again in 1s.');
     expect(refused.text).toContain('"code":"rate_limit_exceeded"');
+  });
+
+  it("but names a month budget that refuses it too, and its reset at the month's end: a retry would be refused again", async () => {
+    const { gw, setTime } = await gatewayAt('2026-11-29T23:59:59.000Z');
+    const { key } = await gw.createKey({ limits: { tokensPerDay: 100, tokensPerMonth: 100 } });
+    expect((await chat(gw, key, 10)).status).toBe(200);
+    setTime('2026-11-29T23:59:59.500Z');
+    const refused = await uploadedPastMidnight(gw, key, 90, () => setTime('2026-11-30T00:00:01Z'));
+    expect(refused.status).toBe(429);
+    // Was "daily token budget ... It has reset since ... Please try again in 1s.", and the retry refused by the month.
+    expect(refused.text).toContain('"code":"insufficient_quota"');
+    expect(refused.text).toContain('monthly token budget of 100 tokens. It resets at 2026-12-01T00:00:00.000Z.');
+    expect(refused.headers['x-should-retry']).toBe('false');
   });
 
   it('follows the configured time zone', async () => {

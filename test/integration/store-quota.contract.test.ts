@@ -238,7 +238,7 @@ describe.each([
     });
   });
 
-  it('checks limits in order: maxConcurrent, rpm, tpm, then the budgets', async () => {
+  it('checks limits in order: maxConcurrent, rpm, tpm, then the budgets, months before days', async () => {
     const all = { maxConcurrent: 1, rpm: 1, tpm: 10, tokensPerDay: 10, tokensPerMonth: 10, usdMicrosPerDay: 1000, usdMicrosPerMonth: 1000 };
     const store = await create();
     const key = forKey(store, all);
@@ -247,10 +247,11 @@ describe.each([
     expect(await key.admit({ limits: { ...all, maxConcurrent: 0 } })).toMatchObject({ limit: 'rpm' });
     expect(await key.admit({ limits: { ...all, maxConcurrent: 0, rpm: 0 } })).toMatchObject({ limit: 'tpm' });
     const budgetsOnly = { ...all, maxConcurrent: 0, rpm: 0, tpm: 0 };
-    expect(await key.admit({ limits: budgetsOnly })).toMatchObject({ limit: 'tokensPerDay' });
-    expect(await key.admit({ limits: { ...budgetsOnly, tokensPerDay: 0 } })).toMatchObject({ limit: 'tokensPerMonth' });
-    expect(await key.admit({ limits: { ...budgetsOnly, tokensPerDay: 0, tokensPerMonth: 0 } })).toMatchObject({ limit: 'usdPerDay' });
-    expect(await key.admit({ limits: { ...NO_LIMITS, usdMicrosPerMonth: 1000 } })).toMatchObject({ limit: 'usdPerMonth' });
+    // A spent month outlasts a spent day: naming the day would send the client back at midnight.
+    expect(await key.admit({ limits: budgetsOnly })).toMatchObject({ limit: 'tokensPerMonth' });
+    expect(await key.admit({ limits: { ...budgetsOnly, tokensPerMonth: 0 } })).toMatchObject({ limit: 'usdPerMonth' });
+    expect(await key.admit({ limits: { ...budgetsOnly, tokensPerMonth: 0, usdMicrosPerMonth: 0 } })).toMatchObject({ limit: 'tokensPerDay' });
+    expect(await key.admit({ limits: { ...NO_LIMITS, usdMicrosPerDay: 1000 } })).toMatchObject({ limit: 'usdPerDay' });
   });
 
   it('rolls the rpm window: a request leaves it 60 s after its second', async () => {

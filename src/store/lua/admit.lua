@@ -173,12 +173,14 @@ elseif tpm > 0 and totalToks + tokens > tpm then
 else
   local dtu, dtr, duu, dur = budget(dayKey)
   local mtu, mtr, muu, mur = budget(monthKey)
-  -- {limit code, its value, settled use plus this request, reserved by requests in flight}
+  -- {limit code, its value, settled use plus this request, reserved by requests in flight}; the
+  -- months first: a spent month outlasts a spent day, and naming the day would send the client back
+  -- at midnight (or at once, when the day it arrived in has ended since) to be refused again.
   local budgets = {
-    {4, tokensPerDay, dtu + tokens, dtr},
     {5, tokensPerMonth, mtu + tokens, mtr},
-    {6, usdPerDay, duu + usd, dur},
     {7, usdPerMonth, muu + usd, mur},
+    {4, tokensPerDay, dtu + tokens, dtr},
+    {6, usdPerDay, duu + usd, dur},
   }
   -- Past what is left of a budget: no retry hint. Every budget is asked this first: one merely
   -- held must not hide one that is spent.
