@@ -1,7 +1,8 @@
 // The gateway's connections through a shutdown: those that never sent a request are closed as the
 // close begins, requests that arrive meanwhile are refused (app.ts answers them 503), and the
-// deadline's cut is known, so its requests are recorded as the gateway's doing.
-import type { IncomingMessage } from 'node:http';
+// deadline's cut is known, so its requests are recorded as the gateway's doing. And at any time: a
+// pipelined request's response closes with its connection, as every other response does.
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 
@@ -18,7 +19,11 @@ export function watchConnections(app: FastifyInstance): { readonly closing: bool
     silent.add(socket);
     socket.once('close', () => silent.delete(socket));
   });
-  app.server.on('request', (req: IncomingMessage) => silent.delete(req.socket));
+  app.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    silent.delete(req.socket);
+    // Queued behind another response on its connection (HTTP/1.1 pipelining): see closesWithConnection.
+    if (res.socket === null) closesWithConnection(req.socket, res);
+  });
   app.addHook('preClose', async () => {
     closing = true;
     for (const socket of silent) socket.destroy();
@@ -42,4 +47,22 @@ export function watchConnections(app: FastifyInstance): { readonly closing: bool
       return cutting;
     },
   };
+}
+
+/**
+ * Node's server emits 'close' only on the response that holds the connection: one queued behind it
+ * (a pipelined request) gets none when the client hangs up, ever. The gateway learns that a client
+ * left, and writes a request's log line and usage event, on 'close': the queued request went on
+ * upstream, billed and never recorded, and kept the shutdown waiting for its accounting until the
+ * deadline. Such a response is closed here as Node closes the one on the connection: destroyed,
+ * then 'close'. One that got the connection meanwhile, or finished on it, is Node's to close.
+ */
+function closesWithConnection(socket: Socket, res: ServerResponse): void {
+  const connectionClosed = () => {
+    if (res.socket !== null || res.writableFinished) return;
+    res.destroy();
+    res.emit('close');
+  };
+  socket.once('close', connectionClosed);
+  res.once('close', () => socket.off('close', connectionClosed));
 }
