@@ -59,6 +59,10 @@ export const modelNotFound = (model: string) =>
 export const upstreamUnreachable = () =>
   new GatewayError(502, 'The gateway could not reach the upstream API. Please retry.', 'server_error', 'upstream_unreachable');
 
+/** An answer that is not HTTP as a client can be sent it (a broken proxy in front of OpenAI): what it said is unknown. */
+export const upstreamInvalidStatus = (status: number) =>
+  new GatewayError(502, `The upstream API answered with an invalid HTTP status (${status}).`, 'server_error', 'upstream_invalid_response');
+
 export const upstreamAuthFailed = () =>
   new GatewayError(502, 'The upstream API refused the gateway\'s credentials. Tell your gateway administrator.', 'server_error', 'upstream_auth_failed');
 

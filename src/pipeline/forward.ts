@@ -186,8 +186,11 @@ async function callUpstream(
     trace.cache = cacheStatus;
     reply.header('x-tollgate-cache', cacheStatus);
   }
-  /** The end of every admitted request, exactly once: settle the reservation, fill (or release) the cache. */
+  /** The end of every admitted request, once (later calls do nothing): settle the reservation, fill (or release) the cache. */
+  let finished = false;
   const finish = (consumption: Consumption, entry?: NewCacheEntry) => {
+    if (finished) return;
+    finished = true;
     try {
       const charge = admission.settle({ ...consumption, model: trace.modelAnswered });
       trace.costMicros = charge.costMicros;
@@ -225,119 +228,141 @@ async function callUpstream(
     finish({ usage: trace.usage, estimated: true });
   };
 
-  const signal = clientGone(reply);
-  const started = performance.now();
-  let res: UpstreamResponse;
+  /** Upstream's answer, once there is one. */
+  let answer: UpstreamResponse | undefined;
   try {
-    res = await deps.upstream.send({
-      method: 'POST',
-      path: endpoint.upstreamPath,
-      body: upstreamBody(request, endpoint, body, options),
-      headers: clientHeadersForUpstream(request.headers),
-      signal,
-      log: request.log,
-      tenant: request.gatewayKey!.id,
-    });
-  } catch (err) {
-    // Failed or abandoned, it still went to upstream: the wait (attempts, backoff, a timeout) is
-    // upstream time, not the gateway's overhead.
-    trace.upstreamMs = performance.now() - started;
-    // Sent and then given up on (the client hung up, or the gateway's first-byte or total timeout
-    // fired while upstream worked on it): charged its prompt. Never sent (connection refused or
-    // timed out, the client gone during a wait between attempts) or ended by upstream (a dropped
-    // connection): nothing to bill, the reservation is released in full.
-    const abandoned = abandonedAfterSending(err);
-    if (signal.aborted) {
+    const signal = clientGone(reply);
+    const started = performance.now();
+    let res: UpstreamResponse;
+    try {
+      res = await deps.upstream.send({
+        method: 'POST',
+        path: endpoint.upstreamPath,
+        body: upstreamBody(request, endpoint, body, options),
+        headers: clientHeadersForUpstream(request.headers),
+        signal,
+        log: request.log,
+        tenant: request.gatewayKey!.id,
+      });
+    } catch (err) {
+      // Failed or abandoned, it still went to upstream: the wait (attempts, backoff, a timeout) is
+      // upstream time, not the gateway's overhead.
+      trace.upstreamMs = performance.now() - started;
+      // Sent and then given up on (the client hung up, or the gateway's first-byte or total timeout
+      // fired while upstream worked on it): charged its prompt. Never sent (connection refused or
+      // timed out, the client gone during a wait between attempts) or ended by upstream (a dropped
+      // connection): nothing to bill, the reservation is released in full.
+      const abandoned = abandonedAfterSending(err);
+      if (signal.aborted) {
+        if (abandoned) finishAbandoned();
+        else finish({ estimated: false });
+        return clientClosed(reply);
+      }
+      await admission.endLease(); // before the client sees the error (see the relay below)
       if (abandoned) finishAbandoned();
       else finish({ estimated: false });
-      return clientClosed(reply);
+      throw err;
     }
-    await admission.endLease(); // before the client sees the error (see the relay below)
-    if (abandoned) finishAbandoned();
-    else finish({ estimated: false });
+    answer = res;
+    trace.upstreamStatus = res.status;
+    if (res.status === 401) {
+      trace.upstreamMs = performance.now() - started;
+      // OpenAI refused the gateway's own key. Its message names that key (masked) and would make the
+      // client think its gateway key is wrong: this is the gateway's failure, say so instead.
+      res.body.resume();
+      await admission.endLease();
+      finish({ estimated: false });
+      throw upstreamAuthFailed();
+    }
+    const headers = upstreamHeadersForClient(res.headers);
+    trace.upstreamRequestId = headers['x-upstream-request-id'];
+    reply.code(res.status).headers(headers);
+
+    const isSse = String(res.headers['content-type'] ?? '').startsWith('text/event-stream');
+    if (trace.stream && res.status === 200 && isSse) {
+      const keyId = request.gatewayKey!.id;
+      const { stream, done } = relaySse(res.body, {
+        dropUsageChunk: endpoint.usage.askInStream && body.stream_options?.include_usage !== true,
+        onFirstEvent: () => (trace.ttfbMs = reply.elapsedTime),
+        readEvent: endpoint.usage.event,
+        // A mid-stream error event is upstream error text: it may echo a server key (see redact.ts).
+        maskError: res.maskSecrets,
+        typedEvents: endpoint.typedEvents,
+        // The id is known from response.created on: recorded before the client can see (and use) it.
+        onEvent: endpoint.recordsOwner ? (data, event) => deps.owners.recordFromEvent(data, event, keyId) : undefined,
+        // Upstream is done: the key's concurrency lease is given back before the client sees the end
+        // ([DONE] or the terminal event), or a strictly sequential client's next request could find
+        // it still held; the settlement comes after the response.
+        beforeEnd: () => admission.endLease(),
+      });
+      trace.streamDone = done.then((result) => {
+        let consumption: Consumption = { estimated: false };
+        let entry: NewCacheEntry | undefined;
+        try {
+          trace.streamIncomplete = !result.completed;
+          trace.upstreamMs = performance.now() - started;
+          // Closed from this side (the client left, or the gateway's idle or total timeout): upstream
+          // has read the prompt, and bills it as a hang-up.
+          const timedOut = endedByTimeout(res, result.error);
+          const closedHere = signal.aborted || timedOut;
+          trace.errorCode ??= result.failure ?? streamErrorCode(result, signal.aborted, timedOut);
+          trace.usage = result.usage ?? estimateCutShort(endpoint, body, result, admission, closedHere);
+          trace.modelAnswered = result.model;
+          // Estimated when the gateway counted it; a stream released in full (nothing generated) was not.
+          consumption = { usage: trace.usage, estimated: result.usage === undefined && trace.usage !== undefined };
+          entry = streamEntry(endpoint, result, body.model);
+        } finally {
+          // Even if reading the stream failed (a bug; app.ts logs it): its reservation and lease must not be kept.
+          finish(consumption, entry);
+        }
+      });
+      reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
+      return reply.send(stream);
+    }
+
+    return sendBuffered(
+      reply,
+      res,
+      started,
+      deps.logBodies,
+      (json, text, cut) => {
+        if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
+        // Upstream answered, and its body never arrived whole (cut from either side).
+        if (cut) return finishCutAnswer();
+        // A background response's create call: OpenAI bills the run when it finishes, never through
+        // the gateway (keys with token or USD limits may not start one). 0 tokens, not an estimate.
+        if (!trace.usage && endpoint.usage.unfinished?.(json)) return finish({ estimated: false });
+        if (trace.usage || endpoint.usage.optional) {
+          return finish({ usage: trace.usage, estimated: false }, jsonEntry(json, text, trace.usage ?? NO_USAGE));
+        }
+        // A 200 that reports no usage (a misbehaving upstream or proxy): billed by upstream all the
+        // same, so estimated as a stream that ended without usage is, from the answer's text; a body
+        // that is not JSON at all says nothing of its size, and is charged the worst case. Never
+        // cached (an entry needs upstream's usage).
+        if (text === undefined) return finishCutAnswer();
+        trace.usage = estimatedUsage(endpoint, body, admission, endpoint.usage.answerText(json));
+        finish({ usage: trace.usage, estimated: true });
+      },
+      {
+        readUsage: endpoint.usage.body,
+        // A large answer's text is kept only if the cache may store it.
+        keepTextUpTo: plan ? deps.cache.maxEntryBytes : 0,
+        // Recorded before the body (and its id) reaches the client.
+        beforeSend: endpoint.recordsOwner ? (json) => deps.owners.recordFromBody(json, request.gatewayKey!.id) : undefined,
+        // As for a stream: the concurrency lease is given back before the client has the answer.
+        beforeEnd: () => admission.endLease(),
+      },
+    );
+  } catch (err) {
+    // Anything the paths above did not see coming (a bug, an answer Fastify will not send): the
+    // reservation and the concurrency lease are given back, or the renewal timer would keep them for
+    // as long as the instance runs, and upstream's body is dropped, or it would hold its connection.
+    if (!finished) {
+      answer?.body.on('error', () => undefined).destroy(); // undici's body errors when dropped unread
+      finish({ estimated: false });
+    }
     throw err;
   }
-  trace.upstreamStatus = res.status;
-  if (res.status === 401) {
-    trace.upstreamMs = performance.now() - started;
-    // OpenAI refused the gateway's own key. Its message names that key (masked) and would make the
-    // client think its gateway key is wrong: this is the gateway's failure, say so instead.
-    res.body.resume();
-    await admission.endLease();
-    finish({ estimated: false });
-    throw upstreamAuthFailed();
-  }
-  const headers = upstreamHeadersForClient(res.headers);
-  trace.upstreamRequestId = headers['x-upstream-request-id'];
-  reply.code(res.status).headers(headers);
-
-  const isSse = String(res.headers['content-type'] ?? '').startsWith('text/event-stream');
-  if (trace.stream && res.status === 200 && isSse) {
-    const keyId = request.gatewayKey!.id;
-    const { stream, done } = relaySse(res.body, {
-      dropUsageChunk: endpoint.usage.askInStream && body.stream_options?.include_usage !== true,
-      onFirstEvent: () => (trace.ttfbMs = reply.elapsedTime),
-      readEvent: endpoint.usage.event,
-      // A mid-stream error event is upstream error text: it may echo a server key (see redact.ts).
-      maskError: res.maskSecrets,
-      typedEvents: endpoint.typedEvents,
-      // The id is known from response.created on: recorded before the client can see (and use) it.
-      onEvent: endpoint.recordsOwner ? (data, event) => deps.owners.recordFromEvent(data, event, keyId) : undefined,
-      // Upstream is done: the key's concurrency lease is given back before the client sees the end
-      // ([DONE] or the terminal event), or a strictly sequential client's next request could find
-      // it still held; the settlement comes after the response.
-      beforeEnd: () => admission.endLease(),
-    });
-    trace.streamDone = done.then((result) => {
-      trace.streamIncomplete = !result.completed;
-      trace.upstreamMs = performance.now() - started;
-      // Closed from this side (the client left, or the gateway's idle or total timeout): upstream
-      // has read the prompt, and bills it as a hang-up.
-      const timedOut = endedByTimeout(res, result.error);
-      const closedHere = signal.aborted || timedOut;
-      trace.errorCode ??= result.failure ?? streamErrorCode(result, signal.aborted, timedOut);
-      trace.usage = result.usage ?? estimateCutShort(endpoint, body, result, admission, closedHere);
-      trace.modelAnswered = result.model;
-      // Estimated when the gateway counted it; a stream released in full (nothing generated) was not.
-      finish({ usage: trace.usage, estimated: result.usage === undefined && trace.usage !== undefined }, streamEntry(endpoint, result, body.model));
-    });
-    reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
-    return reply.send(stream);
-  }
-
-  return sendBuffered(
-    reply,
-    res,
-    started,
-    deps.logBodies,
-    (json, text, cut) => {
-      if (res.status !== 200) return finish({ estimated: false }); // OpenAI does not bill errors: release
-      // Upstream answered, and its body never arrived whole (cut from either side).
-      if (cut) return finishCutAnswer();
-      // A background response's create call: OpenAI bills the run when it finishes, never through
-      // the gateway (keys with token or USD limits may not start one). 0 tokens, not an estimate.
-      if (!trace.usage && endpoint.usage.unfinished?.(json)) return finish({ estimated: false });
-      if (trace.usage || endpoint.usage.optional) {
-        return finish({ usage: trace.usage, estimated: false }, jsonEntry(json, text, trace.usage ?? NO_USAGE));
-      }
-      // A 200 that reports no usage (a misbehaving upstream or proxy): billed by upstream all the
-      // same, so estimated as a stream that ended without usage is, from the answer's text; a body
-      // that is not JSON at all says nothing of its size, and is charged the worst case. Never
-      // cached (an entry needs upstream's usage).
-      if (text === undefined) return finishCutAnswer();
-      trace.usage = estimatedUsage(endpoint, body, admission, endpoint.usage.answerText(json));
-      finish({ usage: trace.usage, estimated: true });
-    },
-    {
-      readUsage: endpoint.usage.body,
-      // A large answer's text is kept only if the cache may store it.
-      keepTextUpTo: plan ? deps.cache.maxEntryBytes : 0,
-      // Recorded before the body (and its id) reaches the client.
-      beforeSend: endpoint.recordsOwner ? (json) => deps.owners.recordFromBody(json, request.gatewayKey!.id) : undefined,
-      // As for a stream: the concurrency lease is given back before the client has the answer.
-      beforeEnd: () => admission.endLease(),
-    },
-  );
 }
 
 /** What an answer that reports no usage (moderations) used, for its cache entry. */

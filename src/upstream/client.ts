@@ -3,7 +3,7 @@ import type { Dispatcher, Pool as UndiciPool, errors as UndiciErrors } from 'und
 import { createRequire } from 'node:module';
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { Config } from '../config.js';
-import { GatewayError, upstreamTimeout, upstreamUnreachable } from '../errors.js';
+import { GatewayError, upstreamInvalidStatus, upstreamTimeout, upstreamUnreachable } from '../errors.js';
 import { createKeyPool, type KeyPoolLogger, type PickedKey } from './key-pool.js';
 import { createFairShare, type Release } from './fair-share.js';
 import { KeyedThrottledWarning } from '../resilience/throttled-log.js';
@@ -436,6 +436,12 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
       // undici keeps the connection until the body is read whole or destroyed.
       if (res.body.destroyed) release();
       else res.body.once('close', release);
+      // undici passes on any status it can parse (a broken proxy's 700); Fastify will not send one
+      // outside 100-599 (it throws), and nothing says what it meant: upstream's failure, a 502.
+      if (res.statusCode < 200 || res.statusCode > 599) {
+        res.body.on('error', () => undefined).destroy(); // undici's body errors when dropped unread
+        throw upstreamInvalidStatus(res.statusCode);
+      }
 
       let body: Readable = res.body;
       let quotaSpent = false;

@@ -8,7 +8,9 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { UsageEvent } from '../../src/usage/event.js';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { ADMIN_TOKEN, startGateway, type Gateway } from '../helpers/gateway.js';
+import { ADMIN_TOKEN, startGateway, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
+import { createUpstreamClient } from '../../src/upstream/client.js';
+import { loadConfig } from '../../src/config.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
 import { createRedisStore } from '../../src/store/redis-store.js';
 import { startFakeOpenAI } from '../../src/fake-openai/server.js';
@@ -487,5 +489,44 @@ describe('a stream whose first event is an error (upstream refused it before gen
     const { events: recorded, used } = await accounting(1);
     expect(recorded[0]).toMatchObject({ status: 200, errorCode: 'upstream_stream_error', promptTokens: 0, completionTokens: 0, costMicros: 0, estimated: false });
     expect(used).toBe(0);
+  });
+});
+
+describe('an answer the pipeline cannot relay gives the reservation and the concurrency lease back at once', () => {
+  /** A key allowed one request at a time, and how much of its day its requests in flight hold. */
+  async function oneAtATime(on: Gateway) {
+    const created = await on.createKey({ name: 'one-at-a-time', limits: { maxConcurrent: 1, tokensPerDay: 1_000_000 } });
+    const send = () =>
+      fetch(`${on.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${created.key}`, 'content-type': 'application/json' }, body: JSON.stringify(chat) });
+    const reserved = async () => ((await on.admin('GET', `/admin/keys/${created.id}`)).body.quota.tokensPerDay as { reserved: number }).reserved;
+    return { send, reserved };
+  }
+  const answer = { id: 'chatcmpl-ok', object: 'chat.completion', model: 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: ANSWER }, finish_reason: 'stop' }], usage: { prompt_tokens: 9, completion_tokens: 5, total_tokens: 14 } };
+
+  it('a status HTTP has no place for (a broken proxy\'s 700) is a 502 upstream_invalid_response, not a 500', async () => {
+    upstream.set((_req, res) => res.writeHead(700, { 'content-type': 'application/json' }).end('{}'));
+    const { send, reserved } = await oneAtATime(gw);
+    const refused = await send();
+    expect(refused.status).toBe(502);
+    expect(await refused.json()).toMatchObject({ error: { type: 'server_error', code: 'upstream_invalid_response' } });
+    // Held for as long as the instance ran: the renewal timer kept the lease alive.
+    expect(await reserved()).toBe(0);
+    upstream.set(json(answer));
+    expect((await send()).status).toBe(200);
+  });
+
+  it('whatever fails after admission (here an upstream client that passed such a status on) ends the request: nothing is kept', async () => {
+    const env = { OPENAI_API_KEY: UPSTREAM_KEY, OPENAI_BASE_URL: upstream.url };
+    const client = createUpstreamClient(loadConfig(env).upstream);
+    const send = client.send;
+    client.send = async (req) => ({ ...(await send(req)), status: 1000 }); // Fastify refuses to send it: it throws
+    const broken = await startGateway({ upstream: client, env: { ...env, REDIS_URL: testRedisUrl(), REDIS_PREFIX: uniquePrefix() } });
+    opened.push(broken);
+    upstream.set(json(answer));
+    const key = await oneAtATime(broken);
+    expect((await key.send()).status).toBe(500);
+    expect(await key.reserved()).toBe(0);
+    client.send = send;
+    expect((await key.send()).status).toBe(200);
   });
 });
