@@ -217,6 +217,12 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     quota: () => quota.degraded(),
     usage: () => usage.stats(),
   });
+  // The change feed subscribed anew ('*'), so Redis answers: the key resolver has just dropped its
+  // outage grace (a revocation may have been missed), and until the next probe every key would be
+  // refused 503 auth_unavailable by the guard, which still fails fast. Probed now instead.
+  store.onKeyChange(({ hash }) => {
+    if (hash === '*') storeHealth.probeNow();
+  });
   // The store answers again: write what waited for it, and let the shared limits apply again.
   storeHealth.onRecover(() => {
     quota.resetLocal();

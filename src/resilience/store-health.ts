@@ -145,6 +145,16 @@ export function createStoreHealth(opts: StoreHealthOptions) {
         },
       );
     },
+    /**
+     * Something says the store answers again (its change feed subscribed anew): probed now, not at
+     * the next interval. Nothing while it is up, or while a probe is on its way.
+     */
+    probeNow() {
+      if (up || closed) return;
+      clearTimeout(probeTimer);
+      probeTimer = undefined;
+      void probe();
+    },
     onRecover(listener: () => void) {
       onRecover.push(listener);
     },

@@ -542,6 +542,38 @@ describe('Usage recording across a Redis stall', () => {
   });
 });
 
+describe('when Redis answers again', () => {
+  it('a key that worked through the outage (its grace) is not refused while the gateway waits for its next probe', async () => {
+    const redis = await startFreezableRedis();
+    // The subscriber is dropped after two PINGs unanswered: 2 x 200 ms here.
+    const store = await createRedisStore({ url: redis.url, prefix: `tg-${randomUUID()}:`, commandTimeoutMs: 200, subscriberCheckIntervalMs: 200 });
+    cleanups.push(() => store.close());
+    let subscriptions = 0;
+    store.onKeyChange(({ id }) => id === '*' && subscriptions++);
+    // A probe a minute apart: only the change feed's return can end the degraded mode in this test.
+    const gw = await startGateway({ store, env: { ...OUTAGE_ENV, STORE_PROBE_INTERVAL_MS: '60000' } });
+    cleanups.push(() => gw.close());
+    const key = await gw.createKey({ name: 'through-the-outage' });
+    const c = client(gw);
+    expect((await c.models(key.key)).status).toBe(200);
+
+    redis.freeze();
+    cleanups.push(() => void redis.thaw());
+    expect((await c.models(key.key)).status).toBe(200); // from the grace, after one command timeout
+    expect((await readyz(gw)).body.status).toBe('degraded');
+    const before = subscriptions;
+    await sleep(1000); // the subscriber is dropped, and tries again
+    redis.thaw();
+    // Subscribed again: '*' (changes may have been missed) drops every cached key and the grace.
+    await expect.poll(() => subscriptions, { timeout: 5000 }).toBeGreaterThan(before);
+    await sleep(300);
+    // Was 503 auth_unavailable until the next probe, here a minute later.
+    const after = await c.models(key.key);
+    expect(after.status).toBe(200);
+    expect((await readyz(gw)).body.status).toBe('ready');
+  });
+});
+
 describe("the change feed's subscriber check", () => {
   it('keeps the subscription through single slow answers: a Redis that stalls now and then is not a dead one', async () => {
     const server = await startRedisServer();
