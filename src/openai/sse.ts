@@ -178,9 +178,9 @@ const COLON = 58;
  * Tollgate used before; test/unit/sse.test.ts checks both agree on any split of any input): lines
  * end with CR, LF or CRLF; a blank line dispatches the event if it had data; `data` lines are
  * joined by \n; `event` and `id` apply to the event being read (not to later ones); an `id`
- * containing NUL is ignored; comments, `retry` and unknown fields are ignored; one space after the
- * colon is dropped. A plain object with a few fields, not a set of closures: there is one per open
- * stream.
+ * containing NUL is ignored; `retry` and unknown fields are ignored, comments too (or handed to
+ * onComment, between events); one space after the colon is dropped. A plain object with a few
+ * fields, not a set of closures: there is one per open stream.
  */
 export class SseParser {
   /** An incomplete last line, kept until the rest arrives. */
@@ -191,7 +191,11 @@ export class SseParser {
   private data = '';
   private dataLines = 0;
 
-  constructor(private readonly onEvent: (event: SseEvent) => void) {}
+  constructor(
+    private readonly onEvent: (event: SseEvent) => void,
+    /** Hears each comment line (`: keep-alive`) read between events, colon included; those within an event are dropped. */
+    private readonly onComment?: (line: string) => void,
+  ) {}
 
   feed(chunk: string): void {
     if (this.firstChunk) {
@@ -235,7 +239,10 @@ export class SseParser {
       this.dataLines = 0;
       return;
     }
-    if (text.charCodeAt(start) === COLON) return; // a comment
+    if (text.charCodeAt(start) === COLON) {
+      if (this.onComment && this.dataLines === 0 && this.eventType === undefined && this.id === undefined) this.onComment(text.slice(start, end));
+      return;
+    }
     const colon = text.indexOf(':', start);
     let field: string;
     let value: string;
@@ -287,8 +294,12 @@ class SseRelay extends Readable {
   readonly result: RelayResult = { completed: false, events: 0, data: [] };
   readonly done: Promise<RelayResult>;
   private settle!: (result: RelayResult) => void;
-  private readonly pending: SseEvent[] = [];
-  private readonly parser = new SseParser((e) => this.pending.push(e));
+  /** Events parsed and not yet handed on, and comment lines between them (upstream's keep-alives), in order. */
+  private readonly pending: (SseEvent | string)[] = [];
+  private readonly parser = new SseParser(
+    (e) => this.pending.push(e),
+    (comment) => this.pending.push(comment),
+  );
   // Keeps a multi-byte character split across chunks whole. (Not source.setEncoding: undici's body
   // ignores it.) TextDecoder would hold a native ICU converter per stream.
   private readonly decoder = new StringDecoder('utf8');
@@ -368,7 +379,13 @@ class SseRelay extends Readable {
     try {
       while (!this.waiting && !this.stopped) {
         const e = this.pending.shift();
-        if (!e) break;
+        if (e === undefined) break;
+        if (typeof e === 'string') {
+          // A keep-alive: passed on, so that the client, and every proxy on its way, hears the stream
+          // is alive while a model thinks; upstream text, masked as an event's id is.
+          this.out += `${options.maskError ? options.maskError(e) : e}\n\n`;
+          continue;
+        }
         // Checked before masking, which may rewrite the data (one native search for "error" per event).
         const inBandError = e.data !== '[DONE]' && isInBandError(e);
         if (inBandError) result.upstreamError = true;

@@ -317,6 +317,13 @@ async function callUpstream(
         }
       });
       reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
+      // The headers go out now, as upstream's came, not with the first event: a model may think for
+      // a minute before it, and a client (or proxy) that waits that long for headers times out and
+      // retries, each retry billed. Fastify sets them as it starts piping the stream; Node would
+      // write them with its first byte.
+      reply.raw.once('pipe', () => {
+        if (!reply.raw.headersSent && !reply.raw.destroyed) reply.raw.flushHeaders();
+      });
       return reply.send(stream);
     }
 

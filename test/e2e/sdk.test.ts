@@ -46,6 +46,25 @@ describe('openai SDK through Tollgate', () => {
     expect(sent.stream_options?.include_usage).toBe(true);
   });
 
+  it("gets a stream's headers as soon as upstream sends its own: an SDK timeout shorter than the wait for the first token holds", async () => {
+    // The SDK's timeout runs until the response's headers arrive. They came with the first event,
+    // after the model's first token: the call timed out (and the SDK retried, billed each time).
+    gw.fake.setFirstEventDelay(1500);
+    try {
+      const before = gw.fake.requests.length;
+      const stream = await client.chat.completions.create(
+        { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Think first' }], stream: true },
+        { timeout: 1000, maxRetries: 0 },
+      );
+      let text = '';
+      for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+      expect(text).toContain('Think first');
+      expect(gw.fake.requests.length).toBe(before + 1);
+    } finally {
+      gw.fake.setFirstEventDelay(0);
+    }
+  });
+
   it('streams with usage when the client asks for it', async () => {
     const stream = await client.chat.completions.create({
       model: 'gpt-4o-mini',

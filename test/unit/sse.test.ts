@@ -94,10 +94,18 @@ describe('relaySse: behaviour', () => {
     expect((await done).completed).toBe(true);
   });
 
-  it('re-serialises event, id and multi-line data; CRLF and comments are fine', async () => {
-    const source = Readable.from([Buffer.from(': keep-alive\r\nevent: response.created\r\nid: 7\r\ndata: {"a":1,\r\ndata: "b":2}\r\n\r\n')]);
+  it('re-serialises event, id and multi-line data; CRLF is fine', async () => {
+    const source = Readable.from([Buffer.from('event: response.created\r\nid: 7\r\ndata: {"a":1,\r\ndata: "b":2}\r\n\r\n')]);
     const { stream } = relaySse(source, { dropUsageChunk: false, readEvent: () => undefined });
     expect(await collect(stream)).toBe('event: response.created\nid: 7\ndata: {"a":1,\ndata: "b":2}\n\n');
+  });
+
+  it("passes on upstream's comments between events (keep-alives: proxies time out a silent stream), masked; drops those within one", async () => {
+    const source = Readable.from([Buffer.from(': keep-alive\r\n\r\n: sk-upstream-secret\n\ndata: {"a":\n: inside\ndata: 1}\n\n:\n\n')]);
+    const maskError = Object.assign((text: string) => text.replace('sk-upstream-secret', 'sk-***'), { hasServerKey: () => false, maskServerKeys: (t: string) => t });
+    const { stream, done } = relaySse(source, { dropUsageChunk: false, readEvent: () => undefined, maskError });
+    expect(await collect(stream)).toBe(': keep-alive\n\n: sk-***\n\ndata: {"a":\ndata: 1}\n\n:\n\n');
+    expect((await done).events).toBe(1); // a comment is no event
   });
 
   it('an upstream failure mid-stream ends the stream with the in-band error event', async () => {
