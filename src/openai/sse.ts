@@ -185,6 +185,8 @@ const COLON = 58;
 export class SseParser {
   /** An incomplete last line, kept until the rest arrives. */
   private partial = '';
+  /** The last chunk ended with a CR: an LF opening the next one is the rest of that CRLF. */
+  private afterCr = false;
   private firstChunk = true;
   private id: string | undefined = undefined;
   private eventType: string | undefined = undefined;
@@ -203,6 +205,10 @@ export class SseParser {
       // eventsource-parser drops a UTF-8 BOM seen as three Latin-1 characters (decoders drop U+FEFF).
       if (chunk.charCodeAt(0) === 0xef && chunk.charCodeAt(1) === 0xbb && chunk.charCodeAt(2) === 0xbf) chunk = chunk.slice(3);
     }
+    if (this.afterCr && chunk.length > 0) {
+      this.afterCr = false;
+      if (chunk.charCodeAt(0) === LF) chunk = chunk.slice(1);
+    }
     if (this.partial.length > 0 && chunk.indexOf('\n') === -1 && chunk.indexOf('\r') === -1) {
       this.partial += chunk; // still no line end: nothing to parse yet
       return;
@@ -217,8 +223,10 @@ export class SseParser {
       let end: number;
       let next: number;
       if (cr !== -1 && (lf === -1 || cr < lf)) {
-        if (cr === text.length - 1) break; // maybe the CR of a CRLF cut in two: wait for the LF
         end = cr;
+        // A CR ends its line at once: waiting to see whether an LF follows held a stream that ends
+        // its lines with CR alone one chunk behind, and lost its last event.
+        if (cr === text.length - 1) this.afterCr = true;
         next = text.charCodeAt(cr + 1) === LF ? cr + 2 : cr + 1;
       } else if (lf !== -1) {
         end = lf;

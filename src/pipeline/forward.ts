@@ -14,7 +14,7 @@ import type { CacheEntry } from '../store/store.js';
 import { isModelAllowed } from '../keys.js';
 import { clientClosed, invalidRequest, modelNotFound, openAIErrorBody, upstreamAuthFailed, type OpenAIErrorBody } from '../errors.js';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js';
-import { abandonedAfterSending, endedByTimeout, upstreamFailure } from '../upstream/client.js';
+import { abandonedAfterSending, endedByTimeout, mediaTypeOf, upstreamFailure } from '../upstream/client.js';
 import { carriesError } from '../upstream/redact.js';
 import { headModel, lastMembers } from '../openai/large-json.js';
 import { exactSeedDigits, stringifyWithSeed } from '../openai/big-seed.js';
@@ -278,7 +278,7 @@ async function callUpstream(
     trace.upstreamRequestId = headers['x-upstream-request-id'];
     reply.code(res.status).headers(headers);
 
-    const isSse = String(res.headers['content-type'] ?? '').startsWith('text/event-stream');
+    const isSse = mediaTypeOf(res) === 'text/event-stream';
     if (trace.stream && res.status === 200 && isSse) {
       const keyId = request.gatewayKey!.id;
       const { stream, done } = relaySse(res.body, {
@@ -551,9 +551,9 @@ export async function sendBuffered(
  * Upstream's body is not quoted: nothing says what it holds.
  */
 function unreadableUpstreamError(res: UpstreamResponse): OpenAIErrorBody {
-  const type = String(res.headers['content-type'] ?? '') || 'no content type';
+  const type = mediaTypeOf(res) || 'no content type';
   return openAIErrorBody(
-    `The upstream API answered ${res.status} with a body that is not JSON (${type.split(';')[0]}).`,
+    `The upstream API answered ${res.status} with a body that is not JSON (${type}).`,
     res.status >= 500 ? 'server_error' : 'invalid_request_error',
     'upstream_error',
   );
@@ -572,7 +572,7 @@ const WHOLE_PARSE_MAX_BYTES = 1024 * 1024;
  * `readUsage` takes is found there (none, null, malformed): estimates need the whole answer.
  */
 function readLargeJsonBody(res: UpstreamResponse, bytes: Buffer, readUsage: ((json: unknown) => Usage | undefined) | undefined): { text: undefined; json: unknown } | ReturnType<typeof readJsonBody> {
-  if (!String(res.headers['content-type'] ?? '').includes('json')) return undefined;
+  if (!mediaTypeOf(res).includes('json')) return undefined;
   // Without a usage reader (a stored response read back, the model list) nothing says what to read.
   const members = readUsage ? lastMembers(bytes) : undefined;
   if (!members || readUsage?.(members) === undefined) return readJsonBody(res, bytes);
@@ -585,7 +585,7 @@ function readLargeJsonBody(res: UpstreamResponse, bytes: Buffer, readUsage: ((js
 
 /** A JSON answer's text and parsed body; undefined when it is not JSON (not ours to judge: it passes as it came). */
 function readJsonBody(res: UpstreamResponse, bytes: Buffer): { text: string; json: unknown } | undefined {
-  if (!String(res.headers['content-type'] ?? '').includes('json')) return undefined;
+  if (!mediaTypeOf(res).includes('json')) return undefined;
   const text = bytes.toString('utf8');
   try {
     return { text, json: JSON.parse(text) };
@@ -616,7 +616,7 @@ function maskSuccessBody(res: UpstreamResponse, bytes: Buffer): Buffer {
   if (res.status < 200 || res.status >= 300) return bytes;
   const mask = res.maskSecrets;
   let out: string;
-  if (String(res.headers['content-type'] ?? '').startsWith('text/event-stream')) {
+  if (mediaTypeOf(res) === 'text/event-stream') {
     if (bytes.indexOf('error') === -1 && !mask.hasServerKey(bytes)) return bytes;
     const text = bytes.toString('utf8');
     out = maskSseText(text, mask);

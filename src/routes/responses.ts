@@ -2,7 +2,7 @@
 // server key, but only for the gateway key that created the response; every other key gets
 // OpenAI's own 404, and upstream is never asked.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { UpstreamClient } from '../upstream/client.js';
+import { mediaTypeOf, type UpstreamClient } from '../upstream/client.js';
 import type { ResponseOwners } from '../pipeline/response-owners.js';
 import { clientGone, sendBuffered } from '../pipeline/forward.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from '../pipeline/headers.js';
@@ -81,7 +81,7 @@ async function passThrough(
   // carries an error) masked like any upstream error text (see redact.ts); other events keep their
   // data. Nothing is billed (the create call was), so no usage is read and no event is kept.
   // Upstream failing mid-replay ends it with the in-band error event, as for any stream.
-  if (String(res.headers['content-type'] ?? '').startsWith('text/event-stream')) {
+  if (mediaTypeOf(res) === 'text/event-stream') {
     const { stream } = relaySse(res.body, {
       dropUsageChunk: false,
       readEvent: () => undefined,

@@ -91,6 +91,11 @@ export function upstreamFailure(err: unknown, timedOut: boolean): GatewayError {
   return failure;
 }
 
+/** Upstream's media type without its parameters, lower-cased (RFC 9110 makes it case-insensitive); '' when none. */
+export function mediaTypeOf(res: Pick<UpstreamResponse, 'headers'>): string {
+  return String(res.headers['content-type'] ?? '').split(';', 1)[0]!.trim().toLowerCase();
+}
+
 /** Whether a response ended by one of the gateway's own timeouts: the total, or idle while its body was read. */
 export function endedByTimeout(res: UpstreamResponse, err: unknown): boolean {
   return res.timedOut() || (err as { code?: string } | undefined)?.code === 'UND_ERR_BODY_TIMEOUT';

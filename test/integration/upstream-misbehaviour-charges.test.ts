@@ -454,6 +454,33 @@ describe('a stream upstream breaks carries an error code (usage event, log line,
   });
 });
 
+describe('a stream framed in ways the SSE spec allows is relayed whole and charged exactly', () => {
+  const usageChunk = data({ id: 'chatcmpl-s', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [], usage: { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11 } });
+
+  it('lines ended with CR alone: the last event (response.completed, with the usage) reaches the client and the bill', async () => {
+    const completed = typed({ type: 'response.completed', sequence_number: 2, response: { id: 'resp_stream1', object: 'response', status: 'completed', model: 'gpt-4o-mini', output: [], usage: { input_tokens: 21, output_tokens: 9, total_tokens: 30 } } });
+    const cr = (event: string) => event.replaceAll('\n', '\r');
+    upstream.set(sse([created, delta('Fine.', 1), completed].map(cr)));
+    const res = await post('/v1/responses', { ...responses, stream: true });
+    const text = await res.text();
+    // Was missing: the final CR waited for an LF that never came, and the stream was billed a guess.
+    expect(text).toContain('"response.completed"');
+    const { events } = await accounting(1);
+    expect(events[0]).toMatchObject({ status: 200, errorCode: null, promptTokens: 21, completionTokens: 9, estimated: false });
+  });
+
+  it('a content type in capitals (media types are case-insensitive) is still a stream, not a body charged its worst case', async () => {
+    upstream.set((_req, res) => {
+      res.writeHead(200, { 'content-type': 'Text/Event-Stream; charset=utf-8' });
+      res.end([chunk('Fine.'), usageChunk, 'data: [DONE]\n\n'].join(''));
+    });
+    const res = await post('/v1/chat/completions', { ...chat, stream: true, stream_options: { include_usage: true } });
+    expect(await res.text()).toBe([chunk('Fine.'), usageChunk, 'data: [DONE]\n\n'].join(''));
+    const { events } = await accounting(1);
+    expect(events[0]).toMatchObject({ status: 200, errorCode: null, promptTokens: 9, completionTokens: 2, estimated: false });
+  });
+});
+
 describe('a stream that ends normally without usage or visible output is still charged its prompt', () => {
   it('chat: a role chunk, then [DONE] (a proxy dropped the usage; the output was all reasoning)', async () => {
     const role = data({ id: 'chatcmpl-s', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] });

@@ -205,10 +205,22 @@ describe('SseParser', () => {
   it('parses exactly as eventsource-parser, however the text is cut into chunks', () => {
     fc.assert(
       fc.property(chunked, (chunks) => {
-        expect(withOurs(chunks)).toEqual(withReference(chunks));
+        // Once a last LF follows: eventsource-parser holds a CR that ends its input until it sees
+        // whether an LF comes next; ours ends the line at once (see the next test).
+        expect(withOurs([...chunks, '\n'])).toEqual(withReference([...chunks, '\n']));
       }),
       { numRuns: 5000, seed: 11 },
     );
+  });
+
+  it('ends a line at its CR at once: a stream ending lines with CR alone has each event as its blank line arrives, the last too', () => {
+    const events: string[] = [];
+    const parser = new SseParser((e) => events.push(e.data));
+    parser.feed('data: 1\r\r');
+    expect(events).toEqual(['1']); // was held until the next chunk: the last event of a stream never came
+    parser.feed('\ndata: 2\r'); // that LF was the rest of a CRLF cut in two: no blank line
+    parser.feed('\n\r\n');
+    expect(events).toEqual(['1', '2']);
   });
 
   it('parses an OpenAI stream', () => {
