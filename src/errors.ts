@@ -140,10 +140,15 @@ export const CLIENT_CLOSED = 'client_closed_request';
 /** The error code of a request whose connection the shutdown deadline cut: the gateway's doing, not its client's. */
 export const CUT_AT_SHUTDOWN = 'cut_at_shutdown';
 
-/** nginx's 499 "client closed request": only ever seen in our logs, since nobody is listening. */
+/**
+ * nginx's 499 "client closed request": only ever seen in our logs, since nobody is listening. Unless
+ * the shutdown deadline closed the connection (app.ts has said so by then): a 503 cut_at_shutdown,
+ * the gateway's doing.
+ */
 export function clientClosed(reply: FastifyReply) {
-  // The trace is missing only for errors Fastify raises before the request hooks run.
-  if (reply.request.trace) reply.request.trace.errorCode = CLIENT_CLOSED;
+  const trace = reply.request.trace; // missing only for errors Fastify raises before the request hooks run
+  if (trace?.errorCode === CUT_AT_SHUTDOWN) return reply.code(503).send();
+  if (trace) trace.errorCode = CLIENT_CLOSED;
   return reply.code(499).send();
 }
 

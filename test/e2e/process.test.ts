@@ -284,6 +284,24 @@ describe('shutdown deadline', () => {
     expect(reserved).toBe(0);
   }, 60_000);
 
+  it('a non-streamed request still waiting on upstream at the deadline is recorded as cut there (503 cut_at_shutdown), not as its client leaving', async () => {
+    fake = await startFakeOpenAI({ apiKey: 'sk-up', latencyMs: 5000 });
+    const { server, base, prefix } = await startAgainstFake('deadline-json', { SHUTDOWN_TIMEOUT_MS: '300' });
+    const { id, key } = await createKey(base, 'deadline-json');
+    const answered = chat(base, key, 'a slow answer please').catch(() => undefined);
+    await expect.poll(() => fake!.requests.length).toBe(1);
+    const exited = once(server.proc, 'exit');
+    server.proc.kill('SIGTERM');
+    expect((await exited)[0], server.output()).toBe(1);
+    await answered;
+    const { events, reserved } = await recorded(prefix, id);
+    const chatEvents = events.filter((e) => e.endpoint === 'chat.completions');
+    expect(chatEvents, server.output()).toHaveLength(1);
+    // Was 499 client_closed_request: the client never left.
+    expect(chatEvents[0]).toMatchObject({ status: 503, errorCode: 'cut_at_shutdown', estimated: true });
+    expect(reserved).toBe(0);
+  }, 60_000);
+
   it('past the deadline with no connection open (only a hung alert webhook), logs the undelivered alert in full and cuts nothing', async () => {
     // A webhook receiver that never answers.
     const { createServer } = await import('node:http');
