@@ -140,7 +140,8 @@ export function createCache(opts: CacheOptions) {
    * A usable entry, or undefined: then the caller goes upstream and must call fill() once done.
    * Identical requests in flight are joined: on this instance through memory, across instances
    * through the store's lock, each waiting at most singleFlightWaitMs. A miss costs one store
-   * round trip here (cacheLookup: the entry, or else the lock) and one in fill().
+   * round trip here (cacheLookup: the entry, or else the lock; a second, cacheAcquire, for an entry
+   * too old for the request's max-age) and one in fill().
    */
   async function lookup(plan: CachePlan): Promise<CacheEntry | undefined> {
     if (!plan.read) return undefined;

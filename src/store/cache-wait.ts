@@ -27,8 +27,8 @@ export class CacheWaitList {
   #closed = false;
 
   /**
-   * @param check the leader's outcome if it is over ('filled': an entry exists; 'failed': no entry
-   * and no lock any more), or null while the lock is still held.
+   * @param check the leader's outcome if it is over (no lock any more: 'filled' if an entry exists,
+   * else 'failed'), or null while the lock is still held.
    */
   constructor(
     private readonly check: (name: string) => Promise<'filled' | 'failed' | null>,

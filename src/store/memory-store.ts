@@ -153,9 +153,10 @@ export class MemoryStore implements Store {
   constructor(opts: MemoryStoreOptions = {}) {
     this.#clock = opts.clock ?? Date.now;
     this.#waits = new CacheWaitList(async (name) => {
+      // As RedisStore's #cacheOutcome: the lock first, then the entry.
       const now = this.#clock();
-      if (this.#liveCacheEntry(name, now)) return 'filled';
-      return this.#liveCacheLock(name, now) ? null : 'failed';
+      if (this.#liveCacheLock(name, now)) return null;
+      return this.#liveCacheEntry(name, now) ? 'filled' : 'failed';
     });
     this.#releases.on('release', (name: string, filled: boolean) => this.#waits.settle(name, filled ? 'filled' : 'failed'));
   }

@@ -847,10 +847,10 @@ export class RedisStore implements Store {
   }
 
   /**
-   * What a waiter on `name` should be told now, or null to keep waiting: an entry means 'filled'
-   * (even while the lock is still held: the leader stored it and is about to release, or its
-   * release was missed); no entry and no lock means the leader is gone without filling ('failed'),
-   * whether it released (a message we missed) or died and its lock lapsed. One round trip: the
+   * What a waiter on `name` should be told now, or null to keep waiting: while a leader holds the
+   * lock, null (an entry there may be the one it refreshes, too old for the waiter's max-age); once
+   * it is gone, 'filled' if there is an entry, else 'failed' (the leader went without filling,
+   * whether it released, a message we missed, or died and its lock lapsed). One round trip: the
    * entry and its lock share a hash tag.
    */
   async #cacheOutcome(name: string): Promise<'filled' | 'failed' | null> {
@@ -858,8 +858,8 @@ export class RedisStore implements Store {
     const [entry, lock] = throwFirstError(
       await this.#redis.pipeline().exists(this.#keys.cacheEntry(name)).exists(this.#keys.cacheLock(name)).exec(),
     );
-    if (Number(entry) > 0) return 'filled';
-    return Number(lock) > 0 ? null : 'failed';
+    if (Number(lock) > 0) return null;
+    return Number(entry) > 0 ? 'filled' : 'failed';
   }
 
   /** The servers a SCAN must visit: SCAN walks one server's keyspace only, so on a cluster every master. */

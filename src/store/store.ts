@@ -197,9 +197,10 @@ export interface Store {
   /**
    * Resolves when the leader of `name` fills it ('filled' | 'failed'), when its leadership lapses
    * without a release ('failed'), or after timeoutMs ('timeout'). Never rejects.
-   * Also 'filled' as soon as an entry for `name` exists (a release may be missed), and at once
-   * when nobody leads `name` (entry: 'filled', none: 'failed'). A lapse or a missed release is
-   * noticed within about 250 ms. Closing the store resolves its pending waits with 'failed'.
+   * Also at once when nobody leads `name` (entry: 'filled', none: 'failed'), which is how a missed
+   * release or a lapse is noticed, within about 250 ms. An entry alone ends no wait while a leader
+   * holds the lock: it may be refreshing that entry (too old for a max-age). Closing the store
+   * resolves its pending waits with 'failed'.
    */
   cacheWait(name: string, timeoutMs: number): Promise<'filled' | 'failed' | 'timeout'>;
   /**

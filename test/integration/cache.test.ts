@@ -415,6 +415,29 @@ describe('single-flight', () => {
     expect(statuses.filter((s) => s === 'HIT')).toHaveLength(19);
   });
 
+  it('identical requests refreshing an entry too old for their max-age join across instances: one upstream call', async () => {
+    let now = Date.now();
+    const clock = () => now;
+    const prefix = uniquePrefix();
+    const fake = await startFakeOpenAI({ apiKey: UPSTREAM_KEY });
+    const stores = [await createRedisStore({ url: testRedisUrl(), prefix }), await createRedisStore({ url: testRedisUrl(), prefix })];
+    const a = await startGateway({ store: stores[0], fake, clock, env: { CACHE_ENABLED: 'true' } });
+    const b = await startGateway({ store: stores[1], fake, clock, env: { CACHE_ENABLED: 'true' } });
+    opened.push(fake, ...stores, a, b);
+    const { key } = await a.createKey();
+    await post(b, key, { ...question, seed: 99, max_tokens: 1 }); // key cached on b too
+    const body = { ...question, seed: 8 };
+    expect((await post(a, key, body)).headers.get('x-tollgate-cache')).toBe('MISS');
+    now += 5_000; // the entry is now older than max-age=1 asks
+    fake.reset();
+    fake.setLatency(500);
+    const maxAge = { 'cache-control': 'max-age=1' };
+    const [refreshed, joined] = await Promise.all([post(a, key, body, maxAge), new Promise((r) => setTimeout(r, 150)).then(() => post(b, key, body, maxAge))]);
+    // b's wait ended at once (an entry existed, though too old for it) and it went upstream too.
+    expect([refreshed.headers.get('x-tollgate-cache'), joined.headers.get('x-tollgate-cache')]).toEqual(['MISS', 'HIT']);
+    expect(upstreamCalls({ fake } as Gateway)).toBe(1);
+  });
+
   it('a streamed request does not wait for an identical one in flight: its first token comes before that one ends', async () => {
     const gw = await gateway();
     const { key } = await gw.createKey();

@@ -348,6 +348,20 @@ describe.each([
     expect(ms).toBeLessThan(1000);
   });
 
+  it('an entry there before the wait ends none while a leader holds the lock (it may be refreshing it); its fill does', async () => {
+    const [leader, follower] = await pair();
+    const name = cacheName();
+    await leader.cacheFill(name, { entry: makeEntry(), ttlMs: 60_000, token: null }); // the old entry
+    const token = await leader.cacheAcquire(name, 10_000); // a refresh, for a request whose max-age it is past
+    expect(token).not.toBeNull();
+    let ended = false;
+    const wait = timed(follower.cacheWait(name, 5000)).finally(() => (ended = true));
+    await sleep(600); // past two polls: was 'filled' at once, the old entry
+    expect(ended).toBe(false);
+    await leader.cacheFill(name, { entry: makeEntry(), ttlMs: 60_000, token: token! });
+    expect((await wait).value).toBe('filled');
+  });
+
   it('a wait on a name nobody leads resolves at once: filled if there is an entry, else failed', async () => {
     const store = await one();
     const empty = cacheName();
