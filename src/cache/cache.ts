@@ -116,9 +116,11 @@ export function createCache(opts: CacheOptions) {
   /** Makes this request the one on this instance that talks to the store for `plan.name`. */
   function leadLocally(plan: CachePlan) {
     let finish!: () => void;
-    local.set(plan.name, new Promise<void>((resolve) => (finish = resolve)));
+    const lead = new Promise<void>((resolve) => (finish = resolve));
+    local.set(plan.name, lead);
     plan.finishLocal = () => {
-      local.delete(plan.name);
+      // A leader that outlived its store lock may have been followed by another: its lead stays.
+      if (local.get(plan.name) === lead) local.delete(plan.name);
       finish();
     };
   }
