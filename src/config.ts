@@ -391,6 +391,42 @@ function configWarnings(e: Env): string[] {
   return warnings;
 }
 
+/** The first words of Tollgate's own variables: another variable that starts with one is probably a misspelt one of ours. */
+const OUR_PREFIXES = new Set(['OPENAI', 'UPSTREAM', 'REDIS', 'STORE', 'AUTH', 'QUOTA', 'USAGE', 'ADMIN', 'CACHE', 'ALERT', 'METRICS', 'LEASE', 'PRICES', 'UNPRICED', 'SHUTDOWN', 'CORS', 'TOLLGATE', 'LOG']);
+
+/**
+ * Variables that look like Tollgate's and are not (a typo: REDIS_ULR, ADMNI_TOKEN): ignored by the
+ * schema, which would start a memory-only instance, or one without its admin API, without a word.
+ * One warning each, with the nearest real name. Short names (HOME, PATH) are not compared: too
+ * many of the machine's own are near ours.
+ */
+function unknownVariableWarnings(env: Record<string, unknown>): string[] {
+  const known = Object.keys(envSchema.shape);
+  const warnings: string[] = [];
+  for (const name of Object.keys(env)) {
+    if (name in envSchema.shape) continue;
+    const nearest = known.map((k) => ({ k, d: editDistance(name, k) })).sort((a, b) => a.d - b.d)[0]!;
+    const ours = OUR_PREFIXES.has(name.split('_', 1)[0]!);
+    if (!ours && !(name.length >= 8 && nearest.d <= 2)) continue;
+    const hint = nearest.d <= 3 ? ` (did you mean ${nearest.k}?)` : '';
+    warnings.push(`${name} is not a Tollgate variable, and is ignored${hint}; see .env.example for them all`);
+  }
+  return warnings;
+}
+
+/** Optimal string alignment distance: insertions, deletions, substitutions and swaps of neighbours. */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1);
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
 /** The REDIS_* variables that only make sense together (each one alone is checked by the schema). */
 function redisProblems(e: Env): string[] {
   const problems: string[] = [];
@@ -446,7 +482,7 @@ export function loadConfig(
   if (!parsed.success || problems.length > 0) throw new ConfigError(problems);
 
   const e = parsed.data;
-  for (const line of configWarnings(e)) warn(line);
+  for (const line of [...unknownVariableWarnings(set), ...configWarnings(e)]) warn(line);
   return {
     port: e.PORT,
     host: e.HOST,

@@ -47,6 +47,10 @@ describe('request log', () => {
     expect(rejected).toMatchObject({ path: '/v1/models' });
   });
 
+  it('starts with a warning when its store is the in-memory one outside the demo (a REDIS_URL misspelt, say)', () => {
+    expect(gw.logs.lines.find((l) => String(l.msg).startsWith('using the in-memory store'))).toMatchObject({ level: 40, store: 'memory' });
+  });
+
   it('never contains a secret, a cookie or a prompt', () => {
     const text = gw.logs.text;
     expect(text.length).toBeGreaterThan(0);

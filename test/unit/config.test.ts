@@ -264,6 +264,32 @@ describe('TRUST_PROXY', () => {
   });
 });
 
+describe('variables that look like Tollgate\'s and are not', () => {
+  it('are each one start-up warning naming the nearest real one, never their value; the machine\'s own are left alone', () => {
+    const warnings: string[] = [];
+    const env = {
+      OPENAI_API_KEY: 'sk-x',
+      REDIS_ULR: 'redis://:hunter2@redis:6379', // would start a memory-only instance without a word
+      ADMNI_TOKEN: 'secret-admin',
+      QUOTA_FAIL_MOD: 'open',
+      CACHE_TTL: '60',
+      HOME: '/root',
+      PATH: '/usr/bin',
+      NODE_OPTIONS: '--max-old-space-size=512',
+      HOSTNAME: 'gateway-1',
+    };
+    const c = loadConfig(env, [], (line) => warnings.push(line));
+    expect(c.redis).toBeUndefined();
+    expect(warnings).toEqual([
+      expect.stringContaining('REDIS_ULR is not a Tollgate variable, and is ignored (did you mean REDIS_URL?)'),
+      expect.stringContaining('ADMNI_TOKEN is not a Tollgate variable, and is ignored (did you mean ADMIN_TOKEN?)'),
+      expect.stringContaining('QUOTA_FAIL_MOD is not a Tollgate variable, and is ignored (did you mean QUOTA_FAIL_MODE?)'),
+      expect.stringContaining('CACHE_TTL is not a Tollgate variable'),
+    ]);
+    for (const line of warnings) expect(line).not.toMatch(/hunter2|secret-admin/);
+  });
+});
+
 describe('OPENAI_BASE_URL without /v1', () => {
   it('is accepted with one start-up warning naming the variable and the expected form (some compatible servers use other paths)', () => {
     const warnings: string[] = [];
