@@ -3,6 +3,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { ResponseOwner, Store } from '../store/store.js';
 import { storeUnavailable } from '../errors.js';
 import { readResponsesUsage } from '../openai/usage.js';
+import { ThrottledWarning } from '../resilience/throttled-log.js';
 
 /** OpenAI keeps stored responses 30 days: the owner is remembered as long. */
 export const RESPONSE_OWNER_TTL_MS = 30 * 86_400_000;
@@ -31,6 +32,10 @@ const RECORDED_TYPE = /"type"\s*:\s*"response\.(?:created|completed|incomplete)"
 
 export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLogger; ttlMs?: number }) {
   const ttlMs = opts.ttlMs ?? RESPONSE_OWNER_TTL_MS;
+  // One of each per 30 s while the store is down (with how many were left out), not one per request.
+  const notRecorded = new ThrottledWarning(opts.logger, 30_000);
+  const lookupFailed = new ThrottledWarning(opts.logger, 30_000);
+  const notForgotten = new ThrottledWarning(opts.logger, 30_000);
 
   /**
    * Records the owner of a response object, with its context tokens. A response created with
@@ -43,7 +48,7 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
     try {
       await opts.store.setResponseOwner(response.id, keyId, ttlMs, conversationTokens(response));
     } catch (err) {
-      opts.logger.warn({ err: (err as Error).message, responseId: response.id, keyId }, 'response owner not recorded');
+      notRecorded.warn({ err: (err as Error).message, responseId: response.id, keyId }, 'response owner not recorded');
     }
   }
 
@@ -78,7 +83,7 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
       try {
         await opts.store.deleteResponseOwner(responseId);
       } catch (err) {
-        opts.logger.warn({ err: (err as Error).message, responseId }, 'deleted response owner not forgotten');
+        notForgotten.warn({ err: (err as Error).message, responseId }, 'deleted response owner not forgotten');
       }
     },
 
@@ -116,7 +121,7 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
       } catch (err) {
         // The store refusing the id (checkResponseOwner's RangeError) is an answer, not an outage.
         if (err instanceof RangeError) return null;
-        opts.logger.warn({ err: (err as Error).message, responseId }, 'response owner lookup failed');
+        lookupFailed.warn({ err: (err as Error).message, responseId }, 'response owner lookup failed');
         throw storeUnavailable('Response lookups are temporarily unavailable. Please retry.');
       }
     },

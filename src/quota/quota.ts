@@ -185,10 +185,12 @@ export function createQuota(opts: QuotaOptions) {
     };
   };
 
+  // Fails on every tick while Redis is down: a line per outage (and per 30 s), not per tick.
+  const renewalWarning = new ThrottledWarning(logger, 30_000);
   const renewal = setInterval(() => {
     if (live.size === 0) return;
     store.renewLeases([...live.values()], clock(), opts.leaseTtlMs).catch((err: Error) => {
-      logger.warn({ err: err.message, leases: live.size }, 'lease renewal failed');
+      renewalWarning.warn({ err: err.message, leases: live.size }, 'lease renewal failed');
     });
   }, Math.max(1000, Math.floor(opts.leaseTtlMs / 3)));
   renewal.unref();

@@ -64,6 +64,7 @@ function client(gw: Gateway) {
     chat: (key: string, content: string) =>
       call(key, { body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content }], max_tokens: 20 } }),
     models: (key: string) => call(key, { path: '/v1/models', method: 'GET' }),
+    call,
     /** Every /v1 request made: each is one usage event. */
     get requests() {
       return requests;
@@ -361,6 +362,11 @@ describe('Redis outage', () => {
         // cache bypassed), the rest with keys the store cannot vouch for (503 auth_unavailable).
         const res = i % 5 < 3 ? await c.chat(key.key, `flood ${i}`) : await c.chat(`tg-unknown-during-outage-${i}`, 'who am i');
         statuses.push(res.status);
+      }
+      // Stored responses: their owners can be neither recorded (open: served) nor looked up.
+      for (let i = 0; i < 5; i++) {
+        await c.call(key.key, { path: '/v1/responses', body: { model: 'gpt-4o-mini', input: `flood ${i}` } });
+        expect((await c.call(key.key, { path: `/v1/responses/resp_flood${i}`, method: 'GET' })).status).toBe(503);
       }
       // Closed: every request is a 503 (quota or auth unavailable); open: the known key's are served.
       expect(statuses.filter((s) => s === 503)).toHaveLength(mode === 'closed' ? FLOOD : 20);
