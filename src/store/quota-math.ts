@@ -1,5 +1,6 @@
 // Quota arithmetic shared by both stores: the memory store runs it, the Redis store reads with it, and
-// lua/admit.lua and lua/settle.lua mirror it line for line (the contract suite holds them to the same answers).
+// lua/admit.lua mirrors its admission line for line (settle.lua mirrors MemoryStore.settle); the
+// contract suite holds both stores to the same answers.
 import type {
   AdmissionRequest,
   AdmissionResult,

@@ -337,9 +337,10 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
    * Sends one request. Resolves once response headers arrive; the body is a stream the caller must
    * consume or destroy: until it closes, the request holds one of the pool's connections (and an
    * unread body keeps it until the total timeout). Rejects with a GatewayError (502/504) when the
-   * exchange fails before headers. The body of any non-2xx answer comes with the server keys
-   * masked (OpenAI echoes the key it was sent in some errors): whatever relays or logs it
-   * downstream never holds a key.
+   * exchange fails before headers, or, once the client left (req.signal aborted), with undici's
+   * error or the signal's reason: callers check the signal first. The body of any non-2xx answer
+   * comes with the server keys masked (OpenAI echoes the key it was sent in some errors): whatever
+   * relays or logs it downstream never holds a key.
    *
    * Retries happen only in here, i.e. before anything reached the client: 429, 500, 502, 503, 504
    * and connection errors, with jittered exponential backoff or upstream's retry-after, within the
