@@ -146,8 +146,7 @@ export function createCache(opts: CacheOptions) {
    * too old for the request's max-age) and one in fill().
    */
   async function lookup(plan: CachePlan): Promise<CacheEntry | undefined> {
-    if (!plan.read) return undefined;
-    if (!plan.write) return get(plan);
+    if (!plan.read) return undefined; // a plan that reads also writes (plan(): no-store turns off both)
 
     const pending = local.get(plan.name);
     if (pending) {
@@ -206,7 +205,7 @@ export function createCache(opts: CacheOptions) {
      * admission throws.
      */
     async lookupAndAdmit<A>(plan: CachePlan, admitAndLookup: JoinedAdmission<A>): Promise<{ entry?: CacheEntry; admission?: A }> {
-      if (!plan.read || !plan.write || opts.scope !== 'key' || plan.maxAgeMs !== undefined) return { entry: await lookup(plan) };
+      if (!plan.read || opts.scope !== 'key' || plan.maxAgeMs !== undefined) return { entry: await lookup(plan) };
       const found = await admitAndLookup({ name: plan.name, leadTtlMs: opts.singleFlightWaitMs });
       if (found.lookup === 'hit') return { entry: found.entry, admission: found.admission };
       if (found.lookup === 'miss') {

@@ -208,8 +208,7 @@ async function callUpstream(
    * outwaiting the timeout would be a way around the budget.
    */
   const finishAbandoned = () => {
-    const prompt = admission.promptTokens;
-    trace.usage = { promptTokens: prompt, completionTokens: 0, totalTokens: prompt, cachedPromptTokens: 0, reasoningTokens: 0 };
+    trace.usage = promptPlus(admission, 0);
     finish({ usage: trace.usage, estimated: true });
   };
 
@@ -222,9 +221,7 @@ async function callUpstream(
    * (estimated): charging less would make a slow read or a hang-up a way around the budget.
    */
   const finishCutAnswer = () => {
-    const prompt = admission.promptTokens;
-    const completion = Math.max(0, admission.reservedTokens - prompt);
-    trace.usage = { promptTokens: prompt, completionTokens: completion, totalTokens: prompt + completion, cachedPromptTokens: 0, reasoningTokens: 0 };
+    trace.usage = promptPlus(admission, Math.max(0, admission.reservedTokens - admission.promptTokens));
     finish({ usage: trace.usage, estimated: true });
   };
 
@@ -435,9 +432,9 @@ function estimateCutShort(endpoint: Endpoint, body: Body, result: RelayResult, a
  * connection ended before its terminal event. Nothing when it completed, or when this side closed it
  * (the client left, or the shutdown deadline cut it: those codes are recorded when the response closes).
  */
-function streamErrorCode(result: RelayResult, clientGone: boolean, timedOut: boolean): string | undefined {
+function streamErrorCode(result: RelayResult, closedByClient: boolean, timedOut: boolean): string | undefined {
   if (result.upstreamError) return 'upstream_stream_error';
-  if (clientGone || result.completed) return undefined;
+  if (closedByClient || result.completed) return undefined;
   return timedOut ? 'upstream_timeout' : 'upstream_stream_cut';
 }
 
@@ -448,14 +445,13 @@ function streamErrorCode(result: RelayResult, clientGone: boolean, timedOut: boo
 function estimatedUsage(endpoint: Endpoint, body: Body, admission: Admission, generated: string): Usage {
   // Never past the most the request let upstream generate, when it says (or the endpoint's default
   // does): a legacy completion with `echo` has its prompt in the text too.
-  const completionTokens = Math.min(countCompletionTokens(generated, body.model), maxOutputTokens(endpoint, body, Infinity));
-  return {
-    promptTokens: admission.promptTokens,
-    completionTokens,
-    totalTokens: admission.promptTokens + completionTokens,
-    cachedPromptTokens: 0,
-    reasoningTokens: 0,
-  };
+  return promptPlus(admission, Math.min(countCompletionTokens(generated, body.model), maxOutputTokens(endpoint, body, Infinity)));
+}
+
+/** An estimated usage: the prompt as estimated at admission, plus `completionTokens`. */
+function promptPlus(admission: Admission, completionTokens: number): Usage {
+  const prompt = admission.promptTokens;
+  return { promptTokens: prompt, completionTokens, totalTokens: prompt + completionTokens, cachedPromptTokens: 0, reasoningTokens: 0 };
 }
 
 /**
