@@ -2,6 +2,7 @@
 import type { Dispatcher, Pool as UndiciPool, errors as UndiciErrors } from 'undici';
 import { createRequire } from 'node:module';
 import { pipeline, Readable, Transform } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Config } from '../config.js';
 import { GatewayError, upstreamInvalidStatus, upstreamTimeout, upstreamUnreachable } from '../errors.js';
 import { createKeyPool, type KeyPoolLogger, type PickedKey } from './key-pool.js';
@@ -127,6 +128,22 @@ const silent: KeyPoolLogger = { error() {}, warn() {} };
 
 /** How often a kind of upstream failure that is retried (a connection error code, an error status) is warned about. */
 const RETRY_WARN_INTERVAL_MS = 30_000;
+
+/**
+ * Upstream's body as the gateway asked for it (accept-encoding: identity): decoded when upstream (a
+ * proxy in front of OpenAI, say) compressed it all the same. Passed on as it came, gzip reached the
+ * client without its content-encoding (a stream arrived empty, its events unreadable to the relay)
+ * and its usage could not be read: charged nothing. An encoding not known here passes as it came.
+ * Dropping the decoded body drops upstream's with it (pipeline), which gives the connection back.
+ */
+function decodedBody(res: Dispatcher.ResponseData): Readable {
+  const encoding = String(res.headers['content-encoding'] ?? '').trim().toLowerCase();
+  const decoder =
+    encoding === 'gzip' || encoding === 'x-gzip' ? createGunzip() : encoding === 'deflate' ? createInflate() : encoding === 'br' ? createBrotliDecompress() : undefined;
+  if (!decoder) return res.body;
+  pipeline(res.body, decoder, () => undefined);
+  return decoder;
+}
 
 /** A response we will not pass on: read it off the socket (so the connection can be reused) or drop it. */
 async function discard(res: Dispatcher.ResponseData): Promise<void> {
@@ -449,10 +466,10 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         throw upstreamInvalidStatus(res.statusCode);
       }
 
-      let body: Readable = res.body;
+      let body = decodedBody(res);
       let quotaSpent = false;
       if (res.statusCode === 429) {
-        const read = await readRateLimitBody(res.body);
+        const read = await readRateLimitBody(body);
         body = read.body;
         quotaSpent = read.code === 'insufficient_quota';
       }
@@ -472,7 +489,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
       }
       // Only now is the response known to be dropped: nothing of it ever reaches the client.
       if (body === res.body) await discard(res);
-      else body.destroy(); // read in part or whole (a 429): its end gives the connection back
+      else body.destroy(); // read in part or whole (a 429), or decoded: its end gives the connection back
       retrying(req, `status:${res.statusCode}`, { attempt, keyIndex: key.index, status: res.statusCode, waitMs: Math.round(wait.ms) }, 'upstream answered an error; retrying');
       if (!(await waitFor(wait.ms))) {
         if (req.signal?.aborted) throw req.signal.reason;

@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { UsageEvent } from '../../src/usage/event.js';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { brotliCompressSync, gzipSync } from 'node:zlib';
 import type { AddressInfo } from 'node:net';
 import { ADMIN_TOKEN, startGateway, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
 import { createUpstreamClient } from '../../src/upstream/client.js';
@@ -467,6 +468,24 @@ describe('a stream framed in ways the SSE spec allows is relayed whole and charg
     expect(text).toContain('"response.completed"');
     const { events } = await accounting(1);
     expect(events[0]).toMatchObject({ status: 200, errorCode: null, promptTokens: 21, completionTokens: 9, estimated: false });
+  });
+
+  it.each(['gzip', 'br'] as const)('a body upstream %s-encoded though asked for identity (a proxy): decoded, relayed and charged exactly', async (encoding) => {
+    const encode = (text: string) => (encoding === 'gzip' ? gzipSync(text) : brotliCompressSync(text));
+    const events = [chunk('Fine.'), usageChunk, 'data: [DONE]\n\n'].join('');
+    upstream.set((_req, res) => res.writeHead(200, { 'content-type': 'text/event-stream', 'content-encoding': encoding }).end(encode(events)));
+    const streamed = await post('/v1/chat/completions', { ...chat, stream: true, stream_options: { include_usage: true } });
+    // Was an empty 200 stream, charged nothing.
+    expect(await streamed.text()).toBe(events);
+    const answer = { id: 'chatcmpl-z', object: 'chat.completion', model: 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: ANSWER }, finish_reason: 'stop' }], usage: { prompt_tokens: 9, completion_tokens: 5, total_tokens: 14 } };
+    upstream.set((_req, res) => res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': encoding }).end(encode(JSON.stringify(answer))));
+    const buffered = await post('/v1/chat/completions', chat);
+    expect(await buffered.json()).toEqual(answer);
+    const { events: recorded } = await accounting(2);
+    expect(recorded.map((e) => [e.promptTokens, e.completionTokens, e.estimated])).toEqual([
+      [9, 2, false],
+      [9, 5, false],
+    ]);
   });
 
   it('a content type in capitals (media types are case-insensitive) is still a stream, not a body charged its worst case', async () => {
