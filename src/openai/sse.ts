@@ -38,6 +38,15 @@ export interface RelayOptions {
    */
   keepData?: boolean;
   /**
+   * Past this many characters of kept event data (default KEPT_DATA_MAX_CHARS), the events are
+   * replaced by the text they generated (`textOf`, the endpoint's generatedText) and every later
+   * event adds only its own: an event carries ~200 bytes of JSON for a token or two of text, so a
+   * long generation held 20 MB per 100k tokens, per open stream. Such a stream is not cached
+   * (result.dataDropped). Without `textOf`, every event is kept.
+   */
+  textOf?: (data: readonly string[]) => string;
+  keptDataMaxChars?: number;
+  /**
    * The stream's events are typed, as the Responses API's are (`event:` lines, data with `type` and
    * `sequence_number`): the in-band error that ends an interrupted stream is then such an `error` event.
    */
@@ -63,10 +72,17 @@ export interface RelayResult {
   failure?: string;
   /**
    * The data of every event upstream sent (except [DONE]). Kept so that a stream cut short before
-   * its usage chunk can still be billed from a local count of what it generated.
+   * its usage chunk can still be billed from a local count of what it generated; past
+   * RelayOptions.keptDataMaxChars, only those after `text` (see dataDropped).
    */
   data: string[];
+  /** The events were too many to keep: `text` is what those dropped generated (the rest is in `data`). */
+  dataDropped?: boolean;
+  text?: string;
 }
+
+/** How much event data a stream keeps before it keeps only the text the events generated (RelayOptions.textOf). */
+export const KEPT_DATA_MAX_CHARS = 4 * 1024 * 1024;
 
 /** One server-sent event: its type (`event:`), id (`id:`) and data (`data:` lines, joined by \n). */
 export interface SseEvent {
@@ -334,6 +350,8 @@ class SseRelay extends Readable {
   private out = '';
   /** The data of the last event read: an interruption's typed error event continues its sequence_number. */
   private lastData: string | undefined;
+  /** Characters of event data in result.data. */
+  private keptChars = 0;
 
   constructor(
     private readonly source: Readable,
@@ -404,7 +422,7 @@ class SseRelay extends Readable {
           result.completed = true;
           seen = this.ending();
         } else {
-          if (options.keepData !== false) result.data.push(e.data);
+          if (options.keepData !== false) this.keep(e.data);
           const found = (options.readEvent ?? readChatChunk)(e.data, e.event);
           if (found) {
             if (found.usage) result.usage = found.usage;
@@ -450,6 +468,19 @@ class SseRelay extends Readable {
     this.flush();
     if (this.sourceEnded) this.finish();
     else if (!this.full) this.source.resume();
+  }
+
+  /** Keeps an event's data for the bill, within keptDataMaxChars (see RelayOptions.textOf). */
+  private keep(data: string): void {
+    const { result, options } = this;
+    result.data.push(data);
+    if (!options.textOf) return;
+    this.keptChars += data.length;
+    if (this.keptChars <= (options.keptDataMaxChars ?? KEPT_DATA_MAX_CHARS)) return;
+    result.text = (result.text ?? '') + options.textOf(result.data);
+    result.dataDropped = true;
+    result.data.length = 0;
+    this.keptChars = 0;
   }
 
   private relay(e: SseEvent, inBandError: boolean): void {

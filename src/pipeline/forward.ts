@@ -285,6 +285,8 @@ async function callUpstream(
         // A mid-stream error event is upstream error text: it may echo a server key (see redact.ts).
         maskError: res.maskSecrets,
         typedEvents: endpoint.typedEvents,
+      // A long generation keeps the text it generated, not every event's JSON (see RelayOptions).
+      textOf: endpoint.usage.generatedText,
         // The id is known from response.created on: recorded before the client can see (and use) it.
         onEvent: endpoint.recordsOwner ? (data, event) => deps.owners.recordFromEvent(data, event, keyId) : undefined,
         // Upstream is done: the key's concurrency lease is given back before the client sees the end
@@ -402,7 +404,7 @@ function jsonEntry(json: unknown, text: string | undefined, usage: Usage | undef
 
 /** A cache entry from a stream that ended normally ([DONE], finish reasons, usage), assembled into JSON. */
 function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): NewCacheEntry | undefined {
-  if (!result.completed || !result.usage || result.error) return undefined;
+  if (!result.completed || !result.usage || result.error || result.dataDropped) return undefined;
   if (!endpoint.convert) return undefined;
   const assembled = endpoint.convert.assemble(result.data);
   if (!assembled) return undefined;
@@ -414,7 +416,7 @@ function streamEntry(endpoint: Endpoint, result: RelayResult, model: string): Ne
  * prompt as estimated at admission plus a local count of what was generated, as OpenAI bills it.
  */
 function estimateCutShort(endpoint: Endpoint, body: Body, result: RelayResult, admission: Admission, closedHere: boolean): Usage | undefined {
-  const generated = endpoint.usage.generatedText(result.data);
+  const generated = (result.text ?? '') + endpoint.usage.generatedText(result.data);
   // Nothing generated that shows (events without output, a role chunk or response.created, are no
   // token; an in-band error is not output). If upstream broke or refused the stream, release
   // everything. If the connection was closed from this side (the client hung up, or a gateway

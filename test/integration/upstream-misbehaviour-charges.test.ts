@@ -17,6 +17,7 @@ import { createRedisStore } from '../../src/store/redis-store.js';
 import { startFakeOpenAI } from '../../src/fake-openai/server.js';
 import { countCompletionTokens, estimatePromptTokens } from '../../src/openai/tokens.js';
 import type { Endpoint } from '../../src/openai/endpoints.js';
+import { KEPT_DATA_MAX_CHARS } from '../../src/openai/sse.js';
 import type { Store } from '../../src/store/store.js';
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -410,6 +411,21 @@ describe('a stream upstream breaks carries an error code (usage event, log line,
     expect(events[0]).toMatchObject({ status: 200, errorCode: 'upstream_stream_cut', promptTokens: prompt, completionTokens: completion, estimated: true });
     expect(lines.at(-1)).toMatchObject({ errorCode: 'upstream_stream_cut', streamIncomplete: true });
     expect(await reportedErrors()).toMatchObject({ requests: 1, errors: 1 });
+  });
+
+  it('chat: a long generation (past the events a stream keeps: KEPT_DATA_MAX_CHARS) lost mid-stream: charged all it generated', async () => {
+    const pieces = Array.from({ length: 40_000 }, (_, i) => `gate${i} `); // ~5 MB of events
+    upstream.set(sse(pieces.map(chunk), 'drop'));
+    const body = { ...chat, max_tokens: 500_000, stream: true };
+    const res = await post('/v1/chat/completions', body);
+    expect((await res.text()).length).toBeGreaterThan(KEPT_DATA_MAX_CHARS);
+    const { events } = await accounting(1);
+    expect(events[0]).toMatchObject({
+      errorCode: 'upstream_stream_cut',
+      promptTokens: estimate('chat.completions', body),
+      completionTokens: counted(pieces.join(''), chat.model),
+      estimated: true,
+    });
   });
 
   it('responses: a typed error event mid-stream: upstream_stream_error', async () => {

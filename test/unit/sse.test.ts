@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { createParser } from 'eventsource-parser';
 import fc from 'fast-check';
 import { SseParser, relaySse } from '../../src/openai/sse.js';
+import { generatedText } from '../../src/openai/usage.js';
 
 describe('relaySse', () => {
   it('waits on a slow client without piling up listeners', async () => {
@@ -106,6 +107,21 @@ describe('relaySse: behaviour', () => {
     const { stream, done } = relaySse(source, { dropUsageChunk: false, readEvent: () => undefined, maskError });
     expect(await collect(stream)).toBe(': keep-alive\n\n: sk-***\n\ndata: {"a":\ndata: 1}\n\n:\n\n');
     expect((await done).events).toBe(1); // a comment is no event
+  });
+
+  it('keeps the events of a long generation only up to a bound, then the text they generated: what a cut stream is billed from', async () => {
+    const source = new Readable({ read() {} });
+    const { stream, done } = relaySse(source, { dropUsageChunk: false, textOf: generatedText, keptDataMaxChars: 1000 });
+    const text = collect(stream);
+    const words = Array.from({ length: 200 }, (_, i) => `w${i} `);
+    for (const w of words) source.push(chunk(w));
+    source.push(null);
+    const result = await done;
+    expect(result.dataDropped).toBe(true);
+    // 200 events of ~80 characters: never more than ~1000 of them held, the rest as their text.
+    expect(result.data.join('').length).toBeLessThanOrEqual(1000);
+    expect((result.text ?? '') + generatedText(result.data)).toBe(words.join(''));
+    expect(await text).toBe(words.map(chunk).join('')); // the client gets every event, of course
   });
 
   it('an upstream failure mid-stream ends the stream with the in-band error event', async () => {
