@@ -27,7 +27,10 @@ export const BUDGET_HELD_RETRY_MS = 1000;
 /** How long a settled reservation id is remembered, so a repeated settle changes nothing. */
 export const SETTLED_RETENTION_MS = 2 * 86_400_000;
 
-/** Limit codes as the admit script returns them: index + 1, in the order they are checked. */
+/**
+ * Limit codes as the admit script returns them: index + 1. The order they are checked in is
+ * maxConcurrent, rpm, tpm, then the budgets (firstBrokenLimit below).
+ */
 export const LIMIT_ORDER = [
   'maxConcurrent',
   'rpm',
@@ -157,17 +160,22 @@ export function firstBrokenLimit(input: AdmissionInput): { limit: LimitName; ret
     const retryAfterMs = tokens > limits.tpm ? undefined : msUntilFreed(window, 'tokens', totals.tokens + tokens - limits.tpm, now);
     return { limit: 'tpm', retryAfterMs };
   }
-  // [limit, its value, settled use plus this request, reserved by requests in flight]; the months
-  // first: a spent month outlasts a spent day, and naming the day would send the client back at
-  // midnight (or at once, when the day it arrived in has ended since) to be refused again.
-  const budgets: [LimitName, number, number, number][] = [
-    ['tokensPerMonth', limits.tokensPerMonth, month.tokensUsed + tokens, month.tokensReserved],
-    ['usdPerMonth', limits.usdMicrosPerMonth, month.usdUsed + usdMicros, month.usdReserved],
-    ['tokensPerDay', limits.tokensPerDay, day.tokensUsed + tokens, day.tokensReserved],
-    ['usdPerDay', limits.usdMicrosPerDay, day.usdUsed + usdMicros, day.usdReserved],
+  // [limit, its value, settled use plus this request, reserved by requests in flight, this request
+  // alone]; the months first: a spent month outlasts a spent day, and naming the day would send the
+  // client back at midnight (or at once, when the day it arrived in has ended since) to be refused again.
+  const budgets: [LimitName, number, number, number, number][] = [
+    ['tokensPerMonth', limits.tokensPerMonth, month.tokensUsed + tokens, month.tokensReserved, tokens],
+    ['usdPerMonth', limits.usdMicrosPerMonth, month.usdUsed + usdMicros, month.usdReserved, usdMicros],
+    ['tokensPerDay', limits.tokensPerDay, day.tokensUsed + tokens, day.tokensReserved, tokens],
+    ['usdPerDay', limits.usdMicrosPerDay, day.usdUsed + usdMicros, day.usdReserved, usdMicros],
   ];
+  // Larger than a whole budget: no period's end lets it through (the client must ask for less).
+  for (const [limit, max, , , alone] of budgets) {
+    if (max > 0 && alone > max) return { limit, retryAfterMs: undefined };
+  }
   // Past what is left of a budget: waiting within the period does not help (the gateway knows when
-  // it resets). Every budget is asked this first: one merely held must not hide one that is spent.
+  // it resets). Every budget is asked this before any is found merely held: one held must not hide
+  // one that is spent.
   for (const [limit, max, wanted] of budgets) {
     if (max > 0 && wanted > max) return { limit, retryAfterMs: undefined };
   }

@@ -219,6 +219,15 @@ describe.each([
     expect(await key.admit({ tokens: 10, usdMicros: 0 })).toEqual({ admitted: false, limit: 'tokensPerDay', retryAfterMs: 1000 });
   });
 
+  it('a request larger than a whole budget names that one, before a spent month: no reset lets it through', async () => {
+    const key = forKey(await create(), { tokensPerDay: 100, tokensPerMonth: 1000 });
+    const old = await key.reserve({ tokens: 10, usdMicros: 0, periods: periods('2026-11-17') });
+    await key.settle(old, { tokens: 990, usdMicros: 0 }); // used more than it reserved (a long answer)
+    // The month is spent for it too, but naming the month says "wait for the 1st", then the day refuses it.
+    expect(await key.admit({ tokens: 150, usdMicros: 0 })).toEqual({ admitted: false, limit: 'tokensPerDay' });
+    expect(await key.admit({ tokens: 50, usdMicros: 0 })).toEqual({ admitted: false, limit: 'tokensPerMonth' });
+  });
+
   it('is all or nothing: a request failing tpm leaves the rpm and budget counters alone', async () => {
     const key = forKey(await create(), { rpm: 10, tpm: 100, tokensPerDay: 1000, usdMicrosPerDay: 1_000_000 });
     await key.reserve({ tokens: 80, usdMicros: 8000 });

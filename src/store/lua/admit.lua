@@ -173,21 +173,31 @@ elseif tpm > 0 and totalToks + tokens > tpm then
 else
   local dtu, dtr, duu, dur = budget(dayKey)
   local mtu, mtr, muu, mur = budget(monthKey)
-  -- {limit code, its value, settled use plus this request, reserved by requests in flight}; the
-  -- months first: a spent month outlasts a spent day, and naming the day would send the client back
-  -- at midnight (or at once, when the day it arrived in has ended since) to be refused again.
+  -- {limit code, its value, settled use plus this request, reserved by requests in flight, this
+  -- request alone}; the months first: a spent month outlasts a spent day, and naming the day would
+  -- send the client back at midnight (or at once, when the day it arrived in has ended since) to be
+  -- refused again.
   local budgets = {
-    {5, tokensPerMonth, mtu + tokens, mtr},
-    {7, usdPerMonth, muu + usd, mur},
-    {4, tokensPerDay, dtu + tokens, dtr},
-    {6, usdPerDay, duu + usd, dur},
+    {5, tokensPerMonth, mtu + tokens, mtr, tokens},
+    {7, usdPerMonth, muu + usd, mur, usd},
+    {4, tokensPerDay, dtu + tokens, dtr, tokens},
+    {6, usdPerDay, duu + usd, dur, usd},
   }
-  -- Past what is left of a budget: no retry hint. Every budget is asked this first: one merely
-  -- held must not hide one that is spent.
+  -- Larger than a whole budget: no period's end lets it through (the client must ask for less).
   for _, b in ipairs(budgets) do
-    if b[2] > 0 and b[3] > b[2] then
+    if b[2] > 0 and b[5] > b[2] then
       limit = b[1]
       break
+    end
+  end
+  -- Past what is left of a budget: no retry hint. Every budget is asked this before any is found
+  -- merely held: one held must not hide one that is spent.
+  if limit == 0 then
+    for _, b in ipairs(budgets) do
+      if b[2] > 0 and b[3] > b[2] then
+        limit = b[1]
+        break
+      end
     end
   end
   -- Within what is left of each, only requests in flight stand in the way: quota-math
