@@ -63,6 +63,9 @@ export const upstreamUnreachable = () =>
 export const upstreamInvalidStatus = (status: number) =>
   new GatewayError(502, `The upstream API answered with an invalid HTTP status (${status}).`, 'server_error', 'upstream_invalid_response');
 
+export const upstreamUndecodable = () =>
+  new GatewayError(502, 'The upstream API answered with a body that does not decode as its content-encoding says.', 'server_error', 'upstream_invalid_response');
+
 export const upstreamAuthFailed = () =>
   new GatewayError(502, 'The upstream API refused the gateway\'s credentials. Tell your gateway administrator.', 'server_error', 'upstream_auth_failed');
 

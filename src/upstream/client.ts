@@ -2,9 +2,9 @@
 import type { Dispatcher, Pool as UndiciPool, errors as UndiciErrors } from 'undici';
 import { createRequire } from 'node:module';
 import { pipeline, Readable, Transform } from 'node:stream';
-import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { constants as zlib, createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Config } from '../config.js';
-import { GatewayError, upstreamInvalidStatus, upstreamTimeout, upstreamUnreachable } from '../errors.js';
+import { GatewayError, upstreamInvalidStatus, upstreamTimeout, upstreamUndecodable, upstreamUnreachable } from '../errors.js';
 import { createKeyPool, type KeyPoolLogger, type PickedKey } from './key-pool.js';
 import { createFairShare, type Release } from './fair-share.js';
 import { KeyedThrottledWarning } from '../resilience/throttled-log.js';
@@ -83,6 +83,7 @@ const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEO
 
 /** Maps a failed exchange to what the client sees: 504 for a timeout, 502 for anything else. */
 export function upstreamFailure(err: unknown, timedOut: boolean): GatewayError {
+  if (undecodable(err)) return upstreamUndecodable();
   const code = (err as { code?: string })?.code;
   const timeout = timedOut || (code && TIMEOUT_CODES.has(code)) || err instanceof undiciErrors.HeadersTimeoutError;
   const failure = timeout ? upstreamTimeout() : upstreamUnreachable();
@@ -138,11 +139,28 @@ const RETRY_WARN_INTERVAL_MS = 30_000;
  */
 function decodedBody(res: Dispatcher.ResponseData): Readable {
   const encoding = String(res.headers['content-encoding'] ?? '').trim().toLowerCase();
+  // Flushing as it goes, as undici's fetch decodes: an empty or truncated body gives what it holds.
+  // With zlib's defaults such a body emitted 'unexpected end of file' after pipeline had finished,
+  // an uncaught exception; the listener below is there for anything else of that kind.
+  const gzipLike = { flush: zlib.Z_SYNC_FLUSH, finishFlush: zlib.Z_SYNC_FLUSH };
   const decoder =
-    encoding === 'gzip' || encoding === 'x-gzip' ? createGunzip() : encoding === 'deflate' ? createInflate() : encoding === 'br' ? createBrotliDecompress() : undefined;
+    encoding === 'gzip' || encoding === 'x-gzip'
+      ? createGunzip(gzipLike)
+      : encoding === 'deflate'
+        ? createInflate(gzipLike)
+        : encoding === 'br'
+          ? createBrotliDecompress({ flush: zlib.BROTLI_OPERATION_FLUSH, finishFlush: zlib.BROTLI_OPERATION_FLUSH })
+          : undefined;
   if (!decoder) return res.body;
+  decoder.on('error', () => undefined); // its reader hears it (pipeline destroys it with the error)
   pipeline(res.body, decoder, () => undefined);
   return decoder;
+}
+
+/** A body that is not what its content-encoding says (zlib's Z_DATA_ERROR, brotli's own). */
+function undecodable(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && (code.startsWith('Z_') || code.includes('BROTLI'));
 }
 
 /** A response we will not pass on: read it off the socket (so the connection can be reused) or drop it. */
