@@ -1,6 +1,7 @@
 // The shared pipeline for every POST endpoint: validate, check the model, cache lookup and admission
 // (one store round trip when they can be joined), forward, relay, then settle and fill the cache
 // once the answer is complete.
+import type { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { validateBody } from '../openai/endpoints.js';
@@ -315,15 +316,7 @@ async function callUpstream(
           finish(consumption, entry);
         }
       });
-      reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
-      // The headers go out now, as upstream's came, not with the first event: a model may think for
-      // a minute before it, and a client (or proxy) that waits that long for headers times out and
-      // retries, each retry billed. Fastify sets them as it starts piping the stream; Node would
-      // write them with its first byte.
-      reply.raw.once('pipe', () => {
-        if (!reply.raw.headersSent && !reply.raw.destroyed) reply.raw.flushHeaders();
-      });
-      return reply.send(stream);
+      return sendRelayed(reply, stream);
     }
 
     return sendBuffered(
@@ -369,6 +362,20 @@ async function callUpstream(
     }
     throw err;
   }
+}
+
+/**
+ * Sends a relayed upstream stream. Its headers go out at once, as upstream's came, not with its
+ * first event: a model may think for a minute before that, and a client (or proxy) that waits as
+ * long for headers times out and retries, each retry billed. Fastify sets them as it starts piping
+ * the stream; Node would write them with its first byte.
+ */
+export function sendRelayed(reply: FastifyReply, stream: Readable) {
+  reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
+  reply.raw.once('pipe', () => {
+    if (!reply.raw.headersSent && !reply.raw.destroyed) reply.raw.flushHeaders();
+  });
+  return reply.send(stream);
 }
 
 /** What an answer that reports no usage (moderations) used, for its cache entry. */

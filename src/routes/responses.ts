@@ -4,7 +4,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { mediaTypeOf, type UpstreamClient } from '../upstream/client.js';
 import type { ResponseOwners } from '../pipeline/response-owners.js';
-import { clientGone, sendBuffered } from '../pipeline/forward.js';
+import { clientGone, sendBuffered, sendRelayed } from '../pipeline/forward.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from '../pipeline/headers.js';
 import { clientClosed, notFound, upstreamAuthFailed } from '../errors.js';
 import { relaySse } from '../openai/sse.js';
@@ -90,7 +90,7 @@ async function passThrough(
       typedEvents: true,
       onFirstEvent: () => (request.trace.ttfbMs = reply.elapsedTime),
     });
-    return reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no').send(stream);
+    return sendRelayed(reply, stream);
   }
   return sendBuffered(reply, res, started, false);
 }

@@ -533,6 +533,46 @@ describe('a stream framed in ways the SSE spec allows is relayed whole and charg
   });
 });
 
+describe("a stream's headers go out as upstream's arrive, not with its first event", () => {
+  /**
+   * An upstream that sends its stream's headers, then `event` once the client has had them (the
+   * test says so), or after 5 s if it never does: then the headers were held back for the event.
+   */
+  function eventAfterHeaders(event: string) {
+    let release!: () => void;
+    const released = new Promise<'after the headers'>((resolve) => (release = () => resolve('after the headers')));
+    let sentEvent: Promise<string> = Promise.resolve('never');
+    upstream.set((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.flushHeaders();
+      sentEvent = Promise.race([released, new Promise<string>((resolve) => setTimeout(() => resolve('with the headers'), 5000))]).then((when) => {
+        res.end(event);
+        return when;
+      });
+    });
+    return async (send: () => Promise<Response>) => {
+      const res = await send(); // resolves with the headers
+      release();
+      await res.text();
+      return { status: res.status, eventSent: await sentEvent };
+    };
+  }
+
+  it('a chat stream, and a stored response replayed (GET /v1/responses/{id}?stream=true)', async () => {
+    const created = { id: 'resp_replay1', object: 'response', status: 'queued', background: true, model: 'gpt-4o-mini', output: [], usage: null };
+    upstream.set(json(created));
+    // Background responses are for keys without token or USD limits.
+    const unmetered = await gw.createKey({ name: 'background' });
+    const auth = { authorization: `Bearer ${unmetered.key}` };
+    const create = await fetch(`${gw.url}/v1/responses`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ ...responses, background: true }) });
+    expect(create.status).toBe(200);
+    const completed = typed({ type: 'response.completed', sequence_number: 1, response: { ...created, status: 'completed' } });
+    // The replay's headers came with its first event.
+    expect(await eventAfterHeaders(completed)(() => fetch(`${gw.url}/v1/responses/resp_replay1?stream=true`, { headers: auth }))).toEqual({ status: 200, eventSent: 'after the headers' });
+    expect(await eventAfterHeaders('data: [DONE]\n\n')(() => post('/v1/chat/completions', { ...chat, stream: true }))).toEqual({ status: 200, eventSent: 'after the headers' });
+  });
+});
+
 describe('a stream that ends normally without usage or visible output is still charged its prompt', () => {
   it('chat: a role chunk, then [DONE] (a proxy dropped the usage; the output was all reasoning)', async () => {
     const role = data({ id: 'chatcmpl-s', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] });
