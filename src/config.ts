@@ -391,8 +391,18 @@ function configWarnings(e: Env): string[] {
   return warnings;
 }
 
-/** The first words of Tollgate's own variables: another variable that starts with one is probably a misspelt one of ours. */
-const OUR_PREFIXES = new Set(['OPENAI', 'UPSTREAM', 'REDIS', 'STORE', 'AUTH', 'QUOTA', 'USAGE', 'ADMIN', 'CACHE', 'ALERT', 'METRICS', 'LEASE', 'PRICES', 'UNPRICED', 'SHUTDOWN', 'CORS', 'TOLLGATE', 'LOG']);
+/**
+ * The first words of Tollgate's own variables: another variable that starts with one is probably a
+ * misspelt one of ours. Not OPENAI_ or LOG_: other tools read variables of those names
+ * (OPENAI_ORG_ID, OPENAI_LOG, LOG_FORMAT); a typo of ours there is still caught as a near miss.
+ */
+const OUR_PREFIXES = new Set(['UPSTREAM', 'REDIS', 'STORE', 'AUTH', 'QUOTA', 'USAGE', 'ADMIN', 'CACHE', 'ALERT', 'METRICS', 'LEASE', 'PRICES', 'UNPRICED', 'SHUTDOWN', 'CORS', 'TOLLGATE']);
+
+/**
+ * What Kubernetes sets in every pod for each Service of its namespace (unless enableServiceLinks is
+ * off): REDIS_SERVICE_HOST, REDIS_PORT, REDIS_PORT_6379_TCP_ADDR... for a Service named redis.
+ */
+const SERVICE_LINK = /_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_\d+_(TCP|UDP|SCTP)(_ADDR|_PORT|_PROTO)?)$/;
 
 /**
  * Variables that look like Tollgate's and are not (a typo: REDIS_ULR, ADMNI_TOKEN): ignored by the
@@ -404,7 +414,7 @@ function unknownVariableWarnings(env: Record<string, unknown>): string[] {
   const known = Object.keys(envSchema.shape);
   const warnings: string[] = [];
   for (const name of Object.keys(env)) {
-    if (name in envSchema.shape) continue;
+    if (name in envSchema.shape || SERVICE_LINK.test(name)) continue;
     const nearest = known.map((k) => ({ k, d: editDistance(name, k) })).sort((a, b) => a.d - b.d)[0]!;
     const ours = OUR_PREFIXES.has(name.split('_', 1)[0]!);
     if (!ours && !(name.length >= 8 && nearest.d <= 2)) continue;

@@ -277,6 +277,19 @@ describe('variables that look like Tollgate\'s and are not', () => {
       PATH: '/usr/bin',
       NODE_OPTIONS: '--max-old-space-size=512',
       HOSTNAME: 'gateway-1',
+      // What Kubernetes sets for Services named redis and tollgate (service links), and other tools' own.
+      REDIS_PORT: 'tcp://10.0.0.7:6379',
+      REDIS_PORT_6379_TCP: 'tcp://10.0.0.7:6379',
+      REDIS_PORT_6379_TCP_ADDR: '10.0.0.7',
+      REDIS_PORT_6379_TCP_PORT: '6379',
+      REDIS_PORT_6379_TCP_PROTO: 'tcp',
+      REDIS_SERVICE_HOST: '10.0.0.7',
+      REDIS_SERVICE_PORT: '6379',
+      REDIS_SERVICE_PORT_REDIS: '6379',
+      TOLLGATE_PORT_8080_TCP: 'tcp://10.0.0.8:8080',
+      OPENAI_ORG_ID: 'org-x',
+      OPENAI_LOG: 'debug',
+      LOG_FORMAT: 'json',
     };
     const c = loadConfig(env, [], (line) => warnings.push(line));
     expect(c.redis).toBeUndefined();
