@@ -58,11 +58,23 @@ export function watchConnections(app: FastifyInstance): { readonly closing: bool
  * then 'close'. One that got the connection meanwhile, or finished on it, is Node's to close.
  */
 function closesWithConnection(socket: Socket, res: ServerResponse): void {
-  const connectionClosed = () => {
-    if (res.socket !== null || res.writableFinished) return;
-    res.destroy();
-    res.emit('close');
-  };
-  socket.once('close', connectionClosed);
-  res.once('close', () => socket.off('close', connectionClosed));
+  // One listener per connection, however deep its pipeline (one each made Node warn of a leak).
+  let queued = queuedOn.get(socket);
+  if (!queued) {
+    const responses = new Set<ServerResponse>();
+    queuedOn.set(socket, (queued = responses));
+    socket.once('close', () => {
+      for (const waiting of responses) {
+        if (waiting.socket !== null || waiting.writableFinished) continue;
+        waiting.destroy();
+        waiting.emit('close');
+      }
+    });
+  }
+  const set = queued;
+  set.add(res);
+  res.once('close', () => set.delete(res));
 }
+
+/** The responses queued behind another on each connection (pipelined), until each closes. */
+const queuedOn = new WeakMap<Socket, Set<ServerResponse>>();

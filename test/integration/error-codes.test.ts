@@ -132,7 +132,7 @@ describe('a request body that does not arrive whole, or is not JSON', () => {
 });
 
 describe('pipelined requests (HTTP/1.1) whose client hangs up', () => {
-  it('are each recorded as 499 client_closed_request and abandoned upstream, not only the first: the shutdown then waits for none', async () => {
+  it('are each recorded as 499 client_closed_request and abandoned upstream, not only the first: the shutdown then waits for none', { timeout: 30_000 }, async () => {
     const piped = await startGateway({ env: { REDIS_URL: testRedisUrl(), REDIS_PREFIX: uniquePrefix() } });
     try {
       const pipedKey = await piped.createKey({ name: 'pipelining' });
@@ -144,18 +144,24 @@ describe('pipelined requests (HTTP/1.1) whose client hangs up', () => {
       const request = (id: string) =>
         `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${pipedKey.key}\r\nContent-Type: application/json\r\n` +
         `X-Request-Id: ${id}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
-      // The second waits behind the first for the connection, though both went upstream at once.
-      socket.write(request('piped-1') + request('piped-2'));
-      await expect.poll(() => piped.fake.requests.length).toBe(2);
+      // Each waits behind the first for the connection, though all went upstream at once.
+      const ids = Array.from({ length: 12 }, (_, i) => `piped-${String(i).padStart(2, '0')}`);
+      const warnings: Error[] = [];
+      const onWarning = (w: Error) => warnings.push(w);
+      process.on('warning', onWarning);
+      socket.write(ids.map(request).join(''));
+      await expect.poll(() => piped.fake.requests.length).toBe(ids.length);
       socket.destroy();
 
-      // Only piped-1 was recorded: piped-2 was never told its client had left, went on upstream
-      // (billed) and had no log line or usage event.
+      // Only piped-00 was recorded: the others were never told their client had left, went on
+      // upstream (billed) and had no log line or usage event.
       const lines = () => piped.logs.requests().filter((l) => l.keyId === pipedKey.id);
-      await expect.poll(() => lines().map((l) => l.requestId).sort()).toEqual(['piped-1', 'piped-2']);
+      await expect.poll(() => lines().map((l) => l.requestId).sort()).toEqual(ids);
       for (const line of lines()) expect(line).toMatchObject({ status: 499, errorCode: 'client_closed_request' });
       await sleep(1700);
-      expect(piped.fake.usageTotals().requests).toBe(0); // neither answer was generated to the end
+      expect(piped.fake.usageTotals().requests).toBe(0); // no answer was generated to the end
+      process.off('warning', onWarning);
+      expect(warnings.map((w) => w.name)).toEqual([]); // a listener per queued response: MaxListenersExceededWarning
       // The close waits for every request's accounting: it waited for piped-2's for good (server.ts
       // cuts that wait at SHUTDOWN_TIMEOUT_MS, and exits 1).
       expect(await Promise.race([piped.close().then(() => 'closed'), sleep(5_000).then(() => 'still waiting')])).toBe('closed');
