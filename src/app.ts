@@ -159,6 +159,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   const upstream = options.upstream ?? createUpstreamClient(config.upstream, { logger });
   const clock = options.clock ?? Date.now;
   const graceWarning = new ThrottledWarning(logger, 30_000);
+  const budgetGaugesWarning = new ThrottledWarning(logger, 30_000);
   const keyResolver = createKeyResolver(store, config.authCacheTtlMs, Date.now, {
     graceMs: config.outage.authGraceMs,
     onGrace: (keyId, err) =>
@@ -192,7 +193,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   const metrics = createMetrics({
     prices,
     budgets: () => budgetGauges(store, quota),
-    onBudgetsError: (err) => logger.warn({ err: err.message }, 'budget gauges unavailable'),
+    // Every scrape while Redis is down: a line per 30 s, as for other outage warnings.
+    onBudgetsError: (err) => budgetGaugesWarning.warn({ err: err.message }, 'budget gauges unavailable'),
     degraded: () => modes(),
     upstreamConnections: upstream.connections,
     keyRecord: (id) => store.getKeyById(id),

@@ -363,6 +363,8 @@ describe('Redis outage', () => {
         const res = i % 5 < 3 ? await c.chat(key.key, `flood ${i}`) : await c.chat(`tg-unknown-during-outage-${i}`, 'who am i');
         statuses.push(res.status);
       }
+      // Prometheus scraping: the budget gauges cannot be read.
+      for (let i = 0; i < 3; i++) expect((await fetch(`${gw.url}/metrics`)).status).toBe(200);
       // Stored responses: their owners can be neither recorded (open: served) nor looked up.
       for (let i = 0; i < 5; i++) {
         await c.call(key.key, { path: '/v1/responses', body: { model: 'gpt-4o-mini', input: `flood ${i}` } });
