@@ -191,7 +191,8 @@ const COLON = 58;
 
 /**
  * An incremental parser of the event-stream format, with eventsource-parser 3's behaviour (which
- * Tollgate used before; test/unit/sse.test.ts checks both agree on any split of any input): lines
+ * Tollgate used before; test/unit/sse.test.ts checks both agree on any split of any input once a
+ * last LF ends it, as this one ends a line at a CR that ends a chunk, where the library waits): lines
  * end with CR, LF or CRLF; a blank line dispatches the event if it had data; `data` lines are
  * joined by \n; `event` and `id` apply to the event being read (not to later ones); an `id`
  * containing NUL is ignored; `retry` and unknown fields are ignored, comments too (or handed to
