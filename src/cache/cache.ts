@@ -23,8 +23,13 @@ export interface CacheOptions {
   logger: FastifyBaseLogger;
 }
 
-/** Fields that cannot change the output: left out of the cache name, so they never split entries. */
+/**
+ * Fields that cannot change the output: left out of the cache name, so they never split entries.
+ * `user` only where the answer does not echo it: a Responses object carries the `user` it was asked
+ * with, and a hit would hand one end user's id to another (another key's, with CACHE_SCOPE=global).
+ */
 const IGNORED_FIELDS = new Set(['stream', 'stream_options', 'user']);
+const IGNORED_FIELDS_ECHOING_USER = new Set(['stream', 'stream_options']);
 
 /**
  * Fields that hold JSON schemas (a tool's or function's `parameters`; `schema` of a structured
@@ -86,7 +91,8 @@ export function createCache(opts: CacheOptions) {
   /** `seedDigits`: a seed JSON.parse rounded (big-seed.ts), so two such seeds never share a name. */
   function nameFor(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, seedDigits: string | undefined): string {
     const significant: Record<string, unknown> = {};
-    for (const [field, value] of Object.entries(body)) if (!IGNORED_FIELDS.has(field)) significant[field] = value;
+    const ignored = endpoint.name === 'responses' ? IGNORED_FIELDS_ECHOING_USER : IGNORED_FIELDS;
+    for (const [field, value] of Object.entries(body)) if (!ignored.has(field)) significant[field] = value;
     // As a string: no valid request has a string seed, so it cannot meet another request's name.
     if (seedDigits !== undefined) significant.seed = seedDigits;
     const digest = createHash('sha256').update(canonicalJson({ endpoint: endpoint.name, body: significant }, ORDERED_FIELDS)).digest('hex');

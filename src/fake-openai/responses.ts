@@ -110,7 +110,8 @@ export function createFakeResponses() {
         output_tokens_details: { reasoning_tokens: 0 },
         total_tokens: usage.total_tokens,
       },
-      user: null,
+      // Echoed, as OpenAI's are (so a cache must keep them apart).
+      user: typeof body.user === 'string' ? body.user : null,
       metadata: {},
     };
 

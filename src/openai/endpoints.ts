@@ -53,6 +53,9 @@ export interface StreamConverter {
   synthesize(stored: Json, body: Json): { event?: string; data: string }[];
 }
 
+/** Chat models that search the web whatever the request says. */
+const SEARCH_MODEL = /-search-(preview|api)\b/i;
+
 export interface Endpoint {
   /** Stable name used in logs, metrics and usage records. */
   name: 'chat.completions' | 'completions' | 'embeddings' | 'responses' | 'moderations';
@@ -132,9 +135,10 @@ export const endpoints = {
     streamable: true,
     cacheable: true,
     // `store: true` asks OpenAI to keep this completion (evals, distillation): a hit would keep none.
-    // store: OpenAI is asked to keep each one. web_search_options: the answer reads the live web,
-    // as a Responses web_search tool does (not cached either).
-    cacheableRequest: (body: Json) => body.store !== true && absent(body.web_search_options),
+    // store: OpenAI is asked to keep each one. web_search_options, or a search model
+    // (gpt-4o-search-preview, gpt-5-search-api: they search with or without it): the answer reads
+    // the live web, as a Responses web_search tool does (not cached either).
+    cacheableRequest: (body: Json) => body.store !== true && absent(body.web_search_options) && !SEARCH_MODEL.test(String(body.model)),
     usage: chatLikeUsage,
     convert: chatLikeConverter('chat.completions'),
   },

@@ -135,11 +135,22 @@ describe('exact, keyed on the canonical request', () => {
     await expect.poll(async () => (await post(gw, key, { ...stored, store: false })).headers.get('x-tollgate-cache')).toBe('HIT');
   });
 
-  it('does not answer a chat request with web_search_options from the cache (it reads the live web)', async () => {
-    const searching = { ...question, model: 'gpt-4o-mini-search-preview', web_search_options: {} };
-    const before = upstreamCalls(gw);
-    for (let i = 0; i < 2; i++) expect((await post(gw, key, searching)).headers.get('x-tollgate-cache')).toBe('BYPASS');
-    expect(upstreamCalls(gw)).toBe(before + 2);
+  it('does not answer a chat request with web_search_options, or to a search model, from the cache (it reads the live web)', async () => {
+    // A search model searches whether the request asks or not (it was cached without the field).
+    for (const searching of [{ ...question, model: 'gpt-4o-mini', web_search_options: {} }, { ...question, model: 'gpt-4o-mini-search-preview' }]) {
+      const before = upstreamCalls(gw);
+      for (let i = 0; i < 2; i++) expect((await post(gw, key, searching)).headers.get('x-tollgate-cache')).toBe('BYPASS');
+      expect(upstreamCalls(gw)).toBe(before + 2);
+    }
+  });
+
+  it("keeps a Responses request's user in its name: the answer echoes it (another end user's id was served)", async () => {
+    const ask = (user: string) => post(gw, key, { model: 'gpt-4o-mini', input: 'Who asked?', store: false, user }, {}, '/v1/responses');
+    await ask('alice@example.com');
+    await expect.poll(async () => (await ask('alice@example.com')).headers.get('x-tollgate-cache')).toBe('HIT');
+    const bob = await ask('bob@example.com');
+    expect(bob.headers.get('x-tollgate-cache')).toBe('MISS');
+    expect(((await bob.json()) as { user?: string }).user).toBe('bob@example.com');
   });
 
   it('caches embeddings (the SDK default base64 form too) and the legacy engines path', async () => {
