@@ -141,7 +141,7 @@ async function handle(
     );
     if (
       found.entry &&
-      canServe(endpoint, found.entry, trace.stream) &&
+      canServe(endpoint, found.entry, trace.stream, body) &&
       (!endpoint.recordsOwner || (await waitOnStore(trace, deps.owners.answersKey(found.entry.body, key.id))))
     ) {
       return serveHit(request, reply, endpoint, body, found.entry, deps, found.admission);
@@ -382,11 +382,14 @@ export function sendRelayed(reply: FastifyReply, stream: Readable) {
 const NO_USAGE: Usage = { promptTokens: 0, completionTokens: 0, totalTokens: 0, cachedPromptTokens: 0, reasoningTokens: 0 };
 
 /** A stored JSON answer can always be served as JSON; as a stream only if it can be re-chunked faithfully. */
-function canServe(endpoint: Endpoint, entry: CacheEntry, stream: boolean): boolean {
+function canServe(endpoint: Endpoint, entry: CacheEntry, stream: boolean, body: Body): boolean {
   // An answer that carries an error is never stored now; one stored before that was (unmasked
   // upstream error text) is not served: the request goes upstream and replaces it.
   if (carriesError(entry.body)) return false;
   if (!stream) return true;
+  // A legacy completion with best_of cannot be streamed (OpenAI says so, and refuses it): a stream
+  // made from the entry would answer 200 what upstream answers 400.
+  if (typeof body.best_of === 'number' && body.best_of > 1) return false;
   if (!endpoint.convert) return false;
   try {
     return endpoint.convert.canSynthesize(JSON.parse(entry.body) as Record<string, unknown>);
@@ -400,6 +403,7 @@ function jsonEntry(json: unknown, text: string | undefined, usage: Usage | undef
   if (text === undefined || !usage || typeof json !== 'object' || json === null) return undefined;
   // A 200 that reports an error (a Responses object that failed) did not complete normally.
   if ((json as { error?: unknown }).error != null) return undefined;
+  if (partial(json as Record<string, unknown>)) return undefined;
   return {
     body: text,
     model: String((json as { model?: unknown }).model ?? ''),
@@ -407,6 +411,16 @@ function jsonEntry(json: unknown, text: string | undefined, usage: Usage | undef
     cachedPromptTokens: usage.cachedPromptTokens,
     completionTokens: usage.completionTokens,
   };
+}
+
+/**
+ * An answer that is not all the model would have said: a choice its content filter cut
+ * (finish_reason content_filter; a retry may not be), or a Responses object not completed
+ * (incomplete: cut by max_output_tokens or the filter). Kept, it would be served for the whole TTL.
+ */
+function partial(json: Record<string, unknown>): boolean {
+  if (typeof json.status === 'string' && json.status !== 'completed') return true;
+  return Array.isArray(json.choices) && json.choices.some((c) => (c as { finish_reason?: unknown } | null)?.finish_reason === 'content_filter');
 }
 
 /** A cache entry from a stream that ended normally ([DONE], finish reasons, usage), assembled into JSON. */

@@ -144,6 +144,17 @@ describe('exact, keyed on the canonical request', () => {
     }
   });
 
+  it('does not make a stream of an entry for a legacy completion with best_of (OpenAI streams none: it goes upstream)', async () => {
+    const bestOf = { model: 'gpt-3.5-turbo-instruct', prompt: 'Best of three:', max_tokens: 5, best_of: 3, n: 1 };
+    await post(gw, key, bestOf, {}, '/v1/completions');
+    await expect.poll(async () => (await post(gw, key, bestOf, {}, '/v1/completions')).headers.get('x-tollgate-cache')).toBe('HIT');
+    const before = upstreamCalls(gw);
+    const streamed = await post(gw, key, { ...bestOf, stream: true }, {}, '/v1/completions');
+    await streamed.text();
+    expect(streamed.headers.get('x-tollgate-cache')).toBe('MISS'); // was a HIT, a stream made up from the entry
+    expect(upstreamCalls(gw)).toBe(before + 1);
+  });
+
   it("keeps a Responses request's user in its name: the answer echoes it (another end user's id was served)", async () => {
     const ask = (user: string) => post(gw, key, { model: 'gpt-4o-mini', input: 'Who asked?', store: false, user }, {}, '/v1/responses');
     await ask('alice@example.com');

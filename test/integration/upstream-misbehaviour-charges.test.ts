@@ -262,6 +262,29 @@ describe('a non-streamed 200 without usage is charged an estimate, marked estima
     expect(hit.headers.get('x-tollgate-cache')).toBe('HIT');
     await hit.text();
   });
+
+  it('an answer its content filter cut, or a Responses object not completed, is charged but not cached (a retry may get it all)', async () => {
+    const filtered = {
+      id: 'chatcmpl-f',
+      object: 'chat.completion',
+      model: 'gpt-4o-mini',
+      choices: [{ index: 0, message: { role: 'assistant', content: 'A toll' }, finish_reason: 'content_filter' }],
+      usage: { prompt_tokens: 11, completion_tokens: 2, total_tokens: 13 },
+    };
+    const incomplete = { id: 'resp_i', object: 'response', status: 'incomplete', incomplete_details: { reason: 'content_filter' }, model: 'gpt-4o-mini', output: [], store: false, usage: { input_tokens: 11, output_tokens: 2, total_tokens: 13 } };
+    const chatBody = { ...chat, messages: [{ role: 'user', content: 'A question the filter cuts.' }] };
+    const responsesBody = { ...responses, input: 'A question the filter cuts.', store: false };
+    for (const [path, body, answer] of [['/v1/chat/completions', chatBody, filtered], ['/v1/responses', responsesBody, incomplete]] as const) {
+      upstream.set(json(answer));
+      for (let i = 0; i < 2; i++) {
+        const res = await post(path, body);
+        await res.text();
+        expect(res.headers.get('x-tollgate-cache'), path).toBe('MISS'); // the second was a HIT
+      }
+    }
+    const { events } = await accounting(4);
+    for (const e of events) expect(e).toMatchObject({ promptTokens: 11, completionTokens: 2, estimated: false });
+  });
 });
 
 describe('priced as the model that answered, which OpenAI bills', () => {
