@@ -385,7 +385,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   const started = { store: store.kind, upstream: new URL(config.upstream.baseUrl).origin, admin: Boolean(config.adminToken) };
   // Outside the demo an in-memory store is a warning: a REDIS_URL misspelt (config.ts warns of it
   // too) would otherwise give each replica keys and budgets of its own, with one info line to say so.
+  const inMemory = 'using the in-memory store: single instance only, state is lost on restart (set REDIS_URL for production)';
   if (store.kind === 'redis') app.log.info(started, 'using the Redis store');
-  else (config.demo ? app.log.info : app.log.warn).call(app.log, started, 'using the in-memory store: single instance only, state is lost on restart (set REDIS_URL for production)');
+  else if (config.demo) app.log.info(started, inMemory);
+  else app.log.warn(started, inMemory);
   return app;
 }

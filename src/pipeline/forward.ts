@@ -286,8 +286,8 @@ async function callUpstream(
         // A mid-stream error event is upstream error text: it may echo a server key (see redact.ts).
         maskError: res.maskSecrets,
         typedEvents: endpoint.typedEvents,
-      // A long generation keeps the text it generated, not every event's JSON (see RelayOptions).
-      textOf: endpoint.usage.generatedText,
+        // A long generation keeps the text it generated, not every event's JSON (see RelayOptions).
+        textOf: endpoint.usage.generatedText,
         // The id is known from response.created on: recorded before the client can see (and use) it.
         onEvent: endpoint.recordsOwner ? (data, event) => deps.owners.recordFromEvent(data, event, keyId) : undefined,
         // Upstream is done: the key's concurrency lease is given back before the client sees the end
