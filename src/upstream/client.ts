@@ -1,8 +1,8 @@
 // The client that talks to OpenAI: one pooled undici dispatcher, the server-held keys, timeouts, retries, abort.
 import type { Dispatcher, Pool as UndiciPool, errors as UndiciErrors } from 'undici';
 import { createRequire } from 'node:module';
-import { pipeline, Readable, Transform } from 'node:stream';
-import { constants as zlib, createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { PassThrough, pipeline, Readable, Transform } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Config } from '../config.js';
 import { GatewayError, upstreamInvalidStatus, upstreamTimeout, upstreamUndecodable, upstreamUnreachable } from '../errors.js';
 import { createKeyPool, type KeyPoolLogger, type PickedKey } from './key-pool.js';
@@ -135,32 +135,40 @@ const RETRY_WARN_INTERVAL_MS = 30_000;
  * proxy in front of OpenAI, say) compressed it all the same. Passed on as it came, gzip reached the
  * client without its content-encoding (a stream arrived empty, its events unreadable to the relay)
  * and its usage could not be read: charged nothing. An encoding not known here passes as it came.
- * Dropping the decoded body drops upstream's with it (pipeline), which gives the connection back.
+ * Dropping the decoded body drops upstream's with it, which gives the connection back.
  */
 function decodedBody(res: Dispatcher.ResponseData): Readable {
   const encoding = String(res.headers['content-encoding'] ?? '').trim().toLowerCase();
-  // Flushing as it goes, as undici's fetch decodes: an empty or truncated body gives what it holds.
-  // With zlib's defaults such a body emitted 'unexpected end of file' after pipeline had finished,
-  // an uncaught exception; the listener below is there for anything else of that kind.
-  const gzipLike = { flush: zlib.Z_SYNC_FLUSH, finishFlush: zlib.Z_SYNC_FLUSH };
   const decoder =
-    encoding === 'gzip' || encoding === 'x-gzip'
-      ? createGunzip(gzipLike)
-      : encoding === 'deflate'
-        ? createInflate(gzipLike)
-        : encoding === 'br'
-          ? createBrotliDecompress({ flush: zlib.BROTLI_OPERATION_FLUSH, finishFlush: zlib.BROTLI_OPERATION_FLUSH })
-          : undefined;
+    encoding === 'gzip' || encoding === 'x-gzip' ? createGunzip() : encoding === 'deflate' ? createInflate() : encoding === 'br' ? createBrotliDecompress() : undefined;
   if (!decoder) return res.body;
-  decoder.on('error', () => undefined); // its reader hears it (pipeline destroys it with the error)
-  pipeline(res.body, decoder, () => undefined);
-  return decoder;
+  const body = res.body;
+  const out = new PassThrough();
+  // A lost connection or a timeout reaches the reader as itself (endedByTimeout reads its code).
+  body.on('error', (err) => out.destroy(err));
+  decoder.on('error', (err: NodeJS.ErrnoException) => {
+    // Nothing came to decode (an error answered with headers only): empty in any encoding. Else a
+    // body cut short ('unexpected end of file') reaches the reader as a lost connection would (an
+    // in-band error for a stream, a 502 for an answer), not as an answer silently cut.
+    if (decoder.bytesWritten === 0 && err.code === 'Z_BUF_ERROR') out.end();
+    else out.destroy(err);
+  });
+  // The reader dropped it: upstream's body goes too, which gives the connection back.
+  out.on('close', () => {
+    if (!body.destroyed) body.destroy();
+    decoder.destroy();
+  });
+  body.pipe(decoder).pipe(out);
+  return out;
 }
 
-/** A body that is not what its content-encoding says (zlib's Z_DATA_ERROR, brotli's own). */
+/**
+ * A body that is not what its content-encoding says: zlib's Z_DATA_ERROR, brotli's
+ * ERR__ERROR_FORMAT_*. (Not Z_BUF_ERROR: a body cut short, a lost connection.)
+ */
 function undecodable(err: unknown): boolean {
   const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' && (code.startsWith('Z_') || code.includes('BROTLI'));
+  return typeof code === 'string' && (code === 'Z_DATA_ERROR' || code.startsWith('ERR__ERROR_FORMAT') || code.includes('BROTLI'));
 }
 
 /** A response we will not pass on: read it off the socket (so the connection can be reused) or drop it. */
