@@ -386,6 +386,9 @@ function canServe(endpoint: Endpoint, entry: CacheEntry, stream: boolean, body: 
   // An answer that carries an error is never stored now; one stored before that was (unmasked
   // upstream error text) is not served: the request goes upstream and replaces it.
   if (carriesError(entry.body)) return false;
+  // A Responses answer echoes the request's user; the cache name has kept it apart only since
+  // 51a4bd5: an entry stored before from another user's request is not theirs to be served.
+  if (endpoint.name === 'responses' && echoedUser(entry.body) !== (typeof body.user === 'string' ? body.user : null)) return false;
   if (!stream) return true;
   // A legacy completion with best_of cannot be streamed (OpenAI says so, and refuses it): a stream
   // made from the entry would answer 200 what upstream answers 400.
@@ -395,6 +398,16 @@ function canServe(endpoint: Endpoint, entry: CacheEntry, stream: boolean, body: 
     return endpoint.convert.canSynthesize(JSON.parse(entry.body) as Record<string, unknown>);
   } catch {
     return false;
+  }
+}
+
+/** The `user` a stored Responses answer carries (null when none, or when it cannot be read). */
+function echoedUser(stored: string): string | null {
+  try {
+    const user = (JSON.parse(stored) as { user?: unknown }).user;
+    return typeof user === 'string' ? user : null;
+  } catch {
+    return null;
   }
 }
 
@@ -414,12 +427,16 @@ function jsonEntry(json: unknown, text: string | undefined, usage: Usage | undef
 }
 
 /**
- * An answer that is not all the model would have said: a choice its content filter cut
- * (finish_reason content_filter; a retry may not be), or a Responses object not completed
- * (incomplete: cut by max_output_tokens or the filter). Kept, it would be served for the whole TTL.
+ * An answer the content filter cut (a chat or legacy choice with finish_reason content_filter, a
+ * Responses object incomplete for that reason): a retry may get it whole, so it is not kept for the
+ * whole TTL. A cut the request itself asked for (max_tokens: finish_reason length; Responses
+ * incomplete for max_output_tokens) is its answer, and is kept. A Responses object in any other
+ * state than completed or incomplete (failed, cancelled, queued) is not an answer to keep either.
  */
 function partial(json: Record<string, unknown>): boolean {
-  if (typeof json.status === 'string' && json.status !== 'completed') return true;
+  if (typeof json.status === 'string' && json.status !== 'completed') {
+    return json.status !== 'incomplete' || (json.incomplete_details as { reason?: unknown } | null | undefined)?.reason === 'content_filter';
+  }
   return Array.isArray(json.choices) && json.choices.some((c) => (c as { finish_reason?: unknown } | null)?.finish_reason === 'content_filter');
 }
 

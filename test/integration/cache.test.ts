@@ -2,6 +2,7 @@
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import { request as httpRequest } from 'node:http';
 import { startGateway, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
+import { Redis } from 'ioredis';
 import { createRedisStore } from '../../src/store/redis-store.js';
 import { startFakeOpenAI } from '../../src/fake-openai/server.js';
 import { testRedisUrl, uniquePrefix } from '../helpers/redis.js';
@@ -153,6 +154,29 @@ describe('exact, keyed on the canonical request', () => {
     await streamed.text();
     expect(streamed.headers.get('x-tollgate-cache')).toBe('MISS'); // was a HIT, a stream made up from the entry
     expect(upstreamCalls(gw)).toBe(before + 1);
+  });
+
+  it("does not serve a Responses entry stored (by an older gateway) from another user's request", async () => {
+    const prefix = uniquePrefix();
+    const store = await createRedisStore({ url: testRedisUrl(), prefix });
+    const older = await startGateway({ store, env: { CACHE_ENABLED: 'true' } });
+    opened.push(store, older);
+    const { key: k } = await older.createKey();
+    const ask = () => post(older, k, { model: 'gpt-4o-mini', input: 'Whose answer?', store: false }, {}, '/v1/responses');
+    expect((await ask()).headers.get('x-tollgate-cache')).toBe('MISS');
+    // Make the entry one an older gateway stored from alice's request (its name left user out).
+    const redis = new Redis(testRedisUrl());
+    try {
+      const [entryKey] = await redis.keys(`${prefix}cache:*`);
+      const entry = JSON.parse((await redis.get(entryKey!))!) as { body: string };
+      entry.body = JSON.stringify({ ...(JSON.parse(entry.body) as object), user: 'alice@example.com' });
+      await redis.set(entryKey!, JSON.stringify(entry), 'KEEPTTL');
+    } finally {
+      redis.disconnect();
+    }
+    const res = await ask();
+    expect(res.headers.get('x-tollgate-cache')).toBe('MISS'); // was a HIT carrying alice's id
+    expect(((await res.json()) as { user: string | null }).user).toBeNull();
   });
 
   it("keeps a Responses request's user in its name: the answer echoes it (another end user's id was served)", async () => {

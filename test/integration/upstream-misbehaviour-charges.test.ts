@@ -284,6 +284,13 @@ describe('a non-streamed 200 without usage is charged an estimate, marked estima
     }
     const { events } = await accounting(4);
     for (const e of events) expect(e).toMatchObject({ promptTokens: 11, completionTokens: 2, estimated: false });
+    // Cut where the request asked (max_output_tokens, as chat's finish_reason length): its answer, kept.
+    upstream.set(json({ ...incomplete, id: 'resp_m', incomplete_details: { reason: 'max_output_tokens' } }));
+    const capped = { ...responsesBody, input: 'A question cut by its own limit.' };
+    await (await post('/v1/responses', capped)).text();
+    const again = await post('/v1/responses', capped);
+    await again.text();
+    expect(again.headers.get('x-tollgate-cache')).toBe('HIT');
   });
 });
 
