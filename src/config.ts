@@ -398,6 +398,14 @@ function configWarnings(e: Env): string[] {
  */
 const OUR_PREFIXES = new Set(['UPSTREAM', 'REDIS', 'STORE', 'AUTH', 'QUOTA', 'USAGE', 'ADMIN', 'CACHE', 'ALERT', 'METRICS', 'LEASE', 'PRICES', 'UNPRICED', 'SHUTDOWN', 'CORS', 'TOLLGATE']);
 
+/** Names the openai SDKs (and older tools) read for what Tollgate calls otherwise: set for Tollgate, they would do nothing. */
+const OTHER_TOOLS_NAMES: Record<string, string> = {
+  OPENAI_ORG_ID: 'OPENAI_ORGANIZATION',
+  OPENAI_PROJECT_ID: 'OPENAI_PROJECT',
+  OPENAI_API_BASE: 'OPENAI_BASE_URL',
+  OPENAI_KEY: 'OPENAI_API_KEY',
+};
+
 /**
  * What Kubernetes sets in every pod for each Service of its namespace (unless enableServiceLinks is
  * off): REDIS_SERVICE_HOST, REDIS_PORT, REDIS_PORT_6379_TCP_ADDR... for a Service named redis.
@@ -415,10 +423,11 @@ function unknownVariableWarnings(env: Record<string, unknown>): string[] {
   const warnings: string[] = [];
   for (const name of Object.keys(env)) {
     if (name in envSchema.shape || SERVICE_LINK.test(name)) continue;
+    const meant = OTHER_TOOLS_NAMES[name];
     const nearest = known.map((k) => ({ k, d: editDistance(name, k) })).sort((a, b) => a.d - b.d)[0]!;
     const ours = OUR_PREFIXES.has(name.split('_', 1)[0]!);
-    if (!ours && !(name.length >= 8 && nearest.d <= 2)) continue;
-    const hint = nearest.d <= 3 ? ` (did you mean ${nearest.k}?)` : '';
+    if (!meant && !ours && !(name.length >= 8 && nearest.d <= 2)) continue;
+    const hint = meant ? ` (Tollgate's is ${meant})` : nearest.d <= 3 ? ` (did you mean ${nearest.k}?)` : '';
     warnings.push(`${name} is not a Tollgate variable, and is ignored${hint}; see .env.example for them all`);
   }
   return warnings;

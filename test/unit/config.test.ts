@@ -287,9 +287,10 @@ describe('variables that look like Tollgate\'s and are not', () => {
       REDIS_SERVICE_PORT: '6379',
       REDIS_SERVICE_PORT_REDIS: '6379',
       TOLLGATE_PORT_8080_TCP: 'tcp://10.0.0.8:8080',
-      OPENAI_ORG_ID: 'org-x',
       OPENAI_LOG: 'debug',
       LOG_FORMAT: 'json',
+      // The SDK's name for one of ours: it would send no organization header.
+      OPENAI_ORG_ID: 'org-x',
     };
     const c = loadConfig(env, [], (line) => warnings.push(line));
     expect(c.redis).toBeUndefined();
@@ -298,6 +299,7 @@ describe('variables that look like Tollgate\'s and are not', () => {
       expect.stringContaining('ADMNI_TOKEN is not a Tollgate variable, and is ignored (did you mean ADMIN_TOKEN?)'),
       expect.stringContaining('QUOTA_FAIL_MOD is not a Tollgate variable, and is ignored (did you mean QUOTA_FAIL_MODE?)'),
       expect.stringContaining('CACHE_TTL is not a Tollgate variable'),
+      expect.stringContaining("OPENAI_ORG_ID is not a Tollgate variable, and is ignored (Tollgate's is OPENAI_ORGANIZATION)"),
     ]);
     for (const line of warnings) expect(line).not.toMatch(/hunter2|secret-admin/);
   });
