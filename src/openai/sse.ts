@@ -419,8 +419,11 @@ class SseRelay extends Readable {
         if (options.maskError) maskEvent(e, options.maskError, inBandError || e.event === 'response.failed');
         this.lastData = e.data;
         let seen: Promise<unknown> | void = undefined;
+        /** Upstream's last event ([DONE], or the endpoint's final one): the client's stream ends with it. */
+        let terminal = false;
         if (e.data === '[DONE]') {
           result.completed = true;
+          terminal = true;
           seen = this.ending();
         } else {
           if (options.keepData !== false) this.keep(e.data);
@@ -435,6 +438,7 @@ class SseRelay extends Readable {
           if (options.dropUsageChunk) e.data = withoutNullUsage(e.data);
           seen = options.onEvent?.(e.data, e.event);
           if (found?.final) {
+            terminal = true;
             const ending = this.ending();
             if (ending) seen = seen ? Promise.all([seen, ending]) : ending;
           }
@@ -453,13 +457,15 @@ class SseRelay extends Readable {
                 this.stop(err);
                 return;
               }
-              this.drain();
+              if (terminal) this.endAtTerminal();
+              else this.drain();
             },
             (err: unknown) => this.stop(err),
           );
           return;
         }
         this.relay(e, inBandError);
+        if (terminal) return this.endAtTerminal();
       }
     } catch (err) {
       this.stop(err);
@@ -516,6 +522,22 @@ class SseRelay extends Readable {
         : null;
     }
     return this.endGate ?? undefined;
+  }
+
+  /**
+   * Upstream's terminal event is relayed: the client's stream ends with it, whatever upstream does
+   * after (an upstream that held its connection open had the client wait for the total timeout,
+   * then an in-band error after [DONE]; anything it sent after was relayed too). Upstream's body
+   * is read to its end, and dropped, so its connection can serve again; an error there (its
+   * timeout) changes nothing now.
+   */
+  private endAtTerminal(): void {
+    this.flush();
+    this.stopped = true;
+    this.detach();
+    this.source.resume();
+    this.push(null);
+    this.settle(this.result);
   }
 
   private finish(): void {

@@ -555,6 +555,26 @@ describe('a stream framed in ways the SSE spec allows is relayed whole and charg
     expect((await fetch(`${gw.url}/healthz`)).status).toBe(200);
   });
 
+  it('ends at [DONE] though upstream holds its connection open after it, and relays nothing that follows', async () => {
+    const events = [chunk('Fine.'), usageChunk, 'data: [DONE]\n\n'].join('');
+    let held: ServerResponse | undefined;
+    upstream.set((_req, res) => {
+      held = res;
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(events + 'data: {"after":"done"}\n\n'); // and never ends
+    });
+    try {
+      const res = await post('/v1/chat/completions', { ...chat, stream: true, stream_options: { include_usage: true } });
+      // Was: the client waited for UPSTREAM_TOTAL_TIMEOUT_MS, then got an in-band error after [DONE].
+      const text = await Promise.race([res.text(), new Promise<string>((resolve) => setTimeout(() => resolve('still open after 5 s'), 5000))]);
+      expect(text).toBe(events);
+      const { events: recorded } = await accounting(1);
+      expect(recorded[0]).toMatchObject({ status: 200, errorCode: null, promptTokens: 9, completionTokens: 2, estimated: false });
+    } finally {
+      held?.end();
+    }
+  });
+
   it('a content type in capitals (media types are case-insensitive) is still a stream, not a body charged its worst case', async () => {
     upstream.set((_req, res) => {
       res.writeHead(200, { 'content-type': 'Text/Event-Stream; charset=utf-8' });
