@@ -3,7 +3,7 @@
 // settlement (written after the response) is slow; concurrent requests are still refused.
 import { randomUUID } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { Gateway } from '../helpers/gateway.js';
+import { startGateway, type Gateway } from '../helpers/gateway.js';
 import { chat, quotaOf, twoInstances } from '../helpers/instances.js';
 import { createRedisStore } from '../../src/store/redis-store.js';
 import { createMemoryStore } from '../../src/store/memory-store.js';
@@ -306,5 +306,25 @@ describe('Store.endLease (redis): safe next to an older admit.lua', () => {
     await store.admit({ keyId, reservationId: randomUUID(), limits, tokens: 1, usdMicros: 0, now: T + 10_001, periods, leaseTtlMs: 10_000 });
     expect(await raw.zscore(leases, reservationId)).toBeNull();
     expect(await store.quotaUsage(keyId, periods, T + 10_001)).toMatchObject({ inFlight: 1, day: { tokens: { reserved: 1 } } });
+  });
+});
+
+describe('lease renewals that fail', () => {
+  it('are one throttled warning, not one per renewal tick, while a request stays in flight', async () => {
+    // Renewed every second (LEASE_TTL_MS / 3); the store refuses every renewal.
+    const refusing = new Proxy(createMemoryStore(), {
+      get(target, prop) {
+        if (prop === 'renewLeases') return async () => Promise.reject(new Error('renewal refused'));
+        const value = Reflect.get(target, prop, target) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const gw = await startGateway({ store: refusing, env: { LEASE_TTL_MS: '3000' } });
+    opened.push(gw);
+    const { key } = await gw.createKey({ limits: { maxConcurrent: 1 } });
+    gw.fake.setLatency(3600); // three or four ticks
+    expect((await chat(gw, key)).status).toBe(200);
+    // Was one warning per tick (3-4 here, for as long as requests are in flight).
+    expect(gw.logs.lines.filter((l) => l.msg === 'lease renewal failed')).toHaveLength(1);
   });
 });
