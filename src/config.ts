@@ -394,7 +394,8 @@ function configWarnings(e: Env): string[] {
 /**
  * The first words of Tollgate's own variables: another variable that starts with one is probably a
  * misspelt one of ours. Not OPENAI_ or LOG_: other tools read variables of those names
- * (OPENAI_ORG_ID, OPENAI_LOG, LOG_FORMAT); a typo of ours there is still caught as a near miss.
+ * (OPENAI_LOG, LOG_FORMAT); a typo of ours there is still caught within two edits, and the SDKs'
+ * names for ours are named below.
  */
 const OUR_PREFIXES = new Set(['UPSTREAM', 'REDIS', 'STORE', 'AUTH', 'QUOTA', 'USAGE', 'ADMIN', 'CACHE', 'ALERT', 'METRICS', 'LEASE', 'PRICES', 'UNPRICED', 'SHUTDOWN', 'CORS', 'TOLLGATE']);
 
