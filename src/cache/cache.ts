@@ -24,12 +24,20 @@ export interface CacheOptions {
 }
 
 /**
- * Fields that cannot change the output: left out of the cache name, so they never split entries.
- * `user` only where the answer does not echo it: a Responses object carries the `user` it was asked
- * with, and a hit would hand one end user's id to another (another key's, with CACHE_SCOPE=global).
+ * Whether a field is left out of the cache name, so that it never splits entries: only where it is
+ * the endpoint's own parameter and cannot change the answer. `stream` where the endpoint streams
+ * (the two forms share entries); `stream_options` on a request that streams (on one that does not,
+ * upstream may refuse it: a hit would answer 200 what a miss answers 400); `user` where it is a
+ * parameter the answer does not echo (a Responses object carries it: a hit would hand one end
+ * user's id to another, another key's with CACHE_SCOPE=global; moderations take none).
  */
-const IGNORED_FIELDS = new Set(['stream', 'stream_options', 'user']);
-const IGNORED_FIELDS_ECHOING_USER = new Set(['stream', 'stream_options']);
+function leftOutOfName(field: string, endpoint: Endpoint, body: Record<string, unknown>): boolean {
+  if (field === 'stream') return endpoint.streamable;
+  if (field === 'stream_options') return endpoint.streamable && body.stream === true;
+  if (field === 'user') return USER_NOT_ECHOED.has(endpoint.name);
+  return false;
+}
+const USER_NOT_ECHOED: ReadonlySet<string> = new Set(['chat.completions', 'completions', 'embeddings']);
 
 /**
  * Fields that hold JSON schemas (a tool's or function's `parameters`; `schema` of a structured
@@ -91,8 +99,7 @@ export function createCache(opts: CacheOptions) {
   /** `seedDigits`: a seed JSON.parse rounded (big-seed.ts), so two such seeds never share a name. */
   function nameFor(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, seedDigits: string | undefined): string {
     const significant: Record<string, unknown> = {};
-    const ignored = endpoint.name === 'responses' ? IGNORED_FIELDS_ECHOING_USER : IGNORED_FIELDS;
-    for (const [field, value] of Object.entries(body)) if (!ignored.has(field)) significant[field] = value;
+    for (const [field, value] of Object.entries(body)) if (!leftOutOfName(field, endpoint, body)) significant[field] = value;
     // As a string: no valid request has a string seed, so it cannot meet another request's name.
     if (seedDigits !== undefined) significant.seed = seedDigits;
     const digest = createHash('sha256').update(canonicalJson({ endpoint: endpoint.name, body: significant }, ORDERED_FIELDS)).digest('hex');

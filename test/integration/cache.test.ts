@@ -179,6 +179,22 @@ describe('exact, keyed on the canonical request', () => {
     expect(((await res.json()) as { user: string | null }).user).toBeNull();
   });
 
+  it('keeps in the name what an endpoint does not take, so upstream judges it: stream for embeddings, user for moderations, stream_options without stream', async () => {
+    const emb = { model: 'text-embedding-3-small', input: 'judged upstream' };
+    const mod = { model: 'omni-moderation-latest', input: 'judged upstream' };
+    const resp = { model: 'gpt-4o-mini', input: 'judged upstream', store: false };
+    for (const [path, plain, odd] of [
+      ['/v1/embeddings', emb, { ...emb, stream: true }],
+      ['/v1/moderations', mod, { ...mod, user: 'u-1' }],
+      ['/v1/responses', resp, { ...resp, stream_options: { include_obfuscation: false } }],
+    ] as const) {
+      await post(gw, key, plain, {}, path);
+      await expect.poll(async () => (await post(gw, key, plain, {}, path)).headers.get('x-tollgate-cache')).toBe('HIT');
+      // Was a HIT: a 200 from the entry where upstream may answer 400.
+      expect((await post(gw, key, odd, {}, path)).headers.get('x-tollgate-cache'), path).toBe('MISS');
+    }
+  });
+
   it("keeps a Responses request's user in its name: the answer echoes it (another end user's id was served)", async () => {
     const ask = (user: string) => post(gw, key, { model: 'gpt-4o-mini', input: 'Who asked?', store: false, user }, {}, '/v1/responses');
     await ask('alice@example.com');
