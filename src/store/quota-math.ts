@@ -169,20 +169,16 @@ export function firstBrokenLimit(input: AdmissionInput): { limit: LimitName; ret
     ['tokensPerDay', limits.tokensPerDay, day.tokensUsed + tokens, day.tokensReserved, tokens],
     ['usdPerDay', limits.usdMicrosPerDay, day.usdUsed + usdMicros, day.usdReserved, usdMicros],
   ];
-  // Larger than a whole budget: no period's end lets it through (the client must ask for less).
-  for (const [limit, max, , , alone] of budgets) {
-    if (max > 0 && alone > max) return { limit, retryAfterMs: undefined };
-  }
-  // Past what is left of a budget: waiting within the period does not help (the gateway knows when
-  // it resets). Every budget is asked this before any is found merely held: one held must not hide
-  // one that is spent.
-  for (const [limit, max, wanted] of budgets) {
-    if (max > 0 && wanted > max) return { limit, retryAfterMs: undefined };
-  }
-  // Within what is left of each, only requests in flight stand in the way.
-  for (const [limit, max, wanted, reserved] of budgets) {
-    if (max > 0 && wanted + reserved > max) return { limit, retryAfterMs: BUDGET_HELD_RETRY_MS };
-  }
+  /** The first budget whose `amount` is over its value. */
+  const firstOver = (amount: (b: (typeof budgets)[number]) => number) => budgets.find((b) => b[1] > 0 && amount(b) > b[1])?.[0];
+  // Each question is asked of every budget before the next: larger than a whole budget (no period's
+  // end lets it through: the client must ask for less); past what is left of one (waiting within
+  // the period does not help, and one merely held must not hide one that is spent); only requests
+  // in flight standing in the way.
+  const refused = firstOver(([, , , , alone]) => alone) ?? firstOver(([, , wanted]) => wanted);
+  if (refused) return { limit: refused, retryAfterMs: undefined };
+  const held = firstOver(([, , wanted, reserved]) => wanted + reserved);
+  if (held) return { limit: held, retryAfterMs: BUDGET_HELD_RETRY_MS };
   return null;
 }
 

@@ -183,32 +183,22 @@ else
     {4, tokensPerDay, dtu + tokens, dtr, tokens},
     {6, usdPerDay, duu + usd, dur, usd},
   }
-  -- Larger than a whole budget: no period's end lets it through (the client must ask for less).
-  for _, b in ipairs(budgets) do
-    if b[2] > 0 and b[5] > b[2] then
-      limit = b[1]
-      break
-    end
-  end
-  -- Past what is left of a budget: no retry hint. Every budget is asked this before any is found
-  -- merely held: one held must not hide one that is spent.
-  if limit == 0 then
+  -- The first budget whose amount(b) is over its value, by code; 0 when none.
+  local function firstOver(amount)
     for _, b in ipairs(budgets) do
-      if b[2] > 0 and b[3] > b[2] then
-        limit = b[1]
-        break
-      end
+      if b[2] > 0 and amount(b) > b[2] then return b[1] end
     end
+    return 0
   end
-  -- Within what is left of each, only requests in flight stand in the way: quota-math
-  -- BUDGET_HELD_RETRY_MS.
+  -- Each question is asked of every budget before the next: larger than a whole budget (no period's
+  -- end lets it through: the client must ask for less); past what is left of one (no retry hint: one
+  -- merely held must not hide one that is spent); only requests in flight standing in the way
+  -- (quota-math BUDGET_HELD_RETRY_MS).
+  limit = firstOver(function(b) return b[5] end)
+  if limit == 0 then limit = firstOver(function(b) return b[3] end) end
   if limit == 0 then
-    for _, b in ipairs(budgets) do
-      if b[2] > 0 and b[3] + b[4] > b[2] then
-        limit, retry = b[1], 1000
-        break
-      end
-    end
+    limit = firstOver(function(b) return b[3] + b[4] end)
+    if limit ~= 0 then retry = 1000 end
   end
 end
 
