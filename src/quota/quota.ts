@@ -305,15 +305,16 @@ export function createQuota(opts: QuotaOptions) {
   }
 
   /** A request's worst case, priced, and the admission request that reserves it. */
-  function reservation(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, free: boolean, estimate?: number, mode: AdmitMode = {}) {
+  function reservation(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, mode: AdmitMode, estimate?: number) {
     // A free request (a cache hit) is checked against maxConcurrent and rpm and counts against rpm
     // (tpm and the budgets do not apply: it adds nothing to them), but it is over once admitted: the
     // store records no reservation or lease, and settling it writes nothing.
+    const free = mode.free === true;
     if (!free && endpoint.name === 'responses' && body.background === true && limitsTokensOrSpend(key.limits)) throw backgroundNotMetered();
     if (!free && endpoint.name === 'responses' && body.conversation != null && limitsTokensOrSpend(key.limits)) throw conversationNotMetered();
     if (!free && body.service_tier === 'priority' && (key.limits.usdPerDay !== undefined || key.limits.usdPerMonth !== undefined)) throw priorityTierNotPriced();
     const price = free ? ZERO_PRICE : priceOf(key, model);
-    // `carried`: input sent besides the body (AdmitMode.carriedTokens).
+    // Plus the input sent besides the body (AdmitMode.carriedTokens).
     const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model)) + (mode.carriedTokens ?? 0);
     const outputTokens = free ? 0 : maxOutputTokens(endpoint, body, opts.defaultMaxOutputTokens);
     const tokens = promptTokens + outputTokens;
@@ -433,7 +434,7 @@ export function createQuota(opts: QuotaOptions) {
    * would be passed. The returned admission must be settled exactly once (later calls are no-ops).
    */
   async function admit(key: KeyRecord, endpoint: Endpoint, body: Record<string, unknown>, model: string, mode: AdmitMode = {}) {
-    const planned = reservation(key, endpoint, body, model, mode.free === true, undefined, mode);
+    const planned = reservation(key, endpoint, body, model, mode);
     if (mode.rpmCounted) planned.request.rpmCounted = true;
     let result: AdmissionResult;
     try {
@@ -459,7 +460,7 @@ export function createQuota(opts: QuotaOptions) {
     lookup: CacheLookup,
     mode: Pick<AdmitMode, 'arrivedAt'> = {},
   ): Promise<JoinedLookup<Admission>> {
-    const planned = reservation(key, endpoint, body, model, false, hitEstimates.get(lookup.name), mode);
+    const planned = reservation(key, endpoint, body, model, mode, hitEstimates.get(lookup.name));
     let found: JoinedLookup;
     try {
       found = await store.admitAndLookup(planned.request, lookup);
