@@ -494,7 +494,10 @@ describe('single-flight', () => {
     fake.reset();
     fake.setLatency(500);
     const maxAge = { 'cache-control': 'max-age=1' };
-    const [refreshed, joined] = await Promise.all([post(a, key, body, maxAge), new Promise((r) => setTimeout(r, 150)).then(() => post(b, key, body, maxAge))]);
+    const refreshing = post(a, key, body, maxAge);
+    // b asks once a is upstream, so holds the lead (a fixed 150 ms was sometimes too short on a busy machine).
+    await expect.poll(() => upstreamCalls({ fake } as Gateway)).toBe(1);
+    const [refreshed, joined] = await Promise.all([refreshing, post(b, key, body, maxAge)]);
     // b's wait ended at once (an entry existed, though too old for it) and it went upstream too.
     expect([refreshed.headers.get('x-tollgate-cache'), joined.headers.get('x-tollgate-cache')]).toEqual(['MISS', 'HIT']);
     expect(upstreamCalls({ fake } as Gateway)).toBe(1);
