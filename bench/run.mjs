@@ -376,6 +376,8 @@ async function main() {
   // The Node floor: Tollgate's stack with no features (bench/floor.mjs), forwarding to the same backend.
   // Run as Tollgate is (glibc's settings), so the two compare like with like.
   const floor = await startScript(cfg.targetCore, 'floor', 'floor.mjs', ['--upstream', backend.origin], mallocEnv);
+  // ...and the floor of a cache hit: the same stack answering from memory (it asks the backend once).
+  const hitFloor = await startScript(cfg.targetCore, 'hit-floor', 'floor.mjs', ['--upstream', backend.origin, '--from-memory'], mallocEnv);
   const tollgate = await startTollgate(backend.origin, redis.url);
   const key = await createKey(tollgate.origin);
   log(`redis ${redis.url}, direct ${direct.origin}, backend ${backend.origin}, nginx ${nginx.origin}, tollgate ${tollgate.origin} (pid ${tollgate.pid})`);
@@ -384,6 +386,7 @@ async function main() {
     direct: { name: 'direct', origin: direct.origin, key: 'sk-bench', unique: true, pid: direct.child.pid },
     nginx: { name: 'nginx', origin: nginx.origin, key: 'sk-bench', unique: true, pid: nginx.child.pid },
     floor: { name: 'floor', origin: floor.origin, key: 'sk-bench', unique: true, pid: floor.child.pid },
+    hitfloor: { name: 'hitfloor', origin: hitFloor.origin, key: 'sk-bench', unique: false, pid: hitFloor.child.pid },
     tollgate: { name: 'tollgate', origin: tollgate.origin, key, unique: true, pid: tollgate.pid },
     hits: { name: 'hits', origin: tollgate.origin, key, unique: false, pid: tollgate.pid },
   };
@@ -409,7 +412,7 @@ async function main() {
     for (const stream of [false, true]) {
       scenarios.push({
         id: stream ? 'max-stream' : 'max',
-        targets: ['direct', 'nginx', 'floor', 'tollgate', 'hits'],
+        targets: ['direct', 'nginx', 'floor', 'tollgate', 'hitfloor', 'hits'],
         run: (t) => wrk(t, { stream, connections: cfg.connections, duration: cfg.duration }),
       });
     }
@@ -419,7 +422,7 @@ async function main() {
       for (const stream of [false, true]) {
         scenarios.push({
           id: `fixed${rate}${stream ? '-stream' : ''}`,
-          targets: ['direct', 'nginx', 'tollgate'],
+          targets: ['direct', 'nginx', 'floor', 'tollgate'],
           run: (t) => fixedRate(t, { stream, rate, duration: cfg.fixedDuration }),
         });
       }
@@ -428,7 +431,7 @@ async function main() {
   if (want('slow')) {
     scenarios.push({
       id: 'slow',
-      targets: ['direct', 'nginx', 'tollgate'],
+      targets: ['direct', 'nginx', 'floor', 'tollgate'],
       before: () => setUpstreams({ latencyMs: cfg.addedLatencyMs }),
       after: () => setUpstreams({ latencyMs: 0 }),
       run: (t) => wrk(t, { stream: false, connections: cfg.slowConnections, duration: cfg.duration }),
@@ -575,7 +578,7 @@ async function main() {
   }
 
   redisClient.disconnect();
-  await Promise.all([stop(tollgate.child), stop(nginx.child, 'SIGQUIT'), stop(floor.child), stop(direct.child), stop(backend.child), stop(redis.child, 'SIGKILL')]);
+  await Promise.all([stop(tollgate.child), stop(nginx.child, 'SIGQUIT'), stop(floor.child), stop(hitFloor.child), stop(direct.child), stop(backend.child), stop(redis.child, 'SIGKILL')]);
 
   if (lateSends.size) {
     notes.push(`fixed-rate sends more than 5 ms behind schedule (summed over rounds; the load core was busy): ${[...lateSends].map(([k, n]) => `${k} ${n}`).join(', ')}`);
@@ -640,6 +643,14 @@ function renderTable(results, rss, loadsRss) {
       rows.push(`| ${label} | Node floor req/s (Fastify + undici, no features) | | | ${f(fl, 0)} | | ${f(fl / d)}x | ${f(fl / n)}x | | |`);
       rows.push(`| ${label} | Node floor CPU us/req | | | ${f(c('floor'), 0)} | | ${f(c('floor') / c('direct'))}x | ${f(c('floor') / c('nginx'))}x | | |`);
     }
+    if (results[scenario].hitfloor) {
+      // The floor of a hit (floor.mjs --from-memory): the stack answering from memory, in the hits column.
+      // Its verdict is the hits target's: were the floor itself Tollgate, would it hold?
+      const hf = med(scenario, 'hitfloor', 'rps');
+      const hitTarget = scenario === 'max' ? 0.5 : undefined;
+      rows.push(`| ${label} | Node floor for hits req/s (Fastify answering from memory, no features) | | | | ${f(hf, 0)} | ${f(hf / d)}x | ${f(hf / n)}x | ${hitTarget ? 'the floor alone: >= 0.50x direct' : ''} | ${verdict(hitTarget ? hf / d >= hitTarget : undefined)} |`);
+      rows.push(`| ${label} | Node floor for hits CPU us/req | | | | ${f(c('hitfloor'), 0)} | ${f(c('hitfloor') / c('direct'))}x | ${f(c('hitfloor') / c('nginx'))}x | | |`);
+    }
     rows.push(`| ${label} | req/s per core from CPU | ${f(1e6 / c('direct'), 0)} | ${f(1e6 / c('nginx'), 0)} | ${f(1e6 / c('tollgate'), 0)} | ${f(1e6 / c('hits'), 0)} | ${f(c('direct') / c('tollgate'))}x | ${f(c('nginx') / c('tollgate'))}x | ${targetText} | ${verdict(targetRatio ? c('direct') / c('tollgate') >= targetRatio : undefined)} |`);
     for (const m of ['p50', 'p99']) {
       rows.push(`| ${label} | ${m} ms | ${f(med(scenario, 'direct', m))} | ${f(med(scenario, 'nginx', m))} | ${f(med(scenario, 'tollgate', m))} | ${f(med(scenario, 'hits', m))} | ${f(med(scenario, 'tollgate', m) / med(scenario, 'direct', m))}x | ${f(med(scenario, 'tollgate', m) / med(scenario, 'nginx', m))}x | | |`);
@@ -651,6 +662,11 @@ function renderTable(results, rss, loadsRss) {
     const t = med(scenario, 'tollgate', metric);
     const sign = (x) => (x >= 0 ? '+' : '') + f(x);
     rows.push(`| ${label} | ${name} ms | ${f(d)} | ${f(n)} | ${f(t)} | | ${sign(t - d)} ms | ${sign(t - n)} ms | ${limitMs !== undefined ? `<= direct + ${limitMs} ms` : ''} | ${verdict(limitMs !== undefined ? t - d <= limitMs : undefined)} |`);
+    if (results[scenario].floor && limitMs !== undefined) {
+      // The same limit applied to the Node floor (no features): where it fails, no feature set can pass.
+      const fl = med(scenario, 'floor', metric);
+      rows.push(`| ${label} | Node floor ${name} ms (no features) | | | ${f(fl)} | | ${sign(fl - d)} ms | ${sign(fl - n)} ms | the floor alone: <= direct + ${limitMs} ms | ${verdict(fl - d <= limitMs)} |`);
+    }
   };
 
   throughput('max', `non-streamed, max, ${cfg.connections} conns`, 0.3, '>= 0.30x direct');
@@ -679,6 +695,11 @@ function renderTable(results, rss, loadsRss) {
     rows.push(`| ${label} | req/s | ${f(d, 0)} | ${f(n, 0)} | ${f(t, 0)} | | ${f(t / d)}x | ${f(t / n)}x | >= 0.95x direct | ${verdict(t / d >= 0.95)} |`);
     const p = (x) => med('slow', x, 'p99');
     rows.push(`| ${label} | p99 ms | ${f(p('direct'))} | ${f(p('nginx'))} | ${f(p('tollgate'))} | | ${f(p('tollgate') / p('direct'))}x | ${f(p('tollgate') / p('nginx'))}x | <= 65 ms | ${verdict(p('tollgate') <= 65)} |`);
+    if (results.slow.floor) {
+      const fl = med('slow', 'floor', 'rps');
+      rows.push(`| ${label} | Node floor req/s (no features) | | | ${f(fl, 0)} | | ${f(fl / d)}x | ${f(fl / n)}x | the floor alone: >= 0.95x direct | ${verdict(fl / d >= 0.95)} |`);
+      rows.push(`| ${label} | Node floor p99 ms (no features) | | | ${f(p('floor'))} | | ${f(p('floor') / p('direct'))}x | ${f(p('floor') / p('nginx'))}x | the floor alone: <= 65 ms | ${verdict(p('floor') <= 65)} |`);
+    }
   }
   if (loadsRss) {
     rows.push(`| the loads above (${loadsRss.scenarios}; one Tollgate, misses and hits) | peak RSS (VmHWM) MB | | | ${f(loadsRss.hwmMb, 1)} | | | | <= 150 MB | ${verdict(loadsRss.hwmMb <= 150)} |`);
