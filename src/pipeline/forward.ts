@@ -8,7 +8,7 @@ import { validateBody } from '../openai/endpoints.js';
 import { maskSseText, relaySse, type RelayResult } from '../openai/sse.js';
 import { errorCodeOf, type Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
-import type { Admission, AdmitMode, Consumption, Quota } from '../quota/quota.js';
+import type { Admission, Consumption, Quota } from '../quota/quota.js';
 import { maxOutputTokens } from '../quota/quota.js';
 import type { Cache, CachePlan, NewCacheEntry } from '../cache/cache.js';
 import type { CacheEntry } from '../store/store.js';
@@ -154,7 +154,9 @@ async function handle(
     else rpmCounted = found.admission !== undefined;
   }
   try {
-    return await callUpstream(request, reply, endpoint, body, deps, options, plan, admitted ?? { rpmCounted, carriedTokens, arrivedAt: trace.arrivedAt });
+    const admission =
+      admitted ?? (await waitOnStore(trace, deps.quota.admit(key, endpoint, body, body.model, { rpmCounted, carriedTokens, arrivedAt: trace.arrivedAt })));
+    return await callUpstream(request, reply, endpoint, body, deps, options, plan, admission);
   } catch (err) {
     // Whatever went wrong, identical requests waiting on this one must not wait for nothing.
     if (plan) void deps.cache.fill(plan, undefined);
@@ -170,12 +172,9 @@ async function callUpstream(
   deps: ForwardDeps,
   options: ForwardOptions,
   plan: CachePlan | undefined,
-  /** The request's admission if made already, or how to make it. */
-  admitted: Admission | AdmitMode,
+  admission: Admission,
 ) {
   const trace = request.trace;
-  const admission =
-    'settle' in admitted ? admitted : await waitOnStore(trace, deps.quota.admit(request.gatewayKey!, endpoint, body, body.model, admitted));
   reply.headers(admission.headers);
   // Said only of a request that goes upstream: a refused one (429, 400) was neither a hit nor a
   // miss, and counting it as one would skew every hit ratio. A request of a cacheable endpoint
