@@ -125,7 +125,7 @@ export function maxOutputTokens(endpoint: Endpoint, body: Record<string, unknown
   const cap = endpoint.defaultMaxOutputTokens ?? defaultCap;
   if (endpoint.name === 'responses') return typeof body.max_output_tokens === 'number' ? body.max_output_tokens : cap;
   // openai-python 0.x sends `max_tokens: null` for an unset argument: null is absent.
-  const stated = body.max_completion_tokens ?? body.max_tokens;
+  const stated = statedOutputParam(endpoint, body) === 'max_completion_tokens' ? body.max_completion_tokens : body.max_tokens;
   const perChoice = typeof stated === 'number' ? stated : cap;
   const n = typeof body.n === 'number' ? body.n : 1;
   const bestOf = typeof body.best_of === 'number' ? body.best_of : 1; // legacy completions generate best_of, bill all
@@ -142,10 +142,19 @@ function promptCount(prompt: unknown): number {
   return prompt.every((item) => typeof item === 'number') ? 1 : prompt.length;
 }
 
+/**
+ * Which of max_completion_tokens and max_tokens sets a chat or legacy completion's output size.
+ * Only chat has max_completion_tokens (legacy completions do not: one sent there is upstream's to
+ * refuse, and is not validated here, so it must not size the reservation either).
+ */
+function statedOutputParam(endpoint: Endpoint, body: Record<string, unknown>): 'max_completion_tokens' | 'max_tokens' {
+  return endpoint.name === 'chat.completions' && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
+}
+
 /** The field that sets a request's output size, for the 400 of a request past MAX_RESERVED_TOKENS. */
 function outputParam(endpoint: Endpoint, body: Record<string, unknown>): string {
   if (endpoint.name === 'responses') return 'max_output_tokens';
-  return typeof body.max_completion_tokens === 'number' ? 'max_completion_tokens' : 'max_tokens';
+  return statedOutputParam(endpoint, body);
 }
 
 /** A settlement as it is written, kept whole while the store is down so it can be written later. */

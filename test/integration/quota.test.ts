@@ -382,6 +382,24 @@ describe('request sizes and defaults', () => {
     expect(chatRes.status).toBe(429);
   });
 
+  it('legacy completions are sized by max_tokens: a max_completion_tokens (a chat parameter) neither shrinks nor breaks the reservation', async () => {
+    const { key } = await gw.createKey({ name: 'legacy-mct', limits: { tpm: 100 } });
+    for (const path of paths) {
+      // Sized by max_completion_tokens this reserved 2 tokens, and 500 went through a 100-token tpm.
+      const big = await post(key, path, { model: instruct, prompt: 'x', max_completion_tokens: 1, max_tokens: 500 });
+      expect(big.status).toBe(429);
+      expect(await errorOf(big)).toMatchObject({ code: 'rate_limit_exceeded' });
+      // Values chat would refuse are upstream's to judge here: they were a 500 (a RangeError pricing -5 tokens).
+      for (const odd of [-5, 1.5, 'lots']) {
+        const res = await post(key, path, { model: instruct, prompt: 'x', max_completion_tokens: odd, max_tokens: 3 });
+        expect(res.status).toBe(200);
+      }
+    }
+    // Chat still takes max_completion_tokens over max_tokens.
+    const chatRes = await post(key, '/v1/chat/completions', { ...chatBody(), max_completion_tokens: 500, max_tokens: 1 });
+    expect(chatRes.status).toBe(429);
+  });
+
   it('a budget refusal says whether the request is larger than what is left or than the whole budget', async () => {
     const { key } = await gw.createKey({ name: 'budget-words', limits: { tokensPerDay: 100 } });
     const whole = await chat(gw, key, { max_tokens: 200 });
