@@ -103,13 +103,17 @@ async function handle(
   options: ForwardOptions,
 ) {
   const raw = request.body as Record<string, unknown> | undefined;
-  // Before validation: the body of a request refused as invalid is the one most worth reading.
-  if (deps.logBodies) request.trace.requestBody = raw;
-  const withModel = options.model !== undefined && raw && typeof raw === 'object' ? { ...raw, model: options.model } : raw;
+  const trace = request.trace;
+  // Before validation: a request refused as invalid is still recorded against its endpoint, and
+  // its body is the one most worth reading.
+  trace.endpoint = endpoint.name;
+  if (deps.logBodies) trace.requestBody = raw;
+  // Only an object takes the engine's model: an array spread into one would be validated as an
+  // object with a model (a 400 for a missing prompt instead of "must be a JSON object").
+  const isObject = typeof raw === 'object' && raw !== null && !Array.isArray(raw);
+  const withModel = options.model !== undefined && isObject ? { ...raw, model: options.model } : raw;
   const body = validateBody(endpoint.schema, withModel, deps.maxBodyNodes) as Body;
   const key = request.gatewayKey!;
-  const trace = request.trace;
-  trace.endpoint = endpoint.name;
   trace.model = body.model;
   trace.stream = endpoint.streamable && body.stream === true;
 

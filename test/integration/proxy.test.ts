@@ -95,6 +95,23 @@ describe('validation', () => {
   it('answers a body that is not an object with 400', async () => {
     const res = await post('/v1/chat/completions', '[1,2,3]');
     expect(res.status).toBe(400);
+    // The engines path too: the engine's model was spread into the array, a 400 for a missing prompt.
+    const engines = await post('/v1/engines/gpt-3.5-turbo-instruct/completions', '["Say hi", 5]');
+    expect(engines.status).toBe(400);
+    expect(await engines.json()).toMatchObject({ error: { code: 'invalid_json', message: 'The request body must be a JSON object.' } });
+  });
+
+  it('records a request refused as invalid against its endpoint', async () => {
+    const before = gw.logs.requests().length;
+    expect((await post('/v1/completions', { model: 'gpt-3.5-turbo-instruct' })).status).toBe(400);
+    expect((await post('/v1/engines/gpt-3.5-turbo-instruct/completions', '[1]')).status).toBe(400);
+    expect((await post('/v1/embeddings', { model: 'text-embedding-3-small' })).status).toBe(400);
+    await expect.poll(() => gw.logs.requests().length).toBe(before + 3);
+    expect(gw.logs.requests().slice(before).map((l) => [l.endpoint, l.status])).toEqual([
+      ['completions', 400],
+      ['completions', 400],
+      ['embeddings', 400],
+    ]);
   });
 
   it('answers a body over the limit with 413', async () => {
