@@ -36,7 +36,7 @@ export interface ForwardDeps {
 }
 
 export interface ForwardOptions {
-  /** Replaces the body's model (legacy /engines/{engine}/completions). */
+  /** Replaces the body's model (legacy /engines/{engine}/completions and /embeddings). */
   model?: string;
 }
 

@@ -29,6 +29,8 @@ const postRoutes: { url: string; endpoint: Endpoint; modelParam?: string }[] = [
   // openai-python 0.x: Completion.create(engine=...) posts here; the engine is the model.
   { url: '/engines/:engine/completions', endpoint: endpoints.completions, modelParam: 'engine' },
   { url: '/embeddings', endpoint: endpoints.embeddings },
+  // ...and Embedding.create(engine=...) here. 0.x's Engine.list() / retrieve() (GET /engines) are not served: a 404.
+  { url: '/engines/:engine/embeddings', endpoint: endpoints.embeddings, modelParam: 'engine' },
   { url: '/responses', endpoint: endpoints.responses },
   { url: '/moderations', endpoint: endpoints.moderations },
 ];

@@ -258,6 +258,18 @@ describe('forwarding', () => {
     expect(sent.body).toEqual({ ...body, model: 'text-davinci-002' });
   });
 
+  it('serves the engines path of openai-python 0.x embeddings as /v1/embeddings', async () => {
+    // What openai.Embedding.create(engine="text-embedding-ada-002", input=["a", "b"]) sends.
+    const body = { input: ['a', 'b'], encoding_format: 'base64' };
+    const res = await post('/v1/engines/text-embedding-ada-002/embeddings', body);
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { data: unknown[] }).data).toHaveLength(2);
+    const sent = gw.fake.requests[0]!;
+    expect(sent.path).toBe('/v1/embeddings');
+    expect(sent.body).toEqual({ ...body, model: 'text-embedding-ada-002' });
+    await expect.poll(() => gw.logs.requests().at(-1)).toMatchObject({ endpoint: 'embeddings', model: 'text-embedding-ada-002', status: 200 });
+  });
+
   it('takes max_tokens 0 on legacy completions, as OpenAI does (echo + logprobs score a prompt); chat still needs 1', async () => {
     const scored = await gw.sdk(key).completions.create({ model: 'gpt-3.5-turbo-instruct', prompt: 'Say this is a test', max_tokens: 0, echo: true, logprobs: 0 });
     expect(scored.usage).toMatchObject({ completion_tokens: 0 });
