@@ -89,6 +89,20 @@ export function fieldError(issue: z.core.$ZodIssue, body: unknown): GatewayError
       above ? 'string_above_max_length' : length === 0 ? 'empty_string' : 'string_below_min_length',
     );
   }
+  if (issue.code === 'invalid_value' && issue.values.length > 0 && (typeof value === 'string' || typeof value === 'number')) {
+    // OpenAI's words for an enum: "Invalid value: 'int8'. Supported values are: 'float' and 'base64'."
+    const quoted = issue.values.map((v) => `'${String(v)}'`);
+    const list = quoted.length === 1 ? quoted[0] : `${quoted.slice(0, -1).join(', ')}${quoted.length > 2 ? ',' : ''} and ${quoted.at(-1)}`;
+    return invalidRequest(`Invalid value: '${String(value)}'. Supported values are: ${list}.`, param, 'invalid_value');
+  }
+  if (issue.code === 'invalid_union' && Array.isArray(value) && value.length === 0) {
+    // An input or prompt that may be a string or a list of several kinds: an empty list is none of them.
+    return invalidRequest(`Invalid '${name}': empty array. Expected an array with minimum length 1, but got an empty array instead.`, param, 'empty_array');
+  }
+  if (issue.code === 'invalid_union' && issue.path.length === 1) {
+    // OpenAI's words for an input (or prompt) of no kind it takes.
+    return invalidRequest(`'$.${name}' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.`, param, 'invalid_type');
+  }
   if (issue.code === 'invalid_type' && issue.expected in EXPECTED) {
     const expected = issue.expected === 'number' && INTEGER_FIELDS.has(String(issue.path.at(-1))) ? 'an integer' : EXPECTED[issue.expected];
     return invalidRequest(`Invalid type for '${name}': expected ${expected}, but got ${kindOf(value)} instead.`, param, 'invalid_type');

@@ -73,6 +73,18 @@ describe('validation', () => {
     }
     const embedding = await post('/v1/embeddings', { model: 'text-embedding-3-small' });
     expect(((await embedding.json()) as { error: unknown }).error).toMatchObject({ param: 'input', code: 'missing_required_parameter' });
+
+    // Enums and unions were zod's words ("Invalid option: expected one of ...", "Invalid input").
+    const embeddingCases: [unknown, string, string, string][] = [
+      [{ encoding_format: 'int8' }, 'encoding_format', 'invalid_value', "Invalid value: 'int8'. Supported values are: 'float' and 'base64'."],
+      [{ input: 5 }, 'input', 'invalid_type', "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."],
+      [{ input: [] }, 'input', 'empty_array', "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead."],
+    ];
+    for (const [extra, param, code, message] of embeddingCases) {
+      const res = await post('/v1/embeddings', { model: 'text-embedding-3-small', input: 'x', ...(extra as object) });
+      expect(res.status, message).toBe(400);
+      expect(((await res.json()) as { error: unknown }).error).toEqual({ type: 'invalid_request_error', param, code, message });
+    }
   });
 
   it('validates completions and embeddings too', async () => {
