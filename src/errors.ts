@@ -72,6 +72,17 @@ export const upstreamAuthFailed = () =>
 export const upstreamTimeout = () =>
   new GatewayError(504, 'The upstream API did not answer in time. Please retry.', 'server_error', 'upstream_timeout');
 
+/** upstreamTimeout once upstream had the request: x-should-retry false (see upstream/client.ts upstreamFailure). */
+export const upstreamTimeoutAfterSending = () =>
+  new GatewayError(
+    504,
+    "The upstream API did not answer within the gateway's timeout. It may still be working on (and billing) this request, so it is not retried.",
+    'server_error',
+    'upstream_timeout',
+    null,
+    { 'x-should-retry': 'false' },
+  );
+
 export const serviceUnavailable = (message: string, code = 'service_unavailable') =>
   new GatewayError(503, message, 'server_error', code);
 

@@ -542,7 +542,7 @@ export async function sendBuffered(
     }
     await read.beforeEnd?.();
     onBody?.(undefined, undefined, true);
-    throw upstreamFailure(err, res.timedOut());
+    throw upstreamFailure(err, res.timedOut(), true);
   }
   trace.upstreamMs = performance.now() - started;
   // A 2xx body that carries an error is masked before anything reads it (non-2xx bodies come masked).
@@ -639,7 +639,7 @@ export async function readUpstreamBody(res: UpstreamResponse): Promise<Buffer> {
   try {
     bytes = await readBody(res);
   } catch (err) {
-    throw upstreamFailure(err, res.timedOut());
+    throw upstreamFailure(err, res.timedOut(), true);
   }
   return maskSuccessBody(res, bytes);
 }

@@ -4,7 +4,7 @@ import { createRequire } from 'node:module';
 import { PassThrough, pipeline, Readable, Transform } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Config } from '../config.js';
-import { GatewayError, upstreamInvalidStatus, upstreamTimeout, upstreamUndecodable, upstreamUnreachable } from '../errors.js';
+import { GatewayError, upstreamInvalidStatus, upstreamTimeout, upstreamTimeoutAfterSending, upstreamUndecodable, upstreamUnreachable } from '../errors.js';
 import { createKeyPool, type KeyPoolLogger, type PickedKey } from './key-pool.js';
 import { createFairShare, type Release } from './fair-share.js';
 import { KeyedThrottledWarning } from '../resilience/throttled-log.js';
@@ -81,12 +81,17 @@ interface RequestDispatcher {
 
 const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 
-/** Maps a failed exchange to what the client sees: 504 for a timeout, 502 for anything else. */
-export function upstreamFailure(err: unknown, timedOut: boolean): GatewayError {
+/**
+ * Maps a failed exchange to what the client sees: 504 for a timeout, 502 for anything else. A
+ * timeout after upstream had the whole request (`sent`) is one the client's SDK is told not to
+ * retry: upstream may still be generating, and billing, the request (the gateway does not retry it
+ * either), and another attempt would most likely wait as long again.
+ */
+export function upstreamFailure(err: unknown, timedOut: boolean, sent: boolean): GatewayError {
   if (undecodable(err)) return upstreamUndecodable();
   const code = (err as { code?: string })?.code;
   const timeout = timedOut || (code && TIMEOUT_CODES.has(code)) || err instanceof undiciErrors.HeadersTimeoutError;
-  const failure = timeout ? upstreamTimeout() : upstreamUnreachable();
+  const failure = timeout ? (sent ? upstreamTimeoutAfterSending() : upstreamTimeout()) : upstreamUnreachable();
   // Never sent to the client; the throttled warning about such 5xx names it (an expired certificate,
   // a DNS failure: not all are worth retrying, and the log must say which it was).
   failure.cause = err;
@@ -462,7 +467,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         release?.();
         // The client left; nobody is waiting for an answer.
         if (req.signal?.aborted) throw sent ? abandoned(err) : err;
-        const failure = upstreamFailure(err, exchange.timedOut);
+        const failure = upstreamFailure(err, exchange.timedOut, sent);
         // The gateway's own first-byte or total timeout gave up on a request upstream had read (a
         // connect timeout never sent it): never retried, and upstream bills it as a hang-up.
         if (sent && failure.status === 504) throw abandoned(failure);

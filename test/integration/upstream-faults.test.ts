@@ -85,6 +85,13 @@ describe('timeouts and retries (one key)', () => {
     expect(res.status).toBe(504);
     expect(await res.json()).toMatchObject({ error: { type: 'server_error', code: 'upstream_timeout' } });
     expect(gw.fake.requests).toHaveLength(1);
+    // Nor by the client's SDK: it retried twice (three prompts upstream read, each charged).
+    expect(res.headers.get('x-should-retry')).toBe('false');
+    gw.fake.reset();
+    gw.fake.hangNext(3);
+    const sdk = gw.sdk(key, { maxRetries: 2 });
+    await expect(sdk.chat.completions.create({ ...chat, messages: [{ role: 'user', content: 'hi' }] })).rejects.toMatchObject({ status: 504 });
+    expect(gw.fake.requests).toHaveLength(1);
   });
 
   it('idle timeout mid-stream: the stream ends with the in-band error event, and is not retried', async () => {

@@ -126,7 +126,7 @@ describe('a failed exchange says whether upstream was left holding the request',
     try {
       const client = createUpstreamClient(upstream({ headersTimeoutMs: 200 }));
       const err = await client.send({ method: 'POST', path: '/chat/completions', body: chat() }).catch((e: unknown) => e);
-      expect(err).toMatchObject({ status: 504, code: 'upstream_timeout' });
+      expect(err).toMatchObject({ status: 504, code: 'upstream_timeout', headers: { 'x-should-retry': 'false' } });
       expect(abandonedAfterSending(err)).toBe(true);
       await client.close();
     } finally {
