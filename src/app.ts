@@ -5,7 +5,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import pino, { type DestinationStream } from 'pino';
 import { batchedStdout } from './log-destination.js';
 import type { Config } from './config.js';
-import { clientErrorHandler, CUT_AT_SHUTDOWN, errorHandler, frameworkErrorHandler, GatewayError, invalidRequest, notFoundHandler, openAIErrorBody, unsupportedContentEncoding } from './errors.js';
+import { clientErrorHandler, CUT_AT_SHUTDOWN, errorHandler, frameworkErrorHandler, GatewayError, invalidRequest, notFoundHandler, openAIErrorBody, UnknownUrl, unsupportedContentEncoding } from './errors.js';
 import { corsPlugin } from './plugins/cors.js';
 import type { Store } from './store/store.js';
 import { createMemoryStore } from './store/memory-store.js';
@@ -269,9 +269,6 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     // An empty body is no body (many clients send Content-Type: application/json on every call): a
     // body-less route then works, and one that needs a body says so as it would without the header.
     if ((body as Buffer).length === 0) return done(null, undefined);
-    // A route that does not exist (Fastify reads the body before its 404 handler) is a 404, as
-    // OpenAI answers: not a 400 for a body that was never JSON (a multipart upload to /v1/files).
-    if (request.is404) return done(null, undefined);
     // A compressed body would be read as broken JSON; say what is wrong instead.
     const encoding = request.headers['content-encoding'];
     if (encoding !== undefined && encoding.trim().toLowerCase() !== 'identity') return done(unsupportedContentEncoding(encoding), undefined);
@@ -339,6 +336,14 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
       throw invalidRequest('The request has no Host header, which HTTP/1.1 requires.', null, 'missing_host');
     }
+  });
+  // A route that does not exist is a 404 before its body is read (Fastify reads it before its 404
+  // handler): an upload to /v1/files over BODY_LIMIT_BYTES was told 413, shrink it, instead of that
+  // the gateway has no such URL. preParsing: after every onRequest hook, so a scope that refuses
+  // unauthenticated requests first (/admin: 401, never a map of its routes) still does.
+  // A callback, not an async function: it runs on every request, and a promise per request is not free.
+  app.addHook('preParsing', (request, _reply, payload, done) => {
+    done(request.is404 ? new UnknownUrl() : null, payload);
   });
   // A budget refused a request: admission keeps the spend below the limit, so only this says the key is blocked
   // (the 100 % alert). Not a request larger than the whole budget: smaller ones still pass. Cheap once sent.

@@ -203,6 +203,7 @@ function expected5xxWarning(request: FastifyRequest): KeyedThrottledWarning {
 
 /** The one error funnel: every error leaves the gateway in OpenAI's shape; 5xx never echo internals. */
 export function errorHandler(this: unknown, err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) {
+  if (err instanceof UnknownUrl) return notFoundHandler(request, reply);
   const gone = connectionGone(err, request, reply);
   if (gone === 'client_closed') {
     // Nothing failed but the connection: recorded as every other hang-up is (nginx's 499, error
@@ -242,6 +243,14 @@ export function errorHandler(this: unknown, err: FastifyError | Error, request: 
   return reply
     .code(500)
     .send(openAIErrorBody(`The gateway had an internal error (request id ${request.id}).`, 'server_error', 'internal_error'));
+}
+
+/** A URL no route serves, found before its body is read (app.ts): errorHandler answers as notFoundHandler. */
+export class UnknownUrl extends Error {
+  constructor() {
+    super('unknown URL');
+    this.name = 'UnknownUrl';
+  }
 }
 
 export function notFoundHandler(request: FastifyRequest, reply: FastifyReply) {

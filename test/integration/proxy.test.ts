@@ -132,6 +132,17 @@ describe('validation', () => {
     expect(await res.json()).toMatchObject({ error: { type: 'invalid_request_error', code: 'request_too_large' } });
   });
 
+  it('answers an unknown route with 404 before reading its body, however large', async () => {
+    // BODY_LIMIT_BYTES is 4096 here: a file upload to /v1/files was told 413, shrink it.
+    const upload = await post('/v1/files', 'A'.repeat(100_000), { 'content-type': 'multipart/form-data; boundary=x' });
+    expect(upload.status).toBe(404);
+    expect(await upload.json()).toMatchObject({ error: { message: 'Invalid URL (POST /v1/files)', type: 'invalid_request_error' } });
+    const json = await post('/v1/batches', { input_file_id: 'x'.repeat(10_000) });
+    expect(json.status).toBe(404);
+    // The connection is still good for the next request.
+    expect((await post('/v1/chat/completions', chat)).status).toBe(200);
+  });
+
   it('answers an unknown route with 404 in the same shape', async () => {
     const res = await post('/v1/no/such/thing', chat);
     expect(res.status).toBe(404);
