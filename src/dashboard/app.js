@@ -545,8 +545,12 @@
     setText('kpi-errors', `${fmtInt(t.errors)} errors (${fmtPct(Number(t.errors) || 0, requests)})`);
     setText('kpi-tokens', fmtCompact(t.totalTokens), fmtInt(t.totalTokens) + ' tokens');
     setText('kpi-tokens-sub', `${fmtCompact(t.promptTokens)} prompt · ${fmtCompact(t.completionTokens)} completion`);
-    setText('kpi-cache-rate', fmtPct(Number(t.cacheHits) || 0, requests));
-    setText('kpi-cache-hits', `${fmtInt(t.cacheHits)} of ${fmtInt(requests)} requests`);
+    // Among the requests the cache could answer (HIT or MISS), as the Prometheus hit ratio is: a
+    // refused request (400, 429) or a BYPASS was never a miss, and must not dilute the rate.
+    const hits = Number(t.cacheHits) || 0;
+    const cacheable = hits + (Number(t.cacheMisses) || 0);
+    setText('kpi-cache-rate', fmtPct(hits, cacheable));
+    setText('kpi-cache-hits', `${fmtInt(hits)} of ${fmtInt(cacheable)} cacheable requests`);
     setText('kpi-saved', fmtUsd(saved));
     setText('kpi-saved-sub', cost + saved > 0 ? `${fmtPct(saved, cost + saved)} of the cost without cache` : 'nothing served from cache');
   }

@@ -421,6 +421,11 @@ export interface UsageRow {
   requests: number;
   errors: number; // status >= 400, or an errorCode (a stream that broke, a hang-up, ...)
   cacheHits: number;
+  /**
+   * Requests the cache could have answered and did not (MISS): with cacheHits, the hit rate among
+   * cacheable requests, which refusals and BYPASS do not dilute. 0 in hours recorded before it was counted.
+   */
+  cacheMisses: number;
   promptTokens: number;
   cachedPromptTokens: number;
   completionTokens: number;

@@ -19,6 +19,7 @@ export const USAGE_METRICS = [
   'requests',
   'errors',
   'cacheHits',
+  'cacheMisses',
   'promptTokens',
   'cachedPromptTokens',
   'completionTokens',
@@ -175,6 +176,7 @@ export function usageIncrements(e: UsageEvent): [field: string, by: number][] {
     // out, or left by its client): its status was sent before the trouble, its error code says it.
     errors: e.status >= 400 || e.errorCode !== null ? 1 : 0,
     cacheHits: e.cache === 'HIT' ? 1 : 0,
+    cacheMisses: e.cache === 'MISS' ? 1 : 0,
     promptTokens: e.promptTokens,
     cachedPromptTokens: e.cachedPromptTokens,
     completionTokens: e.completionTokens,

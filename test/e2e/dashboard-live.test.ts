@@ -24,6 +24,13 @@ beforeAll(async () => {
     await sdk.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'question 0' }] }); // a hit
   }
   await gw.sdk(search.key).embeddings.create({ model: 'text-embedding-3-small', input: 'embed me' });
+  // A refusal: a request, but neither a hit nor a miss.
+  const refused = await fetch(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${search.key}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gpt-4o-mini' }),
+  });
+  if (refused.status !== 400) throw new Error(`expected a 400, got ${refused.status}`);
   browser = await launchChromium();
 }, 60_000);
 afterAll(async () => {
@@ -33,7 +40,7 @@ afterAll(async () => {
 
 it('shows what /admin/usage reports for real traffic', async () => {
   // Wait until every request's event is stored.
-  await expect.poll(async () => (await gw.admin('GET', '/admin/usage?groupBy=key')).body.totals.requests).toBe(9);
+  await expect.poll(async () => (await gw.admin('GET', '/admin/usage?groupBy=key')).body.totals.requests).toBe(10);
   const { totals } = (await gw.admin('GET', '/admin/usage?groupBy=key')).body as { totals: Record<string, number> };
 
   const page = await browser.newPage({ viewport: { width: 1400, height: 1200 } });
@@ -50,7 +57,9 @@ it('shows what /admin/usage reports for real traffic', async () => {
   expect(tokensTitle).toBe(`${totals.totalTokens!.toLocaleString('en-US')} tokens`);
   const spend = Number((await text('kpi-spend'))!.replace(/[$,]/g, ''));
   expect(spend).toBeCloseTo(totals.costUsd!, 4);
-  expect(await text('kpi-cache-hits')).toBe(`${totals.cacheHits} of ${totals.requests} requests`);
+  // The hit rate is among the requests the cache could answer: the refusal is not a miss.
+  expect(totals.cacheHits! + totals.cacheMisses!).toBe(totals.requests! - 1);
+  expect(await text('kpi-cache-hits')).toBe(`${totals.cacheHits} of ${totals.cacheHits! + totals.cacheMisses!} cacheable requests`);
   const saved = Number((await text('kpi-saved'))!.replace(/[$,]/g, ''));
   expect(saved).toBeCloseTo(totals.savedUsd!, 4);
 
@@ -59,7 +68,7 @@ it('shows what /admin/usage reports for real traffic', async () => {
   expect(names).toEqual(['billing-app', 'search-app']);
   const budgets = await page.getByTestId('budget-row').evaluateAll((rows) => rows.map((r) => (r as { dataset: { budget: string } }).dataset.budget));
   expect(budgets.sort()).toEqual(['tokensPerMonth', 'usdPerDay']);
-  await expect.poll(() => page.getByTestId('event-row').count()).toBe(9);
+  await expect.poll(() => page.getByTestId('event-row').count()).toBe(10);
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: `${ARTIFACTS}dashboard-live.png`, fullPage: true });
