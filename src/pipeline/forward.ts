@@ -112,6 +112,10 @@ async function handle(
   // object with a model (a 400 for a missing prompt instead of "must be a JSON object").
   const isObject = typeof raw === 'object' && raw !== null && !Array.isArray(raw);
   const withModel = options.model !== undefined && isObject ? { ...raw, model: options.model } : raw;
+  // The model a refused request named, recorded as app.ts records any refusal's: the price table's
+  // id it is priced as, or none. Only a name of a model's size (the schema's bound): it is logged.
+  const named = isObject ? (withModel as Record<string, unknown>).model : undefined;
+  if (typeof named === 'string' && named.length > 0 && named.length <= 256) trace.model = named;
   const body = validateBody(endpoint.schema, withModel, deps.maxBodyNodes) as Body;
   const key = request.gatewayKey!;
   trace.model = body.model;

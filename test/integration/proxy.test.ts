@@ -113,17 +113,26 @@ describe('validation', () => {
     expect(await engines.json()).toMatchObject({ error: { code: 'invalid_json', message: 'The request body must be a JSON object.' } });
   });
 
-  it('records a request refused as invalid against its endpoint', async () => {
+  it('records a request refused as invalid against its endpoint and the model it named', async () => {
     const before = gw.logs.requests().length;
     expect((await post('/v1/completions', { model: 'gpt-3.5-turbo-instruct' })).status).toBe(400);
     expect((await post('/v1/engines/gpt-3.5-turbo-instruct/completions', '[1]')).status).toBe(400);
+    expect((await post('/v1/engines/gpt-3.5-turbo-instruct/completions', { prompt: 'x', temperature: 9 })).status).toBe(400);
     expect((await post('/v1/embeddings', { model: 'text-embedding-3-small' })).status).toBe(400);
-    await expect.poll(() => gw.logs.requests().length).toBe(before + 3);
-    expect(gw.logs.requests().slice(before).map((l) => [l.endpoint, l.status])).toEqual([
-      ['completions', 400],
-      ['completions', 400],
-      ['embeddings', 400],
+    expect((await post('/v1/chat/completions', { ...chat, temperature: 5 })).status).toBe(400);
+    // A name the price table does not know is recorded as none (the log line keeps it apart).
+    expect((await post('/v1/chat/completions', { ...chat, model: 'my-own-model', temperature: 5 })).status).toBe(400);
+    await expect.poll(() => gw.logs.requests().length).toBe(before + 6);
+    const lines = gw.logs.requests().slice(before);
+    expect(lines.map((l) => [l.endpoint, l.model, l.status])).toEqual([
+      ['completions', 'gpt-3.5-turbo-instruct', 400],
+      ['completions', null, 400],
+      ['completions', 'gpt-3.5-turbo-instruct', 400],
+      ['embeddings', 'text-embedding-3-small', 400],
+      ['chat.completions', 'gpt-4o-mini', 400],
+      ['chat.completions', null, 400],
     ]);
+    expect(lines.at(-1)).toMatchObject({ modelRefused: 'my-own-model' });
   });
 
   it('answers a body over the limit with 413', async () => {
