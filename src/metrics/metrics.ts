@@ -1,6 +1,6 @@
 // Prometheus metrics: one dedicated registry per app, fed by usage events and, at scrape time, by budgets.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { PriceTable } from '../openai/prices.js';
+import { isSnapshotOf, type PriceTable } from '../openai/prices.js';
 import type { UsageEvent } from '../usage/event.js';
 import type { DegradedModes } from '../resilience/modes.js';
 
@@ -297,6 +297,10 @@ export function createMetrics(opts: MetricsOptions) {
   const unpricedSeen = new Set<string>();
 
   function modelLabel(model: string | null, modelAnswered: string | null = null): string {
+    // Answered by the model asked for or one of its snapshots (gpt-4o-mini as gpt-4o-mini-2024-07-18,
+    // as OpenAI answers): labelled as the model asked for, which the usage report and the CLI group
+    // by; the snapshot's own name made every series of real traffic differ from them.
+    if (modelAnswered && model && isSnapshotOf(modelAnswered, model) && prices.pricedAs(model) !== undefined) modelAnswered = null;
     if (modelAnswered && MODEL_ID.test(modelAnswered)) {
       if (prices.pricedAs(modelAnswered) === modelAnswered) return modelAnswered; // an exact table id
       if (unpricedSeen.has(modelAnswered)) return modelAnswered;

@@ -157,7 +157,8 @@ describe('metrics', () => {
     expect(res.statusCode).toBe(200);
     expect(res.headers['content-type']).toBe(metrics.registry.contentType);
 
-    const a = { key: 'billing-app', key_id: 'key_a', model: 'gpt-4o-mini-2024-07-18' };
+    // Answered as a snapshot of the model asked for: labelled as asked, as the usage report groups it.
+    const a = { key: 'billing-app', key_id: 'key_a', model: 'gpt-4o-mini' };
     const requests = 'tollgate_requests_total';
     expect(value(samples, requests, { ...a, endpoint: 'chat.completions', status: '200', cache: 'MISS' })).toBe(1);
     expect(value(samples, requests, { ...a, endpoint: 'chat.completions', status: '200', cache: 'HIT' })).toBe(2);
@@ -233,9 +234,14 @@ describe('metrics', () => {
   it('labels models from a bounded set', async () => {
     // Answered models outside the exact ids of the price table share the cap: one snapshot and two echoes.
     const { metrics } = await buildMetricsApp({ maxUnpricedModelLabels: 3 });
-    // The answered model wins; a requested model only when it is an exact id of the price table, and a
-    // requested snapshot is labelled with the id it is priced as (the snapshot rule accepts endless names).
-    expect(metrics.modelLabel('gpt-4o-mini', 'gpt-4o-mini-2024-07-18')).toBe('gpt-4o-mini-2024-07-18');
+    // The answered model wins, unless it is a snapshot of the (priced) model asked for: then the
+    // model asked for, as the usage report names it. A requested model only when it is an exact id of
+    // the price table, and a requested snapshot is labelled with the id it is priced as (the snapshot
+    // rule accepts endless names).
+    expect(metrics.modelLabel('gpt-4o-mini', 'gpt-4o-mini-2024-07-18')).toBe('gpt-4o-mini');
+    expect(metrics.modelLabel('gpt-4o', 'gpt-4o-2024-08-06')).toBe('gpt-4o');
+    // Another model than the one asked for (a proxy's fallback) keeps its own name.
+    expect(metrics.modelLabel('gpt-4o', 'gpt-4o-mini-2024-07-18')).toBe('gpt-4o-mini-2024-07-18');
     expect(metrics.modelLabel('gpt-4o')).toBe('gpt-4o');
     expect(metrics.modelLabel('gpt-4o-mini-2024-07-18', null)).toBe('gpt-4o-mini');
     expect(metrics.modelLabel('gpt-4o-1000', null)).toBe('gpt-4o');
@@ -270,7 +276,7 @@ describe('metrics', () => {
     expect(find(first.samples, 'tollgate_budget_used_ratio')).toHaveLength(0);
     expect(find(first.samples, 'tollgate_budget_remaining_usd')).toHaveLength(0);
     expect(value(first.samples, 'tollgate_budget_collect_failures_total')).toBe(1);
-    expect(value(first.samples, 'tollgate_cost_usd_total', { key: 'billing-app', key_id: 'key_a', model: 'gpt-4o-mini-2024-07-18' })).toBe(0.0025);
+    expect(value(first.samples, 'tollgate_cost_usd_total', { key: 'billing-app', key_id: 'key_a', model: 'gpt-4o-mini' })).toBe(0.0025);
     expect(errors).toEqual(['store down']);
     expect(calls).toBe(1);
 
@@ -336,8 +342,12 @@ describe('metrics', () => {
     for (let i = 0; i < 50; i++) metrics.observe(event({ model: `gpt-4o-mini-2031-01-${String(i % 28 + 1).padStart(2, '0')}`, status: 404 }));
     let models = new Set(find((await scrape(app)).samples, 'tollgate_requests_total').map((s) => s.labels.model));
     expect([...models].sort()).toEqual(['gpt-4o', 'gpt-4o-mini']);
-    // An upstream that echoes the requested name back: answered snapshots count against the cap.
+    // An upstream that echoes the requested name back: labelled as the model the name is priced as.
     for (let i = 0; i < 200; i++) metrics.observe(event({ model: `gpt-4o-${3000 + i}`, modelAnswered: `gpt-4o-${3000 + i}`, status: 200 }));
+    models = new Set(find((await scrape(app)).samples, 'tollgate_requests_total').map((s) => s.labels.model));
+    expect([...models].sort()).toEqual(['gpt-4o', 'gpt-4o-mini']);
+    // Answered snapshots of another model count against the cap.
+    for (let i = 0; i < 200; i++) metrics.observe(event({ model: 'gpt-4o-mini', modelAnswered: `gpt-4o-${5000 + i}`, status: 200 }));
     models = new Set(find((await scrape(app)).samples, 'tollgate_requests_total').map((s) => s.labels.model));
     expect(models.size).toBeLessThanOrEqual(2 + 5 + 1); // the two above, the cap, and `other`
     expect(models.has('other')).toBe(true);
