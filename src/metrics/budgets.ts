@@ -41,9 +41,9 @@ export async function budgetGauges(
   keys.forEach((key, i) => {
     const view = views[i]!;
     for (const limit of BUDGETS) {
-      const { limit: value, used } = view[limit];
+      const { limit: value, used, reserved } = view[limit];
       if (value === null) continue;
-      gauges.push({ keyId: key.id, keyName: key.name, limit, remaining: Math.max(0, value - used), ratioUsed: used / value });
+      gauges.push({ keyId: key.id, keyName: key.name, limit, remaining: Math.max(0, value - used), reserved, ratioUsed: used / value });
     }
   });
   return gauges;

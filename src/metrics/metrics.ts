@@ -9,8 +9,10 @@ export interface BudgetGauge {
   keyId: string;
   keyName: string;
   limit: 'tokensPerDay' | 'tokensPerMonth' | 'usdPerDay' | 'usdPerMonth';
-  /** In the limit's unit: tokens, or USD. */
+  /** In the limit's unit: tokens, or USD. What is not used; requests in flight may hold some of it (reserved). */
   remaining: number;
+  /** Held by requests in flight (their reservations, worst case), in the limit's unit: not used yet, not free either. */
+  reserved: number;
   /** used / limit: 0 to 1, past 1 when a key overran its budget. */
   ratioUsed: number;
 }
@@ -279,6 +281,14 @@ export function createMetrics(opts: MetricsOptions) {
     isTokens(b) ? undefined : b.remaining,
   );
   budgetGauge('tollgate_budget_used_ratio', 'Share of a budget used, 0 to 1 (past 1 when overrun).', (b) => b.ratioUsed);
+  // A budget whose remaining covers nothing more once these are counted refuses requests (429, retry
+  // in 1 s) though it looks unspent: they give back what they did not use when they end.
+  budgetGauge('tollgate_budget_reserved_tokens', 'Tokens of a token budget held by requests in flight (worst case, until they settle).', (b) =>
+    isTokens(b) ? b.reserved : undefined,
+  );
+  budgetGauge('tollgate_budget_reserved_usd', 'USD of a USD budget held by requests in flight (worst case, until they settle).', (b) =>
+    isTokens(b) ? undefined : b.reserved,
+  );
 
   // --- Labels ------------------------------------------------------------------------------------
   // BOUNDED LABELS. Every series costs Prometheus memory forever, so no label may take a value a

@@ -137,9 +137,9 @@ const randomModel = event({
 });
 
 const budgetList: BudgetGauge[] = [
-  { keyId: 'key_a', keyName: 'billing-app', limit: 'usdPerDay', remaining: 12.5, ratioUsed: 0.375 },
-  { keyId: 'key_a', keyName: 'billing-app', limit: 'tokensPerMonth', remaining: 900000, ratioUsed: 0.1 },
-  { keyId: 'key_b', keyName: '', limit: 'tokensPerDay', remaining: 0, ratioUsed: 1.25 },
+  { keyId: 'key_a', keyName: 'billing-app', limit: 'usdPerDay', remaining: 12.5, reserved: 0.25, ratioUsed: 0.375 },
+  { keyId: 'key_a', keyName: 'billing-app', limit: 'tokensPerMonth', remaining: 900000, reserved: 4096, ratioUsed: 0.1 },
+  { keyId: 'key_b', keyName: '', limit: 'tokensPerDay', remaining: 0, reserved: 0, ratioUsed: 1.25 },
 ];
 
 describe('metrics', () => {
@@ -207,6 +207,10 @@ describe('metrics', () => {
     expect(value(samples, 'tollgate_budget_remaining_tokens', { key: 'key_b', key_id: 'key_b', limit: 'tokensPerDay' })).toBe(0);
     expect(find(samples, 'tollgate_budget_remaining_usd')).toHaveLength(1);
     expect(find(samples, 'tollgate_budget_remaining_tokens')).toHaveLength(2);
+    expect(value(samples, 'tollgate_budget_reserved_usd', { key: 'billing-app', key_id: 'key_a', limit: 'usdPerDay' })).toBe(0.25);
+    expect(value(samples, 'tollgate_budget_reserved_tokens', { key: 'billing-app', key_id: 'key_a', limit: 'tokensPerMonth' })).toBe(4096);
+    expect(find(samples, 'tollgate_budget_reserved_usd')).toHaveLength(1);
+    expect(find(samples, 'tollgate_budget_reserved_tokens')).toHaveLength(2);
     expect(value(samples, 'tollgate_budget_used_ratio', { key: 'billing-app', key_id: 'key_a', limit: 'usdPerDay' })).toBe(0.375);
     expect(value(samples, 'tollgate_budget_used_ratio', { key: 'billing-app', key_id: 'key_a', limit: 'tokensPerMonth' })).toBe(0.1);
     expect(value(samples, 'tollgate_budget_used_ratio', { key: 'key_b', key_id: 'key_b', limit: 'tokensPerDay' })).toBe(1.25);
@@ -439,10 +443,10 @@ describe('metrics', () => {
   it('gives two keys that share a name their own series and budget gauges, told apart by key_id', async () => {
     // Names are free text chosen by admins: nothing stops two keys from both being called `reports`.
     const twins: BudgetGauge[] = [
-      { keyId: 'key_twin1', keyName: 'reports', limit: 'usdPerDay', remaining: 4, ratioUsed: 0.2 },
-      { keyId: 'key_twin2', keyName: 'reports', limit: 'usdPerDay', remaining: 1, ratioUsed: 0.8 },
-      { keyId: 'key_twin1', keyName: 'reports', limit: 'tokensPerDay', remaining: 7000, ratioUsed: 0.3 },
-      { keyId: 'key_twin2', keyName: 'reports', limit: 'tokensPerDay', remaining: 100, ratioUsed: 0.99 },
+      { keyId: 'key_twin1', keyName: 'reports', limit: 'usdPerDay', remaining: 4, reserved: 0, ratioUsed: 0.2 },
+      { keyId: 'key_twin2', keyName: 'reports', limit: 'usdPerDay', remaining: 1, reserved: 0, ratioUsed: 0.8 },
+      { keyId: 'key_twin1', keyName: 'reports', limit: 'tokensPerDay', remaining: 7000, reserved: 0, ratioUsed: 0.3 },
+      { keyId: 'key_twin2', keyName: 'reports', limit: 'tokensPerDay', remaining: 100, reserved: 0, ratioUsed: 0.99 },
     ];
     const { app, metrics } = await buildMetricsApp({ budgets: async () => twins });
     const spend = (keyId: string, costMicros: number, promptTokens: number) =>

@@ -48,6 +48,23 @@ describe('/metrics', () => {
     expect(text).toContain('process_resident_memory_bytes');
     expect(text).not.toContain('tg-wrong');
   });
+
+  it('says how much of a budget requests in flight hold, beside what is left', async () => {
+    const gw = await startGateway({ env: { METRICS_TOKEN: 'metrics-secret-token' } });
+    opened.push(gw);
+    const { key } = await gw.createKey({ name: 'held-app', limits: { tokensPerDay: 100_000 } });
+    const read = async () =>
+      (await fetch(`${gw.url}/metrics`, { headers: { authorization: 'Bearer metrics-secret-token' } })).text();
+    gw.fake.setLatency(1500);
+    const pending = chat(gw, key);
+    // While it is in flight: nothing used, its worst case (prompt + 20 tokens) held.
+    await expect.poll(async () => metricValue(await read(), 'tollgate_budget_reserved_tokens', { key: 'held-app', limit: 'tokensPerDay' }), { timeout: 1400 }).toBeGreaterThan(20);
+    expect(metricValue(await read(), 'tollgate_budget_remaining_tokens', { key: 'held-app', limit: 'tokensPerDay' })).toBe(100_000);
+    expect((await pending).status).toBe(200);
+    gw.fake.setLatency(0);
+    await expect.poll(async () => metricValue(await read(), 'tollgate_budget_reserved_tokens', { key: 'held-app', limit: 'tokensPerDay' })).toBe(0);
+    expect(metricValue(await read(), 'tollgate_budget_remaining_tokens', { key: 'held-app', limit: 'tokensPerDay' })).toBeLessThan(100_000);
+  });
 });
 
 describe('budget alerts', () => {
