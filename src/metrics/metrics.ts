@@ -48,6 +48,18 @@ const NONE = 'none';
 const OTHER = 'other';
 /** What a model id looks like; anything else (odd characters, very long) is never a label value. */
 const MODEL_ID = /^[\w.:/@+-]{1,100}$/;
+/**
+ * The reasons a request counted as a 2xx ends otherwise (tollgate_requests_incomplete_total): the
+ * gateway's own codes. Anything else (a failed Responses stream's code, which upstream chooses) is `other`.
+ */
+const INCOMPLETE_REASONS: ReadonlySet<string> = new Set([
+  'upstream_stream_error',
+  'upstream_stream_cut',
+  'upstream_timeout',
+  'response_failed',
+  'client_closed_request',
+  'cut_at_shutdown',
+]);
 
 /** Overhead is the gateway's own work: auth cache, Redis round trip, JSON; sub-millisecond to tens of ms. */
 const OVERHEAD_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
@@ -104,6 +116,14 @@ export function createMetrics(opts: MetricsOptions) {
     name: 'tollgate_cost_usd_total',
     help: 'What requests cost, in USD, at the gateway price table.',
     labelNames: ['key', 'key_id', 'model'] as const,
+    registers,
+  });
+  const incomplete = new Counter({
+    name: 'tollgate_requests_incomplete_total',
+    help:
+      'Requests counted with a 2xx status (sent before the trouble) that did not end normally, by reason: ' +
+      'upstream_stream_error, upstream_stream_cut, upstream_timeout, response_failed, client_closed_request, cut_at_shutdown or other.',
+    labelNames: ['key', 'key_id', 'endpoint', 'reason'] as const,
     registers,
   });
   const cacheHits = new Counter({
@@ -332,6 +352,11 @@ export function createMetrics(opts: MetricsOptions) {
     const model = modelLabel(event.model, event.modelAnswered);
     const endpoint = event.endpoint ?? NONE;
     requests.inc({ key, key_id, model, endpoint, status: statusLabel(event.status), cache: event.cache ?? NONE });
+    // A stream whose 200 went out before upstream broke, cut or timed out, or its client left: a
+    // success by its status alone, which would hide an upstream failing mid-stream.
+    if (event.status < 400 && event.errorCode !== null) {
+      incomplete.inc({ key, key_id, endpoint, reason: INCOMPLETE_REASONS.has(event.errorCode) ? event.errorCode : OTHER });
+    }
 
     // Zero amounts create no series: a refused request does not add four empty token series.
     const add = (counter: Counter<'key' | 'key_id' | 'model'>, amount: number) => {
@@ -367,7 +392,7 @@ export function createMetrics(opts: MetricsOptions) {
   // once the grace has let the last values be scraped (Prometheus reads a counter that stops as
   // ended; rate() and increase() over it are unaffected). The grace must outlast any request in
   // flight at the change: one that ends after the sweep writes its series again, for good.
-  const perKeyCounters: Counter<string>[] = [requests, tokens, cost, cacheHits, cacheSavedUsd, cacheSavedTokens];
+  const perKeyCounters: Counter<string>[] = [requests, incomplete, tokens, cost, cacheHits, cacheSavedUsd, cacheSavedTokens];
   const graceMs = opts.retiredSeriesGraceMs ?? 15 * 60_000;
   /** Keys changed, and when their sweep is due: one sweep, one pass over the series, for all that are due. */
   const retiring = new Map<string, number>();

@@ -235,6 +235,24 @@ describe('metrics', () => {
     expect(value(samples, 'tollgate_time_to_first_byte_seconds_bucket', { endpoint: 'chat.completions', stream: 'false', le: '120' })).toBe(0);
   });
 
+  it('counts 200s that did not end normally by reason, so a failing upstream mid-stream does not look like success', async () => {
+    const { app, metrics } = await buildMetricsApp();
+    const stream = { endpoint: 'chat.completions', stream: true, status: 200 } as const;
+    metrics.observe(event({ ...stream, errorCode: 'upstream_stream_error' }));
+    metrics.observe(event({ ...stream, errorCode: 'upstream_stream_error' }));
+    metrics.observe(event({ ...stream, errorCode: 'client_closed_request' }));
+    // A failed Responses stream's code is upstream's choice: not a label value.
+    metrics.observe(event({ ...stream, endpoint: 'responses', errorCode: 'made_up_by_upstream_1234' }));
+    metrics.observe(event({ ...stream, errorCode: null }));
+    metrics.observe(event({ status: 429, errorCode: 'rate_limit_exceeded' }));
+    const { samples } = await scrape(app);
+    const labels = { key: 'billing-app', key_id: 'key_a' };
+    expect(value(samples, 'tollgate_requests_incomplete_total', { ...labels, endpoint: 'chat.completions', reason: 'upstream_stream_error' })).toBe(2);
+    expect(value(samples, 'tollgate_requests_incomplete_total', { ...labels, endpoint: 'chat.completions', reason: 'client_closed_request' })).toBe(1);
+    expect(value(samples, 'tollgate_requests_incomplete_total', { ...labels, endpoint: 'responses', reason: 'other' })).toBe(1);
+    expect(find(samples, 'tollgate_requests_incomplete_total')).toHaveLength(3);
+  });
+
   it('labels models from a bounded set', async () => {
     // Answered models outside the exact ids of the price table share the cap: one snapshot and two echoes.
     const { metrics } = await buildMetricsApp({ maxUnpricedModelLabels: 3 });
