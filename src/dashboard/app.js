@@ -545,12 +545,13 @@
     setText('kpi-errors', `${fmtInt(t.errors)} errors (${fmtPct(Number(t.errors) || 0, requests)})`);
     setText('kpi-tokens', fmtCompact(t.totalTokens), fmtInt(t.totalTokens) + ' tokens');
     setText('kpi-tokens-sub', `${fmtCompact(t.promptTokens)} prompt · ${fmtCompact(t.completionTokens)} completion`);
-    // Among the requests the cache could answer (HIT or MISS), as the Prometheus hit ratio is: a
-    // refused request (400, 429) or a BYPASS was never a miss, and must not dilute the rate.
-    const hits = Number(t.cacheHits) || 0;
-    const cacheable = hits + (Number(t.cacheMisses) || 0);
-    setText('kpi-cache-rate', fmtPct(hits, cacheable));
-    setText('kpi-cache-hits', `${fmtInt(hits)} of ${fmtInt(cacheable)} cacheable requests`);
+    // Among the requests the cache looked up (HIT or MISS), as the Prometheus hit ratio is: a refused
+    // request (400, 429) or a BYPASS was never a miss, and must not dilute the rate. From lookups and
+    // misses, not cacheHits: hours recorded before lookups were counted have hits but neither.
+    const lookups = Number(t.cacheLookups) || 0;
+    const lookupHits = Math.max(0, lookups - (Number(t.cacheMisses) || 0));
+    setText('kpi-cache-rate', fmtPct(lookupHits, lookups));
+    setText('kpi-cache-hits', `${fmtInt(lookupHits)} of ${fmtInt(lookups)} cacheable requests`);
     setText('kpi-saved', fmtUsd(saved));
     setText('kpi-saved-sub', cost + saved > 0 ? `${fmtPct(saved, cost + saved)} of the cost without cache` : 'nothing served from cache');
   }

@@ -421,11 +421,14 @@ export interface UsageRow {
   requests: number;
   errors: number; // status >= 400, or an errorCode (a stream that broke, a hang-up, ...)
   cacheHits: number;
-  /**
-   * Requests the cache could have answered and did not (MISS): with cacheHits, the hit rate among
-   * cacheable requests, which refusals and BYPASS do not dilute. 0 in hours recorded before it was counted.
-   */
+  /** Requests the cache could have answered and did not (MISS). */
   cacheMisses: number;
+  /**
+   * Requests the cache looked up (HIT or MISS): the hit rate among them, (cacheLookups - cacheMisses)
+   * / cacheLookups, is not diluted by refusals or BYPASS. Both are 0 in hours recorded before they
+   * were counted, so such hours add nothing to that rate (cacheHits counts their hits all the same).
+   */
+  cacheLookups: number;
   promptTokens: number;
   cachedPromptTokens: number;
   completionTokens: number;

@@ -20,6 +20,7 @@ export const USAGE_METRICS = [
   'errors',
   'cacheHits',
   'cacheMisses',
+  'cacheLookups',
   'promptTokens',
   'cachedPromptTokens',
   'completionTokens',
@@ -32,6 +33,8 @@ export const USAGE_METRICS = [
 
 export type UsageMetric = (typeof USAGE_METRICS)[number];
 const METRIC_SET: ReadonlySet<string> = new Set(USAGE_METRICS);
+/** What a metric name looks like (camelCase): one this version does not know is a later version's, skipped quietly. */
+const WELL_FORMED_METRIC = /^[a-z][A-Za-z]{0,63}$/;
 
 const count = z.number().int().nonnegative();
 
@@ -177,6 +180,7 @@ export function usageIncrements(e: UsageEvent): [field: string, by: number][] {
     errors: e.status >= 400 || e.errorCode !== null ? 1 : 0,
     cacheHits: e.cache === 'HIT' ? 1 : 0,
     cacheMisses: e.cache === 'MISS' ? 1 : 0,
+    cacheLookups: e.cache === 'HIT' || e.cache === 'MISS' ? 1 : 0,
     promptTokens: e.promptTokens,
     cachedPromptTokens: e.cachedPromptTokens,
     completionTokens: e.completionTokens,
@@ -243,8 +247,14 @@ export function usageRowsOfHour(
   for (const [field, value] of fields) {
     const parts = field.split('|');
     const n = typeof value === 'number' ? value : /^-?\d+$/.test(value) ? Number(value) : NaN;
-    if (parts.length !== 3 || !METRIC_SET.has(parts[2]!) || !Number.isSafeInteger(n)) {
+    if (parts.length !== 3 || !Number.isSafeInteger(n)) {
       skipped++;
+      continue;
+    }
+    // A metric a newer version counts (a rolling upgrade writes it beside this one): not corrupt,
+    // just not this version's to report.
+    if (!METRIC_SET.has(parts[2]!)) {
+      if (!WELL_FORMED_METRIC.test(parts[2]!)) skipped++;
       continue;
     }
     const [key, model, metric] = parts as [string, string, UsageMetric];

@@ -101,9 +101,9 @@ describe.each([
     await store.recordUsage([...batch], KEEP);
     await store.recordUsage([], KEEP);
     expect(await store.usageRows('2026-11-18T11', '2026-11-18T12')).toEqual([
-      row('2026-11-18T11', 'key_a', 'gpt-4o-mini', { requests: 1, cacheMisses: 1, promptTokens: 1, totalTokens: 1, costMicros: 3 }),
-      row('2026-11-18T12', 'key_a', 'gpt-4o', { requests: 1, cacheHits: 1, savedTokens: 9, savedMicros: 4 }),
-      row('2026-11-18T12', 'key_a', 'gpt-4o-mini', { requests: 2, errors: 1, cacheMisses: 2, promptTokens: 7, completionTokens: 2, totalTokens: 9, costMicros: 12 }),
+      row('2026-11-18T11', 'key_a', 'gpt-4o-mini', { requests: 1, cacheMisses: 1, cacheLookups: 1, promptTokens: 1, totalTokens: 1, costMicros: 3 }),
+      row('2026-11-18T12', 'key_a', 'gpt-4o', { requests: 1, cacheHits: 1, cacheLookups: 1, savedTokens: 9, savedMicros: 4 }),
+      row('2026-11-18T12', 'key_a', 'gpt-4o-mini', { requests: 2, errors: 1, cacheMisses: 2, cacheLookups: 2, promptTokens: 7, completionTokens: 2, totalTokens: 9, costMicros: 12 }),
     ]);
     const listed = await store.usageEvents({ sinceMs: 0, limit: 100 });
     expect(listed.map((e) => e.event.eventId)).toEqual(batch.map((e) => e.eventId));
@@ -143,13 +143,14 @@ describe.each([
     const h11 = '2026-11-18T11';
     const h12 = '2026-11-18T12';
     const expected = [
-      row(h11, 'key_a', 'gpt-4o', { requests: 1, cacheMisses: 1, promptTokens: 1, completionTokens: 2, totalTokens: 3, costMicros: 30 }),
+      row(h11, 'key_a', 'gpt-4o', { requests: 1, cacheMisses: 1, cacheLookups: 1, promptTokens: 1, completionTokens: 2, totalTokens: 3, costMicros: 30 }),
       row(h12, '', '', { requests: 2, errors: 2 }),
       row(h12, 'key_a', 'gpt-4o-mini', {
         requests: 4,
         errors: 1,
         cacheHits: 1,
         cacheMisses: 2,
+        cacheLookups: 3,
         promptTokens: 107,
         cachedPromptTokens: 20,
         completionTokens: 53,
@@ -159,12 +160,12 @@ describe.each([
         savedTokens: 150,
         savedMicros: 1234,
       }),
-      row(h12, 'key|b%25', 'ft:gpt|odd%7Cname%', { requests: 2, errors: 1, cacheMisses: 2, promptTokens: 13, totalTokens: 13, costMicros: 3 }),
-      row(h12, 'key|b%25', 'gpt-4o-mini', { requests: 1, errors: 1, cacheMisses: 1 }),
+      row(h12, 'key|b%25', 'ft:gpt|odd%7Cname%', { requests: 2, errors: 1, cacheMisses: 2, cacheLookups: 2, promptTokens: 13, totalTokens: 13, costMicros: 3 }),
+      row(h12, 'key|b%25', 'gpt-4o-mini', { requests: 1, errors: 1, cacheMisses: 1, cacheLookups: 1 }),
     ];
     expect(await store.usageRows(h11, h12)).toEqual(expected);
     expect(await store.usageRows(h12, h12)).toEqual(expected.slice(1));
-    expect(await store.usageRows('2026-11-18T10', '2026-11-18T10')).toEqual([row('2026-11-18T10', 'key_a', 'gpt-4o-mini', { requests: 1, cacheMisses: 1, costMicros: 999 })]);
+    expect(await store.usageRows('2026-11-18T10', '2026-11-18T10')).toEqual([row('2026-11-18T10', 'key_a', 'gpt-4o-mini', { requests: 1, cacheMisses: 1, cacheLookups: 1, costMicros: 999 })]);
     expect(await store.usageRows('2026-11-18T09', '2026-11-18T13')).toHaveLength(7);
     // An empty range, and one the wrong way round.
     expect(await store.usageRows('2026-11-19T00', '2026-11-25T23')).toEqual([]);
@@ -210,7 +211,7 @@ describe.each([
     await store.recordUsage([makeEvent({ ts: H + HOUR - 100, costMicros: 7 })], { retentionMs: 300, maxEvents: 100 });
     // Another hour, kept for long.
     await store.recordUsage([makeEvent({ ts: H - 100, costMicros: 8 })], KEEP);
-    expect(await store.usageRows(hour, hour)).toEqual([row(hour, 'key_a', 'gpt-4o-mini', { requests: 1, cacheMisses: 1, costMicros: 7 })]);
+    expect(await store.usageRows(hour, hour)).toEqual([row(hour, 'key_a', 'gpt-4o-mini', { requests: 1, cacheMisses: 1, cacheLookups: 1, costMicros: 7 })]);
     await advance(450);
     await vi.waitFor(async () => expect(await store.usageRows(hour, hour)).toEqual([]), { timeout: 3000, interval: 25 });
     expect(await store.usageRows('2026-11-18T11', '2026-11-18T11')).toHaveLength(1);
@@ -327,7 +328,7 @@ describe.each([
     expect(kept.length).toBeLessThan(2 * maxEvents);
     expect(kept).toEqual(Array.from({ length: kept.length }, (_, i) => `r${3 * maxEvents - kept.length + i}`));
     expect(await store.usageRows('2026-11-18T12', '2026-11-18T12')).toEqual([
-      row('2026-11-18T12', 'key_a', 'gpt-4o-mini', { requests: 3 * maxEvents, cacheMisses: 3 * maxEvents }),
+      row('2026-11-18T12', 'key_a', 'gpt-4o-mini', { requests: 3 * maxEvents, cacheMisses: 3 * maxEvents, cacheLookups: 3 * maxEvents }),
     ]);
   });
 
@@ -414,6 +415,7 @@ describe('Redis store usage only', () => {
     expect(await raw.hgetall(hourKey)).toEqual({
       'key%7Ca|m%257C%7Cx|requests': '1',
       'key%7Ca|m%257C%7Cx|cacheHits': '1',
+      'key%7Ca|m%257C%7Cx|cacheLookups': '1',
       'key%7Ca|m%257C%7Cx|savedTokens': '15',
       'key%7Ca|m%257C%7Cx|savedMicros': '40',
       '||requests': '1',
@@ -502,9 +504,15 @@ describe('Redis store usage only', () => {
     const store = await redisStore({ prefix, logger: log });
     await store.recordUsage([makeEvent({ costMicros: 3 })], KEEP);
     const hourKey = redisKeys(prefix).usageHour('2026-11-18T12');
-    await raw.hset(hourKey, 'garbage', '1', 'key_a|gpt-4o-mini|unknownMetric', '5', 'key_a|gpt-4o-mini|errors', 'x', 'a|b|c|requests', '1');
+    // A later version's metric (well formed, unknown here) is skipped too, but is not corruption.
+    await raw.hset(hourKey, 'key_a|gpt-4o-mini|aLaterMetric', '5');
     expect(await store.usageRows('2026-11-18T12', '2026-11-18T12')).toEqual([
-      row('2026-11-18T12', 'key_a', 'gpt-4o-mini', { requests: 1, cacheMisses: 1, costMicros: 3 }),
+      row('2026-11-18T12', 'key_a', 'gpt-4o-mini', { requests: 1, cacheMisses: 1, cacheLookups: 1, costMicros: 3 }),
+    ]);
+    expect(log.warn).not.toHaveBeenCalled();
+    await raw.hset(hourKey, 'garbage', '1', 'key_a|gpt-4o-mini|bad metric!', '5', 'key_a|gpt-4o-mini|errors', 'x', 'a|b|c|requests', '1');
+    expect(await store.usageRows('2026-11-18T12', '2026-11-18T12')).toEqual([
+      row('2026-11-18T12', 'key_a', 'gpt-4o-mini', { requests: 1, cacheMisses: 1, cacheLookups: 1, costMicros: 3 }),
     ]);
     expect(log.warn).toHaveBeenCalledTimes(1);
   });
