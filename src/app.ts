@@ -5,7 +5,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import pino, { type DestinationStream } from 'pino';
 import { batchedStdout } from './log-destination.js';
 import type { Config } from './config.js';
-import { clientErrorHandler, CUT_AT_SHUTDOWN, errorHandler, frameworkErrorHandler, GatewayError, invalidRequest, notFoundHandler, openAIErrorBody, UnknownUrl, unsupportedContentEncoding } from './errors.js';
+import { clientErrorHandler, CUT_AT_SHUTDOWN, errorHandler, frameworkErrorHandler, GatewayError, invalidRequest, notFoundHandler, openAIErrorBody, unsupportedContentEncoding } from './errors.js';
 import { corsPlugin } from './plugins/cors.js';
 import type { Store } from './store/store.js';
 import { createMemoryStore } from './store/memory-store.js';
@@ -342,8 +342,10 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   // the gateway has no such URL. preParsing: after every onRequest hook, so a scope that refuses
   // unauthenticated requests first (/admin: 401, never a map of its routes) still does.
   // A callback, not an async function: it runs on every request, and a promise per request is not free.
-  app.addHook('preParsing', (request, _reply, payload, done) => {
-    done(request.is404 ? new UnknownUrl() : null, payload);
+  // The 404 is sent from here, without done(): nothing after this hook runs for the request.
+  app.addHook('preParsing', (request, reply, payload, done) => {
+    if (request.is404) notFoundHandler(request, reply);
+    else done(null, payload);
   });
   // A budget refused a request: admission keeps the spend below the limit, so only this says the key is blocked
   // (the 100 % alert). Not a request larger than the whole budget: smaller ones still pass. Cheap once sent.

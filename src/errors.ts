@@ -203,7 +203,6 @@ function expected5xxWarning(request: FastifyRequest): KeyedThrottledWarning {
 
 /** The one error funnel: every error leaves the gateway in OpenAI's shape; 5xx never echo internals. */
 export function errorHandler(this: unknown, err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) {
-  if (err instanceof UnknownUrl) return notFoundHandler(request, reply);
   const gone = connectionGone(err, request, reply);
   if (gone === 'client_closed') {
     // Nothing failed but the connection: recorded as every other hang-up is (nginx's 499, error
@@ -223,6 +222,7 @@ export function errorHandler(this: unknown, err: FastifyError | Error, request: 
   if (request.trace) request.trace.errorCode = known ? (known.code ?? known.type) : 'internal_error';
   // An error body is JSON and must never be sniffed into something a browser would render.
   reply.header('x-content-type-options', 'nosniff');
+  closeIfBodyUnread(request, reply);
   if (known) {
     // Expected trouble (a store outage, an upstream that fails or does not answer): the request's own
     // line says what the client got (status, errorCode); beyond it, at most one warning per error
@@ -245,15 +245,17 @@ export function errorHandler(this: unknown, err: FastifyError | Error, request: 
     .send(openAIErrorBody(`The gateway had an internal error (request id ${request.id}).`, 'server_error', 'internal_error'));
 }
 
-/** A URL no route serves, found before its body is read (app.ts): errorHandler answers as notFoundHandler. */
-export class UnknownUrl extends Error {
-  constructor() {
-    super('unknown URL');
-    this.name = 'UnknownUrl';
-  }
+/**
+ * An answer sent before the request's body has all arrived (a 404 for an unknown URL, a 401 from
+ * authentication) closes the connection: kept alive, Node would read and discard the rest of the
+ * body, however large it says it is, for as long as the client sends it (CLIENT_REQUEST_TIMEOUT_MS).
+ */
+function closeIfBodyUnread(request: FastifyRequest, reply: FastifyReply) {
+  if (!request.raw.complete) reply.header('connection', 'close');
 }
 
 export function notFoundHandler(request: FastifyRequest, reply: FastifyReply) {
+  closeIfBodyUnread(request, reply);
   // The code of the body sent, for the request's log line and usage event, as errorHandler sets it.
   if (request.trace) request.trace.errorCode = 'unknown_url';
   return reply

@@ -1,6 +1,7 @@
 // Validation, forwarding, streaming and failure mapping, over real HTTP to the fake upstream.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
 import { startGateway, UPSTREAM_KEY, type Gateway } from '../helpers/gateway.js';
 
 let gw: Gateway;
@@ -148,8 +149,46 @@ describe('validation', () => {
     expect(await upload.json()).toMatchObject({ error: { message: 'Invalid URL (POST /v1/files)', type: 'invalid_request_error' } });
     const json = await post('/v1/batches', { input_file_id: 'x'.repeat(10_000) });
     expect(json.status).toBe(404);
+    // /admin refuses a caller without its token first, unknown URL or not: no map of its routes.
+    const admin = await fetch(`${gw.url}/admin/nope`, { method: 'POST', body: 'A'.repeat(100_000) });
+    expect(admin.status).toBe(401);
     // The connection is still good for the next request.
     expect((await post('/v1/chat/completions', chat)).status).toBe(200);
+  });
+
+  it('closes the connection of a request answered before its body came: a 404, or a 401 for a bad key', async () => {
+    // Kept alive, Node read and threw away whatever the client went on sending (2^40 bytes declared).
+    const answered = (path: string, authorization: string) =>
+      new Promise<{ head: string; closed: boolean }>((resolve, reject) => {
+        const { hostname, port } = new URL(gw.url);
+        const socket = connect(Number(port), hostname);
+        let head = '';
+        let timer: NodeJS.Timeout | undefined;
+        socket.on('data', (d: Buffer) => {
+          head += d.toString('latin1');
+          // The answer is in: give the server a moment to close, as it should.
+          timer ??= setTimeout(() => {
+            socket.destroy();
+            resolve({ head, closed: false });
+          }, 1500);
+        });
+        socket.on('error', reject);
+        socket.on('close', () => {
+          clearTimeout(timer);
+          resolve({ head, closed: true });
+        });
+        socket.write(`POST ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: ${authorization}\r\nContent-Type: application/json\r\nContent-Length: ${2 ** 40}\r\n\r\n`);
+        socket.write('x'.repeat(1024));
+      });
+    for (const [path, authorization, status] of [
+      ['/v1/files', `Bearer ${key}`, 404],
+      ['/v1/chat/completions', 'Bearer tg-not-a-key', 401],
+    ] as const) {
+      const { head, closed } = await answered(path, authorization);
+      expect(head.split('\r\n')[0], path).toBe(`HTTP/1.1 ${status} ${status === 404 ? 'Not Found' : 'Unauthorized'}`);
+      expect(head.toLowerCase(), path).toContain('connection: close');
+      expect(closed, path).toBe(true);
+    }
   });
 
   it('answers an unknown route with 404 in the same shape', async () => {
