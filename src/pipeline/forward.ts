@@ -546,7 +546,7 @@ export async function sendBuffered(
     }
     await read.beforeEnd?.();
     onBody?.(undefined, undefined, true);
-    throw upstreamFailure(err, res.timedOut(), true);
+    throw upstreamFailure(err, res.timedOut(), reply.request.method === 'POST');
   }
   trace.upstreamMs = performance.now() - started;
   // A 2xx body that carries an error is masked before anything reads it (non-2xx bodies come masked).
@@ -637,13 +637,13 @@ function readJsonBody(res: UpstreamResponse, bytes: Buffer): { text: string; jso
   }
 }
 
-/** The whole upstream body; a failure while reading it becomes the client's 502 or 504. */
+/** The whole body of an answer to a GET; a failure while reading it becomes the client's 502 or 504 (a retry is safe). */
 export async function readUpstreamBody(res: UpstreamResponse): Promise<Buffer> {
   let bytes: Buffer;
   try {
     bytes = await readBody(res);
   } catch (err) {
-    throw upstreamFailure(err, res.timedOut(), true);
+    throw upstreamFailure(err, res.timedOut(), false);
   }
   return maskSuccessBody(res, bytes);
 }

@@ -83,15 +83,16 @@ const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEO
 
 /**
  * Maps a failed exchange to what the client sees: 504 for a timeout, 502 for anything else. A
- * timeout after upstream had the whole request (`sent`) is one the client's SDK is told not to
- * retry: upstream may still be generating, and billing, the request (the gateway does not retry it
- * either), and another attempt would most likely wait as long again.
+ * timeout after upstream had the whole of a request it bills (`billedWork`: a POST it had read) is
+ * one the client's SDK is told not to retry: upstream may still be generating, and billing, it (the
+ * gateway does not retry it either), and another attempt would most likely wait as long again. A
+ * GET (the model list, a stored response) is safe to repeat.
  */
-export function upstreamFailure(err: unknown, timedOut: boolean, sent: boolean): GatewayError {
+export function upstreamFailure(err: unknown, timedOut: boolean, billedWork: boolean): GatewayError {
   if (undecodable(err)) return upstreamUndecodable();
   const code = (err as { code?: string })?.code;
   const timeout = timedOut || (code && TIMEOUT_CODES.has(code)) || err instanceof undiciErrors.HeadersTimeoutError;
-  const failure = timeout ? (sent ? upstreamTimeoutAfterSending() : upstreamTimeout()) : upstreamUnreachable();
+  const failure = timeout ? (billedWork ? upstreamTimeoutAfterSending() : upstreamTimeout()) : upstreamUnreachable();
   // Never sent to the client; the throttled warning about such 5xx names it (an expired certificate,
   // a DNS failure: not all are worth retrying, and the log must say which it was).
   failure.cause = err;
@@ -467,7 +468,7 @@ export function createUpstreamClient(upstream: Config['upstream'], options: Upst
         release?.();
         // The client left; nobody is waiting for an answer.
         if (req.signal?.aborted) throw sent ? abandoned(err) : err;
-        const failure = upstreamFailure(err, exchange.timedOut, sent);
+        const failure = upstreamFailure(err, exchange.timedOut, sent && req.method === 'POST');
         // The gateway's own first-byte or total timeout gave up on a request upstream had read (a
         // connect timeout never sent it): never retried, and upstream bills it as a hang-up.
         if (sent && failure.status === 504) throw abandoned(failure);

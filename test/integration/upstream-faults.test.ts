@@ -94,6 +94,14 @@ describe('timeouts and retries (one key)', () => {
     expect(gw.fake.requests).toHaveLength(1);
   });
 
+  it('first-byte timeout of a GET (the model list): 504, which the client may retry (nothing was billed)', async () => {
+    gw.fake.hangNext(1);
+    const res = await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+    expect(res.status).toBe(504);
+    expect(await res.json()).toMatchObject({ error: { code: 'upstream_timeout', message: 'The upstream API did not answer in time. Please retry.' } });
+    expect(res.headers.get('x-should-retry')).toBeNull();
+  });
+
   it('idle timeout mid-stream: the stream ends with the in-band error event, and is not retried', async () => {
     gw.fake.setStreamChunkDelay(1000);
     const res = await post(gw, key, { ...chat, stream: true });

@@ -324,6 +324,8 @@ describe('the wait on a failed or abandoned upstream call is upstream time, not 
     const { id, key } = await gw.createKey({ name: 'timed-body-timeout', limits });
     const res = await post(gw, key, '/v1/chat/completions', chat);
     expect(res.status).toBe(504);
+    // Upstream generated (and bills) that answer: the client's SDK is told not to ask again.
+    expect(res.headers.get('x-should-retry')).toBe('false');
     await expectUpstreamTimed(gw, id, 504, 'upstream_timeout');
   });
 
