@@ -121,7 +121,7 @@ export function createMetrics(opts: MetricsOptions) {
   const incomplete = new Counter({
     name: 'tollgate_requests_incomplete_total',
     help:
-      'Requests counted with a 2xx status (sent before the trouble) that did not end normally, by reason: ' +
+      'Requests recorded with a 2xx status (for a stream, sent before the trouble) that did not end normally, by reason: ' +
       'upstream_stream_error, upstream_stream_cut, upstream_timeout, response_failed, client_closed_request, cut_at_shutdown or other.',
     labelNames: ['key', 'key_id', 'endpoint', 'reason'] as const,
     registers,

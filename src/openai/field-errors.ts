@@ -93,7 +93,9 @@ export function fieldError(issue: z.core.$ZodIssue, body: unknown): GatewayError
     // OpenAI's words for an enum: "Invalid value: 'int8'. Supported values are: 'float' and 'base64'."
     const quoted = issue.values.map((v) => `'${String(v)}'`);
     const list = quoted.length === 1 ? quoted[0] : `${quoted.slice(0, -1).join(', ')}${quoted.length > 2 ? ',' : ''} and ${quoted.at(-1)}`;
-    return invalidRequest(`Invalid value: '${String(value)}'. Supported values are: ${list}.`, param, 'invalid_value');
+    // The client's value is echoed, cut short: an error must not grow with what was sent (3 KB for 3,000 characters).
+    const shown = String(value).length > 100 ? `${String(value).slice(0, 100)}...` : String(value);
+    return invalidRequest(`Invalid value: '${shown}'. Supported values are: ${list}.`, param, 'invalid_value');
   }
   if (issue.code === 'invalid_union' && Array.isArray(value) && value.length === 0) {
     // An input or prompt that may be a string or a list of several kinds: an empty list is none of them.

@@ -55,13 +55,22 @@ describe('/metrics', () => {
     const { key } = await gw.createKey({ name: 'held-app', limits: { tokensPerDay: 100_000 } });
     const read = async () =>
       (await fetch(`${gw.url}/metrics`, { headers: { authorization: 'Bearer metrics-secret-token' } })).text();
-    gw.fake.setLatency(1500);
-    const pending = chat(gw, key);
+    // Upstream holds the request until the client gives up on it.
+    gw.fake.hangNext(1);
+    const client = new AbortController();
+    const pending = fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hello' }], max_tokens: 20 }),
+      signal: client.signal,
+    }).catch(() => undefined);
     // While it is in flight: nothing used, its worst case (prompt + 20 tokens) held.
-    await expect.poll(async () => metricValue(await read(), 'tollgate_budget_reserved_tokens', { key: 'held-app', limit: 'tokensPerDay' }), { timeout: 1400 }).toBeGreaterThan(20);
+    await expect.poll(async () => metricValue(await read(), 'tollgate_budget_reserved_tokens', { key: 'held-app', limit: 'tokensPerDay' })).toBeGreaterThan(20);
     expect(metricValue(await read(), 'tollgate_budget_remaining_tokens', { key: 'held-app', limit: 'tokensPerDay' })).toBe(100_000);
-    expect((await pending).status).toBe(200);
-    gw.fake.setLatency(0);
+    // Gone: charged its prompt (upstream had read it), the rest given back.
+    client.abort();
+    await pending;
+    gw.fake.reset();
     await expect.poll(async () => metricValue(await read(), 'tollgate_budget_reserved_tokens', { key: 'held-app', limit: 'tokensPerDay' })).toBe(0);
     expect(metricValue(await read(), 'tollgate_budget_remaining_tokens', { key: 'held-app', limit: 'tokensPerDay' })).toBeLessThan(100_000);
   });

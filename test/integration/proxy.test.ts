@@ -81,6 +81,8 @@ describe('validation', () => {
       [{ input: 5 }, 'input', 'invalid_type', "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."],
       [{ input: [] }, 'input', 'empty_array', "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead."],
     ];
+    const long = 'Z'.repeat(3000);
+    embeddingCases.push([{ encoding_format: long }, 'encoding_format', 'invalid_value', `Invalid value: '${'Z'.repeat(100)}...'. Supported values are: 'float' and 'base64'.`]);
     for (const [extra, param, code, message] of embeddingCases) {
       const res = await post('/v1/embeddings', { model: 'text-embedding-3-small', input: 'x', ...(extra as object) });
       expect(res.status, message).toBe(400);
