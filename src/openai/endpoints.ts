@@ -121,7 +121,7 @@ export function responseIsCacheable(body: Json): boolean {
 }
 
 /** An input item that names a stored item: `type: 'item_reference'`, or (type left out, as OpenAI allows) an id alone. */
-function isItemReference(item: unknown): boolean {
+export function isItemReference(item: unknown): item is { id: unknown } {
   if (item === null || typeof item !== 'object') return false;
   const { type, id, role, content } = item as Record<string, unknown>;
   return type === 'item_reference' || (absent(type) && typeof id === 'string' && role === undefined && content === undefined);

@@ -4,7 +4,7 @@
 import type { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
-import { validateBody } from '../openai/endpoints.js';
+import { isItemReference, validateBody } from '../openai/endpoints.js';
 import { maskSseText, relaySse, type RelayResult } from '../openai/sse.js';
 import { errorCodeOf, type Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
@@ -135,6 +135,17 @@ async function handle(
       throw invalidRequest(`Previous response with id '${previous}' not found.`, 'previous_response_id', 'previous_response_not_found');
     }
     carriedTokens = owner.contextTokens;
+  }
+  // The same for stored items named in the input (item_reference, or an id alone): only those of
+  // this key's own responses, or any key could have another's messages and reasoning put before the
+  // model. OpenAI's answer for an id it does not know.
+  if (endpoint.recordsOwner && Array.isArray(body.input)) {
+    const referenced = [...new Set(body.input.filter(isItemReference).map((item) => String(item.id)))];
+    if (referenced.length > 0) {
+      const owners = await waitOnStore(trace, Promise.all(referenced.map((id) => deps.owners.ownerOf(id))));
+      const foreign = referenced.find((_, i) => owners[i]?.keyId !== key.id);
+      if (foreign !== undefined) throw invalidRequest(`Item with id '${foreign.slice(0, 100)}' not found.`, 'input', 'item_not_found');
+    }
   }
 
   const plan = deps.cache.plan(request, key, endpoint, body);

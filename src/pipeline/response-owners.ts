@@ -45,8 +45,16 @@ export function createResponseOwners(opts: { store: Store; logger: FastifyBaseLo
    */
   async function record(response: unknown, keyId: string): Promise<void> {
     if (!isObject(response) || typeof response.id !== 'string' || response.id === '' || response.store === false) return;
+    // Its output items too (msg_, rs_, fc_...): OpenAI resolves an item_reference to any item of the
+    // project, and the project is everybody's here. Recorded like responses, in the same store.
+    const itemIds = Array.isArray(response.output)
+      ? response.output.flatMap((item) => (isObject(item) && typeof item.id === 'string' && item.id !== '' ? [item.id] : []))
+      : [];
     try {
-      await opts.store.setResponseOwner(response.id, keyId, ttlMs, conversationTokens(response));
+      await Promise.all([
+        opts.store.setResponseOwner(response.id, keyId, ttlMs, conversationTokens(response)),
+        ...itemIds.map((id) => opts.store.setResponseOwner(id, keyId, ttlMs, 0)),
+      ]);
     } catch (err) {
       notRecorded.warn({ err: (err as Error).message, responseId: response.id, keyId }, 'response owner not recorded');
     }

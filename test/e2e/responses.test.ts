@@ -130,6 +130,28 @@ describe('continuing a stored response (previous_response_id)', () => {
 });
 
 describe('stored responses belong to the key that created them', () => {
+  it('lets a request name (item_reference) only the output items of its own key\'s responses', async () => {
+    const created = await client.responses.create({ model: 'gpt-4o-mini', input: `Remember me ${unique()}` });
+    const streamed = await client.responses.stream({ model: 'gpt-4o-mini', input: `Me too ${unique()}` }).finalResponse();
+    for (const id of [created.output[0]!.id!, streamed.output[0]!.id!]) {
+      const follow = (c: OpenAI, input: OpenAI.Responses.ResponseInput) => c.responses.create({ model: 'gpt-4o-mini', input });
+      // Its own: passed on.
+      expect((await follow(client, [{ type: 'item_reference', id }, { role: 'user', content: 'go on' }])).status).toBe('completed');
+      // Another key's, in either form: OpenAI's 400 for an unknown item, and upstream never asked.
+      const before = upstreamCalls();
+      for (const input of [[{ type: 'item_reference' as const, id }], [{ id } as unknown as OpenAI.Responses.ResponseInputItem]]) {
+        const err = await follow(otherClient, input).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+        expect(err).toMatchObject({ status: 400, param: 'input', code: 'item_not_found' });
+        expect((err as Error).message).toContain(`Item with id '${id}' not found.`);
+      }
+      expect(upstreamCalls()).toBe(before);
+    }
+    // An id nobody recorded is nobody's.
+    const err = await client.responses.create({ model: 'gpt-4o-mini', input: [{ type: 'item_reference', id: 'msg_never_made' }] }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ status: 400, code: 'item_not_found' });
+  });
+
   it("pages through input items with the SDK's auto-paging (the query passes through; the demo's fake pages too)", async () => {
     const input = ['one', 'two', 'three'].map((word) => ({ role: 'user' as const, content: `${word} ${unique()}` }));
     const created = await client.responses.create({ model: 'gpt-4o-mini', input });
