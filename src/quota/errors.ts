@@ -145,6 +145,20 @@ export const priorityTierNotPriced = () =>
   );
 
 /**
+ * OpenAI bills hosted tools per call on top of tokens (web search per search, file search per
+ * call, code interpreter per container, image generation in image tokens the usage does not
+ * report); the gateway prices tokens only, so a key with a USD limit could spend far past it.
+ */
+export const hostedToolNotPriced = (type: string) =>
+  new GatewayError(
+    400,
+    `This gateway key has a USD limit, and the '${type.slice(0, 60)}' tool is billed by OpenAI per call on top of tokens, which the gateway cannot price: it could not hold such a request to the budget. Send the request without hosted tools (function tools are fine), or ask your gateway administrator for a key without USD limits.`,
+    'invalid_request_error',
+    'hosted_tool_not_priced',
+    'tools',
+  );
+
+/**
  * A Responses request in a conversation (the Conversations API, which the gateway does not route)
  * sends that conversation's items again as input: the gateway cannot see how many tokens they hold,
  * so it could not reserve them against a token or USD limit.

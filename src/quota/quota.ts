@@ -9,7 +9,7 @@ import { costMicros, isSnapshotOf, microsToUsd, usdToMicros, type Price, type Pr
 import { estimatePromptTokens } from '../openai/tokens.js';
 import { periodsAt } from './periods.js';
 import type { AdmissionRequest, AdmissionResult, CacheLookup, JoinedLookup, Periods, Store, StoreLimits } from '../store/store.js';
-import { backgroundNotMetered, conversationNotMetered, priorityTierNotPriced, quotaExceeded, requestTooLarge, unpricedModel } from './errors.js';
+import { backgroundNotMetered, conversationNotMetered, hostedToolNotPriced, priorityTierNotPriced, quotaExceeded, requestTooLarge, unpricedModel } from './errors.js';
 import { createReplayQueue } from '../resilience/replay-queue.js';
 import { createCostCarry } from './cost-carry.js';
 import { rateLimitHeaders } from './headers.js';
@@ -150,6 +150,21 @@ function promptCount(prompt: unknown): number {
 function statedOutputParam(endpoint: Endpoint, body: Record<string, unknown>): 'max_completion_tokens' | 'max_tokens' {
   return endpoint.name === 'chat.completions' && body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
 }
+
+/**
+ * The first tool of a Responses request that OpenAI bills per call on top of tokens (web search,
+ * file search, code interpreter, image generation), or undefined. Tools the client runs (function,
+ * custom, ...) and remote MCP servers cost tokens only.
+ */
+function toolBilledPerCall(tools: unknown): string | undefined {
+  if (!Array.isArray(tools)) return undefined;
+  for (const tool of tools) {
+    const type = (tool as { type?: unknown } | null)?.type;
+    if (typeof type === 'string' && (type.startsWith('web_search') || TOOLS_BILLED_PER_CALL.has(type))) return type;
+  }
+  return undefined;
+}
+const TOOLS_BILLED_PER_CALL = new Set(['file_search', 'code_interpreter', 'image_generation']);
 
 /** The field that sets a request's output size, for the 400 of a request past MAX_RESERVED_TOKENS. */
 function outputParam(endpoint: Endpoint, body: Record<string, unknown>): string {
@@ -321,7 +336,10 @@ export function createQuota(opts: QuotaOptions) {
     const free = mode.free === true;
     if (!free && endpoint.name === 'responses' && body.background === true && limitsTokensOrSpend(key.limits)) throw backgroundNotMetered();
     if (!free && endpoint.name === 'responses' && body.conversation != null && limitsTokensOrSpend(key.limits)) throw conversationNotMetered();
-    if (!free && body.service_tier === 'priority' && (key.limits.usdPerDay !== undefined || key.limits.usdPerMonth !== undefined)) throw priorityTierNotPriced();
+    const usdLimited = key.limits.usdPerDay !== undefined || key.limits.usdPerMonth !== undefined;
+    if (!free && body.service_tier === 'priority' && usdLimited) throw priorityTierNotPriced();
+    const feeTool = !free && usdLimited && endpoint.name === 'responses' ? toolBilledPerCall(body.tools) : undefined;
+    if (feeTool !== undefined) throw hostedToolNotPriced(feeTool);
     const price = free ? ZERO_PRICE : priceOf(key, model);
     // Plus the input sent besides the body (AdmitMode.carriedTokens).
     const promptTokens = free ? 0 : (estimate ?? estimatePromptTokens(endpoint.name, body, model)) + (mode.carriedTokens ?? 0);

@@ -294,6 +294,26 @@ describe('background responses and budgets', () => {
     await res.arrayBuffer();
   });
 
+  it('refuses hosted tools OpenAI bills per call (web search, file search, ...) for a key with a USD limit, before upstream', async () => {
+    const usd = await gw.createKey({ name: 'tools-usd', limits: { usdPerDay: 10 } });
+    const calls = upstreamCalls();
+    for (const tools of [[{ type: 'web_search' }], [{ type: 'web_search_preview' }], [{ type: 'file_search', vector_store_ids: ['vs_1'] }], [{ type: 'code_interpreter', container: { type: 'auto' } }], [{ type: 'image_generation' }]]) {
+      const err = await gw
+        .sdk(usd.key)
+        .responses.create({ model: 'gpt-4o-mini', input: `Look it up ${unique()}`, tools } as never)
+        .catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+      expect(err).toMatchObject({ status: 400, code: 'hosted_tool_not_priced', param: 'tools' });
+      expect((err as Error).message).toContain(`'${tools[0]!.type}' tool is billed by OpenAI per call`);
+    }
+    expect(upstreamCalls()).toBe(calls);
+    // Tools the client runs cost tokens only; a key with a token limit alone pays no dollars.
+    const fn = { type: 'function' as const, name: 'lookup', parameters: { type: 'object', properties: {} }, strict: false };
+    expect((await gw.sdk(usd.key).responses.create({ model: 'gpt-4o-mini', input: `Call it ${unique()}`, tools: [fn] })).status).toBe('completed');
+    const tokensOnly = await gw.createKey({ name: 'tools-tokens', limits: { tokensPerDay: 100_000 } });
+    expect((await gw.sdk(tokensOnly.key).responses.create({ model: 'gpt-4o-mini', input: `Look it up ${unique()}`, tools: [{ type: 'web_search' }] } as never)).status).toBe('completed');
+  });
+
   it('allows background: true for a key whose limits count only requests (rpm, maxConcurrent)', async () => {
     const key = await gw.createKey({ name: 'bg-requests-only', limits: { rpm: 100, maxConcurrent: 5 } });
     const queued = await gw.sdk(key.key).responses.create({ model: 'gpt-4o-mini', input: `Later ${unique()}`, background: true });
