@@ -8,10 +8,14 @@ import { clientGone, sendBuffered, sendRelayed } from '../pipeline/forward.js';
 import { clientHeadersForUpstream, upstreamHeadersForClient } from '../pipeline/headers.js';
 import { clientClosed, notFound, upstreamAuthFailed } from '../errors.js';
 import { relaySse } from '../openai/sse.js';
+import { endpoints } from '../openai/endpoints.js';
+import type { Quota } from '../quota/quota.js';
+import { waitOnStore } from '../request-context.js';
 
 export interface ResponseRoutesOptions {
   upstream: UpstreamClient;
   owners: ResponseOwners;
+  quota: Quota;
 }
 
 type IdRequest = FastifyRequest<{ Params: { id: string } }>;
@@ -45,6 +49,11 @@ async function passThrough(
 ) {
   const { id } = request.params;
   request.trace.endpoint = name;
+  // A request like any other to rpm and maxConcurrent (a polling loop used the shared server key's
+  // rate limit unbounded): admitted count-only, as a cache hit is, since nothing here is billed.
+  const admission = await waitOnStore(request.trace, opts.quota.admit(request.gatewayKey!, endpoints.responses, {}, '', { free: true }));
+  admission.settle({ estimated: false });
+  reply.headers(admission.headers);
   const owner = await opts.owners.ownerOf(id);
   if (owner?.keyId !== request.gatewayKey!.id) throw noSuchResponse(id);
 

@@ -71,7 +71,7 @@ export async function v1Routes(app: FastifyInstance, opts: V1Options) {
   }
 
   // A child scope: it inherits the authentication hook above.
-  await app.register(responseRoutes, { upstream: opts.upstream, owners: opts.owners });
+  await app.register(responseRoutes, { upstream: opts.upstream, owners: opts.owners, quota: opts.quota });
 
   app.get('/models', async (request, reply) => {
     request.trace.endpoint = 'models.list';

@@ -322,6 +322,24 @@ describe('background responses and budgets', () => {
 });
 
 describe('reading stored responses back', () => {
+  it('counts every read against the key\'s rpm, as any request, and says so in the rate-limit headers', async () => {
+    const key = await gw.createKey({ name: 'poller', limits: { rpm: 3 } });
+    const created = await gw.sdk(key.key).responses.create({ model: 'gpt-4o-mini', input: `Poll me ${unique()}` });
+    const get = () => fetch(`${gw.url}/v1/responses/${created.id}`, { headers: { authorization: `Bearer ${key.key}` } });
+    const first = await get();
+    expect(first.status).toBe(200);
+    expect(first.headers.get('x-ratelimit-remaining-requests')).toBe('1');
+    await first.arrayBuffer();
+    expect((await get()).status).toBe(200);
+    // A polling loop used the shared server key's rate limit without bound: the fourth request is refused.
+    const before = gw.fake.requests.length;
+    const refused = await get();
+    expect(refused.status).toBe(429);
+    expect(await refused.json()).toMatchObject({ error: { code: 'rate_limit_exceeded' } });
+    expect(refused.headers.get('retry-after')).not.toBeNull();
+    expect(gw.fake.requests.length).toBe(before);
+  });
+
   it('records no tokens: retrieving or cancelling a response is not another use of them', async () => {
     const key = await gw.createKey({ name: 'reader' });
     const reader = gw.sdk(key.key);
