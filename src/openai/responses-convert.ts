@@ -6,7 +6,8 @@
 // output_item.added / content_part.added / *.delta / *.done / output_item.done, response.completed),
 // with sequence_number counting up from 0, as the openai SDK's ResponseStream accumulates it.
 //
-// Strict like stream-convert.ts: only a `completed` response whose output items are all messages
+// Strict like stream-convert.ts: only a `completed` response (or one its max_output_tokens cut,
+// which ends with response.incomplete instead) whose output items are all messages
 // (output_text and refusal parts), function calls, or reasoning items without visible text can be
 // streamed; anything else makes canSynthesizeResponse false and a streamed request a cache miss.
 import { textPieces } from './stream-convert.js';
@@ -14,7 +15,20 @@ import { textPieces } from './stream-convert.js';
 type Json = Record<string, unknown>;
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 
-/** The non-streamed body of a stream that completed normally, or undefined (incomplete, failed, cut short). */
+/**
+ * Whether a response is an answer the cache keeps: completed, or stopped by its own
+ * max_output_tokens (the answer that request asked for, as a chat answer cut by max_tokens is).
+ * Not one the content filter stopped, nor a failed, cancelled or unfinished one.
+ */
+function isKeptAnswer(response: Json): boolean {
+  if (response.status === 'completed') return true;
+  return response.status === 'incomplete' && isObject(response.incomplete_details) && response.incomplete_details.reason === 'max_output_tokens';
+}
+
+/** The terminal event of a response's stream: response.completed, or response.incomplete. */
+const terminalEventOf = (response: Json) => (response.status === 'completed' ? 'response.completed' : 'response.incomplete');
+
+/** The non-streamed body of a stream that ended with an answer the cache keeps (isKeptAnswer), or undefined. */
 export function assembleResponse(data: readonly string[]): Json | undefined {
   const last = data.at(-1);
   if (last === undefined) return undefined;
@@ -24,9 +38,9 @@ export function assembleResponse(data: readonly string[]): Json | undefined {
   } catch {
     return undefined;
   }
-  if (!isObject(event) || event.type !== 'response.completed') return undefined;
+  if (!isObject(event) || (event.type !== 'response.completed' && event.type !== 'response.incomplete')) return undefined;
   const response = event.response;
-  if (!isObject(response) || response.object !== 'response' || response.status !== 'completed') return undefined;
+  if (!isObject(response) || response.object !== 'response' || !isKeptAnswer(response) || event.type !== terminalEventOf(response)) return undefined;
   if (typeof response.id !== 'string' || !isObject(response.usage)) return undefined;
   return response;
 }
@@ -34,7 +48,7 @@ export function assembleResponse(data: readonly string[]): Json | undefined {
 /** Why `body` cannot be streamed faithfully, or undefined when it can. */
 function synthesisProblem(body: unknown): string | undefined {
   if (!isObject(body) || body.object !== 'response') return 'not a response object';
-  if (typeof body.id !== 'string' || body.status !== 'completed') return 'not a completed response';
+  if (typeof body.id !== 'string' || !isKeptAnswer(body)) return 'neither completed nor cut by its max_output_tokens';
   if (!isObject(body.usage)) return 'no usage';
   if (!Array.isArray(body.output)) return 'no output';
   for (const item of body.output as unknown[]) {
@@ -77,8 +91,9 @@ export interface TypedEvent {
 }
 
 /**
- * The events of a stream equivalent to a stored completed response (no [DONE]: Responses streams
- * end with response.completed). Throws when the body cannot be streamed: check canSynthesizeResponse.
+ * The events of a stream equivalent to a stored response (no [DONE]: Responses streams end with
+ * response.completed, or response.incomplete for one cut by its max_output_tokens). Throws when the
+ * body cannot be streamed: check canSynthesizeResponse.
  */
 export function synthesizeResponseStream(body: Json): TypedEvent[] {
   const problem = synthesisProblem(body);
@@ -119,6 +134,6 @@ export function synthesizeResponseStream(body: Json): TypedEvent[] {
     }
     emit('response.output_item.done', { output_index: outputIndex, item });
   });
-  emit('response.completed', { response: body });
+  emit(terminalEventOf(body), { response: body });
   return out;
 }

@@ -372,6 +372,25 @@ describe('the cache', () => {
       body: JSON.stringify(body),
     });
 
+  it('keeps an answer its own max_output_tokens cut, streamed or not, and streams it back ending in response.incomplete', async () => {
+    const body = { model: 'gpt-4o-mini', input: `Cut me short, please, after a few words ${unique()}`, max_output_tokens: 3, store: false, stream: true };
+    const calls = upstreamCalls();
+    const first = await raw(owner.key, body);
+    expect(first.headers.get('x-tollgate-cache')).toBe('MISS');
+    const firstText = await first.text();
+    expect(firstText).toContain('event: response.incomplete');
+    // Streamed again: a hit (every streamed request went upstream), ending as the original did.
+    const again = await raw(owner.key, body);
+    expect(again.headers.get('x-tollgate-cache')).toBe('HIT');
+    const againText = await again.text();
+    expect(againText.trim().split('\n\n').at(-1)).toMatch(/^event: response\.incomplete\ndata: /);
+    // And as JSON.
+    const json = await raw(owner.key, { ...body, stream: false });
+    expect(json.headers.get('x-tollgate-cache')).toBe('HIT');
+    expect(await json.json()).toMatchObject({ status: 'incomplete', incomplete_details: { reason: 'max_output_tokens' } });
+    expect(upstreamCalls()).toBe(calls + 1);
+  });
+
   it('serves a stateless response from the cache as JSON and as a stream, with the same id', async () => {
     const body = { model: 'gpt-4o-mini', input: `Cache me ${unique()}`, store: false };
     const calls = upstreamCalls();

@@ -43,14 +43,25 @@ describe('usage', () => {
 });
 
 describe('conversion', () => {
-  it('assembles the body from response.completed, and only from a completed stream', () => {
+  it('assembles the body from response.completed, or from response.incomplete cut by its max_output_tokens, and from nothing else', () => {
     const data = fakeStream({ input: 'assemble me' });
     const body = assembleResponse(data)!;
     expect(body).toEqual((JSON.parse(data.at(-1)!) as { response: unknown }).response);
     expect(assembleResponse(data.slice(0, -1))).toBeUndefined();
+    // Cut by its own max_output_tokens: the answer it asked for, kept as a chat answer cut by max_tokens is.
     const incomplete = fakeStream({ input: 'long enough to be cut', max_output_tokens: 2 });
-    expect(JSON.parse(incomplete.at(-1)!)).toMatchObject({ type: 'response.incomplete' });
-    expect(assembleResponse(incomplete)).toBeUndefined();
+    const last = JSON.parse(incomplete.at(-1)!) as { type: string; response: Record<string, unknown> };
+    expect(last).toMatchObject({ type: 'response.incomplete', response: { status: 'incomplete', incomplete_details: { reason: 'max_output_tokens' } } });
+    const cut = assembleResponse(incomplete)!;
+    expect(cut).toEqual(last.response);
+    // ...and it streams back ending as it did.
+    const replayed = synthesizeResponseStream(cut);
+    expect(replayed.at(-1)!.event).toBe('response.incomplete');
+    expect(assembleResponse(replayed.map((e) => e.data))).toEqual(cut);
+    // Stopped by the content filter: not kept.
+    const filtered = { ...last, response: { ...last.response, incomplete_details: { reason: 'content_filter' } } };
+    expect(assembleResponse([...incomplete.slice(0, -1), JSON.stringify(filtered)])).toBeUndefined();
+    expect(canSynthesizeResponse(filtered.response)).toBe(false);
   });
 
   it('synthesizes a typed stream that assembles back to the same body, sequence numbers counting up', () => {
