@@ -49,13 +49,13 @@ async function passThrough(
 ) {
   const { id } = request.params;
   request.trace.endpoint = name;
-  // A request like any other to rpm and maxConcurrent (a polling loop used the shared server key's
-  // rate limit unbounded): admitted count-only, as a cache hit is, since nothing here is billed.
+  const owner = await opts.owners.ownerOf(id);
+  if (owner?.keyId !== request.gatewayKey!.id) throw noSuchResponse(id);
+  // Then a request like any other to rpm and maxConcurrent (a polling loop used the shared server
+  // key's rate limit unbounded): admitted count-only, as a cache hit is, since nothing here is billed.
   const admission = await waitOnStore(request.trace, opts.quota.admit(request.gatewayKey!, endpoints.responses, {}, '', { free: true }));
   admission.settle({ estimated: false });
   reply.headers(admission.headers);
-  const owner = await opts.owners.ownerOf(id);
-  if (owner?.keyId !== request.gatewayKey!.id) throw noSuchResponse(id);
 
   const query = request.url.indexOf('?');
   const path = `/responses/${encodeURIComponent(id)}${suffix}${query >= 0 ? request.url.slice(query) : ''}`;
