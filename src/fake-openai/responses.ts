@@ -14,6 +14,8 @@ const notFound = (id: string) => new FakeHttpError(404, errorBody(`Response with
 interface Stored {
   response: JsonObject;
   inputItems: JsonObject[];
+  /** A queued background response: what it becomes when it runs (runQueued). */
+  finished?: JsonObject;
 }
 
 /** `event:` + `data:`, the way the Responses API frames each typed event. */
@@ -119,7 +121,7 @@ export function createFakeResponses() {
       // Queued: it runs "later" (never, in the fake), so it can be retrieved and cancelled. Upstream
       // bills a background response when it runs; the answer to the create call carries no usage.
       const queued: JsonObject = { ...response, status: 'queued', output: [], usage: null, incomplete_details: null };
-      stored.set(queued.id as string, { response: queued, inputItems: inputItemsOf(input) });
+      stored.set(queued.id as string, { response: queued, inputItems: inputItemsOf(input), finished: response });
       return { type: 'json', status: 200, body: queued };
     }
     if (store) stored.set(response.id as string, { response, inputItems: inputItemsOf(input) });
@@ -185,5 +187,17 @@ export function createFakeResponses() {
     return undefined;
   }
 
-  return { create, route };
+  /** Runs every queued background response to completion (the fake never does on its own); how many ran. */
+  function runQueued(): number {
+    let ran = 0;
+    for (const entry of stored.values()) {
+      if (entry.finished && entry.response.status === 'queued') {
+        entry.response = entry.finished;
+        ran++;
+      }
+    }
+    return ran;
+  }
+
+  return { create, route, runQueued };
 }

@@ -63,6 +63,8 @@ export interface FakeOpenAI {
   setFirstEventDelay(ms: number): void;
   hangNext(n: number): void;
   dropNext(n: number): void;
+  /** Runs the queued background responses to completion (they stay queued otherwise); how many ran. */
+  runBackground(): number;
   reset(): void;
   activeStreams(): number;
   abortedStreams(): number;
@@ -299,6 +301,7 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     },
     hangNext: (n) => enqueue(n, { kind: 'hang' }),
     dropNext: (n) => enqueue(n, { kind: 'drop' }),
+    runBackground: () => responses.runQueued(),
     // Back to the state right after start: latency and event delays return to the start options.
     reset: () => {
       failRate = opts.failRate ?? 0;

@@ -117,14 +117,20 @@ export function responseIsCacheable(body: Json): boolean {
   if (!absent(body.previous_response_id) || !absent(body.conversation) || body.background === true || body.store === true) return false;
   if (!absent(body.prompt)) return false;
   if (Array.isArray(body.tools) && body.tools.some((tool) => !CLIENT_TOOLS.has((tool as { type?: unknown } | null)?.type as string))) return false;
-  return !(Array.isArray(body.input) && body.input.some(isItemReference));
+  return !(Array.isArray(body.input) && body.input.some((item) => storedItemNamed(item) !== undefined));
 }
 
-/** An input item that names a stored item: `type: 'item_reference'`, or (type left out, as OpenAI allows) an id alone. */
-export function isItemReference(item: unknown): item is { id: unknown } {
-  if (item === null || typeof item !== 'object') return false;
-  const { type, id, role, content } = item as Record<string, unknown>;
-  return type === 'item_reference' || (absent(type) && typeof id === 'string' && role === undefined && content === undefined);
+/**
+ * The id of the stored item an input item makes OpenAI read, or undefined: `type: 'item_reference'`,
+ * an id alone (type left out, as OpenAI allows), or a reasoning item without its
+ * `encrypted_content` (OpenAI then looks its content up by id).
+ */
+export function storedItemNamed(item: unknown): string | undefined {
+  if (item === null || typeof item !== 'object') return undefined;
+  const { type, id, role, content, encrypted_content } = item as Record<string, unknown>;
+  if (typeof id !== 'string') return undefined;
+  if (type === 'item_reference' || (absent(type) && role === undefined && content === undefined)) return id;
+  return type === 'reasoning' && absent(encrypted_content) ? id : undefined;
 }
 
 export const endpoints = {

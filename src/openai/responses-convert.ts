@@ -103,7 +103,7 @@ export function synthesizeResponseStream(body: Json): TypedEvent[] {
     out.push({ event: type, data: JSON.stringify({ type, sequence_number: out.length, ...fields }) });
   };
   // What the response looked like while in progress: nothing generated, no usage yet.
-  const inProgress = { ...body, status: 'in_progress', output: [], usage: null, ...('output_text' in body ? { output_text: '' } : {}) };
+  const inProgress = { ...body, status: 'in_progress', incomplete_details: null, output: [], usage: null, ...('output_text' in body ? { output_text: '' } : {}) };
   emit('response.created', { response: inProgress });
   emit('response.in_progress', { response: inProgress });
 

@@ -4,7 +4,7 @@
 import type { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
-import { isItemReference, validateBody } from '../openai/endpoints.js';
+import { storedItemNamed, validateBody } from '../openai/endpoints.js';
 import { maskSseText, relaySse, type RelayResult } from '../openai/sse.js';
 import { errorCodeOf, type Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
@@ -23,6 +23,9 @@ import { clientHeadersForUpstream, upstreamHeadersForClient } from './headers.js
 import { serveHit } from './serve-hit.js';
 import type { ResponseOwners } from './response-owners.js';
 import { waitOnStore } from '../request-context.js';
+
+/** The most stored items a Responses request may name by id (each is a store read before upstream). */
+export const MAX_ITEM_REFERENCES = 100;
 
 export interface ForwardDeps {
   upstream: UpstreamClient;
@@ -136,11 +139,15 @@ async function handle(
     }
     carriedTokens = owner.contextTokens;
   }
-  // The same for stored items named in the input (item_reference, or an id alone): only those of
-  // this key's own responses, or any key could have another's messages and reasoning put before the
-  // model. OpenAI's answer for an id it does not know.
+  // The same for stored items named in the input (item_reference, an id alone, a reasoning item by
+  // id): only those of this key's own responses, or any key could have another's messages and
+  // reasoning put before the model. OpenAI's answer for an id it does not know.
   if (endpoint.recordsOwner && Array.isArray(body.input)) {
-    const referenced = [...new Set(body.input.filter(isItemReference).map((item) => String(item.id)))];
+    const referenced = [...new Set(body.input.map(storedItemNamed).filter((id) => id !== undefined))];
+    // One store read each: bounded, or one request could send tens of thousands at the store.
+    if (referenced.length > MAX_ITEM_REFERENCES) {
+      throw invalidRequest(`At most ${MAX_ITEM_REFERENCES} stored items may be referenced by id in one request; send the others' content instead.`, 'input', 'too_many_item_references');
+    }
     if (referenced.length > 0) {
       const owners = await waitOnStore(trace, Promise.all(referenced.map((id) => deps.owners.ownerOf(id))));
       const foreign = referenced.find((_, i) => owners[i]?.keyId !== key.id);

@@ -49,13 +49,17 @@ async function passThrough(
 ) {
   const { id } = request.params;
   request.trace.endpoint = name;
-  const owner = await opts.owners.ownerOf(id);
-  if (owner?.keyId !== request.gatewayKey!.id) throw noSuchResponse(id);
-  // Then a request like any other to rpm and maxConcurrent (a polling loop used the shared server
-  // key's rate limit unbounded): admitted count-only, as a cache hit is, since nothing here is billed.
-  const admission = await waitOnStore(request.trace, opts.quota.admit(request.gatewayKey!, endpoints.responses, {}, '', { free: true }));
-  admission.settle({ estimated: false });
-  reply.headers(admission.headers);
+  const keyId = request.gatewayKey!.id;
+  const owner = await waitOnStore(request.trace, opts.owners.ownerOf(id));
+  if (owner?.keyId !== keyId) throw noSuchResponse(id);
+  // A read is then a request like any other to rpm and maxConcurrent (a polling loop used the
+  // shared server key's rate limit unbounded): admitted count-only, as a cache hit is, since nothing
+  // here is billed. Not DELETE or cancel: stopping a response that spends must work at any limit.
+  if (method === 'GET') {
+    const admission = await waitOnStore(request.trace, opts.quota.admit(request.gatewayKey!, endpoints.responses, {}, '', { free: true }));
+    admission.settle({ estimated: false });
+    reply.headers(admission.headers);
+  }
 
   const query = request.url.indexOf('?');
   const path = `/responses/${encodeURIComponent(id)}${suffix}${query >= 0 ? request.url.slice(query) : ''}`;
@@ -98,8 +102,13 @@ async function passThrough(
       maskError: res.maskSecrets,
       typedEvents: true,
       onFirstEvent: () => (request.trace.ttfbMs = reply.elapsedTime),
+      // A background response's output exists only now: its items are recorded for their owner
+      // (item references), and its usage for previous_response_id, as for one created in the foreground.
+      onEvent: (data, event) => opts.owners.recordFromEvent(data, event, keyId),
     });
     return sendRelayed(reply, stream);
   }
-  return sendBuffered(reply, res, started, false);
+  // The same for the object a GET or a cancel returns (a finished background response).
+  const recorded = method !== 'DELETE' && suffix !== '/input_items' ? { beforeSend: (json: unknown) => opts.owners.recordFromBody(json, keyId) } : {};
+  return sendBuffered(reply, res, started, false, undefined, recorded);
 }

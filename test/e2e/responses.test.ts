@@ -150,6 +150,22 @@ describe('stored responses belong to the key that created them', () => {
     // An id nobody recorded is nobody's.
     const err = await client.responses.create({ model: 'gpt-4o-mini', input: [{ type: 'item_reference', id: 'msg_never_made' }] }).catch((e: unknown) => e);
     expect(err).toMatchObject({ status: 400, code: 'item_not_found' });
+    // A reasoning item without its encrypted content is looked up by id too.
+    const reasoning = { type: 'reasoning', id: created.output[0]!.id!, summary: [] } as unknown as OpenAI.Responses.ResponseInputItem;
+    expect(await otherClient.responses.create({ model: 'gpt-4o-mini', input: [reasoning] }).catch((e: unknown) => e)).toMatchObject({ status: 400, code: 'item_not_found' });
+    // Bounded: one request may not send the store thousands of lookups.
+    const many = Array.from({ length: 101 }, (_, i) => ({ type: 'item_reference' as const, id: `msg_${i}` }));
+    expect(await client.responses.create({ model: 'gpt-4o-mini', input: many }).catch((e: unknown) => e)).toMatchObject({ status: 400, code: 'too_many_item_references' });
+  });
+
+  it("records a background response's items when it is read back, for its owner", async () => {
+    const queued = await client.responses.create({ model: 'gpt-4o-mini', input: `Later ${unique()}`, background: true });
+    expect(queued.output).toEqual([]);
+    expect(gw.fake.runBackground()).toBeGreaterThanOrEqual(1);
+    const done = await client.responses.retrieve(queued.id);
+    const id = done.output[0]!.id!;
+    expect((await client.responses.create({ model: 'gpt-4o-mini', input: [{ type: 'item_reference', id }] })).status).toBe('completed');
+    expect(await otherClient.responses.create({ model: 'gpt-4o-mini', input: [{ type: 'item_reference', id }] }).catch((e: unknown) => e)).toMatchObject({ status: 400, code: 'item_not_found' });
   });
 
   it("pages through input items with the SDK's auto-paging (the query passes through; the demo's fake pages too)", async () => {
@@ -338,6 +354,11 @@ describe('reading stored responses back', () => {
     expect(await refused.json()).toMatchObject({ error: { code: 'rate_limit_exceeded' } });
     expect(refused.headers.get('retry-after')).not.toBeNull();
     expect(gw.fake.requests.length).toBe(before);
+    // Stopping a response is never refused by a limit: cancel and delete still go through.
+    const auth = { authorization: `Bearer ${key.key}` };
+    const deleted = await fetch(`${gw.url}/v1/responses/${created.id}`, { method: 'DELETE', headers: auth });
+    expect(deleted.status).toBe(200);
+    await deleted.arrayBuffer();
   });
 
   it('records no tokens: retrieving or cancelling a response is not another use of them', async () => {

@@ -57,6 +57,8 @@ describe('conversion', () => {
     // ...and it streams back ending as it did.
     const replayed = synthesizeResponseStream(cut);
     expect(replayed.at(-1)!.event).toBe('response.incomplete');
+    // While in progress it was not incomplete yet: OpenAI sends null there.
+    expect(JSON.parse(replayed[0]!.data)).toMatchObject({ type: 'response.created', response: { status: 'in_progress', incomplete_details: null } });
     expect(assembleResponse(replayed.map((e) => e.data))).toEqual(cut);
     // Stopped by the content filter: not kept.
     const filtered = { ...last, response: { ...last.response, incomplete_details: { reason: 'content_filter' } } };
