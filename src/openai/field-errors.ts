@@ -94,7 +94,8 @@ export function fieldError(issue: z.core.$ZodIssue, body: unknown): GatewayError
     const quoted = issue.values.map((v) => `'${String(v)}'`);
     const list = quoted.length === 1 ? quoted[0] : `${quoted.slice(0, -1).join(', ')}${quoted.length > 2 ? ',' : ''} and ${quoted.at(-1)}`;
     // The client's value is echoed, cut short: an error must not grow with what was sent (3 KB for 3,000 characters).
-    const shown = String(value).length > 100 ? `${String(value).slice(0, 100)}...` : String(value);
+    const given = String(value);
+    const shown = given.length > 100 ? `${given.slice(0, 100)}...` : given;
     return invalidRequest(`Invalid value: '${shown}'. Supported values are: ${list}.`, param, 'invalid_value');
   }
   if (issue.code === 'invalid_union' && Array.isArray(value) && value.length === 0) {

@@ -20,7 +20,7 @@ const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null 
  * max_output_tokens (the answer that request asked for, as a chat answer cut by max_tokens is).
  * Not one the content filter stopped, nor a failed, cancelled or unfinished one.
  */
-function isKeptAnswer(response: Json): boolean {
+export function isKeptAnswer(response: Json): boolean {
   if (response.status === 'completed') return true;
   return response.status === 'incomplete' && isObject(response.incomplete_details) && response.incomplete_details.reason === 'max_output_tokens';
 }

@@ -25,7 +25,9 @@ const unionWithBoundedArray = <T extends z.ZodType>(union: T, max: number, count
     ctx.addIssue({ code: 'too_big', origin: 'array', maximum: max, inclusive: true, input: value, message: arrayTooLong(max, value.length) });
   });
 
-const model = z.string().min(1).max(256);
+/** The longest model name a body may carry (fine-tuned ids run long). */
+export const MODEL_MAX_LENGTH = 256;
+const model = z.string().min(1).max(MODEL_MAX_LENGTH);
 // Bounded: no model generates 2^31 tokens, and an unbounded count times n would overflow the
 // integer arithmetic of the reservation (a 500 for a request that is only silly).
 const tokenCount = z.number().int().positive().max(2 ** 31 - 1);

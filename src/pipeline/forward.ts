@@ -5,6 +5,8 @@ import type { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Endpoint } from '../openai/endpoints.js';
 import { storedItemNamed, validateBody } from '../openai/endpoints.js';
+import { isKeptAnswer } from '../openai/responses-convert.js';
+import { MODEL_MAX_LENGTH } from '../openai/schemas.js';
 import { maskSseText, relaySse, type RelayResult } from '../openai/sse.js';
 import { errorCodeOf, type Usage } from '../openai/usage.js';
 import { countCompletionTokens } from '../openai/tokens.js';
@@ -118,7 +120,7 @@ async function handle(
   // The model a refused request named, recorded as app.ts records any refusal's: the price table's
   // id it is priced as, or none. Only a name of a model's size (the schema's bound): it is logged.
   const named = isObject ? (withModel as Record<string, unknown>).model : undefined;
-  if (typeof named === 'string' && named.length > 0 && named.length <= 256) trace.model = named;
+  if (typeof named === 'string' && named.length > 0 && named.length <= MODEL_MAX_LENGTH) trace.model = named;
   const body = validateBody(endpoint.schema, withModel, deps.maxBodyNodes) as Body;
   const key = request.gatewayKey!;
   trace.model = body.model;
@@ -456,12 +458,11 @@ function jsonEntry(json: unknown, text: string | undefined, usage: Usage | undef
  * Responses object incomplete for that reason): a retry may get it whole, so it is not kept for the
  * whole TTL. A cut the request itself asked for (max_tokens: finish_reason length; Responses
  * incomplete for max_output_tokens) is its answer, and is kept. A Responses object in any other
- * state than completed or incomplete (failed, cancelled, queued) is not an answer to keep either.
+ * state (failed, cancelled, queued) is not an answer to keep either: isKeptAnswer, the rule a
+ * Responses stream is kept by.
  */
 function partial(json: Record<string, unknown>): boolean {
-  if (typeof json.status === 'string' && json.status !== 'completed') {
-    return json.status !== 'incomplete' || (json.incomplete_details as { reason?: unknown } | null | undefined)?.reason === 'content_filter';
-  }
+  if (typeof json.status === 'string') return !isKeptAnswer(json);
   return Array.isArray(json.choices) && json.choices.some((c) => (c as { finish_reason?: unknown } | null)?.finish_reason === 'content_filter');
 }
 
