@@ -496,7 +496,7 @@ describe('single-flight', () => {
     const maxAge = { 'cache-control': 'max-age=1' };
     const refreshing = post(a, key, body, maxAge);
     // b asks once a is upstream, so holds the lead (a fixed 150 ms was sometimes too short on a busy machine).
-    await expect.poll(() => upstreamCalls({ fake } as Gateway)).toBe(1);
+    await expect.poll(() => upstreamCalls({ fake } as Gateway), { timeout: 5000 }).toBe(1);
     const [refreshed, joined] = await Promise.all([refreshing, post(b, key, body, maxAge)]);
     // b's wait ended at once (an entry existed, though too old for it) and it went upstream too.
     expect([refreshed.headers.get('x-tollgate-cache'), joined.headers.get('x-tollgate-cache')]).toEqual(['MISS', 'HIT']);
